@@ -1,0 +1,232 @@
+"""Exact local order books: pure logic, no I/O.
+
+`OrderBook` holds one book (two sorted sides). `StreamBook` wraps it with the
+rules that keep a recorded book honest: `u` continuity, resets on snapshots,
+crossed-book anomalies, and the records derived from the book (quotes on every
+top-of-book change, top-N snapshots at the end of every time bucket). Records
+go to a `RecordSink`; the caller acts on the returned `Outcome` (a gap asks for
+a resync).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from itertools import islice
+from typing import Protocol
+
+from sortedcontainers import SortedDict
+
+from depthwatch.records import (
+    BookUpdate,
+    DepthSnapshot,
+    FeedEvent,
+    FeedEventKind,
+    Level,
+    Quote,
+    StreamKey,
+)
+
+
+class OrderBook:
+    """Two price-sorted sides. Keys are float prices (bids negated so that index
+    0 is the best level on both sides); values keep the exchange's strings, so
+    what is written is exactly what was sent. Distinct decimal prices of up to
+    15 significant digits map to distinct floats, which Bybit prices are."""
+
+    __slots__ = ("_asks", "_bids")
+
+    def __init__(self) -> None:
+        self._bids: SortedDict = SortedDict()
+        self._asks: SortedDict = SortedDict()
+
+    def clear(self) -> None:
+        self._bids.clear()
+        self._asks.clear()
+
+    def apply_levels(self, bids: list[Level], asks: list[Level]) -> None:
+        """Sizes are absolute: a known price is replaced, size 0 deletes it."""
+        _apply_side(self._bids, bids, -1.0)
+        _apply_side(self._asks, asks, 1.0)
+
+    def best_bid(self) -> Level | None:
+        return self._bids.peekitem(0)[1] if self._bids else None
+
+    def best_ask(self) -> Level | None:
+        return self._asks.peekitem(0)[1] if self._asks else None
+
+    def is_crossed(self) -> bool:
+        if not self._bids or not self._asks:
+            return False
+        return -self._bids.peekitem(0)[0] >= self._asks.peekitem(0)[0]
+
+    def top(self, levels: int) -> tuple[list[Level], list[Level]]:
+        """Best `levels` bids and asks, best first."""
+        return (
+            list(islice(self._bids.values(), levels)),
+            list(islice(self._asks.values(), levels)),
+        )
+
+    def sides(self) -> tuple[list[Level], list[Level]]:
+        """The whole book, best first."""
+        return list(self._bids.values()), list(self._asks.values())
+
+    def __len__(self) -> int:
+        return len(self._bids) + len(self._asks)
+
+
+def _apply_side(side: SortedDict, levels: list[Level], sign: float) -> None:
+    for level in levels:
+        key = sign * float(level[0])
+        size = level[1]
+        if size == "0" or float(size) == 0.0:
+            side.pop(key, None)
+        else:
+            side[key] = level
+
+
+class RecordSink(Protocol):
+    """Where a StreamBook sends what it derives (the storage writer, in practice)."""
+
+    def add_book_update(self, update: BookUpdate) -> None: ...
+    def add_quote(self, quote: Quote) -> None: ...
+    def add_depth_snapshot(self, snapshot: DepthSnapshot) -> None: ...
+    def add_feed_event(self, event: FeedEvent) -> None: ...
+
+
+class Outcome(Enum):
+    APPLIED = "applied"  # a delta continued the book
+    SNAPSHOT = "snapshot"  # the book was reset
+    RESTART = "restart"  # a `u == 1` snapshot after an exchange restart
+    GAP = "gap"  # continuity broke: the book is invalid until a new snapshot
+    DROPPED = "dropped"  # a delta arrived while the book was invalid
+
+
+class StreamBook:
+    """One stream's book plus the continuity rules.
+
+    Nothing built on a broken book is emitted: after a gap every delta is dropped
+    (not written) until a snapshot resets the book.
+    """
+
+    def __init__(
+        self,
+        stream: StreamKey,
+        sink: RecordSink,
+        snapshot_interval_us: int = 1_000_000,
+        snapshot_levels: int = 50,
+    ) -> None:
+        self.stream = stream
+        self.book = OrderBook()
+        self.valid = False
+        self.last_update_id: int | None = None
+        self.crossed = False
+        self._sink = sink
+        self._interval_us = snapshot_interval_us
+        self._levels = snapshot_levels
+        self._next_boundary_us: int | None = None
+        self._last_local_us = 0
+        self._last_quote: tuple[str | None, ...] = (None, None, None, None)
+
+    def invalidate(self) -> None:
+        """Mark the book broken (e.g. the connection dropped): wait for a snapshot."""
+        self.valid = False
+        self._next_boundary_us = None
+
+    def apply(self, update: BookUpdate) -> Outcome:
+        if update.is_snapshot:
+            outcome = self._reset(update)
+        elif not self.valid:
+            return Outcome.DROPPED
+        elif update.update_id != self.last_update_id + 1:  # type: ignore[operator]
+            self._record_gap(update)
+            return Outcome.GAP
+        else:
+            self._emit_due_snapshot(update.exchange_us)
+            self.book.apply_levels(update.bids, update.asks)
+            outcome = Outcome.APPLIED
+            self._check_crossed(update)
+        self.last_update_id = update.update_id
+        self._last_local_us = update.local_us
+        self._sink.add_book_update(update)
+        self._emit_quote_if_changed(update)
+        if self._next_boundary_us is None:
+            t = update.exchange_us
+            self._next_boundary_us = t - t % self._interval_us + self._interval_us
+        return outcome
+
+    def _reset(self, update: BookUpdate) -> Outcome:
+        restart = update.update_id == 1 and self.last_update_id not in (None, 1)
+        if self.valid:
+            self._emit_due_snapshot(update.exchange_us)
+        self.book.clear()
+        self.book.apply_levels(update.bids, update.asks)
+        self.valid = True
+        if restart:
+            self._sink.add_feed_event(
+                self._event(
+                    FeedEventKind.RESTART,
+                    update,
+                    f"u reset to 1 from {self.last_update_id}",
+                )
+            )
+            return Outcome.RESTART
+        return Outcome.SNAPSHOT
+
+    def _record_gap(self, update: BookUpdate) -> None:
+        detail = f"expected u={self.last_update_id + 1}, got u={update.update_id}"  # type: ignore[operator]
+        self.invalidate()
+        self._sink.add_feed_event(self._event(FeedEventKind.GAP, update, detail))
+
+    def _check_crossed(self, update: BookUpdate) -> None:
+        crossed = self.book.is_crossed()
+        if crossed and not self.crossed:
+            bid, ask = self.book.best_bid(), self.book.best_ask()
+            detail = f"crossed book at u={update.update_id}: bid {bid} >= ask {ask}"
+            self._sink.add_feed_event(self._event(FeedEventKind.ANOMALY, update, detail))
+        self.crossed = crossed
+
+    def _emit_due_snapshot(self, exchange_us: int) -> None:
+        """Before a message at `exchange_us` changes the book, the current book is
+        the book at the end of every bucket that ended since the last message:
+        stamp it at the latest such boundary (as Tardis does)."""
+        boundary = self._next_boundary_us
+        if boundary is None or exchange_us < boundary:
+            return
+        boundary = exchange_us - exchange_us % self._interval_us
+        bids, asks = self.book.top(self._levels)
+        self._sink.add_depth_snapshot(
+            DepthSnapshot(
+                self.stream,
+                boundary,
+                self._last_local_us,
+                self.last_update_id or 0,
+                bids,
+                asks,
+            )
+        )
+        self._next_boundary_us = boundary + self._interval_us
+
+    def _emit_quote_if_changed(self, update: BookUpdate) -> None:
+        bid, ask = self.book.best_bid(), self.book.best_ask()
+        quote = (
+            bid[0] if bid else None,
+            bid[1] if bid else None,
+            ask[0] if ask else None,
+            ask[1] if ask else None,
+        )
+        if quote == self._last_quote:
+            return
+        self._last_quote = quote
+        self._sink.add_quote(
+            Quote(self.stream, update.exchange_us, update.local_us, update.update_id, *quote)
+        )
+
+    def _event(self, kind: FeedEventKind, update: BookUpdate, detail: str) -> FeedEvent:
+        return FeedEvent(
+            kind,
+            update.local_us,
+            self.stream.category,
+            self.stream.symbol,
+            self.stream.depth,
+            detail,
+        )

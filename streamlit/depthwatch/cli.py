@@ -1,0 +1,161 @@
+"""`depthwatch`: the command line. One subcommand per job; each explains itself."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from depthwatch.config import (
+    ConfigError,
+    add_collector_arguments,
+    add_database_arguments,
+    collector_config_from_args,
+)
+from depthwatch.feed.topics import CATEGORIES
+
+log = logging.getLogger("depthwatch")
+
+
+def parse_time_us(text: str) -> int:
+    """ISO 8601 (date or date-time; naive means UTC) -> microseconds since the epoch."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="depthwatch",
+        description="Record Bybit v5 order books exactly into PostgreSQL, "
+        "and export the history in Tardis.dev's formats.",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    collect = sub.add_parser(
+        "collect",
+        help="record order books (and trades) into PostgreSQL until stopped",
+        description="Subscribe to Bybit order book streams, keep exact local books "
+        "(snapshot + deltas, u continuity checked, resync on a gap) and write "
+        "every message, top-of-book quotes and periodic top-N snapshots to PostgreSQL. "
+        "Stops cleanly on SIGTERM/SIGINT after flushing everything received.",
+    )
+    add_collector_arguments(collect)
+
+    db = sub.add_parser("db", help="database maintenance", description="Database maintenance.")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    upgrade = db_sub.add_parser(
+        "upgrade",
+        help="create or upgrade the schema (the collector also does this at start)",
+        description="Apply pending schema migrations under a lock (safe to run concurrently).",
+    )
+    add_database_arguments(upgrade)
+
+    export = sub.add_parser(
+        "export",
+        help="export recorded history as Tardis-compatible CSV",
+        description="Stream recorded rows in Tardis.dev's CSV layouts, microsecond "
+        "timestamps; [start, end) applies to the exchange timestamp.",
+    )
+    export.add_argument(
+        "--kind", required=True, choices=["incremental_book_L2", "quotes", "trades"]
+    )
+    export.add_argument("--symbol", required=True, help="e.g. BTCUSDT")
+    export.add_argument("--category", default="linear", choices=CATEGORIES)
+    export.add_argument("--depth", type=int, help="book depth to export (default: most recorded)")
+    export.add_argument("--start", required=True, type=parse_time_us, help="ISO 8601, inclusive")
+    export.add_argument("--end", required=True, type=parse_time_us, help="ISO 8601, exclusive")
+    export.add_argument("--format", default="csv", choices=["csv"], help="output format")
+    export.add_argument("--out", default="-", help="output file, or - for standard output")
+    export.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    add_database_arguments(export)
+
+    sim = sub.add_parser(
+        "sim",
+        help="run a local Bybit v5 WebSocket simulator",
+        description="Serve Bybit's v5 public WebSocket protocol on localhost from a seeded "
+        "synthetic market or recorded files, with optional fault injection.",
+    )
+    from depthwatch.sim.server import add_sim_arguments
+
+    add_sim_arguments(sim)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "collect":
+        from depthwatch.collector import run_collector
+
+        return run_collector(collector_config_from_args(args))
+    if args.command == "db":
+        return _db_upgrade(args)
+    if args.command == "export":
+        return _export(args)
+    if args.command == "sim":
+        from depthwatch.sim.server import run_sim
+
+        return run_sim(args)
+    raise AssertionError(args.command)
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from depthwatch.storage import schema
+    from depthwatch.storage.db import make_engine, resolve_database_url
+
+    engine = make_engine(resolve_database_url(args.database_url, args.data_dir))
+    version = schema.upgrade(engine)
+    print(f"schema at version {version}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from depthwatch.export.tardis import ExportRequest, export_csv
+    from depthwatch.storage.db import make_engine, resolve_database_url
+    from depthwatch.storage.queries import NotRecorded
+
+    if args.end <= args.start:
+        log.error("--end must be after --start")
+        return 2
+    request = ExportRequest(
+        args.kind, args.category, args.symbol.upper(), args.start, args.end, args.depth
+    )
+    engine = make_engine(resolve_database_url(args.database_url, args.data_dir))
+    progress = None if args.quiet else sys.stderr
+    try:
+        if args.out == "-":
+            export_csv(engine, request, sys.stdout, progress)
+        else:
+            with Path(args.out).open("w", encoding="ascii", newline="") as out:
+                export_csv(engine, request, out, progress)
+    except NotRecorded as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""The collector: feed connections -> books -> batch writer -> PostgreSQL.
+
+Wires the pieces together and owns the process's life: schema upgrade at start,
+connections planned within Bybit's limits, a status line every few seconds, and
+a clean SIGTERM (stop reading, flush every row received, exit 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass
+
+from depthwatch.book import Outcome, StreamBook
+from depthwatch.config import CollectorConfig
+from depthwatch.feed.connection import BybitConnection, ConnectionConfig, ReconnectPolicy
+from depthwatch.feed.instruments import fetch_instruments
+from depthwatch.feed.topics import MAX_ARGS_CHARS_PER_CONNECTION, MAX_ARGS_PER_CONNECTION
+from depthwatch.records import BookUpdate, FeedEvent, FeedEventKind, StreamKey, Trade
+from depthwatch.storage import schema
+from depthwatch.storage.db import make_engine, resolve_database_url
+from depthwatch.storage.writer import BatchWriter, WriterConfig, now_us
+
+log = logging.getLogger(__name__)
+
+
+def plan_connections(
+    topics: list[str], category: str, topics_per_connection: int
+) -> list[list[str]]:
+    """Pack topics into connections: at most `topics_per_connection` each, and
+    within Bybit's per-connection limits (21,000 characters of args; options
+    2,000 args)."""
+    cap = min(topics_per_connection, MAX_ARGS_PER_CONNECTION.get(category, topics_per_connection))
+    plans: list[list[str]] = []
+    chars = 0
+    for topic in topics:
+        cost = len(topic) + 3  # quotes and a comma in the JSON args list
+        if not plans or len(plans[-1]) >= cap or chars + cost > MAX_ARGS_CHARS_PER_CONNECTION:
+            plans.append([])
+            chars = 0
+        plans[-1].append(topic)
+        chars += cost
+    return plans
+
+
+@dataclass
+class CollectorStats:
+    gaps: int = 0
+    restarts: int = 0
+    dropped: int = 0  # deltas received while a book awaited its snapshot
+    unknown_streams: int = 0
+    handler_errors: int = 0
+
+
+class Collector:
+    """Implements feed.connection.FeedHandler: routes records into books and the writer."""
+
+    def __init__(self, config: CollectorConfig, writer: BatchWriter) -> None:
+        self.config = config
+        self.writer = writer
+        self.stats = CollectorStats()
+        interval_us = int(config.snapshot_interval_s * 1_000_000)
+        self.books: dict[StreamKey, StreamBook] = {
+            stream: StreamBook(stream, writer, interval_us, config.snapshot_levels)
+            for stream in (
+                StreamKey(config.category, symbol, depth)
+                for symbol in config.symbols
+                for depth in config.depths
+            )
+        }
+        self.connections = [
+            BybitConnection(
+                f"{config.category}-{i}",
+                ConnectionConfig(
+                    url=config.endpoint,
+                    category=config.category,
+                    topics=tuple(topics),
+                    silence_timeout_s=config.silence_timeout_s,
+                    reconnect=ReconnectPolicy(),
+                ),
+                self,
+            )
+            for i, topics in enumerate(
+                plan_connections(config.topics(), config.category, config.topics_per_connection)
+            )
+        ]
+
+    # ---- FeedHandler
+
+    def on_book_update(self, update: BookUpdate) -> bool:
+        book = self.books.get(update.stream)
+        if book is None:
+            self.stats.unknown_streams += 1
+            return False
+        try:
+            outcome = book.apply(update)
+        except Exception as exc:
+            self.stats.handler_errors += 1
+            log.exception("%s: error applying u=%d; resyncing", update.stream, update.update_id)
+            book.invalidate()
+            self.on_feed_event(
+                FeedEvent(
+                    FeedEventKind.ANOMALY,
+                    now_us(),
+                    update.stream.category,
+                    update.stream.symbol,
+                    update.stream.depth,
+                    f"error applying u={update.update_id}: {exc}",
+                )
+            )
+            return True
+        if outcome is Outcome.GAP:
+            self.stats.gaps += 1
+            log.warning(
+                "%s: gap before u=%d; book invalid until resync", update.stream, update.update_id
+            )
+            return True
+        if outcome is Outcome.RESTART:
+            self.stats.restarts += 1
+            log.warning("%s: stream restarted (u=1 snapshot); book reset", update.stream)
+        elif outcome is Outcome.DROPPED:
+            self.stats.dropped += 1
+        return False
+
+    def on_trades(self, trades: list[Trade]) -> None:
+        for trade in trades:
+            self.writer.add_trade(trade)
+
+    def on_feed_event(self, event: FeedEvent) -> None:
+        self.writer.add_feed_event(event)
+
+    def on_streams_lost(self, streams: list[StreamKey]) -> None:
+        for stream in streams:
+            book = self.books.get(stream)
+            if book is not None:
+                book.invalidate()
+
+    def has_room(self) -> bool:
+        return self.writer.has_room()
+
+    async def wait_for_room(self) -> None:
+        await self.writer.wait_for_room()
+
+    # ---- running
+
+    async def run(self, stop: asyncio.Event) -> None:
+        reporter = asyncio.create_task(self._report_status(stop))
+        try:
+            await asyncio.gather(*(c.run(stop) for c in self.connections))
+        finally:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
+
+    @property
+    def refused_everything(self) -> bool:
+        return all(not c.topics for c in self.connections)
+
+    async def _report_status(self, stop: asyncio.Event) -> None:
+        last_messages, last_time = 0, time.monotonic()
+        while not stop.is_set():
+            await asyncio.sleep(self.config.status_interval_s)
+            messages = sum(c.stats.messages for c in self.connections)
+            now = time.monotonic()
+            rate = (messages - last_messages) / (now - last_time)
+            last_messages, last_time = messages, now
+            w = self.writer.stats
+            log.info(
+                "status: %d msgs (%.0f/s), %d book rows written, %d pending, valid books %d/%d, "
+                "gaps %d, resyncs %d, malformed %d, flush failures %d, back-pressure waits %d",
+                messages,
+                rate,
+                w.rows_written["book_events"],
+                self.writer.pending_rows,
+                sum(b.valid for b in self.books.values()),
+                len(self.books),
+                self.stats.gaps,
+                sum(c.stats.resyncs for c in self.connections),
+                sum(c.stats.malformed for c in self.connections),
+                w.flush_failures,
+                w.backpressure_waits,
+            )
+
+
+def register_instruments(config: CollectorConfig, writer: BatchWriter) -> tuple[str, ...]:
+    """Record the instruments; returns the symbols to collect. When talking to
+    Bybit itself, REST metadata (if reachable) names unknown symbols early and
+    supplies tick sizes; against any other endpoint the data must suffice."""
+    symbols = config.symbols
+    info = (
+        fetch_instruments(config.category, symbols, config.testnet)
+        if config.uses_bybit_endpoint
+        else None
+    )
+    if info is not None:
+        unknown = [s for s in symbols if s not in info]
+        for symbol in unknown:
+            log.error("unknown symbol %s for category %s: not collected", symbol, config.category)
+        symbols = tuple(s for s in symbols if s in info)
+    for symbol in symbols:
+        tick = info[symbol].tick_size if info is not None else None
+        writer.instrument_id(config.category, symbol, tick)
+    return symbols
+
+
+def run_collector(config: CollectorConfig) -> int:
+    """Run until SIGTERM/SIGINT; returns the process exit status."""
+    url = resolve_database_url(config.database_url, config.data_dir)
+    engine = make_engine(url)
+    version = schema.upgrade(engine)
+    log.info("database schema at version %d", version)
+    writer = BatchWriter(
+        engine,
+        WriterConfig(
+            flush_interval_s=config.flush_interval_s,
+            max_pending_rows=config.max_pending_rows,
+            retention_days=config.retention_days,
+            collector_id=config.collector_id,
+        ),
+    )
+    writer.start()
+    symbols = register_instruments(config, writer)
+    if not symbols:
+        log.error("no known symbols left to collect")
+        writer.stop()
+        return 2
+    if symbols != config.symbols:
+        from dataclasses import replace
+
+        config = replace(config, symbols=symbols)
+    collector = Collector(config, writer)
+    log.info(
+        "collecting %d topics over %d connection(s) from %s",
+        len(config.topics()),
+        len(collector.connections),
+        config.endpoint,
+    )
+    status = asyncio.run(_run_until_signal(collector))
+    flushed = writer.stop(timeout_s=15.0)
+    w = writer.stats
+    log.info(
+        "stopped: %d book events, %d quotes, %d depth snapshots, %d trades written; %s",
+        w.rows_written["book_events"],
+        w.rows_written["quotes"],
+        w.rows_written["depth_snapshots"],
+        w.rows_written["trades"],
+        "everything flushed" if flushed else "ROWS LOST: the database did not take them",
+    )
+    engine.dispose()
+    if not flushed:
+        return 1
+    return status
+
+
+async def _run_until_signal(collector: Collector) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await collector.run(stop)
+    if collector.refused_everything and not stop.is_set():
+        log.error("every subscription was refused; exiting")
+        return 2
+    return 0

@@ -1,0 +1,217 @@
+"""The collector's configuration: one frozen object, from CLI flags over
+environment variables over defaults. Every setting is listed once, here."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from depthwatch.feed.topics import CATEGORIES, valid_depths, ws_url
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the message says which and why."""
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "")
+    return value if value.strip() else default
+
+
+def _env_flag(name: str) -> bool:
+    return _env(name, "").lower() in ("1", "true", "yes", "on")
+
+
+def default_data_dir() -> Path:
+    return Path(_env("DEPTHWATCH_DATA_DIR", ".depthwatch"))
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    """
+    category: Bybit category (linear, inverse, spot, option). Env DEPTHWATCH_CATEGORY.
+    symbols: symbols to record. Env DEPTHWATCH_SYMBOLS (comma-separated).
+    depths: book depths to subscribe, each valid for the category. Env DEPTHWATCH_DEPTH.
+    trades: also record publicTrade. Env DEPTHWATCH_TRADES=1.
+    ws_url: WebSocket endpoint; default Bybit mainnet (or testnet) for the category.
+        Env BYBIT_WS_URL.
+    database_url: PostgreSQL URL (postgres:// or postgresql://); None starts the
+        embedded server with its data under data_dir. Env DATABASE_URL.
+    data_dir: where the embedded PostgreSQL keeps its data. Env DEPTHWATCH_DATA_DIR.
+    snapshot_interval_s / snapshot_levels: top-N snapshots for charts.
+    retention_days: drop partitions older than this; 0 keeps all.
+    topics_per_connection: spread topics over several connections.
+    silence_timeout_s: the watchdog reconnects a connection silent this long.
+    legacy_depths: also accept depth 500 (Bybit archives, simulator replays).
+    """
+
+    category: str = "linear"
+    symbols: tuple[str, ...] = ("BTCUSDT",)
+    depths: tuple[int, ...] = (50,)
+    trades: bool = False
+    testnet: bool = False
+    ws_url: str | None = None
+    database_url: str | None = None
+    data_dir: Path = Path(".depthwatch")
+    snapshot_interval_s: float = 1.0
+    snapshot_levels: int = 50
+    retention_days: int = 30
+    flush_interval_s: float = 0.25
+    max_pending_rows: int = 400_000
+    topics_per_connection: int = 50
+    silence_timeout_s: float = 30.0
+    legacy_depths: bool = False
+    status_interval_s: float = 10.0
+    collector_id: str = f"{socket.gethostname()}:{os.getpid()}"
+
+    def __post_init__(self) -> None:
+        if self.category not in CATEGORIES:
+            raise ConfigError(f"unknown category {self.category!r}; use one of {CATEGORIES}")
+        if not self.symbols:
+            raise ConfigError("no symbols given (--symbols BTCUSDT,ETHUSDT)")
+        allowed = valid_depths(self.category, self.legacy_depths)
+        for depth in self.depths:
+            if depth not in allowed:
+                raise ConfigError(
+                    f"depth {depth} is not served for {self.category}; valid depths: "
+                    f"{', '.join(map(str, allowed))}"
+                )
+        if self.snapshot_interval_s <= 0 or self.snapshot_levels <= 0:
+            raise ConfigError("snapshot interval and levels must be positive")
+        if self.topics_per_connection <= 0:
+            raise ConfigError("topics per connection must be positive")
+
+    @property
+    def endpoint(self) -> str:
+        return self.ws_url or ws_url(self.category, self.testnet)
+
+    @property
+    def uses_bybit_endpoint(self) -> bool:
+        return self.ws_url is None
+
+    def topics(self) -> list[str]:
+        topics = [f"orderbook.{d}.{s}" for s in self.symbols for d in self.depths]
+        if self.trades:
+            topics += [f"publicTrade.{s}" for s in self.symbols]
+        return topics
+
+
+def add_database_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL") or None,
+        help="PostgreSQL URL, postgres:// or postgresql:// (env DATABASE_URL); "
+        "unset: an embedded PostgreSQL with its data in --data-dir",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default_data_dir(),
+        help="directory of the embedded PostgreSQL's data; survives restarts "
+        "(env DEPTHWATCH_DATA_DIR, default .depthwatch)",
+    )
+
+
+def add_collector_arguments(parser: argparse.ArgumentParser) -> None:
+    d = CollectorConfig
+    parser.add_argument(
+        "--category",
+        choices=CATEGORIES,
+        default=_env("DEPTHWATCH_CATEGORY", d.category),
+        help="Bybit category (env DEPTHWATCH_CATEGORY, default linear)",
+    )
+    parser.add_argument(
+        "--symbols",
+        default=_env("DEPTHWATCH_SYMBOLS", ",".join(d.symbols)),
+        help="comma-separated symbols (env DEPTHWATCH_SYMBOLS, default BTCUSDT)",
+    )
+    parser.add_argument(
+        "--depth",
+        default=_env("DEPTHWATCH_DEPTH", ",".join(map(str, d.depths))),
+        help="book depth, or several comma-separated; linear/inverse/spot: 1, 50, 200, 1000; "
+        "option: 25, 100 (env DEPTHWATCH_DEPTH, default 50)",
+    )
+    parser.add_argument(
+        "--trades",
+        action="store_true",
+        default=_env_flag("DEPTHWATCH_TRADES"),
+        help="also record publicTrade.{symbol} (env DEPTHWATCH_TRADES=1)",
+    )
+    parser.add_argument(
+        "--testnet", action="store_true", help="connect to Bybit testnet instead of mainnet"
+    )
+    parser.add_argument(
+        "--ws-url",
+        default=os.environ.get("BYBIT_WS_URL") or None,
+        help="WebSocket URL to connect to instead of Bybit's, e.g. "
+        "ws://127.0.0.1:8765/v5/public/linear (env BYBIT_WS_URL)",
+    )
+    add_database_arguments(parser)
+    parser.add_argument(
+        "--snapshot-interval",
+        type=float,
+        default=float(_env("DEPTHWATCH_SNAPSHOT_INTERVAL", str(d.snapshot_interval_s))),
+        help="seconds between recorded top-N book snapshots (env DEPTHWATCH_SNAPSHOT_INTERVAL, "
+        "default 1)",
+    )
+    parser.add_argument(
+        "--snapshot-levels",
+        type=int,
+        default=int(_env("DEPTHWATCH_SNAPSHOT_LEVELS", str(d.snapshot_levels))),
+        help="levels per side in those snapshots (env DEPTHWATCH_SNAPSHOT_LEVELS, default 50)",
+    )
+    parser.add_argument(
+        "--retention-days",
+        type=int,
+        default=int(_env("DEPTHWATCH_RETENTION_DAYS", str(d.retention_days))),
+        help="drop daily partitions older than this many days; 0 keeps everything "
+        "(env DEPTHWATCH_RETENTION_DAYS, default 30)",
+    )
+    parser.add_argument(
+        "--topics-per-connection",
+        type=int,
+        default=d.topics_per_connection,
+        help="spread subscriptions over connections of at most this many topics (default 50)",
+    )
+    parser.add_argument(
+        "--silence-timeout",
+        type=float,
+        default=float(_env("DEPTHWATCH_SILENCE_TIMEOUT", str(d.silence_timeout_s))),
+        help="reconnect a connection that received nothing for this many seconds "
+        "(env DEPTHWATCH_SILENCE_TIMEOUT, default 30)",
+    )
+    parser.add_argument(
+        "--legacy-depths",
+        action="store_true",
+        help="also accept depth 500 (switched off by Bybit in 2025; for archive replays)",
+    )
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def collector_config_from_args(args: argparse.Namespace) -> CollectorConfig:
+    try:
+        depths = tuple(int(d) for d in _split(args.depth))
+    except ValueError:
+        raise ConfigError(f"--depth takes integers, got {args.depth!r}") from None
+    return CollectorConfig(
+        category=args.category,
+        symbols=tuple(s.upper() for s in _split(args.symbols)),
+        depths=depths,
+        trades=args.trades,
+        testnet=args.testnet,
+        ws_url=args.ws_url,
+        database_url=args.database_url,
+        data_dir=args.data_dir,
+        snapshot_interval_s=args.snapshot_interval,
+        snapshot_levels=args.snapshot_levels,
+        retention_days=args.retention_days,
+        topics_per_connection=args.topics_per_connection,
+        silence_timeout_s=args.silence_timeout,
+        legacy_depths=args.legacy_depths,
+    )

@@ -1,0 +1,319 @@
+"""One WebSocket connection to a Bybit v5 public endpoint.
+
+Owns the socket: connects, subscribes in chunks and checks every ack, pings every
+20 s, reconnects with exponential backoff and jitter when the connection drops or
+a watchdog sees it silent, and resubscribes after reconnecting. Every frame gets
+its local receive timestamp the moment it is read, before parsing. Parsed
+records go to a `FeedHandler`; a handler that reports a broken book gets the
+topic resynced (unsubscribe + subscribe, so a fresh snapshot arrives).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import orjson
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from depthwatch.feed.parse import ControlMessage, FeedParser, MalformedMessage, topics_named_in
+from depthwatch.feed.topics import (
+    DEFAULT_ARGS_PER_REQUEST,
+    MAX_ARGS_PER_REQUEST,
+    PING_INTERVAL_S,
+    split_topic,
+)
+from depthwatch.records import BookUpdate, FeedEvent, FeedEventKind, StreamKey, Trade
+
+log = logging.getLogger(__name__)
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass(frozen=True)
+class ReconnectPolicy:
+    """Exponential backoff with jitter: initial * factor**attempt, capped, +-jitter."""
+
+    initial_s: float = 0.5
+    max_s: float = 30.0
+    factor: float = 2.0
+    jitter: float = 0.25  # fraction of the delay, either way
+    healthy_after_s: float = 30.0  # a connection that lived this long resets the backoff
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        base = min(self.max_s, self.initial_s * self.factor**attempt)
+        return base * (1.0 + rng.uniform(-self.jitter, self.jitter))
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    url: str
+    category: str
+    topics: tuple[str, ...]
+    ping_interval_s: float = PING_INTERVAL_S
+    silence_timeout_s: float = 30.0  # the watchdog reconnects after this much silence
+    ack_timeout_s: float = 10.0
+    reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
+
+    @property
+    def args_per_request(self) -> int:
+        return MAX_ARGS_PER_REQUEST.get(self.category, DEFAULT_ARGS_PER_REQUEST)
+
+
+class FeedHandler(Protocol):
+    """What a connection hands its records to (the collector)."""
+
+    def on_book_update(self, update: BookUpdate) -> bool:
+        """Returns True when the stream's book broke and needs a resync."""
+        ...
+
+    def on_trades(self, trades: list[Trade]) -> None: ...
+    def on_feed_event(self, event: FeedEvent) -> None: ...
+    def on_streams_lost(self, streams: list[StreamKey]) -> None: ...
+    def has_room(self) -> bool: ...
+    async def wait_for_room(self) -> None: ...
+
+
+@dataclass
+class ConnectionStats:
+    messages: int = 0
+    book_updates: int = 0
+    malformed: int = 0
+    connects: int = 0
+    resyncs: int = 0
+    stalls: int = 0
+    failed_topics: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _PendingRequest:
+    op: str
+    topics: list[str]
+    sent_at: float
+
+
+class BybitConnection:
+    def __init__(self, name: str, config: ConnectionConfig, handler: FeedHandler) -> None:
+        self.name = name
+        self.config = config
+        self.handler = handler
+        self.parser = FeedParser(config.category)
+        self.topics: list[str] = list(config.topics)  # minus topics Bybit refused
+        self.stats = ConnectionStats()
+        self._ws: ClientConnection | None = None
+        self._pending: OrderedDict[str, _PendingRequest] = OrderedDict()
+        self._req_ids = itertools.count(1)
+        self._last_rx_us = 0
+        self._rng = random.Random()
+
+    # ---- lifecycle
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect, read, reconnect; until `stop` is set or no topic is left."""
+        attempt = 0
+        while not stop.is_set() and self.topics:
+            started = time.monotonic()
+            await self._run_once(stop)
+            if stop.is_set() or not self.topics:
+                break
+            if time.monotonic() - started > self.config.reconnect.healthy_after_s:
+                attempt = 0
+            delay = self.config.reconnect.delay(attempt, self._rng)
+            attempt += 1
+            log.info("%s: reconnecting in %.2f s", self.name, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+        if not self.topics:
+            log.error("%s: every topic was refused; connection closed", self.name)
+
+    async def _run_once(self, stop: asyncio.Event) -> None:
+        connected = False
+        try:
+            async with connect(
+                self.config.url,
+                ping_interval=None,  # Bybit wants application-level pings; we send them
+                max_size=2**24,
+                max_queue=4096,
+                compression=None,
+                open_timeout=10,
+                close_timeout=2,
+            ) as ws:
+                connected = True
+                self._ws = ws
+                self._last_rx_us = now_us()
+                self.stats.connects += 1
+                self._event(FeedEventKind.CONNECT, detail=self.config.url)
+                log.info("%s: connected to %s", self.name, self.config.url)
+                await self._subscribe(self.topics)
+                helpers = [
+                    asyncio.create_task(self._ping_loop(ws)),
+                    asyncio.create_task(self._watchdog(ws)),
+                    asyncio.create_task(self._close_on_stop(ws, stop)),
+                ]
+                try:
+                    await self._read(ws)
+                finally:
+                    for task in helpers:
+                        task.cancel()
+                    await asyncio.gather(*helpers, return_exceptions=True)
+        except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
+            if not stop.is_set():
+                log.warning("%s: connection failed: %s", self.name, exc or type(exc).__name__)
+        finally:
+            self._ws = None
+            self._pending.clear()
+            if connected:
+                self.handler.on_streams_lost(
+                    [self.parser.stream_of(t) for t in self.topics if t.startswith("orderbook.")]
+                )
+                self._event(FeedEventKind.DISCONNECT, detail="stopping" if stop.is_set() else "")
+
+    async def _close_on_stop(self, ws: ClientConnection, stop: asyncio.Event) -> None:
+        await stop.wait()
+        await ws.close()
+
+    # ---- reading
+
+    async def _read(self, ws: ClientConnection) -> None:
+        handler = self.handler
+        parse = self.parser.parse
+        stats = self.stats
+        try:
+            async for raw in ws:
+                local_us = time.time_ns() // 1000  # before anything else
+                self._last_rx_us = local_us
+                stats.messages += 1
+                try:
+                    parsed = parse(raw, local_us)
+                except MalformedMessage as exc:
+                    self._malformed(exc)
+                    continue
+                if isinstance(parsed, BookUpdate):
+                    stats.book_updates += 1
+                    if handler.on_book_update(parsed):
+                        await self._resync(parsed.stream)
+                elif isinstance(parsed, list):
+                    handler.on_trades(parsed)
+                else:
+                    self._on_control(parsed)
+                if not handler.has_room():
+                    await handler.wait_for_room()
+        except websockets.exceptions.ConnectionClosed as exc:
+            log.warning("%s: connection closed: %s", self.name, exc)
+
+    def _malformed(self, exc: MalformedMessage) -> None:
+        self.stats.malformed += 1
+        # The first few in full, then one in a thousand: a flood must not drown the log.
+        if self.stats.malformed <= 10 or self.stats.malformed % 1000 == 0:
+            log.warning("%s: malformed message #%d: %s", self.name, self.stats.malformed, exc)
+            self._event(FeedEventKind.MALFORMED, detail=str(exc)[:500])
+
+    # ---- subscriptions
+
+    async def _subscribe(self, topics: list[str]) -> None:
+        step = self.config.args_per_request
+        for i in range(0, len(topics), step):
+            await self._send_request("subscribe", topics[i : i + step])
+
+    async def _send_request(self, op: str, topics: list[str]) -> None:
+        if self._ws is None:
+            return
+        req_id = f"{self.name}-{next(self._req_ids)}"
+        self._pending[req_id] = _PendingRequest(op, topics, time.monotonic())
+        await self._ws.send(orjson.dumps({"req_id": req_id, "op": op, "args": topics}).decode())
+
+    def _on_control(self, msg: ControlMessage) -> None:
+        if msg.is_pong:
+            return
+        request = self._pending.pop(msg.req_id, None) if msg.req_id else None
+        if request is None:
+            # Not every ack echoes req_id; acks come back in request order.
+            request = self._oldest_pending()
+        if request is None:
+            log.warning("%s: unexpected control message %s", self.name, msg)
+            return
+        failed = msg.fail_topics or ([] if msg.success else topics_named_in(msg.ret_msg))
+        if not msg.success and not failed:
+            failed = list(request.topics)  # the ack names none: the whole request failed
+        if request.op == "unsubscribe":
+            if failed:
+                log.warning("%s: unsubscribe %s refused: %s", self.name, failed, msg.ret_msg)
+            return
+        for topic in failed:
+            self._topic_refused(topic, msg.ret_msg or "refused")
+        for topic in request.topics:
+            if topic not in failed:
+                self._event(FeedEventKind.SUBSCRIBED, topic=topic)
+
+    def _oldest_pending(self) -> _PendingRequest | None:
+        if not self._pending:
+            return None
+        _, request = self._pending.popitem(last=False)
+        return request
+
+    def _topic_refused(self, topic: str, reason: str) -> None:
+        log.error("%s: subscription to %s failed: %s", self.name, topic, reason)
+        self.stats.failed_topics.append(topic)
+        self._event(FeedEventKind.SUBSCRIBE_FAILED, topic=topic, detail=f"{topic}: {reason}")
+        if topic in self.topics:
+            self.topics.remove(topic)  # do not retry it on every reconnect
+
+    async def _resync(self, stream: StreamKey) -> None:
+        topic = f"orderbook.{stream.depth}.{stream.symbol}"
+        self.stats.resyncs += 1
+        self._event(FeedEventKind.RESYNC, topic=topic, detail="unsubscribe + subscribe")
+        log.warning("%s: resyncing %s", self.name, topic)
+        await self._send_request("unsubscribe", [topic])
+        await self._send_request("subscribe", [topic])
+
+    # ---- liveness
+
+    async def _ping_loop(self, ws: ClientConnection) -> None:
+        while True:
+            await asyncio.sleep(self.config.ping_interval_s)
+            await ws.send(orjson.dumps({"req_id": f"ping-{self.name}", "op": "ping"}).decode())
+
+    async def _watchdog(self, ws: ClientConnection) -> None:
+        timeout_us = int(self.config.silence_timeout_s * 1_000_000)
+        while True:
+            await asyncio.sleep(min(1.0, self.config.silence_timeout_s / 4))
+            silent_us = now_us() - self._last_rx_us
+            if silent_us > timeout_us:
+                self.stats.stalls += 1
+                log.warning("%s: silent for %.1f s; reconnecting", self.name, silent_us / 1e6)
+                self._event(FeedEventKind.STALL, detail=f"silent for {silent_us / 1e6:.1f} s")
+                ws.transport.abort()
+                return
+            self._expire_acks()
+
+    def _expire_acks(self) -> None:
+        deadline = time.monotonic() - self.config.ack_timeout_s
+        for req_id, request in list(self._pending.items()):
+            if request.sent_at < deadline:
+                del self._pending[req_id]
+                log.error("%s: no ack for %s %s", self.name, request.op, request.topics)
+                for topic in request.topics:
+                    self._event(
+                        FeedEventKind.SUBSCRIBE_FAILED,
+                        topic=topic,
+                        detail=f"{topic}: no ack within {self.config.ack_timeout_s:.0f} s",
+                    )
+
+    def _event(self, kind: FeedEventKind, topic: str | None = None, detail: str = "") -> None:
+        symbol: str | None = None
+        depth: int | None = None
+        if topic is not None:
+            _, depth, symbol = split_topic(topic)
+        self.handler.on_feed_event(
+            FeedEvent(kind, now_us(), self.config.category, symbol, depth, detail, self.name)
+        )

@@ -1,0 +1,192 @@
+"""Bybit v5 public messages -> normalised records. Pure: bytes in, records out.
+
+Anything that is not exactly the shape we expect raises `MalformedMessage`
+naming what was wrong, so the connection can log it, count it and go on: a
+malformed frame must never reach a book.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import orjson
+
+from depthwatch.feed.topics import split_topic
+from depthwatch.records import BookUpdate, Level, StreamKey, Trade
+
+
+class MalformedMessage(ValueError):
+    """A frame that is not a well-formed Bybit message."""
+
+
+@dataclass(slots=True)
+class ControlMessage:
+    """An ack to subscribe/unsubscribe, or a pong."""
+
+    op: str
+    success: bool
+    ret_msg: str = ""
+    req_id: str = ""
+    conn_id: str = ""
+    success_topics: list[str] = field(default_factory=list)
+    fail_topics: list[str] = field(default_factory=list)
+
+    @property
+    def is_pong(self) -> bool:
+        return self.op == "pong" or (self.op == "ping" and self.ret_msg == "pong")
+
+
+Parsed = BookUpdate | list[Trade] | ControlMessage
+
+# Failed acks name their topics like "error:handler not found,topic:orderbook.500.BTCUSDT".
+_TOPIC_IN_RET_MSG = re.compile(r"topic:([A-Za-z0-9_.\-]+)")
+
+
+def topics_named_in(ret_msg: str) -> list[str]:
+    return _TOPIC_IN_RET_MSG.findall(ret_msg)
+
+
+def _is_decimal(text: object) -> bool:
+    # Bybit sends plain non-negative decimals ("16493.50"); this refuses "nan",
+    # "1e5", "-1" and non-strings, which float() or numeric would accept.
+    return isinstance(text, str) and text.replace(".", "", 1).isdigit()
+
+
+def _levels(side: object, what: str) -> list[Level]:
+    if not isinstance(side, list):
+        raise MalformedMessage(f"{what} is not a list")
+    for level in side:
+        if (
+            not isinstance(level, list)
+            or len(level) != 2
+            or not _is_decimal(level[0])
+            or not _is_decimal(level[1])
+        ):
+            raise MalformedMessage(f"bad level in {what}: {level!r:.80}")
+    return side
+
+
+def _int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MalformedMessage(f"{what} is not an integer: {value!r:.40}")
+    return value
+
+
+class FeedParser:
+    """Parses the frames of one category's connections."""
+
+    def __init__(self, category: str) -> None:
+        self.category = category
+        self._streams: dict[str, StreamKey] = {}
+
+    def parse(self, raw: str | bytes, local_us: int) -> Parsed:
+        try:
+            msg = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedMessage(f"not JSON ({exc}): {raw[:80]!r}") from None
+        if not isinstance(msg, dict):
+            raise MalformedMessage(f"not a JSON object: {raw[:80]!r}")
+        topic = msg.get("topic")
+        if topic is None:
+            return self._control(msg)
+        if not isinstance(topic, str):
+            raise MalformedMessage(f"topic is not a string: {topic!r:.40}")
+        if topic.startswith("orderbook."):
+            return self._book(topic, msg, local_us)
+        if topic.startswith("publicTrade."):
+            return self._trades(msg, local_us)
+        raise MalformedMessage(f"unexpected topic {topic!r}")
+
+    def stream_of(self, topic: str) -> StreamKey:
+        stream = self._streams.get(topic)
+        if stream is None:
+            _, depth, symbol = split_topic(topic)
+            if depth is None:
+                raise MalformedMessage(f"not an orderbook topic: {topic!r}")
+            stream = StreamKey(self.category, symbol, depth)
+            self._streams[topic] = stream
+        return stream
+
+    def _book(self, topic: str, msg: dict, local_us: int) -> BookUpdate:
+        try:
+            stream = self.stream_of(topic)
+        except ValueError as exc:
+            raise MalformedMessage(str(exc)) from None
+        kind = msg.get("type")
+        if kind not in ("snapshot", "delta"):
+            raise MalformedMessage(f"{topic}: type is {kind!r}")
+        data = msg.get("data")
+        if not isinstance(data, dict):
+            raise MalformedMessage(f"{topic}: data is not an object")
+        if data.get("s") != stream.symbol:
+            raise MalformedMessage(f"{topic}: data.s is {data.get('s')!r}")
+        cts = msg.get("cts")
+        return BookUpdate(
+            stream,
+            kind == "snapshot",
+            _levels(data.get("b"), f"{topic} bids"),
+            _levels(data.get("a"), f"{topic} asks"),
+            _int(data.get("u"), f"{topic} u"),
+            _int(data.get("seq"), f"{topic} seq"),
+            _int(msg.get("ts"), f"{topic} ts") * 1000,
+            None if cts is None else _int(cts, f"{topic} cts") * 1000,
+            local_us,
+        )
+
+    def _trades(self, msg: dict, local_us: int) -> list[Trade]:
+        data = msg.get("data")
+        if not isinstance(data, list):
+            raise MalformedMessage("publicTrade: data is not a list")
+        trades = []
+        for item in data:
+            if not isinstance(item, dict):
+                raise MalformedMessage("publicTrade: trade is not an object")
+            side = item.get("S")
+            if side not in ("Buy", "Sell"):
+                raise MalformedMessage(f"publicTrade: side {side!r}")
+            price, size, trade_id = item.get("p"), item.get("v"), item.get("i")
+            if not (_is_decimal(price) and _is_decimal(size) and isinstance(trade_id, str)):
+                raise MalformedMessage(f"publicTrade: bad trade {item!r:.120}")
+            seq = item.get("seq")
+            trades.append(
+                Trade(
+                    self.category,
+                    str(item.get("s")),
+                    trade_id,
+                    "buy" if side == "Buy" else "sell",
+                    price,  # type: ignore[arg-type]
+                    size,  # type: ignore[arg-type]
+                    _int(item.get("T"), "publicTrade T") * 1000,
+                    local_us,
+                    None if seq is None else _int(seq, "publicTrade seq"),
+                )
+            )
+        return trades
+
+    @staticmethod
+    def _control(msg: dict) -> ControlMessage:
+        op = msg.get("op")
+        if msg.get("type") == "COMMAND_RESP":  # option-category ack shape
+            data = msg.get("data") or {}
+            return ControlMessage(
+                op=str(op or "subscribe"),
+                success=bool(msg.get("success")),
+                ret_msg=str(msg.get("ret_msg", "")),
+                req_id=str(msg.get("req_id", "")),
+                conn_id=str(msg.get("conn_id", "")),
+                success_topics=list(data.get("successTopics") or []),
+                fail_topics=list(data.get("failTopics") or []),
+            )
+        if not isinstance(op, str):
+            raise MalformedMessage(f"neither data nor control: {str(msg)[:80]}")
+        return ControlMessage(
+            op=op,
+            success=bool(msg.get("success", op == "pong")),
+            ret_msg=str(msg.get("ret_msg", "")),
+            req_id=str(msg.get("req_id", "")),
+            conn_id=str(msg.get("conn_id", "")),
+            fail_topics=topics_named_in(str(msg.get("ret_msg", "")))
+            if not msg.get("success", True)
+            else [],
+        )

@@ -1,0 +1,63 @@
+"""Bybit v5 public stream facts, as data: endpoints, depths, topic names, limits."""
+
+from __future__ import annotations
+
+CATEGORIES = ("linear", "inverse", "spot", "option")
+
+MAINNET_WS = "wss://stream.bybit.com/v5/public/{category}"
+TESTNET_WS = "wss://stream-testnet.bybit.com/v5/public/{category}"
+
+# Depths Bybit serves per category (docs, 2026).
+DEPTHS: dict[str, tuple[int, ...]] = {
+    "linear": (1, 50, 200, 1000),
+    "inverse": (1, 50, 200, 1000),
+    "spot": (1, 50, 200, 1000),
+    "option": (25, 100),
+}
+# Depth 500 on linear/inverse was switched off on 2025-09-30, but Bybit's
+# history archive still carries it; accepted only with `legacy_depths`.
+LEGACY_DEPTHS: dict[str, tuple[int, ...]] = {"linear": (500,), "inverse": (500,)}
+
+# Subscription limits.
+MAX_ARGS_CHARS_PER_CONNECTION = 21_000
+MAX_ARGS_PER_REQUEST = {"spot": 10}  # other categories: no documented per-request cap
+DEFAULT_ARGS_PER_REQUEST = 10  # small requests keep a failed ack's blast radius small
+MAX_ARGS_PER_CONNECTION = {"option": 2_000}
+
+PING_INTERVAL_S = 20.0
+
+# Tardis exchange ids per category.
+TARDIS_EXCHANGE = {
+    "linear": "bybit",
+    "inverse": "bybit",
+    "spot": "bybit-spot",
+    "option": "bybit-options",
+}
+
+
+def ws_url(category: str, testnet: bool = False) -> str:
+    return (TESTNET_WS if testnet else MAINNET_WS).format(category=category)
+
+
+def valid_depths(category: str, legacy: bool = False) -> tuple[int, ...]:
+    depths = DEPTHS[category]
+    return depths + LEGACY_DEPTHS.get(category, ()) if legacy else depths
+
+
+def book_topic(depth: int, symbol: str) -> str:
+    return f"orderbook.{depth}.{symbol}"
+
+
+def trade_topic(symbol: str) -> str:
+    return f"publicTrade.{symbol}"
+
+
+def split_topic(topic: str) -> tuple[str, int | None, str]:
+    """'orderbook.50.BTCUSDT' -> ('orderbook', 50, 'BTCUSDT');
+    'publicTrade.BTCUSDT' -> ('publicTrade', None, 'BTCUSDT')."""
+    parts = topic.split(".")
+    if parts[0] == "orderbook" and len(parts) == 3 and parts[1].isdigit():
+        return "orderbook", int(parts[1]), parts[2]
+    if len(parts) == 2:
+        return parts[0], None, parts[1]
+    raise ValueError(f"unrecognised topic {topic!r}")

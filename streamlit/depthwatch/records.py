@@ -1,0 +1,110 @@
+"""The normalised records everything downstream of the feed speaks.
+
+The feed module turns Bybit messages into these; the book, the writer, the
+export and the simulator's ground truth never see raw exchange JSON.
+
+Prices and sizes stay the decimal strings the exchange sent: they are written
+to PostgreSQL ``numeric`` columns unchanged, so nothing is ever rounded.
+Timestamps are integer microseconds since the Unix epoch (UTC), the Tardis
+convention, for both exchange time and local receive time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+# One price level as sent: [price, size], both decimal strings. Lists rather
+# than tuples because that is what orjson hands us; copying would cost time.
+Level = list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamKey:
+    """One order book stream: a symbol of a category at one depth."""
+
+    category: str
+    symbol: str
+    depth: int
+
+    def __str__(self) -> str:
+        return f"{self.category}:{self.symbol}@{self.depth}"
+
+
+@dataclass(slots=True)
+class BookUpdate:
+    """A snapshot or delta of one book stream, as received."""
+
+    stream: StreamKey
+    is_snapshot: bool
+    bids: list[Level]
+    asks: list[Level]
+    update_id: int  # Bybit `u`
+    sequence: int  # Bybit `seq`
+    exchange_us: int  # Bybit `ts`, in microseconds
+    match_us: int | None  # Bybit `cts` (matching engine time), in microseconds
+    local_us: int  # when the frame was read off the socket
+
+
+@dataclass(slots=True)
+class Trade:
+    category: str
+    symbol: str
+    trade_id: str
+    side: str  # "buy" or "sell": the taker's side
+    price: str
+    size: str
+    exchange_us: int
+    local_us: int
+    sequence: int | None
+
+
+@dataclass(slots=True)
+class Quote:
+    """Top of book whenever best bid/ask price or size changes."""
+
+    stream: StreamKey
+    exchange_us: int
+    local_us: int
+    update_id: int
+    bid_price: str | None
+    bid_size: str | None
+    ask_price: str | None
+    ask_size: str | None
+
+
+@dataclass(slots=True)
+class DepthSnapshot:
+    """Top-N levels of a book as it stood at the end of a time bucket."""
+
+    stream: StreamKey
+    exchange_us: int  # the bucket's end
+    local_us: int  # receive time of the last message applied before it
+    update_id: int
+    bids: list[Level]  # best first
+    asks: list[Level]  # best first
+
+
+class FeedEventKind(StrEnum):
+    CONNECT = "connect"
+    DISCONNECT = "disconnect"
+    SUBSCRIBED = "subscribed"
+    SUBSCRIBE_FAILED = "subscribe_failed"
+    GAP = "gap"
+    RESYNC = "resync"
+    RESTART = "restart"  # a `u == 1` snapshot: the exchange restarted the stream
+    ANOMALY = "anomaly"  # e.g. a crossed book
+    MALFORMED = "malformed"
+    STALL = "stall"  # the watchdog saw silence and reconnected
+    BACKPRESSURE = "backpressure"
+
+
+@dataclass(slots=True)
+class FeedEvent:
+    kind: FeedEventKind
+    local_us: int
+    category: str
+    symbol: str | None = None
+    depth: int | None = None
+    detail: str = ""
+    connection: str = ""

@@ -1,0 +1,129 @@
+"""Read queries: everything that reads the recorded data goes through here.
+
+Long reads stream through a server-side cursor, so an export of a month uses
+the memory of one batch. Numeric arrays come back as text so that prices keep
+the digits the exchange sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+STREAM_BATCH_ROWS = 5_000
+
+
+class NotRecorded(LookupError):
+    """The requested instrument or stream has no recorded data."""
+
+
+@dataclass(frozen=True, slots=True)
+class BookEventRow:
+    ts_us: int
+    local_us: int
+    u: int
+    is_snapshot: bool
+    bid_prices: list[str]
+    bid_sizes: list[str]
+    ask_prices: list[str]
+    ask_sizes: list[str]
+
+
+def instrument_id(conn: sa.Connection, category: str, symbol: str) -> int:
+    iid = conn.execute(
+        sa.text("SELECT id FROM instruments WHERE category = :c AND symbol = :s"),
+        {"c": category, "s": symbol},
+    ).scalar()
+    if iid is None:
+        raise NotRecorded(f"no {category} instrument {symbol!r} has been recorded")
+    return int(iid)
+
+
+def recorded_depths(conn: sa.Connection, iid: int) -> list[int]:
+    """Depths with recorded book events, most events first."""
+    rows = conn.execute(
+        sa.text(
+            """SELECT depth FROM book_events WHERE instrument_id = :i
+               GROUP BY depth ORDER BY count(*) DESC"""
+        ),
+        {"i": iid},
+    ).scalars()
+    return [int(d) for d in rows]
+
+
+def last_snapshot_before(conn: sa.Connection, iid: int, depth: int, ts_us: int) -> int | None:
+    """Exchange time of the last snapshot strictly before `ts_us`."""
+    ts = conn.execute(
+        sa.text(
+            """SELECT ts_us FROM book_events
+               WHERE instrument_id = :i AND depth = :d AND is_snapshot AND ts_us < :t
+               ORDER BY ts_us DESC LIMIT 1"""
+        ),
+        {"i": iid, "d": depth, "t": ts_us},
+    ).scalar()
+    return None if ts is None else int(ts)
+
+
+def _stream(conn: sa.Connection, sql: str, params: dict[str, object]) -> Iterator[sa.Row]:
+    result = conn.execution_options(stream_results=True, yield_per=STREAM_BATCH_ROWS).execute(
+        sa.text(sql), params
+    )
+    yield from result
+
+
+def book_events(
+    conn: sa.Connection, iid: int, depth: int, from_us: int, end_us: int
+) -> Iterator[BookEventRow]:
+    """Book events with from_us <= ts < end_us, in the order they apply."""
+    rows = _stream(
+        conn,
+        """SELECT ts_us, local_us, u, is_snapshot, bid_prices::text[], bid_sizes::text[],
+                  ask_prices::text[], ask_sizes::text[]
+           FROM book_events
+           WHERE instrument_id = :i AND depth = :d AND ts_us >= :f AND ts_us < :e
+           ORDER BY ts_us, u, is_snapshot DESC""",
+        {"i": iid, "d": depth, "f": from_us, "e": end_us},
+    )
+    for row in rows:
+        yield BookEventRow(*row)
+
+
+def quotes(
+    conn: sa.Connection, iid: int, depth: int, start_us: int, end_us: int
+) -> Iterator[sa.Row]:
+    """(ts_us, local_us, ask_size, ask_price, bid_price, bid_size) in time order."""
+    return _stream(
+        conn,
+        """SELECT ts_us, local_us, ask_size::text, ask_price::text, bid_price::text,
+                  bid_size::text
+           FROM quotes
+           WHERE instrument_id = :i AND depth = :d AND ts_us >= :s AND ts_us < :e
+           ORDER BY ts_us, u""",
+        {"i": iid, "d": depth, "s": start_us, "e": end_us},
+    )
+
+
+def trades(conn: sa.Connection, iid: int, start_us: int, end_us: int) -> Iterator[sa.Row]:
+    """(ts_us, local_us, trade_id, side, price, size) in time order."""
+    return _stream(
+        conn,
+        """SELECT ts_us, local_us, trade_id, side, price::text, size::text
+           FROM trades
+           WHERE instrument_id = :i AND ts_us >= :s AND ts_us < :e
+           ORDER BY ts_us, seq, trade_id""",
+        {"i": iid, "s": start_us, "e": end_us},
+    )
+
+
+def feed_events(conn: sa.Connection, since_us: int) -> list[sa.Row]:
+    return list(
+        conn.execute(
+            sa.text(
+                """SELECT local_us, collector, connection, kind, category, symbol, depth, detail
+                   FROM feed_events WHERE local_us >= :s ORDER BY local_us, id"""
+            ),
+            {"s": since_us},
+        )
+    )

@@ -1,0 +1,435 @@
+"""The batch writer: records in, COPY batches out, on a thread of its own.
+
+Socket readers (the asyncio loop) call the `add_*` methods, which only format a
+COPY line and append it to a deque: no I/O, no lock. A writer thread drains the
+deques at least every `flush_interval_s`, COPYs each table's rows into a
+temporary staging table and moves them with `INSERT ... ON CONFLICT DO NOTHING`,
+all in one transaction. That makes every write idempotent: two collectors
+overlapping during a deploy, or a retry after a failed commit, never duplicate
+a row. A failed flush keeps its batch and retries it with backoff; the queue is
+bounded, and readers that find it full wait (`wait_for_room`), which is counted
+and logged as back-pressure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import psycopg2
+import sqlalchemy as sa
+
+from depthwatch.records import BookUpdate, DepthSnapshot, FeedEvent, Level, Quote, StreamKey, Trade
+from depthwatch.storage import schema
+
+log = logging.getLogger(__name__)
+
+EXCHANGE = "bybit"
+
+# Column lists in COPY order; the staging tables mirror the real ones.
+COLUMNS = {
+    "book_events": "instrument_id, depth, ts_us, local_us, match_us, u, seq, is_snapshot, "
+    "bid_prices, bid_sizes, ask_prices, ask_sizes",
+    "quotes": "instrument_id, depth, ts_us, local_us, u, bid_price, bid_size, ask_price, ask_size",
+    "depth_snapshots": "instrument_id, depth, ts_us, local_us, u, "
+    "bid_prices, bid_sizes, ask_prices, ask_sizes",
+    "trades": "instrument_id, ts_us, local_us, trade_id, side, price, size, seq",
+}
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass(frozen=True)
+class WriterConfig:
+    flush_interval_s: float = 0.25  # a row waits at most this long before its COPY starts
+    batch_rows: int = 20_000  # flush early once this many rows are pending
+    max_pending_rows: int = 400_000  # readers wait beyond this (back-pressure)
+    retention_days: int = 0  # 0 keeps everything
+    partitions_ahead_days: int = 2
+    collector_id: str = "depthwatch"
+
+
+@dataclass
+class WriterStats:
+    rows_written: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COLUMNS, 0))
+    feed_events_written: int = 0
+    flushes: int = 0
+    flush_failures: int = 0
+    rows_rejected: int = 0
+    backpressure_waits: int = 0
+    # receive-to-commit latency of book events, microseconds (most recent only)
+    latencies_us: deque[int] = field(default_factory=lambda: deque(maxlen=200_000))
+
+
+def _array(levels: list[Level], index: int) -> str:
+    return "{" + ",".join([level[index] for level in levels]) + "}"
+
+
+def _levels_columns(bids: list[Level], asks: list[Level]) -> str:
+    return f"{_array(bids, 0)}\t{_array(bids, 1)}\t{_array(asks, 0)}\t{_array(asks, 1)}"
+
+
+def _nullable(value: object) -> str:
+    return "\\N" if value is None else str(value)
+
+
+class BatchWriter:
+    """Implements book.RecordSink (plus trades) on top of PostgreSQL."""
+
+    def __init__(self, engine: sa.Engine, config: WriterConfig) -> None:
+        self.engine = engine
+        self.config = config
+        self.stats = WriterStats()
+        self._rows: dict[str, deque[str]] = {table: deque() for table in COLUMNS}
+        self._book_rows: deque[tuple[int, str]] = deque()  # (local_us, line) for latency
+        self._events: deque[FeedEvent] = deque()
+        self._instrument_ids: dict[tuple[str, str], int] = {}
+        self._known_days: set[int] = set()
+        self._seen_days: set[int] = set()  # every day a queued row fell on
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_maintenance = 0.0
+
+    # ---- called from the socket readers' thread: format and append, nothing else
+
+    def add_book_update(self, update: BookUpdate) -> None:
+        iid = self._instrument_id(update.stream)
+        self._note_day(update.exchange_us)
+        line = (
+            f"{iid}\t{update.stream.depth}\t{update.exchange_us}\t{update.local_us}\t"
+            f"{_nullable(update.match_us)}\t{update.update_id}\t{update.sequence}\t"
+            f"{'t' if update.is_snapshot else 'f'}\t{_levels_columns(update.bids, update.asks)}\n"
+        )
+        self._book_rows.append((update.local_us, line))
+        self._maybe_wake()
+
+    def add_quote(self, quote: Quote) -> None:
+        iid = self._instrument_id(quote.stream)
+        self._note_day(quote.exchange_us)
+        self._rows["quotes"].append(
+            f"{iid}\t{quote.stream.depth}\t{quote.exchange_us}\t{quote.local_us}\t"
+            f"{quote.update_id}\t{_nullable(quote.bid_price)}\t{_nullable(quote.bid_size)}\t"
+            f"{_nullable(quote.ask_price)}\t{_nullable(quote.ask_size)}\n"
+        )
+
+    def add_depth_snapshot(self, snapshot: DepthSnapshot) -> None:
+        iid = self._instrument_id(snapshot.stream)
+        self._note_day(snapshot.exchange_us)
+        self._rows["depth_snapshots"].append(
+            f"{iid}\t{snapshot.stream.depth}\t{snapshot.exchange_us}\t{snapshot.local_us}\t"
+            f"{snapshot.update_id}\t{_levels_columns(snapshot.bids, snapshot.asks)}\n"
+        )
+
+    def add_trade(self, trade: Trade) -> None:
+        iid = self.instrument_id(trade.category, trade.symbol)
+        self._note_day(trade.exchange_us)
+        self._rows["trades"].append(
+            f"{iid}\t{trade.exchange_us}\t{trade.local_us}\t"
+            f"{trade.trade_id.translate(_COPY_ESCAPES)}\t{trade.side}\t{trade.price}\t"
+            f"{trade.size}\t{_nullable(trade.sequence)}\n"
+        )
+        self._maybe_wake()
+
+    def add_feed_event(self, event: FeedEvent) -> None:
+        self._events.append(event)
+
+    @property
+    def pending_rows(self) -> int:
+        return len(self._book_rows) + sum(len(rows) for rows in self._rows.values())
+
+    def has_room(self) -> bool:
+        return self.pending_rows < self.config.max_pending_rows
+
+    async def wait_for_room(self) -> None:
+        """Back-pressure: pause the calling reader (not the event loop) until the
+        writer has caught up below the limit."""
+        self.stats.backpressure_waits += 1
+        if self.stats.backpressure_waits % 100 == 1:
+            log.warning(
+                "writer back-pressure: %d rows pending (limit %d); readers wait (%d waits so far)",
+                self.pending_rows,
+                self.config.max_pending_rows,
+                self.stats.backpressure_waits,
+            )
+        while not self.has_room():
+            self._wake.set()
+            await asyncio.sleep(0.01)
+
+    def _maybe_wake(self) -> None:
+        if len(self._book_rows) >= self.config.batch_rows:
+            self._wake.set()
+
+    def _note_day(self, ts_us: int) -> None:
+        day = ts_us // schema.DAY_US
+        if day not in self._known_days:
+            self._seen_days.add(day)
+
+    def _instrument_id(self, stream: StreamKey) -> int:
+        iid = self._instrument_ids.get((stream.category, stream.symbol))
+        return iid if iid is not None else self.instrument_id(stream.category, stream.symbol)
+
+    # ---- instruments: registered once per symbol, synchronously
+
+    def instrument_id(self, category: str, symbol: str, tick_size: str | None = None) -> int:
+        key = (category, symbol)
+        if key in self._instrument_ids and tick_size is None:
+            return self._instrument_ids[key]
+        with self.engine.begin() as conn:
+            iid = conn.execute(
+                sa.text(
+                    """INSERT INTO instruments (exchange, category, symbol, tick_size)
+                       VALUES (:e, :c, :s, :t)
+                       ON CONFLICT (exchange, category, symbol) DO UPDATE
+                       SET tick_size = coalesce(excluded.tick_size, instruments.tick_size)
+                       RETURNING id"""
+                ),
+                {"e": EXCHANGE, "c": category, "s": symbol, "t": tick_size},
+            ).scalar_one()
+        self._instrument_ids[key] = int(iid)
+        return int(iid)
+
+    # ---- the writer thread
+
+    def start(self) -> None:
+        with self.engine.begin() as conn:
+            self._maintain_partitions(conn)
+        self._thread = threading.Thread(target=self._run, name="depthwatch-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> bool:
+        """Flush everything pending and stop; False if rows remain unwritten."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        left = self.pending_rows + len(self._events)
+        if left:
+            log.error("writer stopped with %d rows not written", left)
+        return left == 0
+
+    def flush_now(self, timeout_s: float = 10.0) -> bool:
+        """Wait until everything added so far is committed (tests, shutdown)."""
+        deadline = time.monotonic() + timeout_s
+        while self.pending_rows or self._events or self._flushing:
+            if time.monotonic() > deadline:
+                return False
+            self._wake.set()
+            time.sleep(0.01)
+        return True
+
+    _flushing = False
+
+    def _run(self) -> None:
+        conn: sa.Connection | None = None
+        backoff = 0.5
+        batch: _Batch | None = None
+        while True:
+            self._wake.wait(self.config.flush_interval_s)
+            self._wake.clear()
+            while True:
+                if batch is None:
+                    batch = self._take_batch()
+                if batch.empty:
+                    batch = None
+                    break
+                self._flushing = True
+                try:
+                    if conn is None:
+                        conn = self._connect()
+                    self._write(conn, batch)
+                    self._record_success(batch)
+                    batch = None
+                    backoff = 0.5
+                except (psycopg2.DataError, sa.exc.DataError):
+                    log.exception("a batch holds a row PostgreSQL refuses; writing rows singly")
+                    conn = self._discard(conn)
+                    conn = self._connect()
+                    self._write_singly(conn, batch)
+                    batch = None
+                except Exception as exc:
+                    self.stats.flush_failures += 1
+                    log.error(
+                        "flush of %d rows failed (%s); retrying in %.1f s",
+                        batch.size,
+                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc),
+                        backoff,
+                    )
+                    conn = self._discard(conn)
+                    # A partition may have been dropped under us: re-ensure every day seen.
+                    self._known_days.clear()
+                    if self._stopping.is_set():
+                        if self._stop_deadline_passed():
+                            return
+                        time.sleep(0.2)
+                    else:
+                        self._stopping.wait(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                finally:
+                    self._flushing = False
+                if batch is None and self.pending_rows < self.config.batch_rows:
+                    break
+            if self._stopping.is_set() and not self.pending_rows and not self._events:
+                self._discard(conn)
+                return
+            if time.monotonic() - self._last_maintenance > 3600:
+                self._run_maintenance()
+
+    _stop_started: float | None = None
+
+    def _stop_deadline_passed(self) -> bool:
+        """While stopping with a dead database, give up after a while rather than hang."""
+        if self._stop_started is None:
+            self._stop_started = time.monotonic()
+        return time.monotonic() - self._stop_started > 5.0
+
+    def _connect(self) -> sa.Connection:
+        conn = self.engine.connect()
+        for table in COLUMNS:
+            conn.execute(
+                sa.text(
+                    f"CREATE TEMP TABLE IF NOT EXISTS stage_{table} "
+                    f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+                )
+            )
+        conn.commit()
+        return conn
+
+    @staticmethod
+    def _discard(conn: sa.Connection | None) -> None:
+        """Close a connection that may be broken; always returns None."""
+        if conn is not None:
+            try:
+                conn.invalidate()
+                conn.close()
+            except Exception:
+                pass
+
+    def _take_batch(self) -> _Batch:
+        limit = self.config.batch_rows * 2
+        book = [self._book_rows.popleft() for _ in range(min(limit, len(self._book_rows)))]
+        rows = {
+            table: [q.popleft() for _ in range(min(limit, len(q)))]
+            for table, q in self._rows.items()
+        }
+        rows["book_events"] = [line for _, line in book]
+        events = [self._events.popleft() for _ in range(len(self._events))]
+        # Days are read after the rows: a row's day is noted before its row is queued.
+        days = set(self._seen_days) - self._known_days
+        return _Batch(rows, [local for local, _ in book], events, days)
+
+    def _write(self, conn: sa.Connection, batch: _Batch) -> None:
+        with conn.begin():
+            if batch.days:
+                schema.ensure_partitions(conn, batch.days)
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            for table, lines in batch.rows.items():
+                if lines:
+                    self._copy(cursor, table, lines)
+            if batch.events:
+                conn.execute(
+                    sa.text(
+                        """INSERT INTO feed_events
+                           (local_us, collector, connection, kind, category, symbol, depth, detail)
+                           VALUES (:local_us, :collector, :connection, :kind, :category,
+                                   :symbol, :depth, :detail)"""
+                    ),
+                    [
+                        {
+                            "local_us": e.local_us,
+                            "collector": self.config.collector_id,
+                            "connection": e.connection,
+                            "kind": str(e.kind),
+                            "category": e.category,
+                            "symbol": e.symbol,
+                            "depth": e.depth,
+                            "detail": e.detail,
+                        }
+                        for e in batch.events
+                    ],
+                )
+
+    @staticmethod
+    def _copy(cursor: object, table: str, lines: list[str]) -> None:
+        columns = COLUMNS[table]
+        cursor.copy_expert(  # type: ignore[attr-defined]
+            f"COPY stage_{table} ({columns}) FROM STDIN", io.StringIO("".join(lines))
+        )
+        cursor.execute(  # type: ignore[attr-defined]
+            f"INSERT INTO {table} ({columns}) SELECT {columns} FROM stage_{table} "
+            "ON CONFLICT DO NOTHING"
+        )
+        cursor.execute(f"TRUNCATE stage_{table}")  # type: ignore[attr-defined]
+
+    def _write_singly(self, conn: sa.Connection, batch: _Batch) -> None:
+        """Slow path for a batch with a bad row: each row in its own savepoint,
+        so one refused row costs only itself (logged and counted)."""
+        if batch.days:
+            with conn.begin():
+                schema.ensure_partitions(conn, batch.days)
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        for table, lines in batch.rows.items():
+            for line in lines:
+                try:
+                    with conn.begin():
+                        self._copy(cursor, table, [line])
+                except Exception as exc:
+                    self.stats.rows_rejected += 1
+                    log.error("rejected %s row %r: %s", table, line[:200], exc)
+        self._known_days |= batch.days
+        batch.rows = {t: [] for t in batch.rows}
+        self._write(conn, batch)  # the feed events
+        self.stats.flushes += 1
+
+    def _record_success(self, batch: _Batch) -> None:
+        self._known_days |= batch.days
+        self.stats.flushes += 1
+        for table, lines in batch.rows.items():
+            self.stats.rows_written[table] += len(lines)
+        self.stats.feed_events_written += len(batch.events)
+        committed = now_us()
+        self.stats.latencies_us.extend(committed - local for local in batch.book_local_us)
+
+    def _maintain_partitions(self, conn: sa.Connection) -> None:
+        today = now_us() // schema.DAY_US
+        days = set(range(today - 1, today + self.config.partitions_ahead_days + 1))
+        schema.ensure_partitions(conn, days)
+        self._known_days |= days
+        schema.drop_expired_partitions(conn, self.config.retention_days, now_us())
+        if self.config.retention_days > 0:
+            cutoff = today - self.config.retention_days
+            self._known_days = {d for d in self._known_days if d >= cutoff}
+        self._last_maintenance = time.monotonic()
+
+    def _run_maintenance(self) -> None:
+        try:
+            with self.engine.begin() as conn:
+                self._maintain_partitions(conn)
+        except Exception:
+            log.exception("partition maintenance failed")
+            self._last_maintenance = time.monotonic()
+
+
+@dataclass
+class _Batch:
+    rows: dict[str, list[str]]
+    book_local_us: list[int]
+    events: list[FeedEvent]
+    days: set[int]
+
+    @property
+    def size(self) -> int:
+        return sum(len(lines) for lines in self.rows.values()) + len(self.events)
+
+    @property
+    def empty(self) -> bool:
+        return self.size == 0
