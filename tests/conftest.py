@@ -1,0 +1,50 @@
+"""Shared fixtures: a real PostgreSQL server (DATABASE_URL, or the embedded one)
+and a fresh database per test."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from depthwatch.storage.db import make_engine, normalise_url, start_embedded
+
+DATA = Path(__file__).parent / "data"
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """URL of a PostgreSQL server's maintenance database."""
+    configured = os.environ.get("DATABASE_URL")
+    if configured:
+        yield normalise_url(configured)
+        return
+    with tempfile.TemporaryDirectory(prefix="depthwatch-test-pg-") as tmp:
+        yield start_embedded(Path(tmp) / "pgdata")
+
+
+@pytest.fixture
+def database_url(server_url: str) -> Iterator[str]:
+    """A new, empty database for one test; dropped afterwards."""
+    name = f"dw_test_{os.getpid()}_{next(_counter)}"
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[sa.Engine]:
+    eng = make_engine(database_url)
+    yield eng
+    eng.dispose()

@@ -1,0 +1,220 @@
+"""The book: property tests against a naive reference, and the continuity rules."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from depthwatch.book import OrderBook, Outcome, StreamBook
+from depthwatch.records import (
+    BookUpdate,
+    DepthSnapshot,
+    FeedEvent,
+    FeedEventKind,
+    Quote,
+    StreamKey,
+)
+
+STREAM = StreamKey("linear", "BTCUSDT", 50)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.updates: list[BookUpdate] = []
+        self.quotes: list[Quote] = []
+        self.snapshots: list[DepthSnapshot] = []
+        self.events: list[FeedEvent] = []
+
+    def add_book_update(self, update: BookUpdate) -> None:
+        self.updates.append(update)
+
+    def add_quote(self, quote: Quote) -> None:
+        self.quotes.append(quote)
+
+    def add_depth_snapshot(self, snapshot: DepthSnapshot) -> None:
+        self.snapshots.append(snapshot)
+
+    def add_feed_event(self, event: FeedEvent) -> None:
+        self.events.append(event)
+
+
+def reference_apply(book: dict[Decimal, str], levels: list[list[str]]) -> None:
+    """The obviously-correct book: a dict keyed by exact Decimal prices."""
+    for price, size in levels:
+        if Decimal(size) == 0:
+            book.pop(Decimal(price), None)
+        else:
+            book[Decimal(price)] = size
+
+
+def reference_sides(bids: dict, asks: dict) -> tuple[list, list]:
+    return (
+        [[str(p), bids[p]] for p in sorted(bids, reverse=True)],
+        [[str(p), asks[p]] for p in sorted(asks)],
+    )
+
+
+def canonical(levels: list[list[str]]) -> list[tuple[Decimal, str]]:
+    return [(Decimal(p), s) for p, s in levels]
+
+
+# Prices on a 0.01 tick, some sizes zero (deletes), sizes as decimal strings.
+prices = st.integers(min_value=1, max_value=400).map(lambda t: f"{Decimal(t) / 100 + 100:.2f}")
+sizes = st.one_of(
+    st.just("0"),
+    st.integers(min_value=1, max_value=10_000).map(lambda n: f"{Decimal(n) / 1000}"),
+)
+levels = st.lists(st.tuples(prices, sizes).map(list), max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(snapshot_bids=levels, snapshot_asks=levels, deltas=st.lists(st.tuples(levels, levels)))
+def test_order_book_matches_reference(snapshot_bids, snapshot_asks, deltas):
+    book = OrderBook()
+    ref_bids: dict[Decimal, str] = {}
+    ref_asks: dict[Decimal, str] = {}
+    book.apply_levels(snapshot_bids, snapshot_asks)
+    reference_apply(ref_bids, snapshot_bids)
+    reference_apply(ref_asks, snapshot_asks)
+    for bids, asks in deltas:
+        book.apply_levels(bids, asks)
+        reference_apply(ref_bids, bids)
+        reference_apply(ref_asks, asks)
+        got_bids, got_asks = book.sides()
+        want_bids, want_asks = reference_sides(ref_bids, ref_asks)
+        assert canonical(got_bids) == canonical(want_bids)
+        assert canonical(got_asks) == canonical(want_asks)
+        best_bid = max(ref_bids) if ref_bids else None
+        best_ask = min(ref_asks) if ref_asks else None
+        assert (Decimal(book.best_bid()[0]) if book.best_bid() else None) == best_bid
+        assert (Decimal(book.best_ask()[0]) if book.best_ask() else None) == best_ask
+        assert book.is_crossed() == (
+            best_bid is not None and best_ask is not None and best_bid >= best_ask
+        )
+        top_bids, top_asks = book.top(5)
+        assert canonical(top_bids) == canonical(want_bids[:5])
+        assert canonical(top_asks) == canonical(want_asks[:5])
+
+
+def update(u, bids=(), asks=(), snapshot=False, ts_ms=1_000, depth=50):
+    return BookUpdate(
+        StreamKey("linear", "BTCUSDT", depth),
+        snapshot,
+        [list(x) for x in bids],
+        [list(x) for x in asks],
+        u,
+        u * 10,
+        ts_ms * 1000,
+        ts_ms * 1000 - 500,
+        ts_ms * 1000 + 700,
+    )
+
+
+def test_snapshot_then_consecutive_deltas_are_applied_and_logged():
+    sink = Sink()
+    book = StreamBook(STREAM, sink)
+    assert book.apply(update(100, [("10.0", "1")], [("11.0", "2")], snapshot=True)) is (
+        Outcome.SNAPSHOT
+    )
+    assert book.apply(update(101, [("10.5", "3")])) is Outcome.APPLIED
+    assert book.apply(update(102, [], [("11.0", "0")])) is Outcome.APPLIED
+    assert book.book.sides() == ([["10.5", "3"], ["10.0", "1"]], [])
+    assert [u.update_id for u in sink.updates] == [100, 101, 102]
+
+
+def test_gap_invalidates_until_next_snapshot_and_writes_nothing_built_on_it():
+    sink = Sink()
+    book = StreamBook(STREAM, sink)
+    book.apply(update(1_000, [("10.0", "1")], [("11.0", "2")], snapshot=True))
+    book.apply(update(1_001, [("10.1", "1")]))
+    assert book.apply(update(1_003, [("10.2", "1")])) is Outcome.GAP
+    assert not book.valid
+    assert book.apply(update(1_004, [("10.3", "1")])) is Outcome.DROPPED
+    assert [e.kind for e in sink.events] == [FeedEventKind.GAP]
+    assert "expected u=1002, got u=1003" in sink.events[0].detail
+    written = [u.update_id for u in sink.updates]
+    assert written == [1_000, 1_001]
+    assert book.apply(update(1_010, [("9.0", "1")], [("9.5", "1")], snapshot=True)) is (
+        Outcome.SNAPSHOT
+    )
+    assert book.valid and book.book.sides() == ([["9.0", "1"]], [["9.5", "1"]])
+    assert book.apply(update(1_011, [("9.1", "2")])) is Outcome.APPLIED
+
+
+def test_u1_snapshot_is_a_restart_not_a_gap():
+    sink = Sink()
+    book = StreamBook(STREAM, sink)
+    book.apply(update(500, [("10.0", "1")], [("11.0", "1")], snapshot=True))
+    book.apply(update(501, [("10.0", "2")]))
+    assert book.apply(update(1, [("20.0", "1")], [("21.0", "1")], snapshot=True)) is (
+        Outcome.RESTART
+    )
+    assert book.apply(update(2, [("20.5", "1")])) is Outcome.APPLIED
+    assert [e.kind for e in sink.events] == [FeedEventKind.RESTART]
+    assert book.book.best_bid() == ["20.5", "1"]
+
+
+def test_depth1_repeated_snapshots_with_same_u_are_not_gaps():
+    sink = Sink()
+    book = StreamBook(StreamKey("linear", "BTCUSDT", 1), sink)
+    for ts in (1_000, 4_000, 7_000):
+        outcome = book.apply(
+            update(42, [("10.0", "1")], [("11.0", "1")], snapshot=True, ts_ms=ts, depth=1)
+        )
+        assert outcome is Outcome.SNAPSHOT
+    assert sink.events == []
+    assert len(sink.updates) == 3
+    assert len(sink.quotes) == 1  # the top of book never changed
+
+
+def test_crossed_book_is_recorded_once_as_an_anomaly():
+    sink = Sink()
+    book = StreamBook(STREAM, sink)
+    book.apply(update(1, [("10.0", "1")], [("11.0", "1")], snapshot=True))
+    book.apply(update(2, [("11.0", "1")]))  # bid == ask: crossed
+    book.apply(update(3, [("11.5", "1")]))  # still crossed: no second event
+    book.apply(update(4, [("11.0", "0"), ("11.5", "0")]))  # uncrossed
+    book.apply(update(5, [("12.0", "1")]))  # crossed again
+    anomalies = [e for e in sink.events if e.kind is FeedEventKind.ANOMALY]
+    assert len(anomalies) == 2
+    assert "u=2" in anomalies[0].detail and "u=5" in anomalies[1].detail
+
+
+def test_quotes_only_when_top_of_book_changes():
+    sink = Sink()
+    book = StreamBook(STREAM, sink)
+    book.apply(update(1, [("10.0", "1"), ("9.0", "1")], [("11.0", "1")], snapshot=True))
+    book.apply(update(2, [("9.0", "5")]))  # below the top: no quote
+    book.apply(update(3, [("10.0", "2")]))  # best bid size changed
+    book.apply(update(4, [], [("10.5", "1")]))  # new best ask
+    got = [(q.update_id, q.bid_price, q.bid_size, q.ask_price, q.ask_size) for q in sink.quotes]
+    assert got == [
+        (1, "10.0", "1", "11.0", "1"),
+        (3, "10.0", "2", "11.0", "1"),
+        (4, "10.0", "2", "10.5", "1"),
+    ]
+
+
+def test_depth_snapshots_are_stamped_at_bucket_ends_with_the_book_before_the_crossing_message():
+    sink = Sink()
+    book = StreamBook(STREAM, sink, snapshot_interval_us=1_000_000, snapshot_levels=1)
+    book.apply(update(1, [("10.0", "1"), ("9.0", "1")], [("11.0", "1")], snapshot=True, ts_ms=500))
+    book.apply(update(2, [("10.0", "2")], ts_ms=900))
+    book.apply(update(3, [("10.0", "3")], ts_ms=1_200))  # crosses 1.000 s
+    book.apply(update(4, [("10.0", "4")], ts_ms=3_700))  # crosses 2.000 and 3.000 s
+    stamps = [(s.exchange_us, s.update_id, s.bids) for s in sink.snapshots]
+    assert stamps == [
+        (1_000_000, 2, [["10.0", "2"]]),
+        (3_000_000, 3, [["10.0", "3"]]),
+    ]
+
+
+def test_no_depth_snapshot_from_an_invalid_book():
+    sink = Sink()
+    book = StreamBook(STREAM, sink, snapshot_interval_us=1_000_000)
+    book.apply(update(1, [("10.0", "1")], [("11.0", "1")], snapshot=True, ts_ms=500))
+    book.apply(update(5, [("10.0", "2")], ts_ms=1_500))  # gap
+    book.apply(update(6, [("10.0", "2")], ts_ms=2_500))  # dropped
+    assert sink.snapshots == []

@@ -1,0 +1,165 @@
+"""Storage against a real PostgreSQL: schema upgrades, idempotent batched writes,
+partitions, retention, and a writer that survives losing its connection."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import sqlalchemy as sa
+
+from depthwatch.records import BookUpdate, FeedEvent, FeedEventKind, StreamKey, Trade
+from depthwatch.storage import schema
+from depthwatch.storage.db import normalise_url
+from depthwatch.storage.writer import BatchWriter, WriterConfig
+
+STREAM = StreamKey("linear", "BTCUSDT", 50)
+DAY_MS = 86_400_000
+NOW_MS = int(time.time() * 1000)
+
+
+def make_update(u: int, ts_ms: int = NOW_MS, snapshot: bool = False) -> BookUpdate:
+    return BookUpdate(
+        STREAM,
+        snapshot,
+        [["100.50", str(u)], ["100.40", "0"]],
+        [["100.60", "1.250"]],
+        u,
+        u * 7,
+        ts_ms * 1000,
+        ts_ms * 1000 - 300,
+        ts_ms * 1000 + 1_234,
+    )
+
+
+def count(engine: sa.Engine, table: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one())
+
+
+def started_writer(engine: sa.Engine, **overrides) -> BatchWriter:
+    schema.upgrade(engine)
+    writer = BatchWriter(engine, WriterConfig(flush_interval_s=0.05, **overrides))
+    writer.start()
+    return writer
+
+
+def test_normalise_url_accepts_both_schemes():
+    assert normalise_url("postgres://u:p@h:5432/d") == "postgresql+psycopg2://u:p@h:5432/d"
+    assert normalise_url("postgresql://u:p@h/d") == "postgresql+psycopg2://u:p@h/d"
+    assert normalise_url("postgresql+psycopg2://h/d") == "postgresql+psycopg2://h/d"
+
+
+def test_concurrent_upgrades_apply_each_migration_once(engine):
+    errors: list[BaseException] = []
+    versions: list[int] = []
+
+    def run() -> None:
+        try:
+            versions.append(schema.upgrade(engine))
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    latest = schema.MIGRATIONS[-1].version
+    assert versions == [latest] * 5
+    assert schema.schema_version(engine) == latest
+    assert count(engine, "depthwatch_schema") == len(schema.MIGRATIONS)
+
+
+def test_writes_are_exact_and_idempotent(engine):
+    writer = started_writer(engine)
+    updates = [make_update(u, snapshot=(u == 1)) for u in range(1, 201)]
+    for update in updates:
+        writer.add_book_update(update)
+    trade = Trade("linear", "BTCUSDT", "t-1\tweird", "buy", "100.55", "0.001", NOW_MS * 1000, 1, 9)
+    writer.add_trade(trade)
+    assert writer.flush_now()
+    # The same messages again, as an overlapping collector or a retry would write them.
+    for update in updates:
+        writer.add_book_update(update)
+    writer.add_trade(trade)
+    assert writer.flush_now()
+    assert writer.stop()
+    assert count(engine, "book_events") == 200
+    assert count(engine, "trades") == 1
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.text(
+                """SELECT ts_us, local_us, match_us, u, seq, is_snapshot, bid_prices::text[],
+                          bid_sizes::text[], ask_prices::text[], ask_sizes::text[]
+                   FROM book_events WHERE u = 7"""
+            )
+        ).one()
+        trade_row = conn.execute(sa.text("SELECT trade_id, price::text FROM trades")).one()
+    assert tuple(row) == (
+        NOW_MS * 1000,
+        NOW_MS * 1000 + 1_234,
+        NOW_MS * 1000 - 300,
+        7,
+        49,
+        False,
+        ["100.50", "100.40"],
+        ["7", "0"],
+        ["100.60"],
+        ["1.250"],  # the exchange's digits, trailing zero included
+    )
+    assert tuple(trade_row) == ("t-1\tweird", "100.55")
+    assert len(writer.stats.latencies_us) == 400
+
+
+def test_partitions_are_created_on_demand_for_any_day_and_retention_drops_old_ones(engine):
+    writer = started_writer(engine)
+    old_ms = 1_733_011_200_691  # 2024-12-01, as in Bybit's archive
+    writer.add_book_update(make_update(1, ts_ms=old_ms, snapshot=True))
+    writer.add_book_update(make_update(2, ts_ms=NOW_MS))
+    assert writer.stop()
+    assert count(engine, "book_events") == 2
+    with engine.begin() as conn:
+        days = schema.existing_partition_days(conn)
+        assert old_ms // DAY_MS in days
+        assert NOW_MS // DAY_MS + 2 in days  # created ahead
+        dropped = schema.drop_expired_partitions(conn, 30, NOW_MS * 1000)
+    assert "book_events_d20241201" in dropped
+    assert count(engine, "book_events") == 1
+
+
+def test_writer_keeps_its_batch_when_the_connection_dies_and_loses_nothing(engine):
+    writer = started_writer(engine)
+    writer.add_book_update(make_update(1, snapshot=True))
+    assert writer.flush_now()
+    with engine.connect() as conn:  # kill the writer's session, as a database restart would
+        conn.execute(
+            sa.text(
+                """SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                   WHERE datname = current_database() AND pid <> pg_backend_pid()"""
+            )
+        )
+    for u in range(2, 1_002):
+        writer.add_book_update(make_update(u))
+    writer.add_feed_event(FeedEvent(FeedEventKind.GAP, 1, "linear", "BTCUSDT", 50, "test"))
+    assert writer.flush_now(timeout_s=30)
+    assert writer.stop()
+    assert writer.stats.flush_failures >= 1
+    assert count(engine, "book_events") == 1_001
+    assert count(engine, "feed_events") == 1
+
+
+def test_back_pressure_is_reported_when_the_queue_is_full(engine):
+    schema.upgrade(engine)
+    writer = BatchWriter(engine, WriterConfig(flush_interval_s=0.05, max_pending_rows=10))
+    for u in range(1, 50):  # the writer thread is not running yet: the queue fills
+        writer.add_book_update(make_update(u))
+    assert not writer.has_room()
+    writer.start()
+    asyncio.run(asyncio.wait_for(writer.wait_for_room(), timeout=30))
+    assert writer.stats.backpressure_waits == 1
+    assert writer.has_room()
+    assert writer.stop()
+    assert count(engine, "book_events") == 49
