@@ -242,7 +242,10 @@ def run_collector(config: CollectorConfig) -> int:
     flushed = writer.stop(timeout_s=15.0)
     w = writer.stats
     log.info(
-        "stopped: %d book events, %d quotes, %d depth snapshots, %d trades written; %s",
+        "stopped: %d book messages received (%d dropped awaiting a snapshot); written: "
+        "%d book events, %d quotes, %d depth snapshots, %d trades; %s",
+        sum(c.stats.book_updates for c in collector.connections),
+        collector.stats.dropped,
         w.rows_written["book_events"],
         w.rows_written["quotes"],
         w.rows_written["depth_snapshots"],
