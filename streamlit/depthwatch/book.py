@@ -78,7 +78,8 @@ def _apply_side(side: SortedDict, levels: list[Level], sign: float) -> None:
     for level in levels:
         key = sign * float(level[0])
         size = level[1]
-        if size == "0" or float(size) == 0.0:
+        # Only a size starting with "0" can be zero; most are not: skip float().
+        if size[0] == "0" and float(size) == 0.0:
             side.pop(key, None)
         else:
             side[key] = level
@@ -126,6 +127,8 @@ class StreamBook:
         self._next_boundary_us: int | None = None
         self._last_local_us = 0
         self._last_quote: tuple[str | None, ...] = (None, None, None, None)
+        self._last_bid: Level | None = None
+        self._last_ask: Level | None = None
 
     def invalidate(self) -> None:
         """Mark the book broken (e.g. the connection dropped): wait for a snapshot."""
@@ -208,6 +211,11 @@ class StreamBook:
 
     def _emit_quote_if_changed(self, update: BookUpdate) -> None:
         bid, ask = self.book.best_bid(), self.book.best_ask()
+        # Levels are the message's own lists, so an unchanged top is the very same
+        # objects: the common case costs two identity checks.
+        if bid is self._last_bid and ask is self._last_ask:
+            return
+        self._last_bid, self._last_ask = bid, ask
         quote = (
             bid[0] if bid else None,
             bid[1] if bid else None,

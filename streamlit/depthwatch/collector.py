@@ -252,6 +252,8 @@ def run_collector(config: CollectorConfig) -> int:
         w.rows_written["trades"],
         "everything flushed" if flushed else "ROWS LOST: the database did not take them",
     )
+    p50, p99 = w.latency_percentiles_ms(0.5, 0.99)
+    log.info("receive-to-commit latency: p50 %.1f ms, p99 %.1f ms", p50, p99)
     engine.dispose()
     if not flushed:
         return 1

@@ -49,21 +49,27 @@ def topics_named_in(ret_msg: str) -> list[str]:
 
 def _is_decimal(text: object) -> bool:
     # Bybit sends plain non-negative decimals ("16493.50"); this refuses "nan",
-    # "1e5", "-1" and non-strings, which float() or numeric would accept.
+    # "1e5", "-1", "1_0" and non-strings, which float() or numeric would accept.
     return isinstance(text, str) and text.replace(".", "", 1).isdigit()
 
 
 def _levels(side: object, what: str) -> list[Level]:
-    if not isinstance(side, list):
+    """Check every [price, size] pair. The hot path of parsing: one pass, no
+    helper calls; anything unexpected (a non-list, a non-string, a third
+    element) surfaces as an exception turned into MalformedMessage."""
+    if type(side) is not list:
         raise MalformedMessage(f"{what} is not a list")
-    for level in side:
-        if (
-            not isinstance(level, list)
-            or len(level) != 2
-            or not _is_decimal(level[0])
-            or not _is_decimal(level[1])
-        ):
-            raise MalformedMessage(f"bad level in {what}: {level!r:.80}")
+    try:
+        for level in side:
+            price, size = level
+            if (
+                type(level) is not list
+                or not price.replace(".", "", 1).isdigit()
+                or not size.replace(".", "", 1).isdigit()
+            ):
+                raise MalformedMessage(f"bad level in {what}: {level!r:.80}")
+    except (ValueError, TypeError, AttributeError):
+        raise MalformedMessage(f"bad level in {what}: {level!r:.80}") from None
     return side
 
 

@@ -67,7 +67,13 @@ class WriterStats:
     rows_rejected: int = 0
     backpressure_waits: int = 0
     # receive-to-commit latency of book events, microseconds (most recent only)
-    latencies_us: deque[int] = field(default_factory=lambda: deque(maxlen=200_000))
+    latencies_us: deque[int] = field(default_factory=lambda: deque(maxlen=1_000_000))
+
+    def latency_percentiles_ms(self, *quantiles: float) -> list[float]:
+        ordered = sorted(self.latencies_us)
+        if not ordered:
+            return [float("nan")] * len(quantiles)
+        return [ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000 for q in quantiles]
 
 
 def _array(levels: list[Level], index: int) -> str:
@@ -361,14 +367,19 @@ class BatchWriter:
     @staticmethod
     def _copy(cursor: object, table: str, lines: list[str]) -> None:
         columns = COLUMNS[table]
+        data = "".join(lines)
+        # One read of the whole buffer: psycopg2 takes the GIL for every chunk it
+        # reads, and each take can wait a switch interval behind the busy event
+        # loop, so small chunks (the 8 KiB default) cost hundreds of milliseconds.
         cursor.copy_expert(  # type: ignore[attr-defined]
-            f"COPY stage_{table} ({columns}) FROM STDIN", io.StringIO("".join(lines))
+            f"COPY stage_{table} ({columns}) FROM STDIN", io.StringIO(data), size=len(data) + 1
         )
         cursor.execute(  # type: ignore[attr-defined]
             f"INSERT INTO {table} ({columns}) SELECT {columns} FROM stage_{table} "
             "ON CONFLICT DO NOTHING"
         )
-        cursor.execute(f"TRUNCATE stage_{table}")  # type: ignore[attr-defined]
+        # Each stage is used once per transaction and emptied at commit (ON COMMIT
+        # DELETE ROWS), or by the rollback of a failed flush.
 
     def _write_singly(self, conn: sa.Connection, batch: _Batch) -> None:
         """Slow path for a batch with a bad row: each row in its own savepoint,
