@@ -2,11 +2,11 @@
 
 Socket readers (the asyncio loop) call the `add_*` methods, which only format a
 COPY line and append it to a deque: no I/O, no lock. A writer thread drains the
-deques at least every `flush_interval_s`, COPYs each table's rows into a
-temporary staging table and moves them with `INSERT ... ON CONFLICT DO NOTHING`,
-all in one transaction. That makes every write idempotent: two collectors
-overlapping during a deploy, or a retry after a failed commit, never duplicate
-a row. A failed flush keeps its batch and retries it with backoff; the queue is
+deques every `flush_interval_s` and COPYs each table's rows, all in one
+transaction. A COPY that meets a row already stored is redone through a
+temporary staging table with `INSERT ... ON CONFLICT DO NOTHING`. That makes
+every write idempotent: two collectors overlapping during a deploy, or a retry
+after a failed commit, never duplicate a row. A failed flush keeps its batch and retries it with backoff; the queue is
 bounded, and readers that find it full wait (`wait_for_room`), which is counted
 and logged as back-pressure.
 """
@@ -22,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import psycopg2
+import psycopg2.errors
 import sqlalchemy as sa
 
 from depthwatch.records import BookUpdate, DepthSnapshot, FeedEvent, Level, Quote, StreamKey, Trade
@@ -50,7 +51,7 @@ def now_us() -> int:
 
 @dataclass(frozen=True)
 class WriterConfig:
-    flush_interval_s: float = 0.25  # a row waits at most this long before its COPY starts
+    flush_interval_s: float = 0.1  # flushes start at most this far apart
     batch_rows: int = 20_000  # flush early once this many rows are pending
     max_pending_rows: int = 400_000  # readers wait beyond this (back-pressure)
     retention_days: int = 0  # 0 keeps everything
@@ -86,6 +87,13 @@ def _levels_columns(bids: list[Level], asks: list[Level]) -> str:
 
 def _nullable(value: object) -> str:
     return "\\N" if value is None else str(value)
+
+
+def _copy_from(cursor: object, sql: str, data: str) -> None:
+    # One read of the whole buffer: psycopg2 takes the GIL for every chunk it
+    # reads, and each take can wait a switch interval behind the busy event
+    # loop, so small chunks (the 8 KiB default) cost hundreds of milliseconds.
+    cursor.copy_expert(sql, io.StringIO(data), size=len(data) + 1)  # type: ignore[attr-defined]
 
 
 class BatchWriter:
@@ -239,9 +247,15 @@ class BatchWriter:
         conn: sa.Connection | None = None
         backoff = 0.5
         batch: _Batch | None = None
+        cycle_started = time.monotonic()
         while True:
-            self._wake.wait(self.config.flush_interval_s)
+            # The interval runs from the start of one flush to the start of the
+            # next, so a slow flush does not add a full interval of waiting.
+            self._wake.wait(
+                max(0.0, cycle_started + self.config.flush_interval_s - time.monotonic())
+            )
             self._wake.clear()
+            cycle_started = time.monotonic()
             while True:
                 if batch is None:
                     batch = self._take_batch()
@@ -252,8 +266,15 @@ class BatchWriter:
                 try:
                     if conn is None:
                         conn = self._connect()
+                    started = time.monotonic()
                     self._write(conn, batch)
                     self._record_success(batch)
+                    log.debug(
+                        "flushed %d rows in %.0f ms (%d pending)",
+                        batch.size,
+                        (time.monotonic() - started) * 1000,
+                        self.pending_rows,
+                    )
                     batch = None
                     backoff = 0.5
                 except (psycopg2.DataError, sa.exc.DataError):
@@ -366,20 +387,24 @@ class BatchWriter:
 
     @staticmethod
     def _copy(cursor: object, table: str, lines: list[str]) -> None:
+        """COPY straight into the table; if any row is already there (an
+        overlapping collector, a retried flush), redo this table's rows through
+        the staging table with ON CONFLICT DO NOTHING. The common case pays for
+        one COPY, the overlap case for two steps."""
         columns = COLUMNS[table]
         data = "".join(lines)
-        # One read of the whole buffer: psycopg2 takes the GIL for every chunk it
-        # reads, and each take can wait a switch interval behind the busy event
-        # loop, so small chunks (the 8 KiB default) cost hundreds of milliseconds.
-        cursor.copy_expert(  # type: ignore[attr-defined]
-            f"COPY stage_{table} ({columns}) FROM STDIN", io.StringIO(data), size=len(data) + 1
-        )
-        cursor.execute(  # type: ignore[attr-defined]
-            f"INSERT INTO {table} ({columns}) SELECT {columns} FROM stage_{table} "
-            "ON CONFLICT DO NOTHING"
-        )
-        # Each stage is used once per transaction and emptied at commit (ON COMMIT
-        # DELETE ROWS), or by the rollback of a failed flush.
+        cursor.execute("SAVEPOINT depthwatch_copy")  # type: ignore[attr-defined]
+        try:
+            _copy_from(cursor, f"COPY {table} ({columns}) FROM STDIN", data)
+        except psycopg2.errors.UniqueViolation:
+            cursor.execute("ROLLBACK TO SAVEPOINT depthwatch_copy")  # type: ignore[attr-defined]
+            _copy_from(cursor, f"COPY stage_{table} ({columns}) FROM STDIN", data)
+            cursor.execute(  # type: ignore[attr-defined]
+                f"INSERT INTO {table} ({columns}) SELECT {columns} FROM stage_{table} "
+                "ON CONFLICT DO NOTHING"
+            )
+            # Each stage is emptied at commit (ON COMMIT DELETE ROWS) or by rollback.
+        cursor.execute("RELEASE SAVEPOINT depthwatch_copy")  # type: ignore[attr-defined]
 
     def _write_singly(self, conn: sa.Connection, batch: _Batch) -> None:
         """Slow path for a batch with a bad row: each row in its own savepoint,
