@@ -6,9 +6,9 @@ deques every `flush_interval_s` and COPYs each table's rows, all in one
 transaction. A COPY that meets a row already stored is redone through a
 temporary staging table with `INSERT ... ON CONFLICT DO NOTHING`. That makes
 every write idempotent: two collectors overlapping during a deploy, or a retry
-after a failed commit, never duplicate a row. A failed flush keeps its batch and retries it with backoff; the queue is
-bounded, and readers that find it full wait (`wait_for_room`), which is counted
-and logged as back-pressure.
+after a failed commit, never duplicate a row. A failed flush keeps its batch and
+retries it with backoff; the queue is bounded, and readers that find it full
+wait (`wait_for_room`), which is counted and logged as back-pressure.
 """
 
 from __future__ import annotations
