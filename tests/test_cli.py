@@ -51,12 +51,30 @@ def test_every_command_explains_itself(command):
     assert len(result.stdout.splitlines()) > 5
 
 
+def test_the_render_worker_script_runs_the_collector_command():
+    result = subprocess.run(
+        [sys.executable, str(SRC / "worker.py"), "--help"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "usage: depthwatch collect" in result.stdout
+
+
 def test_bad_settings_are_clear_errors():
     result = depthwatch("collect", "--depth", "500", "--database-url", "postgresql://x/y")
     assert result.returncode == 2
     assert "depth 500 is not served for linear; valid depths: 1, 50, 200, 1000" in result.stderr
     result = depthwatch("collect", "--category", "option", "--depth", "50")
     assert result.returncode == 2 and "valid depths: 25, 100" in result.stderr
+    env = cli_env() | {"DEPTHWATCH_RETENTION_DAYS": "a week"}
+    result = subprocess.run(
+        [sys.executable, "-m", "depthwatch.cli", "collect"], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 2
+    assert "DEPTHWATCH_RETENTION_DAYS='a week' is not a valid int" in result.stderr
 
 
 def test_db_upgrade_creates_the_schema(database_url):

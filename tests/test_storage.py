@@ -163,3 +163,23 @@ def test_back_pressure_is_reported_when_the_queue_is_full(engine):
     assert writer.has_room()
     assert writer.stop()
     assert count(engine, "book_events") == 49
+
+
+def test_a_dead_database_is_retried_counted_and_reported_at_stop():
+    dead = sa.create_engine("postgresql+psycopg2://nobody@127.0.0.1:9/none")
+    writer = BatchWriter(dead, WriterConfig(flush_interval_s=0.05))
+    # start() and instrument registration need a live database; the collector does
+    # both before reading, so fake their results and start the flush thread alone.
+    writer._instrument_ids[("linear", "BTCUSDT")] = 1
+    writer._thread = threading.Thread(target=writer._run, daemon=True)
+    writer._thread.start()
+    for u in range(1, 101):
+        writer.add_book_update(make_update(u))
+    deadline = time.monotonic() + 10
+    while writer.stats.flush_failures < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert writer.stats.flush_failures >= 2  # retried, not given up
+    assert writer.stats.rows_written["book_events"] == 0
+    started = time.monotonic()
+    assert writer.stop(timeout_s=15) is False  # says rows were not written
+    assert time.monotonic() - started < 10

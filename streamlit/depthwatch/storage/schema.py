@@ -154,7 +154,8 @@ def schema_version(engine: sa.Engine) -> int:
         exists = conn.execute(sa.text("SELECT to_regclass('depthwatch_schema')")).scalar()
         if exists is None:
             return 0
-        return int(conn.execute(sa.text("SELECT max(version) FROM depthwatch_schema")).scalar())
+        version = conn.execute(sa.text("SELECT max(version) FROM depthwatch_schema")).scalar_one()
+        return int(version or 0)
 
 
 def partition_name(table: str, day: int) -> str:

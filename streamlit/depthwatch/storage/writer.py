@@ -245,8 +245,8 @@ class BatchWriter:
 
     def _run(self) -> None:
         conn: sa.Connection | None = None
+        retry: _Batch | None = None  # a batch whose flush failed, to be written first
         backoff = 0.5
-        batch: _Batch | None = None
         cycle_started = time.monotonic()
         while True:
             # The interval runs from the start of one flush to the start of the
@@ -257,43 +257,12 @@ class BatchWriter:
             self._wake.clear()
             cycle_started = time.monotonic()
             while True:
-                if batch is None:
-                    batch = self._take_batch()
+                batch, retry = retry or self._take_batch(), None
                 if batch.empty:
-                    batch = None
                     break
-                self._flushing = True
-                try:
-                    if conn is None:
-                        conn = self._connect()
-                    started = time.monotonic()
-                    self._write(conn, batch)
-                    self._record_success(batch)
-                    log.debug(
-                        "flushed %d rows in %.0f ms (%d pending)",
-                        batch.size,
-                        (time.monotonic() - started) * 1000,
-                        self.pending_rows,
-                    )
-                    batch = None
-                    backoff = 0.5
-                except (psycopg2.DataError, sa.exc.DataError):
-                    log.exception("a batch holds a row PostgreSQL refuses; writing rows singly")
-                    conn = self._discard(conn)
-                    conn = self._connect()
-                    self._write_singly(conn, batch)
-                    batch = None
-                except Exception as exc:
-                    self.stats.flush_failures += 1
-                    log.error(
-                        "flush of %d rows failed (%s); retrying in %.1f s",
-                        batch.size,
-                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc),
-                        backoff,
-                    )
-                    conn = self._discard(conn)
-                    # A partition may have been dropped under us: re-ensure every day seen.
-                    self._known_days.clear()
+                conn, written = self._flush(conn, batch)
+                if not written:
+                    retry = batch
                     if self._stopping.is_set():
                         if self._stop_deadline_passed():
                             return
@@ -301,15 +270,52 @@ class BatchWriter:
                     else:
                         self._stopping.wait(backoff)
                     backoff = min(backoff * 2, 10.0)
-                finally:
-                    self._flushing = False
-                if batch is None and self.pending_rows < self.config.batch_rows:
+                    continue
+                backoff = 0.5
+                if self.pending_rows < self.config.batch_rows:
                     break
-            if self._stopping.is_set() and not self.pending_rows and not self._events:
+            drained = retry is None and not self.pending_rows and not self._events
+            if self._stopping.is_set() and drained:
                 self._discard(conn)
                 return
             if time.monotonic() - self._last_maintenance > 3600:
                 self._run_maintenance()
+
+    def _flush(
+        self, conn: sa.Connection | None, batch: _Batch
+    ) -> tuple[sa.Connection | None, bool]:
+        """Write one batch; returns the connection to keep and whether it was written."""
+        self._flushing = True
+        try:
+            if conn is None:
+                conn = self._connect()
+            started = time.monotonic()
+            try:
+                self._write(conn, batch)
+            except (psycopg2.DataError, sa.exc.DataError):
+                log.exception("a batch holds a row PostgreSQL refuses; writing rows singly")
+                self._discard(conn)
+                conn = self._connect()
+                self._write_singly(conn, batch)
+                return conn, True
+            self._record_success(batch)
+            log.debug(
+                "flushed %d rows in %.0f ms (%d pending)",
+                batch.size,
+                (time.monotonic() - started) * 1000,
+                self.pending_rows,
+            )
+            return conn, True
+        except Exception as exc:  # any failure: keep the batch, reconnect, retry
+            self.stats.flush_failures += 1
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            log.error("flush of %d rows failed (%s); will retry", batch.size, first_line)
+            self._discard(conn)
+            # A partition may have been dropped under us: re-ensure every day seen.
+            self._known_days.clear()
+            return None, False
+        finally:
+            self._flushing = False
 
     _stop_started: float | None = None
 
