@@ -113,6 +113,7 @@ class BatchWriter:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_maintenance = 0.0
+        self._held: _Batch | None = None  # taken from the queues, not yet committed
 
     # ---- called from the socket readers' thread: format and append, nothing else
 
@@ -159,7 +160,9 @@ class BatchWriter:
 
     @property
     def pending_rows(self) -> int:
-        return len(self._book_rows) + sum(len(rows) for rows in self._rows.values())
+        """Rows received and not yet committed: queued, or held by a failed flush."""
+        held = self._held.size if self._held is not None else 0
+        return held + len(self._book_rows) + sum(len(rows) for rows in self._rows.values())
 
     def has_room(self) -> bool:
         return self.pending_rows < self.config.max_pending_rows
@@ -245,7 +248,6 @@ class BatchWriter:
 
     def _run(self) -> None:
         conn: sa.Connection | None = None
-        retry: _Batch | None = None  # a batch whose flush failed, to be written first
         backoff = 0.5
         cycle_started = time.monotonic()
         while True:
@@ -257,12 +259,13 @@ class BatchWriter:
             self._wake.clear()
             cycle_started = time.monotonic()
             while True:
-                batch, retry = retry or self._take_batch(), None
+                # A batch whose flush failed is written before anything newer.
+                batch = self._held = self._held or self._take_batch()
                 if batch.empty:
+                    self._held = None
                     break
                 conn, written = self._flush(conn, batch)
-                if not written:
-                    retry = batch
+                if not written:  # keep it held; back off, then try again
                     if self._stopping.is_set():
                         if self._stop_deadline_passed():
                             return
@@ -271,10 +274,11 @@ class BatchWriter:
                         self._stopping.wait(backoff)
                     backoff = min(backoff * 2, 10.0)
                     continue
+                self._held = None
                 backoff = 0.5
                 if self.pending_rows < self.config.batch_rows:
                     break
-            drained = retry is None and not self.pending_rows and not self._events
+            drained = not self.pending_rows and not self._events
             if self._stopping.is_set() and drained:
                 self._discard(conn)
                 return
