@@ -183,6 +183,28 @@ def test_sigterm_flushes_everything_and_exits_zero(database_url, tmp_path):
     header, *lines = trades.stdout.splitlines()
     assert header == "exchange,symbol,timestamp,local_timestamp,id,side,price,amount"
     assert lines and all(line.split(",")[5] in ("buy", "sell") for line in lines)
+    parquet = tmp_path / "l2.parquet"
+    result = depthwatch(
+        "export",
+        "--kind",
+        "incremental_book_L2",
+        "--symbol",
+        "BTCUSDT",
+        "--start",
+        "2020-01-01",
+        "--end",
+        "2100-01-01",
+        "--format",
+        "parquet",
+        "--out",
+        str(parquet),
+        "--database-url",
+        database_url,
+    )
+    assert result.returncode == 0, result.stderr
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(parquet).num_rows == len(rows)
     engine.dispose()
 
 

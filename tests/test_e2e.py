@@ -11,6 +11,7 @@ from depthwatch.sim import SimConfig, SimulatorThread
 
 from .conftest import DATA
 from .e2e import (
+    ALL_TIME,
     assert_export_matches_truth,
     collect_until_caught_up,
     export_rows,
@@ -65,6 +66,35 @@ def test_clean_stream_is_recorded_completely_and_exactly(database_url):
         assert quotes and quotes[-1]["bid_price"] == truth[-1].bids[0][0]
     assert run.collector.stats.gaps == 0
     assert run.writer.stats.rows_written["depth_snapshots"] > 0
+    assert_parquet_matches_csv(run.engine, StreamKey("linear", "BTCUSDT", 50))
+
+
+def assert_parquet_matches_csv(engine, stream: StreamKey) -> None:
+    import io
+
+    import pyarrow.parquet as pq
+
+    from depthwatch.export.tardis import ExportRequest, ParquetSink, export
+
+    for kind in ("incremental_book_L2", "quotes"):
+        csv_rows = export_rows(engine, kind, stream)
+        request = ExportRequest(kind, "linear", stream.symbol, *ALL_TIME, depth=stream.depth)
+        buffer = io.BytesIO()
+        export(engine, request, ParquetSink(request, buffer), progress_to=None)
+        table = pq.read_table(io.BytesIO(buffer.getvalue()))
+        assert table.column_names == list(csv_rows[0].keys())
+        assert table.num_rows == len(csv_rows)
+        parquet_rows = table.to_pylist()
+        for got, want in zip(parquet_rows, csv_rows, strict=True):
+            for name, value in want.items():
+                if name in ("exchange", "symbol", "side"):
+                    assert got[name] == value
+                elif name == "is_snapshot":
+                    assert got[name] == (value == "true")
+                elif value == "":
+                    assert got[name] is None
+                else:
+                    assert got[name] == float(value), name
 
 
 def test_dropped_deltas_cause_gaps_resyncs_and_a_fresh_snapshot(database_url):

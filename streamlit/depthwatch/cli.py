@@ -63,9 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser(
         "export",
-        help="export recorded history as Tardis-compatible CSV",
-        description="Stream recorded rows in Tardis.dev's CSV layouts, microsecond "
-        "timestamps; [start, end) applies to the exchange timestamp.",
+        help="export recorded history as Tardis-compatible CSV (or Parquet)",
+        description="Stream recorded rows in Tardis.dev's CSV layouts (or the same columns "
+        "in Parquet), microsecond timestamps; [start, end) applies to the exchange timestamp.",
     )
     export.add_argument(
         "--kind", required=True, choices=["incremental_book_L2", "quotes", "trades"]
@@ -75,7 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--depth", type=int, help="book depth to export (default: most recorded)")
     export.add_argument("--start", required=True, type=parse_time_us, help="ISO 8601, inclusive")
     export.add_argument("--end", required=True, type=parse_time_us, help="ISO 8601, exclusive")
-    export.add_argument("--format", default="csv", choices=["csv"], help="output format")
+    export.add_argument(
+        "--format",
+        default="csv",
+        choices=["csv", "parquet"],
+        help="csv: Tardis CSV exactly; parquet: the same columns, prices as float64",
+    )
     export.add_argument("--out", default="-", help="output file, or - for standard output")
     export.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     add_database_arguments(export)
@@ -138,7 +143,7 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from depthwatch.export.tardis import ExportRequest, export_csv
+    from depthwatch.export.tardis import CsvSink, ExportRequest, ParquetSink, export
     from depthwatch.storage.db import make_engine, resolve_database_url
     from depthwatch.storage.queries import NotRecorded
 
@@ -151,11 +156,17 @@ def _export(args: argparse.Namespace) -> int:
     engine = make_engine(resolve_database_url(args.database_url, args.data_dir))
     progress = None if args.quiet else sys.stderr
     try:
-        if args.out == "-":
-            export_csv(engine, request, sys.stdout, progress)
+        if args.format == "parquet":
+            if args.out == "-":
+                export(engine, request, ParquetSink(request, sys.stdout.buffer), progress)
+            else:
+                with Path(args.out).open("wb") as binary:
+                    export(engine, request, ParquetSink(request, binary), progress)
+        elif args.out == "-":
+            export(engine, request, CsvSink(request, sys.stdout), progress)
         else:
-            with Path(args.out).open("w", encoding="ascii", newline="") as out:
-                export_csv(engine, request, out, progress)
+            with Path(args.out).open("w", encoding="ascii", newline="") as text:
+                export(engine, request, CsvSink(request, text), progress)
     except NotRecorded as exc:
         log.error("%s", exc)
         return 1

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TextIO
+from typing import BinaryIO, Protocol, TextIO
 
 import sqlalchemy as sa
 
@@ -85,37 +85,133 @@ class Progress:
             )
 
 
-def export_csv(
-    engine: sa.Engine, request: ExportRequest, out: TextIO, progress_to: TextIO | None = sys.stderr
+Row = tuple  # one data row without the constant exchange and symbol columns
+
+
+def export(
+    engine: sa.Engine,
+    request: ExportRequest,
+    sink: RowSink,
+    progress_to: TextIO | None = sys.stderr,
 ) -> int:
-    """Write the export to `out`; returns the number of data rows."""
+    """Stream the export into `sink`; returns the number of data rows."""
     progress = Progress(request, progress_to)
-    out.write(HEADERS[request.kind] + "\n")
     with engine.connect() as conn:
         iid = queries.instrument_id(conn, request.category, request.symbol)
         if request.kind == "incremental_book_L2":
-            lines = _l2_lines(conn, iid, request, progress)
+            rows = _l2_rows(conn, iid, request, progress)
         elif request.kind == "quotes":
-            lines = _quote_lines(conn, iid, request, progress)
+            rows = _quote_rows(conn, iid, request, progress)
         elif request.kind == "trades":
-            lines = _trade_lines(conn, iid, request, progress)
+            rows = _trade_rows(conn, iid, request, progress)
         else:
             raise ValueError(f"unknown export kind {request.kind!r}; use one of {KINDS}")
-        for chunk in _chunks(lines):
-            out.write(chunk)
+        for chunk in _chunks(rows):
+            sink.write(chunk)
+    sink.close()
     progress.finish()
     return progress.rows
 
 
-def _chunks(lines: Iterator[str], size: int = 2_000) -> Iterator[str]:
-    buffer: list[str] = []
-    for line in lines:
-        buffer.append(line)
+def export_csv(
+    engine: sa.Engine, request: ExportRequest, out: TextIO, progress_to: TextIO | None = sys.stderr
+) -> int:
+    return export(engine, request, CsvSink(request, out), progress_to)
+
+
+def _chunks(rows: Iterator[Row], size: int = 5_000) -> Iterator[list[Row]]:
+    buffer: list[Row] = []
+    for row in rows:
+        buffer.append(row)
         if len(buffer) >= size:
-            yield "".join(buffer)
-            buffer.clear()
+            yield buffer
+            buffer = []
     if buffer:
-        yield "".join(buffer)
+        yield buffer
+
+
+class RowSink(Protocol):
+    def write(self, rows: list[Row]) -> None: ...
+    def close(self) -> None: ...
+
+
+def _csv_value(value: object) -> str:
+    if value is None:
+        return ""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return str(value)
+
+
+class CsvSink:
+    """Tardis CSV: one header row, then the rows; empty fields for missing values."""
+
+    def __init__(self, request: ExportRequest, out: TextIO) -> None:
+        self.out = out
+        self.prefix = f"{request.exchange},{request.symbol},"
+        out.write(HEADERS[request.kind] + "\n")
+
+    def write(self, rows: list[Row]) -> None:
+        prefix = self.prefix
+        self.out.write("".join(prefix + ",".join(map(_csv_value, row)) + "\n" for row in rows))
+
+    def close(self) -> None:
+        self.out.flush()
+
+
+class ParquetSink:
+    """The same columns in Parquet: integer microsecond timestamps, prices and
+    amounts as float64 (exact for decimals of up to 15 significant digits),
+    row groups of ROW_GROUP_ROWS."""
+
+    ROW_GROUP_ROWS = 100_000
+
+    def __init__(self, request: ExportRequest, out: BinaryIO) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.pa = pa
+        self.request = request
+        self.names = HEADERS[request.kind].split(",")[2:]
+        types = {
+            "timestamp": pa.int64(),
+            "local_timestamp": pa.int64(),
+            "is_snapshot": pa.bool_(),
+            "side": pa.string(),
+            "id": pa.string(),
+        }
+        self.types = [types.get(name, pa.float64()) for name in self.names]
+        fields = [("exchange", pa.string()), ("symbol", pa.string())]
+        self.schema = pa.schema(fields + list(zip(self.names, self.types, strict=True)))
+        self.writer = pq.ParquetWriter(out, self.schema, compression="zstd")
+        self.pending: list[Row] = []
+
+    def write(self, rows: list[Row]) -> None:
+        self.pending.extend(rows)
+        if len(self.pending) >= self.ROW_GROUP_ROWS:
+            self._write_group()
+
+    def _write_group(self) -> None:
+        pa, rows = self.pa, self.pending
+        self.pending = []
+        columns = [
+            pa.array([self.request.exchange] * len(rows), pa.string()),
+            pa.array([self.request.symbol] * len(rows), pa.string()),
+        ]
+        for index, kind in enumerate(self.types):
+            values = [row[index] for row in rows]
+            if kind == pa.float64():
+                columns.append(pa.array(values, pa.string()).cast(pa.float64()))
+            else:
+                columns.append(pa.array(values, kind))
+        self.writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
+
+    def close(self) -> None:
+        if self.pending:
+            self._write_group()
+        self.writer.close()
 
 
 def resolve_depth(conn: sa.Connection, iid: int, request: ExportRequest) -> int:
@@ -131,11 +227,10 @@ def resolve_depth(conn: sa.Connection, iid: int, request: ExportRequest) -> int:
     return depths[0]
 
 
-def _l2_lines(
+def _l2_rows(
     conn: sa.Connection, iid: int, request: ExportRequest, progress: Progress
-) -> Iterator[str]:
+) -> Iterator[Row]:
     depth = resolve_depth(conn, iid, request)
-    prefix = f"{request.exchange},{request.symbol},"
     base = queries.last_snapshot_before(conn, iid, depth, request.start_us)
     book = OrderBook()
     valid = False
@@ -149,8 +244,7 @@ def _l2_lines(
             if valid and not event.is_snapshot:
                 # The book as it stood at `start`, so the file opens on a snapshot.
                 bids, asks = book.sides()
-                stamp = f"{prefix}{request.start_us},{request.start_us},true,"
-                rows = _level_lines(stamp, bids, asks)
+                rows = _level_rows(request.start_us, request.start_us, True, bids, asks)
                 progress.tick(len(rows), event.ts_us)
                 yield from rows
         if event.is_snapshot:
@@ -166,37 +260,31 @@ def _l2_lines(
         asks = [list(level) for level in zip(event.ask_prices, event.ask_sizes, strict=True)]
         book.apply_levels(bids, asks)
         if in_range:
-            flag = "true" if event.is_snapshot else "false"
-            rows = _level_lines(f"{prefix}{event.ts_us},{event.local_us},{flag},", bids, asks)
+            rows = _level_rows(event.ts_us, event.local_us, event.is_snapshot, bids, asks)
             progress.tick(len(rows), event.ts_us)
             yield from rows
 
 
-def _level_lines(stamp: str, bids: list[Level], asks: list[Level]) -> list[str]:
-    return [f"{stamp}bid,{p},{s}\n" for p, s in bids] + [f"{stamp}ask,{p},{s}\n" for p, s in asks]
+def _level_rows(
+    ts_us: int, local_us: int, is_snapshot: bool, bids: list[Level], asks: list[Level]
+) -> list[Row]:
+    return [(ts_us, local_us, is_snapshot, "bid", p, s) for p, s in bids] + [
+        (ts_us, local_us, is_snapshot, "ask", p, s) for p, s in asks
+    ]
 
 
-def _quote_lines(
+def _quote_rows(
     conn: sa.Connection, iid: int, request: ExportRequest, progress: Progress
-) -> Iterator[str]:
+) -> Iterator[Row]:
     depth = resolve_depth(conn, iid, request)
-    prefix = f"{request.exchange},{request.symbol},"
-    for ts, local, ask_size, ask_price, bid_price, bid_size in queries.quotes(
-        conn, iid, depth, request.start_us, request.end_us
-    ):
-        progress.tick(1, ts)
-        yield (
-            f"{prefix}{ts},{local},{ask_size or ''},{ask_price or ''},"
-            f"{bid_price or ''},{bid_size or ''}\n"
-        )
+    for row in queries.quotes(conn, iid, depth, request.start_us, request.end_us):
+        progress.tick(1, row[0])
+        yield tuple(row)
 
 
-def _trade_lines(
+def _trade_rows(
     conn: sa.Connection, iid: int, request: ExportRequest, progress: Progress
-) -> Iterator[str]:
-    prefix = f"{request.exchange},{request.symbol},"
-    for ts, local, trade_id, side, price, size in queries.trades(
-        conn, iid, request.start_us, request.end_us
-    ):
-        progress.tick(1, ts)
-        yield f"{prefix}{ts},{local},{trade_id},{side},{price},{size}\n"
+) -> Iterator[Row]:
+    for row in queries.trades(conn, iid, request.start_us, request.end_us):
+        progress.tick(1, row[0])
+        yield tuple(row)

@@ -20,6 +20,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 import psycopg2
 import psycopg2.errors
@@ -77,12 +78,17 @@ class WriterStats:
         return [ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000 for q in quantiles]
 
 
-def _array(levels: list[Level], index: int) -> str:
-    return "{" + ",".join([level[index] for level in levels]) + "}"
+_PRICE = itemgetter(0)
+_SIZE = itemgetter(1)
 
 
 def _levels_columns(bids: list[Level], asks: list[Level]) -> str:
-    return f"{_array(bids, 0)}\t{_array(bids, 1)}\t{_array(asks, 0)}\t{_array(asks, 1)}"
+    """The four numeric[] columns, in COPY text form: {p1,p2}\t{s1,s2}\t..."""
+    join = ",".join
+    return (
+        f"{{{join(map(_PRICE, bids))}}}\t{{{join(map(_SIZE, bids))}}}\t"
+        f"{{{join(map(_PRICE, asks))}}}\t{{{join(map(_SIZE, asks))}}}"
+    )
 
 
 def _nullable(value: object) -> str:
