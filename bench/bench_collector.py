@@ -329,6 +329,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a smaller run, for smoke tests")
     parser.add_argument("--symbols", type=int, default=20)
     parser.add_argument("--deltas", type=int, default=5_000, help="deltas per symbol")
+    parser.add_argument(
+        "--scenarios", default="1,2,3,4", help="which scenarios to run (default all: 1,2,3,4)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.symbols, args.deltas = 4, 1_000
@@ -349,6 +352,7 @@ def main() -> int:
         f"messages, {mean_levels:.1f} changed levels per delta"
     )
 
+    chosen = {int(n) for n in args.scenarios.split(",")}
     print("\n1. merge path, in process (no socket, no database), same messages")
     pybit_rate, pybit_sorted = pybit_merge_rate(streams)
     ours_rate = depthwatch_merge_rate(streams)
@@ -372,37 +376,46 @@ def main() -> int:
         configured = os.environ.get("DATABASE_URL")
         server_url = normalise_url(configured) if configured else start_embedded(tmpdir / "pg")
 
-        print("\n2. end to end, flat out: simulator (own process) -> collector -> PostgreSQL")
-        flat = run_replay(files, symbols, 0, server_url)
-        rate = flat.messages / flat.seconds
-        print(
-            f"   persisted                   : {rate:10,.0f} msg/s "
-            f"({flat.messages:,} messages in {flat.seconds:.1f} s); "
-            f"{rate / pybit_rate:.2f}x pybit's merge-only rate"
-        )
-        print(f"   collector CPU               : {flat.cpu_us_per_msg:10.1f} us/msg")
-        print(
-            f"   receive-to-commit latency   : p50 {flat.p50_ms:.0f} ms, p99 {flat.p99_ms:.0f} ms"
-        )
-        print(f"   collector peak RSS          : {flat.peak_rss_mb:10.0f} MB")
-        print(f"   on disk (events+quotes+snapshots): {flat.disk_bytes_per_msg:6.0f} bytes/msg")
-
-        paced_rate = 10_000 / len(symbols)
-        print(
-            f"\n3. end to end, paced at 10,000 msg/s ({paced_rate:.0f}/s x {len(symbols)} symbols)"
-        )
-        paced = run_replay(files, symbols, paced_rate, server_url)
-        print(f"   persisted                   : {paced.messages / paced.seconds:10,.0f} msg/s")
-        print(
-            f"   receive-to-commit latency   : p50 {paced.p50_ms:.0f} ms, p99 {paced.p99_ms:.0f} ms"
-        )
-        print(f"   collector CPU               : {paced.cpu_us_per_msg:10.1f} us/msg")
-
-        n, secs = (20, 10.0) if args.quick else (100, 30.0)
-        print(f"\n4. {n} symbols at depth {DEPTH}, synthetic, 20 msg/s each, {secs:.0f} s")
-        rss, rows = run_many_symbols(server_url, n, secs)
-        print(f"   collector peak RSS          : {rss:10.0f} MB ({rows:,} book events written)")
+        if 2 in chosen:
+            flat_out(files, symbols, server_url, pybit_rate)
+        if 3 in chosen:
+            paced(files, symbols, server_url)
+        if 4 in chosen:
+            many_symbols(server_url, args.quick)
     return 0
+
+
+def flat_out(files: list[Path], symbols: list[str], server_url: str, pybit_rate: float) -> None:
+    print("\n2. end to end, flat out: simulator (own process) -> collector -> PostgreSQL")
+    flat = run_replay(files, symbols, 0, server_url)
+    rate = flat.messages / flat.seconds
+    print(
+        f"   persisted                   : {rate:10,.0f} msg/s "
+        f"({flat.messages:,} messages in {flat.seconds:.1f} s); "
+        f"{rate / pybit_rate:.2f}x pybit's merge-only rate"
+    )
+    print(f"   collector CPU               : {flat.cpu_us_per_msg:10.1f} us/msg")
+    print(f"   receive-to-commit latency   : p50 {flat.p50_ms:.0f} ms, p99 {flat.p99_ms:.0f} ms")
+    print(f"   collector peak RSS          : {flat.peak_rss_mb:10.0f} MB")
+    print(f"   on disk (events+quotes+snapshots): {flat.disk_bytes_per_msg:6.0f} bytes/msg")
+
+
+def paced(files: list[Path], symbols: list[str], server_url: str) -> None:
+    per_symbol = 10_000 / len(symbols)
+    print(f"\n3. end to end, paced at 10,000 msg/s ({per_symbol:.0f}/s x {len(symbols)} symbols)")
+    result = run_replay(files, symbols, per_symbol, server_url)
+    print(f"   persisted                   : {result.messages / result.seconds:10,.0f} msg/s")
+    print(
+        f"   receive-to-commit latency   : p50 {result.p50_ms:.0f} ms, p99 {result.p99_ms:.0f} ms"
+    )
+    print(f"   collector CPU               : {result.cpu_us_per_msg:10.1f} us/msg")
+
+
+def many_symbols(server_url: str, quick: bool) -> None:
+    n, secs = (20, 10.0) if quick else (100, 30.0)
+    print(f"\n4. {n} symbols at depth {DEPTH}, synthetic, 20 msg/s each, {secs:.0f} s")
+    rss, rows = run_many_symbols(server_url, n, secs)
+    print(f"   collector peak RSS          : {rss:10.0f} MB ({rows:,} book events written)")
 
 
 if __name__ == "__main__":

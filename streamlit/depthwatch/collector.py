@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -238,6 +239,7 @@ def run_collector(config: CollectorConfig) -> int:
         len(collector.connections),
         config.endpoint,
     )
+    tune_garbage_collector()
     status = asyncio.run(_run_until_signal(collector))
     flushed = writer.stop(timeout_s=15.0)
     w = writer.stats
@@ -258,6 +260,16 @@ def run_collector(config: CollectorConfig) -> int:
     if not flushed:
         return 1
     return status
+
+
+def tune_garbage_collector() -> None:
+    """Each message allocates a few dozen short-lived containers while the set of
+    long-lived objects (modules, books) hardly changes. Freezing what start-up
+    built keeps it out of every full collection, and a larger young generation
+    collects less often; measured in BENCHMARKS.md."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 50)
 
 
 async def _run_until_signal(collector: Collector) -> int:

@@ -206,7 +206,9 @@ class BybitConnection:
                     handler.on_trades(parsed)
                 else:
                     self._on_control(parsed)
-                if not handler.has_room():
+                # Checking the writer's queue every 64 messages is plenty for a
+                # bound of hundreds of thousands of rows, and cheaper than every one.
+                if not stats.messages & 63 and not handler.has_room():
                     await handler.wait_for_room()
         except websockets.exceptions.ConnectionClosed as exc:
             log.warning("%s: connection closed: %s", self.name, exc)

@@ -120,22 +120,27 @@ class FeedParser:
         except ValueError as exc:
             raise MalformedMessage(str(exc)) from None
         kind = msg.get("type")
-        if kind not in ("snapshot", "delta"):
+        if kind != "delta" and kind != "snapshot":
             raise MalformedMessage(f"{topic}: type is {kind!r}")
         data = msg.get("data")
-        if not isinstance(data, dict):
+        if type(data) is not dict:
             raise MalformedMessage(f"{topic}: data is not an object")
         if data.get("s") != stream.symbol:
             raise MalformedMessage(f"{topic}: data.s is {data.get('s')!r}")
-        cts = msg.get("cts")
+        u, seq, ts, cts = data.get("u"), data.get("seq"), msg.get("ts"), msg.get("cts")
+        # `type(x) is int` on the hot path: also refuses bools, which are ints.
+        if type(u) is not int or type(seq) is not int or type(ts) is not int:
+            _int(u, f"{topic} u")
+            _int(seq, f"{topic} seq")
+            _int(ts, f"{topic} ts")
         return BookUpdate(
             stream,
             kind == "snapshot",
             _levels(data.get("b"), f"{topic} bids"),
             _levels(data.get("a"), f"{topic} asks"),
-            _int(data.get("u"), f"{topic} u"),
-            _int(data.get("seq"), f"{topic} seq"),
-            _int(msg.get("ts"), f"{topic} ts") * 1000,
+            u,  # type: ignore[arg-type]
+            seq,  # type: ignore[arg-type]
+            ts * 1000,  # type: ignore[operator]
             None if cts is None else _int(cts, f"{topic} cts") * 1000,
             local_us,
         )
