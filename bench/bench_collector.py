@@ -255,6 +255,7 @@ class RunResult:
     messages: int
     seconds: float
     cpu_us_per_msg: float
+    sim_cpu_us_per_msg: float
     p50_ms: float
     p99_ms: float
     peak_rss_mb: float
@@ -270,7 +271,7 @@ def run_replay(files: list[Path], symbols: list[str], rate: float, server_url: s
     collector = start_collector(port, symbols, database_url)
     try:
         first_row_at = None
-        cpu_at_first_row = 0.0
+        cpu_at_first_row = sim_cpu_at_first_row = 0.0
         deadline = time.monotonic() + 600
         while True:
             time.sleep(0.1)
@@ -278,6 +279,7 @@ def run_replay(files: list[Path], symbols: list[str], rate: float, server_url: s
             if rows and first_row_at is None:
                 first_row_at = time.monotonic()
                 cpu_at_first_row = cpu_seconds(collector.pid)  # start-up excluded
+                sim_cpu_at_first_row = cpu_seconds(sim.pid)
             if rows >= expected:
                 break
             if time.monotonic() > deadline or collector.poll() is not None:
@@ -285,6 +287,7 @@ def run_replay(files: list[Path], symbols: list[str], rate: float, server_url: s
             print(f"  ... {rows:,}/{expected:,} rows persisted", end="\r", file=sys.stderr)
         done_at = time.monotonic()
         cpu = cpu_seconds(collector.pid) - cpu_at_first_row
+        sim_cpu = cpu_seconds(sim.pid) - sim_cpu_at_first_row
         rss = peak_rss_mb(collector.pid)
     finally:
         log = stop(collector)
@@ -300,7 +303,16 @@ def run_replay(files: list[Path], symbols: list[str], rate: float, server_url: s
     disk = disk_bytes(engine)
     engine.dispose()
     # CPU from the first row on covers all but the first flush's messages.
-    return RunResult(expected, seconds, cpu * 1e6 / expected, p50, p99, rss, disk / expected)
+    return RunResult(
+        expected,
+        seconds,
+        cpu * 1e6 / expected,
+        sim_cpu * 1e6 / expected,
+        p50,
+        p99,
+        rss,
+        disk / expected,
+    )
 
 
 def run_many_symbols(server_url: str, symbols: int, seconds: float) -> tuple[float, int]:
@@ -394,7 +406,10 @@ def flat_out(files: list[Path], symbols: list[str], server_url: str, pybit_rate:
         f"({flat.messages:,} messages in {flat.seconds:.1f} s); "
         f"{rate / pybit_rate:.2f}x pybit's merge-only rate"
     )
-    print(f"   collector CPU               : {flat.cpu_us_per_msg:10.1f} us/msg")
+    print(
+        f"   collector CPU               : {flat.cpu_us_per_msg:10.1f} us/msg "
+        f"(simulator: {flat.sim_cpu_us_per_msg:.1f} us/msg)"
+    )
     print(f"   receive-to-commit latency   : p50 {flat.p50_ms:.0f} ms, p99 {flat.p99_ms:.0f} ms")
     print(f"   collector peak RSS          : {flat.peak_rss_mb:10.0f} MB")
     print(f"   on disk (events+quotes+snapshots): {flat.disk_bytes_per_msg:6.0f} bytes/msg")
