@@ -77,6 +77,26 @@ def test_bad_settings_are_clear_errors():
     assert "DEPTHWATCH_RETENTION_DAYS='a week' is not a valid int" in result.stderr
 
 
+@pytest.mark.parametrize("command", [["collect"], ["db", "upgrade"]])
+def test_an_unreachable_database_is_a_clear_error_after_retrying(command):
+    started = time.monotonic()
+    result = depthwatch(
+        *command,
+        "--database-url",
+        "postgres://someone:secret@127.0.0.1:9/nowhere",
+        "--database-wait",
+        "2",
+    )
+    assert result.returncode == 1
+    assert "database not reachable yet" in result.stderr  # it retried
+    assert "cannot reach the database at postgresql+psycopg2://someone:***@127.0.0.1:9" in (
+        result.stderr
+    )
+    assert "secret" not in result.stderr
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - started < 30
+
+
 def test_db_upgrade_creates_the_schema(database_url):
     result = depthwatch("db", "upgrade", "--database-url", database_url)
     assert result.returncode == 0, result.stderr

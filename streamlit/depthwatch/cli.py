@@ -109,11 +109,16 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from depthwatch.storage.db import DatabaseUnavailable
+
     try:
         return _dispatch(args)
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
         return 2
+    except DatabaseUnavailable as exc:
+        log.error("%s", exc)
+        return 1
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -134,9 +139,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _db_upgrade(args: argparse.Namespace) -> int:
     from depthwatch.storage import schema
-    from depthwatch.storage.db import make_engine, resolve_database_url
+    from depthwatch.storage.db import make_engine, resolve_database_url, wait_for_database
 
     engine = make_engine(resolve_database_url(args.database_url, args.data_dir))
+    wait_for_database(engine, args.database_wait)
     version = schema.upgrade(engine)
     print(f"schema at version {version}")
     return 0
@@ -144,7 +150,7 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from depthwatch.export.tardis import CsvSink, ExportRequest, ParquetSink, export
-    from depthwatch.storage.db import make_engine, resolve_database_url
+    from depthwatch.storage.db import make_engine, resolve_database_url, wait_for_database
     from depthwatch.storage.queries import NotRecorded
 
     if args.end <= args.start:
@@ -154,6 +160,7 @@ def _export(args: argparse.Namespace) -> int:
         args.kind, args.category, args.symbol.upper(), args.start, args.end, args.depth
     )
     engine = make_engine(resolve_database_url(args.database_url, args.data_dir))
+    wait_for_database(engine, args.database_wait)
     progress = None if args.quiet else sys.stderr
     try:
         if args.format == "parquet":

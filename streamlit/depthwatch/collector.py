@@ -13,7 +13,7 @@ import gc
 import logging
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from depthwatch.book import Outcome, StreamBook
 from depthwatch.config import CollectorConfig
@@ -22,7 +22,7 @@ from depthwatch.feed.instruments import fetch_instruments
 from depthwatch.feed.topics import MAX_ARGS_CHARS_PER_CONNECTION, MAX_ARGS_PER_CONNECTION
 from depthwatch.records import BookUpdate, FeedEvent, FeedEventKind, StreamKey, Trade
 from depthwatch.storage import schema
-from depthwatch.storage.db import make_engine, resolve_database_url
+from depthwatch.storage.db import make_engine, resolve_database_url, wait_for_database
 from depthwatch.storage.writer import BatchWriter, WriterConfig, now_us
 
 log = logging.getLogger(__name__)
@@ -211,6 +211,7 @@ def run_collector(config: CollectorConfig) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit status."""
     url = resolve_database_url(config.database_url, config.data_dir)
     engine = make_engine(url)
+    wait_for_database(engine, config.database_wait_s)
     version = schema.upgrade(engine)
     log.info("database schema at version %d", version)
     writer = BatchWriter(
@@ -229,8 +230,6 @@ def run_collector(config: CollectorConfig) -> int:
         writer.stop()
         return 2
     if symbols != config.symbols:
-        from dataclasses import replace
-
         config = replace(config, symbols=symbols)
     collector = Collector(config, writer)
     log.info(

@@ -64,6 +64,7 @@ class CollectorConfig:
     topics_per_connection: int = 50
     silence_timeout_s: float = 30.0
     legacy_depths: bool = False
+    database_wait_s: float = 60.0
     status_interval_s: float = 10.0
     collector_id: str = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -112,6 +113,14 @@ def add_database_arguments(parser: argparse.ArgumentParser) -> None:
         default=default_data_dir(),
         help="directory of the embedded PostgreSQL's data; survives restarts "
         "(env DEPTHWATCH_DATA_DIR, default .depthwatch)",
+    )
+    _add_number(
+        parser,
+        "--database-wait",
+        float,
+        "DEPTHWATCH_DATABASE_WAIT",
+        60.0,
+        "seconds to keep retrying an unreachable database before giving up",
     )
 
 
@@ -239,4 +248,5 @@ def collector_config_from_args(args: argparse.Namespace) -> CollectorConfig:
         topics_per_connection=args.topics_per_connection,
         silence_timeout_s=args.silence_timeout,
         legacy_depths=args.legacy_depths,
+        database_wait_s=args.database_wait,
     )

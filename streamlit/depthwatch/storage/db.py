@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -27,6 +28,31 @@ def make_engine(url: str, pool_size: int = 5) -> sa.Engine:
         pool_pre_ping=True,
         connect_args={"application_name": "depthwatch"},
     )
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database could not be reached in time; the message says why."""
+
+
+def wait_for_database(engine: sa.Engine, timeout_s: float = 60.0) -> None:
+    """Block until a connection succeeds: on Render the database may still be
+    starting when the worker does. Raises DatabaseUnavailable after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.5
+    while True:
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            return
+        except sa.exc.OperationalError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            if time.monotonic() + delay > deadline:
+                raise DatabaseUnavailable(
+                    f"cannot reach the database at {engine.url.render_as_string()}: {reason}"
+                ) from None
+            log.warning("database not reachable yet (%s); retrying in %.1f s", reason, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def start_embedded(data_dir: Path) -> str:
