@@ -17,7 +17,7 @@ from depthwatch.config import CollectorConfig
 from depthwatch.export.tardis import ExportRequest, export_csv
 from depthwatch.records import StreamKey
 from depthwatch.sim import SimulatorThread, TruthState
-from depthwatch.storage import schema
+from depthwatch.storage import queries, schema
 from depthwatch.storage.db import make_engine
 from depthwatch.storage.writer import BatchWriter, WriterConfig
 
@@ -147,18 +147,13 @@ def truth_levels(state: TruthState) -> tuple[list, list]:
 
 
 def recorded_sequence(engine: sa.Engine, stream: StreamKey) -> list[tuple[int, int, bool]]:
-    """(u, seq, is_snapshot) of the recorded messages, in export order."""
+    """(u, seq, is_snapshot) of the recorded messages, in the export's order."""
     with engine.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                """SELECT e.u, e.seq, e.is_snapshot FROM book_events e
-                   JOIN instruments i ON i.id = e.instrument_id
-                   WHERE i.symbol = :s AND i.category = :c AND e.depth = :d
-                   ORDER BY e.ts_us, e.u, e.is_snapshot DESC"""
-            ),
-            {"s": stream.symbol, "c": stream.category, "d": stream.depth},
-        )
-        return [(int(u), int(seq), bool(snap)) for u, seq, snap in rows]
+        iid = queries.instrument_id(conn, stream.category, stream.symbol)
+        return [
+            (e.u, e.seq, e.is_snapshot)
+            for e in queries.book_events(conn, iid, stream.depth, *ALL_TIME)
+        ]
 
 
 def assert_export_matches_truth(

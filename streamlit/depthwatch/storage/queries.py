@@ -24,6 +24,7 @@ class BookEventRow:
     ts_us: int
     local_us: int
     u: int
+    seq: int
     is_snapshot: bool
     bid_prices: list[str]
     bid_sizes: list[str]
@@ -76,14 +77,16 @@ def _stream(conn: sa.Connection, sql: str, params: dict[str, object]) -> Iterato
 def book_events(
     conn: sa.Connection, iid: int, depth: int, from_us: int, end_us: int
 ) -> Iterator[BookEventRow]:
-    """Book events with from_us <= ts < end_us, in the order they apply."""
+    """Book events with from_us <= ts < end_us, in the order they apply: by
+    exchange time, then Bybit's cross sequence (which, unlike `u`, does not
+    restart at 1 when the exchange restarts a stream within the same millisecond)."""
     rows = _stream(
         conn,
-        """SELECT ts_us, local_us, u, is_snapshot, bid_prices::text[], bid_sizes::text[],
+        """SELECT ts_us, local_us, u, seq, is_snapshot, bid_prices::text[], bid_sizes::text[],
                   ask_prices::text[], ask_sizes::text[]
            FROM book_events
            WHERE instrument_id = :i AND depth = :d AND ts_us >= :f AND ts_us < :e
-           ORDER BY ts_us, u, is_snapshot DESC""",
+           ORDER BY ts_us, seq, u, is_snapshot DESC""",
         {"i": iid, "d": depth, "f": from_us, "e": end_us},
     )
     for row in rows:
@@ -93,14 +96,15 @@ def book_events(
 def quotes(
     conn: sa.Connection, iid: int, depth: int, start_us: int, end_us: int
 ) -> Iterator[sa.Row]:
-    """(ts_us, local_us, ask_size, ask_price, bid_price, bid_size) in time order."""
+    """(ts_us, local_us, ask_size, ask_price, bid_price, bid_size) in time order
+    (arrival order within a millisecond: `u` restarts with the stream)."""
     return _stream(
         conn,
         """SELECT ts_us, local_us, ask_size::text, ask_price::text, bid_price::text,
                   bid_size::text
            FROM quotes
            WHERE instrument_id = :i AND depth = :d AND ts_us >= :s AND ts_us < :e
-           ORDER BY ts_us, u""",
+           ORDER BY ts_us, local_us, u""",
         {"i": iid, "d": depth, "s": start_us, "e": end_us},
     )
 
