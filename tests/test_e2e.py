@@ -97,6 +97,40 @@ def assert_parquet_matches_csv(engine, stream: StreamKey) -> None:
                     assert got[name] == float(value), name
 
 
+@pytest.mark.parametrize(
+    ("category", "symbol", "depth"),
+    [("spot", "BTCUSDT", 200), ("option", "BTC-27DEC26-100000-C", 25), ("inverse", "BTCUSD", 1)],
+)
+def test_other_categories_and_depths_are_recorded_exactly(database_url, category, symbol, depth):
+    """Spot acks echo "subscribe", option acks are COMMAND_RESP, depth 1 is
+    snapshots only: each recorded book still equals the ground truth."""
+    sim = SimulatorThread(
+        SimConfig(symbols=(symbol,), rate=300, deltas=400, seed=5, trades_rate=0)
+    ).start()
+    try:
+        config = config_for(
+            sim,
+            database_url,
+            category=category,
+            symbols=(symbol,),
+            depths=(depth,),
+            ws_url=sim.sim.url(category),
+        )
+        run = collect_until_caught_up(sim, config)
+        stream = StreamKey(category, symbol, depth)
+        truth = sim.sim.truth(f"orderbook.{depth}.{symbol}")
+        states = assert_export_matches_truth(run.engine, stream, truth)
+        assert len(states) > 100
+        assert feed_event_kinds(run.engine).count("subscribed") == 1
+        rows = export_rows(run.engine, "incremental_book_L2", stream)
+        exchange = {"spot": "bybit-spot", "option": "bybit-options"}.get(category, "bybit")
+        assert {r["exchange"] for r in rows} == {exchange}
+        if depth == 1:
+            assert all(s.is_snapshot for s in states)
+    finally:
+        sim.stop()
+
+
 def test_dropped_deltas_cause_gaps_resyncs_and_a_fresh_snapshot(database_url):
     _sim, run = run_scenario(database_url, drop_every=97)
     assert run.collector.stats.gaps >= 2
