@@ -90,6 +90,8 @@ class ConnectionStats:
     book_updates: int = 0
     malformed: int = 0
     connects: int = 0
+    connect_failures: int = 0
+    reconnect_delays_s: list[float] = field(default_factory=list)  # the most recent ones
     resyncs: int = 0
     stalls: int = 0
     failed_topics: list[str] = field(default_factory=list)
@@ -130,6 +132,7 @@ class BybitConnection:
                 attempt = 0
             delay = self.config.reconnect.delay(attempt, self._rng)
             attempt += 1
+            self.stats.reconnect_delays_s = [*self.stats.reconnect_delays_s[-19:], delay]
             log.info("%s: reconnecting in %.2f s", self.name, delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
@@ -167,6 +170,8 @@ class BybitConnection:
                         task.cancel()
                     await asyncio.gather(*helpers, return_exceptions=True)
         except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
+            if not connected:
+                self.stats.connect_failures += 1
             if not stop.is_set():
                 log.warning("%s: connection failed: %s", self.name, exc or type(exc).__name__)
         finally:

@@ -347,6 +347,7 @@ class BybitSimulator:
         self._server: Server | None = None
         self._tasks: list[asyncio.Task] = []
         self.port = 0
+        self.pings_received = 0  # application-level pings, for tests of clients
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -556,6 +557,7 @@ class BybitSimulator:
             conn.push(_ack(conn, "", "", False, "error:request not json"))
             return
         if op == "ping":
+            self.pings_received += 1
             conn.push(_pong(conn, req_id))
         elif op in ("subscribe", "unsubscribe") and isinstance(req.get("args"), list):
             self._on_subscription(conn, op, req_id, [str(a) for a in req["args"]])

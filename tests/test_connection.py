@@ -1,0 +1,101 @@
+"""One feed connection against the real simulator: pings, acks, backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+
+from depthwatch.feed.connection import BybitConnection, ConnectionConfig, ReconnectPolicy
+from depthwatch.records import BookUpdate, FeedEvent, FeedEventKind, StreamKey, Trade
+from depthwatch.sim import BybitSimulator, SimConfig
+
+
+class Recorder:
+    """A FeedHandler that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.updates: list[BookUpdate] = []
+        self.events: list[FeedEvent] = []
+        self.lost: list[StreamKey] = []
+
+    def on_book_update(self, update: BookUpdate) -> bool:
+        self.updates.append(update)
+        return False
+
+    def on_trades(self, trades: list[Trade]) -> None:
+        pass
+
+    def on_feed_event(self, event: FeedEvent) -> None:
+        self.events.append(event)
+
+    def on_streams_lost(self, streams: list[StreamKey]) -> None:
+        self.lost.extend(streams)
+
+    def has_room(self) -> bool:
+        return True
+
+    async def wait_for_room(self) -> None:
+        pass
+
+
+async def run_for(connection: BybitConnection, seconds: float) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(connection.run(stop))
+    await asyncio.sleep(seconds)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+
+
+def test_pings_on_schedule_and_every_ack_is_checked():
+    async def main() -> tuple[BybitSimulator, Recorder, BybitConnection]:
+        sim = BybitSimulator(SimConfig(symbols=("BTCUSDT",), rate=50, seed=1, trades_rate=0))
+        await sim.start()
+        recorder = Recorder()
+        topics = ("orderbook.50.BTCUSDT", "orderbook.50.NOPEUSDT", "orderbook.7.BTCUSDT")
+        connection = BybitConnection(
+            "linear-0",
+            ConnectionConfig(sim.url("linear"), "linear", topics, ping_interval_s=0.2),
+            recorder,
+        )
+        await run_for(connection, 1.5)
+        await sim.stop()
+        return sim, recorder, connection
+
+    sim, recorder, connection = asyncio.run(main())
+    assert 5 <= sim.pings_received <= 8  # one every 0.2 s over 1.5 s
+    kinds = [(e.kind, e.symbol, e.depth) for e in recorder.events]
+    assert (FeedEventKind.SUBSCRIBED, "BTCUSDT", 50) in kinds
+    failed = sorted(e.detail for e in recorder.events if e.kind is FeedEventKind.SUBSCRIBE_FAILED)
+    assert len(failed) == 2
+    assert failed[0].startswith("orderbook.50.NOPEUSDT: error:handler not found")
+    assert failed[1].startswith("orderbook.7.BTCUSDT: error:handler not found")
+    assert connection.topics == ["orderbook.50.BTCUSDT"]  # refused topics are not retried
+    assert recorder.updates and recorder.updates[0].is_snapshot
+    us = [u.update_id for u in recorder.updates]
+    assert us == list(range(us[0], us[0] + len(us)))
+    assert recorder.lost == [StreamKey("linear", "BTCUSDT", 50)]  # books invalid on close
+
+
+def test_reconnects_back_off_exponentially_while_the_server_is_down():
+    with socket.socket() as probe:  # a port with nobody listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    recorder = Recorder()
+    connection = BybitConnection(
+        "linear-0",
+        ConnectionConfig(
+            f"ws://127.0.0.1:{port}/v5/public/linear",
+            "linear",
+            ("orderbook.50.BTCUSDT",),
+            reconnect=ReconnectPolicy(initial_s=0.05, max_s=0.4, factor=2.0, jitter=0.0),
+        ),
+        recorder,
+    )
+    with contextlib.suppress(TimeoutError):
+        asyncio.run(run_for(connection, 1.6))
+    delays = connection.stats.reconnect_delays_s
+    assert delays[:5] == [0.05, 0.1, 0.2, 0.4, 0.4]  # doubling, then capped
+    # Every failed attempt was followed by a delay, but perhaps the one stop cut short.
+    assert connection.stats.connect_failures - len(delays) in (0, 1)
+    assert connection.stats.connects == 0 and not recorder.lost
