@@ -386,7 +386,7 @@ def main() -> int:
             files.append(path)
         del streams
         configured = os.environ.get("DATABASE_URL")
-        server_url = normalise_url(configured) if configured else start_embedded(tmpdir / "pg")
+        server_url = normalise_url(configured) if configured else start_embedded(tmpdir)
 
         if 2 in chosen:
             flat_out(files, symbols, server_url, pybit_rate)

@@ -26,7 +26,7 @@ def server_url() -> Iterator[str]:
         yield normalise_url(configured)
         return
     with tempfile.TemporaryDirectory(prefix="depthwatch-test-pg-") as tmp:
-        yield start_embedded(Path(tmp) / "pgdata")
+        yield start_embedded(Path(tmp))
 
 
 @pytest.fixture

