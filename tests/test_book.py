@@ -218,3 +218,27 @@ def test_no_depth_snapshot_from_an_invalid_book():
     book.apply(update(5, [("10.0", "2")], ts_ms=1_500))  # gap
     book.apply(update(6, [("10.0", "2")], ts_ms=2_500))  # dropped
     assert sink.snapshots == []
+
+
+def test_a_book_left_waiting_for_its_snapshot_asks_for_a_resync_again():
+    from depthwatch.collector import SNAPSHOT_RETRY_US, Collector
+    from depthwatch.config import CollectorConfig
+
+    collector = Collector(CollectorConfig(symbols=("BTCUSDT",)), Sink())  # type: ignore[arg-type]
+    t0 = 1_000_000_000
+
+    def at(u, offset_us, snapshot=False):
+        upd = update(u, [("10.0", str(u))], [("11.0", "1")], snapshot=snapshot)
+        upd.local_us = t0 + offset_us
+        return collector.on_book_update(upd)
+
+    assert at(1, 0, snapshot=True) is False
+    assert at(3, 1) is True  # the gap: resync
+    assert at(4, 2) is False  # dropped while the snapshot is on its way
+    assert at(5, SNAPSHOT_RETRY_US - 1) is False
+    assert at(6, SNAPSHOT_RETRY_US + 2) is True  # overdue: ask again
+    assert at(7, SNAPSHOT_RETRY_US + 3) is False  # and wait another full period
+    assert at(8, 2 * SNAPSHOT_RETRY_US + 3) is True
+    assert at(20, 2 * SNAPSHOT_RETRY_US + 4, snapshot=True) is False
+    assert collector.books[STREAM].dropping_since_us is None
+    assert collector.stats.dropped == 5 and collector.stats.gaps == 1

@@ -150,6 +150,8 @@ class StreamBook:
         self.stream = stream
         self.book = OrderBook()
         self.valid = False
+        # Receive time of the first delta dropped while awaiting a snapshot.
+        self.dropping_since_us: int | None = None
         self.last_update_id: int | None = None
         self.crossed = False
         self._sink = sink
@@ -170,6 +172,8 @@ class StreamBook:
         if update.is_snapshot:
             outcome = self._reset(update)
         elif not self.valid:
+            if self.dropping_since_us is None:
+                self.dropping_since_us = update.local_us
             return Outcome.DROPPED
         elif update.update_id != self.last_update_id + 1:  # type: ignore[operator]
             self._record_gap(update)
@@ -195,6 +199,7 @@ class StreamBook:
         self.book.clear()
         self.book.apply_levels(update.bids, update.asks)
         self.valid = True
+        self.dropping_since_us = None
         if restart:
             self._sink.add_feed_event(
                 self._event(

@@ -27,6 +27,9 @@ from depthwatch.storage.writer import BatchWriter, WriterConfig, now_us
 
 log = logging.getLogger(__name__)
 
+# How long a book may wait for its snapshot, while deltas arrive, before we resync again.
+SNAPSHOT_RETRY_US = 10_000_000
+
 
 def plan_connections(
     topics: list[str], category: str, topics_per_connection: int
@@ -124,7 +127,22 @@ class Collector:
             log.warning("%s: stream restarted (u=1 snapshot); book reset", update.stream)
         elif outcome is Outcome.DROPPED:
             self.stats.dropped += 1
+            return self._snapshot_overdue(book, update)
         return False
+
+    def _snapshot_overdue(self, book: StreamBook, update: BookUpdate) -> bool:
+        """Deltas keep coming but the snapshot we asked for does not (a lost
+        resync, a subscription that never took): ask again, every so often."""
+        since = book.dropping_since_us
+        if since is None or update.local_us - since < SNAPSHOT_RETRY_US:
+            return False
+        book.dropping_since_us = update.local_us
+        log.warning(
+            "%s: no snapshot for %.0f s; resyncing again",
+            update.stream,
+            (update.local_us - since) / 1e6,
+        )
+        return True
 
     def on_trades(self, trades: list[Trade]) -> None:
         for trade in trades:
