@@ -79,14 +79,16 @@ def book_events(
 ) -> Iterator[BookEventRow]:
     """Book events with from_us <= ts < end_us, in the order they apply: by
     exchange time, then Bybit's cross sequence (which, unlike `u`, does not
-    restart at 1 when the exchange restarts a stream within the same millisecond)."""
+    restart at 1 when the exchange restarts a stream within the same millisecond).
+    A snapshot and a delta with the same seq hold the same state (one collector's
+    delta, another's subscription snapshot): the delta goes first, so both apply."""
     rows = _stream(
         conn,
         """SELECT ts_us, local_us, u, seq, is_snapshot, bid_prices::text[], bid_sizes::text[],
                   ask_prices::text[], ask_sizes::text[]
            FROM book_events
            WHERE instrument_id = :i AND depth = :d AND ts_us >= :f AND ts_us < :e
-           ORDER BY ts_us, seq, u, is_snapshot DESC""",
+           ORDER BY ts_us, seq, u, is_snapshot""",
         {"i": iid, "d": depth, "f": from_us, "e": end_us},
     )
     for row in rows:

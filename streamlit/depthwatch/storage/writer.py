@@ -67,6 +67,7 @@ class WriterStats:
     flushes: int = 0
     flush_failures: int = 0
     rows_rejected: int = 0
+    copies_with_duplicates: int = 0  # table COPYs that met rows already stored
     backpressure_waits: int = 0
     # receive-to-commit latency of book events, microseconds (most recent only)
     latencies_us: deque[int] = field(default_factory=lambda: deque(maxlen=1_000_000))
@@ -376,8 +377,8 @@ class BatchWriter:
                 schema.ensure_partitions(conn, batch.days)
             cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
             for table, lines in batch.rows.items():
-                if lines:
-                    self._copy(cursor, table, lines)
+                if lines and self._copy(cursor, table, lines):
+                    self.stats.copies_with_duplicates += 1
             if batch.events:
                 conn.execute(
                     sa.text(
@@ -402,17 +403,20 @@ class BatchWriter:
                 )
 
     @staticmethod
-    def _copy(cursor: object, table: str, lines: list[str]) -> None:
+    def _copy(cursor: object, table: str, lines: list[str]) -> bool:
         """COPY straight into the table; if any row is already there (an
         overlapping collector, a retried flush), redo this table's rows through
         the staging table with ON CONFLICT DO NOTHING. The common case pays for
-        one COPY, the overlap case for two steps."""
+        one COPY, the overlap case for two steps. Returns whether rows were
+        already there."""
         columns = COLUMNS[table]
         data = "".join(lines)
         cursor.execute("SAVEPOINT depthwatch_copy")  # type: ignore[attr-defined]
+        duplicates = False
         try:
             _copy_from(cursor, f"COPY {table} ({columns}) FROM STDIN", data)
         except psycopg2.errors.UniqueViolation:
+            duplicates = True
             cursor.execute("ROLLBACK TO SAVEPOINT depthwatch_copy")  # type: ignore[attr-defined]
             _copy_from(cursor, f"COPY stage_{table} ({columns}) FROM STDIN", data)
             cursor.execute(  # type: ignore[attr-defined]
@@ -421,6 +425,7 @@ class BatchWriter:
             )
             # Each stage is emptied at commit (ON COMMIT DELETE ROWS) or by rollback.
         cursor.execute("RELEASE SAVEPOINT depthwatch_copy")  # type: ignore[attr-defined]
+        return duplicates
 
     def _write_singly(self, conn: sa.Connection, batch: _Batch) -> None:
         """Slow path for a batch with a bad row: each row in its own savepoint,
