@@ -97,6 +97,27 @@ def test_an_unreachable_database_is_a_clear_error_after_retrying(command):
     assert time.monotonic() - started < 30
 
 
+def test_a_collector_whose_every_topic_is_refused_exits_2(database_url):
+    sim = SimulatorThread(SimConfig(symbols=("BTCUSDT",), rate=10, seed=1)).start()
+    try:
+        result = depthwatch(
+            "collect",
+            "--symbols",
+            "NOPEUSDT,NADAUSDT",
+            "--ws-url",
+            sim.sim.url("linear"),
+            "--database-url",
+            database_url,
+        )
+    finally:
+        sim.stop()
+    assert result.returncode == 2, result.stderr
+    assert "subscription to orderbook.50.NOPEUSDT failed: error:handler not found" in (
+        result.stderr
+    )
+    assert "every subscription was refused" in result.stderr
+
+
 def test_db_upgrade_creates_the_schema(database_url):
     result = depthwatch("db", "upgrade", "--database-url", database_url)
     assert result.returncode == 0, result.stderr

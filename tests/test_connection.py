@@ -99,3 +99,45 @@ def test_reconnects_back_off_exponentially_while_the_server_is_down():
     # Every failed attempt was followed by a delay, but perhaps the one stop cut short.
     assert connection.stats.connect_failures - len(delays) in (0, 1)
     assert connection.stats.connects == 0 and not recorder.lost
+
+
+class SlowWriter(Recorder):
+    """A handler whose writer is full for a while: reading must pause, and the
+    watchdog must not take the pause for a silent server."""
+
+    def __init__(self, pause_s: float) -> None:
+        super().__init__()
+        self.pause_s = pause_s
+        self.full = True
+
+    def has_room(self) -> bool:
+        return not self.full
+
+    async def wait_for_room(self) -> None:
+        await asyncio.sleep(self.pause_s)
+        self.full = False
+
+
+def test_back_pressure_pauses_reading_without_a_false_stall():
+    async def main() -> tuple[SlowWriter, BybitConnection]:
+        sim = BybitSimulator(SimConfig(symbols=("BTCUSDT",), rate=200, seed=2, trades_rate=0))
+        await sim.start()
+        handler = SlowWriter(pause_s=2.5)
+        connection = BybitConnection(
+            "linear-0",
+            ConnectionConfig(
+                sim.url("linear"), "linear", ("orderbook.50.BTCUSDT",), silence_timeout_s=1.0
+            ),
+            handler,
+        )
+        await run_for(connection, 4.0)
+        await sim.stop()
+        return handler, connection
+
+    handler, connection = asyncio.run(main())
+    kinds = [e.kind for e in handler.events]
+    assert FeedEventKind.BACKPRESSURE in kinds
+    assert FeedEventKind.STALL not in kinds
+    assert connection.stats.stalls == 0 and connection.stats.connects == 1
+    us = [u.update_id for u in handler.updates]
+    assert len(us) > 300 and us == list(range(us[0], us[0] + len(us)))  # nothing skipped

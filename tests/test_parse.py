@@ -104,9 +104,9 @@ def test_acks_and_pongs():
 GOOD = {
     "topic": "orderbook.50.BTCUSDT",
     "type": "delta",
-    "ts": 1,
+    "ts": 1_733_011_200_691,
     "data": {"s": "BTCUSDT", "b": [["1.5", "2"]], "a": [], "u": 2, "seq": 3},
-    "cts": 1,
+    "cts": 1_733_011_200_589,
 }
 
 
@@ -132,6 +132,16 @@ def variant(path: tuple[str, ...], value: object) -> bytes:
         (variant(("data", "u"), "2"), "u is not an integer"),
         (variant(("data", "s"), "ETHUSDT"), "data.s"),
         (variant(("ts",), None), "ts is not an integer"),
+        (variant(("ts",), 1_733_011_200_691_000_000), "is not a time in milliseconds"),
+        (variant(("cts",), 17), "is not a time in milliseconds"),
+        (variant(("data", "b"), [["1.5", "²"]]), "bad level"),
+        (variant(("data", "b"), [["\u0661.5", "1"]]), "bad level"),  # Arabic-Indic 1
+        (b'{"success":true,"data":[1],"type":"COMMAND_RESP"}', "bad control message"),
+        (
+            b'{"topic":"publicTrade.BTCUSDT","ts":1733011200691,"data":[{"T":1733011200691,'
+            b'"s":"ETHUSDT","S":"Buy","v":"1","p":"1","i":"x"}]}',
+            "trade for 'ETHUSDT'",
+        ),
         (variant(("topic",), "orderbook.x.BTCUSDT"), "unrecognised topic"),
         (variant(("topic",), "kline.1.BTCUSDT"), "unexpected topic"),
         (b'{"hello":"world"}', "neither data nor control"),

@@ -183,3 +183,17 @@ def test_a_dead_database_is_retried_counted_and_reported_at_stop():
     started = time.monotonic()
     assert writer.stop(timeout_s=15) is False  # says rows were not written
     assert time.monotonic() - started < 10
+
+
+def test_a_partition_dropped_under_the_writer_is_recreated_on_retry(engine):
+    writer = started_writer(engine)
+    writer.add_book_update(make_update(1, snapshot=True))
+    assert writer.flush_now()
+    day = schema.partition_name("book_events", NOW_MS // DAY_MS)
+    with engine.begin() as conn:  # as another collector's retention, or an operator, might
+        conn.execute(sa.text(f"DROP TABLE {day}"))
+    writer.add_book_update(make_update(2))
+    assert writer.flush_now(timeout_s=30)
+    assert writer.stop()
+    assert writer.stats.flush_failures >= 1
+    assert count(engine, "book_events") == 1  # the new row; the old one went with its table

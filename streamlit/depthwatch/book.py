@@ -49,8 +49,8 @@ class BookSide:
         for level in updates:
             key = sign * float(level[0])
             size = level[1]
-            # Only a size starting with "0" can be zero; most are not: skip float().
-            if size[0] == "0" and float(size) == 0.0:
+            # Only a size starting with "0" or "." can be zero; most are not: skip float().
+            if size[0] in "0." and float(size) == 0.0:
                 if levels.pop(key, None) is not None:
                     del keys[bisect_left(keys, key)]
             else:

@@ -257,9 +257,20 @@ def run_collector(config: CollectorConfig) -> int:
         config.endpoint,
     )
     tune_garbage_collector()
-    status = asyncio.run(_run_until_signal(collector))
-    flushed = writer.stop(timeout_s=15.0)
-    w = writer.stats
+    try:
+        status = asyncio.run(_run_until_signal(collector))
+    finally:
+        # Whatever ended the loop (a signal, or a bug), write what was received.
+        flushed = writer.stop(timeout_s=15.0)
+        log_summary(collector, flushed)
+    engine.dispose()
+    if not flushed:
+        return 1
+    return status
+
+
+def log_summary(collector: Collector, flushed: bool) -> None:
+    w = collector.writer.stats
     log.info(
         "stopped: %d book messages received (%d dropped awaiting a snapshot); written: "
         "%d book events, %d quotes, %d depth snapshots, %d trades; %s",
@@ -271,12 +282,20 @@ def run_collector(config: CollectorConfig) -> int:
         w.rows_written["trades"],
         "everything flushed" if flushed else "ROWS LOST: the database did not take them",
     )
+    log.info(
+        "gaps %d, resyncs %d, restarts %d, malformed %d, unknown streams %d, handler errors %d, "
+        "rows rejected %d, flush failures %d",
+        collector.stats.gaps,
+        sum(c.stats.resyncs for c in collector.connections),
+        collector.stats.restarts,
+        sum(c.stats.malformed for c in collector.connections),
+        collector.stats.unknown_streams,
+        collector.stats.handler_errors,
+        w.rows_rejected,
+        w.flush_failures,
+    )
     p50, p99 = w.latency_percentiles_ms(0.5, 0.99)
     log.info("receive-to-commit latency: p50 %.1f ms, p99 %.1f ms", p50, p99)
-    engine.dispose()
-    if not flushed:
-        return 1
-    return status
 
 
 def tune_garbage_collector() -> None:

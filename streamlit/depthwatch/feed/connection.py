@@ -102,6 +102,7 @@ class _PendingRequest:
     op: str
     topics: list[str]
     sent_at: float
+    resync: bool = False  # a re-subscription of a topic that was being served
 
 
 class BybitConnection:
@@ -115,7 +116,8 @@ class BybitConnection:
         self._ws: ClientConnection | None = None
         self._pending: OrderedDict[str, _PendingRequest] = OrderedDict()
         self._req_ids = itertools.count(1)
-        self._last_rx_us = 0
+        self._last_rx = 0.0  # time.monotonic() of the last frame
+        self._paused = False  # reading paused by writer back-pressure
         self._rng = random.Random()
 
     # ---- lifecycle
@@ -153,7 +155,7 @@ class BybitConnection:
             ) as ws:
                 connected = True
                 self._ws = ws
-                self._last_rx_us = now_us()
+                self._last_rx = time.monotonic()
                 self.stats.connects += 1
                 self._event(FeedEventKind.CONNECT, detail=self.config.url)
                 log.info("%s: connected to %s", self.name, self.config.url)
@@ -193,30 +195,48 @@ class BybitConnection:
         handler = self.handler
         parse = self.parser.parse
         stats = self.stats
+        monotonic = time.monotonic
         try:
             async for raw in ws:
                 local_us = time.time_ns() // 1000  # before anything else
-                self._last_rx_us = local_us
+                self._last_rx = monotonic()
                 stats.messages += 1
                 try:
                     parsed = parse(raw, local_us)
                 except MalformedMessage as exc:
                     self._malformed(exc)
                     continue
-                if isinstance(parsed, BookUpdate):
-                    stats.book_updates += 1
-                    if handler.on_book_update(parsed):
-                        await self._resync(parsed.stream)
-                elif isinstance(parsed, list):
-                    handler.on_trades(parsed)
-                else:
-                    self._on_control(parsed)
+                try:
+                    if isinstance(parsed, BookUpdate):
+                        stats.book_updates += 1
+                        if handler.on_book_update(parsed):
+                            await self._resync(parsed.stream)
+                    elif isinstance(parsed, list):
+                        handler.on_trades(parsed)
+                    else:
+                        self._on_control(parsed, ws)
+                except websockets.exceptions.ConnectionClosed:
+                    raise
+                except Exception as exc:  # a bug must cost one frame, not the collector
+                    log.exception("%s: error handling a frame", self.name)
+                    self._malformed(MalformedMessage(f"could not handle frame: {exc}"))
                 # Checking the writer's queue every 64 messages is plenty for a
                 # bound of hundreds of thousands of rows, and cheaper than every one.
                 if not stats.messages & 63 and not handler.has_room():
-                    await handler.wait_for_room()
+                    await self._wait_for_writer()
         except websockets.exceptions.ConnectionClosed as exc:
             log.warning("%s: connection closed: %s", self.name, exc)
+
+    async def _wait_for_writer(self) -> None:
+        """Back-pressure: stop reading until the writer has room. The watchdog
+        must not mistake this pause for a silent server."""
+        self._event(FeedEventKind.BACKPRESSURE, detail="writer queue full; reading paused")
+        self._paused = True
+        try:
+            await self.handler.wait_for_room()
+        finally:
+            self._paused = False
+            self._last_rx = time.monotonic()
 
     def _malformed(self, exc: MalformedMessage) -> None:
         self.stats.malformed += 1
@@ -232,22 +252,22 @@ class BybitConnection:
         for i in range(0, len(topics), step):
             await self._send_request("subscribe", topics[i : i + step])
 
-    async def _send_request(self, op: str, topics: list[str]) -> None:
+    async def _send_request(self, op: str, topics: list[str], resync: bool = False) -> None:
         if self._ws is None:
             return
         req_id = f"{self.name}-{next(self._req_ids)}"
-        self._pending[req_id] = _PendingRequest(op, topics, time.monotonic())
+        self._pending[req_id] = _PendingRequest(op, topics, time.monotonic(), resync)
         await self._ws.send(orjson.dumps({"req_id": req_id, "op": op, "args": topics}).decode())
 
-    def _on_control(self, msg: ControlMessage) -> None:
+    def _on_control(self, msg: ControlMessage, ws: ClientConnection) -> None:
         if msg.is_pong:
             return
-        request = self._pending.pop(msg.req_id, None) if msg.req_id else None
+        # Not every ack echoes req_id; those come back in request order. An ack
+        # naming a request we no longer wait for (expired, before a reconnect)
+        # must not be charged to another one.
+        request = self._pending.pop(msg.req_id, None) if msg.req_id else self._oldest_pending()
         if request is None:
-            # Not every ack echoes req_id; acks come back in request order.
-            request = self._oldest_pending()
-        if request is None:
-            log.warning("%s: unexpected control message %s", self.name, msg)
+            log.warning("%s: control message matching no request: %s", self.name, msg)
             return
         failed = msg.fail_topics or ([] if msg.success else topics_named_in(msg.ret_msg))
         if not msg.success and not failed:
@@ -256,11 +276,22 @@ class BybitConnection:
             if failed:
                 log.warning("%s: unsubscribe %s refused: %s", self.name, failed, msg.ret_msg)
             return
+        if failed and request.resync:
+            # The topic was served a moment ago, so this is not an unknown symbol:
+            # start over on a fresh connection, which resubscribes everything.
+            log.warning(
+                "%s: resync of %s failed (%s); reconnecting", self.name, failed, msg.ret_msg
+            )
+            ws.transport.abort()
+            return
         for topic in failed:
             self._topic_refused(topic, msg.ret_msg or "refused")
         for topic in request.topics:
             if topic not in failed:
                 self._event(FeedEventKind.SUBSCRIBED, topic=topic)
+        if not self.topics:
+            log.error("%s: every topic was refused; closing the connection", self.name)
+            ws.transport.abort()
 
     def _oldest_pending(self) -> _PendingRequest | None:
         if not self._pending:
@@ -281,7 +312,7 @@ class BybitConnection:
         self._event(FeedEventKind.RESYNC, topic=topic, detail="unsubscribe + subscribe")
         log.warning("%s: resyncing %s", self.name, topic)
         await self._send_request("unsubscribe", [topic])
-        await self._send_request("subscribe", [topic])
+        await self._send_request("subscribe", [topic], resync=True)
 
     # ---- liveness
 
@@ -291,36 +322,44 @@ class BybitConnection:
             await ws.send(orjson.dumps({"req_id": f"ping-{self.name}", "op": "ping"}).decode())
 
     async def _watchdog(self, ws: ClientConnection) -> None:
-        timeout_us = int(self.config.silence_timeout_s * 1_000_000)
+        timeout = self.config.silence_timeout_s
         while True:
-            await asyncio.sleep(min(1.0, self.config.silence_timeout_s / 4))
-            silent_us = now_us() - self._last_rx_us
-            if silent_us > timeout_us:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            silent = time.monotonic() - self._last_rx
+            if silent > timeout and not self._paused:
                 self.stats.stalls += 1
-                log.warning("%s: silent for %.1f s; reconnecting", self.name, silent_us / 1e6)
-                self._event(FeedEventKind.STALL, detail=f"silent for {silent_us / 1e6:.1f} s")
+                log.warning("%s: silent for %.1f s; reconnecting", self.name, silent)
+                self._event(FeedEventKind.STALL, detail=f"silent for {silent:.1f} s")
                 ws.transport.abort()
                 return
-            self._expire_acks()
+            if self._ack_overdue():
+                ws.transport.abort()
+                return
 
-    def _expire_acks(self) -> None:
+    def _ack_overdue(self) -> bool:
+        """A subscribe nobody answered leaves its books without a snapshot:
+        say so, and let a fresh connection subscribe again."""
         deadline = time.monotonic() - self.config.ack_timeout_s
-        for req_id, request in list(self._pending.items()):
-            if request.sent_at < deadline:
-                del self._pending[req_id]
-                log.error("%s: no ack for %s %s", self.name, request.op, request.topics)
+        for request in self._pending.values():
+            if request.sent_at < deadline and request.op == "subscribe":
+                log.error("%s: no ack for subscribe %s; reconnecting", self.name, request.topics)
                 for topic in request.topics:
                     self._event(
                         FeedEventKind.SUBSCRIBE_FAILED,
                         topic=topic,
                         detail=f"{topic}: no ack within {self.config.ack_timeout_s:.0f} s",
                     )
+                return True
+        return False
 
     def _event(self, kind: FeedEventKind, topic: str | None = None, detail: str = "") -> None:
         symbol: str | None = None
         depth: int | None = None
         if topic is not None:
-            _, depth, symbol = split_topic(topic)
+            try:
+                _, depth, symbol = split_topic(topic)
+            except ValueError:  # a topic name the server made up: keep it in the detail
+                symbol = topic[:64]
         self.handler.on_feed_event(
             FeedEvent(kind, now_us(), self.config.category, symbol, depth, detail, self.name)
         )

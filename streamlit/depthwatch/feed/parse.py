@@ -49,8 +49,9 @@ def topics_named_in(ret_msg: str) -> list[str]:
 
 def _is_decimal(text: object) -> bool:
     # Bybit sends plain non-negative decimals ("16493.50"); this refuses "nan",
-    # "1e5", "-1", "1_0" and non-strings, which float() or numeric would accept.
-    return isinstance(text, str) and text.replace(".", "", 1).isdigit()
+    # "1e5", "-1", "1_0", non-ASCII digits and non-strings, which float() or
+    # numeric would accept (or choke on).
+    return isinstance(text, str) and text.isascii() and text.replace(".", "", 1).isdigit()
 
 
 def _levels(side: object, what: str) -> list[Level]:
@@ -66,11 +67,25 @@ def _levels(side: object, what: str) -> list[Level]:
                 type(level) is not list
                 or not price.replace(".", "", 1).isdigit()
                 or not size.replace(".", "", 1).isdigit()
+                or not (price + size).isascii()
             ):
                 raise MalformedMessage(f"bad level in {what}: {level!r:.80}")
     except (ValueError, TypeError, AttributeError):
         raise MalformedMessage(f"bad level in {what}: {level!r:.80}") from None
     return side
+
+
+# Exchange times outside these (2015 to 2100, in ms) are not times in
+# milliseconds; one would also make a partition bound overflow.
+MIN_TS_MS = 1_420_070_400_000
+MAX_TS_MS = 4_102_444_800_000
+
+
+def _ms_to_us(value: object, what: str) -> int:
+    ms = _int(value, what)
+    if not MIN_TS_MS <= ms <= MAX_TS_MS:
+        raise MalformedMessage(f"{what} {ms} is not a time in milliseconds")
+    return ms * 1000
 
 
 def _int(value: object, what: str) -> int:
@@ -101,7 +116,7 @@ class FeedParser:
         if topic.startswith("orderbook."):
             return self._book(topic, msg, local_us)
         if topic.startswith("publicTrade."):
-            return self._trades(msg, local_us)
+            return self._trades(topic[len("publicTrade.") :], msg, local_us)
         raise MalformedMessage(f"unexpected topic {topic!r}")
 
     def stream_of(self, topic: str) -> StreamKey:
@@ -133,6 +148,8 @@ class FeedParser:
             _int(u, f"{topic} u")
             _int(seq, f"{topic} seq")
             _int(ts, f"{topic} ts")
+        if not MIN_TS_MS <= ts <= MAX_TS_MS:  # type: ignore[operator]
+            raise MalformedMessage(f"{topic}: ts {ts} is not a time in milliseconds")
         return BookUpdate(
             stream,
             kind == "snapshot",
@@ -141,11 +158,11 @@ class FeedParser:
             u,  # type: ignore[arg-type]
             seq,  # type: ignore[arg-type]
             ts * 1000,  # type: ignore[operator]
-            None if cts is None else _int(cts, f"{topic} cts") * 1000,
+            None if cts is None else _ms_to_us(cts, f"{topic} cts"),
             local_us,
         )
 
-    def _trades(self, msg: dict, local_us: int) -> list[Trade]:
+    def _trades(self, symbol: str, msg: dict, local_us: int) -> list[Trade]:
         data = msg.get("data")
         if not isinstance(data, list):
             raise MalformedMessage("publicTrade: data is not a list")
@@ -156,6 +173,8 @@ class FeedParser:
             side = item.get("S")
             if side not in ("Buy", "Sell"):
                 raise MalformedMessage(f"publicTrade: side {side!r}")
+            if item.get("s") != symbol:
+                raise MalformedMessage(f"publicTrade.{symbol}: trade for {item.get('s')!r}")
             price, size, trade_id = item.get("p"), item.get("v"), item.get("i")
             if not (_is_decimal(price) and _is_decimal(size) and isinstance(trade_id, str)):
                 raise MalformedMessage(f"publicTrade: bad trade {item!r:.120}")
@@ -163,12 +182,12 @@ class FeedParser:
             trades.append(
                 Trade(
                     self.category,
-                    str(item.get("s")),
+                    symbol,
                     trade_id,
                     "buy" if side == "Buy" else "sell",
                     price,  # type: ignore[arg-type]
                     size,  # type: ignore[arg-type]
-                    _int(item.get("T"), "publicTrade T") * 1000,
+                    _ms_to_us(item.get("T"), "publicTrade T"),
                     local_us,
                     None if seq is None else _int(seq, "publicTrade seq"),
                 )
@@ -177,6 +196,13 @@ class FeedParser:
 
     @staticmethod
     def _control(msg: dict) -> ControlMessage:
+        try:
+            return FeedParser._control_fields(msg)
+        except (AttributeError, TypeError) as exc:
+            raise MalformedMessage(f"bad control message ({exc}): {str(msg)[:80]}") from None
+
+    @staticmethod
+    def _control_fields(msg: dict) -> ControlMessage:
         op = msg.get("op")
         if msg.get("type") == "COMMAND_RESP":  # option-category ack shape
             data = msg.get("data") or {}
@@ -186,8 +212,8 @@ class FeedParser:
                 ret_msg=str(msg.get("ret_msg", "")),
                 req_id=str(msg.get("req_id", "")),
                 conn_id=str(msg.get("conn_id", "")),
-                success_topics=list(data.get("successTopics") or []),
-                fail_topics=list(data.get("failTopics") or []),
+                success_topics=[str(t) for t in data.get("successTopics") or []],
+                fail_topics=[str(t) for t in data.get("failTopics") or []],
             )
         if not isinstance(op, str):
             raise MalformedMessage(f"neither data nor control: {str(msg)[:80]}")

@@ -43,6 +43,9 @@ COLUMNS = {
     "trades": "instrument_id, ts_us, local_us, trade_id, side, price, size, seq",
 }
 
+# Position of `ts_us` (exchange time, the partition key) in each table's COPY line.
+TS_COLUMN = {"book_events": 2, "quotes": 2, "depth_snapshots": 2, "trades": 1}
+
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
@@ -266,10 +269,15 @@ class BatchWriter:
             self._wake.clear()
             cycle_started = time.monotonic()
             while True:
-                # A batch whose flush failed is written before anything newer.
+                # A batch whose flush failed is written before anything newer, and
+                # re-ensures every partition (one may have been dropped under it).
+                self._flushing = True
+                if self._held is not None:
+                    self._held.days = self._held.row_days()
                 batch = self._held = self._held or self._take_batch()
                 if batch.empty:
                     self._held = None
+                    self._flushing = False
                     break
                 conn, written = self._flush(conn, batch)
                 if not written:  # keep it held; back off, then try again
@@ -322,7 +330,9 @@ class BatchWriter:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
             log.error("flush of %d rows failed (%s); will retry", batch.size, first_line)
             self._discard(conn)
-            # A partition may have been dropped under us: re-ensure every day seen.
+            # A partition may have been dropped under us (retention of another
+            # collector, an operator): forget what we knew; the retry re-ensures
+            # the days of its own rows.
             self._known_days.clear()
             return None, False
         finally:
@@ -428,7 +438,7 @@ class BatchWriter:
         return duplicates
 
     def _write_singly(self, conn: sa.Connection, batch: _Batch) -> None:
-        """Slow path for a batch with a bad row: each row in its own savepoint,
+        """Slow path for a batch with a bad row: each row in its own transaction,
         so one refused row costs only itself (logged and counted)."""
         if batch.days:
             with conn.begin():
@@ -439,6 +449,7 @@ class BatchWriter:
                 try:
                     with conn.begin():
                         self._copy(cursor, table, [line])
+                    self.stats.rows_written[table] += 1
                 except Exception as exc:
                     self.stats.rows_rejected += 1
                     log.error("rejected %s row %r: %s", table, line[:200], exc)
@@ -490,3 +501,12 @@ class _Batch:
     @property
     def empty(self) -> bool:
         return self.size == 0
+
+    def row_days(self) -> set[int]:
+        """The days (partitions) the batch's rows fall on, read back from the
+        COPY lines' exchange-time column: only needed when a flush is retried."""
+        return {
+            int(line.split("\t", TS_COLUMN[table] + 1)[TS_COLUMN[table]]) // schema.DAY_US
+            for table, lines in self.rows.items()
+            for line in lines
+        }
