@@ -115,6 +115,9 @@ class _NullSink:
     def add_depth_snapshot(self, snapshot) -> None:
         pass
 
+    def add_checkpoint(self, checkpoint) -> None:
+        pass
+
     def add_feed_event(self, event) -> None:
         pass
 

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from depthwatch.book import OrderBook, Outcome, StreamBook
 from depthwatch.records import (
+    BookCheckpoint,
     BookUpdate,
     DepthSnapshot,
     FeedEvent,
@@ -26,6 +27,7 @@ class Sink:
         self.quotes: list[Quote] = []
         self.snapshots: list[DepthSnapshot] = []
         self.events: list[FeedEvent] = []
+        self.checkpoints: list[BookCheckpoint] = []
 
     def add_book_update(self, update: BookUpdate) -> None:
         self.updates.append(update)
@@ -35,6 +37,9 @@ class Sink:
 
     def add_depth_snapshot(self, snapshot: DepthSnapshot) -> None:
         self.snapshots.append(snapshot)
+
+    def add_checkpoint(self, checkpoint: BookCheckpoint) -> None:
+        self.checkpoints.append(checkpoint)
 
     def add_feed_event(self, event: FeedEvent) -> None:
         self.events.append(event)
@@ -242,3 +247,25 @@ def test_a_book_left_waiting_for_its_snapshot_asks_for_a_resync_again():
     assert at(20, 2 * SNAPSHOT_RETRY_US + 4, snapshot=True) is False
     assert collector.books[STREAM].dropping_since_us is None
     assert collector.stats.dropped == 5 and collector.stats.gaps == 1
+
+
+def test_whole_book_checkpoints_are_stamped_at_their_own_boundaries():
+    sink = Sink()
+    book = StreamBook(
+        STREAM,
+        sink,
+        snapshot_interval_us=1_000_000,
+        snapshot_levels=1,
+        checkpoint_interval_us=10_000_000,
+    )
+    book.apply(update(1, [("10.0", "1"), ("9.0", "1")], [("11.0", "1")], snapshot=True, ts_ms=500))
+    book.apply(update(2, [("10.0", "2")], ts_ms=9_500))
+    book.apply(update(3, [("10.0", "3")], ts_ms=10_100))  # crosses 10 s
+    book.apply(update(4, [("8.0", "1")], ts_ms=15_000))
+    book.apply(update(5, [("10.0", "5")], ts_ms=31_000))  # crosses 20 s and 30 s
+    got = [(c.exchange_us, c.update_id, c.sequence, c.bids, c.asks) for c in sink.checkpoints]
+    assert got == [
+        (10_000_000, 2, 20, [["10.0", "2"], ["9.0", "1"]], [["11.0", "1"]]),
+        (30_000_000, 4, 40, [["10.0", "3"], ["9.0", "1"], ["8.0", "1"]], [["11.0", "1"]]),
+    ]
+    assert all(len(s.bids) == 1 for s in sink.snapshots)  # depth snapshots stay top-N

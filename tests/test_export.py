@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 
+import sqlalchemy as sa
+
 from depthwatch.export.tardis import ExportRequest, export_csv
 from depthwatch.records import BookUpdate, StreamKey
 from depthwatch.storage import schema
@@ -128,3 +130,28 @@ def test_no_data_before_the_first_snapshot_is_exported(engine):
         ],
     )
     assert [r["is_snapshot"] for r in l2(engine)] == ["true", "true"]
+
+
+def test_an_export_starts_from_a_checkpoint_when_the_snapshot_is_gone(engine):
+    from depthwatch.book import StreamBook
+
+    schema.upgrade(engine)
+    writer = BatchWriter(engine, WriterConfig(flush_interval_s=0.05))
+    writer.start()
+    book = StreamBook(STREAM, writer, checkpoint_interval_us=10_000_000)
+    hour = T - T % 10_000  # a 10 s boundary
+    book.apply(event(10, 1, hour - 5_000, [("10.0", "1")], [("11.0", "1")], snapshot=True))
+    book.apply(event(11, 2, hour - 1_000, [("10.0", "2")]))
+    book.apply(event(12, 3, hour + 1_000, [("10.0", "3")]))  # checkpoint at `hour`: u=11
+    book.apply(event(13, 4, hour + 2_000, [], [("11.0", "4")]))
+    assert writer.stop()
+    with engine.begin() as conn:  # retention took the exchange snapshot's rows
+        conn.execute(sa.text("DELETE FROM book_events WHERE is_snapshot"))
+    start = hour + 500
+    rows = brief(l2(engine, start_ms=start, end_ms=hour + 60_000))
+    assert rows == [
+        (str(start * 1000), "true", "bid", "10.0", "2"),
+        (str(start * 1000), "true", "ask", "11.0", "1"),
+        (str((hour + 1_000) * 1000), "false", "bid", "10.0", "3"),
+        (str((hour + 2_000) * 1000), "false", "ask", "11.0", "4"),
+    ]

@@ -15,6 +15,7 @@ from enum import Enum
 from typing import Protocol
 
 from depthwatch.records import (
+    BookCheckpoint,
     BookUpdate,
     DepthSnapshot,
     FeedEvent,
@@ -122,6 +123,7 @@ class RecordSink(Protocol):
     def add_book_update(self, update: BookUpdate) -> None: ...
     def add_quote(self, quote: Quote) -> None: ...
     def add_depth_snapshot(self, snapshot: DepthSnapshot) -> None: ...
+    def add_checkpoint(self, checkpoint: BookCheckpoint) -> None: ...
     def add_feed_event(self, event: FeedEvent) -> None: ...
 
 
@@ -146,6 +148,7 @@ class StreamBook:
         sink: RecordSink,
         snapshot_interval_us: int = 1_000_000,
         snapshot_levels: int = 50,
+        checkpoint_interval_us: int = 3_600_000_000,
     ) -> None:
         self.stream = stream
         self.book = OrderBook()
@@ -157,8 +160,11 @@ class StreamBook:
         self._sink = sink
         self._interval_us = snapshot_interval_us
         self._levels = snapshot_levels
+        self._checkpoint_interval_us = checkpoint_interval_us
         self._next_boundary_us: int | None = None
+        self._next_checkpoint_us: int | None = None
         self._last_local_us = 0
+        self._last_sequence = 0
         self._last_quote: tuple[str | None, ...] = (None, None, None, None)
         self._last_bid: Level | None = None
         self._last_ask: Level | None = None
@@ -167,6 +173,7 @@ class StreamBook:
         """Mark the book broken (e.g. the connection dropped): wait for a snapshot."""
         self.valid = False
         self._next_boundary_us = None
+        self._next_checkpoint_us = None
 
     def apply(self, update: BookUpdate) -> Outcome:
         if update.is_snapshot:
@@ -185,11 +192,14 @@ class StreamBook:
             self._check_crossed(update)
         self.last_update_id = update.update_id
         self._last_local_us = update.local_us
+        self._last_sequence = update.sequence
         self._sink.add_book_update(update)
         self._emit_quote_if_changed(update)
         if self._next_boundary_us is None:
             t = update.exchange_us
             self._next_boundary_us = t - t % self._interval_us + self._interval_us
+            every = self._checkpoint_interval_us
+            self._next_checkpoint_us = t - t % every + every
         return outcome
 
     def _reset(self, update: BookUpdate) -> Outcome:
@@ -228,6 +238,7 @@ class StreamBook:
         """Before a message at `exchange_us` changes the book, the current book is
         the book at the end of every bucket that ended since the last message:
         stamp it at the latest such boundary (as Tardis does)."""
+        self._emit_due_checkpoint(exchange_us)
         boundary = self._next_boundary_us
         if boundary is None or exchange_us < boundary:
             return
@@ -244,6 +255,27 @@ class StreamBook:
             )
         )
         self._next_boundary_us = boundary + self._interval_us
+
+    def _emit_due_checkpoint(self, exchange_us: int) -> None:
+        """Like a depth snapshot, but the whole book and rarely (hourly by default)."""
+        due = self._next_checkpoint_us
+        if due is None or exchange_us < due:
+            return
+        every = self._checkpoint_interval_us
+        boundary = exchange_us - exchange_us % every
+        bids, asks = self.book.sides()
+        self._sink.add_checkpoint(
+            BookCheckpoint(
+                self.stream,
+                boundary,
+                self._last_local_us,
+                self.last_update_id or 0,
+                self._last_sequence,
+                bids,
+                asks,
+            )
+        )
+        self._next_checkpoint_us = boundary + every
 
     def _emit_quote_if_changed(self, update: BookUpdate) -> None:
         bid, ask = self.book.best_bid(), self.book.best_ask()

@@ -67,8 +67,9 @@ class Collector:
         self.writer = writer
         self.stats = CollectorStats()
         interval_us = int(config.snapshot_interval_s * 1_000_000)
+        checkpoint_us = int(config.checkpoint_interval_s * 1_000_000)
         self.books: dict[StreamKey, StreamBook] = {
-            stream: StreamBook(stream, writer, interval_us, config.snapshot_levels)
+            stream: StreamBook(stream, writer, interval_us, config.snapshot_levels, checkpoint_us)
             for stream in (
                 StreamKey(config.category, symbol, depth)
                 for symbol in config.symbols

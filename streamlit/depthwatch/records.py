@@ -85,6 +85,21 @@ class DepthSnapshot:
     asks: list[Level]  # best first
 
 
+@dataclass(slots=True)
+class BookCheckpoint:
+    """The whole book at the end of a (long) time bucket, so that rebuilding the
+    book at any instant never has to go back further than one bucket, nor rely on
+    an exchange snapshot that retention may have dropped."""
+
+    stream: StreamKey
+    exchange_us: int  # the bucket's end
+    local_us: int
+    update_id: int
+    sequence: int
+    bids: list[Level]  # best first
+    asks: list[Level]
+
+
 class FeedEventKind(StrEnum):
     CONNECT = "connect"
     DISCONNECT = "disconnect"

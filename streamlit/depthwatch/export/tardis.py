@@ -231,14 +231,23 @@ def _l2_rows(
     conn: sa.Connection, iid: int, request: ExportRequest, progress: Progress
 ) -> Iterator[Row]:
     depth = resolve_depth(conn, iid, request)
-    base = queries.last_snapshot_before(conn, iid, depth, request.start_us)
     book = OrderBook()
     valid = False
     last_u = 0
     in_range = False
-    for event in queries.book_events(
-        conn, iid, depth, request.start_us if base is None else base, request.end_us
-    ):
+    # Start from the latest point before `start` where the whole book is known:
+    # an exchange snapshot, or (usually much closer) one of our checkpoints.
+    from_us = request.start_us
+    snapshot_us = queries.last_snapshot_before(conn, iid, depth, request.start_us)
+    checkpoint = queries.last_checkpoint_at_or_before(conn, iid, depth, request.start_us)
+    if snapshot_us is not None:
+        from_us = snapshot_us
+    if checkpoint is not None and (snapshot_us is None or checkpoint.ts_us > snapshot_us):
+        # The checkpoint is the book after message u, before any message with
+        # ts >= its stamp.
+        book.apply_levels(checkpoint.bids, checkpoint.asks)
+        valid, last_u, from_us = True, checkpoint.u, checkpoint.ts_us
+    for event in queries.book_events(conn, iid, depth, from_us, request.end_us):
         if not in_range and event.ts_us >= request.start_us:
             in_range = True
             if valid and not event.is_snapshot:

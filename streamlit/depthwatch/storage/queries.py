@@ -67,6 +67,39 @@ def last_snapshot_before(conn: sa.Connection, iid: int, depth: int, ts_us: int) 
     return None if ts is None else int(ts)
 
 
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    ts_us: int
+    u: int
+    bids: list[list[str]]
+    asks: list[list[str]]
+
+
+def last_checkpoint_at_or_before(
+    conn: sa.Connection, iid: int, depth: int, ts_us: int
+) -> Checkpoint | None:
+    """The collector's latest whole-book checkpoint stamped at or before `ts_us`."""
+    row = conn.execute(
+        sa.text(
+            """SELECT ts_us, u, bid_prices::text[], bid_sizes::text[], ask_prices::text[],
+                      ask_sizes::text[]
+               FROM book_checkpoints
+               WHERE instrument_id = :i AND depth = :d AND ts_us <= :t
+               ORDER BY ts_us DESC LIMIT 1"""
+        ),
+        {"i": iid, "d": depth, "t": ts_us},
+    ).first()
+    if row is None:
+        return None
+    ts, u, bid_prices, bid_sizes, ask_prices, ask_sizes = row
+    return Checkpoint(
+        int(ts),
+        int(u),
+        [list(level) for level in zip(bid_prices, bid_sizes, strict=True)],
+        [list(level) for level in zip(ask_prices, ask_sizes, strict=True)],
+    )
+
+
 def _stream(conn: sa.Connection, sql: str, params: dict[str, object]) -> Iterator[sa.Row]:
     result = conn.execution_options(stream_results=True, yield_per=STREAM_BATCH_ROWS).execute(
         sa.text(sql), params

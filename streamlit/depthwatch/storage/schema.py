@@ -27,7 +27,7 @@ DAY_US = 86_400_000_000
 SCHEMA_LOCK = 0x64657074_6801
 PARTITION_LOCK = 0x64657074_6802
 
-PARTITIONED_TABLES = ("book_events", "quotes", "depth_snapshots", "trades")
+PARTITIONED_TABLES = ("book_events", "quotes", "depth_snapshots", "trades", "book_checkpoints")
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,25 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX feed_events_local_us ON feed_events (local_us)",
         ),
     ),
+    Migration(
+        2,
+        "book checkpoints: the whole book hourly, so rebuilds start close by",
+        (
+            """CREATE TABLE book_checkpoints (
+                instrument_id integer NOT NULL,
+                depth smallint NOT NULL,
+                ts_us bigint NOT NULL,
+                local_us bigint NOT NULL,
+                u bigint NOT NULL,
+                seq bigint NOT NULL,
+                bid_prices numeric[] NOT NULL,
+                bid_sizes numeric[] NOT NULL,
+                ask_prices numeric[] NOT NULL,
+                ask_sizes numeric[] NOT NULL,
+                PRIMARY KEY (instrument_id, depth, ts_us)
+            ) PARTITION BY RANGE (ts_us)""",
+        ),
+    ),
 )
 
 
@@ -181,7 +200,7 @@ def ensure_partitions(conn: sa.Connection, days: set[int]) -> None:
 
 
 def existing_partition_days(conn: sa.Connection) -> set[int]:
-    """Days for which every time-series table has a partition."""
+    """Days for which any time-series table has a partition."""
     rows = conn.execute(
         sa.text(
             """SELECT parent.relname, child.relname
@@ -192,13 +211,12 @@ def existing_partition_days(conn: sa.Connection) -> set[int]:
         ),
         {"tables": list(PARTITIONED_TABLES)},
     ).all()
-    per_table: dict[str, set[int]] = {t: set() for t in PARTITIONED_TABLES}
-    for parent, child in rows:
+    days = set()
+    for _parent, child in rows:
         stamp = child.rsplit("_d", 1)[-1]
         if stamp.isdigit():
-            day = calendar.timegm(time.strptime(stamp, "%Y%m%d")) // 86_400
-            per_table[parent].add(day)
-    return set.intersection(*per_table.values())
+            days.add(calendar.timegm(time.strptime(stamp, "%Y%m%d")) // 86_400)
+    return days
 
 
 def drop_expired_partitions(conn: sa.Connection, retention_days: int, now_us: int) -> list[str]:

@@ -26,7 +26,16 @@ import psycopg2
 import psycopg2.errors
 import sqlalchemy as sa
 
-from depthwatch.records import BookUpdate, DepthSnapshot, FeedEvent, Level, Quote, StreamKey, Trade
+from depthwatch.records import (
+    BookCheckpoint,
+    BookUpdate,
+    DepthSnapshot,
+    FeedEvent,
+    Level,
+    Quote,
+    StreamKey,
+    Trade,
+)
 from depthwatch.storage import schema
 
 log = logging.getLogger(__name__)
@@ -41,10 +50,18 @@ COLUMNS = {
     "depth_snapshots": "instrument_id, depth, ts_us, local_us, u, "
     "bid_prices, bid_sizes, ask_prices, ask_sizes",
     "trades": "instrument_id, ts_us, local_us, trade_id, side, price, size, seq",
+    "book_checkpoints": "instrument_id, depth, ts_us, local_us, u, seq, "
+    "bid_prices, bid_sizes, ask_prices, ask_sizes",
 }
 
 # Position of `ts_us` (exchange time, the partition key) in each table's COPY line.
-TS_COLUMN = {"book_events": 2, "quotes": 2, "depth_snapshots": 2, "trades": 1}
+TS_COLUMN = {
+    "book_events": 2,
+    "quotes": 2,
+    "depth_snapshots": 2,
+    "trades": 1,
+    "book_checkpoints": 2,
+}
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -153,6 +170,15 @@ class BatchWriter:
         self._rows["depth_snapshots"].append(
             f"{iid}\t{snapshot.stream.depth}\t{snapshot.exchange_us}\t{snapshot.local_us}\t"
             f"{snapshot.update_id}\t{_levels_columns(snapshot.bids, snapshot.asks)}\n"
+        )
+
+    def add_checkpoint(self, checkpoint: BookCheckpoint) -> None:
+        iid = self._instrument_id(checkpoint.stream)
+        self._note_day(checkpoint.exchange_us)
+        self._rows["book_checkpoints"].append(
+            f"{iid}\t{checkpoint.stream.depth}\t{checkpoint.exchange_us}\t{checkpoint.local_us}\t"
+            f"{checkpoint.update_id}\t{checkpoint.sequence}\t"
+            f"{_levels_columns(checkpoint.bids, checkpoint.asks)}\n"
         )
 
     def add_trade(self, trade: Trade) -> None:
