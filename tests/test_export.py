@@ -155,3 +155,36 @@ def test_an_export_starts_from_a_checkpoint_when_the_snapshot_is_gone(engine):
         (str((hour + 1_000) * 1000), "false", "bid", "10.0", "3"),
         (str((hour + 2_000) * 1000), "false", "ask", "11.0", "4"),
     ]
+
+
+def test_several_recorded_depths_need_a_choice(engine):
+    import pytest
+
+    from depthwatch.storage.queries import NotRecorded
+
+    record(engine, [event(1, 1, T, [("10.0", "1")], [("11.0", "1")], snapshot=True)])
+    deep = BookUpdate(
+        StreamKey("linear", "BTCUSDT", 200),
+        True,
+        [["10.0", "1"]],
+        [],
+        1,
+        1,
+        T * 1000,
+        None,
+        T * 1000,
+    )
+    writer = BatchWriter(engine, WriterConfig(flush_interval_s=0.05))
+    writer.start()
+    writer.add_book_update(deep)
+    assert writer.stop()
+    with pytest.raises(NotRecorded, match=r"recorded at depths \[50, 200\]: choose one"):
+        l2(engine)
+    out = io.StringIO()
+    request = ExportRequest(
+        "incremental_book_L2", "linear", "BTCUSDT", 0, (T + 1) * 1000, depth=200
+    )
+    export_csv(engine, request, out, progress_to=None)
+    assert out.getvalue().splitlines()[1:] == [
+        f"bybit,BTCUSDT,{T * 1000},{T * 1000},true,bid,10.0,1"
+    ]

@@ -142,6 +142,11 @@ def variant(path: tuple[str, ...], value: object) -> bytes:
             b'"s":"ETHUSDT","S":"Buy","v":"1","p":"1","i":"x"}]}',
             "trade for 'ETHUSDT'",
         ),
+        (
+            b'{"topic":"publicTrade.BTCUSDT","ts":1733011200691,"data":[{"T":1733011200691,'
+            b'"s":"BTCUSDT","S":"Buy","v":"1","p":"1","i":"a,b"}]}',
+            "bad trade",
+        ),
         (variant(("topic",), "orderbook.x.BTCUSDT"), "unrecognised topic"),
         (variant(("topic",), "kline.1.BTCUSDT"), "unexpected topic"),
         (b'{"hello":"world"}', "neither data nor control"),

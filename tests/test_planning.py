@@ -60,5 +60,9 @@ def test_config_validates_depth_per_category_and_lists_topics():
     assert CollectorConfig(depths=(500,), legacy_depths=True).depths == (500,)
     with pytest.raises(ConfigError, match="valid depths: 25, 100"):
         CollectorConfig(category="option", depths=(50,))
+    with pytest.raises(ConfigError, match="publishes option trades per base coin"):
+        CollectorConfig(category="option", depths=(25,), trades=True)
+    with pytest.raises(ConfigError, match="is not a Bybit symbol"):
+        CollectorConfig(symbols=("BTC USDT",))
     with pytest.raises(ConfigError, match="no symbols"):
         CollectorConfig(symbols=())

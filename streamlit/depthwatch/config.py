@@ -76,6 +76,9 @@ class CollectorConfig:
             raise ConfigError(f"unknown category {self.category!r}; use one of {CATEGORIES}")
         if not self.symbols:
             raise ConfigError("no symbols given (--symbols BTCUSDT,ETHUSDT)")
+        for symbol in self.symbols:
+            if not (symbol.isascii() and symbol.replace("-", "").replace("_", "").isalnum()):
+                raise ConfigError(f"{symbol!r} is not a Bybit symbol (letters, digits, '-')")
         allowed = valid_depths(self.category, self.legacy_depths)
         for depth in self.depths:
             if depth not in allowed:
@@ -85,6 +88,11 @@ class CollectorConfig:
                 )
         if self.snapshot_interval_s <= 0 or self.snapshot_levels <= 0:
             raise ConfigError("snapshot interval and levels must be positive")
+        if self.trades and self.category == "option":
+            raise ConfigError(
+                "--trades is not supported for options: Bybit publishes option trades per "
+                "base coin (publicTrade.BTC), not per symbol"
+            )
         if self.checkpoint_interval_s < 1:
             raise ConfigError("the checkpoint interval must be at least 1 second")
         if self.topics_per_connection <= 0:

@@ -21,7 +21,7 @@ from typing import BinaryIO, Protocol, TextIO
 import sqlalchemy as sa
 
 from depthwatch.book import OrderBook
-from depthwatch.feed.topics import TARDIS_EXCHANGE
+from depthwatch.feed.topics import TARDIS_EXCHANGE, valid_depths
 from depthwatch.records import Level
 from depthwatch.storage import queries
 
@@ -215,7 +215,9 @@ class ParquetSink:
 
 
 def resolve_depth(conn: sa.Connection, iid: int, request: ExportRequest) -> int:
-    depths = queries.recorded_depths(conn, iid)
+    """The requested depth, or the only one recorded; several need a choice."""
+    candidates = valid_depths(request.category, legacy=True)
+    depths = queries.recorded_depths(conn, iid, candidates)
     if request.depth is not None:
         if request.depth not in depths:
             raise queries.NotRecorded(
@@ -224,6 +226,10 @@ def resolve_depth(conn: sa.Connection, iid: int, request: ExportRequest) -> int:
         return request.depth
     if not depths:
         raise queries.NotRecorded(f"no order book recorded for {request.symbol}")
+    if len(depths) > 1:
+        raise queries.NotRecorded(
+            f"{request.symbol} was recorded at depths {depths}: choose one with --depth"
+        )
     return depths[0]
 
 

@@ -54,6 +54,16 @@ def _is_decimal(text: object) -> bool:
     return isinstance(text, str) and text.isascii() and text.replace(".", "", 1).isdigit()
 
 
+def _is_trade_id(text: object) -> bool:
+    # UUIDs or numbers in practice; nothing that could break a CSV column.
+    return (
+        isinstance(text, str)
+        and 0 < len(text) <= 64
+        and text.isascii()
+        and text.replace("-", "").replace("_", "").isalnum()
+    )
+
+
 def _levels(side: object, what: str) -> list[Level]:
     """Check every [price, size] pair. The hot path of parsing: one pass, no
     helper calls; anything unexpected (a non-list, a non-string, a third
@@ -176,14 +186,14 @@ class FeedParser:
             if item.get("s") != symbol:
                 raise MalformedMessage(f"publicTrade.{symbol}: trade for {item.get('s')!r}")
             price, size, trade_id = item.get("p"), item.get("v"), item.get("i")
-            if not (_is_decimal(price) and _is_decimal(size) and isinstance(trade_id, str)):
+            if not (_is_decimal(price) and _is_decimal(size) and _is_trade_id(trade_id)):
                 raise MalformedMessage(f"publicTrade: bad trade {item!r:.120}")
             seq = item.get("seq")
             trades.append(
                 Trade(
                     self.category,
                     symbol,
-                    trade_id,
+                    trade_id,  # type: ignore[arg-type]
                     "buy" if side == "Buy" else "sell",
                     price,  # type: ignore[arg-type]
                     size,  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ the digits the exchange sent.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -42,16 +42,21 @@ def instrument_id(conn: sa.Connection, category: str, symbol: str) -> int:
     return int(iid)
 
 
-def recorded_depths(conn: sa.Connection, iid: int) -> list[int]:
-    """Depths with recorded book events, most events first."""
-    rows = conn.execute(
-        sa.text(
-            """SELECT depth FROM book_events WHERE instrument_id = :i
-               GROUP BY depth ORDER BY count(*) DESC"""
-        ),
-        {"i": iid},
-    ).scalars()
-    return [int(d) for d in rows]
+def recorded_depths(conn: sa.Connection, iid: int, candidates: Iterable[int]) -> list[int]:
+    """Which of the candidate depths have recorded book events. One index probe
+    per depth (the primary key starts with instrument and depth), where a
+    GROUP BY would read every row of every partition."""
+    return [
+        depth
+        for depth in candidates
+        if conn.execute(
+            sa.text(
+                """SELECT EXISTS (SELECT 1 FROM book_events
+                                  WHERE instrument_id = :i AND depth = :d)"""
+            ),
+            {"i": iid, "d": depth},
+        ).scalar()
+    ]
 
 
 def last_snapshot_before(conn: sa.Connection, iid: int, depth: int, ts_us: int) -> int | None:

@@ -271,7 +271,7 @@ class BatchWriter:
         return left == 0
 
     def flush_now(self, timeout_s: float = 10.0) -> bool:
-        """Wait until everything added so far is committed (tests, shutdown)."""
+        """Wait until everything added so far is committed (tests; shutdown uses stop)."""
         deadline = time.monotonic() + timeout_s
         while self.pending_rows or self._events or self._flushing:
             if time.monotonic() > deadline:
