@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--symbol", required=True, help="e.g. BTCUSDT")
     export.add_argument("--category", default="linear", choices=CATEGORIES)
-    export.add_argument("--depth", type=int, help="book depth to export (default: most recorded)")
+    export.add_argument(
+        "--depth", type=int, help="book depth to export (needed when several were recorded)"
+    )
     export.add_argument("--start", required=True, type=parse_time_us, help="ISO 8601, inclusive")
     export.add_argument("--end", required=True, type=parse_time_us, help="ISO 8601, exclusive")
     export.add_argument(

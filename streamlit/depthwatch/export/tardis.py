@@ -42,7 +42,7 @@ class ExportRequest:
     symbol: str
     start_us: int
     end_us: int
-    depth: int | None = None  # None: the depth recorded most for this symbol
+    depth: int | None = None  # None: the only depth recorded for this symbol
 
     @property
     def exchange(self) -> str:
