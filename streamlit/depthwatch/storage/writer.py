@@ -144,11 +144,14 @@ class BatchWriter:
 
     # ---- called from the socket readers' thread: format and append, nothing else
 
+    def _row_start(self, stream: StreamKey, exchange_us: int, local_us: int) -> str:
+        """The columns every per-stream table starts with; notes the row's day."""
+        self._note_day(exchange_us)
+        return f"{self._instrument_id(stream)}\t{stream.depth}\t{exchange_us}\t{local_us}\t"
+
     def add_book_update(self, update: BookUpdate) -> None:
-        iid = self._instrument_id(update.stream)
-        self._note_day(update.exchange_us)
         line = (
-            f"{iid}\t{update.stream.depth}\t{update.exchange_us}\t{update.local_us}\t"
+            f"{self._row_start(update.stream, update.exchange_us, update.local_us)}"
             f"{_nullable(update.match_us)}\t{update.update_id}\t{update.sequence}\t"
             f"{'t' if update.is_snapshot else 'f'}\t{_levels_columns(update.bids, update.asks)}\n"
         )
@@ -156,27 +159,21 @@ class BatchWriter:
         self._maybe_wake()
 
     def add_quote(self, quote: Quote) -> None:
-        iid = self._instrument_id(quote.stream)
-        self._note_day(quote.exchange_us)
         self._rows["quotes"].append(
-            f"{iid}\t{quote.stream.depth}\t{quote.exchange_us}\t{quote.local_us}\t"
+            f"{self._row_start(quote.stream, quote.exchange_us, quote.local_us)}"
             f"{quote.update_id}\t{_nullable(quote.bid_price)}\t{_nullable(quote.bid_size)}\t"
             f"{_nullable(quote.ask_price)}\t{_nullable(quote.ask_size)}\n"
         )
 
     def add_depth_snapshot(self, snapshot: DepthSnapshot) -> None:
-        iid = self._instrument_id(snapshot.stream)
-        self._note_day(snapshot.exchange_us)
         self._rows["depth_snapshots"].append(
-            f"{iid}\t{snapshot.stream.depth}\t{snapshot.exchange_us}\t{snapshot.local_us}\t"
+            f"{self._row_start(snapshot.stream, snapshot.exchange_us, snapshot.local_us)}"
             f"{snapshot.update_id}\t{_levels_columns(snapshot.bids, snapshot.asks)}\n"
         )
 
     def add_checkpoint(self, checkpoint: BookCheckpoint) -> None:
-        iid = self._instrument_id(checkpoint.stream)
-        self._note_day(checkpoint.exchange_us)
         self._rows["book_checkpoints"].append(
-            f"{iid}\t{checkpoint.stream.depth}\t{checkpoint.exchange_us}\t{checkpoint.local_us}\t"
+            f"{self._row_start(checkpoint.stream, checkpoint.exchange_us, checkpoint.local_us)}"
             f"{checkpoint.update_id}\t{checkpoint.sequence}\t"
             f"{_levels_columns(checkpoint.bids, checkpoint.asks)}\n"
         )
