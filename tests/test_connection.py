@@ -141,3 +141,67 @@ def test_back_pressure_pauses_reading_without_a_false_stall():
     assert connection.stats.stalls == 0 and connection.stats.connects == 1
     us = [u.update_id for u in handler.updates]
     assert len(us) > 300 and us == list(range(us[0], us[0] + len(us)))  # nothing skipped
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.aborted = 0
+
+    def abort(self) -> None:
+        self.aborted += 1
+
+
+class _Socket:
+    """Only what _on_control touches; the ack logic itself is pure."""
+
+    def __init__(self) -> None:
+        self.transport = _Transport()
+
+
+def ack_logic(*topics: str) -> tuple[BybitConnection, Recorder, _Socket]:
+    recorder = Recorder()
+    connection = BybitConnection("linear-0", ConnectionConfig("ws://x", "linear", topics), recorder)
+    return connection, recorder, _Socket()
+
+
+def pending(connection: BybitConnection, req_id: str, topics: list[str], resync=False) -> None:
+    from depthwatch.feed.connection import _PendingRequest
+
+    connection._pending[req_id] = _PendingRequest("subscribe", topics, 0.0, resync)
+
+
+def test_an_ack_for_a_request_no_longer_pending_is_not_charged_to_another():
+    from depthwatch.feed.parse import ControlMessage
+
+    connection, recorder, ws = ack_logic("orderbook.50.BTCUSDT")
+    pending(connection, "r2", ["orderbook.50.BTCUSDT"])
+    connection._on_control(ControlMessage("subscribe", False, "error:timeout", "r1"), ws)
+    assert connection.topics == ["orderbook.50.BTCUSDT"] and "r2" in connection._pending
+    # Without a req_id, acks are matched in request order.
+    connection._on_control(ControlMessage("subscribe", True, ""), ws)
+    assert not connection._pending
+    assert [e.kind for e in recorder.events] == [FeedEventKind.SUBSCRIBED]
+    assert ws.transport.aborted == 0
+
+
+def test_a_failed_resync_reconnects_instead_of_dropping_the_topic():
+    from depthwatch.feed.parse import ControlMessage
+
+    connection, recorder, ws = ack_logic("orderbook.50.BTCUSDT", "orderbook.50.ETHUSDT")
+    pending(connection, "r9", ["orderbook.50.BTCUSDT"], resync=True)
+    refusal = "error:already subscribed,topic:orderbook.50.BTCUSDT"
+    connection._on_control(ControlMessage("subscribe", False, refusal, "r9"), ws)
+    assert ws.transport.aborted == 1
+    assert connection.topics == ["orderbook.50.BTCUSDT", "orderbook.50.ETHUSDT"]
+    assert not any(e.kind is FeedEventKind.SUBSCRIBE_FAILED for e in recorder.events)
+
+
+def test_when_every_topic_is_refused_the_connection_closes():
+    from depthwatch.feed.parse import ControlMessage
+
+    connection, recorder, ws = ack_logic("orderbook.50.NOPE")
+    pending(connection, "r1", ["orderbook.50.NOPE"])
+    refusal = "error:handler not found,topic:orderbook.50.NOPE"
+    connection._on_control(ControlMessage("subscribe", False, refusal, "r1"), ws)
+    assert connection.topics == [] and ws.transport.aborted == 1
+    assert [e.kind for e in recorder.events] == [FeedEventKind.SUBSCRIBE_FAILED]
