@@ -197,3 +197,18 @@ def test_a_partition_dropped_under_the_writer_is_recreated_on_retry(engine):
     assert writer.stop()
     assert writer.stats.flush_failures >= 1
     assert count(engine, "book_events") == 1  # the new row; the old one went with its table
+
+
+def test_retention_does_not_see_dropped_days_recreated_by_later_writes(engine):
+    writer = started_writer(engine, retention_days=30)
+    old_ms = 1_733_011_200_691  # 2024-12-01: far past the retention window
+    writer.add_book_update(make_update(1, ts_ms=old_ms, snapshot=True))
+    assert writer.flush_now()
+    old_day = old_ms // DAY_MS
+    writer._run_maintenance()  # the hourly pass: drops the old day
+    writer.add_book_update(make_update(2))  # today's rows keep flowing
+    assert writer.flush_now()
+    assert writer.stop()
+    with engine.connect() as conn:
+        assert old_day not in schema.existing_partition_days(conn)
+    assert count(engine, "book_events") == 1

@@ -497,8 +497,11 @@ class BatchWriter:
         self._known_days |= days
         schema.drop_expired_partitions(conn, self.config.retention_days, now_us())
         if self.config.retention_days > 0:
+            # Forget dropped days on both sides, or the next batch's "days not yet
+            # known" would re-create the partitions retention just dropped.
             cutoff = today - self.config.retention_days
             self._known_days = {d for d in self._known_days if d >= cutoff}
+            self._seen_days = {d for d in self._seen_days if d >= cutoff}
         self._last_maintenance = time.monotonic()
 
     def _run_maintenance(self) -> None:
