@@ -326,8 +326,8 @@ class BatchWriter:
     def _flush(
         self, conn: sa.Connection | None, batch: _Batch
     ) -> tuple[sa.Connection | None, bool]:
-        """Write one batch; returns the connection to keep and whether it was written."""
-        self._flushing = True
+        """Write one batch; returns the connection to keep and whether it was written.
+        The caller set `_flushing` before taking the batch; this clears it."""
         try:
             if conn is None:
                 conn = self._connect()
@@ -478,6 +478,7 @@ class BatchWriter:
                     log.error("rejected %s row %r: %s", table, line[:200], exc)
         self._known_days |= batch.days
         batch.rows = {t: [] for t in batch.rows}
+        batch.days = set()  # ensured above
         self._write(conn, batch)  # the feed events
         self.stats.flushes += 1
 
