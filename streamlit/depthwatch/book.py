@@ -204,6 +204,12 @@ class StreamBook:
 
     def _reset(self, update: BookUpdate) -> Outcome:
         restart = update.update_id == 1 and self.last_update_id not in (None, 1)
+        # A snapshot that ends a gap or a lost connection closes the interval the
+        # dashboard shades as untrusted.
+        if not self.valid and self.last_update_id is not None:
+            self._sink.add_feed_event(
+                self._event(FeedEventKind.RECOVERED, update, f"snapshot u={update.update_id}")
+            )
         if self.valid:
             self._emit_due_snapshot(update.exchange_us)
         self.book.clear()

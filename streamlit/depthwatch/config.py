@@ -48,6 +48,10 @@ class CollectorConfig:
     topics_per_connection: spread topics over several connections.
     silence_timeout_s: the watchdog reconnects a connection silent this long.
     legacy_depths: also accept depth 500 (Bybit archives, simulator replays).
+    simulated: mark the recorded data as simulated (`depthwatch up --source sim`
+        sets it; a collector pointed at the simulator by hand finds out from the
+        handshake anyway). Env DEPTHWATCH_SIMULATED=1.
+    heartbeat_interval_s: how often the collector writes its heartbeat row.
     """
 
     category: str = "linear"
@@ -69,6 +73,8 @@ class CollectorConfig:
     legacy_depths: bool = False
     database_wait_s: float = 60.0
     status_interval_s: float = 10.0
+    simulated: bool = False
+    heartbeat_interval_s: float = 2.0
     collector_id: str = f"{socket.gethostname()}:{os.getpid()}"
 
     def __post_init__(self) -> None:
@@ -221,6 +227,13 @@ def add_collector_arguments(parser: argparse.ArgumentParser) -> None:
         "reconnect a connection that received nothing for this many seconds",
     )
     parser.add_argument(
+        "--simulated",
+        action="store_true",
+        default=_env_flag("DEPTHWATCH_SIMULATED"),
+        help="mark the recorded data as simulated (env DEPTHWATCH_SIMULATED=1; "
+        "data from depthwatch's simulator is marked anyway)",
+    )
+    parser.add_argument(
         "--legacy-depths",
         action="store_true",
         help="also accept depth 500 (switched off by Bybit in 2025; for archive replays)",
@@ -271,4 +284,5 @@ def collector_config_from_args(args: argparse.Namespace) -> CollectorConfig:
         silence_timeout_s=args.silence_timeout,
         legacy_depths=args.legacy_depths,
         database_wait_s=args.database_wait,
+        simulated=args.simulated,
     )

@@ -108,6 +108,7 @@ class FeedEventKind(StrEnum):
     GAP = "gap"
     RESYNC = "resync"
     RESTART = "restart"  # a `u == 1` snapshot: the exchange restarted the stream
+    RECOVERED = "recovered"  # a snapshot made a broken (gap, lost connection) book valid again
     ANOMALY = "anomaly"  # e.g. a crossed book
     MALFORMED = "malformed"
     STALL = "stall"  # the watchdog saw silence and reconnected
@@ -123,3 +124,28 @@ class FeedEvent:
     depth: int | None = None
     detail: str = ""
     connection: str = ""
+
+
+@dataclass(slots=True)
+class CollectorHeartbeat:
+    """What a running collector says about itself every few seconds: the health
+    page lists collectors from these, and the live page tells a silent collector
+    (STALE) and simulated data (SIMULATED) from them."""
+
+    collector: str  # host:pid
+    local_us: int
+    host: str
+    pid: int
+    version: str
+    started_us: int
+    simulated: bool  # the data comes from depthwatch's simulator, not an exchange
+    endpoint: str
+    retention_days: int
+    messages: int  # received since start
+    messages_per_s: float  # over the last heartbeat interval
+    pending_rows: int
+    flush_failures: int
+    commit_p50_ms: float | None  # receive-to-commit over the last interval
+    commit_p99_ms: float | None
+    streams: list[str]  # str(StreamKey) of every stream it records
+    valid_streams: list[str]  # those whose book is valid right now

@@ -29,6 +29,7 @@ from depthwatch.feed.topics import (
     DEFAULT_ARGS_PER_REQUEST,
     MAX_ARGS_PER_REQUEST,
     PING_INTERVAL_S,
+    SIMULATOR_HEADER,
     split_topic,
 )
 from depthwatch.records import BookUpdate, FeedEvent, FeedEventKind, StreamKey, Trade
@@ -117,6 +118,7 @@ class BybitConnection:
         self._pending: OrderedDict[str, _PendingRequest] = OrderedDict()
         self._req_ids = itertools.count(1)
         self._last_rx = 0.0  # time.monotonic() of the last frame
+        self.simulator_detected = False  # the server said it is depthwatch's simulator
         self._paused = False  # reading paused by writer back-pressure
         self._rng = random.Random()
 
@@ -157,6 +159,8 @@ class BybitConnection:
                 self._ws = ws
                 self._last_rx = time.monotonic()
                 self.stats.connects += 1
+                if ws.response is not None and ws.response.headers.get(SIMULATOR_HEADER):
+                    self.simulator_detected = True
                 self._event(FeedEventKind.CONNECT, detail=self.config.url)
                 log.info("%s: connected to %s", self.name, self.config.url)
                 await self._subscribe(self.topics)

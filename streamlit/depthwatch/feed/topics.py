@@ -44,6 +44,11 @@ def valid_depths(category: str, legacy: bool = False) -> tuple[int, ...]:
     return depths + LEGACY_DEPTHS.get(category, ()) if legacy else depths
 
 
+# Not Bybit's: depthwatch's simulator sets this header on every handshake, so data
+# recorded from it is marked simulated whoever started the collector.
+SIMULATOR_HEADER = "X-Depthwatch-Simulator"
+
+
 def book_topic(depth: int, symbol: str) -> str:
     return f"orderbook.{depth}.{symbol}"
 

@@ -34,7 +34,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from depthwatch.feed.topics import CATEGORIES, split_topic, valid_depths
+from depthwatch.feed.topics import CATEGORIES, SIMULATOR_HEADER, split_topic, valid_depths
 from depthwatch.sim.market import DepthView, Level, MarketBook, TruthState, spec_for
 from depthwatch.sim.replay import DictBook, ReplayMessage, load_replay
 
@@ -358,6 +358,7 @@ class BybitSimulator:
             cfg.host,
             cfg.port,
             process_request=self._process_request,
+            process_response=_mark_simulator,
             compression=None,  # Bybit streams are uncompressed; saves CPU on 2 cores
             max_queue=None,
         )
@@ -594,6 +595,12 @@ class BybitSimulator:
                 topic.started.set()
             elif topic.symbol in self.markets:
                 self.markets[topic.symbol].started.set()
+
+
+def _mark_simulator(conn: ServerConnection, request: Request, response: Response) -> None:
+    """Every handshake says it is the simulator, so a collector pointed here by
+    hand still marks its data SIMULATED."""
+    response.headers[SIMULATOR_HEADER] = "1"
 
 
 def _category(path: str) -> str | None:
