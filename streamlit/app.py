@@ -9,6 +9,6 @@ from pathlib import Path
 # Running from a clone without `pip install`: make the package importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from depthwatch.app.main import main  # noqa: E402
+from depthwatch.app.main import main
 
 main()

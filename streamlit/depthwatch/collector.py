@@ -11,16 +11,26 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
+import socket
 import time
 from dataclasses import dataclass, replace
 
+from depthwatch import __version__
 from depthwatch.book import Outcome, StreamBook
 from depthwatch.config import CollectorConfig
 from depthwatch.feed.connection import BybitConnection, ConnectionConfig, ReconnectPolicy
 from depthwatch.feed.instruments import fetch_instruments
 from depthwatch.feed.topics import MAX_ARGS_CHARS_PER_CONNECTION, MAX_ARGS_PER_CONNECTION
-from depthwatch.records import BookUpdate, FeedEvent, FeedEventKind, StreamKey, Trade
+from depthwatch.records import (
+    BookUpdate,
+    CollectorHeartbeat,
+    FeedEvent,
+    FeedEventKind,
+    StreamKey,
+    Trade,
+)
 from depthwatch.storage import schema
 from depthwatch.storage.db import make_engine, resolve_database_url, wait_for_database
 from depthwatch.storage.writer import BatchWriter, WriterConfig, now_us
@@ -155,8 +165,20 @@ class Collector:
     def on_streams_lost(self, streams: list[StreamKey]) -> None:
         for stream in streams:
             book = self.books.get(stream)
-            if book is not None:
+            if book is not None and book.valid:
                 book.invalidate()
+                # Per stream, so the dashboard can shade exactly this stream's
+                # books from the loss to the snapshot that recovers it.
+                self.on_feed_event(
+                    FeedEvent(
+                        FeedEventKind.BOOK_LOST,
+                        now_us(),
+                        stream.category,
+                        stream.symbol,
+                        stream.depth,
+                        "connection lost; book invalid until the next snapshot",
+                    )
+                )
 
     def has_room(self) -> bool:
         return self.writer.has_room()
@@ -167,13 +189,57 @@ class Collector:
     # ---- running
 
     async def run(self, stop: asyncio.Event) -> None:
-        reporter = asyncio.create_task(self._report_status(stop))
+        helpers = [
+            asyncio.create_task(self._report_status(stop)),
+            asyncio.create_task(self._beat(stop)),
+        ]
         try:
             await asyncio.gather(*(c.run(stop) for c in self.connections))
         finally:
-            reporter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reporter
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+
+    @property
+    def simulated(self) -> bool:
+        return self.config.simulated or any(c.simulator_detected for c in self.connections)
+
+    async def _beat(self, stop: asyncio.Event) -> None:
+        """A heartbeat row every few seconds, from the first moment on, so the
+        dashboard knows this collector is alive even while the market is quiet."""
+        started_us = now_us()
+        last_messages, last_time = 0, time.monotonic()
+        while not stop.is_set():
+            messages = sum(c.stats.messages for c in self.connections)
+            now = time.monotonic()
+            rate = (messages - last_messages) / max(now - last_time, 1e-3)
+            last_messages, last_time = messages, now
+            self.writer.add_heartbeat(self.heartbeat(started_us, messages, rate))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.config.heartbeat_interval_s)
+
+    def heartbeat(self, started_us: int, messages: int, rate: float) -> CollectorHeartbeat:
+        p50, p99 = self.writer.take_recent_latency_ms()
+        return CollectorHeartbeat(
+            collector=self.config.collector_id,
+            local_us=now_us(),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            version=__version__,
+            started_us=started_us,
+            interval_s=self.config.heartbeat_interval_s,
+            simulated=self.simulated,
+            endpoint=self.config.endpoint,
+            retention_days=self.config.retention_days,
+            messages=messages,
+            messages_per_s=rate,
+            pending_rows=self.writer.pending_rows,
+            flush_failures=self.writer.stats.flush_failures,
+            commit_p50_ms=p50,
+            commit_p99_ms=p99,
+            streams=[str(stream) for stream in self.books],
+            valid_streams=[str(stream) for stream, book in self.books.items() if book.valid],
+        )
 
     @property
     def refused_everything(self) -> bool:
@@ -223,6 +289,8 @@ def register_instruments(config: CollectorConfig, writer: BatchWriter) -> tuple[
     for symbol in symbols:
         tick = info[symbol].tick_size if info is not None else None
         writer.instrument_id(config.category, symbol, tick)
+        for depth in config.depths:
+            writer.register_stream(StreamKey(config.category, symbol, depth))
     return symbols
 
 

@@ -108,6 +108,7 @@ class FeedEventKind(StrEnum):
     GAP = "gap"
     RESYNC = "resync"
     RESTART = "restart"  # a `u == 1` snapshot: the exchange restarted the stream
+    BOOK_LOST = "book_lost"  # a stream's valid book was dropped with its connection
     RECOVERED = "recovered"  # a snapshot made a broken (gap, lost connection) book valid again
     ANOMALY = "anomaly"  # e.g. a crossed book
     MALFORMED = "malformed"
@@ -138,6 +139,7 @@ class CollectorHeartbeat:
     pid: int
     version: str
     started_us: int
+    interval_s: float  # how often heartbeats come: silence beyond a few of these is STALE
     simulated: bool  # the data comes from depthwatch's simulator, not an exchange
     endpoint: str
     retention_days: int

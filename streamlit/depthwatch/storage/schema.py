@@ -136,7 +136,49 @@ MIGRATIONS: tuple[Migration, ...] = (
             ) PARTITION BY RANGE (ts_us)""",
         ),
     ),
+    Migration(
+        3,
+        "dashboard: collector heartbeats, a registry of recorded streams",
+        (
+            # One row per collector every few seconds: the health page's source, and
+            # how the live page tells a silent collector (STALE) or simulated data.
+            """CREATE TABLE collector_heartbeats (
+                collector text NOT NULL,
+                local_us bigint NOT NULL,
+                host text NOT NULL,
+                pid integer NOT NULL,
+                version text NOT NULL,
+                started_us bigint NOT NULL,
+                interval_s real NOT NULL,
+                simulated boolean NOT NULL,
+                endpoint text NOT NULL,
+                retention_days integer NOT NULL,
+                messages bigint NOT NULL,
+                messages_per_s real NOT NULL,
+                pending_rows integer NOT NULL,
+                flush_failures integer NOT NULL,
+                commit_p50_ms real,
+                commit_p99_ms real,
+                streams text[] NOT NULL,
+                valid_streams text[] NOT NULL,
+                PRIMARY KEY (collector, local_us))""",
+            "CREATE INDEX collector_heartbeats_local_us ON collector_heartbeats (local_us)",
+            # Which (instrument, depth) streams exist, without scanning the event log.
+            """CREATE TABLE streams (
+                instrument_id integer NOT NULL REFERENCES instruments (id),
+                depth smallint NOT NULL,
+                PRIMARY KEY (instrument_id, depth))""",
+            """INSERT INTO streams (instrument_id, depth)
+               SELECT DISTINCT instrument_id, depth FROM depth_snapshots
+               ON CONFLICT DO NOTHING""",
+            # The live page reads one stream's events of the last minutes.
+            "CREATE INDEX feed_events_stream ON feed_events (symbol, local_us)",
+        ),
+    ),
 )
+
+# Heartbeats serve the live page's window and the health page's day; a week is plenty.
+HEARTBEAT_RETENTION_US = 7 * DAY_US
 
 
 def upgrade(engine: sa.Engine) -> int:
@@ -221,7 +263,12 @@ def existing_partition_days(conn: sa.Connection) -> set[int]:
 
 def drop_expired_partitions(conn: sa.Connection, retention_days: int, now_us: int) -> list[str]:
     """Drop partitions whose whole day ended more than `retention_days` ago.
-    Also trims feed_events, which is not partitioned. 0 keeps everything."""
+    Also trims feed_events, which is not partitioned. 0 keeps everything but
+    heartbeats, which are kept a week whatever the retention."""
+    conn.execute(
+        sa.text("DELETE FROM collector_heartbeats WHERE local_us < :cutoff"),
+        {"cutoff": now_us - HEARTBEAT_RETENTION_US},
+    )
     if retention_days <= 0:
         return []
     cutoff_day = now_us // DAY_US - retention_days

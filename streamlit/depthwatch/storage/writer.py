@@ -19,7 +19,8 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
 from operator import itemgetter
 
 import psycopg2
@@ -29,6 +30,7 @@ import sqlalchemy as sa
 from depthwatch.records import (
     BookCheckpoint,
     BookUpdate,
+    CollectorHeartbeat,
     DepthSnapshot,
     FeedEvent,
     Level,
@@ -93,10 +95,14 @@ class WriterStats:
     latencies_us: deque[int] = field(default_factory=lambda: deque(maxlen=1_000_000))
 
     def latency_percentiles_ms(self, *quantiles: float) -> list[float]:
-        ordered = sorted(self.latencies_us)
-        if not ordered:
-            return [float("nan")] * len(quantiles)
-        return [ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000 for q in quantiles]
+        return _percentiles_ms(self.latencies_us, quantiles)
+
+
+def _percentiles_ms(latencies_us: Iterable[int], quantiles: Iterable[float]) -> list[float]:
+    ordered = sorted(latencies_us)
+    if not ordered:
+        return [float("nan") for _ in quantiles]
+    return [ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000 for q in quantiles]
 
 
 _PRICE = itemgetter(0)
@@ -132,7 +138,9 @@ class BatchWriter:
         self.stats = WriterStats()
         self._rows: dict[str, deque[str]] = {table: deque() for table in COLUMNS}
         self._book_rows: deque[tuple[int, str]] = deque()  # (local_us, line) for latency
-        self._events: deque[FeedEvent] = deque()
+        self._events: deque[FeedEvent | CollectorHeartbeat] = deque()
+        # Receive-to-commit latencies since the last heartbeat took them.
+        self._recent_latencies_us: deque[int] = deque(maxlen=1_000_000)
         self._instrument_ids: dict[tuple[str, str], int] = {}
         self._known_days: set[int] = set()
         self._seen_days: set[int] = set()  # every day a queued row fell on
@@ -191,6 +199,19 @@ class BatchWriter:
     def add_feed_event(self, event: FeedEvent) -> None:
         self._events.append(event)
 
+    def add_heartbeat(self, heartbeat: CollectorHeartbeat) -> None:
+        self._events.append(heartbeat)
+
+    def take_recent_latency_ms(self) -> tuple[float | None, float | None]:
+        """p50 and p99 receive-to-commit of the book events committed since the
+        last call (None when nothing was committed): the heartbeat's figures."""
+        recent = self._recent_latencies_us
+        taken = [recent.popleft() for _ in range(len(recent))]
+        if not taken:
+            return None, None
+        p50, p99 = _percentiles_ms(taken, (0.5, 0.99))
+        return p50, p99
+
     @property
     def pending_rows(self) -> int:
         """Rows received and not yet committed: queued, or held by a failed flush."""
@@ -247,6 +268,19 @@ class BatchWriter:
             ).scalar_one()
         self._instrument_ids[key] = int(iid)
         return int(iid)
+
+    def register_stream(self, stream: StreamKey) -> None:
+        """Note that a stream is recorded, so the dashboard lists it without
+        scanning the event log."""
+        iid = self._instrument_id(stream)
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    """INSERT INTO streams (instrument_id, depth) VALUES (:i, :d)
+                       ON CONFLICT DO NOTHING"""
+                ),
+                {"i": iid, "d": stream.depth},
+            )
 
     # ---- the writer thread
 
@@ -412,7 +446,18 @@ class BatchWriter:
             for table, lines in batch.rows.items():
                 if lines and self._copy(cursor, table, lines):
                     self.stats.copies_with_duplicates += 1
-            if batch.events:
+            heartbeats = [e for e in batch.events if isinstance(e, CollectorHeartbeat)]
+            events = [e for e in batch.events if isinstance(e, FeedEvent)]
+            if heartbeats:
+                conn.execute(
+                    sa.text(
+                        f"INSERT INTO collector_heartbeats ({_HEARTBEAT_COLUMNS}) "
+                        f"VALUES ({', '.join(':' + c for c in _HEARTBEAT_FIELDS)}) "
+                        "ON CONFLICT DO NOTHING"
+                    ),
+                    [asdict(h) for h in heartbeats],
+                )
+            if events:
                 conn.execute(
                     sa.text(
                         """INSERT INTO feed_events
@@ -431,7 +476,7 @@ class BatchWriter:
                             "depth": e.depth,
                             "detail": e.detail,
                         }
-                        for e in batch.events
+                        for e in events
                     ],
                 )
 
@@ -487,9 +532,11 @@ class BatchWriter:
         self.stats.flushes += 1
         for table, lines in batch.rows.items():
             self.stats.rows_written[table] += len(lines)
-        self.stats.feed_events_written += len(batch.events)
+        self.stats.feed_events_written += sum(isinstance(e, FeedEvent) for e in batch.events)
         committed = now_us()
-        self.stats.latencies_us.extend(committed - local for local in batch.book_local_us)
+        latencies = [committed - local for local in batch.book_local_us]
+        self.stats.latencies_us.extend(latencies)
+        self._recent_latencies_us.extend(latencies)
 
     def _maintain_partitions(self, conn: sa.Connection) -> None:
         today = now_us() // schema.DAY_US
@@ -514,11 +561,15 @@ class BatchWriter:
             self._last_maintenance = time.monotonic()
 
 
+_HEARTBEAT_FIELDS = tuple(f.name for f in fields(CollectorHeartbeat))
+_HEARTBEAT_COLUMNS = ", ".join(_HEARTBEAT_FIELDS)
+
+
 @dataclass
 class _Batch:
     rows: dict[str, list[str]]
     book_local_us: list[int]
-    events: list[FeedEvent]
+    events: list[FeedEvent | CollectorHeartbeat]
     days: set[int]
 
     @property
