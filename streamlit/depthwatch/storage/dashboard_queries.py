@@ -9,9 +9,15 @@ and ships to the browser as typed arrays.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
+import sqlalchemy as sa
+
+from depthwatch.records import StreamKey
 
 # Column contracts shared with the figure builders (depthwatch.app.figures).
 TOP_COLUMNS = ("t_ms", "bid", "ask", "bid_min", "ask_max", "mid", "spread_bps", "spread_bps_max")
@@ -48,3 +54,445 @@ class Span:
     start_ms: float
     end_ms: float
     cause: str  # e.g. "gap", "disconnect", "collector not running"
+
+
+@dataclass(frozen=True)
+class StreamRow:
+    """A recorded stream, as the overview lists it."""
+
+    instrument_id: int
+    category: str
+    symbol: str
+    depth: int
+    tick_size: float | None
+
+    @property
+    def key(self) -> str:
+        """The stream's name as collectors write it in their heartbeats."""
+        return str(StreamKey(self.category, self.symbol, self.depth))
+
+
+@dataclass(frozen=True)
+class LastQuote:
+    ts_us: int
+    local_us: int
+    bid: float | None
+    ask: float | None
+    bid_size: float | None
+    ask_size: float | None
+
+
+@dataclass(frozen=True)
+class HeartbeatView:
+    """The newest heartbeat of the collector recording a stream."""
+
+    collector: str
+    local_us: int
+    interval_s: float
+    simulated: bool
+    valid: bool  # the stream's book was valid at that heartbeat
+
+
+def _frame(rows: Sequence[Sequence[object]], columns: Sequence[str]) -> pd.DataFrame:
+    frame = pd.DataFrame.from_records(list(rows), columns=list(columns))
+    for column in columns:
+        if column not in ("kind", "detail", "side", "stream_level", "collector"):
+            frame[column] = frame[column].astype("float64")
+    return frame
+
+
+def list_streams(conn: sa.Connection) -> list[StreamRow]:
+    rows = conn.execute(
+        sa.text(
+            """SELECT s.instrument_id, i.category, i.symbol, s.depth, i.tick_size::float8
+               FROM streams s JOIN instruments i ON i.id = s.instrument_id
+               ORDER BY i.category, i.symbol, s.depth"""
+        )
+    ).all()
+    return [StreamRow(int(r[0]), r[1], r[2], int(r[3]), r[4]) for r in rows]
+
+
+def last_quote(conn: sa.Connection, iid: int, depth: int, since_us: int) -> LastQuote | None:
+    """The newest top of book at or after `since_us` (a backward index scan of
+    the newest partitions)."""
+    row = conn.execute(
+        sa.text(
+            """SELECT ts_us, local_us, bid_price::float8, ask_price::float8,
+                      bid_size::float8, ask_size::float8
+               FROM quotes
+               WHERE instrument_id = :i AND depth = :d AND ts_us >= :s
+               ORDER BY ts_us DESC, u DESC LIMIT 1"""
+        ),
+        {"i": iid, "d": depth, "s": since_us},
+    ).first()
+    return None if row is None else LastQuote(int(row[0]), int(row[1]), *row[2:])
+
+
+def message_count(conn: sa.Connection, iid: int, depth: int, start_us: int, end_us: int) -> int:
+    """Book messages recorded with exchange time in [start, end)."""
+    return int(
+        conn.execute(
+            sa.text(
+                """SELECT count(*) FROM book_events
+                   WHERE instrument_id = :i AND depth = :d AND ts_us >= :s AND ts_us < :e"""
+            ),
+            {"i": iid, "d": depth, "s": start_us, "e": end_us},
+        ).scalar_one()
+    )
+
+
+def top_series(
+    conn: sa.Connection, iid: int, depth: int, start_us: int, end_us: int, bucket_us: int
+) -> pd.DataFrame:
+    """Top of book per time bucket (TOP_COLUMNS): the last bid/ask/mid/spread
+    of each bucket, the lowest bid, highest ask and widest spread within it.
+    `max(ARRAY[ts, u, ...])` picks the bucket's last quote in the same single
+    pass as the min/max (PostgreSQL has no `last` aggregate)."""
+    rows = conn.execute(
+        sa.text(
+            """WITH q AS (
+                   SELECT ts_us / :b AS bucket, ts_us, u,
+                          bid_price::float8 AS bid, ask_price::float8 AS ask
+                   FROM quotes
+                   WHERE instrument_id = :i AND depth = :d AND ts_us >= :s AND ts_us < :e),
+               agg AS (
+                   SELECT bucket,
+                          max(ARRAY[ts_us, u, bid, ask]::float8[]) AS last,
+                          min(bid) AS bid_min, max(ask) AS ask_max,
+                          max((ask - bid) / nullif(ask + bid, 0) * 20000) AS spread_max
+                   FROM q GROUP BY bucket)
+               SELECT bucket * :b / 1000.0, last[3], last[4], bid_min, ask_max,
+                      (last[3] + last[4]) / 2,
+                      (last[4] - last[3]) / nullif(last[3] + last[4], 0) * 20000,
+                      spread_max
+               FROM agg ORDER BY bucket"""
+        ),
+        {"i": iid, "d": depth, "s": start_us, "e": end_us, "b": bucket_us},
+    ).all()
+    return _frame(rows, TOP_COLUMNS)
+
+
+def latest_book(
+    conn: sa.Connection, iid: int, depth: int, levels: int, since_us: int
+) -> BookView | None:
+    """The newest periodic top-N snapshot at or after `since_us`, `levels` per side."""
+    row = conn.execute(
+        sa.text(
+            """SELECT ts_us, local_us, bid_prices[1:(:n)]::float8[], bid_sizes[1:(:n)]::float8[],
+                      ask_prices[1:(:n)]::float8[], ask_sizes[1:(:n)]::float8[]
+               FROM depth_snapshots
+               WHERE instrument_id = :i AND depth = :d AND ts_us >= :s
+               ORDER BY ts_us DESC LIMIT 1"""
+        ),
+        {"i": iid, "d": depth, "s": since_us, "n": levels},
+    ).first()
+    if row is None:
+        return None
+    ts_us, local_us, bid_prices, bid_sizes, ask_prices, ask_sizes = row
+    return BookView(
+        int(ts_us),
+        int(local_us),
+        pd.DataFrame({"price": bid_prices, "size": bid_sizes}, dtype="float64"),
+        pd.DataFrame({"price": ask_prices, "size": ask_sizes}, dtype="float64"),
+    )
+
+
+def heatmap_cells(
+    conn: sa.Connection,
+    iid: int,
+    depth: int,
+    start_us: int,
+    end_us: int,
+    grid: HeatmapGrid,
+    levels: int,
+) -> pd.DataFrame:
+    """HEATMAP_COLUMNS from the periodic top-N snapshots: per snapshot the size
+    resting in each price bucket (summed over its levels, both sides), then the
+    largest of those per time bucket (grid.cell_rule "max")."""
+    rows = conn.execute(
+        sa.text(
+            """WITH cells AS (
+                   SELECT d.ts_us, floor(l.price / :ps) AS pb, sum(l.size) AS size
+                   FROM depth_snapshots d,
+                        unnest((d.bid_prices[1:(:n)] || d.ask_prices[1:(:n)])::float8[],
+                               (d.bid_sizes[1:(:n)] || d.ask_sizes[1:(:n)])::float8[])
+                            AS l(price, size)
+                   WHERE d.instrument_id = :i AND d.depth = :d
+                     AND d.ts_us >= :s AND d.ts_us < :e
+                   GROUP BY d.ts_us, pb)
+               SELECT (ts_us / :tb) * :tb / 1000.0, pb * :ps, max(size)
+               FROM cells GROUP BY 1, 2 ORDER BY 1, 2"""
+        ),
+        {
+            "i": iid,
+            "d": depth,
+            "s": start_us,
+            "e": end_us,
+            "n": levels,
+            "ps": grid.price_step,
+            "tb": int(grid.time_bucket_ms * 1000),
+        },
+    ).all()
+    return _frame(rows, HEATMAP_COLUMNS)
+
+
+def imbalance_series(
+    conn: sa.Connection,
+    iid: int,
+    depth: int,
+    start_us: int,
+    end_us: int,
+    levels: int,
+    bucket_us: int,
+) -> pd.DataFrame:
+    """IMBALANCE_COLUMNS: resting size of the top `levels` bids and asks from the
+    periodic snapshots, averaged per bucket; imbalance = (b - a) / (b + a)."""
+    rows = conn.execute(
+        sa.text(
+            """WITH s AS (
+                   SELECT ts_us / :b AS bucket,
+                          (SELECT sum(x) FROM unnest(bid_sizes[1:(:n)]::float8[]) x) AS bid,
+                          (SELECT sum(x) FROM unnest(ask_sizes[1:(:n)]::float8[]) x) AS ask
+                   FROM depth_snapshots
+                   WHERE instrument_id = :i AND depth = :d AND ts_us >= :s AND ts_us < :e)
+               SELECT bucket * :b / 1000.0, avg(bid), avg(ask),
+                      avg((bid - ask) / nullif(bid + ask, 0))
+               FROM s GROUP BY bucket ORDER BY bucket"""
+        ),
+        {"i": iid, "d": depth, "s": start_us, "e": end_us, "n": levels, "b": bucket_us},
+    ).all()
+    return _frame(rows, IMBALANCE_COLUMNS)
+
+
+def recent_trades(
+    conn: sa.Connection, iid: int, start_us: int, end_us: int, limit: int
+) -> pd.DataFrame:
+    """TRADE_COLUMNS: the newest `limit` trades of the window, oldest first."""
+    rows = conn.execute(
+        sa.text(
+            """SELECT * FROM (
+                   SELECT ts_us / 1000.0 AS t_ms, price::float8, size::float8, side
+                   FROM trades
+                   WHERE instrument_id = :i AND ts_us >= :s AND ts_us < :e
+                   ORDER BY ts_us DESC LIMIT :l) t
+               ORDER BY t_ms"""
+        ),
+        {"i": iid, "s": start_us, "e": end_us, "l": limit},
+    ).all()
+    return _frame(rows, TRADE_COLUMNS)
+
+
+def stream_events(
+    conn: sa.Connection, stream: StreamRow, start_us: int, end_us: int, limit: int = 500
+) -> pd.DataFrame:
+    """EVENT_COLUMNS: the stream's own feed events (gap, resync, restart,
+    book_lost, recovered, anomaly) and its category's connection events
+    (connect, disconnect, stall, malformed) received in [start, end)."""
+    rows = conn.execute(
+        sa.text(
+            """SELECT * FROM (
+                   SELECT local_us / 1000.0 AS t_ms, kind, detail, symbol IS NOT NULL, id
+                   FROM feed_events
+                   WHERE local_us >= :s AND local_us < :e AND category = :c
+                     AND ((symbol = :sym AND (depth = :d OR depth IS NULL)) OR symbol IS NULL)
+                   ORDER BY local_us DESC, id DESC LIMIT :l) ev
+               ORDER BY t_ms, id"""
+        ),
+        {
+            "s": start_us,
+            "e": end_us,
+            "c": stream.category,
+            "sym": stream.symbol,
+            "d": stream.depth,
+            "l": limit,
+        },
+    ).all()
+    return _frame([r[:4] for r in rows], EVENT_COLUMNS)
+
+
+def heartbeat_times(conn: sa.Connection, stream_key: str, start_us: int, end_us: int) -> np.ndarray:
+    """Times (ms) of the heartbeats of collectors recording the stream."""
+    rows = conn.execute(
+        sa.text(
+            """SELECT local_us / 1000.0 FROM collector_heartbeats
+               WHERE local_us >= :s AND local_us < :e AND :k = ANY(streams)
+               ORDER BY local_us"""
+        ),
+        {"s": start_us, "e": end_us, "k": stream_key},
+    ).scalars()
+    return np.fromiter(rows, dtype="float64")
+
+
+def last_heartbeat(conn: sa.Connection, stream_key: str, since_us: int) -> HeartbeatView | None:
+    row = conn.execute(
+        sa.text(
+            """SELECT collector, local_us, interval_s, simulated, :k = ANY(valid_streams)
+               FROM collector_heartbeats
+               WHERE local_us >= :s AND :k = ANY(streams)
+               ORDER BY local_us DESC LIMIT 1"""
+        ),
+        {"s": since_us, "k": stream_key},
+    ).first()
+    return None if row is None else HeartbeatView(row[0], int(row[1]), *row[2:])
+
+
+def simulated_in(conn: sa.Connection, stream_key: str, start_us: int, end_us: int) -> bool:
+    """Whether any of the window's data came from a simulated collector."""
+    return bool(
+        conn.execute(
+            sa.text(
+                """SELECT EXISTS (SELECT 1 FROM collector_heartbeats
+                                  WHERE local_us >= :s AND local_us < :e
+                                    AND simulated AND :k = ANY(streams))"""
+            ),
+            {"s": start_us, "e": end_us, "k": stream_key},
+        ).scalar()
+    )
+
+
+@dataclass(frozen=True)
+class Latency:
+    """p50/p99 in milliseconds of each step a message takes before it is stored."""
+
+    match_to_push: tuple[float, float] | None  # cts -> ts
+    push_to_receive: tuple[float, float] | None  # ts -> local receive
+    receive_to_commit: tuple[float, float] | None  # from the collectors' heartbeats
+
+
+def latency(conn: sa.Connection, stream: StreamRow, start_us: int, end_us: int) -> Latency:
+    """Exchange-side steps from the window's book events; receive-to-commit from
+    the heartbeats (median of their p50s, worst of their p99s)."""
+    steps = conn.execute(
+        sa.text(
+            """SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY ts_us - match_us),
+                      percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY local_us - ts_us)
+               FROM book_events
+               WHERE instrument_id = :i AND depth = :d AND ts_us >= :s AND ts_us < :e"""
+        ),
+        {"i": stream.instrument_id, "d": stream.depth, "s": start_us, "e": end_us},
+    ).one()
+    commit = conn.execute(
+        sa.text(
+            """SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY commit_p50_ms),
+                      max(commit_p99_ms)
+               FROM collector_heartbeats
+               WHERE local_us >= :s AND local_us < :e AND :k = ANY(streams)"""
+        ),
+        {"s": start_us, "e": end_us, "k": stream.key},
+    ).one()
+
+    def ms(pair: Sequence[float] | None) -> tuple[float, float] | None:
+        return None if pair is None else (pair[0] / 1000, pair[1] / 1000)
+
+    return Latency(
+        ms(steps[0]),
+        ms(steps[1]),
+        None if commit[0] is None else (float(commit[0]), float(commit[1])),
+    )
+
+
+def price_step(low: float, high: float, tick: float | None, rows: int = 80) -> float:
+    """A heatmap price bucket: about `rows` buckets over [low, high], a whole
+    number of ticks when the tick is known, otherwise a 1-2-5 step."""
+    raw = max(high - low, 0.0) / rows
+    if tick and tick > 0:
+        return tick * max(1, math.ceil(raw / tick - 1e-9))
+    if raw <= 0:
+        return 1.0
+    magnitude = 10 ** math.floor(math.log10(raw))
+    return next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw - 1e-12)
+
+
+def event_counts(conn: sa.Connection, since_us: int) -> dict[tuple[str, str, int], dict[str, int]]:
+    """Per stream (category, symbol, depth) and kind, the feed events received
+    since `since_us`; connection-wide events (no symbol) are left out."""
+    rows = conn.execute(
+        sa.text(
+            """SELECT category, symbol, depth, kind, count(*) FROM feed_events
+               WHERE local_us >= :s AND symbol IS NOT NULL
+               GROUP BY category, symbol, depth, kind"""
+        ),
+        {"s": since_us},
+    ).all()
+    counts: dict[tuple[str, str, int], dict[str, int]] = {}
+    for category, symbol, depth, kind, count in rows:
+        counts.setdefault((category, symbol, depth), {})[kind] = int(count)
+    return counts
+
+
+# ---- health page
+
+
+def collectors(conn: sa.Connection, since_us: int) -> pd.DataFrame:
+    """The newest heartbeat of every collector heard from since `since_us`."""
+    rows = conn.execute(
+        sa.text(
+            """SELECT DISTINCT ON (collector)
+                      collector, host, pid, version, started_us, local_us, interval_s, simulated,
+                      endpoint, retention_days, messages, messages_per_s, pending_rows,
+                      flush_failures, commit_p50_ms, commit_p99_ms,
+                      array_to_string(streams, ', ') AS streams,
+                      cardinality(valid_streams) AS valid, cardinality(streams) AS total
+               FROM collector_heartbeats
+               WHERE local_us >= :s
+               ORDER BY collector, local_us DESC"""
+        ),
+        {"s": since_us},
+    )
+    return pd.DataFrame(rows.all(), columns=list(rows.keys()))
+
+
+def commit_p99_ms(conn: sa.Connection, collector: str, since_us: int) -> float | None:
+    """A collector's worst per-heartbeat receive-to-commit p99 since `since_us`."""
+    value = conn.execute(
+        sa.text(
+            """SELECT max(commit_p99_ms) FROM collector_heartbeats
+               WHERE collector = :c AND local_us >= :s"""
+        ),
+        {"c": collector, "s": since_us},
+    ).scalar()
+    return None if value is None else float(value)
+
+
+SIZED_TABLES = (
+    "book_events",
+    "quotes",
+    "depth_snapshots",
+    "book_checkpoints",
+    "trades",
+    "feed_events",
+    "collector_heartbeats",
+    "instruments",
+    "streams",
+)
+
+
+def table_sizes(conn: sa.Connection) -> pd.DataFrame:
+    """Bytes on disk per table, partitions and indexes included."""
+    rows = conn.execute(
+        sa.text(
+            # pg_partition_tree lists a partitioned table's parts; a plain table
+            # gets no rows there and is sized directly.
+            """SELECT t.name,
+                      coalesce((SELECT sum(pg_total_relation_size(p.relid))
+                                FROM pg_partition_tree(to_regclass(t.name)) p),
+                               pg_total_relation_size(to_regclass(t.name)))::bigint
+               FROM unnest(CAST(:tables AS text[])) AS t(name)
+               ORDER BY 2 DESC"""
+        ),
+        {"tables": list(SIZED_TABLES)},
+    ).all()
+    return pd.DataFrame(rows, columns=["table", "bytes"])
+
+
+def oldest_snapshot_us(conn: sa.Connection, partitions: list[str]) -> int | None:
+    """Exchange time of the oldest periodic snapshot, looked up partition by
+    partition from the oldest (the first non-empty one answers)."""
+    for name in partitions:
+        value = conn.execute(
+            # A partition name comes from the catalogue (schema.partition_name), never input.
+            sa.text(f"SELECT min(ts_us) FROM {name}")
+        ).scalar()
+        if value is not None:
+            return int(value)
+    return None

@@ -31,6 +31,23 @@ def make_engine(url: str, pool_size: int = 5) -> sa.Engine:
     )
 
 
+def make_reader_engine(url: str, pool_size: int = 2) -> sa.Engine:
+    """The dashboard's own small pool: read-only transactions, a statement
+    timeout so a slow query cannot pile up refreshes, and a short connect
+    timeout so a dead database is reported within seconds."""
+    return sa.create_engine(
+        normalise_url(url),
+        pool_size=pool_size,
+        max_overflow=2,
+        pool_pre_ping=True,
+        connect_args={
+            "application_name": "depthwatch-dashboard",
+            "connect_timeout": 3,
+            "options": "-c default_transaction_read_only=on -c statement_timeout=5000",
+        },
+    )
+
+
 class DatabaseUnavailable(RuntimeError):
     """The database could not be reached in time; the message says why."""
 

@@ -1,0 +1,245 @@
+"""The dashboard's access to the database: one small read-only pool, and one
+cached read per view that all viewers share.
+
+Each live refresh reads everything the page draws in one call, inside one
+read-only transaction (so the charts agree with each other), and the result is
+cached for about a second under (stream, window, levels): ten viewers of the
+same view cost about one query set a second. "Now" is taken inside the cached
+function, never passed in, or every viewer would have its own cache key.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+import streamlit as st
+
+from depthwatch.app.figures import coverage_spans
+from depthwatch.storage import dashboard_queries as q
+from depthwatch.storage.db import DatabaseUnavailable, make_reader_engine, start_embedded
+
+WINDOWS_MIN = (1, 5, 10, 30, 60)
+DEFAULT_WINDOW_MIN = 10
+LEVEL_CHOICES = (10, 25, 50)
+DEFAULT_LEVELS = 25
+MAX_POINTS = 1_200  # per trace: what the browser receives each second stays small
+HEATMAP_COLUMNS_MAX = 600
+HEATMAP_ROWS = 80
+TRADES_MAX = 2_000
+# Data older than this while its collector still beats: the feed itself went quiet.
+DATA_SILENCE_S = 30.0
+HEARTBEATS_MISSED_FOR_STALE = 3
+HEALTH_DAY_US = 86_400_000_000
+
+T = TypeVar("T")
+
+
+class DatabaseDown(RuntimeError):
+    """The dashboard cannot reach its database; the message says why (no secrets)."""
+
+
+def database_url() -> str:
+    """DASHBOARD_DATABASE_URL (a read-only role), else DATABASE_URL, else the
+    embedded PostgreSQL in DEPTHWATCH_DATA_DIR (what `depthwatch up` shares)."""
+    for name in ("DASHBOARD_DATABASE_URL", "DATABASE_URL"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return start_embedded(Path(os.environ.get("DEPTHWATCH_DATA_DIR") or ".depthwatch"))
+
+
+@st.cache_resource(show_spinner=False)
+def engine() -> sa.Engine:
+    return make_reader_engine(database_url())
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _read(work: Callable[[sa.Connection], T]) -> T:
+    """Run `work` in one read-only transaction; a database that cannot be
+    reached becomes DatabaseDown with a one-line reason."""
+    try:
+        with engine().connect() as conn, conn.begin():
+            return work(conn)
+    except (sa.exc.OperationalError, sa.exc.InterfaceError, DatabaseUnavailable) as exc:
+        orig = getattr(exc, "orig", None)
+        reason = str(orig or exc).strip().splitlines()[0] if str(orig or exc).strip() else ""
+        raise DatabaseDown(reason or type(exc).__name__) from None
+    except sa.exc.ProgrammingError as exc:
+        if "does not exist" in str(exc):  # no schema yet: nothing was ever recorded
+            raise NoSchema() from None
+        raise
+
+
+class NoSchema(RuntimeError):
+    """The database has no depthwatch tables yet."""
+
+
+# ---- overview
+
+
+@dataclass(frozen=True)
+class StreamSummary:
+    stream: q.StreamRow
+    quote: q.LastQuote | None
+    messages_per_s: float
+    gaps_24h: int
+    resyncs_24h: int
+    mids: list[float]  # sparkline over the window
+    heartbeat: q.HeartbeatView | None
+    now_us: int
+
+
+@st.cache_data(ttl=1.0, show_spinner=False, max_entries=16)
+def overview(window_min: int) -> list[StreamSummary]:
+    def work(conn: sa.Connection) -> list[StreamSummary]:
+        now = now_us()
+        start = now - window_min * 60_000_000
+        counts = q.event_counts(conn, now - HEALTH_DAY_US)
+        out = []
+        for stream in q.list_streams(conn):
+            sid, depth = stream.instrument_id, stream.depth
+            top = q.top_series(conn, sid, depth, start, now, _bucket_us(window_min * 60, 60))
+            kinds = counts.get((stream.category, stream.symbol, stream.depth), {})
+            out.append(
+                StreamSummary(
+                    stream,
+                    q.last_quote(conn, sid, depth, now - HEALTH_DAY_US),
+                    q.message_count(conn, sid, depth, now - 10_000_000, now) / 10,
+                    kinds.get("gap", 0),
+                    kinds.get("resync", 0),
+                    [float(v) for v in top["mid"].dropna()],
+                    q.last_heartbeat(conn, stream.key, now - HEALTH_DAY_US),
+                    now,
+                )
+            )
+        return out
+
+    return _read(work)
+
+
+# ---- live
+
+
+@dataclass(frozen=True)
+class LiveView:
+    stream: q.StreamRow
+    start_us: int
+    now_us: int
+    quote: q.LastQuote | None
+    book: q.BookView | None
+    top: pd.DataFrame
+    heatmap: pd.DataFrame
+    grid: q.HeatmapGrid
+    imbalance: pd.DataFrame
+    trades: pd.DataFrame
+    events: pd.DataFrame
+    spans: list[q.Span]
+    messages_per_s: float
+    heartbeat: q.HeartbeatView | None
+    simulated: bool
+    latency: q.Latency
+
+    @property
+    def data_age_s(self) -> float | None:
+        return None if self.quote is None else (self.now_us - self.quote.local_us) / 1e6
+
+    @property
+    def stale_since_us(self) -> int | None:
+        """When the data stopped being live, or None while it is live: the
+        collector missed several heartbeats, or its feed has been silent."""
+        return stale_since(self.heartbeat, self.quote, self.now_us)
+
+
+def stale_since(
+    heartbeat: q.HeartbeatView | None, quote: q.LastQuote | None, now: int
+) -> int | None:
+    if heartbeat is None:
+        return quote.local_us if quote is not None else now
+    silent_after = heartbeat.local_us + heartbeat.interval_s * HEARTBEATS_MISSED_FOR_STALE * 1e6
+    if now > silent_after:
+        return heartbeat.local_us
+    if quote is None or now - quote.local_us > DATA_SILENCE_S * 1e6:
+        return quote.local_us if quote is not None else heartbeat.local_us
+    return None
+
+
+def _bucket_us(window_s: int, max_points: int) -> int:
+    """Whole seconds, so that at most `max_points` buckets cover the window."""
+    return max(1, math.ceil(window_s / max_points)) * 1_000_000
+
+
+def find_stream(streams: list[q.StreamRow], category: str, symbol: str, depth: int) -> q.StreamRow:
+    for stream in streams:
+        if (stream.category, stream.symbol, stream.depth) == (category, symbol, depth):
+            return stream
+    raise LookupError(f"{category} {symbol} depth {depth} is not recorded")
+
+
+@st.cache_data(ttl=1.0, show_spinner=False, max_entries=64)
+def streams() -> list[q.StreamRow]:
+    return _read(q.list_streams)
+
+
+@st.cache_data(ttl=1.0, show_spinner=False, max_entries=64)
+def live_view(stream: q.StreamRow, window_min: int, levels: int) -> LiveView:
+    def work(conn: sa.Connection) -> LiveView:
+        now = now_us()
+        start = now - window_min * 60_000_000
+        sid, depth = stream.instrument_id, stream.depth
+        bucket = _bucket_us(window_min * 60, MAX_POINTS)
+        quote = q.last_quote(conn, sid, depth, now - HEALTH_DAY_US)
+        book = q.latest_book(conn, sid, depth, levels, start)
+        grid = _heatmap_grid(book, stream, window_min)
+        heatmap = (
+            q.heatmap_cells(conn, sid, depth, start, now, grid, levels)
+            if book is not None
+            else pd.DataFrame(columns=list(q.HEATMAP_COLUMNS), dtype="float64")
+        )
+        events = q.stream_events(conn, stream, start, now)
+        heartbeats = q.heartbeat_times(conn, stream.key, start, now)
+        heartbeat = q.last_heartbeat(conn, stream.key, now - HEALTH_DAY_US)
+        interval_ms = (heartbeat.interval_s if heartbeat else 2.0) * 1000
+        return LiveView(
+            stream=stream,
+            start_us=start,
+            now_us=now,
+            quote=quote,
+            book=book,
+            top=q.top_series(conn, sid, depth, start, now, bucket),
+            heatmap=heatmap,
+            grid=grid,
+            imbalance=q.imbalance_series(conn, sid, depth, start, now, levels, bucket),
+            trades=q.recent_trades(conn, sid, start, now, TRADES_MAX),
+            events=events,
+            spans=coverage_spans(events, heartbeats, start / 1000, now / 1000, interval_ms),
+            messages_per_s=q.message_count(conn, sid, depth, now - 10_000_000, now) / 10,
+            heartbeat=heartbeat,
+            simulated=q.simulated_in(conn, stream.key, start, now),
+            latency=q.latency(conn, stream, start, now),
+        )
+
+    return _read(work)
+
+
+def _heatmap_grid(book: q.BookView | None, stream: q.StreamRow, window_min: int) -> q.HeatmapGrid:
+    """Price buckets spanning the newest book's shown levels; time buckets so
+    that at most HEATMAP_COLUMNS_MAX columns cover the window (snapshots come
+    every second, so short windows get one column per snapshot)."""
+    time_bucket_ms = _bucket_us(window_min * 60, HEATMAP_COLUMNS_MAX) / 1000
+    if book is None or (book.bids.empty and book.asks.empty):
+        return q.HeatmapGrid(time_bucket_ms, 1.0)
+    prices = np.concatenate([book.bids["price"].to_numpy(), book.asks["price"].to_numpy()])
+    step = q.price_step(float(prices.min()), float(prices.max()), stream.tick_size, HEATMAP_ROWS)
+    return q.HeatmapGrid(time_bucket_ms, step)
