@@ -25,6 +25,7 @@ import streamlit as st
 
 from depthwatch.app.figures import coverage_spans
 from depthwatch.storage import dashboard_queries as q
+from depthwatch.storage import schema
 from depthwatch.storage.db import DatabaseUnavailable, make_reader_engine, start_embedded
 
 WINDOWS_MIN = (1, 5, 10, 30, 60)
@@ -243,3 +244,52 @@ def _heatmap_grid(book: q.BookView | None, stream: q.StreamRow, window_min: int)
     prices = np.concatenate([book.bids["price"].to_numpy(), book.asks["price"].to_numpy()])
     step = q.price_step(float(prices.min()), float(prices.max()), stream.tick_size, HEATMAP_ROWS)
     return q.HeatmapGrid(time_bucket_ms, step)
+
+
+# ---- health
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    now_us: int
+    collectors: pd.DataFrame  # newest heartbeat per collector, plus commit_p99_24h
+    events: pd.DataFrame  # stream x kind counts over 24 h
+    sizes: pd.DataFrame  # table, bytes
+    oldest_us: int | None
+    retention: str
+
+
+EVENT_KINDS_SHOWN = ("gap", "resync", "restart", "book_lost", "recovered", "anomaly")
+
+
+@st.cache_data(ttl=5.0, show_spinner=False, max_entries=4)
+def health() -> HealthReport:
+    def work(conn: sa.Connection) -> HealthReport:
+        now = now_us()
+        since = now - HEALTH_DAY_US
+        found = q.collectors(conn, since)
+        found["commit_p99_24h"] = [q.commit_p99_ms(conn, c, since) for c in found["collector"]]
+        counts = q.event_counts(conn, since)
+        events = pd.DataFrame(
+            [
+                {"stream": f"{sym} · {cat} · depth {depth}"}
+                | {kind: kinds.get(kind, 0) for kind in EVENT_KINDS_SHOWN}
+                for (cat, sym, depth), kinds in sorted(counts.items())
+            ]
+        )
+        if not found.empty:
+            newest = found.sort_values("local_us").iloc[-1]
+            days = int(newest["retention_days"])
+            retention = f"{days} days" if days > 0 else "keep everything"
+        else:
+            retention = "unknown (no collector heard from)"
+        return HealthReport(
+            now,
+            found,
+            events,
+            q.table_sizes(conn),
+            q.oldest_snapshot_us(conn, schema.partitions_oldest_first(conn, "depth_snapshots")),
+            retention,
+        )
+
+    return _read(work)

@@ -1,7 +1,17 @@
-"""Placeholder: the pages land in the next commits."""
+"""The dashboard: three pages behind one entry script (`streamlit/app.py`)."""
+
+from __future__ import annotations
 
 import streamlit as st
 
+from depthwatch.app import health, live, overview
+
 
 def main() -> None:
-    st.title("depthwatch")
+    st.set_page_config(page_title="depthwatch", page_icon=":material/monitoring:", layout="wide")
+    pages = [
+        st.Page(overview.render, title="Overview", url_path="overview", default=True),
+        st.Page(live.render, title="Live", url_path="live"),
+        st.Page(health.render, title="Health", url_path="health"),
+    ]
+    st.navigation(pages).run()

@@ -290,3 +290,19 @@ def drop_expired_partitions(conn: sa.Connection, retention_days: int, now_us: in
             "retention: dropped %d partitions older than %d days", len(dropped), retention_days
         )
     return dropped
+
+
+def partitions_oldest_first(conn: sa.Connection, table: str) -> list[str]:
+    """The daily partitions of one table; their names end in _dYYYYMMDD, so
+    sorting by name sorts by day."""
+    names = conn.execute(
+        sa.text(
+            """SELECT child.relname
+               FROM pg_inherits
+               JOIN pg_class parent ON parent.oid = pg_inherits.inhparent
+               JOIN pg_class child ON child.oid = pg_inherits.inhrelid
+               WHERE parent.relname = :t"""
+        ),
+        {"t": table},
+    ).scalars()
+    return sorted(names)

@@ -1,0 +1,60 @@
+"""What every page shares: UTC formatting, the empty and error states."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import streamlit as st
+
+from depthwatch.app.data import DatabaseDown, NoSchema
+
+T = TypeVar("T")
+
+START_HINT = (
+    "Nothing has been recorded yet. Start recording with `depthwatch up --source sim` "
+    "(an offline demo on the built-in simulator) or `depthwatch up --symbols BTCUSDT` "
+    "(Bybit), or run the collector alone: `depthwatch collect --symbols BTCUSDT`."
+)
+
+
+def utc(us: int | None, with_date: bool = False) -> str:
+    if us is None:
+        return "-"
+    fmt = "%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S"
+    return time.strftime(fmt, time.gmtime(us / 1e6)) + " UTC"
+
+
+def age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86_400:.0f} days"
+
+
+def load(read: Callable[[], T]) -> T | None:
+    """Run a read; on a dead database or an empty one, say so plainly (never a
+    stack trace) and return None. The caller's fragment retries on its timer."""
+    try:
+        return read()
+    except DatabaseDown as exc:
+        st.error(
+            f"**Database unreachable**: {exc}. Retrying every second; the page "
+            "recovers by itself once the database answers.",
+            icon=":material/cloud_off:",
+        )
+    except NoSchema:
+        st.info(START_HINT, icon=":material/info:")
+    return None
+
+
+def price(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.8g}"

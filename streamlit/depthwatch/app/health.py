@@ -1,0 +1,78 @@
+"""The Health page: collectors, feed problems per stream, what the database holds."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from depthwatch.app import data
+from depthwatch.app.common import age, load, utc
+
+REFRESH_S = 5.0
+MB = 1024 * 1024
+
+
+def render() -> None:
+    st.title("Health")
+    st.caption(
+        f"Collectors heard from in the last 24 h, feed events per stream over 24 h, and "
+        f"what the database holds. Refreshed every {REFRESH_S:g} s; times in UTC."
+    )
+    health_panel()
+
+
+@st.fragment(run_every=REFRESH_S)
+def health_panel() -> None:
+    report = load(data.health)
+    if report is None:
+        return
+    st.subheader("Collectors")
+    if report.collectors.empty:
+        st.info(
+            "No collector has reported in the last 24 h. Start one with "
+            "`depthwatch up` or `depthwatch collect`.",
+            icon=":material/info:",
+        )
+    else:
+        st.dataframe(collector_frame(report), hide_index=True, key="collectors")
+    st.subheader("Feed events per stream, last 24 h")
+    if report.events.empty:
+        st.caption("No gaps, reconnects or anomalies in the last 24 h.")
+    else:
+        st.dataframe(report.events, hide_index=True, key="events")
+    st.subheader("Database")
+    left, right = st.columns([2, 1])
+    sizes = report.sizes.assign(MB=report.sizes["bytes"] / MB).drop(columns="bytes")
+    left.dataframe(
+        sizes,
+        hide_index=True,
+        key="sizes",
+        column_config={"MB": st.column_config.NumberColumn(format="%.1f")},
+    )
+    right.metric("Total size", f"{report.sizes['bytes'].sum() / MB:,.1f} MB")
+    right.metric("Oldest data", utc(report.oldest_us, with_date=True))
+    right.metric("Retention in force", report.retention)
+
+
+def collector_frame(report: data.HealthReport) -> pd.DataFrame:
+    c = report.collectors
+    silent_s = (report.now_us - c["local_us"]) / 1e6
+    alive = silent_s <= c["interval_s"] * data.HEARTBEATS_MISSED_FOR_STALE
+    return pd.DataFrame(
+        {
+            "status": ["alive" if a else "SILENT" for a in alive],
+            "host": c["host"],
+            "pid": c["pid"],
+            "version": c["version"],
+            "started": [utc(int(v), with_date=True) for v in c["started_us"]],
+            "last heartbeat": [f"{age(s)} ago" for s in silent_s],
+            "msgs/s": c["messages_per_s"].round(0),
+            "pending rows": c["pending_rows"],
+            "flush failures": c["flush_failures"],
+            "commit p99 (ms, 24 h worst)": c["commit_p99_24h"].round(1),
+            "books valid": [f"{v}/{t}" for v, t in zip(c["valid"], c["total"], strict=True)],
+            "data": ["SIMULATED" if s else "exchange" for s in c["simulated"]],
+            "endpoint": c["endpoint"],
+            "streams": c["streams"],
+        }
+    )

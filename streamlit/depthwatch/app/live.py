@@ -1,0 +1,223 @@
+"""The Live page: one stream's book, re-read and redrawn every second.
+
+Controls sit outside the live fragment and live in the URL, so a link reopens
+the same view; the fragment (one, not nested) re-queries through the shared
+cache and redraws the header and every chart.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import deque
+from collections.abc import Callable
+
+import streamlit as st
+
+from depthwatch.app import data, figures
+from depthwatch.app.common import START_HINT, age, load, price, utc
+from depthwatch.export.tardis import ExportRequest, export_csv
+from depthwatch.storage.dashboard_queries import StreamRow
+
+REFRESH_S = 1.0
+SHOWN_SAMPLES = 600  # render-time data ages kept per viewer for the latency strip
+
+
+def render() -> None:
+    st.title("Live order book")
+    streams = load(data.streams)
+    if streams is None:
+        return
+    if not streams:
+        st.info(START_HINT, icon=":material/info:")
+        return
+    stream, window_min, levels = _controls(streams)
+    live_panel(stream, window_min, levels)
+    _downloads(stream, window_min)
+
+
+def _label(stream: StreamRow) -> str:
+    return f"{stream.symbol} · {stream.category} · depth {stream.depth}"
+
+
+def _controls(streams: list[StreamRow]) -> tuple[StreamRow, int, int]:
+    """Symbol, window and levels, seeded from the URL and written back to it."""
+    params = st.query_params
+    wanted = (params.get("category"), params.get("symbol"), params.get("depth"))
+    index = next(
+        (
+            i
+            for i, s in enumerate(streams)
+            if (s.category, s.symbol, str(s.depth)) == wanted
+            or (wanted[0] is None and wanted[1] == s.symbol)
+        ),
+        0,
+    )
+    window_default = _int_param("window", data.DEFAULT_WINDOW_MIN, data.WINDOWS_MIN)
+    levels_default = _int_param("levels", data.DEFAULT_LEVELS, data.LEVEL_CHOICES)
+    left, middle, right = st.columns([2, 2, 1])
+    stream = left.selectbox("Stream", streams, index=index, format_func=_label, key="stream")
+    window_min = (
+        middle.segmented_control(
+            "Window (minutes)",
+            data.WINDOWS_MIN,
+            default=window_default,
+            key="window",
+            format_func=lambda m: f"{m} min",
+        )
+        or data.DEFAULT_WINDOW_MIN
+    )
+    levels = right.selectbox(
+        "Levels per side",
+        data.LEVEL_CHOICES,
+        index=data.LEVEL_CHOICES.index(levels_default),
+        key="levels",
+    )
+    st.query_params.update(
+        category=stream.category,
+        symbol=stream.symbol,
+        depth=str(stream.depth),
+        window=str(window_min),
+        levels=str(levels),
+    )
+    return stream, int(window_min), int(levels)
+
+
+def _int_param(name: str, default: int, allowed: tuple[int, ...]) -> int:
+    try:
+        value = int(st.query_params.get(name, default))
+    except ValueError:
+        return default
+    return value if value in allowed else default
+
+
+@st.fragment(run_every=REFRESH_S)
+def live_panel(stream: StreamRow, window_min: int, levels: int) -> None:
+    view = load(lambda: data.live_view(stream, window_min, levels))
+    if view is None:
+        return
+    _header(view)
+    if view.top.empty and view.book is None:
+        st.warning(
+            f"No data for {_label(stream)} in the last {window_min} min"
+            + (f" (last recorded {utc(view.quote.ts_us, True)})." if view.quote else ".")
+            + " Pick a longer window, or check the Health page: is the collector running?",
+            icon=":material/hourglass_empty:",
+        )
+        return
+    x_range = (view.start_us / 1000, view.now_us / 1000)
+    key = f"{stream.key}/{window_min}/{levels}"
+    left, right = st.columns([1, 2])
+    with left:
+        if view.book is not None:
+            mid = view.top["mid"].iloc[-1] if not view.top.empty else None
+            st.plotly_chart(figures.depth_figure(view.book, mid), key="depth")
+            st.caption(f"Depth: top {levels} levels as of {utc(view.book.ts_us)}.")
+        _latency_strip(view)
+    with right:
+        st.plotly_chart(
+            figures.heatmap_figure(
+                view.heatmap, view.grid, view.top, view.trades, view.spans, x_range, key
+            ),
+            key="heatmap",
+        )
+        st.caption(
+            f"Liquidity heatmap: each cell is the largest size resting in a "
+            f"{view.grid.price_step:g} price bucket during {view.grid.time_bucket_ms / 1000:g} s "
+            f"(top {levels} levels per side, colour clipped at the 99th percentile)"
+            + (", trades as dots" if not view.trades.empty else "")
+            + ". Grey bands: book not trusted or not recorded."
+        )
+    st.plotly_chart(figures.price_figure(view.top, view.spans, x_range, key), key="price")
+    st.plotly_chart(figures.spread_figure(view.top, view.spans, x_range, key), key="spread")
+    st.plotly_chart(
+        figures.imbalance_figure(view.imbalance, view.spans, x_range, key, levels),
+        key="imbalance",
+    )
+    st.plotly_chart(figures.events_figure(view.events, view.spans, x_range, key), key="events")
+
+
+def _header(view: data.LiveView) -> None:
+    quote = view.quote
+    bid, ask = (quote.bid, quote.ask) if quote else (None, None)
+    mid = (bid + ask) / 2 if bid is not None and ask is not None else None
+    spread = ask - bid if bid is not None and ask is not None else None
+    cols = st.columns([1.3, 1, 1, 1, 1.3, 1, 1])
+    with cols[0]:
+        stale = view.stale_since_us
+        if stale is None:
+            st.badge("LIVE", icon=":material/sensors:", color="green")
+        else:
+            st.badge(f"STALE since {utc(stale)}", icon=":material/warning:", color="orange")
+        if view.simulated:
+            st.badge("SIMULATED data", icon=":material/science:", color="violet")
+    cols[1].metric("Best bid", price(bid))
+    cols[2].metric("Best ask", price(ask))
+    cols[3].metric("Mid", price(mid))
+    bps = f" ({spread / mid * 10_000:.2f} bps)" if spread is not None and mid else ""
+    cols[4].metric("Spread", (price(spread) + bps) if spread is not None else "-")
+    cols[5].metric("Messages/s", f"{view.messages_per_s:,.0f}")
+    cols[6].metric("Data age", age(view.data_age_s))
+    st.caption(
+        f"{_label(view.stream)} · window {utc(view.start_us)} to {utc(view.now_us)} · "
+        f"refreshed every {REFRESH_S:g} s · all times UTC"
+    )
+
+
+def _latency_strip(view: data.LiveView) -> None:
+    """Exchange match -> push -> received -> committed -> shown, p50 / p99."""
+    shown: deque[float] = st.session_state.setdefault("shown_ms", deque(maxlen=SHOWN_SAMPLES))
+    if view.data_age_s is not None:
+        shown.append(view.data_age_s * 1000)
+    ordered = sorted(shown)
+    shown_pair = (
+        (ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))])
+        if ordered
+        else None
+    )
+    steps = [
+        ("match → push (cts → ts)", view.latency.match_to_push),
+        ("push → received", view.latency.push_to_receive),
+        ("received → committed", view.latency.receive_to_commit),
+        ("received → shown", shown_pair),
+    ]
+    lines = [
+        f"| {name} | {pair[0]:,.1f} | {pair[1]:,.1f} |" if pair else f"| {name} | - | - |"
+        for name, pair in steps
+    ]
+    st.markdown(
+        "**Latency** (ms, over the window)\n\n| step | p50 | p99 |\n|---|--:|--:|\n"
+        + "\n".join(lines)
+    )
+
+
+def _downloads(stream: StreamRow, window_min: int) -> None:
+    """The window's ticks in Tardis layouts, generated only when clicked."""
+    st.subheader("Download this window")
+    st.caption(
+        f"The last {window_min} min at the moment you click, Tardis.dev CSV layouts, "
+        "microsecond UTC timestamps."
+    )
+    left, right = st.columns(2)
+    for column, kind in ((left, "quotes"), (right, "incremental_book_L2")):
+        column.download_button(
+            f"{kind} CSV",
+            data=_exporter(stream, window_min, kind),
+            file_name=f"bybit_{kind}_{stream.symbol}_{window_min}min.csv",
+            mime="text/csv",
+            on_click="ignore",
+            key=f"download-{kind}",
+            icon=":material/download:",
+        )
+
+
+def _exporter(stream: StreamRow, window_min: int, kind: str) -> Callable[[], str]:
+    def generate() -> str:
+        end = data.now_us()
+        request = ExportRequest(
+            kind, stream.category, stream.symbol, end - window_min * 60_000_000, end, stream.depth
+        )
+        out = io.StringIO()
+        export_csv(data.engine(), request, out, progress_to=None)
+        return out.getvalue()
+
+    return generate

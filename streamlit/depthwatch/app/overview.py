@@ -1,0 +1,80 @@
+"""The Overview page (landing): one row per recorded stream, refreshed every second."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+import pandas as pd
+import streamlit as st
+
+from depthwatch.app import data
+from depthwatch.app.common import START_HINT, age, load, utc
+
+WINDOW_MIN = 10
+
+
+def render() -> None:
+    st.title("Recorded streams")
+    st.caption(
+        f"Every stream depthwatch records, with the last {WINDOW_MIN} minutes' mid price. "
+        "Refreshed every second; times in UTC. Open a stream to watch its book live."
+    )
+    overview_table()
+
+
+@st.fragment(run_every=1.0)
+def overview_table() -> None:
+    summaries = load(lambda: data.overview(WINDOW_MIN))
+    if summaries is None:
+        return
+    if not summaries:
+        st.info(START_HINT, icon=":material/info:")
+        return
+    st.dataframe(
+        summary_frame(summaries),
+        hide_index=True,
+        key="overview",
+        column_config={
+            "open": st.column_config.LinkColumn("", display_text="open live"),
+            "mid": st.column_config.LineChartColumn(f"mid, last {WINDOW_MIN} min"),
+            "last mid": st.column_config.NumberColumn(format="%.8g"),
+            "spread (bps)": st.column_config.NumberColumn(format="%.2f"),
+            "msgs/s": st.column_config.NumberColumn(format="%.0f"),
+        },
+    )
+    newest = max(s.now_us for s in summaries)
+    st.caption(f"As of {utc(newest)}. Gaps and resyncs count the last 24 h.")
+
+
+def summary_frame(summaries: list[data.StreamSummary]) -> pd.DataFrame:
+    rows = []
+    for s in summaries:
+        quote = s.quote
+        mid = spread_bps = None
+        if quote is not None and quote.bid is not None and quote.ask is not None:
+            mid = (quote.bid + quote.ask) / 2
+            spread_bps = (quote.ask - quote.bid) / mid * 10_000
+        stale = data.stale_since(s.heartbeat, quote, s.now_us)
+        status = "LIVE" if stale is None else f"STALE since {utc(stale)}"
+        if s.heartbeat is not None and s.heartbeat.simulated:
+            status += " · SIMULATED"
+        link = "./live?" + urlencode(
+            {"category": s.stream.category, "symbol": s.stream.symbol, "depth": s.stream.depth}
+        )
+        rows.append(
+            {
+                "symbol": s.stream.symbol,
+                "category": s.stream.category,
+                "depth": s.stream.depth,
+                "status": status,
+                "last mid": mid,
+                "spread (bps)": spread_bps,
+                "msgs/s": s.messages_per_s,
+                "data age": age((s.now_us - quote.local_us) / 1e6) if quote else "no data",
+                "gaps 24h": s.gaps_24h,
+                "resyncs 24h": s.resyncs_24h,
+                "mid": s.mids,
+                "open": link,
+            }
+        )
+    return pd.DataFrame(rows)
