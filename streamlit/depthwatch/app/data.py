@@ -272,9 +272,12 @@ def health() -> HealthReport:
         counts = q.event_counts(conn, since)
         events = pd.DataFrame(
             [
-                {"stream": f"{sym} · {cat} · depth {depth}"}
+                {"stream": f"{sym} · {cat} · " + (f"depth {depth}" if depth else "trades")}
                 | {kind: kinds.get(kind, 0) for kind in EVENT_KINDS_SHOWN}
-                for (cat, sym, depth), kinds in sorted(counts.items())
+                for (cat, sym, depth), kinds in sorted(
+                    counts.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] or 0)
+                )
+                if any(kinds.get(kind) for kind in EVENT_KINDS_SHOWN)
             ]
         )
         if not found.empty:

@@ -1,0 +1,167 @@
+"""Every page rendered headless by Streamlit's AppTest against a real
+PostgreSQL: with data recorded from the simulator, with an empty database, and
+with the database down (a banner, never a stack trace)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from depthwatch.sim import SimConfig, SimulatorThread
+
+from .e2e import collect_until_caught_up
+from .test_e2e import config_for
+
+ROOT = Path(__file__).resolve().parents[1]
+SYMBOLS = ("BTCUSDT", "ETHUSDT")
+DOWN_URL = "postgresql://watcher:s3cret@127.0.0.1:9/nowhere"
+
+
+def page(name: str) -> AppTest:
+    return AppTest.from_string(f"from depthwatch.app import {name}\n{name}.render()")
+
+
+@pytest.fixture
+def use_database(monkeypatch) -> Iterator[object]:
+    """Point the dashboard at a URL; its caches are process-wide, so clear them."""
+
+    def use(url: str) -> None:
+        monkeypatch.setenv("DATABASE_URL", url)
+        monkeypatch.delenv("DASHBOARD_DATABASE_URL", raising=False)
+        st.cache_data.clear()
+        st.cache_resource.clear()
+
+    yield use
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+@pytest.fixture(scope="module")
+def recorded_url(server_url: str) -> Iterator[str]:
+    """A database holding a few seconds of two simulated streams, with gaps."""
+    name = f"dw_app_{os.getpid()}"
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    sim = SimulatorThread(
+        SimConfig(symbols=SYMBOLS, rate=200, deltas=800, seed=5, trades_rate=20, drop_every=300)
+    ).start()
+    try:
+        config = config_for(sim, url, trades=True, heartbeat_interval_s=0.5)
+        collect_until_caught_up(sim, config)
+    finally:
+        sim.stop()
+    yield url
+    st.cache_resource.clear()  # the dashboard's pool holds connections to it
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    parts += (
+        [e.value for e in at.error] + [i.value for i in at.info] + [w.value for w in at.warning]
+    )
+    return "\n".join(str(p) for p in parts)
+
+
+def test_overview_lists_every_stream(recorded_url, use_database):
+    use_database(recorded_url)
+    at = page("overview").run(timeout=30)
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert sorted(table["symbol"]) == sorted(SYMBOLS)
+    assert all("SIMULATED" in status for status in table["status"])
+    assert (table["gaps 24h"] > 0).all()  # the simulator dropped deltas
+    assert all(len(mids) > 0 for mids in table["mid"])
+    assert all(link.startswith("./live?") for link in table["open"])
+
+
+def test_live_page_draws_the_stream_in_the_url(recorded_url, use_database):
+    use_database(recorded_url)
+    at = page("live")
+    at.query_params["symbol"] = "ETHUSDT"
+    at.query_params["window"] = "5"
+    at.run(timeout=30)
+    assert not at.exception
+    assert at.selectbox(key="stream").value.symbol == "ETHUSDT"
+    assert len(at.get("plotly_chart")) == 6
+    engine = sa.create_engine(recorded_url)
+    with engine.connect() as conn:
+        best_bid = conn.execute(
+            sa.text(
+                """SELECT q.bid_price::float8 FROM quotes q
+                   JOIN instruments i ON i.id = q.instrument_id
+                   WHERE i.symbol = 'ETHUSDT' ORDER BY q.ts_us DESC, q.u DESC LIMIT 1"""
+            )
+        ).scalar_one()
+    engine.dispose()
+    metrics = {m.label: m.value for m in at.metric}
+    assert float(metrics["Best bid"].replace(",", "")) == best_bid
+    shown = texts(at)
+    assert "SIMULATED" in shown
+    assert ("LIVE]" in shown) != ("STALE since" in shown)  # exactly one state badge
+    assert "Latency" in shown
+    assert at.query_params["window"] == ["5"] or at.query_params["window"] == "5"
+
+
+def test_health_page_lists_the_collector_and_the_tables(recorded_url, use_database):
+    use_database(recorded_url)
+    at = page("health").run(timeout=30)
+    assert not at.exception
+    collectors, events, sizes = (d.value for d in at.dataframe)
+    assert len(collectors) == 1 and collectors["data"].tolist() == ["SIMULATED"]
+    assert (events["gap"] > 0).all()
+    assert {"book_events", "quotes", "collector_heartbeats"} <= set(sizes["table"])
+    labels = {m.label: m.value for m in at.metric}
+    assert labels["Retention in force"] == "keep everything"
+    assert labels["Oldest data"].endswith("UTC")
+
+
+@pytest.mark.parametrize("name", ["overview", "live", "health"])
+def test_pages_explain_an_empty_database(name, database_url, use_database):
+    use_database(database_url)  # a new database: no schema, nothing recorded
+    at = page(name).run(timeout=30)
+    assert not at.exception
+    assert "Nothing has been recorded yet" in texts(at)
+    assert "depthwatch up" in texts(at)
+
+
+@pytest.mark.parametrize("name", ["overview", "live", "health"])
+def test_pages_survive_a_dead_database(name, use_database):
+    use_database(DOWN_URL)
+    at = page(name).run(timeout=30)
+    assert not at.exception
+    banner = " ".join(e.value for e in at.error)
+    assert "Database unreachable" in banner and "Retrying" in banner
+    assert "s3cret" not in texts(at)
+
+
+def test_entry_script_opens_the_overview(recorded_url, use_database):
+    use_database(recorded_url)
+    at = AppTest.from_file(str(ROOT / "streamlit" / "app.py")).run(timeout=30)
+    assert not at.exception
+    assert at.title[0].value == "Recorded streams"
+
+
+def test_stale_when_the_collector_misses_heartbeats_or_the_feed_falls_silent():
+    from depthwatch.app.data import stale_since
+    from depthwatch.storage.dashboard_queries import HeartbeatView, LastQuote
+
+    now = 1_000_000_000_000
+    beat = HeartbeatView("h:1", now - 1_000_000, 2.0, False, True)
+    fresh = LastQuote(now - 200_000, now - 100_000, 1.0, 2.0, 1.0, 1.0)
+    assert stale_since(beat, fresh, now) is None
+    silent = HeartbeatView("h:1", now - 7_000_000, 2.0, False, True)  # 3 beats missed
+    assert stale_since(silent, fresh, now) == now - 7_000_000
+    quiet = LastQuote(now - 40_000_000, now - 40_000_000, 1.0, 2.0, 1.0, 1.0)
+    assert stale_since(beat, quiet, now) == now - 40_000_000  # the feed went quiet
+    assert stale_since(None, fresh, now) == fresh.local_us  # no collector ever reported
