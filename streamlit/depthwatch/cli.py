@@ -96,6 +96,31 @@ def build_parser() -> argparse.ArgumentParser:
     from depthwatch.sim.server import add_sim_arguments
 
     add_sim_arguments(sim)
+
+    from depthwatch.supervisor import add_dashboard_arguments, add_up_arguments
+
+    up = sub.add_parser(
+        "up",
+        help="run the collector and the live dashboard (optionally on a local simulator)",
+        description="Run everything as supervised child processes: the collector (every "
+        "collector flag below passes through to it), the Streamlit dashboard, and with "
+        "--source sim a local Bybit simulator the collector records instead of Bybit "
+        "(marked as simulated). The database is resolved first: --database-url / "
+        "DATABASE_URL, else an embedded PostgreSQL in --data-dir that lives as long as "
+        "this command. Ctrl-C or SIGTERM stops the dashboard and the collector (which "
+        "writes every row it received), then the simulator, and exits 0; if a child dies, "
+        "the others are stopped and it exits 1.",
+    )
+    add_up_arguments(up)
+
+    dashboard = sub.add_parser(
+        "dashboard",
+        help="run only the live dashboard (Streamlit) over a recorded database",
+        description="Serve the Streamlit dashboard over the database a collector writes: "
+        "--database-url (env DASHBOARD_DATABASE_URL or DATABASE_URL), else the embedded "
+        "PostgreSQL in --data-dir. Stops cleanly on Ctrl-C or SIGTERM and exits 0.",
+    )
+    add_dashboard_arguments(dashboard)
     return parser
 
 
@@ -136,6 +161,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from depthwatch.sim.server import run_sim
 
         return run_sim(args)
+    if args.command == "up":
+        from depthwatch.supervisor import run_up
+
+        return run_up(args)
+    if args.command == "dashboard":
+        from depthwatch.supervisor import run_dashboard
+
+        return run_dashboard(args)
     raise AssertionError(args.command)
 
 

@@ -1,0 +1,632 @@
+"""`depthwatch up` and `depthwatch dashboard`: run the collector, the dashboard
+and (optionally) the simulator as supervised child processes.
+
+Why child processes rather than threads: each piece already is a command with
+its own signal handling and event loop (the collector flushes on SIGTERM,
+Streamlit owns its server), so the supervisor only has to start them, relay
+their output, notice when one dies, and stop them in order.
+
+Each child runs in its own process group, so a Ctrl-C in the terminal reaches
+the supervisor alone: it then sends exactly one SIGTERM to each child, in the
+order that loses nothing (dashboard and collector first, the collector
+flushing every row it received, the simulator last). A second signal would
+otherwise hit the collector while it flushes, after its handler is gone. On
+Linux each child also gets PR_SET_PDEATHSIG, so it is told to stop even if the
+supervisor itself is killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+import depthwatch
+from depthwatch.config import (
+    CollectorConfig,
+    ConfigError,
+    add_collector_arguments,
+    collector_config_from_args,
+    default_data_dir,
+)
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("bybit", "sim")
+DEFAULT_DASHBOARD_PORT = 8501
+DEFAULT_DASHBOARD_ADDRESS = "localhost"
+DEFAULT_SIM_RATE = 50.0
+SIM_HOST = "127.0.0.1"
+HEALTH_PATH = "/_stcore/health"
+
+POLL_INTERVAL_S = 0.2
+STOP_TIMEOUT_S = 30.0  # the collector may need this long to flush a full queue
+SIM_START_TIMEOUT_S = 30.0
+DASHBOARD_SLOW_START_S = 60.0
+HEALTH_TIMEOUT_S = 1.0
+RELAY_JOIN_TIMEOUT_S = 2.0
+TAIL_LINES = 10
+
+# Stop stages: consumers (dashboard, collector) before the producer (simulator).
+STAGE_CONSUMER = 0
+STAGE_PRODUCER = 1
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
+
+# -- command-line arguments ----------------------------------------------------
+
+
+def _port(text: str, allow_zero: bool = False) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not (0 if allow_zero else 1) <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range")
+    return port
+
+
+def _port_or_zero(text: str) -> int:
+    return _port(text, allow_zero=True)
+
+
+def _add_dashboard_listen_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+) -> None:
+    parser.add_argument(
+        "--port",
+        type=_port,
+        default=DEFAULT_DASHBOARD_PORT,
+        help=f"dashboard HTTP port (default {DEFAULT_DASHBOARD_PORT})",
+    )
+    parser.add_argument(
+        "--address",
+        default=DEFAULT_DASHBOARD_ADDRESS,
+        help="interface the dashboard listens on; 0.0.0.0 serves other machines too "
+        f"(default {DEFAULT_DASHBOARD_ADDRESS})",
+    )
+
+
+def add_up_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every collector flag (passed through to the collector) plus up's own,
+    grouped apart in --help."""
+    add_collector_arguments(parser)
+    own = parser.add_argument_group(
+        "up's own options", "every option above is the collector's and passes through to it"
+    )
+    own.add_argument(
+        "--source",
+        choices=SOURCES,
+        default="bybit",
+        help="bybit: record Bybit's live streams; sim: start a local simulator and record "
+        "it instead, marked as simulated (default bybit)",
+    )
+    _add_dashboard_listen_arguments(own)
+    own.add_argument(
+        "--sim-port",
+        type=_port_or_zero,
+        default=0,
+        help="simulator TCP port with --source sim; 0 picks a free one (default 0)",
+    )
+    own.add_argument(
+        "--sim-rate",
+        type=float,
+        default=DEFAULT_SIM_RATE,
+        help=f"simulator book steps per second per symbol (default {DEFAULT_SIM_RATE:g})",
+    )
+
+
+def add_dashboard_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_dashboard_listen_arguments(parser)
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("DASHBOARD_DATABASE_URL") or os.environ.get("DATABASE_URL") or None,
+        help="PostgreSQL URL to read (env DASHBOARD_DATABASE_URL, else DATABASE_URL); "
+        "unset: the embedded PostgreSQL with its data in --data-dir",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default_data_dir(),
+        help="directory of the embedded PostgreSQL's data, as given to the collector "
+        "(env DEPTHWATCH_DATA_DIR, default .depthwatch)",
+    )
+
+
+def passthrough_flags(args: argparse.Namespace, skip: frozenset[str]) -> list[str]:
+    """Rebuild command-line flags from every collector argument in `args`, so a
+    flag added to the collector later reaches the child without editing `up`.
+    Values are joined with `=` so one starting with '-' stays a value."""
+    probe = argparse.ArgumentParser(add_help=False)
+    add_collector_arguments(probe)
+    flags: list[str] = []
+    for action in probe._actions:  # argparse has no public list of its actions
+        if not action.option_strings or action.dest in skip:
+            continue
+        flag = action.option_strings[-1]
+        value = getattr(args, action.dest)
+        if action.nargs == 0:  # store_true, store_false, store_const
+            if value == action.const:
+                flags.append(flag)
+        elif isinstance(value, list):
+            flags += [f"{flag}={item}" for item in value]
+        elif value is not None:
+            flags.append(f"{flag}={value}")
+    return flags
+
+
+# -- children ------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    """One supervised process. Its merged stdout/stderr is relayed, line by
+    line and prefixed with its name, to our stderr; the last lines are kept to
+    explain an unexpected exit."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    stage: int = STAGE_CONSUMER
+    # Sent by Linux if we die first. SIGTERM lets the collector flush.
+    death_signal: signal.Signals = signal.SIGTERM
+    process: subprocess.Popen[bytes] | None = None
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
+    relay: threading.Thread | None = None
+    reported: bool = False  # its exit was logged already
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def label(self) -> str:
+        return f"{self.name} (pid {self.pid})"
+
+
+def child_env(**overrides: str | None) -> dict[str, str]:
+    """Our environment with overrides (None removes a variable); unbuffered so
+    the children's lines reach the relay as they are written."""
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    for name, value in overrides.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
+
+
+def depthwatch_argv(log_level: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "depthwatch.cli", "--log-level", log_level, *args]
+
+
+def app_path() -> Path:
+    """The dashboard's entry script, streamlit/app.py next to the package."""
+    path = Path(depthwatch.__file__).resolve().parent.parent / "app.py"
+    if not path.is_file():
+        raise ConfigError(
+            f"the dashboard script {path} is missing: run depthwatch from a clone of the "
+            "repository installed with `pip install -e .`"
+        )
+    return path
+
+
+def dashboard_child(app: Path, port: int, address: str, env: dict[str, str]) -> Child:
+    argv = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app),
+        "--server.port",
+        str(port),
+        "--server.address",
+        address,
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+    # Streamlit's SIGTERM handler prints to the pipe that died with us, fails and
+    # leaves the server running; it has nothing to save, so it gets SIGKILL.
+    return Child("dashboard", argv, env, death_signal=signal.SIGKILL)
+
+
+def dashboard_env_for_url(url: str) -> dict[str, str]:
+    # The app prefers DASHBOARD_DATABASE_URL; drop it so it reads the URL we resolved.
+    return child_env(DATABASE_URL=url, DASHBOARD_DATABASE_URL=None)
+
+
+def sim_ws_url(port: int, category: str) -> str:
+    return f"ws://{SIM_HOST}:{port}/v5/public/{category}"
+
+
+# -- sockets and HTTP ----------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((SIM_HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def ensure_port_free(address: str, port: int, flag: str) -> None:
+    """Fail before starting anything, with a clear line, rather than letting a
+    child die on a busy port after the database and the others started."""
+    try:
+        infos = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot resolve the address {address!r}: {exc.strerror}") from None
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(sockaddr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:  # others: an unusable family, skip it
+                    raise ConfigError(
+                        f"port {port} on {address} is already in use; choose another with {flag}"
+                    ) from None
+
+
+def accepts_tcp(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=HEALTH_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def probe_host(address: str) -> str:
+    """Where to reach a server listening on `address` from this machine."""
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(address, address)
+    return f"[{host}]" if ":" in host else host
+
+
+def url_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+@cache
+def _direct_opener() -> Any:
+    """An opener that ignores http_proxy: the dashboard is local. Imported
+    late because every depthwatch command builds this module's parsers."""
+    import urllib.request
+
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def health_ok(url: str) -> bool:
+    import http.client
+
+    try:
+        with _direct_opener().open(url, timeout=HEALTH_TIMEOUT_S) as response:
+            return bool(response.status == 200)
+    except (OSError, http.client.HTTPException):  # URLError is an OSError
+        return False
+
+
+# -- the supervisor ------------------------------------------------------------
+
+
+def _die_with_parent(death_signal: signal.Signals) -> Callable[[], None] | None:
+    """A preexec function asking Linux to signal the child when we die, so no
+    child outlives a supervisor killed with SIGKILL. The libc function is looked
+    up here, before the fork, so the child runs as little Python as possible."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
+        if os.getppid() != parent:  # we died before the request took effect
+            os._exit(1)
+
+    return preexec
+
+
+def describe_status(returncode: int) -> str:
+    if returncode < 0:
+        return f"killed by {signal.Signals(-returncode).name}"
+    return f"exit status {returncode}"
+
+
+class Supervisor:
+    """Starts children, watches them, and stops them in stages."""
+
+    def __init__(self) -> None:
+        self.children: list[Child] = []
+        self.stop_signal: signal.Signals | None = None
+        self._output_lock = threading.Lock()
+        self._previous: dict[signal.Signals, SignalHandler] = {}
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.stop_signal is not None
+
+    @contextlib.contextmanager
+    def handling_signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM/SIGHUP only record themselves for the loops to see:
+        the handler runs between two bytecodes of whatever we were doing (even
+        a write to stderr), so it neither stops nor logs anything itself."""
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._on_signal)
+        try:
+            yield
+        finally:
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.stop_signal is None:  # a second Ctrl-C must not cut the flush short
+            self.stop_signal = signal.Signals(signum)
+
+    def start(self, child: Child) -> Child:
+        child.process = subprocess.Popen(
+            child.argv,
+            env=child.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            process_group=0,
+            preexec_fn=_die_with_parent(child.death_signal),
+        )
+        self.children.append(child)
+        child.relay = threading.Thread(
+            target=self._relay, args=(child,), name=f"relay-{child.name}", daemon=True
+        )
+        child.relay.start()
+        log.info("started %s", child.label())
+        log.debug("%s command: %s", child.name, shlex.join(child.argv))
+        return child
+
+    def _relay(self, child: Child) -> None:
+        assert child.process is not None and child.process.stdout is not None
+        stream: IO[bytes] = child.process.stdout
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip()
+            if not line:  # Streamlit frames its banner with blank lines
+                continue
+            child.tail.append(line)
+            # Keep draining even when our stderr is gone, or the child would block.
+            with self._output_lock, contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(f"{child.name:>9} | {line}\n")
+                sys.stderr.flush()
+        stream.close()
+
+    def dead_child(self) -> Child | None:
+        for child in self.children:
+            if child.process is not None and child.process.poll() is not None:
+                return child
+        return None
+
+    def report_unexpected_exit(self, child: Child) -> None:
+        assert child.process is not None and child.process.returncode is not None
+        if child.relay is not None:
+            child.relay.join(RELAY_JOIN_TIMEOUT_S)  # its last lines
+        tail = "".join(f"\n    {line}" for line in child.tail)
+        child.reported = True
+        log.error(
+            "%s exited unexpectedly (%s); stopping the others.%s",
+            child.label(),
+            describe_status(child.process.returncode),
+            f" Its last lines:{tail}" if tail else "",
+        )
+
+    def wait_until(self, ready: Callable[[], bool], timeout_s: float, what: str) -> int | None:
+        """Poll `ready` until it holds (None: carry on), or return the exit code
+        when a signal, a dead child or the timeout says to give up."""
+        deadline = time.monotonic() + timeout_s
+        while (code := self._check()) is None:
+            if ready():
+                return None
+            if time.monotonic() > deadline:
+                log.error("gave up waiting for %s after %.0f s", what, timeout_s)
+                return 1
+            time.sleep(POLL_INTERVAL_S)
+        return code
+
+    def _check(self) -> int | None:
+        """0 once a stop was requested, 1 after reporting a dead child, else None.
+        The signal is checked after the children: a child that exited because
+        the same signal reached it too (systemd stopping the whole unit) is
+        part of the stop, not a crash."""
+        dead = self.dead_child()
+        if self.stop_requested:
+            return 0
+        if dead is not None:
+            self.report_unexpected_exit(dead)
+            return 1
+        return None
+
+    def watch(self, health_url: str | None, public_url: str) -> int:
+        """Run until a signal (0) or a child's death (1); meanwhile announce the
+        dashboard once its health endpoint answers."""
+        announced = health_url is None
+        slow_warned = False
+        started = time.monotonic()
+        while (code := self._check()) is None:
+            if not announced and health_url is not None:
+                if health_ok(health_url):
+                    log.info("dashboard: %s", public_url)
+                    announced = True
+                elif not slow_warned and time.monotonic() - started > DASHBOARD_SLOW_START_S:
+                    log.warning("the dashboard is not answering at %s yet", health_url)
+                    slow_warned = True
+            time.sleep(POLL_INTERVAL_S)
+        return code
+
+    def stop_all(self) -> bool:
+        """SIGTERM every running child, consumers before producers, waiting for
+        each stage; SIGKILL what outlives STOP_TIMEOUT_S. True when every child
+        not reported already stopped cleanly."""
+        if self.stop_signal is not None:
+            log.info("%s received: stopping", self.stop_signal.name)
+        clean = True
+        for stage in sorted({child.stage for child in self.children}):
+            group = [c for c in self.children if c.stage == stage and not c.reported]
+            for child in group:
+                if child.process is not None and child.process.poll() is None:
+                    log.info("stopping %s", child.label())
+                    with contextlib.suppress(ProcessLookupError):
+                        child.process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            for child in group:
+                clean &= self._reap(child, deadline)
+        for child in self.children:
+            if child.relay is not None:
+                child.relay.join(RELAY_JOIN_TIMEOUT_S)
+        return clean
+
+    def _reap(self, child: Child, deadline: float) -> bool:
+        assert child.process is not None
+        child.reported = True
+        try:
+            code = child.process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.error(
+                "%s still running %.0f s after SIGTERM; killing it%s",
+                child.label(),
+                STOP_TIMEOUT_S,
+                " (rows it had not written are lost)" if child.name == "collector" else "",
+            )
+            child.process.kill()
+            child.process.wait()
+            return False
+        # Death by SIGTERM itself: it had not installed its handler yet, nothing to lose.
+        if code in (0, -signal.SIGTERM):
+            log.info("%s stopped", child.label())
+            return True
+        log.error("%s stopped with %s", child.label(), describe_status(code))
+        return False
+
+
+# -- the commands --------------------------------------------------------------
+
+
+def supervise(body: Callable[[Supervisor], int]) -> int:
+    """Run `body` (which starts children and watches them) with our signal
+    handling; whatever ends it, a signal, a dead child or a bug, every child is
+    stopped before we return."""
+    supervisor = Supervisor()
+    with supervisor.handling_signals():
+        code = 0
+        try:
+            code = body(supervisor)
+        finally:
+            clean = supervisor.stop_all()
+    return code if clean else max(code, 1)
+
+
+def run_up(args: argparse.Namespace) -> int:
+    """`depthwatch up`: database, then simulator, collector and dashboard."""
+    config = collector_config_from_args(args)  # bad settings: exit 2 before starting anything
+    app = app_path()
+    ensure_port_free(args.address, args.port, "--port")
+    if args.source == "sim" and args.sim_port:
+        ensure_port_free(SIM_HOST, args.sim_port, "--sim-port")
+    if args.source == "sim" and args.sim_rate <= 0:
+        raise ConfigError("--sim-rate must be positive")
+    return supervise(lambda supervisor: _up(supervisor, args, config, app))
+
+
+def _up(
+    supervisor: Supervisor, args: argparse.Namespace, config: CollectorConfig, app: Path
+) -> int:
+    from depthwatch.storage.db import resolve_database_url
+
+    # Resolved here, once: an embedded server we start lives until we exit,
+    # and the children only connect to it.
+    url = resolve_database_url(args.database_url, args.data_dir)
+    if supervisor.stop_requested:
+        return 0
+    skip = frozenset({"database_url"})  # given through the environment: not in `ps`
+    extra: list[str] = []
+    if args.source == "sim":
+        port = args.sim_port or free_port()
+        sim = Child(
+            "simulator",
+            depthwatch_argv(
+                args.log_level,
+                "sim",
+                f"--host={SIM_HOST}",
+                f"--port={port}",
+                f"--symbols={','.join(config.symbols)}",
+                f"--rate={args.sim_rate:g}",
+            ),
+            child_env(),
+            stage=STAGE_PRODUCER,
+        )
+        supervisor.start(sim)
+        failed = supervisor.wait_until(
+            lambda: accepts_tcp(SIM_HOST, port),
+            SIM_START_TIMEOUT_S,
+            "the simulator to accept connections",
+        )
+        if failed is not None:
+            return failed
+        if args.ws_url:
+            log.warning("--source sim: ignoring --ws-url %s", args.ws_url)
+        skip |= {"ws_url"}
+        extra = [f"--ws-url={sim_ws_url(port, config.category)}", "--simulated"]
+    collector_argv = depthwatch_argv(args.log_level, "collect", *passthrough_flags(args, skip))
+    collector_argv += [flag for flag in extra if flag not in collector_argv]
+    supervisor.start(Child("collector", collector_argv, child_env(DATABASE_URL=url)))
+    return _serve_dashboard(supervisor, app, args.address, args.port, dashboard_env_for_url(url))
+
+
+def _serve_dashboard(
+    supervisor: Supervisor, app: Path, address: str, port: int, env: dict[str, str]
+) -> int:
+    supervisor.start(dashboard_child(app, port, address, env))
+    health = f"http://{probe_host(address)}:{port}{HEALTH_PATH}"
+    return supervisor.watch(health, f"http://{url_host(address)}:{port}")
+
+
+def run_dashboard(args: argparse.Namespace) -> int:
+    """`depthwatch dashboard`: only the dashboard; the app finds the database
+    itself (the URL we pass, or the embedded server in DEPTHWATCH_DATA_DIR)."""
+    app = app_path()
+    ensure_port_free(args.address, args.port, "--port")
+    if args.database_url:
+        from depthwatch.storage.db import normalise_url
+
+        env = dashboard_env_for_url(normalise_url(args.database_url))
+    else:
+        env = child_env(
+            DEPTHWATCH_DATA_DIR=str(Path(args.data_dir).expanduser().resolve()),
+            DATABASE_URL=None,
+            DASHBOARD_DATABASE_URL=None,
+        )
+    return supervise(
+        lambda supervisor: _serve_dashboard(supervisor, app, args.address, args.port, env)
+    )
