@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-import pytest
 
 from depthwatch.app import figures as F
 from depthwatch.storage.dashboard_queries import (
@@ -280,8 +279,12 @@ def test_heatmap_figure_clips_the_colour_scale_at_the_percentile():
     )
     heat = fig.data[0]
     assert heat.type == "heatmap"
-    assert heat.zmin == 0.0
-    assert heat.zmax == pytest.approx(2.5)  # median of 1, 2, 3, 10
+    assert (heat.zmin, heat.zmax) == (0, F.HEATMAP_LEVELS)
+    # Clip level: the median of 1, 2, 3, 10 = 2.5; sizes become bytes 1..255 below it.
+    assert heat.colorbar.ticktext[-1] == "≥2.5"
+    expected = [1 + round(v / 2.5 * 254) for v in (1.0, 2.0)] + [255, 255]
+    assert np.asarray(heat.z).tolist() == [expected]
+    assert heat.colorbar.tickvals[-1] == 255
     assert "p50" in heat.colorbar.title.text and "max size per cell" in heat.colorbar.title.text
     # centred cells: column j covers [T0 + j s, T0 + (j + 1) s)
     assert heat.x0 == T0 + 500.0 and heat.dx == SEC
@@ -289,7 +292,8 @@ def test_heatmap_figure_clips_the_colour_scale_at_the_percentile():
     default = F.heatmap_figure(
         heatmap_cells(list(np.arange(1.0, 101.0))), grid, EMPTY_TOP, EMPTY_TRADES, [], WINDOW, "u"
     )
-    assert default.data[0].zmax == pytest.approx(99.01)  # p99 of 1..100, linear interpolation
+    # p99 of 1..100, linear interpolation
+    assert default.data[0].colorbar.ticktext[-1] == f"≥{99.01:.3g}"
     assert "p99" in default.data[0].colorbar.title.text
 
 
@@ -562,13 +566,14 @@ def realistic_figures() -> dict[str, go.Figure]:
     }
 
 
-# Bytes of fig.to_json(). The heatmap is dominated by its float32 z (600 x 80 x 4
-# bytes, base64: 256 KB); the price chart by five 600-point f8 (x, y) pairs.
+# Bytes of fig.to_json(). The heatmap is dominated by its one-byte z (600 x 80,
+# base64: 64 KB) and the touch lines over it; the price chart by five 600-point
+# f8 (x, y) pairs.
 JSON_BUDGET = {
     "depth": 8_000,
     "price": 90_000,
     "spread": 30_000,
-    "heatmap": 400_000,
+    "heatmap": 130_000,
     "imbalance": 45_000,
     "events": 8_000,
 }
@@ -579,3 +584,10 @@ def test_realistic_window_figures_stay_within_their_json_budget():
     print("figure JSON bytes:", sizes)
     over = {name: size for name, size in sizes.items() if size > JSON_BUDGET[name]}
     assert not over, f"over budget: {over} (budget {JSON_BUDGET})"
+
+
+def test_heatmap_levels_keep_empty_cells_apart_from_small_ones():
+    z = np.array([[np.nan, 0.0, 1.0, 4.0, 9.0]], dtype=np.float32)
+    levels = F.heatmap_levels(z, zmax=4.0)
+    assert levels.dtype == np.uint8
+    assert levels.tolist() == [[0, 1, 1 + round(254 / 4), 255, 255]]

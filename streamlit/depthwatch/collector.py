@@ -329,7 +329,11 @@ def run_collector(config: CollectorConfig) -> int:
     try:
         status = asyncio.run(_run_until_signal(collector))
     finally:
-        # Whatever ended the loop (a signal, or a bug), write what was received.
+        # Whatever ended the loop (a signal, or a bug), write what was received;
+        # a second SIGTERM/SIGINT (a supervisor and a service manager both
+        # signalling) must not kill the process halfway through that write.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
         flushed = writer.stop(timeout_s=15.0)
         log_summary(collector, flushed)
     engine.dispose()

@@ -248,6 +248,11 @@ def dashboard_child(app: Path, port: int, address: str, env: dict[str, str]) -> 
         "true",
         "--browser.gatherUsageStats",
         "false",
+        # The same as .streamlit/config.toml, for runs started outside the repository.
+        "--server.fileWatcherType",
+        "none",
+        "--client.toolbarMode",
+        "viewer",
     ]
     # Streamlit's SIGTERM handler prints to the pipe that died with us, fails and
     # leaves the server running; it has nothing to save, so it gets SIGKILL.
@@ -255,7 +260,7 @@ def dashboard_child(app: Path, port: int, address: str, env: dict[str, str]) -> 
 
 
 def dashboard_env_for_url(url: str) -> dict[str, str]:
-    # The app prefers DASHBOARD_DATABASE_URL; drop it so it reads the URL we resolved.
+    # The app prefers DASHBOARD_DATABASE_URL; we resolved it already, so pass one URL.
     return child_env(DATABASE_URL=url, DASHBOARD_DATABASE_URL=None)
 
 
@@ -601,7 +606,11 @@ def _up(
     collector_argv = depthwatch_argv(args.log_level, "collect", *passthrough_flags(args, skip))
     collector_argv += [flag for flag in extra if flag not in collector_argv]
     supervisor.start(Child("collector", collector_argv, child_env(DATABASE_URL=url)))
-    return _serve_dashboard(supervisor, app, args.address, args.port, dashboard_env_for_url(url))
+    # A read-only role for the dashboard (DASHBOARD_DATABASE_URL) wins over the writer's URL.
+    dashboard_url = os.environ.get("DASHBOARD_DATABASE_URL", "").strip() or url
+    return _serve_dashboard(
+        supervisor, app, args.address, args.port, dashboard_env_for_url(dashboard_url)
+    )
 
 
 def _serve_dashboard(

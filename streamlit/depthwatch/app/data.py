@@ -6,6 +6,11 @@ read-only transaction (so the charts agree with each other), and the result is
 cached for about a second under (stream, window, levels): ten viewers of the
 same view cost about one query set a second. "Now" is taken inside the cached
 function, never passed in, or every viewer would have its own cache key.
+
+The cache is `st.cache_resource`, not `st.cache_data`: every viewer gets the
+same immutable view object instead of an unpickled copy (no per-viewer copying
+each second, and no pickling of classes that Streamlit's file watcher may have
+reloaded). Nothing downstream mutates a view.
 """
 
 from __future__ import annotations
@@ -102,7 +107,7 @@ class StreamSummary:
     now_us: int
 
 
-@st.cache_data(ttl=1.0, show_spinner=False, max_entries=16)
+@st.cache_resource(ttl=1.0, show_spinner=False, max_entries=16)
 def overview(window_min: int) -> list[StreamSummary]:
     def work(conn: sa.Connection) -> list[StreamSummary]:
         now = now_us()
@@ -154,7 +159,8 @@ class LiveView:
 
     @property
     def data_age_s(self) -> float | None:
-        return None if self.quote is None else (self.now_us - self.quote.local_us) / 1e6
+        # "now" was read before the query, so a newer row can look a little early.
+        return None if self.quote is None else max(0.0, (self.now_us - self.quote.local_us) / 1e6)
 
     @property
     def stale_since_us(self) -> int | None:
@@ -188,12 +194,12 @@ def find_stream(streams: list[q.StreamRow], category: str, symbol: str, depth: i
     raise LookupError(f"{category} {symbol} depth {depth} is not recorded")
 
 
-@st.cache_data(ttl=1.0, show_spinner=False, max_entries=64)
+@st.cache_resource(ttl=1.0, show_spinner=False, max_entries=64)
 def streams() -> list[q.StreamRow]:
     return _read(q.list_streams)
 
 
-@st.cache_data(ttl=1.0, show_spinner=False, max_entries=64)
+@st.cache_resource(ttl=1.0, show_spinner=False, max_entries=64)
 def live_view(stream: q.StreamRow, window_min: int, levels: int) -> LiveView:
     def work(conn: sa.Connection) -> LiveView:
         now = now_us()
@@ -262,7 +268,7 @@ class HealthReport:
 EVENT_KINDS_SHOWN = ("gap", "resync", "restart", "book_lost", "recovered", "anomaly")
 
 
-@st.cache_data(ttl=5.0, show_spinner=False, max_entries=4)
+@st.cache_resource(ttl=5.0, show_spinner=False, max_entries=4)
 def health() -> HealthReport:
     def work(conn: sa.Connection) -> HealthReport:
         now = now_us()

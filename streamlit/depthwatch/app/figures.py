@@ -71,7 +71,16 @@ GRID_COLOUR = "rgba(128,128,128,0.18)"  # readable on light and dark themes
 NOTE_COLOUR = "#888888"
 ALERT_COLOUR = "#c62828"
 # Light-to-dark blue: stays apart from the green/red book lines and trade marks.
-HEATMAP_COLOURSCALE = [[0.0, "#e3f2fd"], [0.35, "#64b5f6"], [0.7, "#1e88e5"], [1.0, "#0d2b6b"]]
+HEATMAP_COLOURSCALE: tuple[tuple[float, str], ...] = (
+    (0.0, "#e3f2fd"),
+    (0.35, "#64b5f6"),
+    (0.7, "#1e88e5"),
+    (1.0, "#0d2b6b"),
+)
+# The heatmap travels as one byte per cell (a quarter of float32's bytes, sent
+# every second): 0 is an empty cell, 1..255 the size from 0 to the clip level.
+HEATMAP_LEVELS = 255
+HEATMAP_TICKS = 5
 
 HEIGHT_DEPTH = 300
 HEIGHT_PRICE = 280
@@ -533,6 +542,28 @@ def heatmap_zmax(z: np.ndarray, clip_percentile: float) -> float | None:
     return top if top > 0 else 1.0
 
 
+def heatmap_levels(z: np.ndarray, zmax: float) -> np.ndarray:
+    """Sizes as bytes: NaN (no level there) -> 0, size s -> 1 + 254 * min(s, zmax) / zmax."""
+    filled = np.isfinite(z)
+    scaled = np.clip(np.where(filled, z, 0.0) / zmax, 0.0, 1.0)
+    levels = 1 + np.rint(scaled * (HEATMAP_LEVELS - 1))
+    return np.where(filled, levels, 0).astype(np.uint8)
+
+
+def _level_of(size: float, zmax: float) -> float:
+    return 1 + size / zmax * (HEATMAP_LEVELS - 1)
+
+
+def _levels_colourscale() -> list[list[float | str]]:
+    """HEATMAP_COLOURSCALE over levels 1..255, with level 0 transparent: an
+    empty cell shows the background, because missing is not the same as zero."""
+    first = 1 / HEATMAP_LEVELS
+    scale: list[list[float | str]] = [[0.0, "rgba(0,0,0,0)"], [first * 0.999, "rgba(0,0,0,0)"]]
+    for stop, colour in HEATMAP_COLOURSCALE:
+        scale.append([first + stop * (1 - first), colour])
+    return scale
+
+
 def heatmap_figure(
     cells: pd.DataFrame,
     grid: HeatmapGrid,
@@ -559,22 +590,20 @@ def heatmap_figure(
     if zmax is None:
         _note(fig, "no heatmap cells in this window")
     else:
+        sizes = np.linspace(0.0, zmax, HEATMAP_TICKS)
         fig.add_trace(
             go.Heatmap(
-                z=z,
+                z=heatmap_levels(z, zmax),
                 x0=float(times[0]) + grid.time_bucket_ms / 2.0,
                 dx=float(grid.time_bucket_ms),
                 y0=float(prices[0]) + grid.price_step / 2.0,
                 dy=float(grid.price_step),
-                zmin=0.0,
-                zmax=zmax,
-                colorscale=HEATMAP_COLOURSCALE,
+                zmin=0,
+                zmax=HEATMAP_LEVELS,
+                colorscale=_levels_colourscale(),
                 name="resting size",
                 showlegend=False,
-                hovertemplate=(
-                    f"%{{x|%H:%M:%S}} UTC<br>price ≈ %{{y}}<br>{grid.cell_rule} size %{{z}}"
-                    "<extra></extra>"
-                ),
+                hovertemplate="%{x|%H:%M:%S} UTC<br>price ≈ %{y}<extra></extra>",
                 colorbar={
                     "title": {
                         "text": f"{grid.cell_rule} size per cell (clipped at p{clip_percentile:g})",
@@ -584,7 +613,8 @@ def heatmap_figure(
                     "thickness": 10,
                     "x": 1.0,
                     "xpad": 4,
-                    "tickformat": "~s",
+                    "tickvals": [_level_of(v, zmax) for v in sizes],
+                    "ticktext": [f"{v:.3g}" for v in sizes[:-1]] + [f"≥{sizes[-1]:.3g}"],
                 },
             )
         )

@@ -153,8 +153,8 @@ def _header(view: data.LiveView) -> None:
     cols[1].metric("Best bid", price(bid))
     cols[2].metric("Best ask", price(ask))
     cols[3].metric("Mid", price(mid))
-    bps = f" ({spread / mid * 10_000:.2f} bps)" if spread is not None and mid else ""
-    cols[4].metric("Spread", (price(spread) + bps) if spread is not None else "-")
+    bps = f" · {spread / mid * 10_000:.2f} bps" if spread is not None and mid else ""
+    cols[4].metric("Spread", (f"{spread:.8g}" + bps) if spread is not None else "-")
     cols[5].metric("Messages/s", f"{view.messages_per_s:,.0f}")
     cols[6].metric("Data age", age(view.data_age_s))
     st.caption(

@@ -6,9 +6,14 @@ import streamlit as st
 
 from depthwatch.app import health, live, overview
 
+METRIC_FONT = "1.45rem"
+
 
 def main() -> None:
     st.set_page_config(page_title="depthwatch", page_icon=":material/monitoring:", layout="wide")
+    # Prices need eight or more digits in a header of seven metrics: Streamlit's
+    # default metric size truncates them.
+    st.html(f"<style>[data-testid='stMetricValue'] {{font-size: {METRIC_FONT};}}</style>")
     pages = [
         st.Page(overview.render, title="Overview", url_path="overview", default=True),
         st.Page(live.render, title="Live", url_path="live"),

@@ -70,7 +70,9 @@ def summary_frame(summaries: list[data.StreamSummary]) -> pd.DataFrame:
                 "last mid": mid,
                 "spread (bps)": spread_bps,
                 "msgs/s": s.messages_per_s,
-                "data age": age((s.now_us - quote.local_us) / 1e6) if quote else "no data",
+                "data age": age(max(0.0, (s.now_us - quote.local_us) / 1e6))
+                if quote
+                else "no data",
                 "gaps 24h": s.gaps_24h,
                 "resyncs 24h": s.resyncs_24h,
                 "mid": s.mids,
