@@ -146,6 +146,20 @@ def test_gap_invalidates_until_next_snapshot_and_writes_nothing_built_on_it():
     )
     assert book.valid and book.book.sides() == ([["9.0", "1"]], [["9.5", "1"]])
     assert book.apply(update(1_011, [("9.1", "2")])) is Outcome.APPLIED
+    # The snapshot that ended the gap is recorded as the recovery.
+    assert [e.kind for e in sink.events] == [FeedEventKind.GAP, FeedEventKind.RECOVERED]
+
+
+def test_recovered_only_after_a_valid_book_was_lost():
+    sink = Sink()
+    book = StreamBook(STREAM, sink)
+    book.apply(update(5, [("10.0", "1")], [("11.0", "2")], snapshot=True))
+    book.apply(update(9, [("10.0", "2")], [("11.0", "2")], snapshot=True))  # a resend
+    assert sink.events == []  # first subscription and a valid book's new snapshot
+    book.invalidate()  # the connection was lost
+    book.apply(update(20, [("10.0", "3")], [("11.0", "2")], snapshot=True))
+    assert [e.kind for e in sink.events] == [FeedEventKind.RECOVERED]
+    assert sink.events[0].symbol == STREAM.symbol and sink.events[0].depth == STREAM.depth
 
 
 def test_u1_snapshot_is_a_restart_not_a_gap():

@@ -266,3 +266,17 @@ def test_export_of_an_unrecorded_symbol_is_a_clear_error(database_url):
     )
     assert result.returncode == 1
     assert "no linear instrument 'NOPE' has been recorded" in result.stderr
+
+
+def test_simulated_comes_from_the_flag_or_the_environment(monkeypatch):
+    from depthwatch.cli import build_parser
+    from depthwatch.config import collector_config_from_args
+
+    def config(*argv: str):
+        return collector_config_from_args(build_parser().parse_args(["collect", *argv]))
+
+    monkeypatch.delenv("DEPTHWATCH_SIMULATED", raising=False)
+    assert not config().simulated
+    assert config("--simulated").simulated
+    monkeypatch.setenv("DEPTHWATCH_SIMULATED", "1")
+    assert config().simulated

@@ -137,6 +137,9 @@ def test_dropped_deltas_cause_gaps_resyncs_and_a_fresh_snapshot(database_url):
     kinds = feed_event_kinds(run.engine)
     assert kinds.count("gap") == run.collector.stats.gaps
     assert kinds.count("resync") == run.collector.stats.gaps
+    # Every gap ends with the snapshot that recovers the book: the dashboard's
+    # shading runs from one to the other.
+    assert kinds.count("recovered") == run.collector.stats.gaps
     for symbol in SYMBOLS:
         snapshots = [s for s in recorded_sequence(run.engine, StreamKey("linear", symbol, 50))]
         # one snapshot at subscription, then one after every resync of this symbol
@@ -157,6 +160,10 @@ def test_disconnects_reconnect_and_resubscribe(database_url):
     kinds = feed_event_kinds(run.engine)
     assert kinds.count("connect") == connects
     assert kinds.count("disconnect") == connects
+    # Each stream's book is lost with every connection and recovered by the next
+    # subscription's snapshot, except at the final stop.
+    assert kinds.count("book_lost") == kinds.count("recovered") + len(SYMBOLS)
+    assert kinds.count("recovered") >= 2 * len(SYMBOLS)
 
 
 def test_malformed_frames_are_counted_and_lose_nothing(database_url):
@@ -281,3 +288,32 @@ def test_two_overlapping_collectors_record_each_message_once_and_exactly(databas
     finally:
         sim.stop()
         engine.dispose()
+
+
+def test_the_collector_beats_and_says_its_data_is_simulated(database_url):
+    """Heartbeats every interval with the streams and their validity; the
+    simulator's handshake marks the data simulated without any flag."""
+    import sqlalchemy as sa
+
+    sim = SimulatorThread(SimConfig(symbols=SYMBOLS, rate=100, deltas=300, seed=2)).start()
+    try:
+        config = config_for(sim, database_url, heartbeat_interval_s=0.2)
+        assert not config.simulated
+        run = collect_until_caught_up(sim, config)
+    finally:
+        sim.stop()
+    with run.engine.connect() as conn:
+        beats = conn.execute(
+            sa.text(
+                """SELECT simulated, streams, valid_streams, messages, interval_s, endpoint
+                   FROM collector_heartbeats ORDER BY local_us"""
+            )
+        ).all()
+        registered = conn.execute(sa.text("SELECT count(*) FROM streams")).scalar_one()
+    assert len(beats) >= 5  # 300 steps at 100/s: about 3 s of 0.2 s beats
+    assert all(b.streams == [f"linear:{s}@50" for s in SYMBOLS] for b in beats)
+    assert beats[-1].simulated and beats[-1].interval_s == pytest.approx(0.2)
+    assert beats[-1].endpoint == sim.sim.url("linear")
+    assert any(b.valid_streams == b.streams for b in beats)
+    assert [b.messages for b in beats] == sorted(b.messages for b in beats)
+    assert registered == len(SYMBOLS)
