@@ -157,10 +157,12 @@ class LiveView:
     simulated: bool
     latency: q.Latency
 
-    @property
-    def data_age_s(self) -> float | None:
-        # "now" was read before the query, so a newer row can look a little early.
-        return None if self.quote is None else max(0.0, (self.now_us - self.quote.local_us) / 1e6)
+    def data_age_s(self, shown_us: int) -> float | None:
+        """How old the newest top of book is when the page shows it (the view
+        itself may come from the cache, up to a second after it was read)."""
+        if self.quote is None:
+            return None
+        return max(0.0, (shown_us - self.quote.local_us) / 1e6)
 
     @property
     def stale_since_us(self) -> int | None:

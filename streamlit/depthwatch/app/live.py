@@ -95,7 +95,8 @@ def live_panel(stream: StreamRow, window_min: int, levels: int) -> None:
     view = load(lambda: data.live_view(stream, window_min, levels))
     if view is None:
         return
-    _header(view)
+    age_s = view.data_age_s(data.now_us())
+    _header(view, age_s)
     if view.top.empty and view.book is None:
         st.warning(
             f"No data for {_label(stream)} in the last {window_min} min"
@@ -112,7 +113,7 @@ def live_panel(stream: StreamRow, window_min: int, levels: int) -> None:
             mid = view.top["mid"].iloc[-1] if not view.top.empty else None
             st.plotly_chart(figures.depth_figure(view.book, mid), key="depth")
             st.caption(f"Depth: top {levels} levels as of {utc(view.book.ts_us)}.")
-        _latency_strip(view)
+        _latency_strip(view, age_s)
     with right:
         st.plotly_chart(
             figures.heatmap_figure(
@@ -136,7 +137,7 @@ def live_panel(stream: StreamRow, window_min: int, levels: int) -> None:
     st.plotly_chart(figures.events_figure(view.events, view.spans, x_range, key), key="events")
 
 
-def _header(view: data.LiveView) -> None:
+def _header(view: data.LiveView, age_s: float | None) -> None:
     quote = view.quote
     bid, ask = (quote.bid, quote.ask) if quote else (None, None)
     mid = (bid + ask) / 2 if bid is not None and ask is not None else None
@@ -156,18 +157,19 @@ def _header(view: data.LiveView) -> None:
     bps = f" · {spread / mid * 10_000:.2f} bps" if spread is not None and mid else ""
     cols[4].metric("Spread", (f"{spread:.8g}" + bps) if spread is not None else "-")
     cols[5].metric("Messages/s", f"{view.messages_per_s:,.0f}")
-    cols[6].metric("Data age", age(view.data_age_s))
+    cols[6].metric("Data age", age(age_s))
     st.caption(
         f"{_label(view.stream)} · window {utc(view.start_us)} to {utc(view.now_us)} · "
         f"refreshed every {REFRESH_S:g} s · all times UTC"
     )
 
 
-def _latency_strip(view: data.LiveView) -> None:
-    """Exchange match -> push -> received -> committed -> shown, p50 / p99."""
+def _latency_strip(view: data.LiveView, age_s: float | None) -> None:
+    """Exchange match -> push -> received -> committed -> shown, p50 / p99; the
+    last step is this viewer's own, from the data ages of its recent refreshes."""
     shown: deque[float] = st.session_state.setdefault("shown_ms", deque(maxlen=SHOWN_SAMPLES))
-    if view.data_age_s is not None:
-        shown.append(view.data_age_s * 1000)
+    if age_s is not None:
+        shown.append(age_s * 1000)
     ordered = sorted(shown)
     shown_pair = (
         (ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))])
