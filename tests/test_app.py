@@ -165,3 +165,48 @@ def test_stale_when_the_collector_misses_heartbeats_or_the_feed_falls_silent():
     quiet = LastQuote(now - 40_000_000, now - 40_000_000, 1.0, 2.0, 1.0, 1.0)
     assert stale_since(beat, quiet, now) == now - 40_000_000  # the feed went quiet
     assert stale_since(None, fresh, now) == fresh.local_us  # no collector ever reported
+
+
+def test_a_postgres_scheme_url_is_accepted(recorded_url, use_database):
+    """Render hands out postgres:// URLs; the dashboard takes them as they are."""
+    use_database(recorded_url.replace("postgresql+psycopg2://", "postgres://", 1))
+    assert os.environ["DATABASE_URL"].startswith("postgres://")
+    at = page("overview").run(timeout=30)
+    assert not at.exception
+    assert sorted(at.dataframe[0].value["symbol"]) == sorted(SYMBOLS)
+
+
+def test_the_render_web_command_serves_with_only_database_url(recorded_url, tmp_path):
+    """Exactly Render's start command, from the repository root, with nothing but
+    DATABASE_URL (and PATH) in the environment: no `pip install -e`, no
+    PYTHONPATH, so streamlit/app.py must make the package importable itself."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "DATABASE_URL": recorded_url}
+    command = [sys.executable, "-m", "streamlit", "run", "streamlit/app.py"]
+    command += ["--server.port", str(port), "--server.address", "0.0.0.0"]
+    server = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                url = f"http://127.0.0.1:{port}/_stcore/health"
+                with urllib.request.urlopen(url, timeout=2) as answer:
+                    assert answer.status == 200
+                    break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode() if server.stderr else ""
+                assert time.monotonic() < deadline, "the dashboard did not come up in 30 s"
+                time.sleep(0.3)
+    finally:
+        server.terminate()
+        server.wait(10)
