@@ -369,6 +369,7 @@ def test_events_lane_rows_keep_a_fixed_order():
         "gap",
         "resync",
         "restart",
+        "book_lost",
         "recovered",
         "disconnect",
         "connect",
@@ -423,7 +424,9 @@ def test_gap_until_recovered_is_one_span():
 
 
 def test_span_still_open_runs_to_the_window_end():
-    assert spans_of([ev(500, "disconnect")]) == [Span(T0 + 500 * SEC, WINDOW[1], "disconnect")]
+    assert spans_of([ev(500, "book_lost")]) == [Span(T0 + 500 * SEC, WINDOW[1], "book_lost")]
+    # A connection's own disconnect opens nothing: its streams report book_lost.
+    assert spans_of([ev(500, "disconnect", stream=False)]) == []
 
 
 def test_recovered_first_means_the_span_began_before_the_window():
@@ -554,7 +557,7 @@ def realistic_figures() -> dict[str, go.Figure]:
     imb = pd.DataFrame(
         {"t_ms": t, "bid_size": 1.0, "ask_size": 1.0, "imbalance": rng.uniform(-1, 1, n)}
     )
-    events = events_frame([ev(10, "disconnect"), ev(11, "connect"), ev(15, "recovered")])
+    events = events_frame([ev(10, "book_lost"), ev(11, "connect"), ev(15, "recovered")])
     spans = F.coverage_spans(events, t, WINDOW[0], WINDOW[1], SEC)
     return {
         "depth": F.depth_figure(depth_book),

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from depthwatch.records import FeedEventKind
 from depthwatch.storage.dashboard_queries import (
     EVENT_COLUMNS,
     HEATMAP_COLUMNS,
@@ -138,44 +139,48 @@ TEMPLATE = go.layout.Template(
 )
 
 # --- Feed events and coverage --------------------------------------------------
-SPAN_OPENERS = frozenset({"gap", "disconnect", "resync"})
-RECOVERED = "recovered"
+K = FeedEventKind
+# Stream-level events that make the book untrusted until a stream-level RECOVERED.
+SPAN_OPENERS = frozenset({K.GAP, K.BOOK_LOST, K.RESYNC})
+RECOVERED = K.RECOVERED
 CAUSE_BEFORE_WINDOW = "not trusted"  # a span whose opener precedes the window
 CAUSE_COLLECTOR_DOWN = "collector not running"
 HEARTBEAT_HOLE_FACTOR = 3.0
 
 # Fixed so the lane's rows never move between refreshes; unknown kinds go after.
 EVENT_KIND_ORDER: tuple[str, ...] = (
-    "gap",
-    "resync",
-    "restart",
-    "recovered",
-    "disconnect",
-    "connect",
-    "stall",
-    "anomaly",
-    "malformed",
-    "subscribe_failed",
-    "backpressure",
-    "subscribed",
+    K.GAP,
+    K.RESYNC,
+    K.RESTART,
+    K.BOOK_LOST,
+    K.RECOVERED,
+    K.DISCONNECT,
+    K.CONNECT,
+    K.STALL,
+    K.ANOMALY,
+    K.MALFORMED,
+    K.SUBSCRIBE_FAILED,
+    K.BACKPRESSURE,
+    K.SUBSCRIBED,
 )
 _PROBLEM = "#d32f2f"
 _WARNING = "#f57c00"
 _RECOVERY = "#2e7d32"
 _ROUTINE = "#9e9e9e"
 EVENT_COLOURS: dict[str, str] = {
-    "gap": _PROBLEM,
-    "resync": _WARNING,
-    "restart": _WARNING,
-    "recovered": _RECOVERY,
-    "disconnect": _PROBLEM,
-    "connect": _ROUTINE,
-    "stall": _WARNING,
-    "anomaly": _PROBLEM,
-    "malformed": _WARNING,
-    "subscribe_failed": _PROBLEM,
-    "backpressure": _WARNING,
-    "subscribed": _ROUTINE,
+    K.GAP: _PROBLEM,
+    K.RESYNC: _WARNING,
+    K.RESTART: _WARNING,
+    K.BOOK_LOST: _PROBLEM,
+    K.RECOVERED: _RECOVERY,
+    K.DISCONNECT: _PROBLEM,
+    K.CONNECT: _ROUTINE,
+    K.STALL: _WARNING,
+    K.ANOMALY: _PROBLEM,
+    K.MALFORMED: _WARNING,
+    K.SUBSCRIBE_FAILED: _PROBLEM,
+    K.BACKPRESSURE: _WARNING,
+    K.SUBSCRIBED: _ROUTINE,
 }
 OTHER_EVENT_COLOUR = "#616161"
 SYMBOL_STREAM = 0  # filled circle: the event concerns the recorded stream
