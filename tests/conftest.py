@@ -7,6 +7,7 @@ import itertools
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -29,18 +30,26 @@ def server_url() -> Iterator[str]:
         yield start_embedded(Path(tmp))
 
 
-@pytest.fixture
-def database_url(server_url: str) -> Iterator[str]:
-    """A new, empty database for one test; dropped afterwards."""
+@contextmanager
+def new_database(server_url: str) -> Iterator[str]:
+    """A new, empty database on the server; dropped (connections and all) on exit."""
     name = f"dw_test_{os.getpid()}_{next(_counter)}"
     admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    yield url
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        yield sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def database_url(server_url: str) -> Iterator[str]:
+    """A new, empty database for one test; dropped afterwards."""
+    with new_database(server_url) as url:
+        yield url
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from depthwatch.sim import SimConfig, SimulatorThread
 
+from .conftest import new_database
 from .e2e import collect_until_caught_up
 from .test_e2e import config_for
 
@@ -45,24 +46,17 @@ def use_database(monkeypatch) -> Iterator[object]:
 @pytest.fixture(scope="module")
 def recorded_url(server_url: str) -> Iterator[str]:
     """A database holding a few seconds of two simulated streams, with gaps."""
-    name = f"dw_app_{os.getpid()}"
-    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    sim = SimulatorThread(
-        SimConfig(symbols=SYMBOLS, rate=200, deltas=800, seed=5, trades_rate=20, drop_every=300)
-    ).start()
-    try:
-        config = config_for(sim, url, trades=True, heartbeat_interval_s=0.5)
-        collect_until_caught_up(sim, config)
-    finally:
-        sim.stop()
-    yield url
-    st.cache_resource.clear()  # the dashboard's pool holds connections to it
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with new_database(server_url) as url:
+        sim = SimulatorThread(
+            SimConfig(symbols=SYMBOLS, rate=200, deltas=800, seed=5, trades_rate=20, drop_every=300)
+        ).start()
+        try:
+            config = config_for(sim, url, trades=True, heartbeat_interval_s=0.5)
+            collect_until_caught_up(sim, config)
+        finally:
+            sim.stop()
+        yield url
+        st.cache_resource.clear()  # the dashboard's pool holds connections to it
 
 
 def texts(at: AppTest) -> str:
