@@ -92,14 +92,14 @@ def test_live_page_draws_the_stream_in_the_url(recorded_url, use_database):
     with engine.connect() as conn:
         best_bid = conn.execute(
             sa.text(
-                """SELECT q.bid_price::float8 FROM quotes q
+                """SELECT q.bid_price::text FROM quotes q
                    JOIN instruments i ON i.id = q.instrument_id
                    WHERE i.symbol = 'ETHUSDT' ORDER BY q.ts_us DESC, q.u DESC LIMIT 1"""
             )
         ).scalar_one()
     engine.dispose()
     metrics = {m.label: m.value for m in at.metric}
-    assert float(metrics["Best bid"].replace(",", "")) == best_bid
+    assert metrics["Best bid"].replace(",", "") == best_bid  # the exchange's digits
     shown = texts(at)
     assert "SIMULATED" in shown
     assert ("LIVE]" in shown) != ("STALE since" in shown)  # exactly one state badge
@@ -204,3 +204,12 @@ def test_the_render_web_command_serves_with_only_database_url(recorded_url, tmp_
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_prices_keep_the_exchange_digits():
+    from depthwatch.app.common import price
+
+    assert price(60020.0, "60020.0") == "60,020.0"
+    assert price(0.00001234, "0.00001234") == "0.00001234"
+    assert price(1234567.5, "1234567.50") == "1,234,567.50"
+    assert price(None) == "-"

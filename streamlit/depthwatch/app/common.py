@@ -56,5 +56,11 @@ def load(read: Callable[[], T]) -> T | None:
     return None
 
 
-def price(value: float | None) -> str:
+def price(value: float | None, exact: str | None = None) -> str:
+    """A price for people: the exchange's own digits when we have them (60,020.0
+    stays 60,020.0), with thousands separators."""
+    if exact is not None:
+        whole, dot, fraction = exact.partition(".")
+        sign = "-" if whole.startswith("-") else ""
+        return f"{sign}{int(whole.lstrip('-') or 0):,}{dot}{fraction}"
     return "-" if value is None else f"{value:,.8g}"

@@ -20,7 +20,6 @@ stays put (a paused or fixed window).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -115,7 +114,10 @@ MAX_DETAIL_CHARS = 160
 MAX_PRICE_ROWS = 500  # heatmap rows; an outlier price must not allocate millions of cells
 MAX_TIME_COLUMNS = 10_000
 GAP_FACTOR = 2.5  # a step this many typical steps long is a hole, not a slow bucket
-TRADE_MARKER_PX = (4.0, 18.0)
+TRADE_MARKER_PX = (3.0, 9.0)  # small: the heatmap under them is the point
+TRADE_MARKER_OPACITY = 0.7
+# The depth chart sits in a third of the page and has no colour bar or time axis.
+DEPTH_MARGIN = {"l": 56, "r": 16, "t": 34, "b": 40}
 
 TEMPLATE = go.layout.Template(
     layout={
@@ -311,7 +313,7 @@ def depth_figure(
     fig.update_layout(
         template=TEMPLATE,
         height=HEIGHT_DEPTH,
-        margin=MARGIN,
+        margin=DEPTH_MARGIN,
         legend=LEGEND,
         uirevision=uirevision,
         hovermode="closest",
@@ -351,8 +353,6 @@ def depth_figure(
     if bid_p.size and ask_p.size and bid_p[0] >= ask_p[0]:
         crossed = -float(spread_bps(bid_p[:1], ask_p[:1])[0])
         _corner(fig, f"book crossed by {crossed:.2f} bp", ALERT_COLOUR, x=1.0, anchor="right")
-    stamp = datetime.fromtimestamp(book.ts_us / 1e6, tz=UTC).strftime("%H:%M:%S.%f")[:-3]
-    _corner(fig, f"book at {stamp} UTC", NOTE_COLOUR, x=0.0, anchor="left")
     return fig
 
 
@@ -367,12 +367,15 @@ def _mark_mid(fig: go.Figure, mid: float) -> None:
         y1=1.0,
         line={"color": MID_COLOUR, "width": 1, "dash": "dash"},
     )
+    # Inside the plot, right of the line: above it the legend needs the room.
     fig.add_annotation(
         x=mid,
         xref="x",
         yref="y domain",
         y=1.0,
-        yanchor="bottom",
+        yanchor="top",
+        xanchor="left",
+        xshift=3,
         text=f"mid {_fmt_price(mid)}",
         showarrow=False,
         font={"size": 10, "color": MID_COLOUR},
@@ -684,6 +687,7 @@ def _add_trades(fig: go.Figure, trades: pd.DataFrame) -> None:
                     "symbol": symbol,
                     "size": px[mask],
                     "color": colour,
+                    "opacity": TRADE_MARKER_OPACITY,
                     "line": {"color": "white", "width": 0.5},
                 },
                 hovertemplate=(

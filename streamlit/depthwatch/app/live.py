@@ -151,8 +151,8 @@ def _header(view: data.LiveView, age_s: float | None) -> None:
             st.badge(f"STALE since {utc(stale)}", icon=":material/warning:", color="orange")
         if view.simulated:
             st.badge("SIMULATED data", icon=":material/science:", color="violet")
-    cols[1].metric("Best bid", price(bid))
-    cols[2].metric("Best ask", price(ask))
+    cols[1].metric("Best bid", price(bid, quote.bid_text if quote else None))
+    cols[2].metric("Best ask", price(ask, quote.ask_text if quote else None))
     cols[3].metric("Mid", price(mid))
     bps = f" · {spread / mid * 10_000:.2f} bps" if spread is not None and mid else ""
     cols[4].metric("Spread", (f"{spread:.8g}" + bps) if spread is not None else "-")
@@ -177,7 +177,7 @@ def _latency_strip(view: data.LiveView, age_s: float | None) -> None:
         else None
     )
     steps = [
-        ("match → push (cts → ts)", view.latency.match_to_push),
+        ("match → push", view.latency.match_to_push),
         ("push → received", view.latency.push_to_receive),
         ("received → committed", view.latency.receive_to_commit),
         ("received → shown", shown_pair),
@@ -189,6 +189,10 @@ def _latency_strip(view: data.LiveView, age_s: float | None) -> None:
     st.markdown(
         "**Latency** (ms, over the window)\n\n| step | p50 | p99 |\n|---|--:|--:|\n"
         + "\n".join(lines)
+    )
+    st.caption(
+        "match: Bybit's matching engine (cts); push: the message's ts; committed: "
+        "in PostgreSQL (collector heartbeats); shown: on this page, for you."
     )
 
 

@@ -80,6 +80,8 @@ class LastQuote:
     ask: float | None
     bid_size: float | None
     ask_size: float | None
+    bid_text: str | None = None  # the exchange's own digits, for display
+    ask_text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ def last_quote(conn: sa.Connection, iid: int, depth: int, since_us: int) -> Last
     row = conn.execute(
         sa.text(
             """SELECT ts_us, local_us, bid_price::float8, ask_price::float8,
-                      bid_size::float8, ask_size::float8
+                      bid_size::float8, ask_size::float8, bid_price::text, ask_price::text
                FROM quotes
                WHERE instrument_id = :i AND depth = :d AND ts_us >= :s
                ORDER BY ts_us DESC, u DESC LIMIT 1"""
