@@ -105,6 +105,11 @@ def test_live_page_draws_the_stream_in_the_url(recorded_url, use_database):
     assert ("LIVE]" in shown) != ("STALE since" in shown)  # exactly one state badge
     assert "Latency" in shown
     assert at.query_params["window"] == ["5"] or at.query_params["window"] == "5"
+    assert "PAUSED" not in shown
+    at.toggle(key="paused").set_value(True).run(timeout=30)
+    assert not at.exception
+    assert "PAUSED at" in texts(at) and "zoom and hover freely" in texts(at)
+    assert len(at.get("plotly_chart")) == 6
 
 
 def test_health_page_lists_the_collector_and_the_tables(recorded_url, use_database):

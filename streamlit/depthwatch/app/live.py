@@ -30,8 +30,11 @@ def render() -> None:
     if not streams:
         st.info(START_HINT, icon=":material/info:")
         return
-    stream, window_min, levels = _controls(streams)
-    live_panel(stream, window_min, levels)
+    stream, window_min, levels, paused = _controls(streams)
+    # Streamlit 1.67 remounts a plotly chart whose data changed, so a zoom lasts
+    # until the next refresh: pausing stops the refresh and keeps zoom and hover.
+    panel = st.fragment(run_every=None if paused else REFRESH_S)(live_panel)
+    panel(stream, window_min, levels, paused)
     _downloads(stream, window_min)
 
 
@@ -39,8 +42,9 @@ def _label(stream: StreamRow) -> str:
     return f"{stream.symbol} · {stream.category} · depth {stream.depth}"
 
 
-def _controls(streams: list[StreamRow]) -> tuple[StreamRow, int, int]:
-    """Symbol, window and levels, seeded from the URL and written back to it."""
+def _controls(streams: list[StreamRow]) -> tuple[StreamRow, int, int, bool]:
+    """Symbol, window and levels, seeded from the URL and written back to it;
+    pausing belongs to this viewing only, not to the link."""
     params = st.query_params
     wanted = (params.get("category"), params.get("symbol"), params.get("depth"))
     index = next(
@@ -54,7 +58,7 @@ def _controls(streams: list[StreamRow]) -> tuple[StreamRow, int, int]:
     )
     window_default = _int_param("window", data.DEFAULT_WINDOW_MIN, data.WINDOWS_MIN)
     levels_default = _int_param("levels", data.DEFAULT_LEVELS, data.LEVEL_CHOICES)
-    left, middle, right = st.columns([2, 2, 1])
+    left, middle, right, pause = st.columns([2, 2, 1, 0.7], vertical_alignment="bottom")
     stream = left.selectbox("Stream", streams, index=index, format_func=_label, key="stream")
     window_min = (
         middle.segmented_control(
@@ -79,7 +83,8 @@ def _controls(streams: list[StreamRow]) -> tuple[StreamRow, int, int]:
         window=str(window_min),
         levels=str(levels),
     )
-    return stream, int(window_min), int(levels)
+    paused = pause.toggle("Pause", key="paused", help="Stop refreshing to zoom and hover")
+    return stream, int(window_min), int(levels), paused
 
 
 def _int_param(name: str, default: int, allowed: tuple[int, ...]) -> int:
@@ -90,13 +95,13 @@ def _int_param(name: str, default: int, allowed: tuple[int, ...]) -> int:
     return value if value in allowed else default
 
 
-@st.fragment(run_every=REFRESH_S)
-def live_panel(stream: StreamRow, window_min: int, levels: int) -> None:
+def live_panel(stream: StreamRow, window_min: int, levels: int, paused: bool) -> None:
+    """Everything that refreshes: run as a fragment every second unless paused."""
     view = load(lambda: data.live_view(stream, window_min, levels))
     if view is None:
         return
     age_s = view.data_age_s(data.now_us())
-    _header(view, age_s)
+    _header(view, age_s, paused)
     if view.top.empty and view.book is None:
         st.warning(
             f"No data for {_label(stream)} in the last {window_min} min"
@@ -137,7 +142,7 @@ def live_panel(stream: StreamRow, window_min: int, levels: int) -> None:
     st.plotly_chart(figures.events_figure(view.events, view.spans, x_range, key), key="events")
 
 
-def _header(view: data.LiveView, age_s: float | None) -> None:
+def _header(view: data.LiveView, age_s: float | None, paused: bool) -> None:
     quote = view.quote
     bid, ask = (quote.bid, quote.ask) if quote else (None, None)
     mid = (bid + ask) / 2 if bid is not None and ask is not None else None
@@ -151,6 +156,8 @@ def _header(view: data.LiveView, age_s: float | None) -> None:
             st.badge(f"STALE since {utc(stale)}", icon=":material/warning:", color="orange")
         if view.simulated:
             st.badge("SIMULATED data", icon=":material/science:", color="violet")
+        if paused:
+            st.badge(f"PAUSED at {utc(view.now_us)}", icon=":material/pause:", color="gray")
     cols[1].metric("Best bid", price(bid, quote.bid_text if quote else None))
     cols[2].metric("Best ask", price(ask, quote.ask_text if quote else None))
     cols[3].metric("Mid", price(mid))
@@ -158,9 +165,10 @@ def _header(view: data.LiveView, age_s: float | None) -> None:
     cols[4].metric("Spread", (f"{spread:.8g}" + bps) if spread is not None else "-")
     cols[5].metric("Messages/s", f"{view.messages_per_s:,.0f}")
     cols[6].metric("Data age", age(age_s))
+    refresh = "paused: zoom and hover freely" if paused else f"refreshed every {REFRESH_S:g} s"
     st.caption(
         f"{_label(view.stream)} · window {utc(view.start_us)} to {utc(view.now_us)} · "
-        f"refreshed every {REFRESH_S:g} s · all times UTC"
+        f"{refresh} · all times UTC"
     )
 
 
