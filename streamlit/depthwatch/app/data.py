@@ -20,7 +20,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -29,6 +28,8 @@ import sqlalchemy as sa
 import streamlit as st
 
 from depthwatch.app.figures import coverage_spans
+from depthwatch.config import default_data_dir
+from depthwatch.records import FeedEventKind
 from depthwatch.storage import dashboard_queries as q
 from depthwatch.storage import schema
 from depthwatch.storage.db import DatabaseUnavailable, make_reader_engine, start_embedded
@@ -45,6 +46,7 @@ TRADES_MAX = 2_000
 DATA_SILENCE_S = 30.0
 HEARTBEATS_MISSED_FOR_STALE = 3
 HEALTH_DAY_US = 86_400_000_000
+RATE_WINDOW_US = 10_000_000  # messages/s is counted over the last ten seconds
 
 T = TypeVar("T")
 
@@ -60,7 +62,7 @@ def database_url() -> str:
         value = os.environ.get(name, "").strip()
         if value:
             return value
-    return start_embedded(Path(os.environ.get("DEPTHWATCH_DATA_DIR") or ".depthwatch"))
+    return start_embedded(default_data_dir())
 
 
 @st.cache_resource(show_spinner=False)
@@ -122,9 +124,9 @@ def overview(window_min: int) -> list[StreamSummary]:
                 StreamSummary(
                     stream,
                     q.last_quote(conn, sid, depth, now - HEALTH_DAY_US),
-                    q.message_count(conn, sid, depth, now - 10_000_000, now) / 10,
-                    kinds.get("gap", 0),
-                    kinds.get("resync", 0),
+                    _messages_per_s(conn, stream, now),
+                    kinds.get(FeedEventKind.GAP, 0),
+                    kinds.get(FeedEventKind.RESYNC, 0),
                     [float(v) for v in top["mid"].dropna()],
                     q.last_heartbeat(conn, stream.key, now - HEALTH_DAY_US),
                     now,
@@ -184,6 +186,11 @@ def stale_since(
     return None
 
 
+def _messages_per_s(conn: sa.Connection, stream: q.StreamRow, now: int) -> float:
+    count = q.message_count(conn, stream.instrument_id, stream.depth, now - RATE_WINDOW_US, now)
+    return count / (RATE_WINDOW_US / 1e6)
+
+
 def _bucket_us(window_s: int, max_points: int) -> int:
     """Whole seconds, so that at most `max_points` buckets cover the window."""
     return max(1, math.ceil(window_s / max_points)) * 1_000_000
@@ -233,7 +240,7 @@ def live_view(stream: q.StreamRow, window_min: int, levels: int) -> LiveView:
             trades=q.recent_trades(conn, sid, start, now, TRADES_MAX),
             events=events,
             spans=coverage_spans(events, heartbeats, start / 1000, now / 1000, interval_ms),
-            messages_per_s=q.message_count(conn, sid, depth, now - 10_000_000, now) / 10,
+            messages_per_s=_messages_per_s(conn, stream, now),
             heartbeat=heartbeat,
             simulated=q.simulated_in(conn, stream.key, start, now),
             latency=q.latency(conn, stream, start, now),
@@ -267,7 +274,9 @@ class HealthReport:
     retention: str
 
 
-EVENT_KINDS_SHOWN = ("gap", "resync", "restart", "book_lost", "recovered", "anomaly")
+_K = FeedEventKind
+EVENT_KINDS_SHOWN = (_K.GAP, _K.RESYNC, _K.RESTART, _K.BOOK_LOST, _K.RECOVERED, _K.ANOMALY)
+)
 
 
 @st.cache_resource(ttl=5.0, show_spinner=False, max_entries=4)
@@ -281,7 +290,7 @@ def health() -> HealthReport:
         events = pd.DataFrame(
             [
                 {"stream": f"{sym} · {cat} · " + (f"depth {depth}" if depth else "trades")}
-                | {kind: kinds.get(kind, 0) for kind in EVENT_KINDS_SHOWN}
+                | {str(kind): kinds.get(kind, 0) for kind in EVENT_KINDS_SHOWN}
                 for (cat, sym, depth), kinds in sorted(
                     counts.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] or 0)
                 )
