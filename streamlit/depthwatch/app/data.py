@@ -276,7 +276,6 @@ class HealthReport:
 
 _K = FeedEventKind
 EVENT_KINDS_SHOWN = (_K.GAP, _K.RESYNC, _K.RESTART, _K.BOOK_LOST, _K.RECOVERED, _K.ANOMALY)
-)
 
 
 @st.cache_resource(ttl=5.0, show_spinner=False, max_entries=4)
