@@ -116,8 +116,9 @@ def test_health_page_lists_the_collector_and_the_tables(recorded_url, use_databa
     use_database(recorded_url)
     at = page("health").run(timeout=30)
     assert not at.exception
-    collectors, events, sizes = (d.value for d in at.dataframe)
+    collectors, recorded, events, sizes = (d.value for d in at.dataframe)
     assert len(collectors) == 1 and collectors["data"].tolist() == ["SIMULATED"]
+    assert recorded["streams"].tolist() == ["linear:BTCUSDT@50, linear:ETHUSDT@50"]
     assert (events["gap"] > 0).all()
     assert {"book_events", "quotes", "collector_heartbeats"} <= set(sizes["table"])
     labels = {m.label: m.value for m in at.metric}
@@ -212,9 +213,11 @@ def test_the_render_web_command_serves_with_only_database_url(recorded_url, tmp_
 
 
 def test_prices_keep_the_exchange_digits():
-    from depthwatch.app.common import price
+    from depthwatch.app.common import mid_and_spread, price
 
-    assert price(60020.0, "60020.0") == "60,020.0"
-    assert price(0.00001234, "0.00001234") == "0.00001234"
-    assert price(1234567.5, "1234567.50") == "1,234,567.50"
+    assert price("60020.0") == "60,020.0"
+    assert price("0.00001234") == "0.00001234"
+    assert price("1234567.50") == "1,234,567.50"
     assert price(None) == "-"
+    assert mid_and_spread("59999.60", "59999.80") == ("59999.70", "0.20")
+    assert mid_and_spread(None, "1") is None

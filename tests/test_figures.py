@@ -503,6 +503,16 @@ def test_shade_spans_adds_one_rectangle_per_span_below_the_traces():
     assert [a.text for a in fig.layout.annotations] == ["gap", "stall"]
 
 
+def test_span_labels_stay_inside_the_plot():
+    lo, hi = WINDOW
+    early = Span(lo - 5 * SEC, lo + 10 * SEC, "book_lost")  # began before the window
+    late = Span(hi - 2 * SEC, hi + 5 * SEC, "collector not running")  # runs past its end
+    fig = F.price_figure(regular_top(3), [early, late], WINDOW, "u")
+    first, second = fig.layout.annotations
+    assert (first.x, first.xanchor, first.text) == (lo, "left", "book lost")
+    assert (second.x, second.xanchor) == (hi, "right")
+
+
 def test_every_time_figure_is_shaded():
     span = [Span(T0 + 10 * SEC, T0 + 20 * SEC, "gap")]
     for name, fig in all_time_figures(span).items():

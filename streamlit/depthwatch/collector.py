@@ -76,6 +76,7 @@ class Collector:
         self.config = config
         self.writer = writer
         self.stats = CollectorStats()
+        self._stopping = asyncio.Event()  # replaced by run()'s stop event
         interval_us = int(config.snapshot_interval_s * 1_000_000)
         checkpoint_us = int(config.checkpoint_interval_s * 1_000_000)
         self.books: dict[StreamKey, StreamBook] = {
@@ -167,6 +168,8 @@ class Collector:
             book = self.books.get(stream)
             if book is not None and book.valid:
                 book.invalidate()
+                if self._stopping.is_set():
+                    continue  # an orderly stop, not an incident: heartbeats end instead
                 # Per stream, so the dashboard can shade exactly this stream's
                 # books from the loss to the snapshot that recovers it.
                 self.on_feed_event(
@@ -189,6 +192,7 @@ class Collector:
     # ---- running
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._stopping = stop
         helpers = [
             asyncio.create_task(self._report_status(stop)),
             asyncio.create_task(self._beat(stop)),

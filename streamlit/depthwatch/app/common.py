@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from typing import TypeVar
 
 import streamlit as st
@@ -56,11 +57,21 @@ def load(read: Callable[[], T]) -> T | None:
     return None
 
 
-def price(value: float | None, exact: str | None = None) -> str:
-    """A price for people: the exchange's own digits when we have them (60,020.0
-    stays 60,020.0), with thousands separators."""
-    if exact is not None:
-        whole, dot, fraction = exact.partition(".")
-        sign = "-" if whole.startswith("-") else ""
-        return f"{sign}{int(whole.lstrip('-') or 0):,}{dot}{fraction}"
-    return "-" if value is None else f"{value:,.8g}"
+def price(digits: str | None) -> str:
+    """A price for people, in the exchange's own digits (60,020.0 stays
+    60,020.0, never 60,020), with thousands separators."""
+    if digits is None:
+        return "-"
+    whole, dot, fraction = digits.partition(".")
+    sign = "-" if whole.startswith("-") else ""
+    return f"{sign}{int(whole.lstrip('-') or 0):,}{dot}{fraction}"
+
+
+def mid_and_spread(bid: str | None, ask: str | None) -> tuple[str, str] | None:
+    """Mid and spread computed exactly from the exchange's digits (a float mid of
+    59,999.60 and 59,999.80 would print as 59,999.7, beside prices with two
+    decimals)."""
+    if bid is None or ask is None:
+        return None
+    b, a = Decimal(bid), Decimal(ask)
+    return str((b + a) / 2), str(a - b)

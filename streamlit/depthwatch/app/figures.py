@@ -981,15 +981,15 @@ def shade_spans(fig: go.Figure, spans: Sequence[Span], over: bool = False) -> go
         }
         for s in capped
     ]
+    window = fig.layout.xaxis.range
     labels = [
         {
-            "x": s.start_ms,
+            **_label_position(s, window),
             "xref": "x",
             "y": i * SPAN_LABEL_STEP,
             "yref": "y domain",
-            "xanchor": "left",
             "yanchor": "bottom",
-            "text": s.cause,
+            "text": s.cause.replace("_", " "),
             "showarrow": False,
             "font": {"size": 9, "color": SPAN_LABEL_COLOUR},
         }
@@ -1000,3 +1000,14 @@ def shade_spans(fig: go.Figure, spans: Sequence[Span], over: bool = False) -> go
         annotations=[*fig.layout.annotations, *labels],
     )
     return fig
+
+
+def _label_position(span: Span, window: Sequence[float] | None) -> dict[str, object]:
+    """Keep a band's label inside the plot: from the band's start, reading right,
+    or for a band in the right half of the window, ending at the band's end."""
+    if window is None:
+        return {"x": span.start_ms, "xanchor": "left"}
+    lo, hi = float(window[0]), float(window[1])
+    if span.start_ms > (lo + hi) / 2:
+        return {"x": min(span.end_ms, hi), "xanchor": "right"}
+    return {"x": max(span.start_ms, lo), "xanchor": "left"}

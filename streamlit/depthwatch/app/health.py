@@ -34,7 +34,15 @@ def health_panel() -> None:
             icon=":material/info:",
         )
     else:
-        st.dataframe(collector_frame(report), hide_index=True, key="collectors")
+        frame = collector_frame(report)
+        # Two tables: the figures fit the page; what each records wraps below.
+        st.dataframe(frame.drop(columns=["endpoint", "streams"]), hide_index=True, key="collectors")
+        st.dataframe(
+            frame[["host", "pid", "endpoint", "streams"]],
+            hide_index=True,
+            key="collector-streams",
+            column_config={"streams": st.column_config.TextColumn(width="large")},
+        )
     st.subheader("Feed events per stream, last 24 h")
     if report.events.empty:
         st.caption("No gaps, reconnects or anomalies in the last 24 h.")

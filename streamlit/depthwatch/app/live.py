@@ -14,7 +14,7 @@ from collections.abc import Callable
 import streamlit as st
 
 from depthwatch.app import data, figures
-from depthwatch.app.common import START_HINT, age, load, price, utc
+from depthwatch.app.common import START_HINT, age, load, mid_and_spread, price, utc
 from depthwatch.export.tardis import ExportRequest, export_csv
 from depthwatch.storage.dashboard_queries import StreamRow
 
@@ -144,9 +144,8 @@ def live_panel(stream: StreamRow, window_min: int, levels: int, paused: bool) ->
 
 def _header(view: data.LiveView, age_s: float | None, paused: bool) -> None:
     quote = view.quote
-    bid, ask = (quote.bid, quote.ask) if quote else (None, None)
-    mid = (bid + ask) / 2 if bid is not None and ask is not None else None
-    spread = ask - bid if bid is not None and ask is not None else None
+    bid_text, ask_text = (quote.bid_text, quote.ask_text) if quote else (None, None)
+    exact = mid_and_spread(bid_text, ask_text)
     cols = st.columns([1.3, 1, 1, 1, 1.3, 1, 1])
     with cols[0]:
         stale = view.stale_since_us
@@ -158,12 +157,19 @@ def _header(view: data.LiveView, age_s: float | None, paused: bool) -> None:
             st.badge("SIMULATED data", icon=":material/science:", color="violet")
         if paused:
             st.badge(f"PAUSED at {utc(view.now_us)}", icon=":material/pause:", color="gray")
-    cols[1].metric("Best bid", price(bid, quote.bid_text if quote else None))
-    cols[2].metric("Best ask", price(ask, quote.ask_text if quote else None))
-    cols[3].metric("Mid", price(mid))
-    bps = f" · {spread / mid * 10_000:.2f} bps" if spread is not None and mid else ""
-    cols[4].metric("Spread", (f"{spread:.8g}" + bps) if spread is not None else "-")
-    cols[5].metric("Messages/s", f"{view.messages_per_s:,.0f}")
+    cols[1].metric("Best bid", price(bid_text))
+    cols[2].metric("Best ask", price(ask_text))
+    if exact is not None:
+        mid, spread = exact
+        bps = float(spread) / float(mid) * 10_000 if float(mid) else float("nan")
+        cols[3].metric("Mid", price(mid))
+        cols[4].metric("Spread", f"{price(spread)} · {bps:.2f} bps")
+    else:
+        cols[3].metric("Mid", "-")
+        cols[4].metric("Spread", "-")
+    # A trailing ten-second rate would read as "data still flowing" after a stop.
+    rate = f"{view.messages_per_s:,.0f}" if stale is None else "-"
+    cols[5].metric("Messages/s", rate)
     cols[6].metric("Data age", age(age_s))
     refresh = "paused: zoom and hover freely" if paused else f"refreshed every {REFRESH_S:g} s"
     st.caption(

@@ -10,7 +10,7 @@ METRIC_FONT = "1.45rem"
 
 
 def main() -> None:
-    st.set_page_config(page_title="depthwatch", page_icon=":material/monitoring:", layout="wide")
+    st.set_page_config(page_title="depthwatch", page_icon="📈", layout="wide")
     # Prices need eight or more digits in a header of seven metrics: Streamlit's
     # default metric size truncates them.
     st.html(f"<style>[data-testid='stMetricValue'] {{font-size: {METRIC_FONT};}}</style>")

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from depthwatch.app import data
-from depthwatch.app.common import START_HINT, age, load, utc
+from depthwatch.app.common import START_HINT, age, load, mid_and_spread, price, utc
 
 WINDOW_MIN = 10
 
@@ -37,7 +37,6 @@ def overview_table() -> None:
         column_config={
             "open": st.column_config.LinkColumn("", display_text="open live"),
             "mid": st.column_config.LineChartColumn(f"mid, last {WINDOW_MIN} min"),
-            "last mid": st.column_config.NumberColumn(format="%.8g"),
             "spread (bps)": st.column_config.NumberColumn(format="%.2f"),
             "msgs/s": st.column_config.NumberColumn(format="%.0f"),
         },
@@ -50,10 +49,10 @@ def summary_frame(summaries: list[data.StreamSummary]) -> pd.DataFrame:
     rows = []
     for s in summaries:
         quote = s.quote
-        mid = spread_bps = None
-        if quote is not None and quote.bid is not None and quote.ask is not None:
-            mid = (quote.bid + quote.ask) / 2
-            spread_bps = (quote.ask - quote.bid) / mid * 10_000
+        exact = mid_and_spread(quote.bid_text, quote.ask_text) if quote else None
+        mid, spread_bps = "-", None
+        if exact is not None and float(exact[0]):
+            mid, spread_bps = price(exact[0]), float(exact[1]) / float(exact[0]) * 10_000
         stale = data.stale_since(s.heartbeat, quote, s.now_us)
         status = "LIVE" if stale is None else f"STALE since {utc(stale)}"
         if s.heartbeat is not None and s.heartbeat.simulated:
