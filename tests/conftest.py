@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,8 @@ import sqlalchemy as sa
 from depthwatch.storage.db import make_engine, normalise_url, start_embedded
 
 DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "streamlit"
 _counter = itertools.count()
 
 
@@ -57,3 +60,19 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
     eng = make_engine(database_url)
     yield eng
     eng.dispose()
+
+
+def cli_env() -> dict[str, str]:
+    """For a depthwatch child process: the package from this checkout, and no
+    database or endpoint inherited from the developer's shell."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(SRC)
+    for name in ("DATABASE_URL", "DASHBOARD_DATABASE_URL", "BYBIT_WS_URL"):
+        env.pop(name, None)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from depthwatch.sim import SimConfig, SimulatorThread
 
-from .conftest import new_database
+from .conftest import free_port, new_database
 from .e2e import collect_until_caught_up
 from .test_e2e import config_for
 
@@ -180,15 +180,12 @@ def test_the_render_web_command_serves_with_only_database_url(recorded_url, tmp_
     """Exactly Render's start command, from the repository root, with nothing but
     DATABASE_URL (and PATH) in the environment: no `pip install -e`, no
     PYTHONPATH, so streamlit/app.py must make the package importable itself."""
-    import socket
     import subprocess
     import sys
     import time
     import urllib.request
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "DATABASE_URL": recorded_url}
     command = [sys.executable, "-m", "streamlit", "run", "streamlit/app.py"]
     command += ["--server.port", str(port), "--server.address", "0.0.0.0"]

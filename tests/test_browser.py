@@ -34,6 +34,8 @@ import pytest
 import sqlalchemy as sa
 from playwright.sync_api import Browser, Locator, Page, ViewportSize, expect, sync_playwright
 
+from .conftest import cli_env, free_port
+
 T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,21 +121,6 @@ METRICS_JS = """selector => Object.fromEntries(
 # Streamlit's main block scrolls inside a viewport-high body, so a "full page"
 # screenshot needs a viewport as tall as that block's content.
 CONTENT_HEIGHT_JS = "() => document.querySelector(\"[data-testid='stMain']\").scrollHeight"
-
-
-def cli_env() -> dict[str, str]:
-    """The children find the package in the checkout and only the database we give them."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(SRC)
-    for name in ("DATABASE_URL", "DASHBOARD_DATABASE_URL", "BYBIT_WS_URL"):
-        env.pop(name, None)
-    return env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def http_get(url: str, timeout: float = 1.0) -> tuple[int, bytes]:

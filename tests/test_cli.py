@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
 import signal
 import subprocess
@@ -19,6 +18,8 @@ from depthwatch.sim import SimConfig, SimulatorThread
 from depthwatch.storage import schema
 from depthwatch.storage.db import make_engine
 
+from .conftest import cli_env
+
 SRC = Path(__file__).resolve().parents[1] / "streamlit"
 
 
@@ -31,14 +32,6 @@ def depthwatch(*args: str, **kwargs) -> subprocess.CompletedProcess:
         timeout=120,
         **kwargs,
     )
-
-
-def cli_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(SRC)
-    env.pop("DATABASE_URL", None)
-    env.pop("BYBIT_WS_URL", None)
-    return env
 
 
 @pytest.mark.parametrize(

@@ -20,26 +20,14 @@ import sqlalchemy as sa
 
 from depthwatch.storage.db import make_engine
 
+from .conftest import cli_env, free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "streamlit"
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 40.0
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
-
-
-def cli_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(SRC)
-    for name in ("DATABASE_URL", "DASHBOARD_DATABASE_URL", "BYBIT_WS_URL"):
-        env.pop(name, None)
-    return env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def healthy(port: int) -> bool:
