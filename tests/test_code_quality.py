@@ -27,3 +27,15 @@ def test_ruff_format_is_clean():
 
 def test_no_package_shadows_the_streamlit_library():
     assert not (ROOT / "streamlit" / "__init__.py").exists()
+
+
+def test_mypy_is_clean():
+    exe = shutil.which("mypy", path=str(Path(sys.executable).parent)) or "mypy"
+    result = subprocess.run(
+        [exe, "streamlit/depthwatch", "streamlit/app.py", "streamlit/worker.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
