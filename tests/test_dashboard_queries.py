@@ -121,6 +121,15 @@ def test_latest_book_heatmap_and_imbalance(writer, engine):
     # = 4; [101,102) holds 5. Second: [99,100) = 2, [100,101) = 2 + 1 + 1 = 4. Max per cell.
     t = T0 / 1000
     assert got == {(t, 99.0): 6.0, (t, 100.0): 4.0, (t, 101.0): 5.0}
+    # Long windows take the snapshot at each bucket's start ("last"), not the max.
+    # T0 + S is inside a 2 s bucket, not at its start: "max" counts it, "last" not.
+    with engine.connect() as conn:
+        last_rule = q.HeatmapGrid(time_bucket_ms=2000, price_step=1.0, cell_rule="last")
+        sampled = q.heatmap_cells(conn, iid, 50, T0, T0 + 2 * S, last_rule, levels=3)
+        second = q.heatmap_cells(conn, iid, 50, T0 + S, T0 + 2 * S, grid, levels=3)
+        none = q.heatmap_cells(conn, iid, 50, T0 + S, T0 + 2 * S, last_rule, levels=3)
+    assert {(r.t_ms, r.price): r.size for r in sampled.itertuples()} == got
+    assert len(second) == 2 and none.empty
     assert imbalance["bid_size"].tolist() == [3.0, 4.0]  # top 2 levels only
     assert imbalance["ask_size"].tolist() == [8.0, 2.0]
     assert imbalance["imbalance"].tolist() == pytest.approx([-5 / 11, 2 / 6])

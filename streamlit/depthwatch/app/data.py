@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 import streamlit as st
@@ -47,6 +46,8 @@ DATA_SILENCE_S = 30.0
 HEARTBEATS_MISSED_FOR_STALE = 3
 HEALTH_DAY_US = 86_400_000_000
 RATE_WINDOW_US = 10_000_000  # messages/s is counted over the last ten seconds
+# Percentiles over every message of an hour cost ~130 ms; ten minutes tell as much.
+LATENCY_WINDOW_US = 600_000_000
 
 T = TypeVar("T")
 
@@ -217,7 +218,8 @@ def live_view(stream: q.StreamRow, window_min: int, levels: int) -> LiveView:
         bucket = _bucket_us(window_min * 60, MAX_POINTS)
         quote = q.last_quote(conn, sid, depth, now - HEALTH_DAY_US)
         book = q.latest_book(conn, sid, depth, levels, start)
-        grid = _heatmap_grid(book, stream, window_min)
+        top = q.top_series(conn, sid, depth, start, now, bucket)
+        grid = _heatmap_grid(book, top, stream, window_min)
         heatmap = (
             q.heatmap_cells(conn, sid, depth, start, now, grid, levels)
             if book is not None
@@ -233,7 +235,7 @@ def live_view(stream: q.StreamRow, window_min: int, levels: int) -> LiveView:
             now_us=now,
             quote=quote,
             book=book,
-            top=q.top_series(conn, sid, depth, start, now, bucket),
+            top=top,
             heatmap=heatmap,
             grid=grid,
             imbalance=q.imbalance_series(conn, sid, depth, start, now, levels, bucket),
@@ -243,22 +245,31 @@ def live_view(stream: q.StreamRow, window_min: int, levels: int) -> LiveView:
             messages_per_s=_messages_per_s(conn, stream, now),
             heartbeat=heartbeat,
             simulated=q.simulated_in(conn, stream.key, start, now),
-            latency=q.latency(conn, stream, start, now),
+            latency=q.latency(conn, stream, max(start, now - LATENCY_WINDOW_US), now),
         )
 
     return _read(work)
 
 
-def _heatmap_grid(book: q.BookView | None, stream: q.StreamRow, window_min: int) -> q.HeatmapGrid:
-    """Price buckets spanning the newest book's shown levels; time buckets so
-    that at most HEATMAP_COLUMNS_MAX columns cover the window (snapshots come
-    every second, so short windows get one column per snapshot)."""
-    time_bucket_ms = _bucket_us(window_min * 60, HEATMAP_COLUMNS_MAX) / 1000
-    if book is None or (book.bids.empty and book.asks.empty):
-        return q.HeatmapGrid(time_bucket_ms, 1.0)
-    prices = np.concatenate([book.bids["price"].to_numpy(), book.asks["price"].to_numpy()])
-    step = q.price_step(float(prices.min()), float(prices.max()), stream.tick_size, HEATMAP_ROWS)
-    return q.HeatmapGrid(time_bucket_ms, step)
+def _heatmap_grid(
+    book: q.BookView | None, top: pd.DataFrame, stream: q.StreamRow, window_min: int
+) -> q.HeatmapGrid:
+    """About HEATMAP_ROWS price buckets over the prices the window can show (the
+    touch's whole range, widened by how far the newest book reaches beyond it),
+    and at most HEATMAP_COLUMNS_MAX time buckets. Snapshots come every second:
+    a longer bucket shows the snapshot at its start ("last"), not the max."""
+    bucket_us = _bucket_us(window_min * 60, HEATMAP_COLUMNS_MAX)
+    rule = "max" if bucket_us <= 1_000_000 else "last"
+    if book is None or book.bids.empty or book.asks.empty:
+        return q.HeatmapGrid(bucket_us / 1000, 1.0, rule)
+    low, high = float(book.bids["price"].min()), float(book.asks["price"].max())
+    if not top.empty:
+        below = float(book.bids["price"].iloc[0]) - low
+        above = high - float(book.asks["price"].iloc[0])
+        low = min(low, float(top["bid_min"].min()) - below)
+        high = max(high, float(top["ask_max"].max()) + above)
+    step = q.price_step(low, high, stream.tick_size, HEATMAP_ROWS)
+    return q.HeatmapGrid(bucket_us / 1000, step, rule)
 
 
 # ---- health
