@@ -16,7 +16,7 @@ import streamlit as st
 from depthwatch.app import data, figures
 from depthwatch.app.common import START_HINT, age, load, mid_and_spread, price, utc
 from depthwatch.export.tardis import ExportRequest, export_csv
-from depthwatch.storage.dashboard_queries import StreamRow
+from depthwatch.storage.dashboard_queries import HeatmapGrid, StreamRow
 
 REFRESH_S = 1.0
 SHOWN_SAMPLES = 600  # render-time data ages kept per viewer for the latency strip
@@ -127,8 +127,7 @@ def live_panel(stream: StreamRow, window_min: int, levels: int, paused: bool) ->
             key="heatmap",
         )
         st.caption(
-            f"Liquidity heatmap: each cell is the largest size resting in a "
-            f"{view.grid.price_step:g} price bucket during {view.grid.time_bucket_ms / 1000:g} s "
+            f"Liquidity heatmap: each cell is {_cell_meaning(view.grid)} "
             f"(top {levels} levels per side, colour clipped at the 99th percentile)"
             + (", trades as dots" if not view.trades.empty else "")
             + ". Grey bands: book not trusted or not recorded."
@@ -140,6 +139,13 @@ def live_panel(stream: StreamRow, window_min: int, levels: int, paused: bool) ->
         key="imbalance",
     )
     st.plotly_chart(figures.events_figure(view.events, view.spans, x_range, key), key="events")
+
+
+def _cell_meaning(grid: HeatmapGrid) -> str:
+    bucket, seconds = f"{grid.price_step:g}", f"{grid.time_bucket_ms / 1000:g}"
+    if grid.cell_rule == "last":
+        return f"the size resting in a {bucket} price bucket at the start of each {seconds} s"
+    return f"the largest size resting in a {bucket} price bucket during {seconds} s"
 
 
 def _header(view: data.LiveView, age_s: float | None, paused: bool) -> None:
