@@ -1,11 +1,11 @@
 """Dashboard benchmark: window queries with 1 h and 24 h of history, what a
 browser costs per refresh, and the dashboard's memory over a long run.
 
-    .venv/bin/python bench/bench_dashboard.py                      # every phase (~45 min)
-    .venv/bin/python bench/bench_dashboard.py --phase queries      # ~8 min (history generation)
-    .venv/bin/python bench/bench_dashboard.py --phase browser      # ~6 min
-    .venv/bin/python bench/bench_dashboard.py --phase rss --minutes 30
-    .venv/bin/python bench/bench_dashboard.py --phase queries --keep   # reuse the history
+    .venv/bin/python bench/bench_dashboard.py                      # every phase (~50 min)
+    .venv/bin/python bench/bench_dashboard.py --phase queries      # ~7 min (2 of them generating)
+    .venv/bin/python bench/bench_dashboard.py --phase browser      # ~10 min
+    .venv/bin/python bench/bench_dashboard.py --phase rss --minutes 30    # ~37 min
+    .venv/bin/python bench/bench_dashboard.py --phase queries --keep --explain --what-if
 
 Phases (one stream, BTCUSDT depth 50 at 50 messages/s):
   queries  History is generated in SQL (INSERT ... SELECT generate_series, an
@@ -14,19 +14,28 @@ Phases (one stream, BTCUSDT depth 50 at 50 messages/s):
            snapshot every second, ~2 trades/s, collector heartbeats every 2 s and a
            few feed events, ending "now". Then, interleaved on the 1 h and the
            24 h database: every query the live page's read (`data.live_view`)
-           makes, timed one by one (p50/p95), the whole read (one transaction, no
-           Streamlit cache), and the page's figure building and Plotly JSON
-           serialisation as Streamlit does it. 24 h / 1 h ratios compare the same run.
+           makes, timed one by one (p50/p95, and the part spent in
+           cursor.execute), the whole read (one transaction, no Streamlit
+           cache), and the page's figure building and Plotly JSON serialisation
+           as Streamlit does it. 24 h / 1 h ratios compare the same run. "Now" is
+           pinned to the end of each history, so every window is full.
+           --explain prints EXPLAIN ANALYZE of each statement (24 h, 60 min);
+           --what-if also times the read with rows handed to pandas as tuples.
   browser  A live setup: `depthwatch sim`, `depthwatch collect` and `depthwatch
            dashboard` on 127.0.0.1 over a database seeded with 1 h of history,
-           and headless Chromium (Playwright) on the Live page. Baseline (no page),
-           1 page, 10 pages (10 browser contexts), baseline again: database
-           transactions/s (pg_stat_database, the collector's baseline subtracted),
-           WebSocket bytes per refresh, refreshes/s, the "Data age" shown on the
-           page, the Streamlit server's CPU and RSS.
+           and headless Chromium (Playwright) on the Live page. Stages: no page,
+           1 page, 10 pages (10 contexts), 10 pages whose charts are not drawn
+           (see Browser), no page again. Per stage: the dashboard's database
+           transactions (counted in its process, and pg_stat_database minus the
+           collector's baseline), WebSocket bytes per refresh, refreshes/s, the
+           "Data age" shown on the page, CPU of the Streamlit server and of
+           Chromium, the server's RSS.
   rss      The same live setup with one page open for --minutes (default 30),
            then --viewers pages for --viewer-minutes: the Streamlit server's
            VmRSS every 10 s, summarised after a 2 minute warm-up.
+
+Every process it starts is stopped on exit, SIGTERM and Ctrl-C included; all
+traffic stays on 127.0.0.1 (PostgreSQL on a Unix socket).
 """
 
 from __future__ import annotations
@@ -1560,6 +1569,8 @@ def main() -> int:
         "--viewer-minutes", type=float, default=5.0, help="rss: minutes with --viewers pages"
     )
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop every child.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     phases = [p.strip() for p in args.phase.split(",") if p.strip()]
     unknown = set(phases) - {"queries", "browser", "rss"}
     if unknown:
