@@ -408,13 +408,18 @@ def _register(conn: sa.Connection) -> int:
 
 
 def _load_mids(conn: sa.Connection, start_s: int, end_s: int, anchor: tuple[str, int]) -> None:
-    """One mid per second in integer ticks: a random walk (2 USD a second on
-    average, BTC's usual pace) that ends at `anchor` ("end", ticks) or starts
-    there ("start", ticks)."""
-    rng = np.random.default_rng(start_s)
-    walk = np.cumsum(rng.normal(0.0, 20.0, end_s - start_s))
+    """One mid per second in integer ticks: a random walk (steps of 2 USD a
+    second, BTC's usual pace) that ends at `anchor` ("end", ticks) or starts
+    there ("start", ticks, a top-up). An "end" walk is drawn backwards from the
+    end with a fixed seed, so every history ends with the same last hour of
+    prices and the 1 h and 24 h windows hold the same price ranges."""
     where, ticks = anchor
-    walk = ticks + walk - (walk[-1] if where == "end" else walk[0])
+    if where == "end":
+        steps = np.random.default_rng(7).normal(0.0, 20.0, end_s - start_s)
+        back = np.concatenate([[0.0], np.cumsum(steps[:-1])])  # mid(end-1-i) = ticks - back[i]
+        walk = (ticks - back)[::-1]
+    else:
+        walk = ticks + np.cumsum(np.random.default_rng(start_s).normal(0.0, 20.0, end_s - start_s))
     conn.execute(sa.text("DROP TABLE IF EXISTS bench_mid"))
     conn.execute(
         sa.text("CREATE UNLOGGED TABLE bench_mid (sec bigint PRIMARY KEY, mid bigint NOT NULL)")
@@ -1140,13 +1145,18 @@ def live_setup(server_url: str, work_dir: Path, rate: float, keep: bool) -> Iter
 
 
 class PageStats:
-    """WebSocket frames one page received: bytes, and script runs finished
-    (one per refresh of the live fragment), decoded as Streamlit ForwardMsgs."""
+    """WebSocket frames one page received, decoded as Streamlit ForwardMsgs:
+    bytes, script runs finished (one per refresh of the live fragment), Plotly
+    charts sent in full, and messages sent as a reference to one the browser
+    already holds (Streamlit's message cache: an element identical to the
+    previous refresh's, e.g. when the refresh was served the same cached view)."""
 
     def __init__(self) -> None:
         self.bytes = 0
         self.frames = 0
         self.refreshes = 0
+        self.charts = 0
+        self.references = 0
 
     def on_frame(self, payload: str | bytes) -> None:
         from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
@@ -1157,8 +1167,17 @@ class PageStats:
         msg = ForwardMsg()
         with contextlib.suppress(Exception):
             msg.ParseFromString(raw)
-            if msg.WhichOneof("type") == "script_finished":
+            kind = msg.WhichOneof("type")
+            if kind == "script_finished":
                 self.refreshes += 1
+            elif kind == "ref_hash":
+                self.references += 1
+            elif (
+                kind == "delta"
+                and msg.delta.WhichOneof("type") == "new_element"
+                and msg.delta.new_element.WhichOneof("type") == "plotly_chart"
+            ):
+                self.charts += 1
 
 
 DATA_AGE_JS = """() => {
@@ -1264,6 +1283,8 @@ class Stage:
     dashboard_reads_per_s: float  # its read transactions alone
     bytes_per_s: float  # per page
     refreshes_per_s: float  # per page
+    charts_per_refresh: float  # Plotly charts sent in full
+    references_per_refresh: float  # messages sent as references to cached ones
     cpu_pct: float  # streamlit server, % of one core
     browser_pct: float  # our Chromium and Playwright, % of one core
     machine_pct: float  # whole machine, % of all cores
@@ -1282,6 +1303,8 @@ def measure_stage(
     stats = browser.stats if browser else []
     bytes0 = [s.bytes for s in stats]
     refresh0 = [s.refreshes for s in stats]
+    charts0 = sum(s.charts for s in stats)
+    refs0 = sum(s.references for s in stats)
     x0 = xacts(stats_engine)
     d0 = live.dashboard_xacts()
     cpu0 = cpu_seconds(live.dashboard_pid)
@@ -1317,6 +1340,10 @@ def measure_stage(
         (d1[0] - d0[0]) / wall,
         sum(s.bytes - b for s, b in zip(stats, bytes0, strict=True)) / wall / max(1, pages),
         sum(s.refreshes - r for s, r in zip(stats, refresh0, strict=True)) / wall / max(1, pages),
+        (sum(s.charts for s in stats) - charts0)
+        / max(1, sum(s.refreshes for s in stats) - sum(refresh0)),
+        (sum(s.references for s in stats) - refs0)
+        / max(1, sum(s.refreshes for s in stats) - sum(refresh0)),
         cpu / wall * 100,
         browser_cpu / wall * 100,
         (busy1 - busy0) / max(1, total1 - total0) * 100,
@@ -1402,7 +1429,9 @@ def run_browser(args: argparse.Namespace, server_url: str, work_dir: Path) -> No
         print(
             f"  {stage.name:<13} {stage.bytes_per_refresh / 1000:,.0f} KB "
             f"({stage.refreshes_per_s:.2f} refreshes/s per page, "
-            f"{stage.bytes_per_s * stage.pages / 1e6:.2f} MB/s in all)"
+            f"{stage.bytes_per_s * stage.pages / 1e6:.2f} MB/s in all; per refresh "
+            f"{stage.charts_per_refresh:.1f} charts sent in full, "
+            f"{stage.references_per_refresh:.1f} elements sent as cache references)"
         )
     print("  data age shown on the page (goal p95 < 2 s):")
     for stage in (one, many, undrawn):
