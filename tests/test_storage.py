@@ -111,7 +111,33 @@ def test_writes_are_exact_and_idempotent(engine):
         ["1.250"],  # the exchange's digits, trailing zero included
     )
     assert tuple(trade_row) == ("t-1\tweird", "100.55")
+    # What was written and what was already there are counted apart.
+    assert writer.stats.rows_written["book_events"] == 200
+    assert writer.stats.rows_duplicate["book_events"] == 200
+    assert (writer.stats.rows_written["trades"], writer.stats.rows_duplicate["trades"]) == (1, 1)
     assert len(writer.stats.latencies_us) == 400
+
+
+def test_the_row_by_row_path_counts_like_the_fast_path(engine):
+    """A batch holding a row PostgreSQL refuses is written row by row: the
+    refused row is counted as rejected, rows already stored as duplicates, the
+    rest as written, and their latencies are recorded as on the fast path."""
+    writer = started_writer(engine)
+    for u in range(1, 11):
+        writer.add_book_update(make_update(u, snapshot=(u == 1)))
+    assert writer.flush_now()
+    bad = make_update(15)
+    bad.bids[0][1] = "not-a-number"
+    for u in range(1, 21):
+        writer.add_book_update(bad if u == 15 else make_update(u, snapshot=(u == 1)))
+    assert writer.flush_now()
+    assert writer.stop()
+    stats = writer.stats
+    assert stats.rows_written["book_events"] == 10 + 9
+    assert stats.rows_duplicate["book_events"] == 10
+    assert stats.rows_rejected == 1
+    assert len(stats.latencies_us) == 10 + 9
+    assert count(engine, "book_events") == 19
 
 
 def test_partitions_are_created_on_demand_for_any_day_and_retention_drops_old_ones(engine):

@@ -37,6 +37,8 @@ from depthwatch.storage.writer import BatchWriter, WriterConfig, now_us
 
 log = logging.getLogger(__name__)
 
+SUMMARY_TABLES = ("book_events", "quotes", "depth_snapshots", "trades")
+
 # How long a book may wait for its snapshot, while deltas arrive, before we resync again.
 SNAPSHOT_RETRY_US = 10_000_000
 
@@ -259,11 +261,13 @@ class Collector:
             last_messages, last_time = messages, now
             w = self.writer.stats
             log.info(
-                "status: %d msgs (%.0f/s), %d book rows written, %d pending, valid books %d/%d, "
-                "gaps %d, resyncs %d, malformed %d, flush failures %d, back-pressure waits %d",
+                "status: %d msgs (%.0f/s), %d book rows written (%d already stored), %d pending, "
+                "valid books %d/%d, gaps %d, resyncs %d, malformed %d, flush failures %d, "
+                "back-pressure waits %d",
                 messages,
                 rate,
                 w.rows_written["book_events"],
+                w.rows_duplicate["book_events"],
                 self.writer.pending_rows,
                 sum(b.valid for b in self.books.values()),
                 len(self.books),
@@ -350,13 +354,12 @@ def log_summary(collector: Collector, flushed: bool) -> None:
     w = collector.writer.stats
     log.info(
         "stopped: %d book messages received (%d dropped awaiting a snapshot); written: "
-        "%d book events, %d quotes, %d depth snapshots, %d trades; %s",
+        "%d book events, %d quotes, %d depth snapshots, %d trades; already stored "
+        "(skipped): %d book events, %d quotes, %d depth snapshots, %d trades; %s",
         sum(c.stats.book_updates for c in collector.connections),
         collector.stats.dropped,
-        w.rows_written["book_events"],
-        w.rows_written["quotes"],
-        w.rows_written["depth_snapshots"],
-        w.rows_written["trades"],
+        *(w.rows_written[t] for t in SUMMARY_TABLES),
+        *(w.rows_duplicate[t] for t in SUMMARY_TABLES),
         "everything flushed" if flushed else "ROWS LOST: the database did not take them",
     )
     log.info(

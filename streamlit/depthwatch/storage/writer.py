@@ -85,6 +85,9 @@ class WriterConfig:
 @dataclass
 class WriterStats:
     rows_written: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COLUMNS, 0))
+    # Rows already stored (an overlapping collector, a retried flush, a replayed
+    # journal): skipped by ON CONFLICT DO NOTHING, counted apart from the written.
+    rows_duplicate: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COLUMNS, 0))
     feed_events_written: int = 0
     flushes: int = 0
     flush_failures: int = 0
@@ -367,14 +370,15 @@ class BatchWriter:
                 conn = self._connect()
             started = time.monotonic()
             try:
-                self._write(conn, batch)
+                inserted = self._write(conn, batch)
             except (psycopg2.DataError, sa.exc.DataError):
                 log.exception("a batch holds a row PostgreSQL refuses; writing rows singly")
                 self._discard(conn)
                 conn = self._connect()
                 self._write_singly(conn, batch)
                 return conn, True
-            self._record_success(batch)
+            duplicates = {t: len(lines) - inserted.get(t, 0) for t, lines in batch.rows.items()}
+            self._record_success(batch, inserted, duplicates, batch.book_local_us)
             log.debug(
                 "flushed %d rows in %.0f ms (%d pending)",
                 batch.size,
@@ -438,14 +442,19 @@ class BatchWriter:
         days = set(self._seen_days) - self._known_days
         return _Batch(rows, [local for local, _ in book], events, days)
 
-    def _write(self, conn: sa.Connection, batch: _Batch) -> None:
+    def _write(self, conn: sa.Connection, batch: _Batch) -> dict[str, int]:
+        """Write the batch in one transaction; returns the rows inserted per
+        table (the rest were already stored)."""
+        inserted: dict[str, int] = {}
         with conn.begin():
             if batch.days:
                 schema.ensure_partitions(conn, batch.days)
             cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
             for table, lines in batch.rows.items():
-                if lines and self._copy(cursor, table, lines):
-                    self.stats.copies_with_duplicates += 1
+                if lines:
+                    inserted[table] = self._copy(cursor, table, lines)
+                    if inserted[table] < len(lines):
+                        self.stats.copies_with_duplicates += 1
             heartbeats = [e for e in batch.events if isinstance(e, CollectorHeartbeat)]
             events = [e for e in batch.events if isinstance(e, FeedEvent)]
             if heartbeats:
@@ -479,62 +488,82 @@ class BatchWriter:
                         for e in events
                     ],
                 )
+        return inserted
 
     @staticmethod
-    def _copy(cursor: object, table: str, lines: list[str]) -> bool:
+    def _copy(cursor: object, table: str, lines: list[str]) -> int:
         """COPY straight into the table; if any row is already there (an
         overlapping collector, a retried flush), redo this table's rows through
         the staging table with ON CONFLICT DO NOTHING. The common case pays for
-        one COPY, the overlap case for two steps. Returns whether rows were
-        already there."""
+        one COPY, the overlap case for two steps. Returns how many rows were
+        inserted (the others were already stored)."""
         columns = COLUMNS[table]
         data = "".join(lines)
         cursor.execute("SAVEPOINT depthwatch_copy")  # type: ignore[attr-defined]
-        duplicates = False
+        inserted = len(lines)
         try:
             _copy_from(cursor, f"COPY {table} ({columns}) FROM STDIN", data)
         except psycopg2.errors.UniqueViolation:
-            duplicates = True
             cursor.execute("ROLLBACK TO SAVEPOINT depthwatch_copy")  # type: ignore[attr-defined]
             _copy_from(cursor, f"COPY stage_{table} ({columns}) FROM STDIN", data)
             cursor.execute(  # type: ignore[attr-defined]
                 f"INSERT INTO {table} ({columns}) SELECT {columns} FROM stage_{table} "
                 "ON CONFLICT DO NOTHING"
             )
+            inserted = cursor.rowcount  # type: ignore[attr-defined]
             # Each stage is emptied at commit (ON COMMIT DELETE ROWS) or by rollback.
         cursor.execute("RELEASE SAVEPOINT depthwatch_copy")  # type: ignore[attr-defined]
-        return duplicates
+        return int(inserted)
 
     def _write_singly(self, conn: sa.Connection, batch: _Batch) -> None:
         """Slow path for a batch with a bad row: each row in its own transaction,
-        so one refused row costs only itself (logged and counted)."""
+        so one refused row costs only itself (logged and counted). Written and
+        duplicate rows, and book events' latencies, are counted as on the fast path."""
         if batch.days:
             with conn.begin():
                 schema.ensure_partitions(conn, batch.days)
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        inserted = dict.fromkeys(batch.rows, 0)
+        duplicates = dict.fromkeys(batch.rows, 0)
+        book_local_us: list[int] = []
         for table, lines in batch.rows.items():
-            for line in lines:
+            for i, line in enumerate(lines):
                 try:
                     with conn.begin():
-                        self._copy(cursor, table, [line])
-                    self.stats.rows_written[table] += 1
+                        if self._copy(cursor, table, [line]):
+                            inserted[table] += 1
+                        else:
+                            duplicates[table] += 1
+                            continue
                 except Exception as exc:
                     self.stats.rows_rejected += 1
                     log.error("rejected %s row %r: %s", table, line[:200], exc)
-        self._known_days |= batch.days
-        batch.rows = {t: [] for t in batch.rows}
-        batch.days = set()  # ensured above
-        self._write(conn, batch)  # the feed events
-        self.stats.flushes += 1
+                    continue
+                if table == "book_events":
+                    book_local_us.append(batch.book_local_us[i])
+        rows, batch.rows = batch.rows, {t: [] for t in batch.rows}
+        days, batch.days = batch.days, set()  # ensured above
+        self._write(conn, batch)  # the feed events and heartbeats
+        batch.rows, batch.days = rows, days
+        self._record_success(batch, inserted, duplicates, book_local_us)
 
-    def _record_success(self, batch: _Batch) -> None:
+    def _record_success(
+        self,
+        batch: _Batch,
+        inserted: dict[str, int],
+        duplicates: dict[str, int],
+        book_local_us: list[int],
+    ) -> None:
+        """Count a committed batch: rows inserted, rows already stored, and the
+        receive-to-commit latency of its book events (those refused excepted)."""
         self._known_days |= batch.days
         self.stats.flushes += 1
-        for table, lines in batch.rows.items():
-            self.stats.rows_written[table] += len(lines)
+        for table in batch.rows:
+            self.stats.rows_written[table] += inserted.get(table, 0)
+            self.stats.rows_duplicate[table] += duplicates.get(table, 0)
         self.stats.feed_events_written += sum(isinstance(e, FeedEvent) for e in batch.events)
         committed = now_us()
-        latencies = [committed - local for local in batch.book_local_us]
+        latencies = [committed - local for local in book_local_us]
         self.stats.latencies_us.extend(latencies)
         self._recent_latencies_us.extend(latencies)
 
