@@ -15,6 +15,7 @@ from depthwatch.config import (
     collector_config_from_args,
 )
 from depthwatch.feed.topics import CATEGORIES
+from depthwatch.logs import LogFormatError, setup_logging
 
 log = logging.getLogger("depthwatch")
 
@@ -131,11 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"depthwatch: configuration error: {exc}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    try:
+        setup_logging(args.log_level)
+    except LogFormatError as exc:
+        print(f"depthwatch: configuration error: {exc}", file=sys.stderr)
+        return 2
     from depthwatch.storage.db import DatabaseUnavailable
 
     try:

@@ -32,6 +32,7 @@ from depthwatch.feed.topics import (
     SIMULATOR_HEADER,
     split_topic,
 )
+from depthwatch.logs import LogThrottle
 from depthwatch.records import BookUpdate, FeedEvent, FeedEventKind, StreamKey, Trade
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ class BybitConnection:
         self.simulator_detected = False  # the server said it is depthwatch's simulator
         self._paused = False  # reading paused by writer back-pressure
         self._rng = random.Random()
+        self._malformed_log = LogThrottle()
 
     # ---- lifecycle
 
@@ -244,9 +246,16 @@ class BybitConnection:
 
     def _malformed(self, exc: MalformedMessage) -> None:
         self.stats.malformed += 1
-        # The first few in full, then one in a thousand: a flood must not drown the log.
-        if self.stats.malformed <= 10 or self.stats.malformed % 1000 == 0:
-            log.warning("%s: malformed message #%d: %s", self.name, self.stats.malformed, exc)
+        # The first few in full, then one line a minute with the count: a flood
+        # must not drown the log (nor the feed_events table).
+        if self._malformed_log.log(
+            log,
+            logging.WARNING,
+            "%s: malformed message #%d: %s",
+            self.name,
+            self.stats.malformed,
+            exc,
+        ):
             self._event(FeedEventKind.MALFORMED, detail=str(exc)[:500])
 
     # ---- subscriptions

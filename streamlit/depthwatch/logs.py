@@ -1,0 +1,127 @@
+"""Logging: one setup for every depthwatch process, and a throttle for warnings
+that could otherwise come once per message.
+
+`DEPTHWATCH_LOG_FORMAT=json` makes every line one JSON object (`time` in ISO
+8601 UTC, `level`, `logger`, `message`, and `exception` when there is one), which
+Render's log streams and most log shippers index field by field; the default is
+the plain text format a person reads in a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import IO
+
+LOG_FORMAT_ENV = "DEPTHWATCH_LOG_FORMAT"
+LOG_FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class LogFormatError(ValueError):
+    """DEPTHWATCH_LOG_FORMAT names no known format."""
+
+
+def log_format_from_env() -> str:
+    value = os.environ.get(LOG_FORMAT_ENV, "").strip().lower() or "text"
+    if value not in LOG_FORMATS:
+        raise LogFormatError(f"{LOG_FORMAT_ENV}={value!r} is not one of {', '.join(LOG_FORMATS)}")
+    return value
+
+
+def iso_utc(created: float) -> str:
+    """A record's time as ISO 8601 UTC with milliseconds: 2026-11-22T10:00:00.123Z."""
+    moment = datetime.fromtimestamp(created, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line (newlines in a message or a
+    traceback are escaped by the encoder, so a record never spans lines)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": iso_utc(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+class _DepthwatchHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Marks the handler setup_logging installed, so a second call replaces it
+    instead of doubling every line."""
+
+
+def make_formatter(log_format: str) -> logging.Formatter:
+    return JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+
+
+def setup_logging(
+    level: str = "INFO", log_format: str | None = None, stream: IO[str] | None = None
+) -> None:
+    """Configure the root logger once for the whole process: `log_format`
+    ("text" or "json"), else DEPTHWATCH_LOG_FORMAT, else text; to stderr."""
+    chosen = log_format or log_format_from_env()
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        if isinstance(existing, _DepthwatchHandler):
+            root.removeHandler(existing)
+    handler = _DepthwatchHandler(stream or sys.stderr)
+    handler.setFormatter(make_formatter(chosen))
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+@dataclass
+class LogThrottle:
+    """Lets the first `burst` occurrences of a repeated warning through, then at
+    most one every `interval_s` carrying how many were held back since the last
+    line: a malformed frame every ten messages costs a few lines a minute, not
+    ten a second, and the count still says how bad it is."""
+
+    burst: int = 10
+    interval_s: float = 60.0
+    clock: Callable[[], float] = time.monotonic
+    seen: int = 0
+    suppressed: int = 0  # held back since the last line that went out
+    _last_out: float = field(default=float("-inf"), repr=False)
+
+    def admit(self) -> int | None:
+        """Count one occurrence. None: stay quiet. Otherwise log now; the value
+        is how many occurrences were held back before this one."""
+        self.seen += 1
+        now = self.clock()
+        if self.seen <= self.burst or now - self._last_out >= self.interval_s:
+            held_back, self.suppressed = self.suppressed, 0
+            self._last_out = now
+            return held_back
+        self.suppressed += 1
+        return None
+
+    def log(self, logger: logging.Logger, level: int, msg: str, *args: object) -> bool:
+        """Log `msg % args` if admitted (with the held-back count appended when
+        there is one); True when a line went out."""
+        held_back = self.admit()
+        if held_back is None:
+            return False
+        if held_back:
+            logger.log(
+                level, msg + " (%d more like this since the last such line)", *args, held_back
+            )
+        else:
+            logger.log(level, msg, *args)
+        return True
