@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import streamlit as st
 
-from depthwatch.app import health, live, overview
+from depthwatch.app import auth, health, live, overview
 
 METRIC_FONT = "1.45rem"
 
 
 def main() -> None:
     st.set_page_config(page_title="depthwatch", page_icon="📈", layout="wide")
+    # Before anything else: a session that has not logged in (when a password
+    # is set) gets the login form only, no page and no query.
+    if not auth.require_login():
+        return
     # Prices need eight or more digits in a header of seven metrics: Streamlit's
     # default metric size truncates them.
     st.html(f"<style>[data-testid='stMetricValue'] {{font-size: {METRIC_FONT};}}</style>")
@@ -19,4 +23,6 @@ def main() -> None:
         st.Page(live.render, title="Live", url_path="live"),
         st.Page(health.render, title="Health", url_path="health"),
     ]
-    st.navigation(pages).run()
+    navigation = st.navigation(pages)
+    auth.logout_button()
+    navigation.run()
