@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import urllib.request
@@ -17,7 +18,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as sync_connect
 
-from depthwatch.sim import BybitSimulator, SimConfig, SimulatorThread, TruthState
+from depthwatch.sim import BybitSimulator, FaultKind, SimConfig, SimulatorThread, TruthState
 
 DATA = Path(__file__).parent / "data" / "xrpusdt-ob500.data.zip"
 XRP = "orderbook.500.XRPUSDT"
@@ -410,3 +411,121 @@ def test_simulator_thread_with_sync_client() -> None:
     finally:
         sim.stop()
     assert sim.truth("orderbook.50.BTCUSDT")
+
+
+def test_mute_keeps_answering_pings_but_sends_no_data() -> None:
+    async def body(sim: BybitSimulator) -> None:
+        async with connect(sim.url("linear")) as ws:
+            await subscribe(ws, "orderbook.50.BTCUSDT")
+            data = [await recv(ws) for _ in range(5)]
+            assert all("topic" in m for m in data)
+            # Muted now: pings are answered, and nothing else arrives.
+            for i in range(3):
+                await ws.send(json.dumps({"req_id": f"p{i}", "op": "ping"}))
+                assert (await recv(ws)) | {"conn_id": ""} == {
+                    "success": True,
+                    "ret_msg": "pong",
+                    "conn_id": "",
+                    "req_id": f"p{i}",
+                    "op": "ping",
+                }
+            try:
+                extra = await recv(ws, 0.5)
+            except TimeoutError:
+                extra = None
+            assert extra is None, extra
+        assert sim.faults == {FaultKind.MUTE: 1}
+        assert [r.ended_by for r in sim.connection_log] == [FaultKind.MUTE]
+        assert sim.connection_log[0].book_sent == 5
+
+    run_with_sim(body, rate=200, mute_after=5)
+
+
+def test_every_nth_unsubscribe_is_swallowed_and_the_data_keeps_coming() -> None:
+    topic = "orderbook.50.BTCUSDT"
+
+    async def body(sim: BybitSimulator) -> None:
+        async with connect(sim.url("linear")) as ws:
+            await subscribe(ws, topic)
+            await ws.send(json.dumps({"req_id": "u1", "op": "unsubscribe", "args": [topic]}))
+            while "topic" in (msg := await recv(ws)):
+                pass
+            assert msg["req_id"] == "u1" and msg["success"] is True
+            assert msg == await subscribe(ws, topic, req_id="u1") | {"op": "unsubscribe"}
+            await ws.send(json.dumps({"req_id": "u2", "op": "unsubscribe", "args": [topic]}))
+            later = [await recv(ws) for _ in range(20)]
+            # No ack, still subscribed: only data, and re-subscribing is refused.
+            assert all(m.get("topic") == topic for m in later)
+            refused = await subscribe(ws, topic, req_id="s3")
+            assert refused["success"] is False and "already subscribed" in refused["ret_msg"]
+        assert sim.unsubscribes == 2
+        assert sim.faults == {FaultKind.IGNORED_UNSUBSCRIBE: 1}
+        assert [(f.kind, f.topic) for f in sim.fault_log] == [
+            (FaultKind.IGNORED_UNSUBSCRIBE, topic)
+        ]
+
+    run_with_sim(body, rate=200, ignore_unsubscribe_every=2)
+
+
+def test_all_faults_combine_connections_take_turns_and_truth_stays_exact() -> None:
+    """Every fault at once. Connections are given disconnect, stall and mute in
+    turn; whatever a client receives between gaps equals the truth, state by state."""
+    topic = "orderbook.50.BTCUSDT"
+    faults = dict(
+        drop_every=13,
+        restart_every=29,
+        malformed_every=11,
+        disconnect_every=40,
+        stall_after=40,
+        stall_seconds=0.3,
+        mute_after=40,
+    )
+
+    async def one_connection(sim: BybitSimulator) -> list[dict]:
+        msgs: list[dict] = []
+        async with connect(sim.url("linear"), max_queue=None) as ws:
+            await subscribe(ws, topic)
+            with contextlib.suppress(ConnectionClosed, TimeoutError):
+                while True:
+                    try:
+                        msg = orjson.loads(await asyncio.wait_for(ws.recv(), 1.0))
+                    except orjson.JSONDecodeError:
+                        continue  # a malformed frame
+                    if msg.get("topic") == topic:
+                        msgs.append(msg)
+                    if len(msgs) >= 60:
+                        break  # stalled and resumed: leave, like a watchdog would
+        return msgs
+
+    async def body(sim: BybitSimulator) -> None:
+        received = [await one_connection(sim) for _ in range(6)]
+        by_seq = {state.seq: state for state in sim.truth(topic)}
+        book: tuple[dict[str, str], dict[str, str]] = ({}, {})
+        checked = 0
+        for msgs in received:
+            valid, last_u = False, 0
+            for msg in msgs:
+                data = msg["data"]
+                if msg["type"] == "snapshot":
+                    valid = True
+                elif data["u"] != last_u + 1:
+                    valid = False  # a dropped delta: wait for the next snapshot
+                last_u = data["u"]
+                if valid:
+                    apply(book, msg)
+                    state = by_seq[data["seq"]]
+                    assert sorted_book(book) == (state.bids, state.asks)
+                    assert not state.dropped
+                    checked += 1
+        assert checked > 80
+        ended = [r.ended_by for r in sim.connection_log]
+        assert ended == [FaultKind.DISCONNECT, FaultKind.STALL, FaultKind.MUTE] * 2
+        assert sim.connection_log[0].book_sent == 40
+        for kind in (FaultKind.DROP, FaultKind.RESTART, FaultKind.MALFORMED):
+            assert sim.faults[kind] >= 3, kind
+        assert sim.faults[FaultKind.DISCONNECT] == 2 and sim.faults[FaultKind.MUTE] == 2
+        dropped = {state.seq for state in sim.truth(topic) if state.dropped}
+        logged = {f.seq for f in sim.fault_log if f.kind is FaultKind.DROP}
+        assert logged and logged <= dropped  # drops while nobody listened are not logged
+
+    run_with_sim(body, rate=400, **faults)

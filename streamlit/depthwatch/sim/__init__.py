@@ -3,6 +3,9 @@
 from depthwatch.sim.market import TruthState
 from depthwatch.sim.server import (
     BybitSimulator,
+    ConnRecord,
+    FaultKind,
+    InjectedFault,
     SimConfig,
     SimulatorThread,
     add_sim_arguments,
@@ -11,6 +14,9 @@ from depthwatch.sim.server import (
 
 __all__ = [
     "BybitSimulator",
+    "ConnRecord",
+    "FaultKind",
+    "InjectedFault",
     "SimConfig",
     "SimulatorThread",
     "TruthState",

@@ -22,9 +22,10 @@ import signal
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -55,6 +56,16 @@ class SimConfig:
       frame follows (alternately truncated JSON and non-JSON text).
     - stall_after N / stall_seconds S: after its Nth data message a connection sends
       nothing, pongs included, for S seconds (once); queued messages follow afterwards.
+    - mute_after N: after its Nth data message a connection sends no more data (book or
+      trades; they are discarded, not queued) but still answers pings and requests: a
+      socket that looks alive and is useless.
+    - ignore_unsubscribe_every N: every Nth unsubscribe request (counted over the whole
+      server) is swallowed: no ack, the subscription stays and its data keeps coming.
+
+    All faults combine. The three that end a connection (disconnect, stall, mute) would
+    otherwise always let the one with the smallest threshold win, so when several are
+    set each new connection is given one of them in turn (disconnect, stall, mute).
+    Every fault that reaches a client is counted in `faults` and logged in `fault_log`.
     """
 
     symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
@@ -72,6 +83,8 @@ class SimConfig:
     malformed_every: int = 0
     stall_after: int = 0
     stall_seconds: float = 0.0
+    mute_after: int = 0
+    ignore_unsubscribe_every: int = 0
     record: bool = True  # keep every published state for truth(); off for benchmarks
     queue_size: int = 1024
     level1_resend_s: float = 3.0
@@ -79,6 +92,47 @@ class SimConfig:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class FaultKind(StrEnum):
+    DROP = "drop"  # a delta withheld: the client sees a u gap
+    RESTART = "restart"  # a u=1 snapshot
+    DISCONNECT = "disconnect"  # the server closed the connection
+    MALFORMED = "malformed"  # a frame that is not a valid message
+    STALL = "stall"  # nothing at all for stall_seconds, pongs included
+    MUTE = "mute"  # pongs and acks only, no data, until the client leaves
+    IGNORED_UNSUBSCRIBE = "ignored_unsubscribe"  # no ack, data keeps coming
+
+
+# Faults that end (or make useless) the connection they hit; see SimConfig.
+CONNECTION_FAULTS = (FaultKind.DISCONNECT, FaultKind.STALL, FaultKind.MUTE)
+
+
+@dataclass(frozen=True, slots=True)
+class InjectedFault:
+    """One fault as it reached a client, for tests to hold the client to account."""
+
+    kind: FaultKind
+    at_us: int  # wall clock, comparable with a collector's receive times
+    conn_id: str = ""  # empty for topic faults (drop, restart): every subscriber had it
+    topic: str = ""
+    seq: int = 0  # drop, restart: the state's seq (u repeats after restarts, seq never)
+
+
+@dataclass(slots=True)
+class ConnRecord:
+    """One client connection's life, kept after it closed (in accept order)."""
+
+    conn_id: str
+    fault: FaultKind | None  # the connection fault it was given, if any
+    opened_us: int
+    book_sent: int = 0  # book messages written to the socket (muted ones are not)
+    closed_us: int = 0
+    ended_by: FaultKind | None = None  # the fault that ended it; None = the client left
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
 
 
 @dataclass(slots=True)
@@ -93,6 +147,7 @@ class _Pub:
     cts: int = 0
     raw: str | None = None
     dropped: bool = False
+    fault: FaultKind | None = None  # DROP or RESTART, logged when it reaches a client
     _cache: dict[bool, bytes] = field(default_factory=dict)
 
     def render(self, category: str) -> bytes:
@@ -194,6 +249,10 @@ class _SynthTopic(_Topic):
         state = TruthState(self.u, seq, ts, bids, asks)
         pub = _book_pub(self.name, self.symbol, kind, state, ts)
         pub.dropped = dropped
+        if dropped:
+            pub.fault = FaultKind.DROP
+        elif self.u == 1:
+            pub.fault = FaultKind.RESTART
         return pub
 
 
@@ -226,7 +285,8 @@ class _ReplayTopic(_Topic):
             if message.msg.get("type") == "delta":
                 dropped = self._count_delta()
             self._record(dropped)
-        return _Pub(self.name, self.is_book, raw=message.raw, dropped=dropped)
+        fault = FaultKind.DROP if dropped else None
+        return _Pub(self.name, self.is_book, raw=message.raw, dropped=dropped, fault=fault)
 
 
 class _Market:
@@ -251,11 +311,20 @@ class _Market:
 class Conn:
     """One client connection: an outbox drained by a sender task, plus fault counters."""
 
-    def __init__(self, sim: BybitSimulator, ws: ServerConnection, category: str) -> None:
+    def __init__(
+        self,
+        sim: BybitSimulator,
+        ws: ServerConnection,
+        category: str,
+        fault: FaultKind | None = None,
+    ) -> None:
         self.sim = sim
         self.ws = ws
         self.category = category
         self.conn_id = uuid.uuid4().hex[:20]
+        self.fault = fault  # the connection fault this connection will suffer
+        self.muted = False
+        self.record = ConnRecord(self.conn_id, fault, _now_us())
         self.topics: set[str] = set()
         self.out: deque[_Pub | bytes] = deque()
         self.has_data = asyncio.Event()
@@ -307,19 +376,29 @@ class Conn:
                 if isinstance(item, bytes):
                     await self.ws.send(item, text=True)
                     continue
+                if self.muted:
+                    continue  # control frames (bytes) still go; data is discarded
                 await self.ws.send(item.render(self.category), text=True)
                 self.data_sent += 1
                 self.book_sent += item.is_book
+                self.record.book_sent = self.book_sent
                 if cfg.malformed_every and self.data_sent % cfg.malformed_every == 0:
                     n = self.data_sent // cfg.malformed_every
                     await self.ws.send(_malformed(item.topic, n), text=True)
-                if cfg.disconnect_every and self.book_sent == cfg.disconnect_every:
+                    self.sim.injected(FaultKind.MALFORMED, self, item.topic)
+                fault = self.fault
+                if fault is FaultKind.DISCONNECT and self.book_sent == cfg.disconnect_every:
+                    self.sim.injected(fault, self)
                     self.shutdown()
                     await self.ws.close(1001, "simulated disconnect")
                     return
-                if cfg.stall_after and self.data_sent == cfg.stall_after:
+                if fault is FaultKind.STALL and self.data_sent == cfg.stall_after:
+                    self.sim.injected(fault, self)
                     # Silence everything, pongs included: they wait in the outbox.
                     await asyncio.sleep(cfg.stall_seconds)
+                elif fault is FaultKind.MUTE and self.data_sent == cfg.mute_after:
+                    self.sim.injected(fault, self)
+                    self.muted = True
         except ConnectionClosed:
             self.shutdown()
 
@@ -348,6 +427,16 @@ class BybitSimulator:
         self._tasks: list[asyncio.Task] = []
         self.port = 0
         self.pings_received = 0  # application-level pings, for tests of clients
+        self.unsubscribes = 0  # unsubscribe requests, for ignore_unsubscribe_every
+        self.accepted = 0  # connections, for taking turns at the connection faults
+        # Every fault that reached a client, and every connection's life: the
+        # account a client under test is checked against. Bounded, for long runs.
+        self.faults: Counter[FaultKind] = Counter()
+        self.fault_log: deque[InjectedFault] = deque(maxlen=100_000)
+        self.connection_log: deque[ConnRecord] = deque(maxlen=10_000)
+        cfg = self.config
+        thresholds = (cfg.disconnect_every, cfg.stall_after, cfg.mute_after)
+        self._conn_faults = [k for k, n in zip(CONNECTION_FAULTS, thresholds, strict=True) if n]
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -412,9 +501,21 @@ class BybitSimulator:
             return False
         return bool(market and market.finished)
 
+    def injected(
+        self, kind: FaultKind, conn: Conn | None = None, topic: str = "", seq: int = 0
+    ) -> None:
+        """Count and log a fault that reached a client."""
+        self.faults[kind] += 1
+        conn_id = conn.conn_id if conn is not None else ""
+        self.fault_log.append(InjectedFault(kind, _now_us(), conn_id, topic, seq))
+        if conn is not None and kind in CONNECTION_FAULTS:
+            conn.record.ended_by = kind
+
     # -- producers ---------------------------------------------------------
 
     def _publish(self, topic: _Topic, pub: _Pub) -> None:
+        if pub.fault is not None and topic.subscribers:
+            self.injected(pub.fault, None, topic.name, topic.seq)
         if pub.dropped:
             return
         topic.last_sent = time.monotonic()
@@ -533,8 +634,12 @@ class BybitSimulator:
 
     async def _handle(self, ws: ServerConnection) -> None:
         assert ws.request is not None
-        conn = Conn(self, ws, _category(ws.request.path.partition("?")[0]) or "linear")
+        faults = self._conn_faults
+        fault = faults[self.accepted % len(faults)] if faults else None
+        self.accepted += 1
+        conn = Conn(self, ws, _category(ws.request.path.partition("?")[0]) or "linear", fault)
         self.conns.add(conn)
+        self.connection_log.append(conn.record)
         sender = asyncio.get_running_loop().create_task(conn.run_sender())
         try:
             async for raw in ws:
@@ -543,6 +648,7 @@ class BybitSimulator:
             pass
         finally:
             conn.shutdown()
+            conn.record.closed_us = _now_us()
             self.conns.discard(conn)
             for name in conn.topics:
                 topic = self._topic(name)
@@ -566,6 +672,13 @@ class BybitSimulator:
             conn.push(_ack(conn, req_id, str(op), False, f"error:unsupported op:{op}"))
 
     def _on_subscription(self, conn: Conn, op: str, req_id: str, args: list[str]) -> None:
+        if op == "unsubscribe":
+            self.unsubscribes += 1
+            every = self.config.ignore_unsubscribe_every
+            if every and self.unsubscribes % every == 0:
+                # No ack and nothing unsubscribed: the data keeps coming.
+                self.injected(FaultKind.IGNORED_UNSUBSCRIBE, conn, ",".join(args))
+                return
         # A request mixing good and bad topics gets ONE failure ack naming every bad
         # topic ("error:<why>,topic:<t>" joined by ";") and the good ones are served.
         good, bad, errors = [], [], []
@@ -715,6 +828,18 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     add("--malformed-every", type=int, default=0, help="add a malformed frame every N messages")
     add("--stall-after", type=int, default=0, help="go silent after N messages on a connection")
     add("--stall-seconds", type=float, default=30.0, help="how long a stall lasts (seconds)")
+    add(
+        "--mute-after",
+        type=int,
+        default=0,
+        help="after N messages on a connection send no data, but keep answering pings",
+    )
+    add(
+        "--ignore-unsubscribe-every",
+        type=int,
+        default=0,
+        help="swallow every Nth unsubscribe request: no ack, the data keeps coming",
+    )
     add("--trades-rate", type=float, default=2.0, help="publicTrade messages/s per symbol")
 
 
@@ -734,6 +859,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         malformed_every=args.malformed_every,
         stall_after=args.stall_after,
         stall_seconds=args.stall_seconds,
+        mute_after=args.mute_after,
+        ignore_unsubscribe_every=args.ignore_unsubscribe_every,
         record=False,  # a long-running server would otherwise grow without bound
     )
 
