@@ -188,17 +188,23 @@ def test_depth1_repeated_snapshots_with_same_u_are_not_gaps():
     assert len(sink.quotes) == 1  # the top of book never changed
 
 
-def test_crossed_book_is_recorded_once_as_an_anomaly():
+def test_a_crossed_book_is_refused_once_per_run_and_recovered_by_a_snapshot():
     sink = Sink()
     book = StreamBook(STREAM, sink)
     book.apply(update(1, [("10.0", "1")], [("11.0", "1")], snapshot=True))
-    book.apply(update(2, [("11.0", "1")]))  # bid == ask: crossed
-    book.apply(update(3, [("11.5", "1")]))  # still crossed: no second event
-    book.apply(update(4, [("11.0", "0"), ("11.5", "0")]))  # uncrossed
-    book.apply(update(5, [("12.0", "1")]))  # crossed again
+    assert book.apply(update(2, [("11.0", "1")])) is Outcome.REJECTED  # bid == ask
+    assert not book.valid
+    assert book.apply(update(3, [("11.5", "1")])) is Outcome.DROPPED  # waiting: no event
+    crossed = update(4, [("12.0", "1")], [("11.0", "1")], snapshot=True)
+    assert book.apply(crossed) is Outcome.DROPPED  # a crossed snapshot is refused too
+    assert book.apply(update(5, [("10.0", "1")], [("11.0", "1")], snapshot=True)) is (
+        Outcome.SNAPSHOT
+    )
+    assert book.apply(update(6, [("12.0", "1")])) is Outcome.REJECTED  # crossed again
     anomalies = [e for e in sink.events if e.kind is FeedEventKind.ANOMALY]
     assert len(anomalies) == 2
-    assert "u=2" in anomalies[0].detail and "u=5" in anomalies[1].detail
+    assert "u=2" in anomalies[0].detail and "u=6" in anomalies[1].detail
+    assert [u.update_id for u in sink.updates] == [1, 5]  # nothing of a crossed book
 
 
 def test_quotes_only_when_top_of_book_changes():

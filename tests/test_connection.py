@@ -23,6 +23,9 @@ class Recorder:
         self.updates.append(update)
         return False
 
+    def on_malformed_book_message(self, stream: StreamKey, local_us: int, detail: str) -> bool:
+        return False
+
     def on_trades(self, trades: list[Trade]) -> None:
         pass
 

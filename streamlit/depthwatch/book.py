@@ -2,10 +2,11 @@
 
 `OrderBook` holds one book (two sorted sides). `StreamBook` wraps it with the
 rules that keep a recorded book honest: `u` continuity, resets on snapshots,
-crossed-book anomalies, and the records derived from the book (quotes on every
-top-of-book change, top-N snapshots at the end of every time bucket). Records
-go to a `RecordSink`; the caller acts on the returned `Outcome` (a gap asks for
-a resync).
+refusal of impossible books (crossed, a zero price, a snapshot repeating a
+price), and the records derived from the book (quotes on every top-of-book
+change, top-N snapshots at the end of every time bucket). Records go to a
+`RecordSink`; the caller acts on the returned `Outcome` (a gap or a refusal
+asks for a resync).
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from depthwatch.records import (
     Quote,
     StreamKey,
 )
+
+
+class BadLevel(ValueError):
+    """A level no real book holds (a zero price)."""
 
 
 class BookSide:
@@ -45,10 +50,15 @@ class BookSide:
         self.levels: dict[float, Level] = {}
 
     def apply(self, updates: list[Level]) -> None:
-        """Sizes are absolute: a known price is replaced, size 0 deletes it."""
+        """Sizes are absolute: a known price is replaced, size 0 deletes it.
+        Raises BadLevel on a zero price (the parser has refused everything
+        that is not a non-negative decimal); the side is then half-applied and
+        its book must be discarded."""
         keys, levels, sign = self.keys, self.levels, self.sign
         for level in updates:
             key = sign * float(level[0])
+            if not key:
+                raise BadLevel(f"zero price in {level!r:.80}")
             size = level[1]
             # Only a size starting with "0" or "." can be zero; most are not: skip float().
             if size[0] in "0." and float(size) == 0.0:
@@ -102,8 +112,10 @@ class OrderBook:
         return self.asks.best()
 
     def is_crossed(self) -> bool:
-        bid, ask = self.bids.best_price(), self.asks.best_price()
-        return bid is not None and ask is not None and bid >= ask
+        """Best bid >= best ask: no exchange's book is ever like that. Looks
+        at the top only, so it is cheap enough to run after every message."""
+        bids, asks = self.bids.keys, self.asks.keys
+        return bool(bids) and bool(asks) and -bids[0] >= asks[0]
 
     def top(self, levels: int) -> tuple[list[Level], list[Level]]:
         """Best `levels` bids and asks, best first."""
@@ -132,14 +144,20 @@ class Outcome(Enum):
     SNAPSHOT = "snapshot"  # the book was reset
     RESTART = "restart"  # a `u == 1` snapshot after an exchange restart
     GAP = "gap"  # continuity broke: the book is invalid until a new snapshot
-    DROPPED = "dropped"  # a delta arrived while the book was invalid
+    # The message made an impossible book (crossed, a zero price, a snapshot
+    # repeating a price) or could not be parsed: nothing of it was written, the
+    # book is invalid until a new snapshot; resync.
+    REJECTED = "rejected"
+    DROPPED = "dropped"  # a message arrived while the book was invalid (not written)
 
 
 class StreamBook:
     """One stream's book plus the continuity rules.
 
     Nothing built on a broken book is emitted: after a gap every delta is dropped
-    (not written) until a snapshot resets the book.
+    (not written) until a snapshot resets the book. A message that would make
+    an impossible book is refused the same way, before anything derived from
+    it reaches the sink.
     """
 
     def __init__(
@@ -156,7 +174,10 @@ class StreamBook:
         # Receive time of the first delta dropped while awaiting a snapshot.
         self.dropping_since_us: int | None = None
         self.last_update_id: int | None = None
-        self.crossed = False
+        # Set by a refused message, cleared by the next accepted snapshot: one
+        # event and one resync per run of refusals (a depth-1 stream whose every
+        # snapshot is crossed must not flood the log or resync 100 times a second).
+        self.refusing = False
         self._sink = sink
         self._interval_us = snapshot_interval_us
         self._levels = snapshot_levels
@@ -178,6 +199,8 @@ class StreamBook:
     def apply(self, update: BookUpdate) -> Outcome:
         if update.is_snapshot:
             outcome = self._reset(update)
+            if outcome is Outcome.REJECTED or outcome is Outcome.DROPPED:
+                return outcome
         elif not self.valid:
             if self.dropping_since_us is None:
                 self.dropping_since_us = update.local_us
@@ -187,9 +210,18 @@ class StreamBook:
             return Outcome.GAP
         else:
             self._emit_due_snapshot(update.exchange_us)
-            self.book.apply_levels(update.bids, update.asks)
+            book = self.book
+            try:
+                book.apply_levels(update.bids, update.asks)
+            except BadLevel as exc:
+                return self._refuse(
+                    update.local_us, FeedEventKind.ANOMALY, f"u={update.update_id}: {exc}"
+                )
+            # book.is_crossed(), inlined: this runs for every delta.
+            bids, asks = book.bids.keys, book.asks.keys
+            if bids and asks and -bids[0] >= asks[0]:
+                return self._refuse_crossed(update)
             outcome = Outcome.APPLIED
-            self._check_crossed(update)
         self.last_update_id = update.update_id
         self._last_local_us = update.local_us
         self._last_sequence = update.sequence
@@ -203,18 +235,33 @@ class StreamBook:
         return outcome
 
     def _reset(self, update: BookUpdate) -> Outcome:
+        if self.valid:
+            self._emit_due_snapshot(update.exchange_us)
+        book = self.book
+        book.clear()
+        try:
+            book.apply_levels(update.bids, update.asks)
+        except BadLevel as exc:
+            return self._refuse(
+                update.local_us, FeedEventKind.ANOMALY, f"snapshot u={update.update_id}: {exc}"
+            )
+        # Applied to an empty book, a snapshot leaves one level per entry unless
+        # it repeats a price or lists a zero size: not a book, whichever entry wins.
+        if len(book.bids) != len(update.bids) or len(book.asks) != len(update.asks):
+            detail = f"snapshot u={update.update_id} repeats a price or holds a zero size"
+            return self._refuse(update.local_us, FeedEventKind.ANOMALY, detail)
+        # Depth-1 streams send nothing but snapshots: this is their only check.
+        if book.is_crossed():
+            return self._refuse_crossed(update)
         restart = update.update_id == 1 and self.last_update_id not in (None, 1)
-        # A snapshot that ends a gap or a lost connection closes the interval the
-        # dashboard shades as untrusted.
+        # A snapshot that ends a gap, a lost connection or a refusal closes the
+        # interval the dashboard shades as untrusted.
         if not self.valid and self.last_update_id is not None:
             self._sink.add_feed_event(
                 self._event(FeedEventKind.RECOVERED, update, f"snapshot u={update.update_id}")
             )
-        if self.valid:
-            self._emit_due_snapshot(update.exchange_us)
-        self.book.clear()
-        self.book.apply_levels(update.bids, update.asks)
         self.valid = True
+        self.refusing = False
         self.dropping_since_us = None
         if restart:
             self._sink.add_feed_event(
@@ -232,13 +279,29 @@ class StreamBook:
         self.invalidate()
         self._sink.add_feed_event(self._event(FeedEventKind.GAP, update, detail))
 
-    def _check_crossed(self, update: BookUpdate) -> None:
-        crossed = self.book.is_crossed()
-        if crossed and not self.crossed:
-            bid, ask = self.book.best_bid(), self.book.best_ask()
-            detail = f"crossed book at u={update.update_id}: bid {bid} >= ask {ask}"
-            self._sink.add_feed_event(self._event(FeedEventKind.ANOMALY, update, detail))
-        self.crossed = crossed
+    def _refuse_crossed(self, update: BookUpdate) -> Outcome:
+        bid, ask = self.book.best_bid(), self.book.best_ask()
+        detail = f"crossed book at u={update.update_id}: bid {bid} >= ask {ask}"
+        return self._refuse(update.local_us, FeedEventKind.ANOMALY, detail)
+
+    def reject(self, local_us: int, detail: str) -> Outcome:
+        """A message of this stream could not be parsed: the update it carried
+        is lost, so the book can no longer be trusted."""
+        return self._refuse(local_us, FeedEventKind.MALFORMED, detail)
+
+    def _refuse(self, local_us: int, kind: FeedEventKind, detail: str) -> Outcome:
+        """Invalidate the book without writing anything of the message. The
+        first refusal of a run is an event and asks for a resync (REJECTED);
+        later ones wait for a snapshot like dropped deltas (DROPPED), so the
+        caller's overdue-snapshot timer still resyncs now and then."""
+        self.invalidate()
+        if self.dropping_since_us is None:
+            self.dropping_since_us = local_us
+        if self.refusing:
+            return Outcome.DROPPED
+        self.refusing = True
+        self._sink.add_feed_event(self._event_at(kind, local_us, detail))
+        return Outcome.REJECTED
 
     def _emit_due_snapshot(self, exchange_us: int) -> None:
         """Before a message at `exchange_us` changes the book, the current book is
@@ -304,9 +367,12 @@ class StreamBook:
         )
 
     def _event(self, kind: FeedEventKind, update: BookUpdate, detail: str) -> FeedEvent:
+        return self._event_at(kind, update.local_us, detail)
+
+    def _event_at(self, kind: FeedEventKind, local_us: int, detail: str) -> FeedEvent:
         return FeedEvent(
             kind,
-            update.local_us,
+            local_us,
             self.stream.category,
             self.stream.symbol,
             self.stream.depth,

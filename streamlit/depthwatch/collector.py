@@ -67,6 +67,7 @@ class CollectorStats:
     gaps: int = 0
     restarts: int = 0
     dropped: int = 0  # deltas received while a book awaited its snapshot
+    refused: int = 0  # messages that would have made an impossible book, or did not parse
     unknown_streams: int = 0
     handler_errors: int = 0
 
@@ -136,6 +137,12 @@ class Collector:
                 "%s: gap before u=%d; book invalid until resync", update.stream, update.update_id
             )
             return True
+        if outcome is Outcome.REJECTED:
+            self.stats.refused += 1
+            log.warning(
+                "%s: u=%d refused (impossible book); resyncing", update.stream, update.update_id
+            )
+            return True
         if outcome is Outcome.RESTART:
             self.stats.restarts += 1
             log.warning("%s: stream restarted (u=1 snapshot); book reset", update.stream)
@@ -156,6 +163,14 @@ class Collector:
             update.stream,
             (update.local_us - since) / 1e6,
         )
+        return True
+
+    def on_malformed_book_message(self, stream: StreamKey, local_us: int, detail: str) -> bool:
+        book = self.books.get(stream)
+        if book is None or book.reject(local_us, detail) is not Outcome.REJECTED:
+            return False
+        self.stats.refused += 1
+        log.warning("%s: a message did not parse; book invalid until resync", stream)
         return True
 
     def on_trades(self, trades: list[Trade]) -> None:

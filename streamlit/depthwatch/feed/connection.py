@@ -79,6 +79,11 @@ class FeedHandler(Protocol):
         """Returns True when the stream's book broke and needs a resync."""
         ...
 
+    def on_malformed_book_message(self, stream: StreamKey, local_us: int, detail: str) -> bool:
+        """A frame of this stream could not be parsed. Returns True when its
+        book broke and needs a resync."""
+        ...
+
     def on_trades(self, trades: list[Trade]) -> None: ...
     def on_feed_event(self, event: FeedEvent) -> None: ...
     def on_streams_lost(self, streams: list[StreamKey]) -> None: ...
@@ -211,6 +216,12 @@ class BybitConnection:
                     parsed = parse(raw, local_us)
                 except MalformedMessage as exc:
                     self._malformed(exc)
+                    # A known stream's message we could not use: its book has
+                    # missed an update.
+                    if exc.stream is not None and handler.on_malformed_book_message(
+                        exc.stream, local_us, str(exc)
+                    ):
+                        await self._resync(exc.stream)
                     continue
                 try:
                     if isinstance(parsed, BookUpdate):

@@ -12,12 +12,29 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from depthwatch.feed.topics import split_topic
+from depthwatch.feed.topics import book_topic, split_topic
 from depthwatch.records import BookUpdate, Level, StreamKey, Trade
+
+# Error messages quote the offending input; a 10 MB frame must not make a 10 MB
+# log line or feed event.
+MAX_ERROR_CHARS = 300
 
 
 class MalformedMessage(ValueError):
-    """A frame that is not a well-formed Bybit message."""
+    """A frame that is not a well-formed Bybit message.
+
+    `stream` names the book stream when the frame was a JSON object with a
+    well-formed orderbook topic: that stream's update is lost, so its book must
+    be invalidated and resynced. Frames that are not JSON name no stream (a
+    guess from garbage could be wrong); the book's `u` continuity check finds
+    the loss at that stream's next message.
+    """
+
+    def __init__(self, message: str, stream: StreamKey | None = None) -> None:
+        if len(message) > MAX_ERROR_CHARS:
+            message = message[:MAX_ERROR_CHARS] + f"... ({len(message)} characters)"
+        super().__init__(message)
+        self.stream = stream
 
 
 @dataclass(slots=True)
@@ -64,24 +81,51 @@ def _is_trade_id(text: object) -> bool:
     )
 
 
-def _levels(side: object, what: str) -> list[Level]:
-    """Check every [price, size] pair. The hot path of parsing: one pass, no
-    helper calls; anything unexpected (a non-list, a non-string, a third
-    element) surfaces as an exception turned into MalformedMessage."""
+# The book keys levels by float price: distinct decimals of up to 15
+# significant digits are distinct floats, so a price may have at most 15 digits
+# (16 characters with its point). Sizes are never keys; the bound only keeps
+# junk out of numeric columns. Bybit's are far shorter (e.g. "16493.50", "0.006").
+MAX_PRICE_CHARS = 16
+MAX_SIZE_CHARS = 32
+
+
+def _too_long(price: str, size: str) -> bool:
+    return (
+        len(price) > MAX_PRICE_CHARS
+        or (len(price) == MAX_PRICE_CHARS and "." not in price)
+        or len(size) > MAX_SIZE_CHARS
+    )
+
+
+def _levels(side: object, topic: str, what: str, most: int) -> list[Level]:
+    """Check every [price, size] pair: plain non-negative ASCII decimals of
+    bounded length (refusing "nan", "inf", "1e5", "-1", "", numbers that are
+    not strings). The hot path of parsing: one pass, no helper calls; anything
+    unexpected (a non-list, a non-string, a third element) surfaces as an
+    exception turned into MalformedMessage. At most `most` levels: a side
+    longer than its depth allows is refused before any work is spent on it.
+    `topic` and `what` ("bids") name the side in errors only: no string is
+    formatted per message."""
     if type(side) is not list:
-        raise MalformedMessage(f"{what} is not a list")
+        raise MalformedMessage(f"{topic} {what} is not a list")
+    if len(side) > most:
+        raise MalformedMessage(f"{topic} {what}: {len(side)} levels, more than {most}")
+    level: object = None
     try:
         for level in side:
-            price, size = level
+            price, size = level  # type: ignore[misc]
+            # Lengths are checked through the pair's total, which is already at
+            # hand for isascii(): one comparison per level in the common case.
             if (
                 type(level) is not list
                 or not price.replace(".", "", 1).isdigit()
                 or not size.replace(".", "", 1).isdigit()
-                or not (price + size).isascii()
+                or not (pair := price + size).isascii()
+                or (len(pair) > MAX_PRICE_CHARS and _too_long(price, size))
             ):
-                raise MalformedMessage(f"bad level in {what}: {level!r:.80}")
+                raise MalformedMessage(f"bad level in {topic} {what}: {level!r:.80}")
     except (ValueError, TypeError, AttributeError):
-        raise MalformedMessage(f"bad level in {what}: {level!r:.80}") from None
+        raise MalformedMessage(f"bad level in {topic} {what}: {level!r:.80}") from None
     return side
 
 
@@ -89,6 +133,11 @@ def _levels(side: object, what: str) -> list[Level]:
 # milliseconds; one would also make a partition bound overflow.
 MIN_TS_MS = 1_420_070_400_000
 MAX_TS_MS = 4_102_444_800_000
+# `u` and `seq` are stored as bigint; orjson hands over integers up to 2**64.
+MAX_ID = 2**63 - 1
+# Topics seen are cached with their StreamKey; a server inventing topics must
+# not grow the cache without bound.
+MAX_CACHED_TOPICS = 10_000
 
 
 def _ms_to_us(value: object, what: str) -> int:
@@ -115,27 +164,31 @@ class FeedParser:
         try:
             msg = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            raise MalformedMessage(f"not JSON ({exc}): {raw[:80]!r}") from None
+            raise MalformedMessage(f"not JSON ({exc!s:.120}): {raw[:80]!r}") from None
         if not isinstance(msg, dict):
             raise MalformedMessage(f"not a JSON object: {raw[:80]!r}")
         topic = msg.get("topic")
         if topic is None:
             return self._control(msg)
         if not isinstance(topic, str):
-            raise MalformedMessage(f"topic is not a string: {topic!r:.40}")
+            raise MalformedMessage(f"topic is not a string: {topic!s:.40}")
         if topic.startswith("orderbook."):
             return self._book(topic, msg, local_us)
         if topic.startswith("publicTrade."):
             return self._trades(topic[len("publicTrade.") :], msg, local_us)
-        raise MalformedMessage(f"unexpected topic {topic!r}")
+        raise MalformedMessage(f"unexpected topic {topic[:80]!r}")
 
     def stream_of(self, topic: str) -> StreamKey:
         stream = self._streams.get(topic)
         if stream is None:
-            _, depth, symbol = split_topic(topic)
-            if depth is None:
-                raise MalformedMessage(f"not an orderbook topic: {topic!r}")
+            _, depth, symbol = split_topic(topic[:200])
+            # Only the canonical spelling: "orderbook.050.X" or Unicode digits
+            # would otherwise alias a real stream.
+            if depth is None or book_topic(depth, symbol) != topic:
+                raise MalformedMessage(f"not an orderbook topic: {topic[:80]!r}")
             stream = StreamKey(self.category, symbol, depth)
+            if len(self._streams) >= MAX_CACHED_TOPICS:
+                self._streams.clear()
             self._streams[topic] = stream
         return stream
 
@@ -144,33 +197,44 @@ class FeedParser:
             stream = self.stream_of(topic)
         except ValueError as exc:
             raise MalformedMessage(str(exc)) from None
-        kind = msg.get("type")
-        if kind != "delta" and kind != "snapshot":
-            raise MalformedMessage(f"{topic}: type is {kind!r}")
-        data = msg.get("data")
-        if type(data) is not dict:
-            raise MalformedMessage(f"{topic}: data is not an object")
-        if data.get("s") != stream.symbol:
-            raise MalformedMessage(f"{topic}: data.s is {data.get('s')!r}")
-        u, seq, ts, cts = data.get("u"), data.get("seq"), msg.get("ts"), msg.get("cts")
-        # `type(x) is int` on the hot path: also refuses bools, which are ints.
-        if type(u) is not int or type(seq) is not int or type(ts) is not int:
-            _int(u, f"{topic} u")
-            _int(seq, f"{topic} seq")
-            _int(ts, f"{topic} ts")
-        if not MIN_TS_MS <= ts <= MAX_TS_MS:  # type: ignore[operator]
-            raise MalformedMessage(f"{topic}: ts {ts} is not a time in milliseconds")
-        return BookUpdate(
-            stream,
-            kind == "snapshot",
-            _levels(data.get("b"), f"{topic} bids"),
-            _levels(data.get("a"), f"{topic} asks"),
-            u,  # type: ignore[arg-type]
-            seq,  # type: ignore[arg-type]
-            ts * 1000,  # type: ignore[operator]
-            None if cts is None else _ms_to_us(cts, f"{topic} cts"),
-            local_us,
-        )
+        try:
+            kind = msg.get("type")
+            if kind != "delta" and kind != "snapshot":
+                raise MalformedMessage(f"{topic}: type is {str(kind)[:40]!r}")
+            data = msg.get("data")
+            if type(data) is not dict:
+                raise MalformedMessage(f"{topic}: data is not an object")
+            if data.get("s") != stream.symbol:
+                raise MalformedMessage(f"{topic}: data.s is {str(data.get('s'))[:40]!r}")
+            u, seq, ts, cts = data.get("u"), data.get("seq"), msg.get("ts"), msg.get("cts")
+            # `type(x) is int` on the hot path: also refuses bools, which are ints.
+            if type(u) is not int or type(seq) is not int or type(ts) is not int:
+                _int(u, f"{topic} u")
+                _int(seq, f"{topic} seq")
+                _int(ts, f"{topic} ts")
+            if not MIN_TS_MS <= ts <= MAX_TS_MS:  # type: ignore[operator]
+                raise MalformedMessage(f"{topic}: ts {ts} is not a time in milliseconds")
+            if not (0 < u <= MAX_ID and 0 <= seq <= MAX_ID):  # type: ignore[operator]
+                raise MalformedMessage(f"{topic}: u {u} or seq {seq} out of range")
+            # A snapshot holds at most `depth` levels a side; a delta at most twice
+            # that (every level deleted and as many new ones inserted).
+            most = stream.depth if kind == "snapshot" else 2 * stream.depth
+            return BookUpdate(
+                stream,
+                kind == "snapshot",
+                _levels(data.get("b"), topic, "bids", most),
+                _levels(data.get("a"), topic, "asks", most),
+                u,  # type: ignore[arg-type]
+                seq,  # type: ignore[arg-type]
+                ts * 1000,  # type: ignore[operator]
+                None if cts is None else _ms_to_us(cts, f"{topic} cts"),
+                local_us,
+            )
+        except MalformedMessage as exc:
+            # A message of a known shape for this stream, but unusable: name
+            # the stream, whose book has now missed an update.
+            exc.stream = stream
+            raise
 
     def _trades(self, symbol: str, msg: dict, local_us: int) -> list[Trade]:
         data = msg.get("data")
