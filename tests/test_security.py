@@ -3,15 +3,29 @@ database role, and no secret in any log, page or error message."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg2
 import pytest
+import sqlalchemy as sa
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from depthwatch.app import auth
 from depthwatch.app.auth import LoginLimiter, password_matches
+from depthwatch.cli import ROLE_PASSWORD_ENV
+from depthwatch.sim import SimConfig, SimulatorThread
+from depthwatch.storage import schema
+from depthwatch.storage.db import make_engine
+from depthwatch.storage.roles import RoleError, validate_role_name
+
+from .conftest import cli_env
+from .e2e import collect_until_caught_up
+from .test_e2e import config_for
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY = str(ROOT / "streamlit" / "app.py")
@@ -178,3 +192,191 @@ def test_without_a_password_the_dashboard_is_open(monkeypatch):
     assert not at_login(at) and not at.sidebar.button
     assert [t.value for t in at.title] == ["Recorded streams"]
     st.cache_resource.clear()
+
+
+# ---- the read-only role
+
+
+def depthwatch_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "depthwatch.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env or cli_env(),
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def role_name(database_url: str) -> Iterator[str]:
+    """A role name unique to the test (roles are server-wide); the role and
+    its grants are dropped afterwards, before the database is."""
+    name = f"dw_ro_{uuid.uuid4().hex[:10]}"
+    yield name
+    admin = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        exists = conn.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :n"), {"n": name})
+        if exists.scalar():
+            conn.execute(sa.text(f'DROP OWNED BY "{name}"'))
+            conn.execute(sa.text(f'DROP ROLE "{name}"'))
+    admin.dispose()
+
+
+def create_role(database_url: str, name: str, password: str | None = None) -> tuple[str, str]:
+    """Run the command; returns (the printed DASHBOARD_DATABASE_URL, stderr)."""
+    env = cli_env()
+    if password is not None:
+        env[ROLE_PASSWORD_ENV] = password
+    result = depthwatch_cli(
+        "db", "create-readonly-role", name, "--database-url", database_url, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("DASHBOARD_DATABASE_URL=postgresql://")
+    url = lines[0].split("=", 1)[1]
+    password_in_url = sa.make_url(url).password
+    assert password_in_url and str(password_in_url) not in result.stderr  # printed once
+    return url, result.stderr
+
+
+def insert_quote(conn: sa.Connection, ts_us: int) -> None:
+    conn.execute(
+        sa.text(
+            """INSERT INTO quotes (instrument_id, depth, ts_us, local_us, u, bid_price,
+                                   bid_size, ask_price, ask_size)
+               VALUES (1, 50, :ts, :ts, 1, 100.5, 1, 101.0, 2)"""
+        ),
+        {"ts": ts_us},
+    )
+
+
+def test_the_readonly_role_reads_every_table_and_later_partitions_and_writes_nothing(
+    database_url, role_name
+):
+    url, stderr = create_role(database_url, role_name)
+    assert f"read-only role {role_name} created" in stderr
+    admin = make_engine(database_url)
+    reader = make_engine(url)
+    day = 25_000  # 2038-06-13: a partition made after the role was
+    try:
+        with admin.begin() as conn:
+            schema.ensure_partitions(conn, {day})
+            insert_quote(conn, day * schema.DAY_US + 5)
+        tables = [*schema.PARTITIONED_TABLES, "feed_events", "instruments"]
+        tables += ["collector_heartbeats", "streams", "depthwatch_schema"]
+        with reader.connect() as conn:
+            for table in tables:
+                conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar()
+            assert conn.execute(sa.text("SELECT count(*) FROM quotes")).scalar() == 1
+            partition = schema.partition_name("quotes", day)
+            direct = conn.execute(sa.text(f"SELECT bid_price::text FROM {partition}")).scalar()
+            assert direct == "100.5"  # the new partition directly, too
+            # Its sessions start read-only ...
+            with pytest.raises(sa.exc.InternalError) as refused:
+                insert_quote(conn, day * schema.DAY_US + 6)
+            assert isinstance(refused.value.orig, psycopg2.errors.ReadOnlySqlTransaction)
+            conn.rollback()
+        writes = [
+            "INSERT INTO quotes (instrument_id, depth, ts_us, local_us, u) VALUES (1, 50, 1, 1, 2)",
+            f"INSERT INTO {schema.partition_name('quotes', day)} (instrument_id, depth, ts_us, "
+            f"local_us, u) VALUES (1, 50, {day * schema.DAY_US + 7}, 1, 3)",
+            "UPDATE quotes SET bid_price = 0",
+            "DELETE FROM book_events",
+            "TRUNCATE quotes",
+            "UPDATE depthwatch_schema SET version = 0",
+            "CREATE TABLE intruder (x int)",
+            f"CREATE TABLE public.quotes_d20990101 PARTITION OF quotes FOR VALUES FROM "
+            f"({47_482 * schema.DAY_US}) TO ({47_483 * schema.DAY_US})",
+        ]
+        for statement in writes:
+            # ... and even with that switched off, it has no privilege to write.
+            with reader.connect() as conn:
+                conn.execute(sa.text("SET default_transaction_read_only = off"))
+                conn.commit()  # the next transaction starts read-write
+                with pytest.raises(sa.exc.ProgrammingError) as refused:
+                    conn.execute(sa.text(statement))
+                assert isinstance(refused.value.orig, psycopg2.errors.InsufficientPrivilege), (
+                    statement
+                )
+        with admin.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM quotes")).scalar() == 1
+            assert conn.execute(sa.text("SELECT to_regclass('intruder')")).scalar() is None
+    finally:
+        reader.dispose()
+        admin.dispose()
+
+
+def test_running_it_again_resets_the_password_with_a_scram_verifier(database_url, role_name):
+    first, _ = create_role(database_url, role_name)
+    second, stderr = create_role(database_url, role_name, password="Chosen-pw_42")
+    assert "updated (password reset)" in stderr
+    assert sa.make_url(second).password == "Chosen-pw_42" != sa.make_url(first).password
+    admin = make_engine(database_url)
+    with admin.connect() as conn:
+        stored = conn.execute(
+            sa.text("SELECT rolpassword FROM pg_authid WHERE rolname = :n"), {"n": role_name}
+        ).scalar()
+    admin.dispose()
+    assert stored.startswith("SCRAM-SHA-256$") and "Chosen-pw_42" not in stored
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["x; DROP TABLE book_events;--", 'dash"ro', "1abc", "a" * 64, "pg_reader", "lecteur_é", ""],
+)
+def test_a_bad_role_name_is_refused_before_touching_the_database(name, database_url):
+    result = depthwatch_cli("db", "create-readonly-role", name, "--database-url", DOWN_URL)
+    assert result.returncode == 2
+    assert "role name" in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""
+    with pytest.raises(RoleError):
+        validate_role_name(name)
+
+
+def test_roles_that_could_write_anyway_are_refused(database_url, role_name):
+    result = depthwatch_cli(
+        "db", "create-readonly-role", "postgres", "--database-url", database_url
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    assert "is the role this command connects as" in result.stderr
+    admin = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE ROLE "{role_name}" LOGIN SUPERUSER'))
+    admin.dispose()
+    result = depthwatch_cli("db", "create-readonly-role", role_name, "--database-url", database_url)
+    assert result.returncode == 1 and result.stdout == ""
+    assert "exists and is a superuser" in result.stderr
+
+
+def test_the_dashboard_reads_through_the_readonly_role(database_url, role_name, monkeypatch):
+    """Data recorded by the real collector from the simulator; the dashboard
+    given DASHBOARD_DATABASE_URL (the role) and a dead DATABASE_URL, which it
+    must not use."""
+    sim = SimulatorThread(SimConfig(symbols=("BTCUSDT",), rate=200, deltas=300, seed=4)).start()
+    try:
+        config = config_for(sim, database_url, symbols=("BTCUSDT",), heartbeat_interval_s=0.5)
+        collect_until_caught_up(sim, config)
+    finally:
+        sim.stop()
+    url, _ = create_role(database_url, role_name)
+    monkeypatch.setenv("DASHBOARD_DATABASE_URL", url)
+    monkeypatch.setenv("DATABASE_URL", DOWN_URL)
+    monkeypatch.delenv("DASHBOARD_PASSWORD", raising=False)
+    st.cache_resource.clear()
+    try:
+        overview = page("overview").run(timeout=30)
+        assert not overview.exception and not overview.error
+        assert overview.dataframe[0].value["symbol"].tolist() == ["BTCUSDT"]
+        live = page("live").run(timeout=30)
+        assert not live.exception and not live.error
+        assert len(live.get("plotly_chart")) == 6
+        health = page("health").run(timeout=30)
+        assert not health.exception and not health.error
+        sizes = [d.value for d in health.dataframe if "table" in d.value.columns]
+        assert "book_events" in set(sizes[0]["table"])  # sizes are readable to the role
+    finally:
+        st.cache_resource.clear()
+
+
+def page(name: str) -> AppTest:
+    return AppTest.from_string(f"from depthwatch.app import {name}\n{name}.render()")

@@ -18,6 +18,7 @@ from depthwatch.feed.topics import CATEGORIES
 from depthwatch.logs import LogFormatError, setup_logging
 
 log = logging.getLogger("depthwatch")
+ROLE_PASSWORD_ENV = "DEPTHWATCH_ROLE_PASSWORD"
 
 
 def parse_time_us(text: str) -> int:
@@ -61,6 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Apply pending schema migrations under a lock (safe to run concurrently).",
     )
     add_database_arguments(upgrade)
+    readonly = db_sub.add_parser(
+        "create-readonly-role",
+        help="create (or update) a login role that can only read, for the dashboard",
+        description="Create a PostgreSQL login role with SELECT on the depthwatch tables, "
+        "current and future (the daily partitions the writer creates), USAGE on their schema "
+        "and no write of any kind; run again to reset its password. The password is "
+        f"{ROLE_PASSWORD_ENV} if set, else generated; the one line on standard output is the "
+        "DASHBOARD_DATABASE_URL to give the dashboard (it is printed once, never logged). "
+        "Connects with --database-url (a role allowed to create roles and grant on the tables).",
+    )
+    readonly.add_argument(
+        "name", help="role name: letters, digits and underscores, at most 63 characters"
+    )
+    add_database_arguments(readonly)
 
     export = sub.add_parser(
         "export",
@@ -155,6 +170,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_collector(collector_config_from_args(args))
     if args.command == "db":
+        if args.db_command == "create-readonly-role":
+            return _db_create_readonly_role(args)
         return _db_upgrade(args)
     if args.command == "export":
         return _export(args)
@@ -181,6 +198,43 @@ def _db_upgrade(args: argparse.Namespace) -> int:
     wait_for_database(engine, args.database_wait)
     version = schema.upgrade(engine)
     print(f"schema at version {version}")
+    return 0
+
+
+def _db_create_readonly_role(args: argparse.Namespace) -> int:
+    import os
+    import secrets
+
+    from depthwatch.storage import roles, schema
+    from depthwatch.storage.db import make_engine, resolve_database_url, wait_for_database
+
+    try:
+        name = roles.validate_role_name(args.name)
+    except roles.RoleError as exc:
+        log.error("%s", exc)
+        return 2
+    password = os.environ.get(ROLE_PASSWORD_ENV) or secrets.token_urlsafe(24)
+    url = resolve_database_url(args.database_url, args.data_dir)
+    engine = make_engine(url, pool_size=1)
+    try:
+        wait_for_database(engine, args.database_wait)
+        schema.upgrade(engine)  # the tables exist, so the grants reach them now
+        role = roles.create_readonly_role(engine, name, password)
+    except roles.RoleError as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        engine.dispose()
+    log.info(
+        "read-only role %s %s: SELECT on %d tables in schema %s and on future tables of %s; "
+        "no write. Its URL follows on standard output, once: keep it as DASHBOARD_DATABASE_URL",
+        role.name,
+        "created" if role.created else "updated (password reset)",
+        role.tables,
+        role.schema,
+        ", ".join(role.default_owners),
+    )
+    print(f"DASHBOARD_DATABASE_URL={roles.role_url(url, role.name, password)}", flush=True)
     return 0
 
 
