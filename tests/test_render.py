@@ -703,3 +703,9 @@ def test_ci_tests_the_pins_render_installs():
     test_command = next(c for c in commands if "pytest" in c)
     assert "-r requirements.txt" in test_command
     assert test_command in ci.splitlines()
+
+
+def test_everything_runs_in_one_region():
+    """Services reach the database over Render's private network only within a region."""
+    resources = blueprint()["services"] + blueprint()["databases"]
+    assert len({resource["region"] for resource in resources}) == 1
