@@ -7,6 +7,7 @@ import asyncio
 import csv
 import io
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -36,9 +37,12 @@ def collect_until_caught_up(
     config: CollectorConfig,
     timeout_s: float = 60.0,
     wait_for: list[StreamKey] | None = None,
+    prepare: Callable[[Collector], None] | None = None,
 ) -> Run:
     """Run the collector until every stream's book (or those in `wait_for`) is
-    valid at the simulator's final state and everything is written, then stop it."""
+    valid at the simulator's final state and everything is written, then stop it.
+    `prepare` may adjust the collector before it runs (e.g. faster timeouts).
+    The collector's task ending before that is an AssertionError."""
     engine = make_engine(config.database_url or "")
     schema.upgrade(engine)
     writer = BatchWriter(
@@ -47,6 +51,8 @@ def collect_until_caught_up(
     writer.start()
     register_instruments(config, writer)
     collector = Collector(config, writer)
+    if prepare is not None:
+        prepare(collector)
 
     def caught_up() -> bool:
         for stream, book in collector.books.items():
@@ -177,3 +183,33 @@ def assert_export_matches_truth(
 def feed_event_kinds(engine: sa.Engine) -> list[str]:
     with engine.connect() as conn:
         return list(conn.execute(sa.text("SELECT kind FROM feed_events ORDER BY id")).scalars())
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    id: int
+    local_us: int
+    kind: str
+    symbol: str | None
+    depth: int | None
+    detail: str
+    connection: str
+
+
+def stored_feed_events(engine: sa.Engine) -> list[StoredEvent]:
+    """Every feed event, in the order written."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                """SELECT id, local_us, kind, symbol, depth, detail, connection
+                   FROM feed_events ORDER BY id"""
+            )
+        )
+        return [StoredEvent(*row) for row in rows]
+
+
+def stored_book_events(engine: sa.Engine, stream: StreamKey) -> list[queries.BookEventRow]:
+    """The recorded messages of a stream, in the order they apply."""
+    with engine.connect() as conn:
+        iid = queries.instrument_id(conn, stream.category, stream.symbol)
+        return list(queries.book_events(conn, iid, stream.depth, *ALL_TIME))

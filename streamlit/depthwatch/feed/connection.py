@@ -5,7 +5,13 @@ Owns the socket: connects, subscribes in chunks and checks every ack, pings ever
 a watchdog sees it silent, and resubscribes after reconnecting. Every frame gets
 its local receive timestamp the moment it is read, before parsing. Parsed
 records go to a `FeedHandler`; a handler that reports a broken book gets the
-topic resynced (unsubscribe + subscribe, so a fresh snapshot arrives).
+topic resynced (unsubscribe, then subscribe once the unsubscribe is acked, so a
+fresh snapshot arrives).
+
+Only data (book and trade messages) counts as life for the watchdog: a server
+that answers pings and acks but sends no data is as useless as a dead one. Any
+request left unacked for `ack_timeout_s` also ends the connection: a fresh one
+resubscribes everything, so no topic waits forever for a snapshot.
 """
 
 from __future__ import annotations
@@ -63,7 +69,10 @@ class ConnectionConfig:
     category: str
     topics: tuple[str, ...]
     ping_interval_s: float = PING_INTERVAL_S
-    silence_timeout_s: float = 30.0  # the watchdog reconnects after this much silence
+    # The watchdog reconnects after this long without data (pongs and acks do not
+    # count). A stream quiet for longer is reconnected too: the price of catching
+    # a socket that answers pings but sends nothing.
+    silence_timeout_s: float = 30.0
     ack_timeout_s: float = 10.0
     reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
 
@@ -109,7 +118,10 @@ class _PendingRequest:
     op: str
     topics: list[str]
     sent_at: float
-    resync: bool = False  # a re-subscription of a topic that was being served
+    # Part of a resync. A subscribe: of a topic that was being served a moment
+    # ago (so a refusal is no unknown symbol). An unsubscribe: its ack is what
+    # sends the subscribe.
+    resync: bool = False
 
 
 class BybitConnection:
@@ -124,6 +136,8 @@ class BybitConnection:
         self._pending: OrderedDict[str, _PendingRequest] = OrderedDict()
         self._req_ids = itertools.count(1)
         self._last_rx = 0.0  # time.monotonic() of the last frame
+        self._last_data = 0.0  # time.monotonic() of the last book or trade message
+        self._cut_reason = ""  # why we ended the current socket ourselves, if we did
         self.simulator_detected = False  # the server said it is depthwatch's simulator
         self._paused = False  # reading paused by writer back-pressure
         self._rng = random.Random()
@@ -152,6 +166,10 @@ class BybitConnection:
 
     async def _run_once(self, stop: asyncio.Event) -> None:
         connected = False
+        opened_at = time.monotonic()
+        book_updates_before = self.stats.book_updates
+        self._cut_reason = ""
+        ended = ""  # how the server ended it, when it did
         try:
             async with connect(
                 self.config.url,
@@ -164,7 +182,7 @@ class BybitConnection:
             ) as ws:
                 connected = True
                 self._ws = ws
-                self._last_rx = time.monotonic()
+                opened_at = self._last_rx = self._last_data = time.monotonic()
                 self.stats.connects += 1
                 if ws.response is not None and ws.response.headers.get(SIMULATOR_HEADER):
                     self.simulator_detected = True
@@ -177,7 +195,7 @@ class BybitConnection:
                     asyncio.create_task(self._close_on_stop(ws, stop)),
                 ]
                 try:
-                    await self._read(ws)
+                    ended = await self._read(ws)
                 finally:
                     for task in helpers:
                         task.cancel()
@@ -185,8 +203,9 @@ class BybitConnection:
         except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
             if not connected:
                 self.stats.connect_failures += 1
+            ended = str(exc) or type(exc).__name__
             if not stop.is_set():
-                log.warning("%s: connection failed: %s", self.name, exc or type(exc).__name__)
+                log.warning("%s: connection failed: %s", self.name, ended)
         finally:
             self._ws = None
             self._pending.clear()
@@ -194,7 +213,13 @@ class BybitConnection:
                 self.handler.on_streams_lost(
                     [self.parser.stream_of(t) for t in self.topics if t.startswith("orderbook.")]
                 )
-                self._event(FeedEventKind.DISCONNECT, detail="stopping" if stop.is_set() else "")
+                # Why, and what this socket delivered: enough to tell a server
+                # that drops every connection early from an occasional blip.
+                why = "stopping" if stop.is_set() else self._cut_reason or ended
+                received = self.stats.book_updates - book_updates_before
+                lived = time.monotonic() - opened_at
+                detail = f"{why} ({received} book messages in {lived:.1f} s)"
+                self._event(FeedEventKind.DISCONNECT, detail=detail[:500])
 
     async def _close_on_stop(self, ws: ClientConnection, stop: asyncio.Event) -> None:
         await stop.wait()
@@ -202,7 +227,8 @@ class BybitConnection:
 
     # ---- reading
 
-    async def _read(self, ws: ClientConnection) -> None:
+    async def _read(self, ws: ClientConnection) -> str:
+        """Read until the connection ends; returns how it ended."""
         handler = self.handler
         parse = self.parser.parse
         stats = self.stats
@@ -226,12 +252,16 @@ class BybitConnection:
                 try:
                     if isinstance(parsed, BookUpdate):
                         stats.book_updates += 1
+                        self._last_data = self._last_rx
                         if handler.on_book_update(parsed):
                             await self._resync(parsed.stream)
                     elif isinstance(parsed, list):
+                        self._last_data = self._last_rx
                         handler.on_trades(parsed)
                     else:
-                        self._on_control(parsed, ws)
+                        resubscribe = self._on_control(parsed, ws)
+                        if resubscribe:
+                            await self._send_request("subscribe", resubscribe, resync=True)
                 except websockets.exceptions.ConnectionClosed:
                     raise
                 except Exception as exc:  # a bug must cost one frame, not the collector
@@ -243,6 +273,10 @@ class BybitConnection:
                     await self._wait_for_writer()
         except websockets.exceptions.ConnectionClosed as exc:
             log.warning("%s: connection closed: %s", self.name, exc)
+            return str(exc)
+        # A normal close (1000, 1001) ends the iteration without an exception.
+        log.warning("%s: closed by the server: %s %s", self.name, ws.close_code, ws.close_reason)
+        return f"closed by the server: {ws.close_code} {ws.close_reason}".strip()
 
     async def _wait_for_writer(self) -> None:
         """Back-pressure: stop reading until the writer has room. The watchdog
@@ -253,7 +287,7 @@ class BybitConnection:
             await self.handler.wait_for_room()
         finally:
             self._paused = False
-            self._last_rx = time.monotonic()
+            self._last_rx = self._last_data = time.monotonic()
 
     def _malformed(self, exc: MalformedMessage) -> None:
         self.stats.malformed += 1
@@ -283,31 +317,35 @@ class BybitConnection:
         self._pending[req_id] = _PendingRequest(op, topics, time.monotonic(), resync)
         await self._ws.send(orjson.dumps({"req_id": req_id, "op": op, "args": topics}).decode())
 
-    def _on_control(self, msg: ControlMessage, ws: ClientConnection) -> None:
+    def _on_control(self, msg: ControlMessage, ws: ClientConnection) -> list[str]:
+        """Settle the request an ack answers. Returns the topics to subscribe
+        now: those of a resync whose unsubscribe was just acked."""
         if msg.is_pong:
-            return
+            return []
         # Not every ack echoes req_id; those come back in request order. An ack
         # naming a request we no longer wait for (expired, before a reconnect)
         # must not be charged to another one.
         request = self._pending.pop(msg.req_id, None) if msg.req_id else self._oldest_pending()
         if request is None:
             log.warning("%s: control message matching no request: %s", self.name, msg)
-            return
+            return []
         failed = msg.fail_topics or ([] if msg.success else topics_named_in(msg.ret_msg))
         if not msg.success and not failed:
             failed = list(request.topics)  # the ack names none: the whole request failed
         if request.op == "unsubscribe":
             if failed:
+                # Not subscribed (any more) is fine for a resync: the subscribe
+                # that follows brings the snapshot either way.
                 log.warning("%s: unsubscribe %s refused: %s", self.name, failed, msg.ret_msg)
-            return
+            return list(request.topics) if request.resync else []
         if failed and request.resync:
             # The topic was served a moment ago, so this is not an unknown symbol:
             # start over on a fresh connection, which resubscribes everything.
             log.warning(
                 "%s: resync of %s failed (%s); reconnecting", self.name, failed, msg.ret_msg
             )
-            ws.transport.abort()
-            return
+            self._cut(ws, f"resync of {', '.join(failed)} refused: {msg.ret_msg}")
+            return []
         for topic in failed:
             self._topic_refused(topic, msg.ret_msg or "refused")
         for topic in request.topics:
@@ -315,7 +353,8 @@ class BybitConnection:
                 self._event(FeedEventKind.SUBSCRIBED, topic=topic)
         if not self.topics:
             log.error("%s: every topic was refused; closing the connection", self.name)
-            ws.transport.abort()
+            self._cut(ws, "every topic was refused")
+        return []
 
     def _oldest_pending(self) -> _PendingRequest | None:
         if not self._pending:
@@ -331,12 +370,15 @@ class BybitConnection:
             self.topics.remove(topic)  # do not retry it on every reconnect
 
     async def _resync(self, stream: StreamKey) -> None:
+        """Unsubscribe; the ack sends the subscribe (see _on_control). Sent back
+        to back, a subscribe could meet a server that has not (or never) dropped
+        the topic, and get "already subscribed" or no snapshot at all. An
+        unsubscribe never acked ends the connection (_ack_overdue)."""
         topic = f"orderbook.{stream.depth}.{stream.symbol}"
         self.stats.resyncs += 1
         self._event(FeedEventKind.RESYNC, topic=topic, detail="unsubscribe + subscribe")
         log.warning("%s: resyncing %s", self.name, topic)
-        await self._send_request("unsubscribe", [topic])
-        await self._send_request("subscribe", [topic], resync=True)
+        await self._send_request("unsubscribe", [topic], resync=True)
 
     # ---- liveness
 
@@ -349,32 +391,48 @@ class BybitConnection:
         timeout = self.config.silence_timeout_s
         while True:
             await asyncio.sleep(min(1.0, timeout / 4))
-            silent = time.monotonic() - self._last_rx
-            if silent > timeout and not self._paused:
+            if self._paused:
+                continue  # back-pressure: we stopped reading, the server did not stop
+            now = time.monotonic()
+            silent = now - self._last_data
+            if silent > timeout:
                 self.stats.stalls += 1
-                log.warning("%s: silent for %.1f s; reconnecting", self.name, silent)
-                self._event(FeedEventKind.STALL, detail=f"silent for {silent:.1f} s")
-                ws.transport.abort()
+                since_frame = now - self._last_rx
+                detail = f"no data for {silent:.1f} s"
+                if since_frame < silent:  # pongs or acks kept coming: a mute socket
+                    detail += f", though the server still answers ({since_frame:.1f} s ago)"
+                log.warning("%s: %s; reconnecting", self.name, detail)
+                self._event(FeedEventKind.STALL, detail=detail)
+                self._cut(ws, detail)
                 return
-            if self._ack_overdue():
-                ws.transport.abort()
+            overdue = self._ack_overdue()
+            if overdue:
+                self._cut(ws, overdue)
                 return
 
-    def _ack_overdue(self) -> bool:
-        """A subscribe nobody answered leaves its books without a snapshot:
-        say so, and let a fresh connection subscribe again."""
-        deadline = time.monotonic() - self.config.ack_timeout_s
+    def _ack_overdue(self) -> str:
+        """A subscribe nobody answered leaves its books without a snapshot, an
+        unsubscribe (of a resync) never sends its subscribe: say so, and let a
+        fresh connection subscribe again. Returns the reason, or ""."""
+        timeout = self.config.ack_timeout_s
+        deadline = time.monotonic() - timeout
         for request in self._pending.values():
-            if request.sent_at < deadline and request.op == "subscribe":
-                log.error("%s: no ack for subscribe %s; reconnecting", self.name, request.topics)
+            if request.sent_at < deadline:
+                what = f"{request.op}{' (resync)' if request.resync else ''}"
+                reason = f"no ack for {what} within {timeout:g} s"
+                log.error("%s: %s of %s; reconnecting", self.name, reason, request.topics)
                 for topic in request.topics:
                     self._event(
-                        FeedEventKind.SUBSCRIBE_FAILED,
-                        topic=topic,
-                        detail=f"{topic}: no ack within {self.config.ack_timeout_s:.0f} s",
+                        FeedEventKind.SUBSCRIBE_FAILED, topic=topic, detail=f"{topic}: {reason}"
                     )
-                return True
-        return False
+                return reason
+        return ""
+
+    def _cut(self, ws: ClientConnection, reason: str) -> None:
+        """End the socket now (no close handshake with a server we no longer
+        trust); the reason goes into the disconnect event."""
+        self._cut_reason = reason
+        ws.transport.abort()
 
     def _event(self, kind: FeedEventKind, topic: str | None = None, detail: str = "") -> None:
         symbol: str | None = None
