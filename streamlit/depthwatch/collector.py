@@ -213,6 +213,7 @@ class Collector:
         helpers = [
             asyncio.create_task(self._report_status(stop)),
             asyncio.create_task(self._beat(stop)),
+            asyncio.create_task(self._restart_dropped_records(stop)),
         ]
         try:
             await asyncio.gather(*(c.run(stop) for c in self.connections))
@@ -220,6 +221,22 @@ class Collector:
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
+
+    async def _restart_dropped_records(self, stop: asyncio.Event) -> None:
+        """Streams whose rows the writer had to drop (journal full; it recorded
+        the gap) restart their record from a fresh snapshot, asked for as soon
+        as the journal has room again, even if the market is quiet."""
+        while not stop.is_set():
+            for stream in list(self.writer.streams_to_resync):
+                book = self.books.get(stream)
+                if book is None or not book.valid:
+                    continue  # a snapshot is on its way already
+                book.invalidate()
+                for connection in self.connections:
+                    if await connection.request_resync(stream):
+                        break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
 
     @property
     def simulated(self) -> bool:
@@ -277,13 +294,15 @@ class Collector:
             w = self.writer.stats
             log.info(
                 "status: %d msgs (%.0f/s), %d book rows written (%d already stored), %d pending, "
-                "valid books %d/%d, gaps %d, resyncs %d, malformed %d, flush failures %d, "
-                "back-pressure waits %d",
+                "journal %.1f MB, dropped %d, valid books %d/%d, gaps %d, resyncs %d, "
+                "malformed %d, flush failures %d, back-pressure waits %d",
                 messages,
                 rate,
                 w.rows_written["book_events"],
                 w.rows_duplicate["book_events"],
                 self.writer.pending_rows,
+                self.writer.journal_bytes / 1e6,
+                w.rows_dropped,
                 sum(b.valid for b in self.books.values()),
                 len(self.books),
                 self.stats.gaps,
@@ -331,6 +350,9 @@ def run_collector(config: CollectorConfig) -> int:
             max_pending_rows=config.max_pending_rows,
             retention_days=config.retention_days,
             collector_id=config.collector_id,
+            journal_dir=config.journal_path,
+            journal_max_bytes=int(config.journal_max_mb * 1024 * 1024),
+            spill_rows=config.spill_rows,
         ),
     )
     writer.start()
@@ -379,7 +401,7 @@ def log_summary(collector: Collector, flushed: bool) -> None:
     )
     log.info(
         "gaps %d, resyncs %d, restarts %d, malformed %d, unknown streams %d, handler errors %d, "
-        "rows rejected %d, flush failures %d",
+        "rows rejected %d, flush failures %d, rows journaled %d, rows dropped %d",
         collector.stats.gaps,
         sum(c.stats.resyncs for c in collector.connections),
         collector.stats.restarts,
@@ -388,6 +410,8 @@ def log_summary(collector: Collector, flushed: bool) -> None:
         collector.stats.handler_errors,
         w.rows_rejected,
         w.flush_failures,
+        w.rows_journaled,
+        w.rows_dropped,
     )
     p50, p99 = w.latency_percentiles_ms(0.5, 0.99)
     log.info("receive-to-commit latency: p50 %.1f ms, p99 %.1f ms", p50, p99)

@@ -52,6 +52,13 @@ class CollectorConfig:
         sets it; a collector pointed at the simulator by hand finds out from the
         handshake anyway). Env DEPTHWATCH_SIMULATED=1.
     heartbeat_interval_s: how often the collector writes its heartbeat row.
+    journal_dir: where rows wait on local disk while the database is unreachable
+        (and rows a crash left there are picked up at start); default
+        <data_dir>/journal. Env DEPTHWATCH_JOURNAL_DIR.
+    journal_max_mb: the journal's cap; beyond it rows are dropped and each
+        stream's gap is recorded. Env DEPTHWATCH_JOURNAL_MAX_MB.
+    spill_rows: rows kept in memory during an outage before they move to the
+        journal (the memory bound). Env DEPTHWATCH_SPILL_ROWS.
     """
 
     category: str = "linear"
@@ -75,6 +82,9 @@ class CollectorConfig:
     status_interval_s: float = 10.0
     simulated: bool = False
     heartbeat_interval_s: float = 2.0
+    journal_dir: Path | None = None
+    journal_max_mb: float = 1024.0
+    spill_rows: int = 50_000
     collector_id: str = f"{socket.gethostname()}:{os.getpid()}"
 
     def __post_init__(self) -> None:
@@ -103,6 +113,14 @@ class CollectorConfig:
             raise ConfigError("the checkpoint interval must be at least 1 second")
         if self.topics_per_connection <= 0:
             raise ConfigError("topics per connection must be positive")
+        if self.journal_max_mb <= 0:
+            raise ConfigError("the journal cap (--journal-max-mb) must be positive")
+        if self.spill_rows <= 0:
+            raise ConfigError("--spill-rows must be positive")
+
+    @property
+    def journal_path(self) -> Path:
+        return self.journal_dir or self.data_dir / "journal"
 
     @property
     def endpoint(self) -> str:
@@ -227,6 +245,29 @@ def add_collector_arguments(parser: argparse.ArgumentParser) -> None:
         "reconnect a connection that received nothing for this many seconds",
     )
     parser.add_argument(
+        "--journal-dir",
+        type=Path,
+        default=_env("DEPTHWATCH_JOURNAL_DIR", "") or None,
+        help="where rows wait on disk while the database is unreachable "
+        "(env DEPTHWATCH_JOURNAL_DIR, default <data dir>/journal)",
+    )
+    _add_number(
+        parser,
+        "--journal-max-mb",
+        float,
+        "DEPTHWATCH_JOURNAL_MAX_MB",
+        d.journal_max_mb,
+        "cap of that journal; beyond it rows are dropped and the gap recorded",
+    )
+    _add_number(
+        parser,
+        "--spill-rows",
+        int,
+        "DEPTHWATCH_SPILL_ROWS",
+        d.spill_rows,
+        "rows kept in memory while the database is unreachable; beyond, they go to the journal",
+    )
+    parser.add_argument(
         "--simulated",
         action="store_true",
         default=_env_flag("DEPTHWATCH_SIMULATED"),
@@ -285,4 +326,7 @@ def collector_config_from_args(args: argparse.Namespace) -> CollectorConfig:
         legacy_depths=args.legacy_depths,
         database_wait_s=args.database_wait,
         simulated=args.simulated,
+        journal_dir=args.journal_dir,
+        journal_max_mb=args.journal_max_mb,
+        spill_rows=args.spill_rows,
     )

@@ -369,6 +369,15 @@ class BybitConnection:
         if topic in self.topics:
             self.topics.remove(topic)  # do not retry it on every reconnect
 
+    async def request_resync(self, stream: StreamKey) -> bool:
+        """Resync a stream this connection serves (a fresh snapshot), e.g. when
+        its record lost rows; False when it is not connected or not served here."""
+        topic = f"orderbook.{stream.depth}.{stream.symbol}"
+        if self._ws is None or topic not in self.topics:
+            return False
+        await self._resync(stream)
+        return True
+
     async def _resync(self, stream: StreamKey) -> None:
         """Unsubscribe; the ack sends the subscribe (see _on_control). Sent back
         to back, a subscribe could meet a server that has not (or never) dropped

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import threading
 import time
@@ -22,6 +23,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from operator import itemgetter
+from pathlib import Path
 
 import psycopg2
 import psycopg2.errors
@@ -33,12 +35,14 @@ from depthwatch.records import (
     CollectorHeartbeat,
     DepthSnapshot,
     FeedEvent,
+    FeedEventKind,
     Level,
     Quote,
     StreamKey,
     Trade,
 )
 from depthwatch.storage import schema
+from depthwatch.storage.journal import DEFAULT_MAX_BYTES, Journal, JournalBatch
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +84,12 @@ class WriterConfig:
     retention_days: int = 0  # 0 keeps everything
     partitions_ahead_days: int = 2
     collector_id: str = "depthwatch"
+    # While the database is unreachable (or a journal is being drained), queued
+    # rows beyond this many move to the journal on disk, so memory stays bounded
+    # and the sockets keep reading.
+    spill_rows: int = 50_000
+    journal_dir: Path | None = None  # None: no journal; readers wait instead
+    journal_max_bytes: int = DEFAULT_MAX_BYTES  # beyond it rows are dropped, as a recorded gap
 
 
 @dataclass
@@ -92,6 +102,8 @@ class WriterStats:
     flushes: int = 0
     flush_failures: int = 0
     rows_rejected: int = 0
+    rows_journaled: int = 0  # moved to the journal while the database was unreachable
+    rows_dropped: int = 0  # the journal was full: dropped, recorded as gaps
     copies_with_duplicates: int = 0  # table COPYs that met rows already stored
     backpressure_waits: int = 0
     # receive-to-commit latency of book events, microseconds (most recent only)
@@ -152,6 +164,21 @@ class BatchWriter:
         self._thread: threading.Thread | None = None
         self._last_maintenance = 0.0
         self._held: _Batch | None = None  # taken from the queues, not yet committed
+        self._instrument_keys: dict[int, tuple[str, str]] = {}  # id -> (category, symbol)
+        self.journal = (
+            Journal(config.journal_dir, config.journal_max_bytes) if config.journal_dir else None
+        )
+        self._outage = False  # the last flush failed
+        # Rows go to the journal rather than waiting: written by the writer thread.
+        self._spilling = False
+        self.journal_bytes = 0  # pending in the journal, as last seen by the writer thread
+        # The journal is full: new rows are refused (set by the writer thread).
+        # A stream that lost a row is blocked: its rows are refused until a
+        # snapshot restarts its record, so no delta is stored on top of a hole.
+        # Only the readers' thread touches `_blocked`, so checking a row and
+        # appending it cannot interleave with a block.
+        self._dropping = False
+        self._blocked: set[StreamKey] = set()
 
     # ---- called from the socket readers' thread: format and append, nothing else
 
@@ -161,6 +188,10 @@ class BatchWriter:
         return f"{self._instrument_id(stream)}\t{stream.depth}\t{exchange_us}\t{local_us}\t"
 
     def add_book_update(self, update: BookUpdate) -> None:
+        if (self._dropping or self._blocked) and self._refuse(
+            update.stream, update.local_us, update.is_snapshot
+        ):
+            return
         line = (
             f"{self._row_start(update.stream, update.exchange_us, update.local_us)}"
             f"{_nullable(update.match_us)}\t{update.update_id}\t{update.sequence}\t"
@@ -170,6 +201,8 @@ class BatchWriter:
         self._maybe_wake()
 
     def add_quote(self, quote: Quote) -> None:
+        if (self._dropping or self._blocked) and self._refuse(quote.stream, quote.local_us):
+            return
         self._rows["quotes"].append(
             f"{self._row_start(quote.stream, quote.exchange_us, quote.local_us)}"
             f"{quote.update_id}\t{_nullable(quote.bid_price)}\t{_nullable(quote.bid_size)}\t"
@@ -177,12 +210,18 @@ class BatchWriter:
         )
 
     def add_depth_snapshot(self, snapshot: DepthSnapshot) -> None:
+        if (self._dropping or self._blocked) and self._refuse(snapshot.stream, snapshot.local_us):
+            return
         self._rows["depth_snapshots"].append(
             f"{self._row_start(snapshot.stream, snapshot.exchange_us, snapshot.local_us)}"
             f"{snapshot.update_id}\t{_levels_columns(snapshot.bids, snapshot.asks)}\n"
         )
 
     def add_checkpoint(self, checkpoint: BookCheckpoint) -> None:
+        if (self._dropping or self._blocked) and self._refuse(
+            checkpoint.stream, checkpoint.local_us
+        ):
+            return
         self._rows["book_checkpoints"].append(
             f"{self._row_start(checkpoint.stream, checkpoint.exchange_us, checkpoint.local_us)}"
             f"{checkpoint.update_id}\t{checkpoint.sequence}\t"
@@ -190,6 +229,9 @@ class BatchWriter:
         )
 
     def add_trade(self, trade: Trade) -> None:
+        if self._dropping:  # no book to restart: the book streams' gaps cover the time
+            self.stats.rows_dropped += 1
+            return
         iid = self.instrument_id(trade.category, trade.symbol)
         self._note_day(trade.exchange_us)
         self._rows["trades"].append(
@@ -204,6 +246,40 @@ class BatchWriter:
 
     def add_heartbeat(self, heartbeat: CollectorHeartbeat) -> None:
         self._events.append(heartbeat)
+
+    def _refuse(self, stream: StreamKey, local_us: int, snapshot: bool = False) -> bool:
+        """Whether to drop a row: every row while the journal is full, then
+        every row of a stream that lost one until a snapshot (which the
+        collector's resync brings) restarts its record. A stream's first lost
+        row records its gap."""
+        if self._dropping:
+            if stream not in self._blocked:
+                self._blocked.add(stream)
+                self._events.append(
+                    FeedEvent(
+                        FeedEventKind.GAP,
+                        local_us,
+                        stream.category,
+                        stream.symbol,
+                        stream.depth,
+                        "rows dropped: the database was unreachable and the journal full; "
+                        "not recorded until a fresh snapshot",
+                    )
+                )
+        elif stream not in self._blocked:
+            return False
+        elif snapshot:
+            self._blocked.discard(stream)
+            log.info("%s: recording again from a fresh snapshot", stream)
+            return False
+        self.stats.rows_dropped += 1
+        return True
+
+    @property
+    def streams_to_resync(self) -> frozenset[StreamKey]:
+        """Streams whose record lost rows and that need a fresh snapshot, once
+        the journal has room again (empty while it is still full)."""
+        return frozenset() if self._dropping else frozenset(self._blocked)  # an atomic copy
 
     def take_recent_latency_ms(self) -> tuple[float | None, float | None]:
         """p50 and p99 receive-to-commit of the book events committed since the
@@ -222,7 +298,7 @@ class BatchWriter:
         return held + len(self._book_rows) + sum(len(rows) for rows in self._rows.values())
 
     def has_room(self) -> bool:
-        return self.pending_rows < self.config.max_pending_rows
+        return self._spilling or self.pending_rows < self.config.max_pending_rows
 
     async def wait_for_room(self) -> None:
         """Back-pressure: pause the calling reader (not the event loop) until the
@@ -270,6 +346,7 @@ class BatchWriter:
                 {"e": EXCHANGE, "c": category, "s": symbol, "t": tick_size},
             ).scalar_one()
         self._instrument_ids[key] = int(iid)
+        self._instrument_keys[int(iid)] = key
         return int(iid)
 
     def register_stream(self, stream: StreamKey) -> None:
@@ -290,6 +367,8 @@ class BatchWriter:
     def start(self) -> None:
         with self.engine.begin() as conn:
             self._maintain_partitions(conn)
+        if self.journal is not None and self.journal.adopt_orphans():
+            self._note_journal()
         self._thread = threading.Thread(target=self._run, name="depthwatch-writer", daemon=True)
         self._thread.start()
 
@@ -302,12 +381,20 @@ class BatchWriter:
         left = self.pending_rows + len(self._events)
         if left:
             log.error("writer stopped with %d rows not written", left)
+        if self.journal is not None:
+            if self.journal_bytes:
+                log.warning(
+                    "%.1f MB of rows wait in the journal %s: the next start writes them",
+                    self.journal_bytes / 1e6,
+                    self.journal.directory,
+                )
+            self.journal.close()
         return left == 0
 
     def flush_now(self, timeout_s: float = 10.0) -> bool:
         """Wait until everything added so far is committed (tests; shutdown uses stop)."""
         deadline = time.monotonic() + timeout_s
-        while self.pending_rows or self._events or self._flushing:
+        while self.pending_rows or self._events or self._flushing or self.journal_bytes:
             if time.monotonic() > deadline:
                 return False
             self._wake.set()
@@ -329,31 +416,37 @@ class BatchWriter:
             self._wake.clear()
             cycle_started = time.monotonic()
             while True:
-                # A batch whose flush failed is written before anything newer, and
-                # re-ensures every partition (one may have been dropped under it).
                 self._flushing = True
-                if self._held is not None:
-                    self._held.days = self._held.row_days()
-                batch = self._held = self._held or self._take_batch()
+                batch = self._held = self._next_batch()
                 if batch.empty:
                     self._held = None
                     self._flushing = False
                     break
                 conn, written = self._flush(conn, batch)
                 if not written:  # keep it held; back off, then try again
+                    self._outage = True
+                    if batch.journal is not None:
+                        self._held = None  # it stays on disk; read again for the retry
                     if self._stopping.is_set():
                         if self._stop_deadline_passed():
+                            self._spill(everything=True)
                             return
-                        time.sleep(0.2)
+                        self._wait_spilling(0.2, stopping=True)
                     else:
-                        self._stopping.wait(backoff)
+                        self._wait_spilling(backoff)
                     backoff = min(backoff * 2, 10.0)
                     continue
+                self._outage = False
+                self._log_recovery()
                 self._held = None
+                if batch.journal is not None and self.journal is not None:
+                    self.journal.consume(batch.journal)
+                    self._note_journal()
                 backoff = 0.5
-                if self.pending_rows < self.config.batch_rows:
+                self._spill()
+                if not self.journal_bytes and self.pending_rows < self.config.batch_rows:
                     break
-            drained = not self.pending_rows and not self._events
+            drained = not self.pending_rows and not self._events and not self.journal_bytes
             if self._stopping.is_set() and drained:
                 self._discard(conn)
                 return
@@ -389,7 +482,7 @@ class BatchWriter:
         except Exception as exc:  # any failure: keep the batch, reconnect, retry
             self.stats.flush_failures += 1
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            log.error("flush of %d rows failed (%s); will retry", batch.size, first_line)
+            self._log_failure(batch.size, first_line)
             self._discard(conn)
             # A partition may have been dropped under us (retention of another
             # collector, an operator): forget what we knew; the retry re-ensures
@@ -398,6 +491,38 @@ class BatchWriter:
             return None, False
         finally:
             self._flushing = False
+
+    _outage_started: float | None = None
+    _outage_logged = 0.0
+    _outage_failures = 0
+
+    def _log_failure(self, rows: int, reason: str) -> None:
+        """One line when an outage starts, then one every 30 s, not one per retry."""
+        now = time.monotonic()
+        self._outage_failures += 1
+        if self._outage_started is None:
+            self._outage_started = self._outage_logged = now
+            log.error("flush of %d rows failed (%s); will retry", rows, reason)
+        elif now - self._outage_logged >= 30.0:
+            self._outage_logged = now
+            log.error(
+                "database still unreachable after %.0f s (%d failed flushes; %s); "
+                "journal %.1f MB, %d rows dropped",
+                now - self._outage_started,
+                self._outage_failures,
+                reason,
+                self.journal_bytes / 1e6,
+                self.stats.rows_dropped,
+            )
+
+    def _log_recovery(self) -> None:
+        if self._outage_started is not None:
+            log.warning(
+                "database reachable again after %.1f s (%d failed flushes)",
+                time.monotonic() - self._outage_started,
+                self._outage_failures,
+            )
+            self._outage_started, self._outage_failures = None, 0
 
     _stop_started: float | None = None
 
@@ -429,18 +554,103 @@ class BatchWriter:
             except Exception:
                 pass
 
-    def _take_batch(self) -> _Batch:
+    def _next_batch(self) -> _Batch:
+        """What to write next, oldest first: a batch whose flush failed (again,
+        re-ensuring every partition: one may have been dropped under it), then
+        the journal, then the queues."""
+        if self._held is not None:
+            self._held.days = self._held.row_days()
+            return self._held
+        if self.journal is not None and self.journal_bytes:
+            journaled = self.journal.read(self.config.batch_rows * 2)
+            if journaled is not None:
+                return _Batch.from_journal(journaled, self._known_days)
+            self._note_journal()
+        return self._take_batch()
+
+    def _take_batch(self, everything: bool = False) -> _Batch:
         limit = self.config.batch_rows * 2
-        book = [self._book_rows.popleft() for _ in range(min(limit, len(self._book_rows)))]
+        book_count = len(self._book_rows) if everything else min(limit, len(self._book_rows))
+        book = [self._book_rows.popleft() for _ in range(book_count)]
         rows = {
-            table: [q.popleft() for _ in range(min(limit, len(q)))]
+            table: [q.popleft() for _ in range(len(q) if everything else min(limit, len(q)))]
             for table, q in self._rows.items()
         }
         rows["book_events"] = [line for _, line in book]
         events = [self._events.popleft() for _ in range(len(self._events))]
         # Days are read after the rows: a row's day is noted before its row is queued.
         days = set(self._seen_days) - self._known_days
-        return _Batch(rows, [local for local, _ in book], events, days)
+        return _Batch(
+            rows,
+            [local for local, _ in book],
+            [self._feed_event_row(e) for e in events if isinstance(e, FeedEvent)],
+            [asdict(e) for e in events if isinstance(e, CollectorHeartbeat)],
+            days,
+        )
+
+    def _feed_event_row(self, event: FeedEvent) -> dict[str, object]:
+        return {
+            "local_us": event.local_us,
+            "collector": self.config.collector_id,
+            "connection": event.connection,
+            "kind": str(event.kind),
+            "category": event.category,
+            "symbol": event.symbol,
+            "depth": event.depth,
+            "detail": event.detail,
+        }
+
+    # ---- the journal: rows the database cannot take yet
+
+    def _note_journal(self) -> None:
+        self.journal_bytes = self.journal.pending_bytes if self.journal is not None else 0
+        self._spilling = self.journal is not None and (self._outage or self.journal_bytes > 0)
+
+    def _wait_spilling(self, seconds: float, stopping: bool = False) -> None:
+        """Wait out a backoff while moving rows that pile up to the journal."""
+        deadline = time.monotonic() + seconds
+        while stopping or not self._stopping.is_set():
+            self._spill()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(0.2, left)) if stopping else self._stopping.wait(min(0.2, left))
+
+    def _spill(self, everything: bool = False) -> None:
+        """While the database is unreachable or the journal is not yet drained,
+        move the queues (oldest first, after a held batch from the queues) to the
+        journal once they exceed `spill_rows`; `everything` at a stop that cannot
+        reach the database. A full journal makes the readers refuse new rows
+        (see `_refuse`); what was queued before that still goes to the journal,
+        so the cap can be passed by at most one spill."""
+        self._note_journal()
+        journal = self.journal
+        if journal is None:
+            return
+        if not journal.has_room(0) and not self._dropping:
+            self._dropping = True
+            log.error(
+                "journal full (%.0f MB in %s): new rows are dropped; each stream's gap is "
+                "recorded and it resyncs once there is room",
+                journal.max_bytes / 1e6,
+                journal.directory,
+            )
+        elif self._dropping and journal.has_room(journal.max_bytes // 10):
+            self._dropping = False
+            log.warning("journal has room again: streams that lost rows resync")
+        if not (self._spilling or everything):
+            return
+        queued = self.pending_rows - (self._held.size if self._held is not None else 0)
+        if not everything and queued < self.config.spill_rows:
+            return
+        batches = []
+        if self._held is not None and self._held.journal is None:
+            batches.append(self._held)  # older than the queues: it goes first
+        self._held = None
+        batches.append(self._take_batch(everything=True))
+        journal.append([record for batch in batches for record in batch.journal_records()])
+        self.stats.rows_journaled += sum(b.size for b in batches)
+        self._note_journal()
 
     def _write(self, conn: sa.Connection, batch: _Batch) -> dict[str, int]:
         """Write the batch in one transaction; returns the rows inserted per
@@ -455,38 +665,33 @@ class BatchWriter:
                     inserted[table] = self._copy(cursor, table, lines)
                     if inserted[table] < len(lines):
                         self.stats.copies_with_duplicates += 1
-            heartbeats = [e for e in batch.events if isinstance(e, CollectorHeartbeat)]
-            events = [e for e in batch.events if isinstance(e, FeedEvent)]
-            if heartbeats:
+            if batch.heartbeats:
                 conn.execute(
                     sa.text(
                         f"INSERT INTO collector_heartbeats ({_HEARTBEAT_COLUMNS}) "
                         f"VALUES ({', '.join(':' + c for c in _HEARTBEAT_FIELDS)}) "
                         "ON CONFLICT DO NOTHING"
                     ),
-                    [asdict(h) for h in heartbeats],
+                    batch.heartbeats,
                 )
-            if events:
+            if batch.feed_events:
+                # Feed events have no natural key; one identical in every column
+                # is the same event written again (a retried commit, a replay).
                 conn.execute(
                     sa.text(
                         """INSERT INTO feed_events
                            (local_us, collector, connection, kind, category, symbol, depth, detail)
-                           VALUES (:local_us, :collector, :connection, :kind, :category,
-                                   :symbol, :depth, :detail)"""
+                           SELECT :local_us, :collector, :connection, :kind, :category,
+                                  :symbol, :depth, :detail
+                           WHERE NOT EXISTS (
+                               SELECT 1 FROM feed_events
+                               WHERE local_us = :local_us AND collector = :collector
+                                 AND connection = :connection AND kind = :kind
+                                 AND symbol IS NOT DISTINCT FROM :symbol
+                                 AND depth IS NOT DISTINCT FROM CAST(:depth AS smallint)
+                                 AND detail = :detail)"""
                     ),
-                    [
-                        {
-                            "local_us": e.local_us,
-                            "collector": self.config.collector_id,
-                            "connection": e.connection,
-                            "kind": str(e.kind),
-                            "category": e.category,
-                            "symbol": e.symbol,
-                            "depth": e.depth,
-                            "detail": e.detail,
-                        }
-                        for e in events
-                    ],
+                    batch.feed_events,
                 )
         return inserted
 
@@ -561,7 +766,7 @@ class BatchWriter:
         for table in batch.rows:
             self.stats.rows_written[table] += inserted.get(table, 0)
             self.stats.rows_duplicate[table] += duplicates.get(table, 0)
-        self.stats.feed_events_written += sum(isinstance(e, FeedEvent) for e in batch.events)
+        self.stats.feed_events_written += len(batch.feed_events)
         committed = now_us()
         latencies = [committed - local for local in book_local_us]
         self.stats.latencies_us.extend(latencies)
@@ -594,16 +799,50 @@ _HEARTBEAT_FIELDS = tuple(f.name for f in fields(CollectorHeartbeat))
 _HEARTBEAT_COLUMNS = ", ".join(_HEARTBEAT_FIELDS)
 
 
+# Journal record tags of the two event kinds (table rows are tagged by table).
+FEED_EVENTS = "feed_events"
+HEARTBEATS = "collector_heartbeats"
+
+
 @dataclass
 class _Batch:
     rows: dict[str, list[str]]
     book_local_us: list[int]
-    events: list[FeedEvent | CollectorHeartbeat]
+    feed_events: list[dict[str, object]]  # parameter rows for the INSERT
+    heartbeats: list[dict[str, object]]
     days: set[int]
+    journal: JournalBatch | None = None  # where it was read from; consumed on commit
 
     @property
     def size(self) -> int:
-        return sum(len(lines) for lines in self.rows.values()) + len(self.events)
+        rows = sum(len(lines) for lines in self.rows.values())
+        return rows + len(self.feed_events) + len(self.heartbeats)
+
+    def journal_records(self) -> list[tuple[str, str]]:
+        records = [(table, line) for table, lines in self.rows.items() for line in lines]
+        return records + self.events_as_records()
+
+    def events_as_records(self) -> list[tuple[str, str]]:
+        return [(FEED_EVENTS, json.dumps(e) + "\n") for e in self.feed_events] + [
+            (HEARTBEATS, json.dumps(h) + "\n") for h in self.heartbeats
+        ]
+
+    @classmethod
+    def from_journal(cls, journaled: JournalBatch, known_days: set[int]) -> _Batch:
+        rows: dict[str, list[str]] = {table: [] for table in COLUMNS}
+        feed_events: list[dict[str, object]] = []
+        heartbeats: list[dict[str, object]] = []
+        for table, line in journaled.records:
+            if table == FEED_EVENTS:
+                feed_events.append(json.loads(line))
+            elif table == HEARTBEATS:
+                heartbeats.append(json.loads(line))
+            else:
+                rows[table].append(line)
+        local = [int(line.split("\t", 4)[3]) for line in rows["book_events"]]
+        batch = cls(rows, local, feed_events, heartbeats, set(), journaled)
+        batch.days = batch.row_days() - known_days
+        return batch
 
     @property
     def empty(self) -> bool:

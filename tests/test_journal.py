@@ -1,0 +1,332 @@
+"""Database outages: rows beyond the memory bound wait in the journal on disk
+and are written after recovery, in order, once; a journal left by a crash is
+written at the next start; beyond the journal's cap rows are dropped as a
+recorded gap and the stream resyncs. Real PostgreSQL behind a real TCP proxy
+that cuts it off."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from depthwatch.collector import Collector, register_instruments
+from depthwatch.config import CollectorConfig
+from depthwatch.records import FeedEvent, FeedEventKind, StreamKey
+from depthwatch.sim import SimConfig, SimulatorThread
+from depthwatch.storage import schema
+from depthwatch.storage.db import make_engine
+from depthwatch.storage.journal import SUFFIX, Journal
+from depthwatch.storage.writer import BatchWriter, WriterConfig
+
+from .conftest import cli_env
+from .dbproxy import DatabaseProxy
+from .e2e import assert_export_matches_truth
+from .test_storage import count, make_update
+
+
+def scalar(engine: sa.Engine, sql: str, **params: object) -> object:
+    with engine.connect() as conn:
+        return conn.execute(sa.text(sql), params).scalar()
+
+
+# ---- the journal alone
+
+
+def test_journal_reads_back_in_order_across_segments_and_deletes_what_is_consumed(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr("depthwatch.storage.journal.SEGMENT_BYTES", 100)
+    journal = Journal(tmp_path)
+    records = [("book_events", f"row {i}\twith\\ttab\n") for i in range(50)]
+    for i in range(0, 50, 5):
+        journal.append(records[i : i + 5])
+    assert len(list(tmp_path.glob(f"*{SUFFIX}"))) > 2
+    read: list[tuple[str, str]] = []
+    while (batch := journal.read(7)) is not None:
+        read += batch.records
+        journal.consume(batch)
+    assert read == records
+    assert journal.empty
+    assert list(tmp_path.glob(f"*{SUFFIX}")) == []
+
+
+def test_a_crashed_writers_segments_are_adopted_and_a_torn_record_ignored(tmp_path):
+    left = Journal(tmp_path)
+    left.append([("quotes", "a\n"), ("quotes", "b\n")])
+    segment = next(tmp_path.glob(f"*{SUFFIX}"))
+    live = Journal(tmp_path)
+    assert live.adopt_orphans() == 0  # still locked by its (live) owner
+    left._segments[0].file.close()  # the owner dies without consuming it
+    with segment.open("ab") as torn:
+        torn.write(b"quotes\tc-torn-by-a-cr")
+    heir = Journal(tmp_path)
+    assert heir.adopt_orphans() > 0
+    batch = heir.read(10)
+    assert batch is not None and batch.records == [("quotes", "a\n"), ("quotes", "b\n")]
+    heir.consume(batch)
+    assert heir.empty and not segment.exists()
+
+
+# ---- the writer through an outage
+
+
+def test_an_outage_spills_to_the_journal_and_everything_is_written_in_order_once(
+    database_url, tmp_path
+):
+    proxy = DatabaseProxy(database_url)
+    engine = make_engine(proxy.url)
+    schema.upgrade(engine)
+    spill_rows = 500
+    writer = BatchWriter(
+        engine,
+        WriterConfig(flush_interval_s=0.05, spill_rows=spill_rows, journal_dir=tmp_path),
+    )
+    writer.start()
+    try:
+        writer.add_book_update(make_update(1, snapshot=True))
+        assert writer.flush_now()
+        proxy.cut()
+        peak = 0
+        for u in range(2, 12_002):
+            writer.add_book_update(make_update(u))
+            if u % 100 == 0:
+                writer.add_feed_event(FeedEvent(FeedEventKind.ANOMALY, u, "linear", "X"))
+                assert writer.has_room()  # the reader never waits during an outage
+                peak = max(peak, writer.pending_rows)
+                time.sleep(0.01)  # ~10,000 rows/s
+        time.sleep(1.0)
+        assert writer.journal_bytes > 0 and writer.stats.rows_journaled > 0
+        # Bounded: what is left in memory is under the spill threshold, and it
+        # never held more than a fraction of the outage's rows.
+        assert writer.pending_rows < spill_rows
+        assert peak < 12_000 // 2, peak
+        proxy.restore()
+        assert writer.flush_now(timeout_s=60)
+    finally:
+        assert writer.stop()
+        proxy.close()
+    engine = make_engine(database_url)  # the proxy is gone
+    assert count(engine, "book_events") == 12_001
+    assert writer.stats.rows_written["book_events"] == 12_001
+    assert writer.stats.flush_failures > 0
+    with engine.connect() as conn:
+        order = conn.execute(
+            sa.text("SELECT local_us FROM feed_events WHERE kind = 'anomaly' ORDER BY id")
+        ).scalars()
+        assert list(order) == list(range(100, 12_001, 100))  # in order, each once
+    assert list(tmp_path.glob(f"*{SUFFIX}")) == []
+    engine.dispose()
+
+
+def test_a_stop_during_an_outage_journals_everything_and_the_next_start_writes_it(
+    database_url, tmp_path
+):
+    proxy = DatabaseProxy(database_url)
+    engine = make_engine(proxy.url)
+    schema.upgrade(engine)
+    config = WriterConfig(flush_interval_s=0.05, journal_dir=tmp_path, collector_id="first")
+    writer = BatchWriter(engine, config)
+    writer.start()
+    writer.instrument_id("linear", "BTCUSDT")  # as the collector does at start
+    proxy.cut()
+    for u in range(1, 3_001):
+        writer.add_book_update(make_update(u, snapshot=(u == 1)))
+    writer.add_feed_event(FeedEvent(FeedEventKind.DISCONNECT, 42, "linear", detail="stop"))
+    assert writer.stop(timeout_s=30)  # nothing left in memory: it is on disk
+    assert list(tmp_path.glob(f"*{SUFFIX}"))
+    proxy.restore()
+    heir = BatchWriter(engine, WriterConfig(flush_interval_s=0.05, journal_dir=tmp_path))
+    heir.start()
+    try:
+        assert heir.flush_now(timeout_s=30)
+    finally:
+        assert heir.stop()
+        proxy.close()
+    engine = make_engine(database_url)  # the proxy is gone
+    assert count(engine, "book_events") == 3_000
+    # The event keeps the collector that saw it.
+    assert scalar(engine, "SELECT collector FROM feed_events WHERE kind = 'disconnect'") == "first"
+    assert list(tmp_path.glob(f"*{SUFFIX}")) == []
+    engine.dispose()
+
+
+def test_a_full_journal_drops_rows_as_a_recorded_gap_and_the_stream_resyncs_exact(
+    database_url, tmp_path
+):
+    """A cap far too small for the outage: rows are dropped, never silently.
+    Each stream gets a gap from its first lost row, resyncs once the database
+    is back, and everything recorded rebuilds to the exchange's book."""
+    symbols = ("BTCUSDT", "ETHUSDT")
+    sim = SimulatorThread(
+        SimConfig(symbols=symbols, rate=400, deltas=4_000, seed=9, trades_rate=0)
+    ).start()
+    proxy = DatabaseProxy(database_url)
+    engine = make_engine(proxy.url)
+    schema.upgrade(engine)
+    config = CollectorConfig(
+        symbols=symbols,
+        ws_url=sim.sim.url("linear"),
+        database_url=proxy.url,
+        retention_days=0,
+    )
+    writer = BatchWriter(
+        engine,
+        WriterConfig(
+            flush_interval_s=0.05,
+            spill_rows=200,
+            journal_dir=tmp_path,
+            journal_max_bytes=150_000,
+            collector_id="capped",
+        ),
+    )
+    writer.start()
+    register_instruments(config, writer)
+    collector = Collector(config, writer)
+    streams = [StreamKey("linear", s, 50) for s in symbols]
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(collector.run(stop))
+        await asyncio.sleep(1.5)
+        proxy.cut()
+        await asyncio.sleep(4.0)
+        assert writer.stats.rows_dropped > 0, "the cap was never reached"
+        proxy.restore()
+        deadline = time.monotonic() + 60
+        while not all(
+            sim.sim.finished(f"orderbook.50.{s.symbol}")
+            and collector.books[s].valid
+            and collector.books[s].last_update_id == sim.sim.latest(f"orderbook.50.{s.symbol}").u
+            and s not in writer._blocked
+            for s in streams
+        ):
+            assert time.monotonic() < deadline, (
+                f"did not recover: blocked {writer._blocked}, dropping {writer._dropping}, "
+                f"journal {writer.journal_bytes}, pending {writer.pending_rows}, books "
+                + ", ".join(
+                    f"{s} valid={collector.books[s].valid} u={collector.books[s].last_update_id}"
+                    f"/{sim.sim.latest(f'orderbook.50.{s.symbol}').u}"
+                    for s in streams
+                )
+            )
+            assert not task.done()
+            await asyncio.sleep(0.1)
+        stop.set()
+        await task
+
+    try:
+        asyncio.run(run())
+        assert writer.stop(timeout_s=30)
+    finally:
+        sim.stop()
+        proxy.close()
+    engine = make_engine(database_url)  # the proxy is gone
+    for stream in streams:
+        with engine.connect() as conn:
+            kinds = conn.execute(
+                sa.text(
+                    """SELECT kind, detail FROM feed_events
+                       WHERE symbol = :s AND kind IN ('gap', 'recovered') ORDER BY local_us, id"""
+                ),
+                {"s": stream.symbol},
+            ).all()
+        assert kinds and kinds[0][0] == "gap" and "journal full" in kinds[0][1], kinds
+        assert kinds[-1][0] == "recovered", kinds
+        truth = sim.sim.truth(f"orderbook.50.{stream.symbol}")
+        assert_export_matches_truth(engine, stream, truth)
+    engine.dispose()
+
+
+# ---- the collector process: SIGKILL during an outage, restart
+
+
+def collect_process(sim_url: str, database_url: str, journal: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "depthwatch.cli",
+            "collect",
+            "--symbols",
+            "BTCUSDT,ETHUSDT",
+            "--ws-url",
+            sim_url,
+            "--database-url",
+            database_url,
+            "--retention-days",
+            "0",
+            "--journal-dir",
+            str(journal),
+            "--spill-rows",
+            "1000",
+        ],
+        env=cli_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_outage_then_sigkill_then_restart_loses_nothing_that_was_journaled(database_url, tmp_path):
+    """1,000 messages/s; the database goes away; the collector keeps reading and
+    journals; it is SIGKILLed mid-outage; the database comes back and a new
+    collector writes the dead one's journal first. Every journaled row is
+    stored, once."""
+    sim = SimulatorThread(
+        SimConfig(symbols=("BTCUSDT", "ETHUSDT"), rate=500, seed=3, trades_rate=0)
+    ).start()
+    proxy = DatabaseProxy(database_url)
+    engine = make_engine(database_url)
+    journal = tmp_path / "journal"
+    try:
+        first = collect_process(sim.sim.url("linear"), proxy.url, journal)
+        deadline = time.monotonic() + 60
+        while not scalar(engine, "SELECT to_regclass('book_events') IS NOT NULL") or not scalar(
+            engine, "SELECT count(*) FROM book_events"
+        ):
+            assert first.poll() is None, first.stderr.read() if first.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        proxy.cut()
+        time.sleep(8.0)  # ~8,000 book messages, far beyond the 1,000-row memory bound
+        assert first.poll() is None  # still reading
+        first.kill()
+        first.communicate(timeout=10)
+        journaled = [
+            line.split("\t", 1)
+            for segment in sorted(journal.glob(f"*{SUFFIX}"))
+            for line in segment.read_text().splitlines()
+        ]
+        book_rows = [line for table, line in journaled if table == "book_events"]
+        proxy.restore()
+        second = collect_process(sim.sim.url("linear"), proxy.url, journal)
+        deadline = time.monotonic() + 60
+        while list(journal.glob(f"*{SUFFIX}")):
+            assert second.poll() is None
+            assert time.monotonic() < deadline, "the journal was not written"
+            time.sleep(0.3)
+        second.send_signal(signal.SIGTERM)
+        _, stderr = second.communicate(timeout=30)
+    finally:
+        sim.stop()
+        proxy.close()
+    assert second.returncode == 0, stderr
+    assert "left by an earlier run" in stderr
+    assert len(book_rows) > 1_000
+    keys = {(p[0], p[1], p[2], p[5]) for p in (line.split("\t") for line in book_rows)}
+    with engine.connect() as conn:
+        stored = {
+            tuple(str(v) for v in row)
+            for row in conn.execute(
+                sa.text("SELECT instrument_id, depth, ts_us, u FROM book_events")
+            )
+        }
+    assert keys <= stored
+    assert re.search(r"rows journaled \d+", stderr)
+    engine.dispose()
