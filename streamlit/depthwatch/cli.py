@@ -14,7 +14,7 @@ from depthwatch.config import (
     add_database_arguments,
     collector_config_from_args,
 )
-from depthwatch.feed.topics import CATEGORIES
+from depthwatch.feed.topics import CATEGORIES, valid_depths
 from depthwatch.logs import LogFormatError, setup_logging
 
 log = logging.getLogger("depthwatch")
@@ -245,6 +245,12 @@ def _export(args: argparse.Namespace) -> int:
 
     if args.end <= args.start:
         log.error("--end must be after --start")
+        return 2
+    # Recorded depths are Bybit's, plus 500 from older archives.
+    depths = valid_depths(args.category, legacy=True)
+    if args.depth is not None and args.depth not in depths:
+        listed = ", ".join(str(d) for d in depths)
+        log.error("--depth %d: %s books have depth %s", args.depth, args.category, listed)
         return 2
     request = ExportRequest(
         args.kind, args.category, args.symbol.upper(), args.start, args.end, args.depth

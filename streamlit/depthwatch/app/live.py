@@ -45,17 +45,7 @@ def _label(stream: StreamRow) -> str:
 def _controls(streams: list[StreamRow]) -> tuple[StreamRow, int, int, bool]:
     """Symbol, window and levels, seeded from the URL and written back to it;
     pausing belongs to this viewing only, not to the link."""
-    params = st.query_params
-    wanted = (params.get("category"), params.get("symbol"), params.get("depth"))
-    index = next(
-        (
-            i
-            for i, s in enumerate(streams)
-            if (s.category, s.symbol, str(s.depth)) == wanted
-            or (wanted[0] is None and wanted[1] == s.symbol)
-        ),
-        0,
-    )
+    index = _stream_index(streams)
     window_default = _int_param("window", data.DEFAULT_WINDOW_MIN, data.WINDOWS_MIN)
     levels_default = _int_param("levels", data.DEFAULT_LEVELS, data.LEVEL_CHOICES)
     left, middle, right, pause = st.columns([2, 2, 1, 0.7], vertical_alignment="bottom")
@@ -87,12 +77,55 @@ def _controls(streams: list[StreamRow]) -> tuple[StreamRow, int, int, bool]:
     return stream, int(window_min), int(levels), paused
 
 
+STREAM_PARAMS = ("category", "symbol", "depth")
+
+
+def _shown(value: str) -> str:
+    """A URL value quoted in a message: short, and unable to close the code span."""
+    return repr(value[:40].replace("`", "'"))
+
+
+def _stream_index(streams: list[StreamRow]) -> int:
+    """The stream the URL names (category, symbol and depth, or the symbol
+    alone); a URL naming none is told so, and the first stream is shown."""
+    params = st.query_params
+    wanted = (params.get("category"), params.get("symbol"), params.get("depth"))
+    if wanted == (None, None, None):
+        return 0
+    for i, s in enumerate(streams):
+        if (s.category, s.symbol, str(s.depth)) == wanted or (
+            wanted[0] is None and wanted[2] is None and wanted[1] == s.symbol
+        ):
+            return i
+    asked = ", ".join(f"{k}={_shown(v)}" for k, v in zip(STREAM_PARAMS, wanted, strict=True) if v)
+    recorded = "; ".join(_label(s) for s in streams[:10])
+    st.warning(
+        f"No recorded stream matches the URL's `{asked}`: the URL parameters `category`, "
+        f"`symbol` and `depth` must name one of: {recorded}. Showing {_label(streams[0])}.",
+        icon=":material/link_off:",
+    )
+    return 0
+
+
 def _int_param(name: str, default: int, allowed: tuple[int, ...]) -> int:
-    try:
-        value = int(st.query_params.get(name, default))
-    except ValueError:
+    """An integer URL parameter from `allowed`; anything else is told so and
+    replaced by the default, never an exception."""
+    raw = st.query_params.get(name)
+    if raw is None:
         return default
-    return value if value in allowed else default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value in allowed:
+        return value  # type: ignore[return-value]
+    choices = ", ".join(str(a) for a in allowed)
+    st.warning(
+        f"URL parameter `{name}` is {_shown(raw)}: allowed values are {choices}. "
+        f"Showing {default}.",
+        icon=":material/link_off:",
+    )
+    return default
 
 
 def live_panel(stream: StreamRow, window_min: int, levels: int, paused: bool) -> None:

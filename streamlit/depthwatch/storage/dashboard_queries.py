@@ -504,10 +504,13 @@ def table_sizes(conn: sa.Connection) -> pd.DataFrame:
 def oldest_snapshot_us(conn: sa.Connection, partitions: list[str]) -> int | None:
     """Exchange time of the oldest periodic snapshot, looked up partition by
     partition from the oldest (the first non-empty one answers)."""
+    quote = conn.dialect.identifier_preparer.quote_identifier
     for name in partitions:
         value = conn.execute(
-            # A partition name comes from the catalogue (schema.partition_name), never input.
-            sa.text(f"SELECT min(ts_us) FROM {name}")
+            # A table name cannot be a bound parameter. The names come from the
+            # catalogue (schema.partition_name), and are quoted anyway: whatever
+            # a caller passes is one identifier, never more SQL.
+            sa.text(f"SELECT min(ts_us) FROM {quote(name)}")
         ).scalar()
         if value is not None:
             return int(value)
