@@ -3,10 +3,14 @@ database role, and no secret in any log, page or error message."""
 
 from __future__ import annotations
 
+import logging
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg2
@@ -23,7 +27,7 @@ from depthwatch.storage import schema
 from depthwatch.storage.db import make_engine
 from depthwatch.storage.roles import RoleError, validate_role_name
 
-from .conftest import cli_env
+from .conftest import cli_env, free_port, new_database
 from .e2e import collect_until_caught_up
 from .test_e2e import config_for
 
@@ -380,3 +384,187 @@ def test_the_dashboard_reads_through_the_readonly_role(database_url, role_name, 
 
 def page(name: str) -> AppTest:
     return AppTest.from_string(f"from depthwatch.app import {name}\n{name}.render()")
+
+
+# ---- no secret in any output
+
+
+LEAK_DB_SECRET = "LeakPw-Ux5Vb2Nc8"  # the database password of the runs below
+
+
+@pytest.fixture
+def secret_database(server_url: str) -> Iterator[str]:
+    """A database owned by a role with a distinctive password; its URL carries
+    it. (The embedded server trusts local connections, so it is never checked;
+    it must still never be printed.)"""
+    name = f"dw_leak_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(
+            sa.text(f"CREATE ROLE \"{name}\" LOGIN CREATEROLE PASSWORD '{LEAK_DB_SECRET}'")
+        )
+    with new_database(server_url) as url:
+        with admin.connect() as conn:
+            database = sa.make_url(url).database
+            conn.execute(sa.text(f'ALTER DATABASE "{database}" OWNER TO "{name}"'))
+        yield (
+            sa.make_url(url)
+            .set(username=name, password=LEAK_DB_SECRET)
+            .render_as_string(hide_password=False)
+        )
+        st.cache_resource.clear()  # the dashboard's pool
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP ROLE "{name}"'))
+    admin.dispose()
+
+
+def assert_no_secret(what: str, *outputs: str) -> None:
+    for output in outputs:
+        for secret in (LEAK_DB_SECRET, DB_SECRET, DASHBOARD_SECRET):
+            assert secret not in output, f"{what} printed a secret:\n{output}"
+
+
+def secret_env() -> dict[str, str]:
+    return cli_env() | {"DASHBOARD_PASSWORD": DASHBOARD_SECRET}
+
+
+def run_until(command: list[str], env: dict[str, str], done: Callable[[], bool]) -> tuple[str, str]:
+    """Start a long-running command, SIGTERM it once `done()`; its output."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "depthwatch.cli", *command],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not done():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "never got there"
+            time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    return out, err
+
+
+def test_no_secret_in_any_command_output_or_log(secret_database, server_url):
+    """Every command at DEBUG level (the most talkative), with a database URL
+    holding a password and DASHBOARD_PASSWORD set: the collector, db upgrade,
+    export, create-readonly-role, `up` (the supervisor relays its children),
+    and every error path of an unreachable or malformed URL with a password."""
+    env = secret_env()
+    url = secret_database
+    debug = ["--log-level", "DEBUG"]
+
+    result = depthwatch_cli(*debug, "db", "upgrade", "--database-url", url, env=env)
+    assert result.returncode == 0, result.stderr
+    assert_no_secret("db upgrade", result.stdout, result.stderr)
+
+    engine = make_engine(url)
+
+    def quotes_stored() -> int:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text("SELECT count(*) FROM quotes")).scalar() or 0)
+
+    sim = SimulatorThread(SimConfig(symbols=("BTCUSDT",), rate=100, seed=9)).start()
+    try:
+        collect = ["collect", "--symbols", "BTCUSDT", "--ws-url", sim.sim.url("linear")]
+        out, err = run_until([*debug, *collect], env | {"DATABASE_URL": url}, quotes_stored)
+    finally:
+        sim.stop()
+    assert "database schema at version" in err  # it ran, and talked
+    assert_no_secret("collect", out, err)
+
+    export = ["export", "--kind", "quotes", "--symbol", "BTCUSDT"]
+    export += ["--start", "2020-01-01", "--end", "2100-01-01", "--database-url", url]
+    result = depthwatch_cli(*debug, *export, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("\n") > 1  # rows went out
+    assert_no_secret("export", result.stdout, result.stderr)
+
+    role = f"dw_ro_{uuid.uuid4().hex[:10]}"
+    result = depthwatch_cli(
+        *debug, "db", "create-readonly-role", role, "--database-url", url, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert_no_secret("create-readonly-role", result.stdout, result.stderr)
+    superuser = sa.make_url(server_url).set(database=sa.make_url(url).database)
+    with sa.create_engine(superuser).connect() as conn:  # tidy: roles are server-wide
+        conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
+        conn.execute(sa.text(f'DROP ROLE "{role}"'))
+        conn.commit()
+
+    port = free_port()
+
+    def dashboard_up() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2):
+                return True
+        except OSError:
+            return False
+
+    up = ["up", "--source", "sim", "--port", str(port), "--database-url", url]
+    before = quotes_stored()
+    out, err = run_until([*debug, *up], env, lambda: dashboard_up() and quotes_stored() > before)
+    engine.dispose()
+    assert "collector | " in err and "started dashboard" in err  # all of them talked
+    assert_no_secret("up", out, err)
+
+    # Error paths: an unreachable server, and URLs that do not even parse.
+    bad_urls = [DOWN_URL, f"postgresql://watcher:{DB_SECRET}@127.0.0.1:notaport/db"]
+    bad_urls.append(f"postgres://watcher:{DB_SECRET}@[::1/db")
+    for bad in bad_urls:
+        for command in (
+            ["db", "upgrade"],
+            ["collect", "--ws-url", "ws://127.0.0.1:9/v5/public/linear"],
+            export[:-2],
+            ["db", "create-readonly-role", "dw_never"],
+        ):
+            result = depthwatch_cli(
+                *debug, *command, "--database-url", bad, "--database-wait", "1", env=env
+            )
+            assert result.returncode != 0, (command, result.stderr)
+            assert "Traceback" not in result.stderr, result.stderr
+            assert_no_secret(f"{command} with {bad.split('@')[-1]}", result.stdout, result.stderr)
+
+
+def test_no_secret_on_any_dashboard_page_or_in_its_log(secret_database, monkeypatch, caplog):
+    """The login page, a refused password, every page logged in over real
+    data, and the banners of a dead and of a malformed database URL: neither
+    the database's password nor the dashboard's appears in a page or a log."""
+    caplog.set_level(logging.DEBUG)
+    sim = SimulatorThread(SimConfig(symbols=("BTCUSDT",), rate=200, deltas=200, seed=8)).start()
+    try:
+        config = config_for(sim, secret_database, symbols=("BTCUSDT",))
+        collect_until_caught_up(sim, config)
+    finally:
+        sim.stop()
+    monkeypatch.setenv("DASHBOARD_PASSWORD", DASHBOARD_SECRET)
+    monkeypatch.setattr(auth, "LIMITER", LoginLimiter())
+    shown: list[str] = []
+    bad_urls = [secret_database, DOWN_URL, f"postgresql://watcher:{DB_SECRET}@127.0.0.1:x/db"]
+    for url in bad_urls:
+        monkeypatch.setenv("DATABASE_URL", url)
+        monkeypatch.delenv("DASHBOARD_DATABASE_URL", raising=False)
+        st.cache_resource.clear()
+        at = AppTest.from_file(ENTRY).run(timeout=30)
+        shown.append(app_texts(at))
+        log_in(at, "not it")
+        shown.append(app_texts(at))
+        log_in(at, DASHBOARD_SECRET)
+        assert not at.exception and not at_login(at)
+        shown.append(app_texts(at))
+        for name in ("overview", "live", "health"):
+            rendered = page(name).run(timeout=30)
+            assert not rendered.exception
+            shown.append(app_texts(rendered))
+        if url == secret_database:
+            assert "BTCUSDT" in shown[-3]  # the overview listed the stream
+        else:
+            assert "Database unreachable" in shown[-1]
+    st.cache_resource.clear()
+    assert "does not parse" in shown[-1]  # the malformed URL, explained
+    assert_no_secret("the dashboard", *shown, caplog.text)

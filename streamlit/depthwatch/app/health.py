@@ -77,7 +77,8 @@ def collector_frame(report: data.HealthReport) -> pd.DataFrame:
             "msgs/s": c["messages_per_s"].round(0),
             "pending rows": c["pending_rows"],
             "flush failures": c["flush_failures"],
-            "commit p99 (ms, 24 h worst)": c["commit_p99_24h"].round(1),
+            # None until the collector's first commit: shown blank, not a crash.
+            "commit p99 (ms, 24 h worst)": c["commit_p99_24h"].astype(float).round(1),
             "books valid": [f"{v}/{t}" for v, t in zip(c["valid"], c["total"], strict=True)],
             "data": ["SIMULATED" if s else "exchange" for s in c["simulated"]],
             "endpoint": c["endpoint"],

@@ -22,9 +22,31 @@ def normalise_url(url: str) -> str:
     return url
 
 
+class DatabaseUnavailable(RuntimeError):
+    """The database could not be reached in time; the message says why."""
+
+
+class InvalidDatabaseUrl(DatabaseUnavailable):
+    """The URL does not parse. The message names no part of it: a password with
+    an unescaped '@', ':' or '/' can land in any component."""
+
+
+def parse_database_url(url: str) -> sa.URL:
+    """The URL, normalised and parsed, or InvalidDatabaseUrl. SQLAlchemy's own
+    errors quote the URL (or a piece of it), password and all."""
+    try:
+        return sa.make_url(normalise_url(url))
+    except (ValueError, sa.exc.ArgumentError):
+        raise InvalidDatabaseUrl(
+            "the database URL does not parse: expected "
+            "postgresql://USER:PASSWORD@HOST:PORT/DATABASE, with any special character "
+            "in the password percent-encoded (e.g. @ as %40)"
+        ) from None
+
+
 def make_engine(url: str, pool_size: int = 5) -> sa.Engine:
     return sa.create_engine(
-        normalise_url(url),
+        parse_database_url(url),
         pool_size=pool_size,
         pool_pre_ping=True,
         connect_args={"application_name": "depthwatch"},
@@ -36,7 +58,7 @@ def make_reader_engine(url: str, pool_size: int = 2) -> sa.Engine:
     timeout so a slow query cannot pile up refreshes, and a short connect
     timeout so a dead database is reported within seconds."""
     return sa.create_engine(
-        normalise_url(url),
+        parse_database_url(url),
         pool_size=pool_size,
         max_overflow=2,
         pool_pre_ping=True,
@@ -46,10 +68,6 @@ def make_reader_engine(url: str, pool_size: int = 2) -> sa.Engine:
             "options": "-c default_transaction_read_only=on -c statement_timeout=5000",
         },
     )
-
-
-class DatabaseUnavailable(RuntimeError):
-    """The database could not be reached in time; the message says why."""
 
 
 def wait_for_database(engine: sa.Engine, timeout_s: float = 60.0) -> None:

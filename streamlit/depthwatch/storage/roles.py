@@ -81,7 +81,7 @@ def create_readonly_role(engine: sa.Engine, name: str, password: str) -> Readonl
         except psycopg2.Error as exc:
             conn.rollback()
             # The server's message only: the statement (and its hashed password) stays out.
-            reason = (exc.pgerror or str(exc)).strip().splitlines()[0]
+            reason = exc.diag.message_primary or str(exc).strip().splitlines()[0]
             raise RoleError(f"PostgreSQL refused: {reason}") from None
         except RoleError:
             conn.rollback()
