@@ -110,10 +110,9 @@ def _levels(side: object, topic: str, what: str, most: int) -> list[Level]:
         raise MalformedMessage(f"{topic} {what} is not a list")
     if len(side) > most:
         raise MalformedMessage(f"{topic} {what}: {len(side)} levels, more than {most}")
-    level: object = None
     try:
         for level in side:
-            price, size = level  # type: ignore[misc]
+            price, size = level
             # Lengths are checked through the pair's total, which is already at
             # hand for isascii(): one comparison per level in the common case.
             if (
