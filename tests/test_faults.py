@@ -19,18 +19,20 @@ Timeouts are short (1 s silence, 1 s acks, 0.25 s pings, reconnects after
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from depthwatch.collector import Collector
 from depthwatch.config import CollectorConfig
-from depthwatch.feed.connection import ReconnectPolicy
-from depthwatch.records import FeedEventKind, StreamKey
-from depthwatch.sim import FaultKind, SimConfig, SimulatorThread, TruthState
+from depthwatch.feed.connection import BybitConnection, ConnectionConfig, ReconnectPolicy
+from depthwatch.records import BookUpdate, FeedEvent, FeedEventKind, StreamKey, Trade
+from depthwatch.sim import BybitSimulator, FaultKind, SimConfig, SimulatorThread, TruthState
 from depthwatch.storage import queries
 
 from .e2e import (
@@ -433,3 +435,97 @@ def figures_table(
         "",
     ]
     return "\n".join(lines)
+
+
+class _Handler:
+    """A FeedHandler keeping what the connection tells it; books never break
+    unless `gap_on` names an update id (then that stream needs a resync)."""
+
+    def __init__(self, gap_on: int | None = None) -> None:
+        self.updates: list[BookUpdate] = []
+        self.events: list[FeedEvent] = []
+        self.gap_on = gap_on
+
+    def on_book_update(self, update: BookUpdate) -> bool:
+        self.updates.append(update)
+        return self.gap_on is not None and len(self.updates) == self.gap_on
+
+    def on_malformed_book_message(self, stream: StreamKey, local_us: int, detail: str) -> bool:
+        return False
+
+    def on_trades(self, trades: list[Trade]) -> None:
+        pass
+
+    def on_feed_event(self, event: FeedEvent) -> None:
+        self.events.append(event)
+
+    def on_streams_lost(self, streams: list[StreamKey]) -> None:
+        pass
+
+    def has_room(self) -> bool:
+        return True
+
+    async def wait_for_room(self) -> None:
+        pass
+
+
+def run_connection(handler: _Handler, seconds: float, **faults: Any) -> BybitSimulator:
+    async def main() -> BybitSimulator:
+        sim = BybitSimulator(
+            SimConfig(symbols=("BTCUSDT",), rate=200, seed=4, trades_rate=0, **faults)
+        )
+        await sim.start()
+        connection = BybitConnection(
+            "linear-0",
+            ConnectionConfig(
+                sim.url("linear"),
+                "linear",
+                ("orderbook.50.BTCUSDT",),
+                ping_interval_s=0.1,
+                silence_timeout_s=0.8,
+                ack_timeout_s=0.8,
+                reconnect=ReconnectPolicy(initial_s=0.05, max_s=0.1),
+            ),
+            handler,
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(connection.run(stop))
+        await asyncio.sleep(seconds)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await sim.stop()
+        return sim
+
+    return asyncio.run(main())
+
+
+def test_a_socket_that_pongs_but_sends_no_data_is_reconnected():
+    """Pongs every 0.1 s, no data: a watchdog that took any frame for life
+    would wait forever; this one reconnects after 0.8 s without data."""
+    handler = _Handler()
+    sim = run_connection(handler, 2.5, mute_after=50)
+    stalls = [e.detail for e in handler.events if e.kind is FeedEventKind.STALL]
+    assert stalls and all("though the server still answers" in d for d in stalls)
+    assert sim.pings_received >= 15  # pings kept being answered while muted
+    assert sim.faults[FaultKind.MUTE] >= 2  # the next connection was muted too
+    snapshots = [u for u in handler.updates if u.is_snapshot]
+    assert len(snapshots) >= 2  # every new connection's subscription brought one
+
+
+def test_an_unsubscribe_never_acked_reconnects_instead_of_waiting_forever():
+    """The resync's subscribe waits for the unsubscribe's ack (so it never
+    meets a topic the server did not drop); no ack within 0.8 s: reconnect."""
+    handler = _Handler(gap_on=100)
+    sim = run_connection(handler, 2.5, ignore_unsubscribe_every=1)
+    assert sim.faults[FaultKind.IGNORED_UNSUBSCRIBE] == 1
+    failed = [e for e in handler.events if e.kind is FeedEventKind.SUBSCRIBE_FAILED]
+    assert [e.detail for e in failed] == [
+        "orderbook.50.BTCUSDT: no ack for unsubscribe (resync) within 0.8 s"
+    ]
+    disconnects = [e.detail for e in handler.events if e.kind is FeedEventKind.DISCONNECT]
+    assert disconnects[0].startswith("no ack for unsubscribe (resync) within 0.8 s (")
+    assert disconnects[-1].startswith("stopping (")
+    # No subscribe went out on the first connection after the swallowed
+    # unsubscribe: the server never said "already subscribed".
+    assert not any("already subscribed" in e.detail for e in handler.events)
+    assert [u.is_snapshot for u in handler.updates].count(True) == 2  # one per connection
