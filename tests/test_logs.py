@@ -12,13 +12,14 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import sqlalchemy as sa
 
 from depthwatch.logs import JsonFormatter, LogThrottle, iso_utc, setup_logging
 from depthwatch.sim import SimConfig, SimulatorThread
 
-from .conftest import cli_env
+from .conftest import cli_env, free_port
 
 TOPIC = "orderbook.50.BTCUSDT"
 
@@ -173,3 +174,45 @@ def deltas_seen(entries: list[dict[str, str]]) -> int:
         if found:
             return int(found.group(1))
     raise AssertionError("no stop summary")
+
+
+def test_up_in_json_mode_writes_only_json_lines(database_url):
+    """`up --source sim`: the supervisor's lines, the collector's and the
+    simulator's (relayed with a `process` field) and the dashboard's (Streamlit's
+    plain banner wrapped) are all JSON objects."""
+    port = free_port()
+    env = cli_env() | {"DEPTHWATCH_LOG_FORMAT": "json"}
+    command = [sys.executable, "-m", "depthwatch.cli", "up", "--source", "sim"]
+    command += ["--port", str(port), "--database-url", database_url]
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    engine = sa.create_engine(database_url)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            time.sleep(0.5)
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "up never recorded anything"
+            with engine.connect() as conn:
+                if conn.execute(sa.text("SELECT to_regclass('quotes')")).scalar() and (
+                    conn.execute(sa.text("SELECT count(*) FROM quotes")).scalar()
+                ):
+                    break
+        try:
+            health = f"http://127.0.0.1:{port}/_stcore/health"
+            while True:
+                try:
+                    urllib.request.urlopen(health, timeout=2).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, "the dashboard never answered"
+                    time.sleep(0.3)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=30)
+    finally:
+        engine.dispose()
+    assert proc.returncode == 0, stderr
+    entries = [json.loads(line) for line in stderr.splitlines()]
+    processes = {e.get("process") for e in entries}
+    assert {"collector", "simulator", "dashboard", None} <= processes  # None: the supervisor
+    assert any(e["logger"] == "depthwatch.supervisor" for e in entries)

@@ -86,6 +86,36 @@ def setup_logging(
     root.setLevel(level)
 
 
+def setup_dashboard_logging() -> None:
+    """For the dashboard, which Streamlit starts (not cli.main): with
+    DEPTHWATCH_LOG_FORMAT=json our loggers write JSON lines too, installed once
+    per process. Otherwise Streamlit's logging is left as it is."""
+    try:
+        wanted = log_format_from_env()
+    except LogFormatError:
+        return  # the collector side reports it; the dashboard still serves
+    installed = any(isinstance(h, _DepthwatchHandler) for h in logging.getLogger().handlers)
+    if wanted == "json" and not installed:
+        setup_logging("INFO", "json")
+
+
+def relay_line(process: str, line: str, log_format: str | None = None) -> str:
+    """A child process's output line as the supervisor passes it on: prefixed
+    with the child's name in text mode; in JSON mode a JSON object still (the
+    child's own object with a `process` field, or its plain text, such as
+    Streamlit's banner, wrapped as a message)."""
+    if (log_format or log_format_from_env()) != "json":
+        return f"{process:>9} | {line}"
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        entry = None
+    if not isinstance(entry, dict):
+        entry = {"time": iso_utc(time.time()), "level": "INFO", "logger": process, "message": line}
+    entry["process"] = process
+    return json.dumps(entry, ensure_ascii=False)
+
+
 @dataclass
 class LogThrottle:
     """Lets the first `burst` occurrences of a repeated warning through, then at

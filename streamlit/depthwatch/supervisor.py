@@ -46,6 +46,7 @@ from depthwatch.config import (
     collector_config_from_args,
     default_data_dir,
 )
+from depthwatch.logs import relay_line
 
 log = logging.getLogger(__name__)
 
@@ -424,7 +425,7 @@ class Supervisor:
             child.tail.append(line)
             # Keep draining even when our stderr is gone, or the child would block.
             with self._output_lock, contextlib.suppress(OSError, ValueError):
-                sys.stderr.write(f"{child.name:>9} | {line}\n")
+                sys.stderr.write(relay_line(child.name, line) + "\n")
                 sys.stderr.flush()
         stream.close()
 

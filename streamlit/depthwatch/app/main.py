@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from depthwatch import logs
 from depthwatch.app import auth, health, live, overview
 
 METRIC_FONT = "1.45rem"
@@ -11,6 +12,7 @@ METRIC_FONT = "1.45rem"
 
 def main() -> None:
     st.set_page_config(page_title="depthwatch", page_icon="📈", layout="wide")
+    logs.setup_dashboard_logging()
     # Before anything else: a session that has not logged in (when a password
     # is set) gets the login form only, no page and no query.
     if not auth.require_login():
