@@ -82,6 +82,20 @@ WHAT_HAPPENS = {
 }
 
 
+# The test that checks each fault alone; all of them together: the mixed run.
+SINGLE_FAULT_TEST = {
+    FaultKind.DROP: "test_e2e::test_dropped_deltas_cause_gaps_resyncs_and_a_fresh_snapshot",
+    FaultKind.RESTART: "test_e2e::test_exchange_restarts_reset_the_book",
+    FaultKind.DISCONNECT: "test_e2e::test_disconnects_reconnect_and_resubscribe",
+    FaultKind.MALFORMED: "test_e2e::test_malformed_frames_are_counted_and_lose_nothing",
+    FaultKind.STALL: "test_e2e::test_a_stalled_connection_is_reconnected_by_the_watchdog",
+    FaultKind.MUTE: "test_faults::test_a_socket_that_pongs_but_sends_no_data_is_reconnected",
+    FaultKind.IGNORED_UNSUBSCRIBE: (
+        "test_faults::test_an_unsubscribe_never_acked_reconnects_instead_of_waiting_forever"
+    ),
+}
+
+
 def topic_of(stream: StreamKey) -> str:
     return f"orderbook.{stream.depth}.{stream.symbol}"
 
@@ -378,11 +392,16 @@ def figures_table(
         "is recorded (opener, then `recovered` at the snapshot that ends it) and holds no "
         "recorded row.",
         "",
-        "| fault | what happens | injected | lost intervals (per stream) "
+        "| fault | what happens | test alone | injected | book messages sent / received "
+        "on the connections it hit | lost intervals (per stream) "
         "| states not recorded | recorded interval p50 / max (ms) "
         "| fault to recovery p50 / max (ms) |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    ended: dict[FaultKind, list[SocketAccount]] = defaultdict(list)
+    for account in accounts:
+        for kind in account.faults:
+            ended[kind].append(account)
 
     def p50_max(values: list[float]) -> str:
         return f"{statistics.median(values):.0f} / {max(values):.0f}" if values else "-"
@@ -395,14 +414,20 @@ def figures_table(
         outage = p50_max([s.outage_ms for s in spans])
         if not spans and kind in (FaultKind.RESTART, FaultKind.MALFORMED):
             recorded = outage = harmless
+        sockets = ended.get(kind, [])
+        flow = (
+            f"{sum(a.sent for a in sockets)} / {sum(a.received for a in sockets)}"
+            if sockets
+            else "-"
+        )
         lines.append(
-            f"| {kind} | {WHAT_HAPPENS[kind]} | {injected[kind]} | {len(spans)} | {missed} "
-            f"| {recorded} | {outage} |"
+            f"| {kind} | {WHAT_HAPPENS[kind]} | `{SINGLE_FAULT_TEST[kind]}` | {injected[kind]} "
+            f"| {flow} | {len(spans)} | {missed} | {recorded} | {outage} |"
         )
     other = {c: v for c, v in by_cause.items() if c not in {str(k) for k in FaultKind}}
     for cause, spans in sorted(other.items()):
         lines.append(
-            f"| ({cause}) | interval with another cause | - | {len(spans)} "
+            f"| ({cause}) | interval with another cause | - | - | - | {len(spans)} "
             f"| {sum(s.states_missed for s in spans)} "
             f"| {p50_max([s.duration_ms for s in spans])} "
             f"| {p50_max([s.outage_ms for s in spans])} |"
