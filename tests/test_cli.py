@@ -176,7 +176,14 @@ def test_sigterm_flushes_everything_and_exits_zero(database_url, tmp_path):
     assert written == received - dropped
     with engine.connect() as conn:
         stored = conn.execute(sa.text("SELECT count(*) FROM book_events")).scalar()
+        goodbyes = conn.execute(
+            sa.text("SELECT detail FROM feed_events WHERE kind = 'disconnect'")
+        ).scalars()
+        lost = conn.execute(sa.text("SELECT count(*) FROM feed_events WHERE kind = 'book_lost'"))
+        assert lost.scalar() == 0  # an orderly stop is not an incident
     assert stored == written
+    goodbyes = list(goodbyes)
+    assert goodbyes and all(g.startswith("stopping") for g in goodbyes)  # a clean disconnect
 
     out = tmp_path / "l2.csv"
     result = depthwatch(

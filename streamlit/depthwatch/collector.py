@@ -17,6 +17,8 @@ import socket
 import time
 from dataclasses import dataclass, replace
 
+import sqlalchemy as sa
+
 from depthwatch import __version__
 from depthwatch.book import Outcome, StreamBook
 from depthwatch.config import CollectorConfig
@@ -31,7 +33,7 @@ from depthwatch.records import (
     StreamKey,
     Trade,
 )
-from depthwatch.storage import schema
+from depthwatch.storage import queries, schema
 from depthwatch.storage.db import make_engine, resolve_database_url, wait_for_database
 from depthwatch.storage.writer import BatchWriter, WriterConfig, now_us
 
@@ -336,6 +338,40 @@ def register_instruments(config: CollectorConfig, writer: BatchWriter) -> tuple[
     return symbols
 
 
+def declare_holes_since_last_run(engine: sa.Engine, collector: Collector) -> None:
+    """A stream recorded before, by a collector that stopped or crashed, has a
+    hole from its last stored row to this collector's first snapshot: record
+    it as a gap (closed by `recovered` when that snapshot comes), so nobody
+    reads the silence as a quiet market. No hole when another live collector
+    still records the stream (a deploy's overlap)."""
+    config = collector.config
+    since = now_us() - int(3 * config.heartbeat_interval_s * 1_000_000)
+    with engine.connect() as conn:
+        kept = queries.streams_kept_by_others(conn, config.collector_id, since)
+        for stream, book in collector.books.items():
+            if str(stream) in kept:
+                continue
+            try:
+                iid = queries.instrument_id(conn, stream.category, stream.symbol)
+            except queries.NotRecorded:
+                continue
+            last = queries.last_recorded(conn, iid, stream.depth)
+            if last is None:
+                continue
+            book.last_update_id = last.u  # so the first snapshot records `recovered`
+            collector.on_feed_event(
+                FeedEvent(
+                    FeedEventKind.GAP,
+                    last.local_us,
+                    stream.category,
+                    stream.symbol,
+                    stream.depth,
+                    f"collector not running: nothing recorded after u={last.u} until this "
+                    "collector's first snapshot",
+                )
+            )
+
+
 def run_collector(config: CollectorConfig) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit status."""
     url = resolve_database_url(config.database_url, config.data_dir)
@@ -364,6 +400,7 @@ def run_collector(config: CollectorConfig) -> int:
     if symbols != config.symbols:
         config = replace(config, symbols=symbols)
     collector = Collector(config, writer)
+    declare_holes_since_last_run(engine, collector)
     log.info(
         "collecting %d topics over %d connection(s) from %s",
         len(config.topics()),

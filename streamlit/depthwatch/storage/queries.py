@@ -171,3 +171,39 @@ def feed_events(conn: sa.Connection, since_us: int) -> list[sa.Row]:
             {"s": since_us},
         )
     )
+
+
+@dataclass(frozen=True, slots=True)
+class LastRecorded:
+    local_us: int
+    u: int
+
+
+def last_recorded(conn: sa.Connection, iid: int, depth: int) -> LastRecorded | None:
+    """The stream's newest stored book event (receive time and update id): where
+    an earlier collector's record of it ends. One backward index probe."""
+    row = conn.execute(
+        sa.text(
+            """SELECT local_us, u FROM book_events
+               WHERE instrument_id = :i AND depth = :d
+               ORDER BY ts_us DESC LIMIT 1"""
+        ),
+        {"i": iid, "d": depth},
+    ).one_or_none()
+    return LastRecorded(int(row.local_us), int(row.u)) if row is not None else None
+
+
+def streams_kept_by_others(conn: sa.Connection, collector: str, since_us: int) -> set[str]:
+    """Streams (as `str(StreamKey)`) another collector was recording in a
+    heartbeat since `since_us`: during a deploy the old collector keeps
+    recording while the new one starts, so there is no hole to declare (a
+    hole of its own it records itself)."""
+    return set(
+        conn.execute(
+            sa.text(
+                """SELECT DISTINCT unnest(streams) FROM collector_heartbeats
+                   WHERE local_us >= :since AND collector <> :me"""
+            ),
+            {"since": since_us, "me": collector},
+        ).scalars()
+    )
