@@ -216,3 +216,37 @@ def test_up_in_json_mode_writes_only_json_lines(database_url):
     processes = {e.get("process") for e in entries}
     assert {"collector", "simulator", "dashboard", None} <= processes  # None: the supervisor
     assert any(e["logger"] == "depthwatch.supervisor" for e in entries)
+
+
+def test_a_gap_every_ten_messages_costs_a_bounded_log(database_url):
+    """The simulator withholds every tenth delta: a gap and a resync each time,
+    each recorded in feed_events, but logged ten times, not hundreds."""
+    sim = SimulatorThread(
+        SimConfig(symbols=("BTCUSDT",), rate=400, seed=3, trades_rate=0, drop_every=10)
+    ).start()
+    command = [sys.executable, "-m", "depthwatch.cli", "collect", "--symbols", "BTCUSDT"]
+    command += ["--ws-url", sim.sim.url("linear"), "--database-url", database_url]
+    engine = sa.create_engine(database_url)
+    gaps = 0
+    try:
+        proc = subprocess.Popen(command, env=cli_env(), stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 90
+        while gaps < 100:
+            time.sleep(0.5)
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, f"only {gaps} gaps recorded"
+            with engine.connect() as conn:
+                if conn.execute(sa.text("SELECT to_regclass('feed_events')")).scalar():
+                    gaps = conn.execute(
+                        sa.text("SELECT count(*) FROM feed_events WHERE kind = 'gap'")
+                    ).scalar()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        sim.stop()
+        engine.dispose()
+    assert proc.returncode == 0, stderr
+    lines = stderr.splitlines()
+    assert len([line for line in lines if ": gap before u=" in line]) == 10
+    assert len([line for line in lines if ": resyncing orderbook" in line]) == 10
+    assert len(lines) < 60, stderr

@@ -25,6 +25,7 @@ from depthwatch.config import CollectorConfig
 from depthwatch.feed.connection import BybitConnection, ConnectionConfig, ReconnectPolicy
 from depthwatch.feed.instruments import fetch_instruments
 from depthwatch.feed.topics import MAX_ARGS_CHARS_PER_CONNECTION, MAX_ARGS_PER_CONNECTION
+from depthwatch.logs import LogThrottle
 from depthwatch.records import (
     BookUpdate,
     CollectorHeartbeat,
@@ -81,6 +82,10 @@ class Collector:
         self.config = config
         self.writer = writer
         self.stats = CollectorStats()
+        # A gap or restart every few messages must not log a line each (the
+        # feed_events table and the status line keep every one).
+        self._gap_log = LogThrottle()
+        self._restart_log = LogThrottle()
         self._stopping = asyncio.Event()  # replaced by run()'s stop event
         interval_us = int(config.snapshot_interval_s * 1_000_000)
         checkpoint_us = int(config.checkpoint_interval_s * 1_000_000)
@@ -135,8 +140,12 @@ class Collector:
             return True
         if outcome is Outcome.GAP:
             self.stats.gaps += 1
-            log.warning(
-                "%s: gap before u=%d; book invalid until resync", update.stream, update.update_id
+            self._gap_log.log(
+                log,
+                logging.WARNING,
+                "%s: gap before u=%d; book invalid until resync",
+                update.stream,
+                update.update_id,
             )
             return True
         if outcome is Outcome.REJECTED:
@@ -147,7 +156,12 @@ class Collector:
             return True
         if outcome is Outcome.RESTART:
             self.stats.restarts += 1
-            log.warning("%s: stream restarted (u=1 snapshot); book reset", update.stream)
+            self._restart_log.log(
+                log,
+                logging.WARNING,
+                "%s: stream restarted (u=1 snapshot); book reset",
+                update.stream,
+            )
         elif outcome is Outcome.DROPPED:
             self.stats.dropped += 1
             return self._snapshot_overdue(book, update)

@@ -142,6 +142,7 @@ class BybitConnection:
         self._paused = False  # reading paused by writer back-pressure
         self._rng = random.Random()
         self._malformed_log = LogThrottle()
+        self._resync_log = LogThrottle()
 
     # ---- lifecycle
 
@@ -386,7 +387,7 @@ class BybitConnection:
         topic = f"orderbook.{stream.depth}.{stream.symbol}"
         self.stats.resyncs += 1
         self._event(FeedEventKind.RESYNC, topic=topic, detail="unsubscribe + subscribe")
-        log.warning("%s: resyncing %s", self.name, topic)
+        self._resync_log.log(log, logging.WARNING, "%s: resyncing %s", self.name, topic)
         await self._send_request("unsubscribe", [topic], resync=True)
 
     # ---- liveness
