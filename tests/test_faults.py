@@ -10,7 +10,7 @@ recovery, and at the end; (c) every lost interval is recorded: wherever states
 are missing from the log, a gap/book_lost/resync event opened an interval that
 the recovering snapshot's `recovered` event closed, and nothing was recorded
 inside it; (d) every book message is accounted for, per connection and in
-total. The figures per fault kind go to /tmp/depthwatch-readme/faults.md.
+total. The figures per fault kind go to tests/artifacts/faults.md.
 
 Timeouts are short (1 s silence, 1 s acks, 0.25 s pings, reconnects after
 0.05-0.2 s) so a hundred faults fit in well under a minute; production uses
@@ -62,7 +62,7 @@ FAULTS = dict(
     ignore_unsubscribe_every=4,  # every 4th resync's unsubscribe is never acked
 )
 OPENERS = {FeedEventKind.GAP, FeedEventKind.BOOK_LOST, FeedEventKind.RESYNC}
-FIGURES = Path("/tmp/depthwatch-readme/faults.md")
+FIGURES = Path(__file__).parent / "artifacts" / "faults.md"  # for the README's table
 
 # What each fault does and how the collector is expected to notice.
 WHAT_HAPPENS = {
