@@ -19,7 +19,6 @@ import argparse
 import platform
 import re
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "streamlit"))
 sys.path.insert(0, str(ROOT))
 
+from tests.conftest import start_collect  # noqa: E402
 from tests.dbproxy import DatabaseProxy  # noqa: E402
 
 from depthwatch.sim import SimConfig, SimulatorThread  # noqa: E402
@@ -68,27 +68,13 @@ def main() -> int:
         SimConfig(symbols=SYMBOLS, rate=args.rate, seed=1, trades_rate=0, record=False)
     ).start()
     journal = work / "journal"
-    env = {"PYTHONPATH": str(ROOT / "streamlit"), "PATH": "/usr/bin:/bin"}
-    collector = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "depthwatch.cli",
-            "collect",
-            "--symbols",
-            ",".join(SYMBOLS),
-            "--ws-url",
-            sim.sim.url("linear"),
-            "--database-url",
-            proxy.url,
-            "--retention-days",
-            "0",
-            "--journal-dir",
-            str(journal),
-        ],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
+    collector = start_collect(
+        sim.sim.url("linear"),
+        proxy.url,
+        "--symbols",
+        ",".join(SYMBOLS),
+        "--journal-dir",
+        str(journal),
     )
     print(f"machine: {platform.node()}, {platform.processor() or platform.machine()}")
     print(f"{len(SYMBOLS)} streams at {args.rate:.0f} msg/s each; outage {args.outage:.0f} s")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -70,6 +72,56 @@ def cli_env() -> dict[str, str]:
     for name in ("DATABASE_URL", "DASHBOARD_DATABASE_URL", "BYBIT_WS_URL"):
         env.pop(name, None)
     return env
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`depthwatch ARGS...` as a user runs it; output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "depthwatch.cli", *args],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=120,
+    )
+
+
+def start_collect(ws_url: str, database_url: str, *extra: str) -> subprocess.Popen[str]:
+    """`depthwatch collect` as its own process (stderr piped), recording from
+    `ws_url` into `database_url`, keeping everything (no retention)."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "depthwatch.cli",
+            "collect",
+            "--ws-url",
+            ws_url,
+            "--database-url",
+            database_url,
+            "--retention-days",
+            "0",
+            *extra,
+        ],
+        env=cli_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.fixture
+def use_database(monkeypatch) -> Iterator[object]:
+    """Point the dashboard at a URL; its caches are process-wide, so clear them."""
+    import streamlit as st
+
+    def use(url: str) -> None:
+        monkeypatch.setenv("DATABASE_URL", url)
+        monkeypatch.delenv("DASHBOARD_DATABASE_URL", raising=False)
+        st.cache_data.clear()
+        st.cache_resource.clear()
+
+    yield use
+    st.cache_data.clear()
+    st.cache_resource.clear()
 
 
 def free_port() -> int:

@@ -28,21 +28,6 @@ def page(name: str) -> AppTest:
     return AppTest.from_string(f"from depthwatch.app import {name}\n{name}.render()")
 
 
-@pytest.fixture
-def use_database(monkeypatch) -> Iterator[object]:
-    """Point the dashboard at a URL; its caches are process-wide, so clear them."""
-
-    def use(url: str) -> None:
-        monkeypatch.setenv("DATABASE_URL", url)
-        monkeypatch.delenv("DASHBOARD_DATABASE_URL", raising=False)
-        st.cache_data.clear()
-        st.cache_resource.clear()
-
-    yield use
-    st.cache_data.clear()
-    st.cache_resource.clear()
-
-
 @pytest.fixture(scope="module")
 def recorded_url(server_url: str) -> Iterator[str]:
     """A database holding a few seconds of two simulated streams, with gaps."""

@@ -18,20 +18,12 @@ from depthwatch.sim import SimConfig, SimulatorThread
 from depthwatch.storage import schema
 from depthwatch.storage.db import make_engine
 
-from .conftest import cli_env
+from .conftest import cli_env, run_cli, start_collect
 
 SRC = Path(__file__).resolve().parents[1] / "streamlit"
 
 
-def depthwatch(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "depthwatch.cli", *args],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        timeout=120,
-        **kwargs,
-    )
+depthwatch = run_cli
 
 
 @pytest.mark.parametrize(
@@ -126,25 +118,8 @@ def test_sigterm_flushes_everything_and_exits_zero(database_url, tmp_path):
     export command writes those rows as Tardis CSV."""
     sim = SimulatorThread(SimConfig(symbols=("BTCUSDT", "ETHUSDT"), rate=0, seed=5)).start()
     try:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "depthwatch.cli",
-                "collect",
-                "--symbols",
-                "BTCUSDT,ETHUSDT",
-                "--trades",
-                "--ws-url",
-                sim.sim.url("linear"),
-                "--database-url",
-                database_url,
-                "--retention-days",
-                "0",
-            ],
-            env=cli_env(),
-            stderr=subprocess.PIPE,
-            text=True,
+        proc = start_collect(
+            sim.sim.url("linear"), database_url, "--symbols", "BTCUSDT,ETHUSDT", "--trades"
         )
         engine = make_engine(database_url)
         deadline = time.monotonic() + 60

@@ -31,7 +31,7 @@ from typing import Any
 from depthwatch.collector import Collector
 from depthwatch.config import CollectorConfig
 from depthwatch.feed.connection import BybitConnection, ConnectionConfig, ReconnectPolicy
-from depthwatch.records import BookUpdate, FeedEvent, FeedEventKind, StreamKey, Trade
+from depthwatch.records import BookUpdate, FeedEventKind, StreamKey
 from depthwatch.sim import BybitSimulator, FaultKind, SimConfig, SimulatorThread, TruthState
 from depthwatch.storage import queries
 
@@ -43,6 +43,7 @@ from .e2e import (
     stored_book_events,
     stored_feed_events,
 )
+from .test_connection import Recorder
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 DEPTH = 50
@@ -462,36 +463,17 @@ def figures_table(
     return "\n".join(lines)
 
 
-class _Handler:
-    """A FeedHandler keeping what the connection tells it; books never break
-    unless `gap_on` names an update id (then that stream needs a resync)."""
+class _Handler(Recorder):
+    """test_connection's Recorder; books never break unless `gap_on` names the
+    nth update (then that stream needs a resync)."""
 
     def __init__(self, gap_on: int | None = None) -> None:
-        self.updates: list[BookUpdate] = []
-        self.events: list[FeedEvent] = []
+        super().__init__()
         self.gap_on = gap_on
 
     def on_book_update(self, update: BookUpdate) -> bool:
         self.updates.append(update)
         return self.gap_on is not None and len(self.updates) == self.gap_on
-
-    def on_malformed_book_message(self, stream: StreamKey, local_us: int, detail: str) -> bool:
-        return False
-
-    def on_trades(self, trades: list[Trade]) -> None:
-        pass
-
-    def on_feed_event(self, event: FeedEvent) -> None:
-        self.events.append(event)
-
-    def on_streams_lost(self, streams: list[StreamKey]) -> None:
-        pass
-
-    def has_room(self) -> bool:
-        return True
-
-    async def wait_for_room(self) -> None:
-        pass
 
 
 def run_connection(handler: _Handler, seconds: float, **faults: Any) -> BybitSimulator:

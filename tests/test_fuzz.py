@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import time
 import zipfile
-from dataclasses import dataclass, field
 from decimal import Decimal
 
 import orjson
@@ -33,16 +32,13 @@ from hypothesis import strategies as st
 from depthwatch.book import Outcome, StreamBook
 from depthwatch.feed.parse import MAX_ERROR_CHARS, FeedParser, MalformedMessage
 from depthwatch.records import (
-    BookCheckpoint,
     BookUpdate,
-    DepthSnapshot,
-    FeedEvent,
     FeedEventKind,
-    Quote,
     StreamKey,
 )
 
 from .conftest import DATA
+from .test_book import Sink
 
 A = StreamKey("linear", "XRPUSDT", 500)
 B = StreamKey("linear", "ADAUSDT", 500)
@@ -62,36 +58,12 @@ B_LINES = [
 ]
 
 
-@dataclass
-class RecordingSink:
-    updates: list[BookUpdate] = field(default_factory=list)
-    quotes: list[Quote] = field(default_factory=list)
-    snapshots: list[DepthSnapshot] = field(default_factory=list)
-    checkpoints: list[BookCheckpoint] = field(default_factory=list)
-    events: list[FeedEvent] = field(default_factory=list)
-
-    def add_book_update(self, update: BookUpdate) -> None:
-        self.updates.append(update)
-
-    def add_quote(self, quote: Quote) -> None:
-        self.quotes.append(quote)
-
-    def add_depth_snapshot(self, snapshot: DepthSnapshot) -> None:
-        self.snapshots.append(snapshot)
-
-    def add_checkpoint(self, checkpoint: BookCheckpoint) -> None:
-        self.checkpoints.append(checkpoint)
-
-    def add_feed_event(self, event: FeedEvent) -> None:
-        self.events.append(event)
-
-
 class Router:
     """Frames -> parser -> books, as BybitConnection._read and Collector route them."""
 
     def __init__(self, streams: tuple[StreamKey, ...], category: str = "linear") -> None:
         self.parser = FeedParser(category)
-        self.sinks = {s: RecordingSink() for s in streams}
+        self.sinks = {s: Sink() for s in streams}
         # 1 s depth snapshots and 2 s checkpoints, so the 4.8 s of data emits some.
         self.books = {s: StreamBook(s, self.sinks[s], 1_000_000, 20, 2_000_000) for s in streams}
         self.malformed: list[MalformedMessage] = []
@@ -129,7 +101,7 @@ def run(a_lines: list[bytes | str]) -> Router:
 CLEAN = run(list(A_LINES))
 
 
-def rows(sink: RecordingSink) -> tuple:
+def rows(sink: Sink) -> tuple:
     """Everything a sink received, comparable."""
     return (
         [(u.update_id, u.is_snapshot, u.bids, u.asks) for u in sink.updates],
@@ -393,16 +365,15 @@ def test_a_duplicate_price_in_a_delta_is_applied_in_order_as_the_log_replays_it(
     assert [price, "8"] in bids
 
 
-def test_a_ten_megabyte_frame_of_a_million_levels_is_refused_quickly():
+def test_a_ten_megabyte_frame_of_a_million_levels_is_refused_before_its_levels_are_read():
+    """Refused on the count alone (the message names it): the levels are never
+    looked at, so the cost is orjson's parse."""
     msg = _msg(A_LINES[1])
     msg["data"]["b"] = [[f"1.{i:06d}", "1"] for i in range(1_000_000)]
     frame = orjson.dumps(msg)
     assert len(frame) > 10_000_000
     router = run(list(A_LINES))
-    started = time.perf_counter()
     router.feed(frame, 10**6)
-    elapsed = time.perf_counter() - started
-    assert elapsed < 2.0, elapsed  # orjson's parse; the levels are never looked at
     assert len(router.malformed) == 1
     assert "1000000 levels, more than 1000" in str(router.malformed[0])
     assert router.malformed[0].stream == A and not router.books[A].valid

@@ -8,13 +8,10 @@ the schema is intact, and any error is a clear one.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from depthwatch.records import BookUpdate, FeedEvent, FeedEventKind, Quote, StreamKey
@@ -23,7 +20,7 @@ from depthwatch.storage import queries, schema
 from depthwatch.storage.db import make_engine
 from depthwatch.storage.writer import BatchWriter, WriterConfig
 
-from .conftest import cli_env
+from .conftest import run_cli
 
 EVIL = [
     "BTC'; DROP TABLE x;--",
@@ -63,14 +60,7 @@ def assert_unharmed(engine: sa.Engine) -> None:
     assert {"x", "instruments", "book_events", "feed_events", "streams"} <= tables
 
 
-def depthwatch(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "depthwatch.cli", *args],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        timeout=120,
-    )
+depthwatch = run_cli
 
 
 def test_the_collector_refuses_hostile_symbols_with_a_clear_error(guarded):
@@ -177,19 +167,6 @@ def test_the_writer_and_every_query_keep_hostile_symbols_verbatim(guarded):
     assert_unharmed(engine)
 
 
-@pytest.fixture
-def dashboard_on(monkeypatch) -> Iterator[object]:
-    def use(url: str) -> None:
-        monkeypatch.setenv("DATABASE_URL", url)
-        monkeypatch.delenv("DASHBOARD_DATABASE_URL", raising=False)
-        st.cache_data.clear()
-        st.cache_resource.clear()
-
-    yield use
-    st.cache_data.clear()
-    st.cache_resource.clear()
-
-
 def run_page(name: str, params: dict[str, str]) -> AppTest:
     at = AppTest.from_string(f"from depthwatch.app import {name}\n{name}.render()")
     for key, value in params.items():
@@ -201,10 +178,10 @@ def warnings(at: AppTest) -> str:
     return "\n".join(str(w.value) for w in at.warning)
 
 
-def test_the_dashboard_takes_hostile_url_parameters_with_a_clear_warning(guarded, dashboard_on):
+def test_the_dashboard_takes_hostile_url_parameters_with_a_clear_warning(guarded, use_database):
     url, engine = guarded
     write_hostile_streams(engine)
-    dashboard_on(url)
+    use_database(url)
     for name in ("overview", "health"):
         at = run_page(name, {})
         assert not at.exception, at.exception

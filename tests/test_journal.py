@@ -10,7 +10,6 @@ import asyncio
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from depthwatch.storage.db import make_engine
 from depthwatch.storage.journal import SUFFIX, Journal
 from depthwatch.storage.writer import BatchWriter, WriterConfig
 
-from .conftest import cli_env
+from .conftest import start_collect
 from .dbproxy import DatabaseProxy
 from .e2e import assert_export_matches_truth
 from .test_storage import count, make_update
@@ -248,28 +247,15 @@ def test_a_full_journal_drops_rows_as_a_recorded_gap_and_the_stream_resyncs_exac
 
 
 def collect_process(sim_url: str, database_url: str, journal: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "depthwatch.cli",
-            "collect",
-            "--symbols",
-            "BTCUSDT,ETHUSDT",
-            "--ws-url",
-            sim_url,
-            "--database-url",
-            database_url,
-            "--retention-days",
-            "0",
-            "--journal-dir",
-            str(journal),
-            "--spill-rows",
-            "1000",
-        ],
-        env=cli_env(),
-        stderr=subprocess.PIPE,
-        text=True,
+    return start_collect(
+        sim_url,
+        database_url,
+        "--symbols",
+        "BTCUSDT,ETHUSDT",
+        "--journal-dir",
+        str(journal),
+        "--spill-rows",
+        "1000",
     )
 
 

@@ -6,16 +6,16 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import sys
 import time
 
+import pytest
 import sqlalchemy as sa
 
 from depthwatch.records import StreamKey
 from depthwatch.sim import SimConfig, SimulatorThread
 from depthwatch.storage.db import make_engine
 
-from .conftest import cli_env
+from .conftest import start_collect
 from .e2e import assert_export_matches_truth, recorded_sequence
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
@@ -23,26 +23,13 @@ STREAMS = [StreamKey("linear", s, 50) for s in SYMBOLS]
 
 
 def start_collector(sim: SimulatorThread, database_url: str, tmp_path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "depthwatch.cli",
-            "collect",
-            "--symbols",
-            ",".join(SYMBOLS),
-            "--ws-url",
-            sim.sim.url("linear"),
-            "--database-url",
-            database_url,
-            "--retention-days",
-            "0",
-            "--journal-dir",
-            str(tmp_path / "journal"),
-        ],
-        env=cli_env(),
-        stderr=subprocess.PIPE,
-        text=True,
+    return start_collect(
+        sim.sim.url("linear"),
+        database_url,
+        "--symbols",
+        ",".join(SYMBOLS),
+        "--journal-dir",
+        str(tmp_path / "journal"),
     )
 
 
@@ -83,7 +70,12 @@ def events(engine: sa.Engine, symbol: str) -> list[tuple[int, str, str]]:
         ]
 
 
-def test_sigkill_keeps_what_was_committed_and_the_restart_is_a_declared_gap(database_url, tmp_path):
+@pytest.mark.parametrize("down_s", [2.0, 8.0], ids=["quick-restart", "later-restart"])
+def test_sigkill_keeps_what_was_committed_and_the_restart_is_a_declared_gap(
+    database_url, tmp_path, down_s
+):
+    """Quick: the dead collector's last heartbeat is recent, so the new one
+    settles crash-or-overlap once heartbeats tell; later: it declares at once."""
     sim = SimulatorThread(SimConfig(symbols=SYMBOLS, rate=200, seed=17, trades_rate=0)).start()
     engine = make_engine(database_url)
     try:
@@ -94,9 +86,13 @@ def test_sigkill_keeps_what_was_committed_and_the_restart_is_a_declared_gap(data
         committed = book_rows(engine)
         with engine.connect() as conn:
             last_before = conn.execute(sa.text("SELECT max(local_us) FROM book_events")).scalar()
-        time.sleep(2.0)  # the market moves on while nobody records
+        time.sleep(down_s)  # the market moves on while nobody records
         second = start_collector(sim, database_url, tmp_path)
         wait_for_rows(engine, second, committed + 500)
+        # The first collector beat just before it died, so at first the new one
+        # cannot tell a crash from a deploy's overlap: it settles that once
+        # heartbeats tell (2.5 heartbeat intervals).
+        time.sleep(6.0)
         stderr = stop(second)
     finally:
         sim.stop()

@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import sqlalchemy as sa
@@ -87,6 +88,13 @@ class Collector:
         self._gap_log = LogThrottle()
         self._restart_log = LogThrottle()
         self._stopping = asyncio.Event()  # replaced by run()'s stop event
+        # Receive time of each stream's first snapshot: where a hole left by an
+        # earlier collector ends.
+        self.first_valid_us: dict[StreamKey, int] = {}
+        # Holes that may be a deploy's overlap: settled once heartbeats tell.
+        self._holes_to_settle: list[Hole] = []
+        self._kept_since: Callable[[int], set[str]] | None = None
+        self._started_us = now_us()
         interval_us = int(config.snapshot_interval_s * 1_000_000)
         checkpoint_us = int(config.checkpoint_interval_s * 1_000_000)
         self.books: dict[StreamKey, StreamBook] = {
@@ -154,6 +162,8 @@ class Collector:
                 "%s: u=%d refused (impossible book); resyncing", update.stream, update.update_id
             )
             return True
+        if outcome is Outcome.SNAPSHOT or outcome is Outcome.RESTART:
+            self.first_valid_us.setdefault(update.stream, update.local_us)
         if outcome is Outcome.RESTART:
             self.stats.restarts += 1
             self._restart_log.log(
@@ -230,6 +240,7 @@ class Collector:
             asyncio.create_task(self._report_status(stop)),
             asyncio.create_task(self._beat(stop)),
             asyncio.create_task(self._restart_dropped_records(stop)),
+            asyncio.create_task(self._settle_holes(stop)),
         ]
         try:
             await asyncio.gather(*(c.run(stop) for c in self.connections))
@@ -237,6 +248,55 @@ class Collector:
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
+
+    def declare_hole(self, hole: Hole) -> None:
+        """Record the hole as a gap from the stream's last stored row, closed by
+        `recovered` at this collector's first snapshot (now, if it came already)."""
+        stream, last = hole.stream, hole.last
+        self.on_feed_event(
+            FeedEvent(
+                FeedEventKind.GAP,
+                last.local_us,
+                stream.category,
+                stream.symbol,
+                stream.depth,
+                f"collector not running: nothing recorded after u={last.u} until this "
+                "collector's first snapshot",
+            )
+        )
+        recovered_at = self.first_valid_us.get(stream)
+        if recovered_at is None:
+            self.books[stream].last_update_id = last.u  # its snapshot records `recovered`
+            return
+        self.on_feed_event(
+            FeedEvent(
+                FeedEventKind.RECOVERED,
+                recovered_at,
+                stream.category,
+                stream.symbol,
+                stream.depth,
+                "first snapshot after the collector was not running",
+            )
+        )
+
+    def settle_holes_later(self, holes: list[Hole], kept_since: Callable[[int], set[str]]) -> None:
+        """Holes of streams another collector beat for just before this one
+        started: a deploy's overlap if that collector keeps beating for them,
+        else (a crash and a quick restart) holes to declare."""
+        self._holes_to_settle = holes
+        self._kept_since = kept_since
+
+    async def _settle_holes(self, stop: asyncio.Event) -> None:
+        if not self._holes_to_settle or self._kept_since is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 2.5 * self.config.heartbeat_interval_s)
+            return  # stopped before it could tell
+        kept = await asyncio.to_thread(self._kept_since, self._started_us)
+        for hole in self._holes_to_settle:
+            if str(hole.stream) not in kept:
+                self.declare_hole(hole)
+        self._holes_to_settle = []
 
     async def _restart_dropped_records(self, stop: asyncio.Event) -> None:
         """Streams whose rows the writer had to drop (journal full; it recorded
@@ -352,38 +412,33 @@ def register_instruments(config: CollectorConfig, writer: BatchWriter) -> tuple[
     return symbols
 
 
-def declare_holes_since_last_run(engine: sa.Engine, collector: Collector) -> None:
-    """A stream recorded before, by a collector that stopped or crashed, has a
-    hole from its last stored row to this collector's first snapshot: record
-    it as a gap (closed by `recovered` when that snapshot comes), so nobody
-    reads the silence as a quiet market. No hole when another live collector
-    still records the stream (a deploy's overlap)."""
+@dataclass(frozen=True)
+class Hole:
+    """A stream recorded before this collector started: its record ends here."""
+
+    stream: StreamKey
+    last: queries.LastRecorded
+
+
+def find_holes(engine: sa.Engine, collector: Collector) -> tuple[list[Hole], list[Hole]]:
+    """Streams recorded before, split into those nobody else was recording
+    (a collector that stopped or crashed: a hole to declare now) and those
+    another collector beat for within three heartbeats (a deploy's overlap,
+    or a crash just now: settled by `Collector.settle_holes_later`)."""
     config = collector.config
     since = now_us() - int(3 * config.heartbeat_interval_s * 1_000_000)
+    holes: tuple[list[Hole], list[Hole]] = ([], [])
     with engine.connect() as conn:
         kept = queries.streams_kept_by_others(conn, config.collector_id, since)
-        for stream, book in collector.books.items():
-            if str(stream) in kept:
-                continue
+        for stream in collector.books:
             try:
                 iid = queries.instrument_id(conn, stream.category, stream.symbol)
             except queries.NotRecorded:
                 continue
             last = queries.last_recorded(conn, iid, stream.depth)
-            if last is None:
-                continue
-            book.last_update_id = last.u  # so the first snapshot records `recovered`
-            collector.on_feed_event(
-                FeedEvent(
-                    FeedEventKind.GAP,
-                    last.local_us,
-                    stream.category,
-                    stream.symbol,
-                    stream.depth,
-                    f"collector not running: nothing recorded after u={last.u} until this "
-                    "collector's first snapshot",
-                )
-            )
+            if last is not None:
+                holes[str(stream) in kept].append(Hole(stream, last))
+    return holes
 
 
 def run_collector(config: CollectorConfig) -> int:
@@ -414,7 +469,15 @@ def run_collector(config: CollectorConfig) -> int:
     if symbols != config.symbols:
         config = replace(config, symbols=symbols)
     collector = Collector(config, writer)
-    declare_holes_since_last_run(engine, collector)
+    holes, maybe_overlaps = find_holes(engine, collector)
+    for hole in holes:
+        collector.declare_hole(hole)
+
+    def kept_since(since_us: int) -> set[str]:
+        with engine.connect() as conn:
+            return queries.streams_kept_by_others(conn, config.collector_id, since_us)
+
+    collector.settle_holes_later(maybe_overlaps, kept_since)
     log.info(
         "collecting %d topics over %d connection(s) from %s",
         len(config.topics()),
