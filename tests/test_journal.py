@@ -316,3 +316,39 @@ def test_outage_then_sigkill_then_restart_loses_nothing_that_was_journaled(datab
     assert keys <= stored
     assert re.search(r"rows journaled \d+", stderr)
     engine.dispose()
+
+
+def test_a_stop_while_the_journal_drains_leaves_the_rest_in_order_for_the_next_start(
+    database_url, tmp_path
+):
+    """SIGTERM right after an outage: the stop does not try to drain a large
+    journal inside the shutdown delay; what is left (and what is in memory,
+    behind it) is written by the next start. Every row once."""
+    proxy = DatabaseProxy(database_url)
+    engine = make_engine(proxy.url)
+    schema.upgrade(engine)
+    writer = BatchWriter(
+        engine, WriterConfig(flush_interval_s=0.05, spill_rows=100, journal_dir=tmp_path)
+    )
+    writer.start()
+    writer.instrument_id("linear", "BTCUSDT")
+    proxy.cut()
+    for u in range(1, 40_001):
+        writer.add_book_update(make_update(u, snapshot=(u == 1)))
+        if u % 1_000 == 0:
+            time.sleep(0.05)
+    time.sleep(0.5)
+    assert writer.journal_bytes > 0
+    proxy.restore()
+    assert writer.stop(timeout_s=30)  # nothing left in memory
+    heir = BatchWriter(engine, WriterConfig(flush_interval_s=0.05, journal_dir=tmp_path))
+    heir.start()
+    try:
+        assert heir.flush_now(timeout_s=60)
+    finally:
+        assert heir.stop()
+        proxy.close()
+    engine = make_engine(database_url)  # the proxy is gone
+    assert count(engine, "book_events") == 40_000
+    assert list(tmp_path.glob(f"*{SUFFIX}")) == []
+    engine.dispose()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import inspect
 import json
 import os
 import re
@@ -27,7 +26,6 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -38,12 +36,11 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 from playwright.sync_api import sync_playwright
 
-import depthwatch.collector
+from depthwatch.collector import FINAL_FLUSH_TIMEOUT_S
 from depthwatch.records import StreamKey
 from depthwatch.sim import SimConfig, SimulatorThread
 from depthwatch.storage import schema
 from depthwatch.storage.db import make_engine
-from depthwatch.storage.writer import BatchWriter
 
 from .conftest import ROOT, SRC, free_port
 from .e2e import assert_export_matches_truth
@@ -224,40 +221,10 @@ def test_secrets_are_asked_for_never_committed():
         assert entries[secret] == {"key": secret, "sync": False}
 
 
-def final_flush_timeout_s(module: ModuleType = depthwatch.collector) -> float:
-    """The longest the collector waits for its writer when it stops: the
-    `timeout_s` of the `.stop(...)` calls in run_collector (a literal or a
-    name), or BatchWriter.stop's default where none is given."""
-    default = inspect.signature(BatchWriter.stop).parameters["timeout_s"].default
-    tree = ast.parse(inspect.getsource(module))
-    (run,) = [
-        node
-        for node in ast.walk(tree)
-        if isinstance(node, ast.FunctionDef) and node.name == "run_collector"
-    ]
-    waits: list[float] = []
-    for node in ast.walk(run):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
-            continue
-        if node.func.attr != "stop":
-            continue
-        given = [kw.value for kw in node.keywords if kw.arg == "timeout_s"]
-        if not given:
-            waits.append(float(default))
-        elif isinstance(given[0], ast.Constant) and isinstance(given[0].value, int | float):
-            waits.append(float(given[0].value))
-        elif isinstance(given[0], ast.Name):
-            waits.append(float(getattr(module, given[0].id)))
-        else:
-            raise AssertionError(f"cannot read timeout_s={ast.unparse(given[0])}: use a constant")
-    assert waits, "found no writer.stop(...) in run_collector: name its timeout as a constant"
-    return max(waits)
-
-
 def test_shutdown_delay_covers_the_collectors_final_flush():
     delay = service("worker")["maxShutdownDelaySeconds"]
     assert isinstance(delay, int)
-    assert final_flush_timeout_s() < delay <= RENDER_MAX_SHUTDOWN_DELAY_S
+    assert FINAL_FLUSH_TIMEOUT_S < delay <= RENDER_MAX_SHUTDOWN_DELAY_S
 
 
 # ---- the environment the code reads

@@ -43,6 +43,11 @@ log = logging.getLogger(__name__)
 
 SUMMARY_TABLES = ("book_events", "quotes", "depth_snapshots", "trades")
 
+# How long a stopping collector waits for its last rows to be committed (or,
+# with the database unreachable, journaled); a service manager's shutdown
+# delay must exceed it (render.yaml's maxShutdownDelaySeconds).
+FINAL_FLUSH_TIMEOUT_S = 15.0
+
 # How long a book may wait for its snapshot, while deltas arrive, before we resync again.
 SNAPSHOT_RETRY_US = 10_000_000
 
@@ -493,7 +498,7 @@ def run_collector(config: CollectorConfig) -> int:
         # signalling) must not kill the process halfway through that write.
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_IGN)
-        flushed = writer.stop(timeout_s=15.0)
+        flushed = writer.stop(timeout_s=FINAL_FLUSH_TIMEOUT_S)
         log_summary(collector, flushed)
     engine.dispose()
     if not flushed:

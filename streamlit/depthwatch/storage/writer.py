@@ -381,7 +381,7 @@ class BatchWriter:
         left = self.pending_rows + len(self._events)
         if left:
             log.error("writer stopped with %d rows not written", left)
-        if self.journal is not None:
+        if self.journal is not None and not (self._thread and self._thread.is_alive()):
             if self.journal_bytes:
                 log.warning(
                     "%.1f MB of rows wait in the journal %s: the next start writes them",
@@ -416,6 +416,12 @@ class BatchWriter:
             self._wake.clear()
             cycle_started = time.monotonic()
             while True:
+                if self._stopping.is_set() and self.journal_bytes:
+                    # Stopping while a journal drains: rather than drain it all
+                    # inside the shutdown delay, queue what is in memory behind
+                    # it, in order; the next start writes the lot.
+                    self._spill(everything=True)
+                    return
                 self._flushing = True
                 batch = self._held = self._next_batch()
                 if batch.empty:
