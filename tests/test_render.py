@@ -535,13 +535,14 @@ def check_live_page(base: str, stream: StreamKey, shot: Path) -> None:
                 badge(page, LIVE_BADGE).wait_for()
                 badge(page, SIMULATED_BADGE).wait_for()
                 page.locator(CHART).first.wait_for()
-                page.wait_for_function(
+                # Read in the evaluation that found them: the 1 s refresh
+                # redraws the metrics between two evaluations.
+                metrics = page.wait_for_function(
                     f"""() => {{
                         const m = ({METRICS_JS})({json.dumps(METRIC)});
-                        return m["Best bid"] && m["Best ask"];
+                        return m["Best bid"] && m["Best ask"] ? m : null;
                     }}"""
-                )
-                metrics = page.evaluate(METRICS_JS, METRIC)
+                ).json_value()
                 assert parse_price(metrics["Best bid"]) < parse_price(metrics["Best ask"])
                 assert not errors, errors
             finally:
