@@ -175,7 +175,7 @@ def test_malformed_frames_are_counted_and_lose_nothing(database_url):
 
 
 def test_a_stalled_connection_is_reconnected_by_the_watchdog(database_url):
-    _sim, run = run_scenario(database_url, stall_after=300, stall_seconds=4)
+    _sim, run = run_scenario(database_url, stall_after=300, stall_seconds=8)
     assert sum(c.stats.stalls for c in run.collector.connections) >= 1
     assert "stall" in feed_event_kinds(run.engine)
 

@@ -74,10 +74,11 @@ WHAT_HAPPENS = {
     "skipped; the book is untouched",
     FaultKind.DISCONNECT: "server closes the socket: `book_lost` per valid book, reconnect "
     "with backoff, resubscribe, snapshot",
-    FaultKind.STALL: "server sends nothing, pongs included: watchdog (no data for the "
-    "silence timeout) reconnects",
+    FaultKind.STALL: "server sends nothing, pongs included: after the silence timeout the "
+    "watchdog asks for a snapshot (a quiet market would answer); none comes within another "
+    "timeout: reconnect",
     FaultKind.MUTE: "server answers pings and acks but sends no data: the watchdog counts "
-    "only data, so it reconnects",
+    "only data; the snapshot it asks for never comes: reconnect",
     FaultKind.IGNORED_UNSUBSCRIBE: "a resync's unsubscribe is never acked (data keeps "
     "coming): ack timeout reconnects",
 }
@@ -439,8 +440,9 @@ def figures_table(
         "Recorded interval: from the opener (`gap`, `book_lost`) to the `recovered` event of "
         "the snapshot that ends it, from the stored feed events: what the dashboard shades. "
         "Fault to recovery: from the moment the simulator injected the fault to that "
-        f"`recovered`, so detection is included (a stall or mute: the {SILENCE_S:g} s silence "
-        f"timeout; an unacked unsubscribe: the {ACK_S:g} s ack timeout). An interval is "
+        f"`recovered`, so detection is included (a stall or mute: twice the {SILENCE_S:g} s "
+        f"silence timeout, a snapshot probe between; an unacked unsubscribe: the {ACK_S:g} s "
+        "ack timeout). An interval is "
         "charged to the fault that opened it (a gap whose resync then meets a disconnect "
         "stays a drop); a disconnect, stall or mute opens one interval per stream whose book "
         "was valid.",
@@ -479,7 +481,9 @@ class _Handler(Recorder):
 def run_connection(handler: _Handler, seconds: float, **faults: Any) -> BybitSimulator:
     async def main() -> BybitSimulator:
         sim = BybitSimulator(
-            SimConfig(symbols=("BTCUSDT",), rate=200, seed=4, trades_rate=0, **faults)
+            SimConfig(
+                **{"symbols": ("BTCUSDT",), "rate": 200, "seed": 4, "trades_rate": 0, **faults}
+            )
         )
         await sim.start()
         connection = BybitConnection(
@@ -536,3 +540,19 @@ def test_an_unsubscribe_never_acked_reconnects_instead_of_waiting_forever():
     # unsubscribe: the server never said "already subscribed".
     assert not any("already subscribed" in e.detail for e in handler.events)
     assert [u.is_snapshot for u in handler.updates].count(True) == 2  # one per connection
+
+
+def test_a_quiet_market_is_probed_not_reconnected():
+    """Bybit sends nothing for a depth-50 book that does not change: after the
+    silence timeout the watchdog asks for a fresh snapshot instead of
+    reconnecting; the live server answers, so the connection stays up and the
+    book stays valid, where a muted socket (above) is reconnected."""
+    handler = _Handler()
+    sim = run_connection(handler, 3.0, rate=0.01)  # a step every 100 s: silent
+    kinds = [e.kind for e in handler.events]
+    assert kinds.count(FeedEventKind.CONNECT) == 1
+    assert FeedEventKind.STALL not in kinds
+    assert FeedEventKind.BOOK_LOST not in kinds
+    snapshots = [u for u in handler.updates if u.is_snapshot]
+    assert len(snapshots) >= 2  # the subscription's, then at least one probe's
+    assert sim.pings_received >= 10

@@ -110,6 +110,7 @@ class ConnectionStats:
     reconnect_delays_s: list[float] = field(default_factory=list)  # the most recent ones
     resyncs: int = 0
     stalls: int = 0
+    probes: int = 0  # a silent connection asked for a snapshot to tell quiet from dead
     failed_topics: list[str] = field(default_factory=list)
 
 
@@ -137,6 +138,7 @@ class BybitConnection:
         self._req_ids = itertools.count(1)
         self._last_rx = 0.0  # time.monotonic() of the last frame
         self._last_data = 0.0  # time.monotonic() of the last book or trade message
+        self._probed_at: float | None = None  # a silence probe since the last data
         self._cut_reason = ""  # why we ended the current socket ourselves, if we did
         self.simulator_detected = False  # the server said it is depthwatch's simulator
         self._paused = False  # reading paused by writer back-pressure
@@ -184,6 +186,7 @@ class BybitConnection:
                 connected = True
                 self._ws = ws
                 opened_at = self._last_rx = self._last_data = time.monotonic()
+                self._probed_at = None
                 self.stats.connects += 1
                 if ws.response is not None and ws.response.headers.get(SIMULATOR_HEADER):
                     self.simulator_detected = True
@@ -405,12 +408,19 @@ class BybitConnection:
                 continue  # back-pressure: we stopped reading, the server did not stop
             now = time.monotonic()
             silent = now - self._last_data
-            if silent > timeout:
+            if self._probed_at is not None and self._last_data > self._probed_at:
+                self._probed_at = None  # the probe (or the market) answered
+            if silent > timeout and self._probed_at is None and await self._probe():
+                self._probed_at = now
+                continue
+            if silent > timeout and (self._probed_at is None or now - self._probed_at > timeout):
                 self.stats.stalls += 1
                 since_frame = now - self._last_rx
                 detail = f"no data for {silent:.1f} s"
                 if since_frame < silent:  # pongs or acks kept coming: a mute socket
                     detail += f", though the server still answers ({since_frame:.1f} s ago)"
+                if self._probed_at is not None:
+                    detail += "; a snapshot asked for did not come"
                 log.warning("%s: %s; reconnecting", self.name, detail)
                 self._event(FeedEventKind.STALL, detail=detail)
                 self._cut(ws, detail)
@@ -419,6 +429,20 @@ class BybitConnection:
             if overdue:
                 self._cut(ws, overdue)
                 return
+
+    async def _probe(self) -> bool:
+        """A quiet market sends nothing either (Bybit repeats only depth-1
+        books, every 3 s): before calling a silent socket dead, resubscribe one
+        book topic. A live server answers with a fresh snapshot (stored like
+        any snapshot: the book stays valid); a dead or muted one does not, and
+        the watchdog reconnects a timeout later. False: nothing to probe with."""
+        topic = next((t for t in self.topics if t.startswith("orderbook.")), None)
+        if topic is None or self._pending:
+            return False
+        self.stats.probes += 1
+        log.debug("%s: no data for a while; probing with a fresh %s snapshot", self.name, topic)
+        await self._send_request("unsubscribe", [topic], resync=True)
+        return True
 
     def _ack_overdue(self) -> str:
         """A subscribe nobody answered leaves its books without a snapshot, an
