@@ -20,6 +20,7 @@ bad frames slipped into one stream.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import zipfile
 from decimal import Decimal
@@ -283,11 +284,13 @@ def bad_frame(draw: st.DrawFn, k: int) -> tuple[str, bytes | str]:
     if kind == "empty string" and draw(st.booleans()):
         target, name = draw(st.sampled_from([(msg, "topic"), (msg, "type"), (data, "s")]))
         target[name] = ""
-    return kind, orjson.dumps(msg)
+    # The standard library's JSON writes any integer (orjson stops at 64 bits).
+    return kind, json.dumps(msg).encode()
 
 
 @settings(
     max_examples=400,
+    derandomize=True,  # the same 400 examples every run: CI must not be a lottery
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

@@ -238,3 +238,25 @@ def test_retention_does_not_see_dropped_days_recreated_by_later_writes(engine):
     with engine.connect() as conn:
         assert old_day not in schema.existing_partition_days(conn)
     assert count(engine, "book_events") == 1
+
+
+def test_rows_postgresql_cannot_take_do_not_wedge_the_writer(engine):
+    """A NUL (a server's close reason may hold one) in a feed event or a row:
+    not an outage to retry forever, but a bad row, refused alone (events are
+    cleaned), and everything else written."""
+    writer = started_writer(engine)
+    writer.add_feed_event(
+        FeedEvent(FeedEventKind.DISCONNECT, NOW_MS * 1000, "linear", detail="bye\x00now")
+    )
+    bad = make_update(2)
+    bad.bids[0][1] = "1\x00"
+    for update in (make_update(1, snapshot=True), bad, make_update(3)):
+        writer.add_book_update(update)
+    assert writer.flush_now()
+    assert writer.stop()
+    assert count(engine, "book_events") == 2
+    assert writer.stats.rows_rejected == 1
+    assert writer.stats.flush_failures == 0
+    with engine.connect() as conn:
+        detail = conn.execute(sa.text("SELECT detail FROM feed_events")).scalar_one()
+    assert detail == "byenow"

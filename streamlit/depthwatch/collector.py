@@ -48,6 +48,9 @@ SUMMARY_TABLES = ("book_events", "quotes", "depth_snapshots", "trades")
 # delay must exceed it (render.yaml's maxShutdownDelaySeconds).
 FINAL_FLUSH_TIMEOUT_S = 15.0
 
+# How often a stream whose record lost rows asks again for a fresh snapshot.
+RESYNC_RETRY_S = 10.0
+
 # How long a book may wait for its snapshot, while deltas arrive, before we resync again.
 SNAPSHOT_RETRY_US = 10_000_000
 
@@ -297,7 +300,11 @@ class Collector:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 2.5 * self.config.heartbeat_interval_s)
             return  # stopped before it could tell
-        kept = await asyncio.to_thread(self._kept_since, self._started_us)
+        try:
+            kept = await asyncio.to_thread(self._kept_since, self._started_us)
+        except Exception:  # the database away: the dashboard's heartbeat holes remain
+            log.exception("could not tell a restart from a deploy's overlap")
+            return
         for hole in self._holes_to_settle:
             if str(hole.stream) not in kept:
                 self.declare_hole(hole)
@@ -306,16 +313,22 @@ class Collector:
     async def _restart_dropped_records(self, stop: asyncio.Event) -> None:
         """Streams whose rows the writer had to drop (journal full; it recorded
         the gap) restart their record from a fresh snapshot, asked for as soon
-        as the journal has room again, even if the market is quiet."""
+        as the journal has room again, even if the market is quiet, and again
+        every RESYNC_RETRY_S until one comes. Their books stay valid: they are
+        exact, only the record has a hole."""
+        asked: dict[StreamKey, float] = {}
         while not stop.is_set():
-            for stream in list(self.writer.streams_to_resync):
-                book = self.books.get(stream)
-                if book is None or not book.valid:
-                    continue  # a snapshot is on its way already
-                book.invalidate()
-                for connection in self.connections:
-                    if await connection.request_resync(stream):
-                        break
+            try:
+                now = time.monotonic()
+                for stream in self.writer.streams_to_resync:
+                    if now - asked.get(stream, -RESYNC_RETRY_S) < RESYNC_RETRY_S:
+                        continue
+                    asked[stream] = now
+                    for connection in self.connections:
+                        if await connection.request_resync(stream):
+                            break
+            except Exception:  # a connection closing under us: try again later
+                log.exception("asking for fresh snapshots failed; retrying")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
 
@@ -329,6 +342,10 @@ class Collector:
         started_us = now_us()
         last_messages, last_time = 0, time.monotonic()
         while not stop.is_set():
+            if self.writer.failed:  # reading on would only fill memory
+                log.error("the writer failed: stopping, so that a supervisor restarts us")
+                stop.set()
+                return
             messages = sum(c.stats.messages for c in self.connections)
             now = time.monotonic()
             rate = (messages - last_messages) / max(now - last_time, 1e-3)
@@ -516,7 +533,7 @@ def log_summary(collector: Collector, flushed: bool) -> None:
         collector.stats.dropped,
         *(w.rows_written[t] for t in SUMMARY_TABLES),
         *(w.rows_duplicate[t] for t in SUMMARY_TABLES),
-        "everything flushed" if flushed else "ROWS LOST: the database did not take them",
+        "everything flushed" if flushed else "ROWS NOT WRITTEN: the database did not take them",
     )
     log.info(
         "gaps %d, resyncs %d, restarts %d, malformed %d, unknown streams %d, handler errors %d, "

@@ -139,6 +139,9 @@ class BybitConnection:
         self._last_rx = 0.0  # time.monotonic() of the last frame
         self._last_data = 0.0  # time.monotonic() of the last book or trade message
         self._probed_at: float | None = None  # a silence probe since the last data
+        # Topics with a resync (unsubscribe, then subscribe) under way: a second
+        # one would meet "already subscribed" and cost the whole connection.
+        self._resyncing: set[str] = set()
         self._cut_reason = ""  # why we ended the current socket ourselves, if we did
         self.simulator_detected = False  # the server said it is depthwatch's simulator
         self._paused = False  # reading paused by writer back-pressure
@@ -187,6 +190,7 @@ class BybitConnection:
                 self._ws = ws
                 opened_at = self._last_rx = self._last_data = time.monotonic()
                 self._probed_at = None
+                self._resyncing.clear()
                 self.stats.connects += 1
                 if ws.response is not None and ws.response.headers.get(SIMULATOR_HEADER):
                     self.simulator_detected = True
@@ -342,6 +346,8 @@ class BybitConnection:
                 # that follows brings the snapshot either way.
                 log.warning("%s: unsubscribe %s refused: %s", self.name, failed, msg.ret_msg)
             return list(request.topics) if request.resync else []
+        if request.resync:
+            self._resyncing.difference_update(request.topics)
         if failed and request.resync:
             # The topic was served a moment ago, so this is not an unknown symbol:
             # start over on a fresh connection, which resubscribes everything.
@@ -388,6 +394,9 @@ class BybitConnection:
         the topic, and get "already subscribed" or no snapshot at all. An
         unsubscribe never acked ends the connection (_ack_overdue)."""
         topic = f"orderbook.{stream.depth}.{stream.symbol}"
+        if topic in self._resyncing:
+            return  # the snapshot asked for is on its way
+        self._resyncing.add(topic)
         self.stats.resyncs += 1
         self._event(FeedEventKind.RESYNC, topic=topic, detail="unsubscribe + subscribe")
         self._resync_log.log(log, logging.WARNING, "%s: resyncing %s", self.name, topic)
@@ -439,6 +448,7 @@ class BybitConnection:
         topic = next((t for t in self.topics if t.startswith("orderbook.")), None)
         if topic is None or self._pending:
             return False
+        self._resyncing.add(topic)
         self.stats.probes += 1
         log.debug("%s: no data for a while; probing with a fresh %s snapshot", self.name, topic)
         await self._send_request("unsubscribe", [topic], resync=True)

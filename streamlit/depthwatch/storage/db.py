@@ -35,7 +35,10 @@ def parse_database_url(url: str) -> sa.URL:
     """The URL, normalised and parsed, or InvalidDatabaseUrl. SQLAlchemy's own
     errors quote the URL (or a piece of it), password and all."""
     try:
-        return sa.make_url(normalise_url(url))
+        parsed = sa.make_url(normalise_url(url))
+        if "@" in (parsed.host or ""):  # an unescaped '@' in the password
+            raise ValueError("ambiguous")
+        return parsed
     except (ValueError, sa.exc.ArgumentError):
         raise InvalidDatabaseUrl(
             "the database URL does not parse: expected "
@@ -44,12 +47,25 @@ def parse_database_url(url: str) -> sa.URL:
         ) from None
 
 
+# A database host that vanished (no reset, no refusal) must be noticed in
+# seconds, not the kernel's minutes: connect timeout, keepalives, and a cap on
+# unacknowledged writes. Ignored on Unix sockets.
+TCP_LIVENESS = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+
+
 def make_engine(url: str, pool_size: int = 5) -> sa.Engine:
     return sa.create_engine(
         parse_database_url(url),
         pool_size=pool_size,
         pool_pre_ping=True,
-        connect_args={"application_name": "depthwatch"},
+        connect_args={"application_name": "depthwatch", **TCP_LIVENESS},
     )
 
 

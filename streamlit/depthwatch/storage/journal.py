@@ -74,12 +74,23 @@ class Journal:
 
     # ---- start-up
 
+    def check_writable(self) -> None:
+        """Create the directory and write a file in it, so a journal that could
+        not take rows fails at start with a clear error, not mid-outage."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        probe = self.directory / f".probe-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+
     def adopt_orphans(self) -> int:
         """Take over the segments a crashed writer left (those no live process
         holds locked), oldest first; returns how many bytes they hold."""
         adopted = 0
         for path in sorted(self.directory.glob(f"*{SUFFIX}")):  # none if no directory
-            file = path.open("r+b")
+            try:
+                file = path.open("r+b")
+            except FileNotFoundError:  # another writer sharing the directory retired it
+                continue
             try:
                 fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:  # a live writer's segment

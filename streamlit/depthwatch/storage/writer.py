@@ -14,6 +14,7 @@ wait (`wait_for_room`), which is counted and logged as back-pressure.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -70,6 +71,13 @@ TS_COLUMN = {
 }
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+# A stopping writer retries a dead database this long, then journals what it
+# holds; it drains a journal this long, then queues the rest behind it. Both
+# stay well inside the collector's final flush timeout.
+STOP_RETRY_S = 5.0
+STOP_DRAIN_S = 8.0
 
 
 def now_us() -> int:
@@ -135,6 +143,29 @@ def _levels_columns(bids: list[Level], asks: list[Level]) -> str:
 
 def _nullable(value: object) -> str:
     return "\\N" if value is None else str(value)
+
+
+# "no partition of relation ... found for row": a partition dropped under the
+# writer (retention elsewhere, an operator); the retry re-creates it.
+MISSING_PARTITION = "23514"
+
+
+def _is_outage(exc: BaseException) -> bool:
+    """Whether a failed write is to be retried as a whole later (the database
+    is unreachable, or a partition vanished) rather than a row being bad
+    (then the batch is written row by row)."""
+    error = getattr(exc, "orig", exc)
+    if getattr(error, "pgcode", None) == MISSING_PARTITION and "no partition" in str(error):
+        return True
+    outage = (
+        psycopg2.OperationalError,
+        psycopg2.InterfaceError,
+        sa.exc.OperationalError,
+        sa.exc.InterfaceError,
+        sa.exc.DisconnectionError,
+        OSError,
+    )
+    return isinstance(exc, outage) or bool(getattr(exc, "connection_invalidated", False))
 
 
 def _copy_from(cursor: object, sql: str, data: str) -> None:
@@ -271,6 +302,17 @@ class BatchWriter:
         elif snapshot:
             self._blocked.discard(stream)
             log.info("%s: recording again from a fresh snapshot", stream)
+            # Closes the gap (the book itself stayed exact, so it records none).
+            self._events.append(
+                FeedEvent(
+                    FeedEventKind.RECOVERED,
+                    local_us,
+                    stream.category,
+                    stream.symbol,
+                    stream.depth,
+                    "recording again from a fresh snapshot after rows were dropped",
+                )
+            )
             return False
         self.stats.rows_dropped += 1
         return True
@@ -294,10 +336,13 @@ class BatchWriter:
     @property
     def pending_rows(self) -> int:
         """Rows received and not yet committed: queued, or held by a failed flush."""
-        held = self._held.size if self._held is not None else 0
+        held_batch = self._held  # one read: the writer thread may clear it meanwhile
+        held = held_batch.size if held_batch is not None else 0
         return held + len(self._book_rows) + sum(len(rows) for rows in self._rows.values())
 
     def has_room(self) -> bool:
+        if self.failed:
+            return False
         return self._spilling or self.pending_rows < self.config.max_pending_rows
 
     async def wait_for_room(self) -> None:
@@ -311,7 +356,7 @@ class BatchWriter:
                 self.config.max_pending_rows,
                 self.stats.backpressure_waits,
             )
-        while not self.has_room():
+        while not self.has_room() and not self.failed:
             self._wake.set()
             await asyncio.sleep(0.01)
 
@@ -367,9 +412,13 @@ class BatchWriter:
     def start(self) -> None:
         with self.engine.begin() as conn:
             self._maintain_partitions(conn)
-        if self.journal is not None and self.journal.adopt_orphans():
-            self._note_journal()
-        self._thread = threading.Thread(target=self._run, name="depthwatch-writer", daemon=True)
+        if self.journal is not None:
+            self.journal.check_writable()  # now, not at the first outage
+            if self.journal.adopt_orphans():
+                self._note_journal()
+        self._thread = threading.Thread(
+            target=self._run_guarded, name="depthwatch-writer", daemon=True
+        )
         self._thread.start()
 
     def stop(self, timeout_s: float = 10.0) -> bool:
@@ -381,15 +430,18 @@ class BatchWriter:
         left = self.pending_rows + len(self._events)
         if left:
             log.error("writer stopped with %d rows not written", left)
+        journaled = self.journal_bytes
         if self.journal is not None and not (self._thread and self._thread.is_alive()):
-            if self.journal_bytes:
-                log.warning(
-                    "%.1f MB of rows wait in the journal %s: the next start writes them",
-                    self.journal_bytes / 1e6,
+            if journaled:
+                log.error(
+                    "%.1f MB of rows are not in the database: they wait in the journal %s "
+                    "for the next start on this machine (lost if its disk is discarded, "
+                    "as on a Render redeploy)",
+                    journaled / 1e6,
                     self.journal.directory,
                 )
             self.journal.close()
-        return left == 0
+        return left == 0 and not journaled
 
     def flush_now(self, timeout_s: float = 10.0) -> bool:
         """Wait until everything added so far is committed (tests; shutdown uses stop)."""
@@ -402,6 +454,18 @@ class BatchWriter:
         return True
 
     _flushing = False
+    failed = False  # the writer thread died: nothing more can be written
+
+    def _run_guarded(self) -> None:
+        """A bug (or a disk error) must not leave a collector that reads on
+        while nothing is written: say so, refuse room, and let the collector
+        exit non-zero (a supervisor restarts it; the journal is picked up)."""
+        try:
+            self._run()
+        except Exception:
+            log.exception("the writer failed; no more rows can be written")
+            self.failed = True
+            self._spilling = False
 
     def _run(self) -> None:
         conn: sa.Connection | None = None
@@ -416,10 +480,14 @@ class BatchWriter:
             self._wake.clear()
             cycle_started = time.monotonic()
             while True:
-                if self._stopping.is_set() and self.journal_bytes:
-                    # Stopping while a journal drains: rather than drain it all
-                    # inside the shutdown delay, queue what is in memory behind
-                    # it, in order; the next start writes the lot.
+                if (
+                    self._stopping.is_set()
+                    and self.journal_bytes
+                    and self._stop_deadline_passed(STOP_DRAIN_S)
+                ):
+                    # Stopping while a journal drains: drain while the shutdown
+                    # delay allows, then queue what is in memory behind the
+                    # rest, in order, for the next start on this machine.
                     self._spill(everything=True)
                     return
                 self._flushing = True
@@ -434,7 +502,7 @@ class BatchWriter:
                     if batch.journal is not None:
                         self._held = None  # it stays on disk; read again for the retry
                     if self._stopping.is_set():
-                        if self._stop_deadline_passed():
+                        if self._stop_deadline_passed(STOP_RETRY_S):
                             self._spill(everything=True)
                             return
                         self._wait_spilling(0.2, stopping=True)
@@ -470,7 +538,9 @@ class BatchWriter:
             started = time.monotonic()
             try:
                 inserted = self._write(conn, batch)
-            except (psycopg2.DataError, sa.exc.DataError):
+            except Exception as exc:
+                if _is_outage(exc):
+                    raise
                 log.exception("a batch holds a row PostgreSQL refuses; writing rows singly")
                 self._discard(conn)
                 conn = self._connect()
@@ -485,7 +555,7 @@ class BatchWriter:
                 self.pending_rows,
             )
             return conn, True
-        except Exception as exc:  # any failure: keep the batch, reconnect, retry
+        except Exception as exc:  # the database is unreachable: keep the batch, retry
             self.stats.flush_failures += 1
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
             self._log_failure(batch.size, first_line)
@@ -532,11 +602,12 @@ class BatchWriter:
 
     _stop_started: float | None = None
 
-    def _stop_deadline_passed(self) -> bool:
-        """While stopping with a dead database, give up after a while rather than hang."""
+    def _stop_deadline_passed(self, seconds: float) -> bool:
+        """Whether `seconds` have passed since the stop began: a stop must end
+        within the shutdown delay, with a dead database or a long journal."""
         if self._stop_started is None:
             self._stop_started = time.monotonic()
-        return time.monotonic() - self._stop_started > 5.0
+        return time.monotonic() - self._stop_started > seconds
 
     def _connect(self) -> sa.Connection:
         conn = self.engine.connect()
@@ -598,12 +669,13 @@ class BatchWriter:
         return {
             "local_us": event.local_us,
             "collector": self.config.collector_id,
-            "connection": event.connection,
+            "connection": event.connection.replace("\x00", ""),
             "kind": str(event.kind),
             "category": event.category,
             "symbol": event.symbol,
             "depth": event.depth,
-            "detail": event.detail,
+            # PostgreSQL text cannot hold NUL, which a server's close reason may.
+            "detail": event.detail.replace("\x00", ""),
         }
 
     # ---- the journal: rows the database cannot take yet
@@ -654,7 +726,16 @@ class BatchWriter:
             batches.append(self._held)  # older than the queues: it goes first
         self._held = None
         batches.append(self._take_batch(everything=True))
-        journal.append([record for batch in batches for record in batch.journal_records()])
+        try:
+            journal.append([record for batch in batches for record in batch.journal_records()])
+        except OSError:
+            # A full or failing disk: keep the rows in memory, held, oldest
+            # first, rather than lose them; the journal is tried again later.
+            log.exception(
+                "journal append failed; %d rows stay in memory", sum(b.size for b in batches)
+            )
+            self._held = _Batch.merged(batches)
+            return
         self.stats.rows_journaled += sum(b.size for b in batches)
         self._note_journal()
 
@@ -671,16 +752,29 @@ class BatchWriter:
                     inserted[table] = self._copy(cursor, table, lines)
                     if inserted[table] < len(lines):
                         self.stats.copies_with_duplicates += 1
-            if batch.heartbeats:
+            self._write_events(conn, batch.feed_events, batch.heartbeats, begun=True)
+        return inserted
+
+    @staticmethod
+    def _write_events(
+        conn: sa.Connection,
+        feed_events: list[dict[str, object]],
+        heartbeats: list[dict[str, object]],
+        begun: bool = False,
+    ) -> None:
+        """Insert heartbeats and feed events (in the caller's transaction when
+        `begun`, else in one of their own); both idempotent."""
+        with contextlib.nullcontext() if begun else conn.begin():
+            if heartbeats:
                 conn.execute(
                     sa.text(
                         f"INSERT INTO collector_heartbeats ({_HEARTBEAT_COLUMNS}) "
                         f"VALUES ({', '.join(':' + c for c in _HEARTBEAT_FIELDS)}) "
                         "ON CONFLICT DO NOTHING"
                     ),
-                    batch.heartbeats,
+                    heartbeats,
                 )
-            if batch.feed_events:
+            if feed_events:
                 # Feed events have no natural key; one identical in every column
                 # is the same event written again (a retried commit, a replay).
                 conn.execute(
@@ -693,13 +787,13 @@ class BatchWriter:
                                SELECT 1 FROM feed_events
                                WHERE local_us = :local_us AND collector = :collector
                                  AND connection = :connection AND kind = :kind
+                                 AND category = :category
                                  AND symbol IS NOT DISTINCT FROM :symbol
                                  AND depth IS NOT DISTINCT FROM CAST(:depth AS smallint)
                                  AND detail = :detail)"""
                     ),
-                    batch.feed_events,
+                    feed_events,
                 )
-        return inserted
 
     @staticmethod
     def _copy(cursor: object, table: str, lines: list[str]) -> int:
@@ -752,10 +846,25 @@ class BatchWriter:
                     continue
                 if table == "book_events":
                     book_local_us.append(batch.book_local_us[i])
-        rows, batch.rows = batch.rows, {t: [] for t in batch.rows}
-        days, batch.days = batch.days, set()  # ensured above
-        self._write(conn, batch)  # the feed events and heartbeats
-        batch.rows, batch.days = rows, days
+        written_events = []
+        for event in batch.feed_events:
+            try:
+                self._write_events(conn, [event], [])
+                written_events.append(event)
+            except Exception as exc:
+                if _is_outage(exc):
+                    raise
+                self.stats.rows_rejected += 1
+                log.error("rejected feed event %r: %s", event, exc)
+        for heartbeat in batch.heartbeats:
+            try:
+                self._write_events(conn, [], [heartbeat])
+            except Exception as exc:
+                if _is_outage(exc):
+                    raise
+                self.stats.rows_rejected += 1
+                log.error("rejected heartbeat: %s", exc)
+        batch.feed_events = written_events
         self._record_success(batch, inserted, duplicates, book_local_us)
 
     def _record_success(
@@ -823,6 +932,21 @@ class _Batch:
     def size(self) -> int:
         rows = sum(len(lines) for lines in self.rows.values())
         return rows + len(self.feed_events) + len(self.heartbeats)
+
+    @classmethod
+    def merged(cls, batches: list[_Batch]) -> _Batch:
+        """One batch of several, in order (none read from the journal)."""
+        rows: dict[str, list[str]] = {table: [] for table in COLUMNS}
+        for batch in batches:
+            for table, lines in batch.rows.items():
+                rows[table] += lines
+        return cls(
+            rows,
+            [local for b in batches for local in b.book_local_us],
+            [event for b in batches for event in b.feed_events],
+            [beat for b in batches for beat in b.heartbeats],
+            set().union(*(b.days for b in batches)),
+        )
 
     def journal_records(self) -> list[tuple[str, str]]:
         records = [(table, line) for table, lines in self.rows.items() for line in lines]
