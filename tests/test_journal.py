@@ -24,7 +24,7 @@ from depthwatch.storage.db import make_engine
 from depthwatch.storage.journal import SUFFIX, Journal
 from depthwatch.storage.writer import BatchWriter, WriterConfig
 
-from .conftest import start_collect
+from .conftest import run_cli, start_collect
 from .dbproxy import DatabaseProxy
 from .e2e import assert_export_matches_truth
 from .test_storage import count, make_update
@@ -357,4 +357,56 @@ def test_a_stop_while_the_journal_drains_leaves_the_rest_in_order_for_the_next_s
     engine = make_engine(database_url)  # the proxy is gone
     assert count(engine, "book_events") == 40_000
     assert list(tmp_path.glob(f"*{SUFFIX}")) == []
+    engine.dispose()
+
+
+def test_a_journal_directory_that_cannot_be_written_is_a_clear_error_at_start(
+    database_url, tmp_path
+):
+    """Found at start, not at the first outage, when it would cost rows."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = run_cli(
+        "collect",
+        "--ws-url",
+        "ws://127.0.0.1:9/v5/public/linear",
+        "--database-url",
+        database_url,
+        "--journal-dir",
+        str(blocker / "journal"),
+    )
+    assert result.returncode == 2, result.stderr
+    assert "journal directory" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_writer_that_dies_stops_the_collector_instead_of_reading_on(
+    database_url, monkeypatch, caplog
+):
+    """A bug in the writer thread: the collector must not keep reading with
+    nothing written (memory would only grow); it stops, and says why."""
+    sim = SimulatorThread(SimConfig(symbols=("BTCUSDT",), rate=100, seed=2, trades_rate=0)).start()
+    engine = make_engine(database_url)
+    schema.upgrade(engine)
+    config = CollectorConfig(
+        symbols=("BTCUSDT",), ws_url=sim.sim.url("linear"), database_url=database_url
+    )
+    writer = BatchWriter(engine, WriterConfig(flush_interval_s=0.05))
+
+    def broken() -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(writer, "_run", broken)
+    writer.start()
+    register_instruments(config, writer)
+    collector = Collector(config, writer)
+
+    async def run() -> None:
+        await asyncio.wait_for(collector.run(asyncio.Event()), 30)
+
+    try:
+        asyncio.run(run())  # returns by itself: nobody set the stop event
+    finally:
+        sim.stop()
+    assert writer.failed and not writer.has_room()  # readers would wait, not pile up
+    assert "the writer failed: stopping" in caplog.text
     engine.dispose()

@@ -482,7 +482,11 @@ def run_collector(config: CollectorConfig) -> int:
             spill_rows=config.spill_rows,
         ),
     )
-    writer.start()
+    try:
+        writer.start()
+    except OSError as exc:  # the journal's directory (checked now, not mid-outage)
+        log.error("the journal directory %s cannot be written: %s", config.journal_path, exc)
+        return 2
     symbols = register_instruments(config, writer)
     if not symbols:
         log.error("no known symbols left to collect")
