@@ -370,11 +370,4 @@ class StreamBook:
         return self._event_at(kind, update.local_us, detail)
 
     def _event_at(self, kind: FeedEventKind, local_us: int, detail: str) -> FeedEvent:
-        return FeedEvent(
-            kind,
-            local_us,
-            self.stream.category,
-            self.stream.symbol,
-            self.stream.depth,
-            detail,
-        )
+        return FeedEvent.of_stream(kind, local_us, self.stream, detail)

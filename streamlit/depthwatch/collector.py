@@ -28,6 +28,7 @@ from depthwatch.feed.instruments import fetch_instruments
 from depthwatch.feed.topics import MAX_ARGS_CHARS_PER_CONNECTION, MAX_ARGS_PER_CONNECTION
 from depthwatch.logs import LogThrottle
 from depthwatch.records import (
+    HEARTBEATS_MISSED_FOR_STALE,
     BookUpdate,
     CollectorHeartbeat,
     FeedEvent,
@@ -144,12 +145,10 @@ class Collector:
             log.exception("%s: error applying u=%d; resyncing", update.stream, update.update_id)
             book.invalidate()
             self.on_feed_event(
-                FeedEvent(
+                FeedEvent.of_stream(
                     FeedEventKind.ANOMALY,
                     now_us(),
-                    update.stream.category,
-                    update.stream.symbol,
-                    update.stream.depth,
+                    update.stream,
                     f"error applying u={update.update_id}: {exc}",
                 )
             )
@@ -224,12 +223,10 @@ class Collector:
                 # Per stream, so the dashboard can shade exactly this stream's
                 # books from the loss to the snapshot that recovers it.
                 self.on_feed_event(
-                    FeedEvent(
+                    FeedEvent.of_stream(
                         FeedEventKind.BOOK_LOST,
                         now_us(),
-                        stream.category,
-                        stream.symbol,
-                        stream.depth,
+                        stream,
                         "connection lost; book invalid until the next snapshot",
                     )
                 )
@@ -262,12 +259,10 @@ class Collector:
         `recovered` at this collector's first snapshot (now, if it came already)."""
         stream, last = hole.stream, hole.last
         self.on_feed_event(
-            FeedEvent(
+            FeedEvent.of_stream(
                 FeedEventKind.GAP,
                 last.local_us,
-                stream.category,
-                stream.symbol,
-                stream.depth,
+                stream,
                 f"collector not running: nothing recorded after u={last.u} until this "
                 "collector's first snapshot",
             )
@@ -277,12 +272,10 @@ class Collector:
             self.books[stream].last_update_id = last.u  # its snapshot records `recovered`
             return
         self.on_feed_event(
-            FeedEvent(
+            FeedEvent.of_stream(
                 FeedEventKind.RECOVERED,
                 recovered_at,
-                stream.category,
-                stream.symbol,
-                stream.depth,
+                stream,
                 "first snapshot after the collector was not running",
             )
         )
@@ -448,7 +441,7 @@ def find_holes(engine: sa.Engine, collector: Collector) -> tuple[list[Hole], lis
     another collector beat for within three heartbeats (a deploy's overlap,
     or a crash just now: settled by `Collector.settle_holes_later`)."""
     config = collector.config
-    since = now_us() - int(3 * config.heartbeat_interval_s * 1_000_000)
+    since = now_us() - int(HEARTBEATS_MISSED_FOR_STALE * config.heartbeat_interval_s * 1e6)
     holes: tuple[list[Hole], list[Hole]] = ([], [])
     with engine.connect() as conn:
         kept = queries.streams_kept_by_others(conn, config.collector_id, since)

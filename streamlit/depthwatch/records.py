@@ -126,6 +126,18 @@ class FeedEvent:
     detail: str = ""
     connection: str = ""
 
+    @classmethod
+    def of_stream(
+        cls, kind: FeedEventKind, local_us: int, stream: StreamKey, detail: str
+    ) -> FeedEvent:
+        """An event about one stream's book (not about a connection)."""
+        return cls(kind, local_us, stream.category, stream.symbol, stream.depth, detail)
+
+
+# A collector that missed this many heartbeats is gone: the dashboard calls it
+# STALE, and a starting collector no longer counts on it to keep a stream.
+HEARTBEATS_MISSED_FOR_STALE = 3
+
 
 @dataclass(slots=True)
 class CollectorHeartbeat:

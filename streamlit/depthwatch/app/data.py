@@ -28,7 +28,7 @@ import streamlit as st
 
 from depthwatch.app.figures import coverage_spans
 from depthwatch.config import default_data_dir
-from depthwatch.records import FeedEventKind
+from depthwatch.records import HEARTBEATS_MISSED_FOR_STALE, FeedEventKind
 from depthwatch.storage import dashboard_queries as q
 from depthwatch.storage import schema
 from depthwatch.storage.db import DatabaseUnavailable, make_reader_engine, start_embedded
@@ -43,7 +43,6 @@ HEATMAP_ROWS = 80
 TRADES_MAX = 2_000
 # Data older than this while its collector still beats: the feed itself went quiet.
 DATA_SILENCE_S = 30.0
-HEARTBEATS_MISSED_FOR_STALE = 3
 HEALTH_DAY_US = 86_400_000_000
 RATE_WINDOW_US = 10_000_000  # messages/s is counted over the last ten seconds
 # Percentiles over every message of an hour cost ~130 ms; ten minutes tell as much.

@@ -7,6 +7,7 @@ import streamlit as st
 
 from depthwatch.app import data
 from depthwatch.app.common import age, load, utc
+from depthwatch.records import HEARTBEATS_MISSED_FOR_STALE
 
 REFRESH_S = 5.0
 MB = 1024 * 1024
@@ -65,7 +66,7 @@ def health_panel() -> None:
 def collector_frame(report: data.HealthReport) -> pd.DataFrame:
     c = report.collectors
     silent_s = (report.now_us - c["local_us"]) / 1e6
-    alive = silent_s <= c["interval_s"] * data.HEARTBEATS_MISSED_FOR_STALE
+    alive = silent_s <= c["interval_s"] * HEARTBEATS_MISSED_FOR_STALE
     return pd.DataFrame(
         {
             "status": ["alive" if a else "SILENT" for a in alive],

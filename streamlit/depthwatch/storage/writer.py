@@ -287,12 +287,10 @@ class BatchWriter:
             if stream not in self._blocked:
                 self._blocked.add(stream)
                 self._events.append(
-                    FeedEvent(
+                    FeedEvent.of_stream(
                         FeedEventKind.GAP,
                         local_us,
-                        stream.category,
-                        stream.symbol,
-                        stream.depth,
+                        stream,
                         "rows dropped: the database was unreachable and the journal full; "
                         "not recorded until a fresh snapshot",
                     )
@@ -304,12 +302,10 @@ class BatchWriter:
             log.info("%s: recording again from a fresh snapshot", stream)
             # Closes the gap (the book itself stayed exact, so it records none).
             self._events.append(
-                FeedEvent(
+                FeedEvent.of_stream(
                     FeedEventKind.RECOVERED,
                     local_us,
-                    stream.category,
-                    stream.symbol,
-                    stream.depth,
+                    stream,
                     "recording again from a fresh snapshot after rows were dropped",
                 )
             )
@@ -338,7 +334,11 @@ class BatchWriter:
         """Rows received and not yet committed: queued, or held by a failed flush."""
         held_batch = self._held  # one read: the writer thread may clear it meanwhile
         held = held_batch.size if held_batch is not None else 0
-        return held + len(self._book_rows) + sum(len(rows) for rows in self._rows.values())
+        return held + self._queued_rows
+
+    @property
+    def _queued_rows(self) -> int:
+        return len(self._book_rows) + sum(len(rows) for rows in self._rows.values())
 
     def has_room(self) -> bool:
         if self.failed:
@@ -718,8 +718,7 @@ class BatchWriter:
             log.warning("journal has room again: streams that lost rows resync")
         if not (self._spilling or everything):
             return
-        queued = self.pending_rows - (self._held.size if self._held is not None else 0)
-        if not everything and queued < self.config.spill_rows:
+        if not everything and self._queued_rows < self.config.spill_rows:
             return
         batches = []
         if self._held is not None and self._held.journal is None:
@@ -846,26 +845,28 @@ class BatchWriter:
                     continue
                 if table == "book_events":
                     book_local_us.append(batch.book_local_us[i])
-        written_events = []
-        for event in batch.feed_events:
-            try:
-                self._write_events(conn, [event], [])
-                written_events.append(event)
-            except Exception as exc:
-                if _is_outage(exc):
-                    raise
-                self.stats.rows_rejected += 1
-                log.error("rejected feed event %r: %s", event, exc)
+        batch.feed_events = [e for e in batch.feed_events if self._write_alone(conn, [e], [])]
         for heartbeat in batch.heartbeats:
-            try:
-                self._write_events(conn, [], [heartbeat])
-            except Exception as exc:
-                if _is_outage(exc):
-                    raise
-                self.stats.rows_rejected += 1
-                log.error("rejected heartbeat: %s", exc)
-        batch.feed_events = written_events
+            self._write_alone(conn, [], [heartbeat])
         self._record_success(batch, inserted, duplicates, book_local_us)
+
+    def _write_alone(
+        self,
+        conn: sa.Connection,
+        feed_events: list[dict[str, object]],
+        heartbeats: list[dict[str, object]],
+    ) -> bool:
+        """One event in its own transaction; False if PostgreSQL refused it
+        (logged and counted). An outage is raised: the batch is retried."""
+        try:
+            self._write_events(conn, feed_events, heartbeats)
+            return True
+        except Exception as exc:
+            if _is_outage(exc):
+                raise
+            self.stats.rows_rejected += 1
+            log.error("rejected event %r: %s", (feed_events or heartbeats)[0], exc)
+            return False
 
     def _record_success(
         self,
@@ -949,13 +950,11 @@ class _Batch:
         )
 
     def journal_records(self) -> list[tuple[str, str]]:
-        records = [(table, line) for table, lines in self.rows.items() for line in lines]
-        return records + self.events_as_records()
-
-    def events_as_records(self) -> list[tuple[str, str]]:
-        return [(FEED_EVENTS, json.dumps(e) + "\n") for e in self.feed_events] + [
-            (HEARTBEATS, json.dumps(h) + "\n") for h in self.heartbeats
-        ]
+        return (
+            [(table, line) for table, lines in self.rows.items() for line in lines]
+            + [(FEED_EVENTS, json.dumps(e) + "\n") for e in self.feed_events]
+            + [(HEARTBEATS, json.dumps(h) + "\n") for h in self.heartbeats]
+        )
 
     @classmethod
     def from_journal(cls, journaled: JournalBatch, known_days: set[int]) -> _Batch:
