@@ -155,3 +155,11 @@ class LogThrottle:
         else:
             logger.log(level, msg, *args)
         return True
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (of the driver's error when a
+    library wrapped it), for one-line log and error messages; its type when
+    it has no message."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

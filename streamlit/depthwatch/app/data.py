@@ -28,6 +28,7 @@ import streamlit as st
 
 from depthwatch.app.figures import coverage_spans
 from depthwatch.config import default_data_dir
+from depthwatch.logs import first_line
 from depthwatch.records import HEARTBEATS_MISSED_FOR_STALE, FeedEventKind
 from depthwatch.storage import dashboard_queries as q
 from depthwatch.storage import schema
@@ -81,9 +82,7 @@ def _read(work: Callable[[sa.Connection], T]) -> T:
         with engine().connect() as conn, conn.begin():
             return work(conn)
     except (sa.exc.OperationalError, sa.exc.InterfaceError, DatabaseUnavailable) as exc:
-        orig = getattr(exc, "orig", None)
-        reason = str(orig or exc).strip().splitlines()[0] if str(orig or exc).strip() else ""
-        raise DatabaseDown(reason or type(exc).__name__) from None
+        raise DatabaseDown(first_line(exc)) from None
     except sa.exc.ProgrammingError as exc:
         if "does not exist" in str(exc):  # no schema yet: nothing was ever recorded
             raise NoSchema() from None

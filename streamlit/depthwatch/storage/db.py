@@ -9,6 +9,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from depthwatch.logs import first_line
+
 log = logging.getLogger(__name__)
 
 
@@ -97,7 +99,7 @@ def wait_for_database(engine: sa.Engine, timeout_s: float = 60.0) -> None:
                 conn.execute(sa.text("SELECT 1"))
             return
         except sa.exc.OperationalError as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            reason = first_line(exc)
             if time.monotonic() + delay > deadline:
                 raise DatabaseUnavailable(
                     f"cannot reach the database at {engine.url.render_as_string()}: {reason}"

@@ -30,6 +30,7 @@ import psycopg2
 import psycopg2.errors
 import sqlalchemy as sa
 
+from depthwatch.logs import first_line
 from depthwatch.records import (
     BookCheckpoint,
     BookUpdate,
@@ -557,8 +558,7 @@ class BatchWriter:
             return conn, True
         except Exception as exc:  # the database is unreachable: keep the batch, retry
             self.stats.flush_failures += 1
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            self._log_failure(batch.size, first_line)
+            self._log_failure(batch.size, first_line(exc))
             self._discard(conn)
             # A partition may have been dropped under us (retention of another
             # collector, an operator): forget what we knew; the retry re-ensures
