@@ -178,6 +178,7 @@ def test_sigterm_flushes_everything_and_exits_zero(database_url, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "export: done" in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["l2.csv"]  # renamed into place, whole
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert rows[0]["exchange"] == "bybit" and rows[0]["is_snapshot"] == "true"
     assert {r["symbol"] for r in rows} == {"BTCUSDT"}
@@ -224,23 +225,31 @@ def test_sigterm_flushes_everything_and_exits_zero(database_url, tmp_path):
     engine.dispose()
 
 
-def test_export_of_an_unrecorded_symbol_is_a_clear_error(database_url):
+def test_export_of_an_unrecorded_symbol_is_a_clear_error_and_leaves_no_file(database_url, tmp_path):
     depthwatch("db", "upgrade", "--database-url", database_url)
-    result = depthwatch(
-        "export",
-        "--kind",
-        "quotes",
-        "--symbol",
-        "NOPE",
-        "--start",
-        "2024-01-01",
-        "--end",
-        "2024-01-02",
-        "--database-url",
-        database_url,
-    )
-    assert result.returncode == 1
-    assert "no linear instrument 'NOPE' has been recorded" in result.stderr
+    for fmt in ("csv", "parquet"):
+        out = tmp_path / f"nope.{fmt}"
+        result = depthwatch(
+            "export",
+            "--kind",
+            "quotes",
+            "--symbol",
+            "NOPE",
+            "--start",
+            "2024-01-01",
+            "--end",
+            "2024-01-02",
+            "--format",
+            fmt,
+            "--out",
+            str(out),
+            "--database-url",
+            database_url,
+        )
+        assert result.returncode == 1
+        assert "no linear instrument 'NOPE' has been recorded" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert list(tmp_path.iterdir()) == []  # no file, no partial file
 
 
 def test_simulated_comes_from_the_flag_or_the_environment(monkeypatch):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,7 +18,7 @@ from depthwatch.config import (
     collector_config_from_args,
 )
 from depthwatch.feed.topics import CATEGORIES, valid_depths
-from depthwatch.logs import LogFormatError, setup_logging
+from depthwatch.logs import LogFormatError, first_line, setup_logging
 
 log = logging.getLogger("depthwatch")
 ROLE_PASSWORD_ENV = "DEPTHWATCH_ROLE_PASSWORD"
@@ -239,6 +242,8 @@ def _db_create_readonly_role(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    import sqlalchemy as sa
+
     from depthwatch.export.tardis import CsvSink, ExportRequest, ParquetSink, export
     from depthwatch.storage.db import make_engine, resolve_database_url, wait_for_database
     from depthwatch.storage.queries import NotRecorded
@@ -263,17 +268,38 @@ def _export(args: argparse.Namespace) -> int:
             if args.out == "-":
                 export(engine, request, ParquetSink(request, sys.stdout.buffer), progress)
             else:
-                with Path(args.out).open("wb") as binary:
+                with atomic_path(Path(args.out)) as partial, partial.open("wb") as binary:
                     export(engine, request, ParquetSink(request, binary), progress)
         elif args.out == "-":
             export(engine, request, CsvSink(request, sys.stdout), progress)
         else:
-            with Path(args.out).open("w", encoding="ascii", newline="") as text:
+            with (
+                atomic_path(Path(args.out)) as partial,
+                partial.open("w", encoding="ascii", newline="") as text,
+            ):
                 export(engine, request, CsvSink(request, text), progress)
     except NotRecorded as exc:
         log.error("%s", exc)
         return 1
+    except sa.exc.OperationalError as exc:
+        log.error("the database went away during the export (%s); no file written", first_line(exc))
+        return 1
+    except KeyboardInterrupt:
+        log.error("interrupted; no file written")
+        return 130
     return 0
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary name beside `path` to write to: renamed over `path` when
+    the block ends, removed if it raises, so the file appears whole or not at all."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -96,19 +96,23 @@ def export(
 ) -> int:
     """Stream the export into `sink`; returns the number of data rows."""
     progress = Progress(request, progress_to)
-    with engine.connect() as conn:
-        iid = queries.instrument_id(conn, request.category, request.symbol)
-        if request.kind == "incremental_book_L2":
-            rows = _l2_rows(conn, iid, request, progress)
-        elif request.kind == "quotes":
-            rows = _quote_rows(conn, iid, request, progress)
-        elif request.kind == "trades":
-            rows = _trade_rows(conn, iid, request, progress)
-        else:
-            raise ValueError(f"unknown export kind {request.kind!r}; use one of {KINDS}")
-        for chunk in _chunks(rows):
-            sink.write(chunk)
-    sink.close()
+    # Closed on an error too: a Parquet writer left open would try to finish
+    # its file when collected, after the caller has closed (and removed) it.
+    try:
+        with engine.connect() as conn:
+            iid = queries.instrument_id(conn, request.category, request.symbol)
+            if request.kind == "incremental_book_L2":
+                rows = _l2_rows(conn, iid, request, progress)
+            elif request.kind == "quotes":
+                rows = _quote_rows(conn, iid, request, progress)
+            elif request.kind == "trades":
+                rows = _trade_rows(conn, iid, request, progress)
+            else:
+                raise ValueError(f"unknown export kind {request.kind!r}; use one of {KINDS}")
+            for chunk in _chunks(rows):
+                sink.write(chunk)
+    finally:
+        sink.close()
     progress.finish()
     return progress.rows
 
