@@ -27,7 +27,16 @@ DAY_US = 86_400_000_000
 SCHEMA_LOCK = 0x64657074_6801
 PARTITION_LOCK = 0x64657074_6802
 
-PARTITIONED_TABLES = ("book_events", "quotes", "depth_snapshots", "trades", "book_checkpoints")
+PARTITIONED_TABLES = (
+    "book_events",
+    "quotes",
+    "depth_snapshots",
+    "trades",
+    "book_checkpoints",
+    "book_chunks",
+    "top_snapshots",
+    "top_seconds",
+)
 
 
 @dataclass(frozen=True)
@@ -173,6 +182,56 @@ MIGRATIONS: tuple[Migration, ...] = (
                ON CONFLICT DO NOTHING""",
             # The live page reads one stream's events of the last minutes.
             "CREATE INDEX feed_events_stream ON feed_events (symbol, local_us)",
+        ),
+    ),
+    Migration(
+        4,
+        "packed storage: book chunks, packed top-N snapshots, per-second tops",
+        (
+            # A short id per stream keys the packed tables (4 bytes, not
+            # instrument + depth with padding, in every row and index entry).
+            "ALTER TABLE streams ADD COLUMN id integer GENERATED ALWAYS AS IDENTITY",
+            "ALTER TABLE streams ADD CONSTRAINT streams_id_key UNIQUE (id)",
+            """INSERT INTO streams (instrument_id, depth)
+               SELECT DISTINCT instrument_id, depth FROM book_events
+               ON CONFLICT DO NOTHING""",
+            # The event log, packed (storage/codec.py): one row per stream per
+            # flush, never crossing a second of exchange time. Two collectors
+            # cut different chunks of the same messages; readers drop repeats.
+            """CREATE TABLE book_chunks (
+                stream_id integer NOT NULL,
+                ts_us bigint NOT NULL,
+                u bigint NOT NULL,
+                n integer NOT NULL,
+                snapshot boolean NOT NULL,
+                payload bytea NOT NULL,
+                PRIMARY KEY (stream_id, ts_us, u, n, snapshot)
+            ) PARTITION BY RANGE (ts_us)""",
+            # The dashboard's top-N books at the end of every second, packed the
+            # same way (a chunk of one snapshot message).
+            """CREATE TABLE top_snapshots (
+                stream_id integer NOT NULL,
+                ts_us bigint NOT NULL,
+                payload bytea NOT NULL,
+                PRIMARY KEY (stream_id, ts_us)
+            ) PARTITION BY RANGE (ts_us)""",
+            # Top of book per second of exchange time (the dashboard's series):
+            # the last top of the second, the extremes within it, its messages.
+            """CREATE TABLE top_seconds (
+                stream_id integer NOT NULL,
+                ts_us bigint NOT NULL,
+                last_ts_us bigint NOT NULL,
+                last_u bigint NOT NULL,
+                bid float8,
+                bid_size float8,
+                ask float8,
+                ask_size float8,
+                bid_min float8,
+                ask_max float8,
+                spread_bps_max float8,
+                messages integer NOT NULL,
+                PRIMARY KEY (stream_id, ts_us)
+            ) PARTITION BY RANGE (ts_us)""",
         ),
     ),
 )

@@ -1,0 +1,466 @@
+"""The packed book format of schema 4: many book messages in one bytea.
+
+A *chunk* is a run of one stream's book messages stored as one row of
+`book_chunks` (the messages one flush took, never crossing a second of
+exchange time). Its payload is a sequence of LEB128 varints laid out by
+column, so that equal or slowly changing values cost one byte and a reader
+(NumPy here, PL/pgSQL in the database's `depthwatch_*` functions) decodes it
+with one pass over the bytes:
+
+    header  FORMAT, n (messages), price_exp, size_exp, seq_first,
+            n_levels (bid + ask levels of all messages), n_tops
+    per message (n values each, in this order):
+            ts      zigzag(ts_i - ts_{i-1}), ts_{-1} = the row's ts_us
+            local   zigzag(local_i - ts_i)
+            match   0 when Bybit sent no `cts`, else zigzag(ts_i - cts_i) + 1
+            u       zigzag(u_i - u_{i-1} - 1), u_{-1} = the row's u - 1
+            seq     zigzag(seq_i - seq_{i-1}), seq_{-1} = seq_first
+            flags   bit 0: a snapshot; bit 1: the top of book changed (a top follows)
+            nb, na  bid and ask levels of the message
+    levels  (n_levels values each, message by message, bids then asks):
+            price   zigzag(ticks - the previous level's ticks on the same side)
+            size    lots
+    tops    (4 x n_tops, for each message flagged bit 1, after the message):
+            zigzag deltas of best bid ticks, bid lots, best ask ticks, ask lots
+            against the previous top (0 at the start; an empty side is 0, 0)
+
+Prices and sizes are integers of 10**-price_exp and 10**-size_exp: exact,
+since the exponent is chosen per chunk as the most decimals any value needs.
+Decoded text has exactly `exp` decimals (and "0" for a zero size): the digits
+Bybit sends, which use a fixed number of decimals per symbol.
+
+Depth snapshots (the dashboard's 1 s top-N books) use the same format: a
+chunk of one snapshot message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from operator import itemgetter
+
+import numpy as np
+
+FORMAT = 1
+_PRICE = itemgetter(0)
+_SIZE = itemgetter(1)
+HEADER_FIELDS = 7
+SNAPSHOT = 1
+TOP_CHANGED = 2
+
+# Decimal exponents tried for a chunk's prices and sizes. 15 significant
+# digits is the book's own limit (float keys), so 10**exp * value stays exact.
+MAX_EXP = 12
+_POW10 = [10.0**e for e in range(MAX_EXP + 1)]
+
+
+@dataclass(slots=True)
+class ChunkMessage:
+    """One book message as the chunk encoder takes it (the writer's view of a
+    BookUpdate plus the top of book after it, when that changed)."""
+
+    ts_us: int
+    local_us: int
+    match_us: int | None
+    u: int
+    seq: int
+    is_snapshot: bool
+    bids: list[list[str]]
+    asks: list[list[str]]
+    top: tuple[str | None, str | None, str | None, str | None] | None = None
+
+
+# ---- varints ---------------------------------------------------------------
+
+
+def zigzag(values: np.ndarray) -> np.ndarray:
+    """Signed int64 -> unsigned (0, -1, 1, -2 ... -> 0, 1, 2, 3 ...)."""
+    v = values.astype(np.int64)
+    return ((v << 1) ^ (v >> 63)).astype(np.uint64)
+
+
+def unzigzag(values: np.ndarray) -> np.ndarray:
+    v = values.astype(np.uint64)
+    return ((v >> np.uint64(1)).astype(np.int64)) ^ -((v & np.uint64(1)).astype(np.int64))
+
+
+def decode_varints(data: bytes | memoryview) -> np.ndarray:
+    """All varints of `data` as uint64, in order."""
+    b = np.frombuffer(data, dtype=np.uint8)
+    if not len(b):
+        return np.zeros(0, dtype=np.uint64)
+    last = (b & 0x80) == 0
+    if not last[-1]:
+        raise ValueError("truncated varint")
+    index = np.concatenate(([0], np.cumsum(last)[:-1]))  # value number of each byte
+    starts = np.flatnonzero(np.concatenate(([True], last[:-1])))
+    position = np.arange(len(b)) - starts[index]
+    parts = (b & 0x7F).astype(np.uint64) << (np.uint64(7) * position.astype(np.uint64))
+    return np.add.reduceat(parts, starts)
+
+
+# ---- decimals <-> integers --------------------------------------------------
+
+
+def decimals(texts: Sequence[str]) -> int:
+    """Digits after the point of the first text (0 for none or no text)."""
+    if not texts:
+        return 0
+    point = texts[0].find(".")
+    return 0 if point < 0 else min(MAX_EXP, len(texts[0]) - point - 1)
+
+
+def unit_text(units: int, exp: int) -> str:
+    """An integer of 10**-exp as the exchange writes it ("0" for zero)."""
+    if units == 0:
+        return "0"
+    if exp == 0:
+        return str(units)
+    digits = str(units).rjust(exp + 1, "0")
+    return f"{digits[:-exp]}.{digits[-exp:]}"
+
+
+class TextCache:
+    """unit_text with memory: prices and sizes recur constantly."""
+
+    __slots__ = ("_cache",)
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[int, int], str] = {}
+
+    def __call__(self, units: int, exp: int) -> str:
+        key = (units, exp)
+        text = self._cache.get(key)
+        if text is None:
+            if len(self._cache) > 200_000:
+                self._cache.clear()
+            text = self._cache[key] = unit_text(units, exp)
+        return text
+
+
+# ---- chunks ----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ChunkToEncode:
+    """One chunk's messages and where its row starts; the exponents are the
+    stream's so far (a chunk may raise them, never lower them)."""
+
+    messages: Sequence[ChunkMessage]
+    price_exp: int = 0
+    size_exp: int = 0
+
+    @property
+    def ts_us(self) -> int:
+        return self.messages[0].ts_us
+
+    @property
+    def u(self) -> int:
+        return self.messages[0].u
+
+
+def _within(groups: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """values[i] - values[i - 1] along runs of equal `groups` (sorted), the
+    first of each run kept as it is."""
+    deltas = np.diff(values, prepend=0)
+    if len(values):
+        first = np.flatnonzero(np.diff(groups, prepend=-1))
+        deltas[first] = values[first]
+    return deltas
+
+
+def encode_chunks(chunks: Sequence[ChunkToEncode]) -> list[tuple[bytes, int, int]]:
+    """The payloads of many chunks at once (one flush's worth): a few NumPy
+    passes over all their values, so a small chunk costs no more per message
+    than a large one. Returns (payload, price_exp, size_exp) per chunk."""
+    n_chunks = len(chunks)
+    if not n_chunks:
+        return []
+    rows: list[tuple[int, int, int, int, int, int, int, int]] = []
+    levels: list[list[str]] = []
+    top_texts: list[str] = []  # bid price, bid size, ask price, ask size per top
+    per_chunk = np.zeros((n_chunks, 3), dtype=np.int64)  # messages, levels, tops
+    exps = np.zeros((n_chunks, 2), dtype=np.int64)
+    for c, chunk in enumerate(chunks):
+        levels_before, tops_before = len(levels), len(top_texts)
+        for m in chunk.messages:
+            bids, asks, top = m.bids, m.asks, m.top
+            flag = SNAPSHOT if m.is_snapshot else 0
+            if top is not None:
+                flag |= TOP_CHANGED
+                top_texts += (top[0] or "0", top[1] or "0", top[2] or "0", top[3] or "0")
+            match = m.match_us
+            rows.append(
+                (
+                    m.ts_us,
+                    m.local_us,
+                    -1 if match is None else match,
+                    m.u,
+                    m.seq,
+                    flag,
+                    len(bids),
+                    len(asks),
+                )
+            )
+            levels += bids
+            levels += asks
+        per_chunk[c] = (
+            len(chunk.messages),
+            len(levels) - levels_before,
+            (len(top_texts) - tops_before) // 4,
+        )
+        # The exchange's own number of decimals, read off the chunk's first
+        # level (Bybit writes a symbol's prices and sizes with fixed
+        # decimals); a value that needs more raises the exponent below, so
+        # values are exact either way.
+        first = levels[levels_before] if len(levels) > levels_before else top_texts[tops_before:]
+        first_sizes = [lv[1] for lv in levels[levels_before : levels_before + 4] if lv[1] != "0"]
+        exps[c] = (
+            max(chunk.price_exp, decimals(first[:1])),
+            max(chunk.size_exp, decimals(first_sizes[:1])),
+        )
+    prices = list(map(_PRICE, levels)) + top_texts[0::2]
+    sizes = list(map(_SIZE, levels)) + top_texts[1::2]
+    n_msgs, n_lvls, n_tops = per_chunk[:, 0], per_chunk[:, 1], per_chunk[:, 2]
+    msg_chunk = np.repeat(np.arange(n_chunks), n_msgs)
+    lvl_chunk = np.repeat(np.arange(n_chunks), n_lvls)
+    top_chunk = np.repeat(np.arange(n_chunks), n_tops)
+
+    value_chunk = np.concatenate((lvl_chunk, np.repeat(top_chunk, 2)))
+    price_units = _units(prices, value_chunk, exps, 0)
+    size_units = _units(sizes, value_chunk, exps, 1)
+    n_levels = len(levels)
+
+    table = np.array(rows, dtype=np.int64).reshape(-1, 8)
+    ts_a, local_a, cts_a, u_a, seq_a, flags_a = (table[:, k] for k in range(6))
+    side_counts = table[:, 6:8]
+    first_msg = np.concatenate(([0], np.cumsum(n_msgs)[:-1]))
+    dts = np.diff(ts_a, prepend=0)
+    dts[first_msg] = 0
+    du = np.diff(u_a, prepend=0) - 1
+    du[first_msg] = 0
+    dseq = np.diff(seq_a, prepend=0)
+    dseq[first_msg] = 0
+    match = np.where(cts_a < 0, np.uint64(0), zigzag(ts_a - cts_a) + np.uint64(1))
+
+    # A level's price against the previous level of the same side in the same
+    # chunk: for a book's neighbours, a few ticks.
+    side_of_level = np.repeat(np.tile([0, 1], len(table)), side_counts.reshape(-1))
+    group = lvl_chunk * 2 + side_of_level
+    order = np.argsort(group, kind="stable")
+    price_deltas = np.empty(n_levels, dtype=np.int64)
+    price_deltas[order] = _within(group[order], price_units[:n_levels][order])
+
+    tops = np.column_stack(
+        (
+            price_units[n_levels::2],
+            size_units[n_levels::2],
+            price_units[n_levels + 1 :: 2],
+            size_units[n_levels + 1 :: 2],
+        )
+    ).reshape(-1, 4)
+    top_deltas = np.diff(tops, axis=0, prepend=np.zeros((1, 4), dtype=np.int64))
+    if len(tops):
+        first_top = np.flatnonzero(np.diff(top_chunk, prepend=-1))
+        top_deltas[first_top] = tops[first_top]
+
+    # Every value's place in its chunk's payload (header, then the message,
+    # level and top columns), all chunks laid end to end.
+    sizes_of = HEADER_FIELDS + 8 * n_msgs + 2 * n_lvls + 4 * n_tops
+    base = np.concatenate(([0], np.cumsum(sizes_of)[:-1]))
+    values = np.empty(int(sizes_of.sum()), dtype=np.uint64)
+    header = np.column_stack(
+        (
+            np.full(n_chunks, FORMAT),
+            n_msgs,
+            exps[:, 0],
+            exps[:, 1],
+            seq_a[first_msg],
+            n_lvls,
+            n_tops,
+        )
+    )
+    values[(base[:, None] + np.arange(HEADER_FIELDS)).reshape(-1)] = header.reshape(-1)
+    msg_index = np.arange(len(table)) - first_msg[msg_chunk]
+    msg_base = base[msg_chunk] + HEADER_FIELDS + msg_index
+    columns = (
+        zigzag(dts),
+        zigzag(local_a - ts_a),
+        match,
+        zigzag(du),
+        zigzag(dseq),
+        flags_a,
+        side_counts[:, 0],
+        side_counts[:, 1],
+    )
+    for k, column in enumerate(columns):
+        values[msg_base + k * n_msgs[msg_chunk]] = column
+    first_lvl = np.concatenate(([0], np.cumsum(n_lvls)[:-1]))
+    lvl_base = (
+        base[lvl_chunk]
+        + HEADER_FIELDS
+        + 8 * n_msgs[lvl_chunk]
+        + np.arange(n_levels)
+        - first_lvl[lvl_chunk]
+    )
+    values[lvl_base] = zigzag(price_deltas)
+    values[lvl_base + n_lvls[lvl_chunk]] = size_units[:n_levels]
+    first_top_row = np.concatenate(([0], np.cumsum(n_tops)[:-1]))
+    top_base = (
+        base[top_chunk]
+        + HEADER_FIELDS
+        + 8 * n_msgs[top_chunk]
+        + 2 * n_lvls[top_chunk]
+        + 4 * (np.arange(len(tops)) - first_top_row[top_chunk])
+    )
+    values[(top_base[:, None] + np.arange(4)).reshape(-1)] = zigzag(top_deltas.reshape(-1))
+
+    data, value_ends = _varints_with_ends(values)
+    ends = value_ends[np.cumsum(sizes_of) - 1]
+    starts = np.concatenate(([0], ends[:-1]))
+    return [
+        (data[int(a) : int(b)], int(pe), int(se))
+        for a, b, (pe, se) in zip(starts, ends, exps.tolist(), strict=True)
+    ]
+
+
+def _units(texts: list[str], chunk_of: np.ndarray, exps: np.ndarray, column: int) -> np.ndarray:
+    """Decimal strings -> integers of 10**-exp with each chunk's exponent,
+    raising a chunk's exponent (in `exps`) until all its values are exact."""
+    values = np.array(texts, dtype=np.float64) if texts else np.zeros(0)
+    while True:
+        exp = exps[chunk_of, column]
+        scale = np.array(_POW10)[exp]
+        units = np.rint(values * scale)
+        # Exact when scaling back gives the parsed float again (values have at
+        # most 15 significant digits, the parser's bound).
+        bad = units / scale != values
+        if not bad.any():
+            return units.astype(np.int64)
+        inexact = np.unique(chunk_of[bad])
+        if (exps[inexact, column] >= MAX_EXP).any():
+            raise ValueError("a decimal with more than 12 decimals")
+        exps[inexact, column] += 1
+
+
+def _varints_with_ends(values: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """encode_varints, plus the byte offset where each value ends."""
+    v = values.astype(np.uint64)
+    nbytes = np.ones(len(v), dtype=np.int64)
+    for k in range(1, 10):
+        nbytes += v >= np.uint64(1 << (7 * k))
+    ends = np.cumsum(nbytes)
+    out = np.empty(int(ends[-1]) if len(v) else 0, dtype=np.uint8)
+    starts = ends - nbytes
+    for k in range(int(nbytes.max()) if len(v) else 0):
+        has = nbytes > k
+        byte = (v[has] >> np.uint64(7 * k)) & np.uint64(0x7F)
+        more = (nbytes[has] > k + 1).astype(np.uint64) << np.uint64(7)
+        out[starts[has] + k] = (byte | more).astype(np.uint8)
+    return out.tobytes(), ends
+
+
+def encode_chunk(
+    messages: Sequence[ChunkMessage], price_exp: int = 0, size_exp: int = 0
+) -> tuple[bytes, int, int]:
+    """One chunk's payload (see encode_chunks)."""
+    return encode_chunks([ChunkToEncode(messages, price_exp, size_exp)])[0]
+
+
+def encode_varints(values: np.ndarray) -> bytes:
+    """Unsigned LEB128 of every value, in order."""
+    return _varints_with_ends(values)[0]
+
+
+@dataclass(slots=True)
+class DecodedChunk:
+    """A chunk's columns. Times in microseconds; prices and sizes integers of
+    10**-price_exp and 10**-size_exp; `level_start[i]` indexes message i's
+    first bid in the level arrays (its asks follow its nb bids)."""
+
+    ts_us: np.ndarray
+    local_us: np.ndarray
+    match_us: np.ndarray  # -1 where Bybit sent no cts
+    u: np.ndarray
+    seq: np.ndarray
+    flags: np.ndarray
+    nb: np.ndarray
+    na: np.ndarray
+    prices: np.ndarray
+    sizes: np.ndarray
+    level_start: np.ndarray
+    top_of: np.ndarray  # per message: row in `tops` of the top after it (carried)
+    tops: np.ndarray  # (n_tops, 4): bid ticks, bid lots, ask ticks, ask lots
+    price_exp: int
+    size_exp: int
+
+    def __len__(self) -> int:
+        return len(self.ts_us)
+
+
+def decode_chunk(payload: bytes | memoryview, row_ts_us: int, row_u: int) -> DecodedChunk:
+    v = decode_varints(payload)
+    if int(v[0]) != FORMAT:
+        raise ValueError(f"unknown chunk format {int(v[0])}")
+    n, price_exp, size_exp, seq_first, n_levels, n_tops = (int(x) for x in v[1:HEADER_FIELDS])
+    at = HEADER_FIELDS
+
+    def column(count: int) -> np.ndarray:
+        nonlocal at
+        out = v[at : at + count]
+        at += count
+        return out
+
+    ts = row_ts_us + np.cumsum(unzigzag(column(n)))
+    local = ts + unzigzag(column(n))
+    match_raw = column(n).astype(np.int64)
+    match = np.where(match_raw == 0, -1, ts - unzigzag((match_raw - 1).clip(0)))
+    u = (row_u - 1) + np.cumsum(unzigzag(column(n)) + 1)
+    seq = seq_first + np.cumsum(unzigzag(column(n)))
+    flags = column(n).astype(np.int64)
+    nb = column(n).astype(np.int64)
+    na = column(n).astype(np.int64)
+    price_deltas = unzigzag(column(n_levels))
+    sizes = column(n_levels).astype(np.int64)
+    side_counts = np.column_stack((nb, na)).reshape(-1)
+    side_of_level = np.repeat(np.tile([0, 1], n), side_counts)
+    prices = np.empty(n_levels, dtype=np.int64)
+    for side in (0, 1):
+        sel = side_of_level == side
+        prices[sel] = np.cumsum(price_deltas[sel])
+    tops = np.cumsum(unzigzag(column(4 * n_tops)).reshape(n_tops, 4), axis=0)
+    if at != len(v):
+        raise ValueError(f"chunk has {len(v) - at} values past its end")
+    changed = (flags & TOP_CHANGED) != 0
+    top_of = np.cumsum(changed) - 1  # -1 before the first top of the chunk
+    level_start = np.concatenate(([0], np.cumsum(nb + na)[:-1])) if n else np.zeros(0, np.int64)
+    return DecodedChunk(
+        ts,
+        local,
+        match,
+        u,
+        seq,
+        flags,
+        nb,
+        na,
+        prices,
+        sizes,
+        level_start.astype(np.int64),
+        top_of,
+        tops,
+        price_exp,
+        size_exp,
+    )
+
+
+def chunk_levels(
+    chunk: DecodedChunk, i: int, text: TextCache
+) -> tuple[list[list[str]], list[list[str]]]:
+    """Message i's bid and ask levels as the exchange's [price, size] strings."""
+    start = int(chunk.level_start[i])
+    nb, na = int(chunk.nb[i]), int(chunk.na[i])
+    pe, se = chunk.price_exp, chunk.size_exp
+    prices = chunk.prices[start : start + nb + na].tolist()
+    sizes = chunk.sizes[start : start + nb + na].tolist()
+    levels = [[text(p, pe), text(s, se)] for p, s in zip(prices, sizes, strict=True)]
+    return levels[:nb], levels[nb:]
