@@ -10,7 +10,7 @@ import time
 import sqlalchemy as sa
 
 from depthwatch.records import BookUpdate, FeedEvent, FeedEventKind, StreamKey, Trade
-from depthwatch.storage import schema
+from depthwatch.storage import queries, schema
 from depthwatch.storage.db import normalise_url
 from depthwatch.storage.writer import BatchWriter, WriterConfig
 
@@ -23,7 +23,7 @@ def make_update(u: int, ts_ms: int = NOW_MS, snapshot: bool = False) -> BookUpda
     return BookUpdate(
         STREAM,
         snapshot,
-        [["100.50", str(u)], ["100.40", "0"]],
+        [["100.50", f"{u}.000"], ["100.40", "0"]],
         [["100.60", "1.250"]],
         u,
         u * 7,
@@ -36,6 +36,16 @@ def make_update(u: int, ts_ms: int = NOW_MS, snapshot: bool = False) -> BookUpda
 def count(engine: sa.Engine, table: str) -> int:
     with engine.connect() as conn:
         return int(conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one())
+
+
+def stored_messages(engine: sa.Engine, stream: StreamKey = STREAM) -> int:
+    """Distinct book messages stored for the stream (packed or legacy)."""
+    with engine.connect() as conn:
+        try:
+            iid = queries.instrument_id(conn, stream.category, stream.symbol)
+        except queries.NotRecorded:
+            return 0
+        return sum(1 for _ in queries.book_events(conn, iid, stream.depth, 0, 2**62))
 
 
 def started_writer(engine: sa.Engine, **overrides) -> BatchWriter:
@@ -87,41 +97,41 @@ def test_writes_are_exact_and_idempotent(engine):
     writer.add_trade(trade)
     assert writer.flush_now()
     assert writer.stop()
-    assert count(engine, "book_events") == 200
+    assert count(engine, "book_events") == 0  # schema 4 writes the packed log only
+    assert count(engine, "book_chunks") == 1  # one flush, one second: one chunk, stored once
     assert count(engine, "trades") == 1
     with engine.connect() as conn:
-        row = conn.execute(
-            sa.text(
-                """SELECT ts_us, local_us, match_us, u, seq, is_snapshot, bid_prices::text[],
-                          bid_sizes::text[], ask_prices::text[], ask_sizes::text[]
-                   FROM book_events WHERE u = 7"""
-            )
-        ).one()
+        iid = queries.instrument_id(conn, "linear", "BTCUSDT")
+        events = list(queries.book_events(conn, iid, 50, 0, 2**62))
         trade_row = conn.execute(sa.text("SELECT trade_id, price::text FROM trades")).one()
-    assert tuple(row) == (
+    assert [e.u for e in events] == list(range(1, 201))
+    assert tuple(vars_of(events[6])) == (
         NOW_MS * 1000,
         NOW_MS * 1000 + 1_234,
-        NOW_MS * 1000 - 300,
         7,
         49,
         False,
         ["100.50", "100.40"],
-        ["7", "0"],
+        ["7.000", "0"],
         ["100.60"],
-        ["1.250"],  # the exchange's digits, trailing zero included
+        ["1.250"],  # the exchange's digits, trailing zeros included
     )
     assert tuple(trade_row) == ("t-1\tweird", "100.55")
     # What was written and what was already there are counted apart.
-    assert writer.stats.rows_written["book_events"] == 200
-    assert writer.stats.rows_duplicate["book_events"] == 200
+    assert writer.stats.book_messages_written == 200
+    assert writer.stats.book_messages_duplicate == 200
     assert (writer.stats.rows_written["trades"], writer.stats.rows_duplicate["trades"]) == (1, 1)
     assert len(writer.stats.latencies_us) == 400
 
 
-def test_the_row_by_row_path_counts_like_the_fast_path(engine):
-    """A batch holding a row PostgreSQL refuses is written row by row: the
-    refused row is counted as rejected, rows already stored as duplicates, the
-    rest as written, and their latencies are recorded as on the fast path."""
+def vars_of(event: queries.BookEventRow) -> list[object]:
+    return [getattr(event, name) for name in event.__slots__]
+
+
+def test_a_message_that_cannot_be_stored_costs_only_itself(engine):
+    """A message whose decimals cannot be packed (the parser lets none
+    through) is left out and counted as rejected; its stream's log shows the
+    hole as a `u` gap, and everything else is stored."""
     writer = started_writer(engine)
     for u in range(1, 11):
         writer.add_book_update(make_update(u, snapshot=(u == 1)))
@@ -133,11 +143,11 @@ def test_the_row_by_row_path_counts_like_the_fast_path(engine):
     assert writer.flush_now()
     assert writer.stop()
     stats = writer.stats
-    assert stats.rows_written["book_events"] == 10 + 9
-    assert stats.rows_duplicate["book_events"] == 10
     assert stats.rows_rejected == 1
-    assert len(stats.latencies_us) == 10 + 9
-    assert count(engine, "book_events") == 19
+    with engine.connect() as conn:
+        iid = queries.instrument_id(conn, "linear", "BTCUSDT")
+        stored = [e.u for e in queries.book_events(conn, iid, 50, 0, 2**62)]
+    assert stored == [u for u in range(1, 21) if u != 15]
 
 
 def test_partitions_are_created_on_demand_for_any_day_and_retention_drops_old_ones(engine):
@@ -146,14 +156,14 @@ def test_partitions_are_created_on_demand_for_any_day_and_retention_drops_old_on
     writer.add_book_update(make_update(1, ts_ms=old_ms, snapshot=True))
     writer.add_book_update(make_update(2, ts_ms=NOW_MS))
     assert writer.stop()
-    assert count(engine, "book_events") == 2
+    assert stored_messages(engine) == 2
     with engine.begin() as conn:
         days = schema.existing_partition_days(conn)
         assert old_ms // DAY_MS in days
         assert NOW_MS // DAY_MS + 2 in days  # created ahead
         dropped = schema.drop_expired_partitions(conn, 30, NOW_MS * 1000)
     assert "book_events_d20241201" in dropped
-    assert count(engine, "book_events") == 1
+    assert stored_messages(engine) == 1
 
 
 def test_writer_keeps_its_batch_when_the_connection_dies_and_loses_nothing(engine):
@@ -173,7 +183,7 @@ def test_writer_keeps_its_batch_when_the_connection_dies_and_loses_nothing(engin
     assert writer.flush_now(timeout_s=30)
     assert writer.stop()
     assert writer.stats.flush_failures >= 1
-    assert count(engine, "book_events") == 1_001
+    assert stored_messages(engine) == 1_001
     assert count(engine, "feed_events") == 1
 
 
@@ -188,7 +198,7 @@ def test_back_pressure_is_reported_when_the_queue_is_full(engine):
     assert writer.stats.backpressure_waits == 1
     assert writer.has_room()
     assert writer.stop()
-    assert count(engine, "book_events") == 49
+    assert stored_messages(engine) == 49
 
 
 def test_a_dead_database_is_retried_counted_and_reported_at_stop():
@@ -197,6 +207,7 @@ def test_a_dead_database_is_retried_counted_and_reported_at_stop():
     # start() and instrument registration need a live database; the collector does
     # both before reading, so fake their results and start the flush thread alone.
     writer._instrument_ids[("linear", "BTCUSDT")] = 1
+    writer._stream_ids[STREAM] = 1
     writer._thread = threading.Thread(target=writer._run, daemon=True)
     writer._thread.start()
     for u in range(1, 101):
@@ -205,7 +216,7 @@ def test_a_dead_database_is_retried_counted_and_reported_at_stop():
     while writer.stats.flush_failures < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert writer.stats.flush_failures >= 2  # retried, not given up
-    assert writer.stats.rows_written["book_events"] == 0
+    assert writer.stats.book_messages_written == 0
     started = time.monotonic()
     assert writer.stop(timeout_s=15) is False  # says rows were not written
     assert time.monotonic() - started < 10
@@ -215,14 +226,14 @@ def test_a_partition_dropped_under_the_writer_is_recreated_on_retry(engine):
     writer = started_writer(engine)
     writer.add_book_update(make_update(1, snapshot=True))
     assert writer.flush_now()
-    day = schema.partition_name("book_events", NOW_MS // DAY_MS)
+    day = schema.partition_name("book_chunks", NOW_MS // DAY_MS)
     with engine.begin() as conn:  # as another collector's retention, or an operator, might
         conn.execute(sa.text(f"DROP TABLE {day}"))
     writer.add_book_update(make_update(2))
     assert writer.flush_now(timeout_s=30)
     assert writer.stop()
     assert writer.stats.flush_failures >= 1
-    assert count(engine, "book_events") == 1  # the new row; the old one went with its table
+    assert stored_messages(engine) == 1  # the new row; the old one went with its table
 
 
 def test_retention_does_not_see_dropped_days_recreated_by_later_writes(engine):
@@ -237,7 +248,7 @@ def test_retention_does_not_see_dropped_days_recreated_by_later_writes(engine):
     assert writer.stop()
     with engine.connect() as conn:
         assert old_day not in schema.existing_partition_days(conn)
-    assert count(engine, "book_events") == 1
+    assert stored_messages(engine) == 1
 
 
 def test_rows_postgresql_cannot_take_do_not_wedge_the_writer(engine):
@@ -254,7 +265,7 @@ def test_rows_postgresql_cannot_take_do_not_wedge_the_writer(engine):
         writer.add_book_update(update)
     assert writer.flush_now()
     assert writer.stop()
-    assert count(engine, "book_events") == 2
+    assert stored_messages(engine) == 2
     assert writer.stats.rows_rejected == 1
     assert writer.stats.flush_failures == 0
     with engine.connect() as conn:

@@ -225,8 +225,9 @@ class StreamBook:
         self.last_update_id = update.update_id
         self._last_local_us = update.local_us
         self._last_sequence = update.sequence
-        self._sink.add_book_update(update)
+        # The quote goes first: a sink may store it with the update it belongs to.
         self._emit_quote_if_changed(update)
+        self._sink.add_book_update(update)
         if self._next_boundary_us is None:
             t = update.exchange_us
             self._next_boundary_us = t - t % self._interval_us + self._interval_us

@@ -42,7 +42,7 @@ from depthwatch.storage.writer import BatchWriter, WriterConfig, now_us
 
 log = logging.getLogger(__name__)
 
-SUMMARY_TABLES = ("book_events", "quotes", "depth_snapshots", "trades")
+SUMMARY_TABLES = ("top_seconds", "top_snapshots", "trades")
 
 # How long a stopping collector waits for its last rows to be committed (or,
 # with the database unreachable, journaled); a service manager's shutdown
@@ -389,8 +389,8 @@ class Collector:
                 "malformed %d, flush failures %d, back-pressure waits %d",
                 messages,
                 rate,
-                w.rows_written["book_events"],
-                w.rows_duplicate["book_events"],
+                w.book_messages_written,
+                w.book_messages_duplicate,
                 self.writer.pending_rows,
                 self.writer.journal_bytes / 1e6,
                 w.rows_dropped,
@@ -524,11 +524,13 @@ def log_summary(collector: Collector, flushed: bool) -> None:
     w = collector.writer.stats
     log.info(
         "stopped: %d book messages received (%d dropped awaiting a snapshot); written: "
-        "%d book events, %d quotes, %d depth snapshots, %d trades; already stored "
-        "(skipped): %d book events, %d quotes, %d depth snapshots, %d trades; %s",
+        "%d book events, %d top seconds, %d depth snapshots, %d trades; already stored "
+        "(skipped): %d book events, %d top seconds, %d depth snapshots, %d trades; %s",
         sum(c.stats.book_updates for c in collector.connections),
         collector.stats.dropped,
+        w.book_messages_written,
         *(w.rows_written[t] for t in SUMMARY_TABLES),
+        w.book_messages_duplicate,
         *(w.rows_duplicate[t] for t in SUMMARY_TABLES),
         "everything flushed" if flushed else "ROWS NOT WRITTEN: the database did not take them",
     )

@@ -189,12 +189,12 @@ def encode_chunks(chunks: Sequence[ChunkToEncode]) -> list[tuple[bytes, int, int
             if top is not None:
                 flag |= TOP_CHANGED
                 top_texts += (top[0] or "0", top[1] or "0", top[2] or "0", top[3] or "0")
-            match = m.match_us
+            cts = m.match_us
             rows.append(
                 (
                     m.ts_us,
                     m.local_us,
-                    -1 if match is None else match,
+                    -1 if cts is None else cts,
                     m.u,
                     m.seq,
                     flag,

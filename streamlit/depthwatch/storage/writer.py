@@ -45,6 +45,7 @@ from depthwatch.records import (
 )
 from depthwatch.storage import schema
 from depthwatch.storage.journal import DEFAULT_MAX_BYTES, Journal, JournalBatch
+from depthwatch.storage.packing import BookPacker
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,12 @@ EXCHANGE = "bybit"
 
 # Column lists in COPY order; the staging tables mirror the real ones.
 COLUMNS = {
+    # Schema 4 (what this writer writes); see storage/packing.py.
+    "book_chunks": "stream_id, ts_us, u, n, snapshot, payload",
+    "top_snapshots": "stream_id, ts_us, payload",
+    "top_seconds": "stream_id, ts_us, last_ts_us, last_u, bid, bid_size, ask, ask_size, "
+    "bid_min, ask_max, spread_bps_max, messages",
+    # Schema 1-3 tables, still written by a journal an older collector left.
     "book_events": "instrument_id, depth, ts_us, local_us, match_us, u, seq, is_snapshot, "
     "bid_prices, bid_sizes, ask_prices, ask_sizes",
     "quotes": "instrument_id, depth, ts_us, local_us, u, bid_price, bid_size, ask_price, ask_size",
@@ -64,11 +71,37 @@ COLUMNS = {
 
 # Position of `ts_us` (exchange time, the partition key) in each table's COPY line.
 TS_COLUMN = {
+    "book_chunks": 1,
+    "top_snapshots": 1,
+    "top_seconds": 1,
     "book_events": 2,
     "quotes": 2,
     "depth_snapshots": 2,
     "trades": 1,
     "book_checkpoints": 2,
+}
+
+# What a COPY that meets rows already stored does with them (through the
+# staging table): keep the stored row, except for a second of tops written
+# again with more of its messages, where the two are merged. Every merge is
+# idempotent, so a replay or an overlapping collector changes nothing.
+CONFLICT_ACTIONS = {
+    "top_seconds": """ON CONFLICT (stream_id, ts_us) DO UPDATE SET
+        last_ts_us = greatest(t.last_ts_us, excluded.last_ts_us),
+        last_u = CASE WHEN (excluded.last_ts_us, excluded.last_u) > (t.last_ts_us, t.last_u)
+                      THEN excluded.last_u ELSE t.last_u END,
+        bid = CASE WHEN (excluded.last_ts_us, excluded.last_u) > (t.last_ts_us, t.last_u)
+                   THEN excluded.bid ELSE t.bid END,
+        bid_size = CASE WHEN (excluded.last_ts_us, excluded.last_u) > (t.last_ts_us, t.last_u)
+                        THEN excluded.bid_size ELSE t.bid_size END,
+        ask = CASE WHEN (excluded.last_ts_us, excluded.last_u) > (t.last_ts_us, t.last_u)
+                   THEN excluded.ask ELSE t.ask END,
+        ask_size = CASE WHEN (excluded.last_ts_us, excluded.last_u) > (t.last_ts_us, t.last_u)
+                        THEN excluded.ask_size ELSE t.ask_size END,
+        bid_min = least(t.bid_min, excluded.bid_min),
+        ask_max = greatest(t.ask_max, excluded.ask_max),
+        spread_bps_max = greatest(t.spread_bps_max, excluded.spread_bps_max),
+        messages = greatest(t.messages, excluded.messages)""",
 }
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -113,6 +146,9 @@ class WriterStats:
     rows_rejected: int = 0
     rows_journaled: int = 0  # moved to the journal while the database was unreachable
     rows_dropped: int = 0  # the journal was full: dropped, recorded as gaps
+    # Book messages in the chunks written, and in chunks already stored.
+    book_messages_written: int = 0
+    book_messages_duplicate: int = 0
     copies_with_duplicates: int = 0  # table COPYs that met rows already stored
     backpressure_waits: int = 0
     # receive-to-commit latency of book events, microseconds (most recent only)
@@ -184,7 +220,14 @@ class BatchWriter:
         self.config = config
         self.stats = WriterStats()
         self._rows: dict[str, deque[str]] = {table: deque() for table in COLUMNS}
-        self._book_rows: deque[tuple[int, str]] = deque()  # (local_us, line) for latency
+        # Book updates with the quote each made, and depth snapshots: packed
+        # by the writer thread (storage/packing.py), not on the readers' thread.
+        self._book_rows: deque[tuple[BookUpdate, Quote | None]] = deque()
+        self._snapshots: deque[DepthSnapshot] = deque()
+        # The quote of the update about to be added (the book sends it first).
+        self._pending_quotes: dict[StreamKey, Quote] = {}
+        self._stream_ids: dict[StreamKey, int] = {}
+        self._packer = BookPacker(self._stream_id)
         self._events: deque[FeedEvent | CollectorHeartbeat] = deque()
         # Receive-to-commit latencies since the last heartbeat took them.
         self._recent_latencies_us: deque[int] = deque(maxlen=1_000_000)
@@ -220,34 +263,30 @@ class BatchWriter:
         return f"{self._instrument_id(stream)}\t{stream.depth}\t{exchange_us}\t{local_us}\t"
 
     def add_book_update(self, update: BookUpdate) -> None:
+        quotes = self._pending_quotes
+        quote = quotes.pop(update.stream, None) if quotes else None
         if (self._dropping or self._blocked) and self._refuse(
             update.stream, update.local_us, update.is_snapshot
         ):
             return
-        line = (
-            f"{self._row_start(update.stream, update.exchange_us, update.local_us)}"
-            f"{_nullable(update.match_us)}\t{update.update_id}\t{update.sequence}\t"
-            f"{'t' if update.is_snapshot else 'f'}\t{_levels_columns(update.bids, update.asks)}\n"
-        )
-        self._book_rows.append((update.local_us, line))
+        if update.stream not in self._stream_ids:
+            self._stream_id(update.stream)
+        self._note_day(update.exchange_us)
+        self._book_rows.append((update, quote))
         self._maybe_wake()
 
     def add_quote(self, quote: Quote) -> None:
-        if (self._dropping or self._blocked) and self._refuse(quote.stream, quote.local_us):
-            return
-        self._rows["quotes"].append(
-            f"{self._row_start(quote.stream, quote.exchange_us, quote.local_us)}"
-            f"{quote.update_id}\t{_nullable(quote.bid_price)}\t{_nullable(quote.bid_size)}\t"
-            f"{_nullable(quote.ask_price)}\t{_nullable(quote.ask_size)}\n"
-        )
+        """The top of book the next update of its stream makes (StreamBook
+        sends a quote just before its update); stored with that update."""
+        self._pending_quotes[quote.stream] = quote
 
     def add_depth_snapshot(self, snapshot: DepthSnapshot) -> None:
         if (self._dropping or self._blocked) and self._refuse(snapshot.stream, snapshot.local_us):
             return
-        self._rows["depth_snapshots"].append(
-            f"{self._row_start(snapshot.stream, snapshot.exchange_us, snapshot.local_us)}"
-            f"{snapshot.update_id}\t{_levels_columns(snapshot.bids, snapshot.asks)}\n"
-        )
+        if snapshot.stream not in self._stream_ids:
+            self._stream_id(snapshot.stream)
+        self._note_day(snapshot.exchange_us)
+        self._snapshots.append(snapshot)
 
     def add_checkpoint(self, checkpoint: BookCheckpoint) -> None:
         if (self._dropping or self._blocked) and self._refuse(
@@ -339,7 +378,11 @@ class BatchWriter:
 
     @property
     def _queued_rows(self) -> int:
-        return len(self._book_rows) + sum(len(rows) for rows in self._rows.values())
+        return (
+            len(self._book_rows)
+            + len(self._snapshots)
+            + sum(len(rows) for rows in self._rows.values())
+        )
 
     def has_room(self) -> bool:
         if self.failed:
@@ -395,18 +438,27 @@ class BatchWriter:
         self._instrument_keys[int(iid)] = key
         return int(iid)
 
-    def register_stream(self, stream: StreamKey) -> None:
-        """Note that a stream is recorded, so the dashboard lists it without
-        scanning the event log."""
+    def register_stream(self, stream: StreamKey) -> int:
+        """Note that a stream is recorded (so the dashboard lists it without
+        scanning the log); returns its id, which keys the packed tables."""
         iid = self._instrument_id(stream)
         with self.engine.begin() as conn:
-            conn.execute(
+            sid = conn.execute(
                 sa.text(
-                    """INSERT INTO streams (instrument_id, depth) VALUES (:i, :d)
-                       ON CONFLICT DO NOTHING"""
+                    """WITH added AS (
+                           INSERT INTO streams (instrument_id, depth) VALUES (:i, :d)
+                           ON CONFLICT DO NOTHING RETURNING id)
+                       SELECT id FROM added
+                       UNION ALL SELECT id FROM streams WHERE instrument_id = :i AND depth = :d"""
                 ),
                 {"i": iid, "d": stream.depth},
-            )
+            ).scalar_one()
+        self._stream_ids[stream] = int(sid)
+        return int(sid)
+
+    def _stream_id(self, stream: StreamKey) -> int:
+        sid = self._stream_ids.get(stream)
+        return sid if sid is not None else self.register_stream(stream)
 
     # ---- the writer thread
 
@@ -649,17 +701,22 @@ class BatchWriter:
         limit = self.config.batch_rows * 2
         book_count = len(self._book_rows) if everything else min(limit, len(self._book_rows))
         book = [self._book_rows.popleft() for _ in range(book_count)]
+        snapshots = [self._snapshots.popleft() for _ in range(len(self._snapshots))]
         rows = {
             table: [q.popleft() for _ in range(len(q) if everything else min(limit, len(q)))]
             for table, q in self._rows.items()
         }
-        rows["book_events"] = [line for _, line in book]
+        packed = self._packer.pack(book, snapshots)
+        rows.update(packed.lines)
+        for reason in packed.rejected:
+            self.stats.rows_rejected += 1
+            log.error("rejected a book message that cannot be stored: %s", reason)
         events = [self._events.popleft() for _ in range(len(self._events))]
         # Days are read after the rows: a row's day is noted before its row is queued.
         days = set(self._seen_days) - self._known_days
         return _Batch(
             rows,
-            [local for local, _ in book],
+            packed.book_local_us,
             [self._feed_event_row(e) for e in events if isinstance(e, FeedEvent)],
             [asdict(e) for e in events if isinstance(e, CollectorHeartbeat)],
             days,
@@ -748,7 +805,9 @@ class BatchWriter:
             cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
             for table, lines in batch.rows.items():
                 if lines:
-                    inserted[table] = self._copy(cursor, table, lines)
+                    inserted[table], messages = self._copy(cursor, table, lines)
+                    if table == "book_chunks":
+                        inserted[MESSAGES] = messages
                     if inserted[table] < len(lines):
                         self.stats.copies_with_duplicates += 1
             self._write_events(conn, batch.feed_events, batch.heartbeats, begun=True)
@@ -795,29 +854,34 @@ class BatchWriter:
                 )
 
     @staticmethod
-    def _copy(cursor: object, table: str, lines: list[str]) -> int:
+    def _copy(cursor: object, table: str, lines: list[str]) -> tuple[int, int]:
         """COPY straight into the table; if any row is already there (an
         overlapping collector, a retried flush), redo this table's rows through
-        the staging table with ON CONFLICT DO NOTHING. The common case pays for
-        one COPY, the overlap case for two steps. Returns how many rows were
-        inserted (the others were already stored)."""
+        the staging table with its CONFLICT_ACTIONS (by default DO NOTHING).
+        The common case pays for one COPY, the overlap case for two steps.
+        Returns how many rows were inserted (the others were already stored)
+        and, for book chunks, how many messages those rows hold."""
         columns = COLUMNS[table]
         data = "".join(lines)
         cursor.execute("SAVEPOINT depthwatch_copy")  # type: ignore[attr-defined]
         inserted = len(lines)
+        messages = sum(map(_chunk_size, lines)) if table == "book_chunks" else inserted
         try:
             _copy_from(cursor, f"COPY {table} ({columns}) FROM STDIN", data)
         except psycopg2.errors.UniqueViolation:
             cursor.execute("ROLLBACK TO SAVEPOINT depthwatch_copy")  # type: ignore[attr-defined]
             _copy_from(cursor, f"COPY stage_{table} ({columns}) FROM STDIN", data)
+            action = CONFLICT_ACTIONS.get(table, "ON CONFLICT DO NOTHING")
             cursor.execute(  # type: ignore[attr-defined]
-                f"INSERT INTO {table} ({columns}) SELECT {columns} FROM stage_{table} "
-                "ON CONFLICT DO NOTHING"
+                f"INSERT INTO {table} AS t ({columns}) SELECT {columns} FROM stage_{table} "
+                f"{action}" + (" RETURNING n" if table == "book_chunks" else "")
             )
             inserted = cursor.rowcount  # type: ignore[attr-defined]
+            returned = cursor.fetchall() if table == "book_chunks" else []  # type: ignore[attr-defined]
+            messages = sum(n for (n,) in returned) if table == "book_chunks" else inserted
             # Each stage is emptied at commit (ON COMMIT DELETE ROWS) or by rollback.
         cursor.execute("RELEASE SAVEPOINT depthwatch_copy")  # type: ignore[attr-defined]
-        return int(inserted)
+        return int(inserted), int(messages)
 
     def _write_singly(self, conn: sa.Connection, batch: _Batch) -> None:
         """Slow path for a batch with a bad row: each row in its own transaction,
@@ -834,11 +898,14 @@ class BatchWriter:
             for i, line in enumerate(lines):
                 try:
                     with conn.begin():
-                        if self._copy(cursor, table, [line]):
-                            inserted[table] += 1
-                        else:
-                            duplicates[table] += 1
-                            continue
+                        rows, messages = self._copy(cursor, table, [line])
+                    if rows:
+                        inserted[table] += 1
+                        if table == "book_chunks":
+                            inserted[MESSAGES] = inserted.get(MESSAGES, 0) + messages
+                    else:
+                        duplicates[table] += 1
+                        continue
                 except Exception as exc:
                     self.stats.rows_rejected += 1
                     log.error("rejected %s row %r: %s", table, line[:200], exc)
@@ -882,6 +949,13 @@ class BatchWriter:
         for table in batch.rows:
             self.stats.rows_written[table] += inserted.get(table, 0)
             self.stats.rows_duplicate[table] += duplicates.get(table, 0)
+        # Book messages: those in chunks, and legacy rows of one message each.
+        held = sum(map(_chunk_size, batch.rows.get("book_chunks", ()))) + len(
+            batch.rows.get("book_events", ())
+        )
+        written = inserted.get(MESSAGES, 0) + inserted.get("book_events", 0)
+        self.stats.book_messages_written += written
+        self.stats.book_messages_duplicate += held - written
         self.stats.feed_events_written += len(batch.feed_events)
         committed = now_us()
         latencies = [committed - local for local in book_local_us]
@@ -913,6 +987,15 @@ class BatchWriter:
 
 _HEARTBEAT_FIELDS = tuple(f.name for f in fields(CollectorHeartbeat))
 _HEARTBEAT_COLUMNS = ", ".join(_HEARTBEAT_FIELDS)
+
+
+# The key of `inserted` counting the book messages in the chunks inserted.
+MESSAGES = "book_messages"
+
+
+def _chunk_size(line: str) -> int:
+    """Messages in a book_chunks COPY line (its `n` column)."""
+    return int(line.split("\t", 4)[3])
 
 
 # Journal record tags of the two event kinds (table rows are tagged by table).
