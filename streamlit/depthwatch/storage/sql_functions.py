@@ -1,0 +1,665 @@
+"""SQL functions that read the packed log (schema 4) in plain psql.
+
+`book_chunks` holds the book event log packed (storage/codec.py: LEB128
+varints laid out by column). These PL/pgSQL functions decode it inside the
+database, so an analyst needs no Python, only psql:
+
+    SET TIME ZONE 'UTC';
+    SELECT * FROM depthwatch_tops('BTCUSDT', '2026-11-24 10:00Z', '2026-11-24 11:00Z');
+    SELECT * FROM depthwatch_book_updates('BTCUSDT', '2026-11-24 10:00Z',
+                                          '2026-11-24 10:05Z', depth => 50);
+
+(`depth` and `category` are needed only when the symbol has several.)
+
+Interfaces (the names and column lists are kept stable):
+
+- `depthwatch_varints(payload)`: every varint of a payload, as bigint[].
+- `depthwatch_chunk_messages(stream_id, chunk_ts_us, chunk_u, payload)`: one
+  row per message with the top of book after it (carried from the last
+  message that changed it; NULL before the chunk's first top and for an
+  empty side). The row's `ts_us` and `u` are passed as `chunk_ts_us` and
+  `chunk_u`: PL/pgSQL refuses an argument named like an output column.
+- `depthwatch_chunk_levels(chunk_ts_us, chunk_u, payload)`: one row per
+  level, a message's bids before its asks, in stored order.
+- `depthwatch_chunk_tops(chunk_ts_us, chunk_u, payload)`: the messages that
+  changed the top of book, with the top after them.
+- `depthwatch_chunk_level_rows(chunk_ts_us, chunk_u, payload)`: chunk_levels
+  plus `pos`, a level's place in its message (what book_updates reads).
+- `depthwatch_chunk_skim(payload)`: a chunk's values without its levels.
+- `depthwatch_stream_id(symbol, depth, category)`: the `streams.id` of a
+  symbol, or an exception that says what is recorded.
+- `depthwatch_book_updates(symbol, from, to, depth, category)`: Tardis
+  incremental_book_L2-like rows for exchange times in [from, to), from the
+  chunks and the legacy `book_events` table, repeats dropped.
+- `depthwatch_tops(symbol, from, to, depth, category)`: top-of-book ticks in
+  [from, to), from the chunks and the legacy `quotes` table.
+
+Every statement is idempotent (CREATE OR REPLACE), runs through
+`sa.text` as the migrations do, and needs the schema 4 tables to exist.
+
+Speed notes (measured on PostgreSQL 18, see tests/test_sql_functions.py):
+
+- The payload is copied into a local variable once (`payload || ''`): a
+  compressed or out-of-line (TOASTed) argument would otherwise be detoasted
+  by every `get_byte` call, which is quadratic.
+- `array_append` onto a PL/pgSQL variable extends the array in place; it
+  measured faster than preallocating with array_fill and assigning by
+  subscript.
+- Message rows and tops do not need the level columns (most of a chunk's
+  bytes), so `depthwatch_chunk_skim` decodes the header and message columns
+  forwards and the tops columns *backwards* from the end of the payload
+  (a varint's last byte is the only one below 0x80, so varints can be read
+  in reverse), never touching the level bytes.
+"""
+
+from __future__ import annotations
+
+# unzigzag(z) in SQL: (z >> 1) # -(z & 1)  (`#` is bigint XOR).
+
+VARINTS = """
+CREATE OR REPLACE FUNCTION depthwatch_varints(payload bytea)
+RETURNS bigint[]
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $fn$
+DECLARE
+    -- A plain copy: get_byte on a TOASTed argument would detoast it per call.
+    p bytea := payload || ''::bytea;
+    out bigint[] := '{}';
+    b integer;
+    acc bigint := 0;
+    shift integer := 0;
+BEGIN
+    FOR i IN 0 .. length(p) - 1 LOOP
+        b := get_byte(p, i);
+        IF b < 128 THEN
+            IF shift = 0 THEN
+                out := array_append(out, b::bigint);
+            ELSE
+                out := array_append(out, acc | (b::bigint << shift));
+                acc := 0;
+                shift := 0;
+            END IF;
+        ELSE
+            acc := acc | ((b & 127)::bigint << shift);
+            shift := shift + 7;
+            IF shift > 63 THEN
+                RAISE EXCEPTION 'depthwatch: a varint longer than 64 bits at byte %', i;
+            END IF;
+        END IF;
+    END LOOP;
+    IF shift <> 0 THEN
+        RAISE EXCEPTION 'depthwatch: the payload ends inside a varint';
+    END IF;
+    RETURN out;
+END
+$fn$
+"""
+
+# Header (7 values), message columns (8 x n) and tops (4 x n_tops) of a chunk,
+# in that order: the level columns in between are skipped. The header alone
+# when the format is unknown (callers check v[1]).
+CHUNK_SKIM = """
+CREATE OR REPLACE FUNCTION depthwatch_chunk_skim(payload bytea)
+RETURNS bigint[]
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $fn$
+DECLARE
+    p bytea := payload || ''::bytea;
+    len integer := length(p);
+    out bigint[] := '{}';
+    tail bigint[] := '{}';
+    b integer;
+    acc bigint := 0;
+    shift integer := 0;
+    k integer := 0;
+    target integer := 7;
+    head_end integer := -1;
+    j integer;
+    need integer;
+BEGIN
+    -- Forwards: the header, then (its n known) the 8 message columns.
+    FOR i IN 0 .. len - 1 LOOP
+        b := get_byte(p, i);
+        IF b < 128 THEN
+            IF shift = 0 THEN
+                out := array_append(out, b::bigint);
+            ELSE
+                out := array_append(out, acc | (b::bigint << shift));
+                acc := 0;
+                shift := 0;
+            END IF;
+            k := k + 1;
+            IF k = target THEN
+                IF k = 7 AND out[1] = 1 AND out[2] > 0 THEN
+                    target := 7 + 8 * out[2]::integer;
+                ELSE
+                    head_end := i;
+                    EXIT;
+                END IF;
+            END IF;
+        ELSE
+            acc := acc | ((b & 127)::bigint << shift);
+            shift := shift + 7;
+        END IF;
+    END LOOP;
+    IF head_end < 0 THEN
+        RAISE EXCEPTION 'depthwatch: chunk payload truncated (% of % header and message values)',
+            k, target;
+    END IF;
+    IF out[1] <> 1 THEN
+        RETURN out;
+    END IF;
+    -- Backwards from the end: the 4 x n_tops top values. A varint's last
+    -- byte is below 0x80 and holds its highest 7 bits.
+    need := 4 * out[7]::integer;
+    j := len - 1;
+    FOR q IN 1 .. need LOOP
+        IF j <= head_end THEN
+            RAISE EXCEPTION 'depthwatch: chunk payload too short for its % top values', need;
+        END IF;
+        acc := get_byte(p, j);
+        IF acc >= 128 THEN
+            RAISE EXCEPTION 'depthwatch: the payload ends inside a varint';
+        END IF;
+        j := j - 1;
+        LOOP
+            EXIT WHEN j <= head_end;
+            b := get_byte(p, j);
+            EXIT WHEN b < 128;
+            acc := (acc << 7) | (b & 127);
+            j := j - 1;
+        END LOOP;
+        tail := array_append(tail, acc);
+    END LOOP;
+    -- What is left between the two is the level columns: 2 x n_levels values,
+    -- at least a byte each, and nothing at all without levels.
+    IF (out[6] = 0 AND j <> head_end) OR j - head_end < 2 * out[6] THEN
+        RAISE EXCEPTION 'depthwatch: chunk payload does not hold its % levels', out[6];
+    END IF;
+    FOR q IN REVERSE need .. 1 LOOP
+        out := array_append(out, tail[q]);
+    END LOOP;
+    RETURN out;
+END
+$fn$
+"""
+
+CHUNK_MESSAGES = """
+CREATE OR REPLACE FUNCTION depthwatch_chunk_messages(
+    stream_id integer, chunk_ts_us bigint, chunk_u bigint, payload bytea)
+RETURNS TABLE(
+    msg integer, ts_us bigint, local_us bigint, match_us bigint, u bigint, seq bigint,
+    is_snapshot boolean, bid_price numeric, bid_size numeric, ask_price numeric,
+    ask_size numeric)
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE ROWS 50 AS $fn$
+DECLARE
+    v bigint[] := depthwatch_chunk_skim(payload);
+    n integer := v[2];
+    pscale numeric;
+    sscale numeric;
+    c_local integer := 7 + n;
+    c_match integer := 7 + 2 * n;
+    c_u integer := 7 + 3 * n;
+    c_seq integer := 7 + 4 * n;
+    c_flags integer := 7 + 5 * n;
+    t integer := 7 + 8 * n;
+    z bigint;
+    flags integer;
+    tb bigint := 0;
+    tbs bigint := 0;
+    ta bigint := 0;
+    tas bigint := 0;
+BEGIN
+    IF v[1] <> 1 THEN
+        RAISE EXCEPTION 'depthwatch: chunk (stream %, ts_us %, u %) has unknown format %',
+            stream_id, chunk_ts_us, chunk_u, v[1];
+    END IF;
+    pscale := ('1e-' || v[3])::numeric;
+    sscale := ('1e-' || v[4])::numeric;
+    ts_us := chunk_ts_us;
+    u := chunk_u - 1;
+    seq := v[5];
+    FOR i IN 1 .. n LOOP
+        msg := i - 1;
+        z := v[7 + i];
+        ts_us := ts_us + ((z >> 1) # -(z & 1));
+        z := v[c_local + i];
+        local_us := ts_us + ((z >> 1) # -(z & 1));
+        z := v[c_match + i];
+        IF z = 0 THEN
+            match_us := NULL;
+        ELSE
+            z := z - 1;
+            match_us := ts_us - ((z >> 1) # -(z & 1));
+        END IF;
+        z := v[c_u + i];
+        u := u + 1 + ((z >> 1) # -(z & 1));
+        z := v[c_seq + i];
+        seq := seq + ((z >> 1) # -(z & 1));
+        flags := v[c_flags + i];
+        is_snapshot := (flags & 1) <> 0;
+        IF (flags & 2) <> 0 THEN
+            z := v[t + 1];
+            tb := tb + ((z >> 1) # -(z & 1));
+            z := v[t + 2];
+            tbs := tbs + ((z >> 1) # -(z & 1));
+            z := v[t + 3];
+            ta := ta + ((z >> 1) # -(z & 1));
+            z := v[t + 4];
+            tas := tas + ((z >> 1) # -(z & 1));
+            t := t + 4;
+            IF tb = 0 THEN
+                bid_price := NULL;
+                bid_size := NULL;
+            ELSE
+                bid_price := tb * pscale;
+                bid_size := CASE WHEN tbs = 0 THEN 0 ELSE tbs * sscale END;
+            END IF;
+            IF ta = 0 THEN
+                ask_price := NULL;
+                ask_size := NULL;
+            ELSE
+                ask_price := ta * pscale;
+                ask_size := CASE WHEN tas = 0 THEN 0 ELSE tas * sscale END;
+            END IF;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$fn$
+"""
+
+CHUNK_TOPS = """
+CREATE OR REPLACE FUNCTION depthwatch_chunk_tops(
+    chunk_ts_us bigint, chunk_u bigint, payload bytea)
+RETURNS TABLE(
+    msg integer, ts_us bigint, local_us bigint, u bigint, seq bigint, is_snapshot boolean,
+    bid_price numeric, bid_size numeric, ask_price numeric, ask_size numeric)
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE ROWS 20 AS $fn$
+DECLARE
+    v bigint[] := depthwatch_chunk_skim(payload);
+    n integer := v[2];
+    pscale numeric;
+    sscale numeric;
+    c_local integer := 7 + n;
+    c_u integer := 7 + 3 * n;
+    c_seq integer := 7 + 4 * n;
+    c_flags integer := 7 + 5 * n;
+    t integer := 7 + 8 * n;
+    z bigint;
+    flags integer;
+    tb bigint := 0;
+    tbs bigint := 0;
+    ta bigint := 0;
+    tas bigint := 0;
+BEGIN
+    IF v[1] <> 1 THEN
+        RAISE EXCEPTION 'depthwatch: chunk (ts_us %, u %) has unknown format %',
+            chunk_ts_us, chunk_u, v[1];
+    END IF;
+    pscale := ('1e-' || v[3])::numeric;
+    sscale := ('1e-' || v[4])::numeric;
+    ts_us := chunk_ts_us;
+    u := chunk_u - 1;
+    seq := v[5];
+    FOR i IN 1 .. n LOOP
+        z := v[7 + i];
+        ts_us := ts_us + ((z >> 1) # -(z & 1));
+        z := v[c_u + i];
+        u := u + 1 + ((z >> 1) # -(z & 1));
+        z := v[c_seq + i];
+        seq := seq + ((z >> 1) # -(z & 1));
+        flags := v[c_flags + i];
+        IF (flags & 2) <> 0 THEN
+            msg := i - 1;
+            z := v[c_local + i];
+            local_us := ts_us + ((z >> 1) # -(z & 1));
+            is_snapshot := (flags & 1) <> 0;
+            z := v[t + 1];
+            tb := tb + ((z >> 1) # -(z & 1));
+            z := v[t + 2];
+            tbs := tbs + ((z >> 1) # -(z & 1));
+            z := v[t + 3];
+            ta := ta + ((z >> 1) # -(z & 1));
+            z := v[t + 4];
+            tas := tas + ((z >> 1) # -(z & 1));
+            t := t + 4;
+            IF tb = 0 THEN
+                bid_price := NULL;
+                bid_size := NULL;
+            ELSE
+                bid_price := tb * pscale;
+                bid_size := CASE WHEN tbs = 0 THEN 0 ELSE tbs * sscale END;
+            END IF;
+            IF ta = 0 THEN
+                ask_price := NULL;
+                ask_size := NULL;
+            ELSE
+                ask_price := ta * pscale;
+                ask_size := CASE WHEN tas = 0 THEN 0 ELSE tas * sscale END;
+            END IF;
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+END
+$fn$
+"""
+
+# `pos` numbers a level within its message (bids 1..nb, then asks), the key
+# that tells the same level in two chunks (an ordinality over a chunk's rows
+# would differ between two chunks that start at different messages).
+CHUNK_LEVEL_ROWS = """
+CREATE OR REPLACE FUNCTION depthwatch_chunk_level_rows(
+    chunk_ts_us bigint, chunk_u bigint, payload bytea)
+RETURNS TABLE(
+    msg integer, ts_us bigint, local_us bigint, u bigint, seq bigint, is_snapshot boolean,
+    side text, pos integer, price numeric, amount numeric)
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE ROWS 300 AS $fn$
+DECLARE
+    v bigint[] := depthwatch_varints(payload);
+    n integer := v[2];
+    n_levels integer := v[6];
+    pscale numeric;
+    sscale numeric;
+    c_local integer := 7 + n;
+    c_u integer := 7 + 3 * n;
+    c_seq integer := 7 + 4 * n;
+    c_flags integer := 7 + 5 * n;
+    c_nb integer := 7 + 6 * n;
+    c_na integer := 7 + 7 * n;
+    lv integer := 7 + 8 * n;
+    z bigint;
+    s bigint;
+    bid bigint := 0;
+    ask bigint := 0;
+BEGIN
+    IF v[1] <> 1 THEN
+        RAISE EXCEPTION 'depthwatch: chunk (ts_us %, u %) has unknown format %',
+            chunk_ts_us, chunk_u, v[1];
+    END IF;
+    IF cardinality(v) <> 7 + 8 * n + 2 * n_levels + 4 * v[7] THEN
+        RAISE EXCEPTION 'depthwatch: chunk (ts_us %, u %) has % values, its header says %',
+            chunk_ts_us, chunk_u, cardinality(v), 7 + 8 * n + 2 * n_levels + 4 * v[7];
+    END IF;
+    pscale := ('1e-' || v[3])::numeric;
+    sscale := ('1e-' || v[4])::numeric;
+    ts_us := chunk_ts_us;
+    u := chunk_u - 1;
+    seq := v[5];
+    FOR i IN 1 .. n LOOP
+        msg := i - 1;
+        z := v[7 + i];
+        ts_us := ts_us + ((z >> 1) # -(z & 1));
+        z := v[c_local + i];
+        local_us := ts_us + ((z >> 1) # -(z & 1));
+        z := v[c_u + i];
+        u := u + 1 + ((z >> 1) # -(z & 1));
+        z := v[c_seq + i];
+        seq := seq + ((z >> 1) # -(z & 1));
+        is_snapshot := (v[c_flags + i] & 1) <> 0;
+        side := 'bid';
+        pos := 0;
+        FOR j IN 1 .. v[c_nb + i] LOOP
+            lv := lv + 1;
+            pos := pos + 1;
+            z := v[lv];
+            bid := bid + ((z >> 1) # -(z & 1));
+            price := CASE WHEN bid = 0 THEN 0 ELSE bid * pscale END;
+            s := v[lv + n_levels];
+            amount := CASE WHEN s = 0 THEN 0 ELSE s * sscale END;
+            RETURN NEXT;
+        END LOOP;
+        side := 'ask';
+        FOR j IN 1 .. v[c_na + i] LOOP
+            lv := lv + 1;
+            pos := pos + 1;
+            z := v[lv];
+            ask := ask + ((z >> 1) # -(z & 1));
+            price := CASE WHEN ask = 0 THEN 0 ELSE ask * pscale END;
+            s := v[lv + n_levels];
+            amount := CASE WHEN s = 0 THEN 0 ELSE s * sscale END;
+            RETURN NEXT;
+        END LOOP;
+    END LOOP;
+END
+$fn$
+"""
+
+# Not STRICT, so that the planner inlines it into the calling query (the
+# PL/pgSQL function it reads is strict).
+CHUNK_LEVELS = """
+CREATE OR REPLACE FUNCTION depthwatch_chunk_levels(
+    chunk_ts_us bigint, chunk_u bigint, payload bytea)
+RETURNS TABLE(
+    msg integer, ts_us bigint, local_us bigint, u bigint, seq bigint, is_snapshot boolean,
+    side text, price numeric, amount numeric)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE ROWS 300 AS $fn$
+    SELECT l.msg, l.ts_us, l.local_us, l.u, l.seq, l.is_snapshot, l.side, l.price, l.amount
+      FROM depthwatch_chunk_level_rows(chunk_ts_us, chunk_u, payload) AS l
+$fn$
+"""
+
+# Which streams.id a symbol names; exceptions say what is recorded instead.
+STREAM_ID = """
+CREATE OR REPLACE FUNCTION depthwatch_stream_id(
+    symbol text, depth integer DEFAULT NULL, category text DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+    ids integer[];
+    categories text[];
+    depths integer[];
+    known text;
+BEGIN
+    IF symbol IS NULL OR symbol = '' THEN
+        RAISE EXCEPTION 'depthwatch: a symbol is required'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT array_agg(s.id ORDER BY i.category, s.depth),
+           array_agg(DISTINCT i.category ORDER BY i.category),
+           array_agg(DISTINCT s.depth::integer ORDER BY s.depth::integer)
+      INTO ids, categories, depths
+      FROM instruments i
+      JOIN streams s ON s.instrument_id = i.id
+     WHERE upper(i.symbol) = upper(depthwatch_stream_id.symbol)
+       AND (depthwatch_stream_id.category IS NULL
+            OR lower(i.category) = lower(depthwatch_stream_id.category))
+       AND (depthwatch_stream_id.depth IS NULL OR s.depth = depthwatch_stream_id.depth);
+    IF cardinality(ids) = 1 THEN
+        RETURN ids[1];
+    END IF;
+    IF ids IS NULL THEN
+        -- Say what there is instead.
+        SELECT string_agg(DISTINCT i.symbol, ', ' ORDER BY i.symbol) INTO known
+          FROM instruments i JOIN streams s ON s.instrument_id = i.id;
+        IF NOT EXISTS (SELECT 1 FROM instruments i JOIN streams s ON s.instrument_id = i.id
+                        WHERE upper(i.symbol) = upper(depthwatch_stream_id.symbol)) THEN
+            RAISE EXCEPTION 'depthwatch: no order book of symbol % has been recorded',
+                quote_literal(symbol)
+                USING ERRCODE = 'no_data_found',
+                      HINT = 'recorded symbols: ' || coalesce(known, 'none');
+        END IF;
+        SELECT string_agg(format('%s depth %s', i.category, s.depth), ', '
+                          ORDER BY i.category, s.depth) INTO known
+          FROM instruments i JOIN streams s ON s.instrument_id = i.id
+         WHERE upper(i.symbol) = upper(depthwatch_stream_id.symbol);
+        RAISE EXCEPTION 'depthwatch: no order book of % with category %, depth % has been recorded',
+            quote_literal(symbol), coalesce(category, 'any'), coalesce(depth::text, 'any')
+            USING ERRCODE = 'no_data_found',
+                  HINT = format('%s is recorded as: %s', symbol, known);
+    END IF;
+    IF cardinality(categories) > 1 THEN
+        RAISE EXCEPTION 'depthwatch: % is recorded in several categories (%): pass category',
+            quote_literal(symbol), array_to_string(categories, ', ')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = format('e.g. category => %L', categories[1]);
+    END IF;
+    RAISE EXCEPTION 'depthwatch: % (%) is recorded at several depths (%): pass depth',
+        quote_literal(symbol), categories[1], array_to_string(depths, ', ')
+        USING ERRCODE = 'invalid_parameter_value',
+              HINT = format('e.g. depth => %s', depths[1]);
+END
+$fn$
+"""
+
+# Exchange time in [from, to): the chunks that can hold such messages start in
+# [the second of `from`, to) (a chunk never crosses a second of exchange time).
+# The same message in two chunks (two collectors cut their chunks differently)
+# or in a chunk and the legacy book_events table is returned once. DISTINCT ON
+# keeps each level (message key, `pos` in the message) from the first copy:
+# the legacy row, else the first chunk by (ts_us, u, n, snapshot), as
+# queries.book_events picks it; the same copy for every level of a message, so
+# its local time is one collector's. Its sort is the final order's, so there
+# is one sort and no window.
+BOOK_UPDATES = """
+CREATE OR REPLACE FUNCTION depthwatch_book_updates(
+    symbol text, from_ts timestamptz, to_ts timestamptz,
+    depth integer DEFAULT NULL, category text DEFAULT NULL)
+RETURNS TABLE(
+    exchange_ts timestamptz, local_ts timestamptz, timestamp_us bigint,
+    local_timestamp_us bigint, u bigint, seq bigint, is_snapshot boolean, side text,
+    price numeric, amount numeric)
+LANGUAGE plpgsql STABLE ROWS 100000 AS $fn$
+DECLARE
+    sid integer;
+    iid integer;
+    dep smallint;
+    from_us bigint;
+    to_us bigint;
+    first_chunk_us bigint;
+BEGIN
+    IF from_ts IS NULL OR to_ts IS NULL THEN
+        RAISE EXCEPTION 'depthwatch: from_ts and to_ts are required'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    sid := depthwatch_stream_id(symbol, depth, category);
+    SELECT s.instrument_id, s.depth INTO iid, dep FROM streams s WHERE s.id = sid;
+    from_us := CASE WHEN from_ts = '-infinity' THEN 0
+                    WHEN from_ts = 'infinity' THEN 4611686018427387904
+                    ELSE (extract(epoch FROM from_ts) * 1000000)::bigint END;
+    to_us := CASE WHEN to_ts = '-infinity' THEN 0
+                  WHEN to_ts = 'infinity' THEN 4611686018427387904
+                  ELSE (extract(epoch FROM to_ts) * 1000000)::bigint END;
+    first_chunk_us := from_us - ((from_us % 1000000) + 1000000) % 1000000;
+    RETURN QUERY
+    SELECT timestamptz '1970-01-01 00:00:00+00' + r.ts_us * interval '1 microsecond',
+           timestamptz '1970-01-01 00:00:00+00' + r.local_us * interval '1 microsecond',
+           r.ts_us, r.local_us, r.u, r.seq, r.is_snapshot, r.side, r.price, r.amount
+      FROM (
+        SELECT DISTINCT ON (x.ts_us, x.seq, x.u, x.is_snapshot, x.pos) x.*
+          FROM (
+            SELECT l.ts_us, l.local_us, l.u, l.seq, l.is_snapshot, l.side, l.price, l.amount,
+                   l.pos, c.ts_us AS c_ts, c.u AS c_u, c.n AS c_n, c.snapshot AS c_snap
+              FROM book_chunks c
+             CROSS JOIN LATERAL depthwatch_chunk_level_rows(c.ts_us, c.u, c.payload) AS l
+             WHERE c.stream_id = sid AND c.ts_us >= first_chunk_us AND c.ts_us < to_us
+               AND l.ts_us >= from_us AND l.ts_us < to_us
+            UNION ALL
+            SELECT e.ts_us, e.local_us, e.u, e.seq, e.is_snapshot, lv.side, lv.price,
+                   lv.amount, lv.pos, NULL::bigint, NULL::bigint, NULL::integer, NULL::boolean
+              FROM book_events e
+             CROSS JOIN LATERAL (
+                    SELECT 'bid'::text, b.p, b.s, b.o::integer
+                      FROM unnest(e.bid_prices, e.bid_sizes) WITH ORDINALITY AS b(p, s, o)
+                    UNION ALL
+                    SELECT 'ask'::text, a.p, a.s, (a.o + cardinality(e.bid_prices))::integer
+                      FROM unnest(e.ask_prices, e.ask_sizes) WITH ORDINALITY AS a(p, s, o)
+                   ) AS lv(side, price, amount, pos)
+             WHERE e.instrument_id = iid AND e.depth = dep
+               AND e.ts_us >= from_us AND e.ts_us < to_us
+          ) x
+         ORDER BY x.ts_us, x.seq, x.u, x.is_snapshot, x.pos,
+                  x.c_ts NULLS FIRST, x.c_u, x.c_n, x.c_snap
+      ) r
+     ORDER BY r.ts_us, r.seq, r.u, r.is_snapshot, r.pos;
+END
+$fn$
+"""
+
+# Top-of-book ticks: the messages flagged TOP_CHANGED in the chunks and the
+# legacy quotes, one row per (ts_us, u) (the legacy quote, else the first
+# chunk's by key), then a row only where the top differs from the row before:
+# the writer also flags each chunk's first message, and a chunk boundary is no
+# tick. So the first row is the first top known at or after `from`, whether or
+# not it changed there. Order: exchange time, then seq, which a legacy quote
+# takes from a chunk's copy of its message: inside the upgrade's overlap the
+# two logs interleave within a millisecond. A legacy quote no chunk holds (no
+# seq) comes first within its timestamp, as the old log precedes the chunks.
+TOPS = """
+CREATE OR REPLACE FUNCTION depthwatch_tops(
+    symbol text, from_ts timestamptz, to_ts timestamptz,
+    depth integer DEFAULT NULL, category text DEFAULT NULL)
+RETURNS TABLE(
+    exchange_ts timestamptz, local_ts timestamptz, timestamp_us bigint,
+    local_timestamp_us bigint, u bigint, bid_price numeric, bid_size numeric,
+    ask_price numeric, ask_size numeric)
+LANGUAGE plpgsql STABLE ROWS 10000 AS $fn$
+DECLARE
+    sid integer;
+    iid integer;
+    dep smallint;
+    from_us bigint;
+    to_us bigint;
+    first_chunk_us bigint;
+BEGIN
+    IF from_ts IS NULL OR to_ts IS NULL THEN
+        RAISE EXCEPTION 'depthwatch: from_ts and to_ts are required'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    sid := depthwatch_stream_id(symbol, depth, category);
+    SELECT s.instrument_id, s.depth INTO iid, dep FROM streams s WHERE s.id = sid;
+    from_us := CASE WHEN from_ts = '-infinity' THEN 0
+                    WHEN from_ts = 'infinity' THEN 4611686018427387904
+                    ELSE (extract(epoch FROM from_ts) * 1000000)::bigint END;
+    to_us := CASE WHEN to_ts = '-infinity' THEN 0
+                  WHEN to_ts = 'infinity' THEN 4611686018427387904
+                  ELSE (extract(epoch FROM to_ts) * 1000000)::bigint END;
+    first_chunk_us := from_us - ((from_us % 1000000) + 1000000) % 1000000;
+    RETURN QUERY
+    SELECT timestamptz '1970-01-01 00:00:00+00' + r.ts_us * interval '1 microsecond',
+           timestamptz '1970-01-01 00:00:00+00' + r.local_us * interval '1 microsecond',
+           r.ts_us, r.local_us, r.u, r.bp, r.bs, r.ap, r.az
+      FROM (
+        SELECT d.*, row_number() OVER w AS rn,
+               lag(d.bp) OVER w AS prev_bp, lag(d.bs) OVER w AS prev_bs,
+               lag(d.ap) OVER w AS prev_ap, lag(d.az) OVER w AS prev_az
+          FROM (
+            SELECT DISTINCT ON (t.ts_us, t.u)
+                   t.ts_us, t.local_us, t.u, max(t.seq) OVER (PARTITION BY t.ts_us, t.u) AS seq,
+                   t.bp, t.bs, t.ap, t.az
+              FROM (
+                SELECT x.ts_us, x.local_us, x.u, x.seq, x.bid_price AS bp, x.bid_size AS bs,
+                       x.ask_price AS ap, x.ask_size AS az, c.ts_us AS c_ts, c.u AS c_u,
+                       c.n AS c_n, c.snapshot AS c_snap
+                  FROM book_chunks c
+                 CROSS JOIN LATERAL depthwatch_chunk_tops(c.ts_us, c.u, c.payload) x
+                 WHERE c.stream_id = sid AND c.ts_us >= first_chunk_us AND c.ts_us < to_us
+                   AND x.ts_us >= from_us AND x.ts_us < to_us
+                UNION ALL
+                SELECT q.ts_us, q.local_us, q.u, NULL::bigint, q.bid_price, q.bid_size,
+                       q.ask_price, q.ask_size, NULL::bigint, NULL::bigint, NULL::integer,
+                       NULL::boolean
+                  FROM quotes q
+                 WHERE q.instrument_id = iid AND q.depth = dep
+                   AND q.ts_us >= from_us AND q.ts_us < to_us
+              ) t
+             ORDER BY t.ts_us, t.u, t.c_ts NULLS FIRST, t.c_u, t.c_n, t.c_snap
+          ) d
+        WINDOW w AS (ORDER BY d.ts_us, d.seq NULLS FIRST, d.u)
+      ) r
+     WHERE r.rn = 1
+        OR (r.bp, r.bs, r.ap, r.az) IS DISTINCT FROM (r.prev_bp, r.prev_bs, r.prev_ap, r.prev_az)
+     ORDER BY r.ts_us, r.seq NULLS FIRST, r.u;
+END
+$fn$
+"""
+
+STATEMENTS: tuple[str, ...] = (
+    VARINTS,
+    CHUNK_SKIM,
+    CHUNK_MESSAGES,
+    CHUNK_TOPS,
+    CHUNK_LEVEL_ROWS,
+    CHUNK_LEVELS,
+    STREAM_ID,
+    BOOK_UPDATES,
+    TOPS,
+)
