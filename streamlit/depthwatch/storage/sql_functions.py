@@ -17,12 +17,13 @@ Interfaces (the names and column lists are kept stable):
 - `depthwatch_chunk_messages(stream_id, chunk_ts_us, chunk_u, payload)`: one
   row per message with the top of book after it (carried from the last
   message that changed it; NULL before the chunk's first top and for an
-  empty side). The row's `ts_us` and `u` are passed as `chunk_ts_us` and
+  empty side), and `top_changed` where that message changed it. The row's
+  `ts_us` and `u` are passed as `chunk_ts_us` and
   `chunk_u`: PL/pgSQL refuses an argument named like an output column.
 - `depthwatch_chunk_levels(chunk_ts_us, chunk_u, payload)`: one row per
   level, a message's bids before its asks, in stored order.
 - `depthwatch_chunk_tops(chunk_ts_us, chunk_u, payload)`: the messages that
-  changed the top of book, with the top after them.
+  changed the top of book, with the top after them (chunk_messages filtered).
 - `depthwatch_chunk_level_rows(chunk_ts_us, chunk_u, payload)`: chunk_levels
   plus `pos`, a level's place in its message (what book_updates reads).
 - `depthwatch_chunk_skim(payload)`: a chunk's values without its levels.
@@ -188,7 +189,7 @@ CREATE OR REPLACE FUNCTION depthwatch_chunk_messages(
 RETURNS TABLE(
     msg integer, ts_us bigint, local_us bigint, match_us bigint, u bigint, seq bigint,
     is_snapshot boolean, bid_price numeric, bid_size numeric, ask_price numeric,
-    ask_size numeric)
+    ask_size numeric, top_changed boolean)
 LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE ROWS 50 AS $fn$
 DECLARE
     v bigint[] := depthwatch_chunk_skim(payload);
@@ -236,7 +237,8 @@ BEGIN
         seq := seq + ((z >> 1) # -(z & 1));
         flags := v[c_flags + i];
         is_snapshot := (flags & 1) <> 0;
-        IF (flags & 2) <> 0 THEN
+        top_changed := (flags & 2) <> 0;
+        IF top_changed THEN
             z := v[t + 1];
             tb := tb + ((z >> 1) # -(z & 1));
             z := v[t + 2];
@@ -267,79 +269,19 @@ END
 $fn$
 """
 
+# The messages that changed the top, read off chunk_messages (the stream id
+# only names a chunk in its errors).
 CHUNK_TOPS = """
 CREATE OR REPLACE FUNCTION depthwatch_chunk_tops(
     chunk_ts_us bigint, chunk_u bigint, payload bytea)
 RETURNS TABLE(
     msg integer, ts_us bigint, local_us bigint, u bigint, seq bigint, is_snapshot boolean,
     bid_price numeric, bid_size numeric, ask_price numeric, ask_size numeric)
-LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE ROWS 20 AS $fn$
-DECLARE
-    v bigint[] := depthwatch_chunk_skim(payload);
-    n integer := v[2];
-    pscale numeric;
-    sscale numeric;
-    c_local integer := 7 + n;
-    c_u integer := 7 + 3 * n;
-    c_seq integer := 7 + 4 * n;
-    c_flags integer := 7 + 5 * n;
-    t integer := 7 + 8 * n;
-    z bigint;
-    flags integer;
-    tb bigint := 0;
-    tbs bigint := 0;
-    ta bigint := 0;
-    tas bigint := 0;
-BEGIN
-    IF v[1] <> 1 THEN
-        RAISE EXCEPTION 'depthwatch: chunk (ts_us %, u %) has unknown format %',
-            chunk_ts_us, chunk_u, v[1];
-    END IF;
-    pscale := ('1e-' || v[3])::numeric;
-    sscale := ('1e-' || v[4])::numeric;
-    ts_us := chunk_ts_us;
-    u := chunk_u - 1;
-    seq := v[5];
-    FOR i IN 1 .. n LOOP
-        z := v[7 + i];
-        ts_us := ts_us + ((z >> 1) # -(z & 1));
-        z := v[c_u + i];
-        u := u + 1 + ((z >> 1) # -(z & 1));
-        z := v[c_seq + i];
-        seq := seq + ((z >> 1) # -(z & 1));
-        flags := v[c_flags + i];
-        IF (flags & 2) <> 0 THEN
-            msg := i - 1;
-            z := v[c_local + i];
-            local_us := ts_us + ((z >> 1) # -(z & 1));
-            is_snapshot := (flags & 1) <> 0;
-            z := v[t + 1];
-            tb := tb + ((z >> 1) # -(z & 1));
-            z := v[t + 2];
-            tbs := tbs + ((z >> 1) # -(z & 1));
-            z := v[t + 3];
-            ta := ta + ((z >> 1) # -(z & 1));
-            z := v[t + 4];
-            tas := tas + ((z >> 1) # -(z & 1));
-            t := t + 4;
-            IF tb = 0 THEN
-                bid_price := NULL;
-                bid_size := NULL;
-            ELSE
-                bid_price := tb * pscale;
-                bid_size := CASE WHEN tbs = 0 THEN 0 ELSE tbs * sscale END;
-            END IF;
-            IF ta = 0 THEN
-                ask_price := NULL;
-                ask_size := NULL;
-            ELSE
-                ask_price := ta * pscale;
-                ask_size := CASE WHEN tas = 0 THEN 0 ELSE tas * sscale END;
-            END IF;
-            RETURN NEXT;
-        END IF;
-    END LOOP;
-END
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE ROWS 20 AS $fn$
+    SELECT m.msg, m.ts_us, m.local_us, m.u, m.seq, m.is_snapshot,
+           m.bid_price, m.bid_size, m.ask_price, m.ask_size
+    FROM depthwatch_chunk_messages(0, chunk_ts_us, chunk_u, payload) m
+    WHERE m.top_changed
 $fn$
 """
 
