@@ -96,8 +96,6 @@ class Packed:
     """One flush's rows, as COPY lines per table."""
 
     lines: dict[str, list[str]] = field(default_factory=dict)
-    # Per book_chunks line: how many messages it holds (for the stats).
-    chunk_messages: list[int] = field(default_factory=list)
     book_local_us: list[int] = field(default_factory=list)  # every message's receive time
     # Messages that could not be encoded (no decimal of at most 15 digits;
     # the parser lets none through): left out, so their stream's log has a
@@ -185,7 +183,6 @@ class BookPacker:
                 f"{self._stream_id(stream)}\t{chunk.ts_us}\t{chunk.u}\t{len(chunk.messages)}\t"
                 f"{'t' if chunk.messages[0].is_snapshot else 'f'}\t\\\\x{payload.hex()}\n"
             )
-            packed.chunk_messages.append(len(chunk.messages))
         snapshot_lines = [
             f"{self._stream_id(s.stream)}\t{s.exchange_us}\t\\\\x{payload.hex()}\n"
             for s, (payload, _, _) in zip(snapshots, encoded[n_chunks:], strict=True)

@@ -69,6 +69,10 @@ COLUMNS = {
     "bid_prices, bid_sizes, ask_prices, ask_sizes",
 }
 
+# Tables whose rows the readers' thread queues as COPY lines; book messages and
+# depth snapshots are queued as records and packed by the writer thread.
+QUEUED_AS_LINES = ("book_checkpoints", "trades")
+
 # Position of `ts_us` (exchange time, the partition key) in each table's COPY line.
 TS_COLUMN = {
     "book_chunks": 1,
@@ -219,7 +223,8 @@ class BatchWriter:
         self.engine = engine
         self.config = config
         self.stats = WriterStats()
-        self._rows: dict[str, deque[str]] = {table: deque() for table in COLUMNS}
+        # COPY lines the readers' thread formats itself (the rest is packed later).
+        self._rows: dict[str, deque[str]] = {table: deque() for table in QUEUED_AS_LINES}
         # Book updates with the quote each made, and depth snapshots: packed
         # by the writer thread (storage/packing.py), not on the readers' thread.
         self._book_rows: deque[tuple[BookUpdate, Quote | None]] = deque()
