@@ -19,7 +19,7 @@ from depthwatch.collector import Collector, register_instruments
 from depthwatch.config import CollectorConfig
 from depthwatch.records import FeedEvent, FeedEventKind, StreamKey
 from depthwatch.sim import SimConfig, SimulatorThread
-from depthwatch.storage import schema
+from depthwatch.storage import codec, queries, schema
 from depthwatch.storage.db import make_engine
 from depthwatch.storage.journal import SUFFIX, Journal
 from depthwatch.storage.writer import BatchWriter, WriterConfig
@@ -27,7 +27,7 @@ from depthwatch.storage.writer import BatchWriter, WriterConfig
 from .conftest import run_cli, start_collect
 from .dbproxy import DatabaseProxy
 from .e2e import assert_export_matches_truth
-from .test_storage import count, make_update
+from .test_storage import STREAM, make_update, stored_messages
 
 
 def scalar(engine: sa.Engine, sql: str, **params: object) -> object:
@@ -36,6 +36,20 @@ def scalar(engine: sa.Engine, sql: str, **params: object) -> object:
 
 
 # ---- the journal alone
+
+
+def heir_writes_the_journal(
+    engine: sa.Engine, journal_dir: Path, proxy: DatabaseProxy, timeout_s: float
+) -> None:
+    """A new writer on the same journal directory adopts what the last one
+    left and writes it all; then the proxy to the database is closed."""
+    heir = BatchWriter(engine, WriterConfig(flush_interval_s=0.05, journal_dir=journal_dir))
+    heir.start()
+    try:
+        assert heir.flush_now(timeout_s=timeout_s)
+    finally:
+        assert heir.stop()
+        proxy.close()
 
 
 def test_journal_reads_back_in_order_across_segments_and_deletes_what_is_consumed(
@@ -112,8 +126,8 @@ def test_an_outage_spills_to_the_journal_and_everything_is_written_in_order_once
         assert writer.stop()
         proxy.close()
     engine = make_engine(database_url)  # the proxy is gone
-    assert count(engine, "book_events") == 12_001
-    assert writer.stats.rows_written["book_events"] == 12_001
+    assert stored_messages(engine) == 12_001
+    assert writer.stats.book_messages_written == 12_001
     assert writer.stats.flush_failures > 0
     with engine.connect() as conn:
         order = conn.execute(
@@ -133,7 +147,7 @@ def test_a_stop_during_an_outage_journals_everything_and_the_next_start_writes_i
     config = WriterConfig(flush_interval_s=0.05, journal_dir=tmp_path, collector_id="first")
     writer = BatchWriter(engine, config)
     writer.start()
-    writer.instrument_id("linear", "BTCUSDT")  # as the collector does at start
+    writer.register_stream(STREAM)  # as the collector does at start
     proxy.cut()
     for u in range(1, 3_001):
         writer.add_book_update(make_update(u, snapshot=(u == 1)))
@@ -144,15 +158,9 @@ def test_a_stop_during_an_outage_journals_everything_and_the_next_start_writes_i
     assert writer.pending_rows == 0
     assert list(tmp_path.glob(f"*{SUFFIX}"))
     proxy.restore()
-    heir = BatchWriter(engine, WriterConfig(flush_interval_s=0.05, journal_dir=tmp_path))
-    heir.start()
-    try:
-        assert heir.flush_now(timeout_s=30)
-    finally:
-        assert heir.stop()
-        proxy.close()
+    heir_writes_the_journal(engine, tmp_path, proxy, timeout_s=30)
     engine = make_engine(database_url)  # the proxy is gone
-    assert count(engine, "book_events") == 3_000
+    assert stored_messages(engine) == 3_000
     # The event keeps the collector that saw it.
     assert scalar(engine, "SELECT collector FROM feed_events WHERE kind = 'disconnect'") == "first"
     assert list(tmp_path.glob(f"*{SUFFIX}")) == []
@@ -249,6 +257,13 @@ def test_a_full_journal_drops_rows_as_a_recorded_gap_and_the_stream_resyncs_exac
 # ---- the collector process: SIGKILL during an outage, restart
 
 
+def journaled_chunk_messages(line: str) -> tuple[str, list[int], list[int]]:
+    """(stream id, exchange times, update ids) of a journaled book_chunks COPY line."""
+    sid, ts_us, u, _n, _snapshot, payload = line.rstrip("\n").split("\t")
+    chunk = codec.decode_chunk(bytes.fromhex(payload[3:]), int(ts_us), int(u))
+    return sid, chunk.ts_us.tolist(), chunk.u.tolist()
+
+
 def collect_process(sim_url: str, database_url: str, journal: Path) -> subprocess.Popen[str]:
     return start_collect(
         sim_url,
@@ -276,8 +291,8 @@ def test_outage_then_sigkill_then_restart_loses_nothing_that_was_journaled(datab
     try:
         first = collect_process(sim.sim.url("linear"), proxy.url, journal)
         deadline = time.monotonic() + 60
-        while not scalar(engine, "SELECT to_regclass('book_events') IS NOT NULL") or not scalar(
-            engine, "SELECT count(*) FROM book_events"
+        while not scalar(engine, "SELECT to_regclass('book_chunks') IS NOT NULL") or not scalar(
+            engine, "SELECT count(*) FROM book_chunks"
         ):
             assert first.poll() is None, first.stderr.read() if first.stderr else ""
             assert time.monotonic() < deadline
@@ -292,7 +307,7 @@ def test_outage_then_sigkill_then_restart_loses_nothing_that_was_journaled(datab
             for segment in sorted(journal.glob(f"*{SUFFIX}"))
             for line in segment.read_text().splitlines()
         ]
-        book_rows = [line for table, line in journaled if table == "book_events"]
+        chunk_rows = [line for table, line in journaled if table == "book_chunks"]
         proxy.restore()
         second = collect_process(sim.sim.url("linear"), proxy.url, journal)
         deadline = time.monotonic() + 60
@@ -307,16 +322,21 @@ def test_outage_then_sigkill_then_restart_loses_nothing_that_was_journaled(datab
         proxy.close()
     assert second.returncode == 0, stderr
     assert "left by an earlier run" in stderr
-    assert len(book_rows) > 1_000
-    keys = {(p[0], p[1], p[2], p[5]) for p in (line.split("\t") for line in book_rows)}
+    journaled_messages = {
+        (int(sid), ts, u)
+        for sid, ts, u in (journaled_chunk_messages(line) for line in chunk_rows)
+        for ts, u in zip(ts, u, strict=True)
+    }
+    assert len(journaled_messages) > 1_000
     with engine.connect() as conn:
         stored = {
-            tuple(str(v) for v in row)
-            for row in conn.execute(
-                sa.text("SELECT instrument_id, depth, ts_us, u FROM book_events")
+            (sid, e.ts_us, e.u)
+            for sid, iid, depth in conn.execute(
+                sa.text("SELECT id, instrument_id, depth FROM streams")
             )
+            for e in queries.book_events(conn, iid, depth, 0, 2**62)
         }
-    assert keys <= stored
+    assert journaled_messages <= stored
     assert re.search(r"rows journaled \d+", stderr)
     engine.dispose()
 
@@ -334,7 +354,7 @@ def test_a_stop_while_the_journal_drains_leaves_the_rest_in_order_for_the_next_s
         engine, WriterConfig(flush_interval_s=0.05, spill_rows=100, journal_dir=tmp_path)
     )
     writer.start()
-    writer.instrument_id("linear", "BTCUSDT")
+    writer.register_stream(STREAM)  # as the collector does at start
     proxy.cut()
     for u in range(1, 40_001):
         writer.add_book_update(make_update(u, snapshot=(u == 1)))
@@ -347,15 +367,9 @@ def test_a_stop_while_the_journal_drains_leaves_the_rest_in_order_for_the_next_s
     writer.stop(timeout_s=30)  # drains what it can within its budget, journals the rest
     assert time.monotonic() - started < 15  # inside the collector's final flush timeout
     assert writer.pending_rows == 0
-    heir = BatchWriter(engine, WriterConfig(flush_interval_s=0.05, journal_dir=tmp_path))
-    heir.start()
-    try:
-        assert heir.flush_now(timeout_s=60)
-    finally:
-        assert heir.stop()
-        proxy.close()
+    heir_writes_the_journal(engine, tmp_path, proxy, timeout_s=60)
     engine = make_engine(database_url)  # the proxy is gone
-    assert count(engine, "book_events") == 40_000
+    assert stored_messages(engine) == 40_000
     assert list(tmp_path.glob(f"*{SUFFIX}")) == []
     engine.dispose()
 
