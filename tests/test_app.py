@@ -14,6 +14,8 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from depthwatch.sim import SimConfig, SimulatorThread
+from depthwatch.storage import dashboard_queries as dq
+from depthwatch.storage import queries
 
 from .conftest import free_port, new_database
 from .e2e import collect_until_caught_up
@@ -75,13 +77,9 @@ def test_live_page_draws_the_stream_in_the_url(recorded_url, use_database):
     assert len(at.get("plotly_chart")) == 6
     engine = sa.create_engine(recorded_url)
     with engine.connect() as conn:
-        best_bid = conn.execute(
-            sa.text(
-                """SELECT q.bid_price::text FROM quotes q
-                   JOIN instruments i ON i.id = q.instrument_id
-                   WHERE i.symbol = 'ETHUSDT' ORDER BY q.ts_us DESC, q.u DESC LIMIT 1"""
-            )
-        ).scalar_one()
+        eth = next(s for s in dq.list_streams(conn) if s.symbol == "ETHUSDT")
+        *_, newest = queries.quotes(conn, eth.instrument_id, eth.depth, 0, 2**62)
+        best_bid = newest[4]  # (ts, local, ask size, ask, bid, bid size)
     engine.dispose()
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Best bid"].replace(",", "") == best_bid  # the exchange's digits

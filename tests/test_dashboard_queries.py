@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from depthwatch.records import (
+    BookUpdate,
     CollectorHeartbeat,
     DepthSnapshot,
     FeedEvent,
@@ -44,6 +45,25 @@ def quote(t_us: int, u: int, bid: str, ask: str, stream: StreamKey = STREAM) -> 
     return Quote(stream, t_us, t_us + 500, u, bid, "1", ask, "2")
 
 
+def add_top(writer: BatchWriter, top: Quote) -> None:
+    """A book message that makes this top, sent as StreamBook sends it: the
+    quote, then its update (the writer stores the top with the message)."""
+    writer.add_quote(top)
+    writer.add_book_update(
+        BookUpdate(
+            top.stream,
+            False,
+            [[top.bid_price, top.bid_size]],
+            [[top.ask_price, top.ask_size]],
+            top.update_id,
+            top.update_id,
+            top.exchange_us,
+            None,
+            top.local_us,
+        )
+    )
+
+
 def stream_row(conn: sa.Connection, key: StreamKey = STREAM) -> q.StreamRow:
     return next(s for s in q.list_streams(conn) if s.symbol == key.symbol)
 
@@ -61,9 +81,9 @@ def test_streams_are_listed_from_the_registry(writer, engine):
 def test_top_series_takes_last_min_max_per_bucket(writer, engine):
     # Bucket 0: three quotes; bucket 1: one; another stream's quotes are ignored.
     for i, (bid, ask) in enumerate([("100", "101"), ("99", "100.5"), ("100.2", "100.4")]):
-        writer.add_quote(quote(T0 + i * 200_000, i + 1, bid, ask))
-    writer.add_quote(quote(T0 + S + 10, 4, "100.1", "100.3"))
-    writer.add_quote(quote(T0 + 10, 1, "5", "6", OTHER))
+        add_top(writer, quote(T0 + i * 200_000, i + 1, bid, ask))
+    add_top(writer, quote(T0 + S + 10, 4, "100.1", "100.3"))
+    add_top(writer, quote(T0 + 10, 1, "5", "6", OTHER))
     assert writer.flush_now()
     with engine.connect() as conn:
         top = q.top_series(conn, stream_row(conn).instrument_id, 50, T0, T0 + 2 * S, S)
@@ -82,9 +102,9 @@ def test_top_series_takes_last_min_max_per_bucket(writer, engine):
 
 
 def test_window_bounds_are_half_open(writer, engine):
-    writer.add_quote(quote(T0 - 1, 1, "1", "2"))
-    writer.add_quote(quote(T0, 2, "3", "4"))
-    writer.add_quote(quote(T0 + S, 3, "5", "6"))
+    add_top(writer, quote(T0 - 1, 1, "1", "2"))
+    add_top(writer, quote(T0, 2, "3", "4"))
+    add_top(writer, quote(T0 + S, 3, "5", "6"))
     assert writer.flush_now()
     with engine.connect() as conn:
         iid = stream_row(conn).instrument_id
@@ -202,14 +222,14 @@ def test_heartbeats_say_alive_valid_and_simulated(writer, engine):
 
 
 def test_table_sizes_cover_partitioned_and_plain_tables(writer, engine):
-    writer.add_quote(quote(T0, 1, "1", "2"))
+    add_top(writer, quote(T0, 1, "1", "2"))
     writer.add_feed_event(FeedEvent(FeedEventKind.GAP, T0, "linear", "BTCUSDT", 50, "x"))
     assert writer.flush_now()
     with engine.connect() as conn:
         sizes = dict(q.table_sizes(conn).itertuples(index=False))
-        oldest = q.oldest_snapshot_us(conn, schema.partitions_oldest_first(conn, "quotes"))
+        oldest = q.oldest_snapshot_us(conn, schema.partitions_oldest_first(conn, "top_seconds"))
     assert set(sizes) == set(q.SIZED_TABLES)
-    assert sizes["quotes"] > 0 and sizes["feed_events"] > 0
+    assert sizes["book_chunks"] > 0 and sizes["top_seconds"] > 0 and sizes["feed_events"] > 0
     assert oldest == T0
 
 

@@ -316,7 +316,15 @@ def health() -> HealthReport:
             found,
             events,
             q.table_sizes(conn),
-            q.oldest_snapshot_us(conn, schema.partitions_oldest_first(conn, "depth_snapshots")),
+            q.oldest_snapshot_us(
+                conn,
+                # Oldest day first across both layouts: names end in _dYYYYMMDD.
+                sorted(
+                    schema.partitions_oldest_first(conn, "depth_snapshots")
+                    + schema.partitions_oldest_first(conn, "top_snapshots"),
+                    key=lambda name: name.rsplit("_d", 1)[-1],
+                ),
+            ),
             retention,
         )
 

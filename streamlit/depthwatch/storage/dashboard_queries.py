@@ -18,6 +18,8 @@ import pandas as pd
 import sqlalchemy as sa
 
 from depthwatch.records import StreamKey
+from depthwatch.storage.codec import DecodedChunk, decode_chunk, unit_text
+from depthwatch.storage.queries import SECOND_US, stream_id
 
 # Column contracts shared with the figure builders (depthwatch.app.figures).
 TOP_COLUMNS = ("t_ms", "bid", "ask", "bid_min", "ask_max", "mid", "spread_bps", "spread_bps_max")
@@ -123,8 +125,55 @@ def list_streams(conn: sa.Connection) -> list[StreamRow]:
 
 
 def last_quote(conn: sa.Connection, iid: int, depth: int, since_us: int) -> LastQuote | None:
-    """The newest top of book at or after `since_us` (a backward index scan of
-    the newest partitions)."""
+    """The newest top of book at or after `since_us`: the top after the last
+    message of the newest packed chunks (a backward index scan of the newest
+    partitions), or of the schema 1-3 quotes."""
+    sid = stream_id(conn, iid, depth)
+    packed = _last_packed_quote(conn, sid, since_us) if sid is not None else None
+    return packed or _last_legacy_quote(conn, iid, depth, since_us)
+
+
+def _newest_chunks(
+    conn: sa.Connection, sid: int, since_us: int
+) -> list[tuple[int, int, DecodedChunk]]:
+    """The chunks of the stream's newest second at or after `since_us` (two
+    collectors may have cut it differently), decoded."""
+    newest = conn.execute(
+        sa.text("SELECT max(ts_us) FROM book_chunks WHERE stream_id = :s AND ts_us >= :f"),
+        {"s": sid, "f": since_us},
+    ).scalar()
+    if newest is None:
+        return []
+    rows = conn.execute(
+        sa.text("SELECT ts_us, u, payload FROM book_chunks WHERE stream_id = :s AND ts_us >= :f"),
+        {"s": sid, "f": max(since_us, int(newest) - int(newest) % SECOND_US)},
+    ).all()
+    return [(int(ts), int(u), decode_chunk(payload, int(ts), int(u))) for ts, u, payload in rows]
+
+
+def _last_packed_quote(conn: sa.Connection, sid: int, since_us: int) -> LastQuote | None:
+    chunks = [chunk for *_, chunk in _newest_chunks(conn, sid, since_us) if len(chunk)]
+    if not chunks:
+        return None
+    chunk = max(chunks, key=lambda c: (int(c.ts_us[-1]), int(c.u[-1])))
+    # Every chunk's first message carries the top, so the last message has one.
+    bid, bid_size, ask, ask_size = chunk.tops[chunk.top_of[-1]].tolist()
+    pe, se = chunk.price_exp, chunk.size_exp
+    return LastQuote(
+        int(chunk.ts_us[-1]),
+        int(chunk.local_us[-1]),
+        bid / 10**pe if bid else None,
+        ask / 10**pe if ask else None,
+        bid_size / 10**se if bid else None,
+        ask_size / 10**se if ask else None,
+        unit_text(bid, pe) if bid else None,
+        unit_text(ask, pe) if ask else None,
+    )
+
+
+def _last_legacy_quote(
+    conn: sa.Connection, iid: int, depth: int, since_us: int
+) -> LastQuote | None:
     row = conn.execute(
         sa.text(
             """SELECT ts_us, local_us, bid_price::float8, ask_price::float8,
@@ -139,12 +188,18 @@ def last_quote(conn: sa.Connection, iid: int, depth: int, since_us: int) -> Last
 
 
 def message_count(conn: sa.Connection, iid: int, depth: int, start_us: int, end_us: int) -> int:
-    """Book messages recorded with exchange time in [start, end)."""
+    """Book messages recorded with exchange time in [start, end), counted by
+    the per-second tops (packed) and the schema 1-3 log."""
     return int(
         conn.execute(
             sa.text(
-                """SELECT count(*) FROM book_events
-                   WHERE instrument_id = :i AND depth = :d AND ts_us >= :s AND ts_us < :e"""
+                """SELECT coalesce((SELECT sum(t.messages) FROM top_seconds t
+                                    JOIN streams s ON s.id = t.stream_id
+                                    WHERE s.instrument_id = :i AND s.depth = :d
+                                      AND t.ts_us >= :s AND t.ts_us < :e), 0)
+                        + (SELECT count(*) FROM book_events
+                           WHERE instrument_id = :i AND depth = :d
+                             AND ts_us >= :s AND ts_us < :e)"""
             ),
             {"i": iid, "d": depth, "s": start_us, "e": end_us},
         ).scalar_one()
@@ -155,21 +210,31 @@ def top_series(
     conn: sa.Connection, iid: int, depth: int, start_us: int, end_us: int, bucket_us: int
 ) -> pd.DataFrame:
     """Top of book per time bucket (TOP_COLUMNS): the last bid/ask/mid/spread
-    of each bucket, the lowest bid, highest ask and widest spread within it.
-    `max(ARRAY[ts, u, ...])` picks the bucket's last quote in the same single
-    pass as the min/max (PostgreSQL has no `last` aggregate)."""
+    of each bucket, the lowest bid, highest ask and widest spread within it,
+    from the per-second tops (so buckets hold whole seconds: a bucket under a
+    second gets a point only where a second starts) and the schema 1-3
+    quotes. `max(ARRAY[ts, u, ...])` picks the bucket's last top in the same
+    single pass as the min/max (PostgreSQL has no `last` aggregate)."""
     rows = conn.execute(
         sa.text(
             """WITH q AS (
-                   SELECT ts_us / :b AS bucket, ts_us, u,
-                          bid_price::float8 AS bid, ask_price::float8 AS ask
-                   FROM quotes
-                   WHERE instrument_id = :i AND depth = :d AND ts_us >= :s AND ts_us < :e),
+                   SELECT t.ts_us / :b AS bucket, t.last_ts_us AS ts_us, t.last_u AS u,
+                          t.bid, t.ask, t.bid_min, t.ask_max, t.spread_bps_max AS spread
+                   FROM top_seconds t JOIN streams s ON s.id = t.stream_id
+                   WHERE s.instrument_id = :i AND s.depth = :d
+                     AND t.ts_us >= :s AND t.ts_us < :e
+                   UNION ALL
+                   SELECT ts_us / :b, ts_us, u, bid, ask, bid, ask,
+                          (ask - bid) / nullif(ask + bid, 0) * 20000
+                   FROM (SELECT ts_us, u, bid_price::float8 AS bid, ask_price::float8 AS ask
+                         FROM quotes
+                         WHERE instrument_id = :i AND depth = :d
+                           AND ts_us >= :s AND ts_us < :e) legacy),
                agg AS (
                    SELECT bucket,
                           max(ARRAY[ts_us, u, bid, ask]::float8[]) AS last,
-                          min(bid) AS bid_min, max(ask) AS ask_max,
-                          max((ask - bid) / nullif(ask + bid, 0) * 20000) AS spread_max
+                          min(bid_min) AS bid_min, max(ask_max) AS ask_max,
+                          max(spread) AS spread_max
                    FROM q GROUP BY bucket)
                SELECT bucket * :b / 1000.0, last[3], last[4], bid_min, ask_max,
                       (last[3] + last[4]) / 2,
@@ -182,10 +247,77 @@ def top_series(
     return _frame(rows, TOP_COLUMNS)
 
 
+@dataclass(frozen=True)
+class _Snapshot:
+    """A packed top-N snapshot, decoded to floats (best first)."""
+
+    ts_us: int
+    local_us: int
+    bid_prices: np.ndarray
+    bid_sizes: np.ndarray
+    ask_prices: np.ndarray
+    ask_sizes: np.ndarray
+
+
+def _snapshots(
+    conn: sa.Connection, sid: int, sql_filter: str, params: dict[str, object]
+) -> list[_Snapshot]:
+    rows = conn.execute(
+        sa.text(
+            f"SELECT ts_us, payload FROM top_snapshots WHERE stream_id = :sid AND {sql_filter}"
+        ),
+        {"sid": sid, **params},
+    ).all()
+    out = []
+    for ts_us, payload in rows:
+        chunk = decode_chunk(payload, int(ts_us), 0)
+        nb = int(chunk.nb[0])
+        prices = chunk.prices / 10.0**chunk.price_exp
+        sizes = chunk.sizes / 10.0**chunk.size_exp
+        out.append(
+            _Snapshot(
+                int(ts_us),
+                int(chunk.local_us[0]),
+                prices[:nb],
+                sizes[:nb],
+                prices[nb:],
+                sizes[nb:],
+            )
+        )
+    return out
+
+
 def latest_book(
     conn: sa.Connection, iid: int, depth: int, levels: int, since_us: int
 ) -> BookView | None:
-    """The newest periodic top-N snapshot at or after `since_us`, `levels` per side."""
+    """The newest periodic top-N snapshot at or after `since_us`, `levels` per
+    side: packed, or from the schema 1-3 table."""
+    sid = stream_id(conn, iid, depth)
+    newest = (
+        _snapshots(
+            conn,
+            sid,
+            """ts_us = (SELECT max(ts_us) FROM top_snapshots
+                        WHERE stream_id = :sid AND ts_us >= :since)""",
+            {"since": since_us},
+        )
+        if sid is not None
+        else []
+    )
+    if not newest:
+        return _legacy_latest_book(conn, iid, depth, levels, since_us)
+    snap = newest[0]
+    return BookView(
+        snap.ts_us,
+        snap.local_us,
+        pd.DataFrame({"price": snap.bid_prices[:levels], "size": snap.bid_sizes[:levels]}),
+        pd.DataFrame({"price": snap.ask_prices[:levels], "size": snap.ask_sizes[:levels]}),
+    )
+
+
+def _legacy_latest_book(
+    conn: sa.Connection, iid: int, depth: int, levels: int, since_us: int
+) -> BookView | None:
     row = conn.execute(
         sa.text(
             """SELECT ts_us, local_us, bid_prices[1:(:n)]::float8[], bid_sizes[1:(:n)]::float8[],
@@ -220,7 +352,45 @@ def heatmap_cells(
     resting in each price bucket (summed over its levels, both sides), then the
     largest of those per time bucket (grid.cell_rule "max"), or, for long
     windows (cell_rule "last"), only the snapshot stamped at each bucket's start:
-    one snapshot per column keeps a 60 min window as cheap as a 10 min one."""
+    one snapshot per column keeps a 60 min window as cheap as a 10 min one.
+    Packed snapshots are decoded and bucketed here; schema 1-3 ones in SQL."""
+    legacy = _legacy_heatmap_cells(conn, iid, depth, start_us, end_us, grid, levels)
+    sid = stream_id(conn, iid, depth)
+    if sid is None:
+        return legacy
+    tb = int(grid.time_bucket_ms * 1000)
+    snaps = _snapshots(
+        conn,
+        sid,
+        "ts_us >= :s AND ts_us < :e AND (NOT :last OR ts_us % :tb = 0)",
+        {"s": start_us, "e": end_us, "last": grid.cell_rule == "last", "tb": tb},
+    )
+    if not snaps:
+        return legacy
+    ts = np.concatenate(
+        [np.full(len(x.bid_prices[:levels]) + len(x.ask_prices[:levels]), x.ts_us) for x in snaps]
+    )
+    prices = np.concatenate([np.r_[x.bid_prices[:levels], x.ask_prices[:levels]] for x in snaps])
+    sizes = np.concatenate([np.r_[x.bid_sizes[:levels], x.ask_sizes[:levels]] for x in snaps])
+    cells = pd.DataFrame({"ts": ts, "pb": np.floor(prices / grid.price_step), "size": sizes})
+    per_snapshot = cells.groupby(["ts", "pb"], as_index=False)["size"].sum()
+    per_snapshot["t_ms"] = (per_snapshot["ts"] // tb) * tb / 1000.0
+    per_snapshot["price"] = per_snapshot["pb"] * grid.price_step
+    packed = per_snapshot.groupby(["t_ms", "price"], as_index=False)["size"].max()
+    both = pd.concat([legacy, packed[list(HEATMAP_COLUMNS)]], ignore_index=True)
+    out = both.groupby(["t_ms", "price"], as_index=False)["size"].max()
+    return out.astype("float64")[list(HEATMAP_COLUMNS)]
+
+
+def _legacy_heatmap_cells(
+    conn: sa.Connection,
+    iid: int,
+    depth: int,
+    start_us: int,
+    end_us: int,
+    grid: HeatmapGrid,
+    levels: int,
+) -> pd.DataFrame:
     rows = conn.execute(
         sa.text(
             """WITH cells AS (
@@ -262,6 +432,47 @@ def imbalance_series(
     """IMBALANCE_COLUMNS: resting size of the top `levels` bids and asks in the
     periodic snapshot stamped at each bucket's start (snapshots fall on whole
     intervals, so one per bucket); imbalance = (b - a) / (b + a)."""
+    legacy = _legacy_imbalance(conn, iid, depth, start_us, end_us, levels, bucket_us)
+    sid = stream_id(conn, iid, depth)
+    snaps = (
+        _snapshots(
+            conn,
+            sid,
+            "ts_us >= :s AND ts_us < :e AND ts_us % :b = 0",
+            {"s": start_us, "e": end_us, "b": bucket_us},
+        )
+        if sid is not None
+        else []
+    )
+    if not snaps:
+        return legacy
+    bid = np.array([x.bid_sizes[:levels].sum() for x in snaps])
+    ask = np.array([x.ask_sizes[:levels].sum() for x in snaps])
+    total = bid + ask
+    packed = pd.DataFrame(
+        {
+            "t_ms": [x.ts_us // bucket_us * bucket_us / 1000.0 for x in snaps],
+            "bid_size": bid,
+            "ask_size": ask,
+            "imbalance": np.divide(
+                bid - ask, total, out=np.full(len(total), np.nan), where=total != 0
+            ),
+        }
+    )
+    both = pd.concat([legacy, packed], ignore_index=True)
+    out = both.groupby("t_ms", as_index=False).mean().sort_values("t_ms")
+    return out.astype("float64")[list(IMBALANCE_COLUMNS)].reset_index(drop=True)
+
+
+def _legacy_imbalance(
+    conn: sa.Connection,
+    iid: int,
+    depth: int,
+    start_us: int,
+    end_us: int,
+    levels: int,
+    bucket_us: int,
+) -> pd.DataFrame:
     rows = conn.execute(
         sa.text(
             """WITH s AS (
@@ -375,18 +586,20 @@ class Latency:
     receive_to_commit: tuple[float, float] | None  # from the collectors' heartbeats
 
 
+# The exchange-side latency steps come from the newest this many packed chunks
+# of the window (decoded here): a sample of recent messages, not all of them,
+# so the health page's read stays small whatever the message rate.
+LATENCY_SAMPLE_CHUNKS = 400
+
+
 def latency(conn: sa.Connection, stream: StreamRow, start_us: int, end_us: int) -> Latency:
-    """Exchange-side steps from the window's book events; receive-to-commit from
-    the heartbeats (median of their p50s, worst of their p99s)."""
-    steps = conn.execute(
-        sa.text(
-            """SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY ts_us - match_us),
-                      percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY local_us - ts_us)
-               FROM book_events
-               WHERE instrument_id = :i AND depth = :d AND ts_us >= :s AND ts_us < :e"""
-        ),
-        {"i": stream.instrument_id, "d": stream.depth, "s": start_us, "e": end_us},
-    ).one()
+    """Exchange-side steps from the window's book messages (packed: the newest
+    LATENCY_SAMPLE_CHUNKS chunks; else the schema 1-3 log); receive-to-commit
+    from the heartbeats (median of their p50s, worst of their p99s)."""
+    sid = stream_id(conn, stream.instrument_id, stream.depth)
+    steps = _packed_latency_steps(conn, sid, start_us, end_us) if sid is not None else None
+    if steps is None:
+        steps = _legacy_latency_steps(conn, stream, start_us, end_us)
     commit = conn.execute(
         sa.text(
             """SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY commit_p50_ms),
@@ -405,6 +618,51 @@ def latency(conn: sa.Connection, stream: StreamRow, start_us: int, end_us: int) 
         ms(steps[1]),
         None if commit[0] is None else (float(commit[0]), float(commit[1])),
     )
+
+
+Steps = tuple[Sequence[float] | None, Sequence[float] | None]
+
+
+def _packed_latency_steps(
+    conn: sa.Connection, sid: int, start_us: int, end_us: int
+) -> Steps | None:
+    rows = conn.execute(
+        sa.text(
+            """SELECT ts_us, u, payload FROM book_chunks
+               WHERE stream_id = :sid AND ts_us >= :s AND ts_us < :e
+               ORDER BY ts_us DESC LIMIT :n"""
+        ),
+        {"sid": sid, "s": start_us, "e": end_us, "n": LATENCY_SAMPLE_CHUNKS},
+    ).all()
+    if not rows:
+        return None
+    chunks = [decode_chunk(payload, int(ts), int(u)) for ts, u, payload in rows]
+    ts = np.concatenate([c.ts_us for c in chunks])
+    match = np.concatenate([c.match_us for c in chunks])
+    local = np.concatenate([c.local_us for c in chunks])
+    inside = (ts >= start_us) & (ts < end_us)
+    with_match = inside & (match >= 0)
+
+    def quantiles(values: np.ndarray) -> list[float] | None:
+        # percentile_cont's interpolation, as the SQL of the schema 1-3 log.
+        return np.quantile(values, [0.5, 0.99]).tolist() if len(values) else None
+
+    return quantiles(ts[with_match] - match[with_match]), quantiles(local[inside] - ts[inside])
+
+
+def _legacy_latency_steps(
+    conn: sa.Connection, stream: StreamRow, start_us: int, end_us: int
+) -> Steps:
+    steps = conn.execute(
+        sa.text(
+            """SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY ts_us - match_us),
+                      percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY local_us - ts_us)
+               FROM book_events
+               WHERE instrument_id = :i AND depth = :d AND ts_us >= :s AND ts_us < :e"""
+        ),
+        {"i": stream.instrument_id, "d": stream.depth, "s": start_us, "e": end_us},
+    ).one()
+    return steps[0], steps[1]
 
 
 def price_step(low: float, high: float, tick: float | None, rows: int = 80) -> float:
@@ -471,6 +729,9 @@ def commit_p99_ms(conn: sa.Connection, collector: str, since_us: int) -> float |
 
 
 SIZED_TABLES = (
+    "book_chunks",
+    "top_seconds",
+    "top_snapshots",
     "book_events",
     "quotes",
     "depth_snapshots",

@@ -194,6 +194,12 @@ class BookPacker:
         }
         return packed
 
+    @property
+    def unwritten_seconds(self) -> bool:
+        """Whether an open second changed since it was written: the next pack
+        writes it (a stopping writer keeps packing until it has)."""
+        return any(st.second is not None and st.second.dirty for st in self._streams.values())
+
     def _exps(self, stream: StreamKey) -> tuple[int, int]:
         state = self._streams.get(stream)
         return (state.price_exp, state.size_exp) if state is not None else (0, 0)

@@ -504,7 +504,13 @@ class BatchWriter:
     def flush_now(self, timeout_s: float = 10.0) -> bool:
         """Wait until everything added so far is committed (tests; shutdown uses stop)."""
         deadline = time.monotonic() + timeout_s
-        while self.pending_rows or self._events or self._flushing or self.journal_bytes:
+        while (
+            self.pending_rows
+            or self._events
+            or self._flushing
+            or self.journal_bytes
+            or self._packer.unwritten_seconds
+        ):
             if time.monotonic() > deadline:
                 return False
             self._wake.set()
@@ -578,7 +584,12 @@ class BatchWriter:
                 self._spill()
                 if not self.journal_bytes and self.pending_rows < self.config.batch_rows:
                     break
-            drained = not self.pending_rows and not self._events and not self.journal_bytes
+            drained = not (
+                self.pending_rows
+                or self._events
+                or self.journal_bytes
+                or self._packer.unwritten_seconds
+            )
             if self._stopping.is_set() and drained:
                 self._discard(conn)
                 return
