@@ -213,3 +213,15 @@ def stored_book_events(engine: sa.Engine, stream: StreamKey) -> list[queries.Boo
     with engine.connect() as conn:
         iid = queries.instrument_id(conn, stream.category, stream.symbol)
         return list(queries.book_events(conn, iid, stream.depth, *ALL_TIME))
+
+
+def stored_message_count(engine: sa.Engine) -> int:
+    """Distinct book messages stored, all streams (0 before the schema exists)."""
+    with engine.connect() as conn:
+        if conn.execute(sa.text("SELECT to_regclass('streams')")).scalar() is None:
+            return 0
+        streams = conn.execute(sa.text("SELECT instrument_id, depth FROM streams")).all()
+        return sum(
+            sum(1 for _ in queries.book_events(conn, iid, depth, *ALL_TIME))
+            for iid, depth in streams
+        )

@@ -19,6 +19,7 @@ from depthwatch.storage import schema
 from depthwatch.storage.db import make_engine
 
 from .conftest import cli_env, run_cli, start_collect
+from .e2e import stored_message_count
 
 SRC = Path(__file__).resolve().parents[1] / "streamlit"
 
@@ -127,10 +128,8 @@ def test_sigterm_flushes_everything_and_exits_zero(database_url, tmp_path):
             time.sleep(0.5)
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             assert time.monotonic() < deadline, "collector wrote nothing"
-            with engine.connect() as conn:
-                exists = conn.execute(sa.text("SELECT to_regclass('book_events')")).scalar()
-                if exists and conn.execute(sa.text("SELECT count(*) FROM book_events")).scalar():
-                    break
+            if stored_message_count(engine):
+                break
         time.sleep(1.0)  # let it run at full speed for a moment
         proc.send_signal(signal.SIGTERM)
         sent = time.monotonic()
@@ -150,13 +149,12 @@ def test_sigterm_flushes_everything_and_exits_zero(database_url, tmp_path):
     assert received > 1_000
     assert written == received - dropped
     with engine.connect() as conn:
-        stored = conn.execute(sa.text("SELECT count(*) FROM book_events")).scalar()
         goodbyes = conn.execute(
             sa.text("SELECT detail FROM feed_events WHERE kind = 'disconnect'")
         ).scalars()
         lost = conn.execute(sa.text("SELECT count(*) FROM feed_events WHERE kind = 'book_lost'"))
         assert lost.scalar() == 0  # an orderly stop is not an incident
-    assert stored == written
+    assert stored_message_count(engine) == written
     goodbyes = list(goodbyes)
     assert goodbyes and all(g.startswith("stopping") for g in goodbyes)  # a clean disconnect
 

@@ -65,7 +65,7 @@ def test_clean_stream_is_recorded_completely_and_exactly(database_url):
         quotes = export_rows(run.engine, "quotes", stream)
         assert quotes and quotes[-1]["bid_price"] == truth[-1].bids[0][0]
     assert run.collector.stats.gaps == 0
-    assert run.writer.stats.rows_written["depth_snapshots"] > 0
+    assert run.writer.stats.rows_written["top_snapshots"] > 0
     assert_parquet_matches_csv(run.engine, StreamKey("linear", "BTCUSDT", 50))
 
 

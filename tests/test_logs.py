@@ -17,11 +17,14 @@ import urllib.request
 import sqlalchemy as sa
 
 from depthwatch.logs import JsonFormatter, LogThrottle, iso_utc, setup_logging
+from depthwatch.records import StreamKey
 from depthwatch.sim import SimConfig, SimulatorThread
 
 from .conftest import cli_env, free_port
+from .e2e import stored_book_events
 
 TOPIC = "orderbook.50.BTCUSDT"
+STREAM = StreamKey("linear", "BTCUSDT", 50)
 
 
 class FakeClock:
@@ -144,8 +147,11 @@ def test_a_malformed_frame_every_ten_messages_costs_a_bounded_log_in_json(databa
             assert time.monotonic() < deadline, f"stored up to u={stored_u}"
             last = sim.sim.latest(TOPIC)
             with engine.connect() as conn:
-                if conn.execute(sa.text("SELECT to_regclass('book_events')")).scalar():
-                    stored_u = conn.execute(sa.text("SELECT max(u) FROM book_events")).scalar()
+                registered = conn.execute(sa.text("SELECT to_regclass('streams')")).scalar() and (
+                    conn.execute(sa.text("SELECT count(*) FROM streams")).scalar()
+                )
+            if registered:
+                stored_u = max((e.u for e in stored_book_events(engine, STREAM)), default=None)
             if sim.sim.finished(TOPIC) and last is not None and stored_u == last.u:
                 break
         proc.send_signal(signal.SIGTERM)
@@ -193,8 +199,8 @@ def test_up_in_json_mode_writes_only_json_lines(database_url):
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             assert time.monotonic() < deadline, "up never recorded anything"
             with engine.connect() as conn:
-                if conn.execute(sa.text("SELECT to_regclass('quotes')")).scalar() and (
-                    conn.execute(sa.text("SELECT count(*) FROM quotes")).scalar()
+                if conn.execute(sa.text("SELECT to_regclass('top_seconds')")).scalar() and (
+                    conn.execute(sa.text("SELECT count(*) FROM top_seconds")).scalar()
                 ):
                     break
         try:

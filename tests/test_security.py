@@ -467,7 +467,7 @@ def test_no_secret_in_any_command_output_or_log(secret_database, server_url):
 
     def quotes_stored() -> int:
         with engine.connect() as conn:
-            return int(conn.execute(sa.text("SELECT count(*) FROM quotes")).scalar() or 0)
+            return int(conn.execute(sa.text("SELECT count(*) FROM top_seconds")).scalar() or 0)
 
     sim = SimulatorThread(SimConfig(symbols=("BTCUSDT",), rate=100, seed=9)).start()
     try:

@@ -137,9 +137,9 @@ def book_events(database_url: str) -> Callable[[], int]:
 
     def count() -> int:
         with engine.connect() as conn:
-            if not conn.execute(sa.text("SELECT to_regclass('book_events')")).scalar():
+            if not conn.execute(sa.text("SELECT to_regclass('book_chunks')")).scalar():
                 return 0
-            return int(conn.execute(sa.text("SELECT count(*) FROM book_events")).scalar() or 0)
+            return int(conn.execute(sa.text("SELECT count(*) FROM book_chunks")).scalar() or 0)
 
     return count
 
@@ -153,7 +153,7 @@ def test_up_with_the_simulator_records_serves_and_stops_cleanly(run, database_ur
     up = run(*sim_up_args(port, "--address", "127.0.0.1", "--database-url", database_url))
     up.wait_for(lambda: healthy(port), "dashboard health")
     count = book_events(database_url)
-    up.wait_for(lambda: count() > 0, "book_events rows")
+    up.wait_for(lambda: count() > 0, "book_chunks rows")
     up.wait_for(lambda: f"dashboard: http://127.0.0.1:{port}" in up.output(), "dashboard line")
 
     started = up.started()
