@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from depthwatch.storage import sql_functions
+
 log = logging.getLogger(__name__)
 
 DAY_US = 86_400_000_000
@@ -232,6 +234,8 @@ MIGRATIONS: tuple[Migration, ...] = (
                 messages integer NOT NULL,
                 PRIMARY KEY (stream_id, ts_us)
             ) PARTITION BY RANGE (ts_us)""",
+            # psql readers of the packed log (storage/sql_functions.py).
+            *sql_functions.STATEMENTS,
         ),
     ),
 )
@@ -240,8 +244,9 @@ MIGRATIONS: tuple[Migration, ...] = (
 HEARTBEAT_RETENTION_US = 7 * DAY_US
 
 
-def upgrade(engine: sa.Engine) -> int:
-    """Apply missing migrations; returns the schema version now in force."""
+def upgrade(engine: sa.Engine, target: int | None = None) -> int:
+    """Apply missing migrations (up to `target`, default all); returns the
+    schema version now in force."""
     with engine.begin() as conn:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK})
         conn.execute(
@@ -256,7 +261,7 @@ def upgrade(engine: sa.Engine) -> int:
             sa.text("SELECT coalesce(max(version), 0) FROM depthwatch_schema")
         ).scalar_one()
         for migration in MIGRATIONS:
-            if migration.version <= current:
+            if migration.version <= current or (target is not None and migration.version > target):
                 continue
             log.info("applying schema migration %d: %s", migration.version, migration.description)
             for statement in migration.statements:
