@@ -306,12 +306,12 @@ def chromium() -> Iterator[Callable[[], Browser]]:
         yield launch
 
 
-def book_events(engine: sa.Engine) -> int:
-    """Rows the collector has committed to book_events (0 before its schema exists)."""
+def book_chunks(engine: sa.Engine) -> int:
+    """Rows the collector has committed to book_chunks (0 before its schema exists)."""
     with engine.connect() as conn:
-        if not conn.execute(sa.text("SELECT to_regclass('book_events')")).scalar():
+        if not conn.execute(sa.text("SELECT to_regclass('book_chunks')")).scalar():
             return 0
-        return int(conn.execute(sa.text("SELECT count(*) FROM book_events")).scalar() or 0)
+        return int(conn.execute(sa.text("SELECT count(*) FROM book_chunks")).scalar() or 0)
 
 
 def listening(port: int) -> bool:
@@ -420,7 +420,7 @@ def test_live_page_follows_the_simulator_and_turns_stale(
     base = f"http://127.0.0.1:{dash_port}"
     everyone = (sim, collector, dashboard)
     wait_until(lambda: healthy(base), "dashboard health", START_TIMEOUT_S, *everyone)
-    wait_until(lambda: book_events(engine) > 0, "book_events rows", START_TIMEOUT_S, *everyone)
+    wait_until(lambda: book_chunks(engine) > 0, "book_chunks rows", START_TIMEOUT_S, *everyone)
 
     query = urlencode(
         {"category": "linear", "symbol": SYMBOL, "depth": DEPTH, "window": WINDOW_MIN}

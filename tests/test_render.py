@@ -39,7 +39,7 @@ from playwright.sync_api import sync_playwright
 from depthwatch.collector import FINAL_FLUSH_TIMEOUT_S
 from depthwatch.records import StreamKey
 from depthwatch.sim import SimConfig, SimulatorThread
-from depthwatch.storage import schema
+from depthwatch.storage import queries, schema
 from depthwatch.storage.db import make_engine
 
 from .conftest import ROOT, SRC, free_port
@@ -495,15 +495,14 @@ def wait_for(condition, what: str, timeout_s: float, *children: tuple[str, Any])
 def recorded_up_to(engine: sa.Engine, stream: StreamKey) -> int | None:
     """The newest u recorded for a stream, None before anything is."""
     with engine.connect() as conn:
-        if not conn.execute(sa.text("SELECT to_regclass('book_events')")).scalar():
+        if not conn.execute(sa.text("SELECT to_regclass('book_chunks')")).scalar():
             return None
-        return conn.execute(
-            sa.text(
-                """SELECT max(e.u) FROM book_events e JOIN instruments i ON i.id = e.instrument_id
-                   WHERE i.category = :c AND i.symbol = :s AND e.depth = :d"""
-            ),
-            {"c": stream.category, "s": stream.symbol, "d": stream.depth},
-        ).scalar()
+        try:
+            iid = queries.instrument_id(conn, stream.category, stream.symbol)
+        except queries.NotRecorded:
+            return None
+        last = queries.last_recorded(conn, iid, stream.depth)
+        return None if last is None else last.u
 
 
 def caught_up(sim: SimulatorThread, engine: sa.Engine, streams: list[StreamKey]) -> bool:
