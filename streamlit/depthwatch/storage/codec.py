@@ -35,8 +35,8 @@ chunk of one snapshot message.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from operator import itemgetter
 
 import numpy as np
@@ -51,7 +51,7 @@ TOP_CHANGED = 2
 # Decimal exponents tried for a chunk's prices and sizes. 15 significant
 # digits is the book's own limit (float keys), so 10**exp * value stays exact.
 MAX_EXP = 12
-_POW10 = [10.0**e for e in range(MAX_EXP + 1)]
+POW10 = np.array([10.0**e for e in range(MAX_EXP + 1)])
 
 
 @dataclass(slots=True)
@@ -169,69 +169,105 @@ def _within(groups: np.ndarray, values: np.ndarray) -> np.ndarray:
     return deltas
 
 
+@dataclass(slots=True)
+class ChunkColumns:
+    """Many chunks' messages laid out as the encoder reads them. A caller
+    appends each message's `rows` entry (ts, local, cts or -1, u, seq, flags,
+    number of bids, number of asks), its levels (bids then asks), and for a
+    message flagged TOP_CHANGED the four texts of its top ("0" for an empty
+    side), then closes the chunk with `end_chunk`. Building these lists is
+    the only per-message Python work of encoding."""
+
+    rows: list[tuple[int, int, int, int, int, int, int, int]] = field(default_factory=list)
+    levels: list[list[str]] = field(default_factory=list)
+    top_texts: list[str] = field(default_factory=list)  # bid, bid size, ask, ask size per top
+    counts: list[tuple[int, int, int]] = field(default_factory=list)  # messages, levels, tops
+    exps: list[tuple[int, int]] = field(default_factory=list)  # the exponents so far
+    _marks: tuple[int, int, int] = (0, 0, 0)
+
+    def end_chunk(self, price_exp: int = 0, size_exp: int = 0) -> None:
+        """Close the chunk of the messages appended since the last call.
+        Exponents are the stream's so far (a chunk may raise them, never
+        lower them): the exchange's own decimals, read off the chunk's first
+        level (Bybit writes a symbol's values with fixed decimals), raise
+        them further, and so does any value that needs more (in encoding)."""
+        rows, levels, tops = len(self.rows), len(self.levels), len(self.top_texts)
+        m0, l0, t0 = self._marks
+        self.counts.append((rows - m0, levels - l0, (tops - t0) // 4))
+        self._marks = (rows, levels, tops)
+        if levels > l0:
+            first_price = self.levels[l0][0]
+            first_sizes = [lv[1] for lv in self.levels[l0 : l0 + 4] if lv[1] != "0"][:1]
+        else:
+            first_price, first_sizes = (self.top_texts[t0] if tops > t0 else "0"), []
+        self.exps.append(
+            (max(price_exp, decimals((first_price,))), max(size_exp, decimals(first_sizes)))
+        )
+
+
+@dataclass(slots=True)
+class Encoded:
+    """The payloads of a ChunkColumns, with what the encoder learnt on the
+    way: each chunk's final exponents and every top as integers (for
+    per-second aggregates without parsing the texts again)."""
+
+    payloads: list[bytes]
+    exps: np.ndarray  # (chunks, 2): price_exp, size_exp
+    tops: np.ndarray  # (tops, 4): bid ticks, bid lots, ask ticks, ask lots (0, 0 = empty)
+    top_chunk: np.ndarray  # chunk of each top
+
+
 def encode_chunks(chunks: Sequence[ChunkToEncode]) -> list[tuple[bytes, int, int]]:
+    """The payloads of ChunkMessage chunks: (payload, price_exp, size_exp) per
+    chunk (a convenience over ChunkColumns and encode_columns)."""
+    columns = ChunkColumns()
+    for chunk in chunks:
+        for m in chunk.messages:
+            flags = SNAPSHOT if m.is_snapshot else 0
+            if m.top is not None:
+                flags |= TOP_CHANGED
+                columns.top_texts += (t or "0" for t in m.top)
+            cts = -1 if m.match_us is None else m.match_us
+            columns.rows.append(
+                (m.ts_us, m.local_us, cts, m.u, m.seq, flags, len(m.bids), len(m.asks))
+            )
+            columns.levels += m.bids
+            columns.levels += m.asks
+        columns.end_chunk(chunk.price_exp, chunk.size_exp)
+    encoded = encode_columns(columns)
+    return [
+        (payload, pe, se)
+        for payload, (pe, se) in zip(encoded.payloads, encoded.exps.tolist(), strict=True)
+    ]
+
+
+def encode_columns(columns: ChunkColumns, prices: FloatCache | None = None) -> Encoded:
     """The payloads of many chunks at once (one flush's worth): a few NumPy
     passes over all their values, so a small chunk costs no more per message
-    than a large one. Returns (payload, price_exp, size_exp) per chunk."""
-    n_chunks = len(chunks)
+    than a large one. Raises ValueError when a value is not a decimal of at
+    most MAX_EXP decimals (nothing is encoded then). `prices` parses prices
+    with memory across calls."""
+    n_chunks = len(columns.counts)
     if not n_chunks:
-        return []
-    rows: list[tuple[int, int, int, int, int, int, int, int]] = []
-    levels: list[list[str]] = []
-    top_texts: list[str] = []  # bid price, bid size, ask price, ask size per top
-    per_chunk = np.zeros((n_chunks, 3), dtype=np.int64)  # messages, levels, tops
-    exps = np.zeros((n_chunks, 2), dtype=np.int64)
-    for c, chunk in enumerate(chunks):
-        levels_before, tops_before = len(levels), len(top_texts)
-        for m in chunk.messages:
-            bids, asks, top = m.bids, m.asks, m.top
-            flag = SNAPSHOT if m.is_snapshot else 0
-            if top is not None:
-                flag |= TOP_CHANGED
-                top_texts += (top[0] or "0", top[1] or "0", top[2] or "0", top[3] or "0")
-            cts = m.match_us
-            rows.append(
-                (
-                    m.ts_us,
-                    m.local_us,
-                    -1 if cts is None else cts,
-                    m.u,
-                    m.seq,
-                    flag,
-                    len(bids),
-                    len(asks),
-                )
-            )
-            levels += bids
-            levels += asks
-        per_chunk[c] = (
-            len(chunk.messages),
-            len(levels) - levels_before,
-            (len(top_texts) - tops_before) // 4,
-        )
-        # The exchange's own number of decimals, read off the chunk's first
-        # level (Bybit writes a symbol's prices and sizes with fixed
-        # decimals); a value that needs more raises the exponent below, so
-        # values are exact either way.
-        first = levels[levels_before] if len(levels) > levels_before else top_texts[tops_before:]
-        first_sizes = [lv[1] for lv in levels[levels_before : levels_before + 4] if lv[1] != "0"]
-        exps[c] = (
-            max(chunk.price_exp, decimals(first[:1])),
-            max(chunk.size_exp, decimals(first_sizes[:1])),
-        )
-    prices = list(map(_PRICE, levels)) + top_texts[0::2]
-    sizes = list(map(_SIZE, levels)) + top_texts[1::2]
+        empty = np.zeros((0, 4), dtype=np.int64)
+        return Encoded([], np.zeros((0, 2), dtype=np.int64), empty, np.zeros(0, np.int64))
+    levels, top_texts = columns.levels, columns.top_texts
+    per_chunk = np.array(columns.counts, dtype=np.int64).reshape(-1, 3)
+    exps = np.array(columns.exps, dtype=np.int64).reshape(-1, 2)
+    price_texts = list(map(_PRICE, levels)) + top_texts[0::2]
+    size_texts = list(map(_SIZE, levels)) + top_texts[1::2]
     n_msgs, n_lvls, n_tops = per_chunk[:, 0], per_chunk[:, 1], per_chunk[:, 2]
-    msg_chunk = np.repeat(np.arange(n_chunks), n_msgs)
-    lvl_chunk = np.repeat(np.arange(n_chunks), n_lvls)
-    top_chunk = np.repeat(np.arange(n_chunks), n_tops)
+    chunk_numbers = np.arange(n_chunks)
+    msg_chunk = np.repeat(chunk_numbers, n_msgs)
+    lvl_chunk = np.repeat(chunk_numbers, n_lvls)
+    top_chunk = np.repeat(chunk_numbers, n_tops)
 
     value_chunk = np.concatenate((lvl_chunk, np.repeat(top_chunk, 2)))
-    price_units = _units(prices, value_chunk, exps, 0)
-    size_units = _units(sizes, value_chunk, exps, 1)
+    price_units = _units(price_texts, value_chunk, exps, 0, prices.parse if prices else _parse)
+    size_units = _units(size_texts, value_chunk, exps, 1)
     n_levels = len(levels)
 
-    table = np.array(rows, dtype=np.int64).reshape(-1, 8)
+    table = np.array(columns.rows, dtype=np.int64).reshape(-1, 8)
     ts_a, local_a, cts_a, u_a, seq_a, flags_a = (table[:, k] for k in range(6))
     side_counts = table[:, 6:8]
     first_msg = np.concatenate(([0], np.cumsum(n_msgs)[:-1]))
@@ -283,7 +319,7 @@ def encode_chunks(chunks: Sequence[ChunkToEncode]) -> list[tuple[bytes, int, int
     values[(base[:, None] + np.arange(HEADER_FIELDS)).reshape(-1)] = header.reshape(-1)
     msg_index = np.arange(len(table)) - first_msg[msg_chunk]
     msg_base = base[msg_chunk] + HEADER_FIELDS + msg_index
-    columns = (
+    message_columns = (
         zigzag(dts),
         zigzag(local_a - ts_a),
         match,
@@ -293,7 +329,7 @@ def encode_chunks(chunks: Sequence[ChunkToEncode]) -> list[tuple[bytes, int, int
         side_counts[:, 0],
         side_counts[:, 1],
     )
-    for k, column in enumerate(columns):
+    for k, column in enumerate(message_columns):
         values[msg_base + k * n_msgs[msg_chunk]] = column
     first_lvl = np.concatenate(([0], np.cumsum(n_lvls)[:-1]))
     lvl_base = (
@@ -316,21 +352,57 @@ def encode_chunks(chunks: Sequence[ChunkToEncode]) -> list[tuple[bytes, int, int
     values[(top_base[:, None] + np.arange(4)).reshape(-1)] = zigzag(top_deltas.reshape(-1))
 
     data, value_ends = _varints_with_ends(values)
-    ends = value_ends[np.cumsum(sizes_of) - 1]
-    starts = np.concatenate(([0], ends[:-1]))
-    return [
-        (data[int(a) : int(b)], int(pe), int(se))
-        for a, b, (pe, se) in zip(starts, ends, exps.tolist(), strict=True)
-    ]
+    ends = value_ends[np.cumsum(sizes_of) - 1].tolist()
+    starts = [0, *ends[:-1]]
+    payloads = [data[a:b] for a, b in zip(starts, ends, strict=True)]
+    return Encoded(payloads, exps, tops, top_chunk)
 
 
-def _units(texts: list[str], chunk_of: np.ndarray, exps: np.ndarray, column: int) -> np.ndarray:
+class FloatCache:
+    """Decimal text -> float, remembered. A stream's prices recur from message
+    to message (the levels near the touch), and a lookup costs half a parse;
+    sizes recur too seldom to gain (a third of a real book's sizes repeat
+    within 50 messages, against three quarters of its prices)."""
+
+    __slots__ = ("_floats", "_limit")
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self._floats: dict[str, float] = {}
+        self._limit = limit
+
+    def parse(self, texts: list[str]) -> np.ndarray:
+        # A miss is None, which NumPy makes NaN.
+        values = np.array(list(map(self._floats.get, texts)), dtype=np.float64)
+        missing = np.flatnonzero(np.isnan(values))
+        if len(missing):
+            new_texts = [texts[i] for i in missing.tolist()]
+            new = np.array(new_texts, dtype=np.float64)
+            values[missing] = new
+            if len(self._floats) > self._limit:
+                self._floats.clear()
+            self._floats.update(zip(new_texts, new.tolist(), strict=True))
+        return values
+
+
+def _parse(texts: list[str]) -> np.ndarray:
+    return np.array(texts, dtype=np.float64)
+
+
+def _units(
+    texts: list[str],
+    chunk_of: np.ndarray,
+    exps: np.ndarray,
+    column: int,
+    parse: Callable[[list[str]], np.ndarray] = _parse,
+) -> np.ndarray:
     """Decimal strings -> integers of 10**-exp with each chunk's exponent,
     raising a chunk's exponent (in `exps`) until all its values are exact."""
-    values = np.array(texts, dtype=np.float64) if texts else np.zeros(0)
+    values = parse(texts) if texts else np.zeros(0)
+    if not np.isfinite(values).all():
+        raise ValueError("a value that is not a finite decimal")
     while True:
         exp = exps[chunk_of, column]
-        scale = np.array(_POW10)[exp]
+        scale = POW10[exp]
         units = np.rint(values * scale)
         # Exact when scaling back gives the parsed float again (values have at
         # most 15 significant digits, the parser's bound).

@@ -23,72 +23,79 @@ second) lives here across flushes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from depthwatch.records import BookUpdate, DepthSnapshot, Quote, StreamKey
-from depthwatch.storage.codec import ChunkMessage, ChunkToEncode, encode_chunks
+from depthwatch.storage.codec import (
+    POW10,
+    SNAPSHOT,
+    TOP_CHANGED,
+    ChunkColumns,
+    Encoded,
+    FloatCache,
+    encode_columns,
+)
 
 SECOND_US = 1_000_000
 
-Top = tuple[str | None, str | None, str | None, str | None]
+TopTexts = tuple[str, str, str, str]  # "0" for an empty side, as the codec stores it
+TopValues = tuple[float, float, float, float]  # NaN for an empty side
+_NO_TOP: TopTexts = ("0", "0", "0", "0")
+_NAN = math.nan
+_NO_VALUES: TopValues = (_NAN, _NAN, _NAN, _NAN)
 
 
 @dataclass(slots=True)
 class _Second:
-    """One stream's open second of exchange time."""
+    """One stream's open second of exchange time (NaN: not known)."""
 
     second_us: int
     last_ts_us: int = 0
     last_u: int = 0
-    bid: float | None = None
-    bid_size: float | None = None
-    ask: float | None = None
-    ask_size: float | None = None
-    bid_min: float | None = None
-    ask_max: float | None = None
-    spread_bps_max: float | None = None
+    top: TopValues = _NO_VALUES
+    bid_min: float = _NAN
+    ask_max: float = _NAN
+    spread_bps_max: float = _NAN
     messages: int = 0
     dirty: bool = False  # changed since it was last written
 
-    def take_top(self, top: Top) -> None:
-        bid = None if top[0] is None else float(top[0])
-        ask = None if top[2] is None else float(top[2])
-        self.bid, self.ask = bid, ask
-        self.bid_size = None if top[1] is None else float(top[1])
-        self.ask_size = None if top[3] is None else float(top[3])
-        if bid is not None and (self.bid_min is None or bid < self.bid_min):
-            self.bid_min = bid
-        if ask is not None and (self.ask_max is None or ask > self.ask_max):
-            self.ask_max = ask
-        if bid is not None and ask is not None and bid + ask > 0:
-            spread = (ask - bid) / (ask + bid) * 20_000
-            if self.spread_bps_max is None or spread > self.spread_bps_max:
-                self.spread_bps_max = spread
-
     def line(self, stream_id: int) -> str:
-        values = (
-            self.bid,
-            self.bid_size,
-            self.ask,
-            self.ask_size,
-            self.bid_min,
-            self.ask_max,
-            self.spread_bps_max,
-        )
-        text = "\t".join("\\N" if v is None else repr(v) for v in values)
+        values = (*self.top, self.bid_min, self.ask_max, self.spread_bps_max)
+        text = "\t".join("\\N" if v != v else repr(v) for v in values)
         return (
             f"{stream_id}\t{self.second_us}\t{self.last_ts_us}\t{self.last_u}\t{text}\t"
             f"{self.messages}\n"
         )
 
 
+def _spread_bps(bid: float, ask: float) -> float:
+    return (ask - bid) / (ask + bid) * 20_000 if bid + ask > 0 else _NAN
+
+
 @dataclass(slots=True)
 class _StreamState:
     price_exp: int = 0
     size_exp: int = 0
-    top: Top = (None, None, None, None)
+    top: TopTexts = _NO_TOP  # after the last message packed
+    top_values: TopValues = _NO_VALUES
     second: _Second | None = None
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """What the packer keeps of a chunk it laid out, for its row and its second."""
+
+    stream: StreamKey
+    ts_us: int
+    u: int
+    messages: int
+    snapshot: bool
+    last_ts_us: int
+    last_u: int
 
 
 @dataclass
@@ -97,102 +104,33 @@ class Packed:
 
     lines: dict[str, list[str]] = field(default_factory=dict)
     book_local_us: list[int] = field(default_factory=list)  # every message's receive time
-    # Messages that could not be encoded (no decimal of at most 15 digits;
+    # Messages that could not be encoded (no decimal of at most 12 decimals;
     # the parser lets none through): left out, so their stream's log has a
     # hole that readers see as a `u` gap.
     rejected: list[str] = field(default_factory=list)
+
+
+Pair = tuple[BookUpdate, Quote | None]
 
 
 class BookPacker:
     def __init__(self, stream_id: Callable[[StreamKey], int]) -> None:
         self._stream_id = stream_id
         self._streams: dict[StreamKey, _StreamState] = {}
+        self._prices = FloatCache()
 
-    def pack(
-        self, updates: Iterable[tuple[BookUpdate, Quote | None]], snapshots: list[DepthSnapshot]
-    ) -> Packed:
+    def pack(self, updates: Sequence[Pair], snapshots: Sequence[DepthSnapshot]) -> Packed:
         """`updates` in arrival order, each with the quote it made (None when
         the top of book did not change)."""
-        by_stream: dict[StreamKey, list[ChunkMessage]] = {}
-        local: list[int] = []
-        for update, quote in updates:
-            by_stream.setdefault(update.stream, []).append(
-                ChunkMessage(
-                    update.exchange_us,
-                    update.local_us,
-                    update.match_us,
-                    update.update_id,
-                    update.sequence,
-                    update.is_snapshot,
-                    update.bids,
-                    update.asks,
-                    None
-                    if quote is None
-                    else (quote.bid_price, quote.bid_size, quote.ask_price, quote.ask_size),
-                )
-            )
-            local.append(update.local_us)
-
-        to_encode: list[ChunkToEncode] = []
-        chunk_streams: list[StreamKey] = []
-        second_lines: list[str] = []
-        for stream, messages in by_stream.items():
-            state = self._streams.get(stream)
-            if state is None:
-                state = self._streams[stream] = _StreamState()
-            # Seconds first: it leaves state.top as it stood before the
-            # messages, which _cut gives each chunk's opening message.
-            carried = state.top
-            second_lines += self._fold_seconds(stream, state, messages)
-            for cut in _cut(messages, carried):
-                to_encode.append(ChunkToEncode(cut, state.price_exp, state.size_exp))
-                chunk_streams.append(stream)
-        # Quiet streams: their open second is written now, not at their next message.
-        for stream, state in self._streams.items():
-            second = state.second
-            if stream not in by_stream and second is not None and second.dirty:
-                second.dirty = False
-                second_lines.append(second.line(self._stream_id(stream)))
-
-        n_chunks = len(to_encode)
-        to_encode += [
-            ChunkToEncode(
-                [
-                    ChunkMessage(
-                        s.exchange_us, s.local_us, None, s.update_id, 0, True, s.bids, s.asks
-                    )
-                ],
-                *self._exps(s.stream),
-            )
-            for s in snapshots
-        ]
-        packed = Packed(book_local_us=local)
         try:
-            encoded = encode_chunks(to_encode)
+            return self._pack(updates, snapshots)
         except ValueError:
-            to_encode, chunk_streams, n_chunks, encoded = _isolate_bad(
-                to_encode, chunk_streams, n_chunks, packed
-            )
-        chunk_lines = []
-        for chunk, stream, (payload, price_exp, size_exp) in zip(
-            to_encode[:n_chunks], chunk_streams, encoded[:n_chunks], strict=True
-        ):
-            state = self._streams[stream]
-            state.price_exp, state.size_exp = price_exp, size_exp
-            chunk_lines.append(
-                f"{self._stream_id(stream)}\t{chunk.ts_us}\t{chunk.u}\t{len(chunk.messages)}\t"
-                f"{'t' if chunk.messages[0].is_snapshot else 'f'}\t\\\\x{payload.hex()}\n"
-            )
-        snapshot_lines = [
-            f"{self._stream_id(s.stream)}\t{s.exchange_us}\t\\\\x{payload.hex()}\n"
-            for s, (payload, _, _) in zip(snapshots, encoded[n_chunks:], strict=True)
-        ]
-        packed.lines = {
-            "book_chunks": chunk_lines,
-            "top_snapshots": snapshot_lines,
-            "top_seconds": second_lines,
-        }
-        return packed
+            rejected: list[str] = []
+            updates = [p for p in updates if _encodable(p[0], rejected)]
+            snapshots = [s for s in snapshots if _encodable(s, rejected)]
+            packed = self._pack(updates, snapshots)
+            packed.rejected = rejected
+            return packed
 
     @property
     def unwritten_seconds(self) -> bool:
@@ -200,90 +138,251 @@ class BookPacker:
         writes it (a stopping writer keeps packing until it has)."""
         return any(st.second is not None and st.second.dirty for st in self._streams.values())
 
-    def _exps(self, stream: StreamKey) -> tuple[int, int]:
-        state = self._streams.get(stream)
-        return (state.price_exp, state.size_exp) if state is not None else (0, 0)
+    def _pack(self, updates: Sequence[Pair], snapshots: Sequence[DepthSnapshot]) -> Packed:
+        by_stream: dict[StreamKey, list[Pair]] = {}
+        for pair in updates:
+            group = by_stream.get(pair[0].stream)
+            if group is None:
+                by_stream[pair[0].stream] = [pair]
+            else:
+                group.append(pair)
+        streams = self._streams
+        for stream in by_stream:
+            if stream not in streams:
+                streams[stream] = _StreamState()
+        for snapshot in snapshots:
+            if snapshot.stream not in streams:
+                streams[snapshot.stream] = _StreamState()
+
+        columns = ChunkColumns()
+        chunks: list[_Chunk] = []
+        ends_top: dict[StreamKey, TopTexts] = {}
+        for stream, pairs in by_stream.items():
+            state = streams[stream]
+            ends_top[stream] = _lay_out(stream, pairs, state, columns, chunks)
+        for s in snapshots:
+            state = streams[s.stream]
+            columns.rows.append(
+                (s.exchange_us, s.local_us, -1, s.update_id, 0, SNAPSHOT, len(s.bids), len(s.asks))
+            )
+            columns.levels += s.bids
+            columns.levels += s.asks
+            columns.end_chunk(state.price_exp, state.size_exp)
+
+        encoded = encode_columns(columns, self._prices)  # raises before any state changes
+
+        for stream, top in ends_top.items():
+            streams[stream].top = top
+        exps = encoded.exps.tolist()
+        chunk_lines = []
+        for chunk, payload, (price_exp, size_exp) in zip(
+            chunks, encoded.payloads, exps, strict=False
+        ):
+            state = streams[chunk.stream]
+            state.price_exp, state.size_exp = price_exp, size_exp
+            chunk_lines.append(
+                f"{self._stream_id(chunk.stream)}\t{chunk.ts_us}\t{chunk.u}\t{chunk.messages}\t"
+                f"{'t' if chunk.snapshot else 'f'}\t\\\\x{payload.hex()}\n"
+            )
+        snapshot_lines = [
+            f"{self._stream_id(s.stream)}\t{s.exchange_us}\t\\\\x{payload.hex()}\n"
+            for s, payload in zip(snapshots, encoded.payloads[len(chunks) :], strict=True)
+        ]
+        return Packed(
+            lines={
+                "book_chunks": chunk_lines,
+                "top_snapshots": snapshot_lines,
+                "top_seconds": self._fold_seconds(chunks, encoded, by_stream.keys()),
+            },
+            book_local_us=[pair[0].local_us for pair in updates],
+        )
 
     def _fold_seconds(
-        self, stream: StreamKey, state: _StreamState, messages: list[ChunkMessage]
+        self, chunks: list[_Chunk], encoded: Encoded, packed_streams: object
     ) -> list[str]:
-        """Fold the messages into per-second tops; the lines of the seconds
-        that closed (a later second began)."""
-        lines = []
-        second = state.second
-        top = state.top
-        for m in messages:
-            start = m.ts_us - m.ts_us % SECOND_US
-            if second is None or start != second.second_us:
-                if second is not None and second.dirty:
-                    lines.append(second.line(self._stream_id(stream)))
-                second = _Second(start)
-                second.take_top(top)  # the top carried into the second
-            if m.top is not None:
-                top = m.top
-                second.take_top(top)
-            second.last_ts_us, second.last_u = m.ts_us, m.u
-            second.messages += 1
-            second.dirty = True
-        state.second, state.top = second, top
+        """Fold each chunk's tops into its stream's open second; the lines of
+        the seconds that closed (a later second began), and of the open
+        seconds of streams with no message in this flush (so that a quiet
+        stream shows on the dashboard without waiting for its next message)."""
+        lines: list[str] = []
+        if chunks:
+            aggregates = _chunk_tops(encoded, len(chunks))
+            for chunk, (bid_min, ask_max, spread_max, *top) in zip(chunks, aggregates, strict=True):
+                state = self._streams[chunk.stream]
+                start = chunk.ts_us - chunk.ts_us % SECOND_US
+                second = state.second
+                if second is None or second.second_us != start:
+                    if second is not None and second.dirty:
+                        lines.append(second.line(self._stream_id(chunk.stream)))
+                    # The top carried into the second stood in it too.
+                    carried = state.top_values
+                    second = state.second = _Second(
+                        start,
+                        top=carried,
+                        bid_min=carried[0],
+                        ask_max=carried[2],
+                        spread_bps_max=_spread_bps(carried[0], carried[2]),
+                    )
+                second.bid_min = min(second.bid_min, bid_min, key=_nan_last)
+                second.ask_max = max(second.ask_max, ask_max, key=_nan_first)
+                second.spread_bps_max = max(second.spread_bps_max, spread_max, key=_nan_first)
+                second.top = state.top_values = (top[0], top[1], top[2], top[3])
+                second.last_ts_us, second.last_u = chunk.last_ts_us, chunk.last_u
+                second.messages += chunk.messages
+                second.dirty = True
+        for stream, state in self._streams.items():
+            second = state.second
+            if stream not in packed_streams and second is not None and second.dirty:
+                second.dirty = False
+                lines.append(second.line(self._stream_id(stream)))
         return lines
 
 
-def _cut(messages: list[ChunkMessage], top: Top) -> list[list[ChunkMessage]]:
-    """A stream's messages of one flush as chunks: a new chunk at each second
-    of exchange time, and at a snapshot after a delta. Each chunk's first
-    message carries the top of book (`top` is the one before the messages),
-    so a chunk is read alone."""
-    chunks: list[list[ChunkMessage]] = []
-    current: list[ChunkMessage] = []
-    second = -1
+def _nan_last(value: float) -> float:
+    return math.inf if value != value else value
+
+
+def _nan_first(value: float) -> float:
+    return -math.inf if value != value else value
+
+
+def _lay_out(
+    stream: StreamKey,
+    pairs: list[Pair],
+    state: _StreamState,
+    columns: ChunkColumns,
+    chunks: list[_Chunk],
+) -> TopTexts:
+    """Append a stream's messages to `columns`, cut into chunks: a new chunk
+    at each second of exchange time, and at a snapshot after a delta. Each
+    chunk's first message carries the top of book, so a chunk reads alone.
+    Returns the top after the last message."""
+    rows, levels, top_texts = columns.rows, columns.levels, columns.top_texts
+    top = state.top
+    second_start = second_end = 0
     previous_snapshot = False
-    for m in messages:
-        start = m.ts_us - m.ts_us % SECOND_US
-        if current and (start != second or (m.is_snapshot and not previous_snapshot)):
-            chunks.append(current)
-            current = []
-        if not current:
-            second = start
-            if m.top is None:
-                m.top = top
-        current.append(m)
-        if m.top is not None:
-            top = m.top
-        previous_snapshot = m.is_snapshot
-    if current:
-        chunks.append(current)
-    return chunks
+    first: BookUpdate | None = None
+    count = 0
+    last: BookUpdate | None = None
+    for update, quote in pairs:
+        ts = update.exchange_us
+        snapshot = update.is_snapshot
+        if not second_start <= ts < second_end or (snapshot and not previous_snapshot):
+            if first is not None and last is not None:
+                columns.end_chunk(state.price_exp, state.size_exp)
+                chunks.append(_chunk(stream, first, last, count))
+            second_start = ts - ts % SECOND_US
+            second_end = second_start + SECOND_US
+            first, count = update, 0
+            if quote is None:  # the chunk's first message carries the top
+                top_texts += top
+                flags = TOP_CHANGED
+            else:
+                flags = 0
+        else:
+            flags = 0
+        if quote is not None:
+            top = (
+                quote.bid_price or "0",
+                quote.bid_size or "0",
+                quote.ask_price or "0",
+                quote.ask_size or "0",
+            )
+            top_texts += top
+            flags = TOP_CHANGED
+        if snapshot:
+            flags |= SNAPSHOT
+        previous_snapshot = snapshot
+        bids, asks = update.bids, update.asks
+        cts = update.match_us
+        rows.append(
+            (
+                ts,
+                update.local_us,
+                -1 if cts is None else cts,
+                update.update_id,
+                update.sequence,
+                flags,
+                len(bids),
+                len(asks),
+            )
+        )
+        levels += bids
+        levels += asks
+        count += 1
+        last = update
+    if first is not None and last is not None:
+        columns.end_chunk(state.price_exp, state.size_exp)
+        chunks.append(_chunk(stream, first, last, count))
+    return top
 
 
-def _isolate_bad(
-    chunks: list[ChunkToEncode], streams: list[StreamKey], n_chunks: int, packed: Packed
-) -> tuple[list[ChunkToEncode], list[StreamKey], int, list[tuple[bytes, int, int]]]:
-    """Encode chunk by chunk, and a chunk that fails message by message,
-    leaving out (and reporting in `packed.rejected`) what cannot be encoded."""
-    kept: list[ChunkToEncode] = []
-    kept_streams: list[StreamKey] = []
-    encoded: list[tuple[bytes, int, int]] = []
-    kept_chunks = 0
-    for index, chunk in enumerate(chunks):
-        is_log = index < n_chunks
-        try:
-            pieces = [chunk], encode_chunks([chunk])
-        except ValueError:
-            good = []
-            for m in chunk.messages:
-                try:
-                    encode_chunks([ChunkToEncode([m], chunk.price_exp, chunk.size_exp)])
-                    good.append(m)
-                except ValueError as exc:
-                    packed.rejected.append(f"u={m.u} ts={m.ts_us}: {exc}")
-            if not good:
-                continue
-            retry = ChunkToEncode(good, chunk.price_exp, chunk.size_exp)
-            pieces = [retry], encode_chunks([retry])
-        kept += pieces[0]
-        encoded += pieces[1]
-        if is_log:
-            kept_streams.append(streams[index])
-            kept_chunks += 1
-    return kept, kept_streams, kept_chunks, encoded
+def _chunk(stream: StreamKey, first: BookUpdate, last: BookUpdate, count: int) -> _Chunk:
+    return _Chunk(
+        stream,
+        first.exchange_us,
+        first.update_id,
+        count,
+        first.is_snapshot,
+        last.exchange_us,
+        last.update_id,
+    )
+
+
+def _chunk_tops(encoded: Encoded, n_chunks: int) -> list[list[float]]:
+    """Per log chunk (the first n_chunks; each has at least one top): the
+    lowest bid, highest ask and widest spread of its tops, then its last top
+    (bid, bid size, ask, ask size); NaN for an empty side. Floats of integers
+    over a power of ten: the same floats as parsing the texts (one correctly
+    rounded division)."""
+    tops, top_chunk = encoded.tops, encoded.top_chunk
+    in_log = top_chunk < n_chunks
+    tops, top_chunk = tops[in_log], top_chunk[in_log]
+    price_scale = POW10[encoded.exps[top_chunk, 0]]
+    size_scale = POW10[encoded.exps[top_chunk, 1]]
+    bid = np.where(tops[:, 0] > 0, tops[:, 0] / price_scale, np.nan)
+    ask = np.where(tops[:, 2] > 0, tops[:, 2] / price_scale, np.nan)
+    bid_size = np.where(tops[:, 0] > 0, tops[:, 1] / size_scale, np.nan)
+    ask_size = np.where(tops[:, 2] > 0, tops[:, 3] / size_scale, np.nan)
+    with np.errstate(invalid="ignore"):
+        spread = (ask - bid) / (ask + bid) * 20_000
+    starts = np.flatnonzero(np.diff(top_chunk, prepend=-1))
+    last = np.append(starts[1:], len(top_chunk)) - 1
+    table = np.column_stack(
+        (
+            np.fmin.reduceat(bid, starts),
+            np.fmax.reduceat(ask, starts),
+            np.fmax.reduceat(spread, starts),
+            bid[last],
+            bid_size[last],
+            ask[last],
+            ask_size[last],
+        )
+    )
+    return table.tolist()
+
+
+def _encodable(record: BookUpdate | DepthSnapshot, rejected: list[str]) -> bool:
+    """Whether one message encodes alone; if not, why goes to `rejected`."""
+    columns = ChunkColumns()
+    columns.rows.append(
+        (
+            record.exchange_us,
+            record.local_us,
+            -1,
+            record.update_id,
+            0,
+            0,
+            len(record.bids),
+            len(record.asks),
+        )
+    )
+    columns.levels += record.bids
+    columns.levels += record.asks
+    columns.end_chunk()
+    try:
+        encode_columns(columns)
+    except ValueError as exc:
+        rejected.append(f"u={record.update_id} ts={record.exchange_us}: {exc}")
+        return False
+    return True
