@@ -3,6 +3,9 @@ pybit's order book merge path measured in the same run on the same messages.
 
     .venv/bin/python bench/bench_collector.py            # full run (~3 minutes)
     .venv/bin/python bench/bench_collector.py --quick    # smaller, for a smoke test
+    .venv/bin/python bench/bench_collector.py --baseline main --rounds 2
+        # A/B: scenarios 2-5 run alternately on this tree and on a git worktree of
+        # `main` (baseline, this, baseline, this ...), then medians side by side
 
 Scenarios (the simulator runs in its own process, replaying pre-generated
 Bybit-shaped depth-50 streams, so its cost is not the collector's):
@@ -12,7 +15,14 @@ Bybit-shaped depth-50 streams, so its cost is not the collector's):
      persisted per second, collector CPU per message, receive-to-commit latency,
      peak RSS, bytes on disk per message;
   3. paced at 10,000 messages/s: receive-to-commit latency p50/p99;
-  4. 100 symbols at depth 50 (synthetic, paced): collector peak RSS.
+  4. 100 symbols at depth 50 (synthetic, paced): collector peak RSS;
+  5. bytes on disk per book message after --paced-minutes (default 60) of
+     exchange time recorded at 50 messages/s per stream, 1 s depth snapshots,
+     100 ms flushes, depth 50 and depth 1 (bench/record_paced.py: the real
+     parser, book and writer, replayed faster than real time).
+
+The machine is shared and noisy (30 % between runs): compare versions only
+within one A/B run.
 """
 
 from __future__ import annotations
@@ -144,10 +154,19 @@ def depthwatch_merge_rate(streams: list[list[bytes]]) -> float:
 # ---- processes ----------------------------------------------------------------
 
 
-def env() -> dict[str, str]:
+def env(src: Path = SRC) -> dict[str, str]:
     e = dict(os.environ)
-    e["PYTHONPATH"] = str(SRC)
+    e["PYTHONPATH"] = str(src)
     return e
+
+
+@dataclass
+class Version:
+    """A depthwatch source tree the collector runs from (the simulator always
+    runs from this tree, so both versions read the same feed)."""
+
+    name: str
+    src: Path
 
 
 def start_sim(args: list[str]) -> tuple[subprocess.Popen, int]:
@@ -176,7 +195,9 @@ def start_sim(args: list[str]) -> tuple[subprocess.Popen, int]:
     raise RuntimeError("simulator did not start")
 
 
-def start_collector(port: int, symbols: list[str], database_url: str) -> subprocess.Popen:
+def start_collector(
+    port: int, symbols: list[str], database_url: str, src: Path = SRC
+) -> subprocess.Popen:
     return subprocess.Popen(
         [
             sys.executable,
@@ -194,7 +215,7 @@ def start_collector(port: int, symbols: list[str], database_url: str) -> subproc
             "--retention-days",
             "0",
         ],
-        env=env(),
+        env=env(src),
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -283,13 +304,15 @@ class RunResult:
     disk_bytes_per_msg: float
 
 
-def run_replay(files: list[Path], symbols: list[str], rate: float, server_url: str) -> RunResult:
+def run_replay(
+    files: list[Path], symbols: list[str], rate: float, server_url: str, src: Path = SRC
+) -> RunResult:
     database_url = fresh_database(server_url, f"dw_bench_{int(rate)}")
     engine = make_engine(database_url)
     expected = sum(sum(1 for _ in f.open()) for f in files)
     replay_args = [arg for f in files for arg in ("--replay", str(f))]
     sim, port = start_sim([*replay_args, "--rate", str(rate), "--symbols", ""])
-    collector = start_collector(port, symbols, database_url)
+    collector = start_collector(port, symbols, database_url, src)
     try:
         first_row_at = None
         cpu_at_first_row = sim_cpu_at_first_row = 0.0
@@ -342,11 +365,13 @@ def run_replay(files: list[Path], symbols: list[str], rate: float, server_url: s
     )
 
 
-def run_many_symbols(server_url: str, symbols: int, seconds: float) -> tuple[float, int]:
+def run_many_symbols(
+    server_url: str, symbols: int, seconds: float, src: Path = SRC
+) -> tuple[float, int]:
     database_url = fresh_database(server_url, "dw_bench_rss")
     names = [f"S{i:03d}USDT" for i in range(symbols)]
     sim, port = start_sim(["--symbols", ",".join(names), "--rate", "20", "--trades-rate", "0"])
-    collector = start_collector(port, names, database_url)
+    collector = start_collector(port, names, database_url, src)
     try:
         time.sleep(seconds)
         rss = peak_rss_mb(collector.pid)
@@ -363,17 +388,56 @@ def run_many_symbols(server_url: str, symbols: int, seconds: float) -> tuple[flo
 # ---- main ---------------------------------------------------------------------------
 
 
+def run_paced_bytes(server_url: str, src: Path, depth: int, minutes: float) -> dict:
+    """bench/record_paced.py on a fresh database, run from `src`."""
+    database_url = fresh_database(server_url, f"dw_bench_paced_{depth}")
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "record_paced.py"),
+            "--database-url",
+            database_url,
+            "--depth",
+            str(depth),
+            "--minutes",
+            str(minutes),
+        ],
+        env=env(src),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def baseline_tree(ref: str, tmpdir: Path) -> Path:
+    """A detached git worktree of `ref`; its streamlit/ is the baseline's source."""
+    tree = tmpdir / "baseline"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(tree), ref],
+        check=True,
+        capture_output=True,
+    )
+    return tree
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller run, for smoke tests")
     parser.add_argument("--symbols", type=int, default=20)
     parser.add_argument("--deltas", type=int, default=5_000, help="deltas per symbol")
     parser.add_argument(
-        "--scenarios", default="1,2,3,4", help="which scenarios to run (default all: 1,2,3,4)"
+        "--scenarios", default="1,2,3,4,5", help="which scenarios to run (default all: 1,2,3,4,5)"
     )
+    parser.add_argument("--baseline", help="git ref to compare with (A/B, interleaved)")
+    parser.add_argument(
+        "--rounds", type=int, default=0, help="runs per version (default 2 with --baseline, else 1)"
+    )
+    parser.add_argument("--paced-minutes", type=float, default=60.0)
     args = parser.parse_args()
     if args.quick:
-        args.symbols, args.deltas = 4, 1_000
+        args.symbols, args.deltas, args.paced_minutes = 4, 1_000, 2.0
+    rounds = args.rounds or (2 if args.baseline else 1)
 
     print(
         f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cpus, "
@@ -392,20 +456,26 @@ def main() -> int:
     )
 
     chosen = {int(n) for n in args.scenarios.split(",")}
-    print("\n1. merge path, in process (no socket, no database), same messages")
-    pybit_rate, pybit_sorted = pybit_merge_rate(streams)
-    ours_rate = depthwatch_merge_rate(streams)
-    print(
-        f"   pybit 5.17 merge + deepcopy : {pybit_rate:10,.0f} msg/s "
-        f"({1e6 / pybit_rate:5.1f} us/msg); b[0] still the best bid at the end: {pybit_sorted}"
-    )
-    print(
-        f"   depthwatch parse + book     : {ours_rate:10,.0f} msg/s "
-        f"({1e6 / ours_rate:5.1f} us/msg); ratio {ours_rate / pybit_rate:.2f}x"
-    )
+    if 1 in chosen:
+        print("\n1. merge path, in process (no socket, no database), same messages")
+        pybit_rate, pybit_sorted = pybit_merge_rate(streams)
+        ours_rate = depthwatch_merge_rate(streams)
+        print(
+            f"   pybit 5.17 merge + deepcopy : {pybit_rate:10,.0f} msg/s "
+            f"({1e6 / pybit_rate:5.1f} us/msg); b[0] still the best bid at the end: {pybit_sorted}"
+        )
+        print(
+            f"   depthwatch parse + book     : {ours_rate:10,.0f} msg/s "
+            f"({1e6 / ours_rate:5.1f} us/msg); ratio {ours_rate / pybit_rate:.2f}x"
+        )
 
     with tempfile.TemporaryDirectory(prefix="depthwatch-bench-") as tmp:
         tmpdir = Path(tmp)
+        versions = [Version("this", SRC)]
+        if args.baseline:
+            versions.insert(
+                0, Version(args.baseline, baseline_tree(args.baseline, tmpdir) / "streamlit")
+            )
         files = []
         for symbol, messages in zip(symbols, streams, strict=True):
             path = tmpdir / f"{symbol}.jsonl"
@@ -414,24 +484,72 @@ def main() -> int:
         del streams
         configured = os.environ.get("DATABASE_URL")
         server_url = normalise_url(configured) if configured else start_embedded(tmpdir)
-
-        if 2 in chosen:
-            flat_out(files, symbols, server_url, pybit_rate)
-        if 3 in chosen:
-            paced(files, symbols, server_url)
-        if 4 in chosen:
-            many_symbols(server_url, args.quick)
+        table = Table([v.name for v in versions])
+        try:
+            for round_ in range(rounds):
+                for version in versions:
+                    tag = f"[{version.name}, round {round_ + 1}]"
+                    if 2 in chosen:
+                        flat_out(files, symbols, server_url, version, tag, table)
+                    if 3 in chosen:
+                        paced(files, symbols, server_url, version, tag, table)
+                    if 4 in chosen:
+                        many_symbols(server_url, args.quick, version, tag, table)
+                    if 5 in chosen:
+                        paced_bytes(server_url, args.paced_minutes, version, tag, table)
+        finally:
+            if args.baseline:
+                subprocess.run(
+                    [
+                        "git",
+                        "-C",
+                        str(ROOT),
+                        "worktree",
+                        "remove",
+                        "--force",
+                        str(tmpdir / "baseline"),
+                    ],
+                    check=False,
+                )
+        table.print()
     return 0
 
 
-def flat_out(files: list[Path], symbols: list[str], server_url: str, pybit_rate: float) -> None:
-    print("\n2. end to end, flat out: simulator (own process) -> collector -> PostgreSQL")
-    flat = run_replay(files, symbols, 0, server_url)
+class Table:
+    """Figures per version across rounds; printed as medians side by side."""
+
+    def __init__(self, versions: list[str]) -> None:
+        self.versions = versions
+        self.figures: dict[str, dict[str, list[float]]] = {}
+
+    def add(self, version: str, figure: str, value: float) -> None:
+        self.figures.setdefault(figure, {}).setdefault(version, []).append(value)
+
+    def print(self) -> None:
+        import statistics
+
+        print(
+            "\nsummary (median of the rounds"
+            + (", ratio = this / baseline)" if len(self.versions) > 1 else ")")
+        )
+        head = "".join(f"{v:>14}" for v in self.versions)
+        print(f"   {'figure':44}{head}" + ("     ratio" if len(self.versions) > 1 else ""))
+        for figure, per in self.figures.items():
+            medians = [
+                statistics.median(per[v]) if v in per else float("nan") for v in self.versions
+            ]
+            cells = "".join(f"{m:14,.1f}" for m in medians)
+            ratio = f"{medians[-1] / medians[0]:10.2f}" if len(medians) > 1 and medians[0] else ""
+            print(f"   {figure:44}{cells}{ratio}")
+
+
+def flat_out(files, symbols, server_url, version: Version, tag: str, table: Table) -> None:
+    print(f"\n2. end to end, flat out: simulator (own process) -> collector -> PostgreSQL {tag}")
+    flat = run_replay(files, symbols, 0, server_url, version.src)
     rate = flat.messages / flat.seconds
     print(
         f"   persisted                   : {rate:10,.0f} msg/s "
-        f"({flat.messages:,} messages in {flat.seconds:.1f} s); "
-        f"{rate / pybit_rate:.2f}x pybit's merge-only rate"
+        f"({flat.messages:,} messages in {flat.seconds:.1f} s)"
     )
     print(
         f"   collector CPU               : {flat.cpu_us_per_msg:10.1f} us/msg "
@@ -439,25 +557,56 @@ def flat_out(files: list[Path], symbols: list[str], server_url: str, pybit_rate:
     )
     print(f"   receive-to-commit latency   : p50 {flat.p50_ms:.0f} ms, p99 {flat.p99_ms:.0f} ms")
     print(f"   collector peak RSS          : {flat.peak_rss_mb:10.0f} MB")
-    print(f"   on disk (events+quotes+snapshots): {flat.disk_bytes_per_msg:6.0f} bytes/msg")
+    print(f"   on disk, book tables        : {flat.disk_bytes_per_msg:10.0f} bytes/msg")
+    for figure, value in (
+        ("2. flat out: msg/s persisted", rate),
+        ("2. flat out: collector CPU us/msg", flat.cpu_us_per_msg),
+        ("2. flat out: latency p99 ms", flat.p99_ms),
+        ("2. flat out: peak RSS MB", flat.peak_rss_mb),
+        ("2. flat out: bytes on disk/msg", flat.disk_bytes_per_msg),
+    ):
+        table.add(version.name, figure, value)
 
 
-def paced(files: list[Path], symbols: list[str], server_url: str) -> None:
+def paced(files, symbols, server_url, version: Version, tag: str, table: Table) -> None:
     per_symbol = 10_000 / len(symbols)
-    print(f"\n3. end to end, paced at 10,000 msg/s ({per_symbol:.0f}/s x {len(symbols)} symbols)")
-    result = run_replay(files, symbols, per_symbol, server_url)
+    print(
+        f"\n3. end to end, paced at 10,000 msg/s "
+        f"({per_symbol:.0f}/s x {len(symbols)} symbols) {tag}"
+    )
+    result = run_replay(files, symbols, per_symbol, server_url, version.src)
     print(f"   persisted                   : {result.messages / result.seconds:10,.0f} msg/s")
     print(
         f"   receive-to-commit latency   : p50 {result.p50_ms:.0f} ms, p99 {result.p99_ms:.0f} ms"
     )
     print(f"   collector CPU               : {result.cpu_us_per_msg:10.1f} us/msg")
+    table.add(version.name, "3. 10k msg/s: latency p99 ms", result.p99_ms)
+    table.add(version.name, "3. 10k msg/s: collector CPU us/msg", result.cpu_us_per_msg)
 
 
-def many_symbols(server_url: str, quick: bool) -> None:
+def many_symbols(server_url: str, quick: bool, version: Version, tag: str, table: Table) -> None:
     n, secs = (20, 10.0) if quick else (100, 30.0)
-    print(f"\n4. {n} symbols at depth {DEPTH}, synthetic, 20 msg/s each, {secs:.0f} s")
-    rss, rows = run_many_symbols(server_url, n, secs)
-    print(f"   collector peak RSS          : {rss:10.0f} MB ({rows:,} book events written)")
+    print(f"\n4. {n} symbols at depth {DEPTH}, synthetic, 20 msg/s each, {secs:.0f} s {tag}")
+    rss, rows = run_many_symbols(server_url, n, secs, version.src)
+    print(f"   collector peak RSS          : {rss:10.0f} MB ({rows:,} book messages written)")
+    table.add(version.name, f"4. {n} symbols: peak RSS MB", rss)
+
+
+def paced_bytes(server_url: str, minutes: float, version: Version, tag: str, table: Table) -> None:
+    print(
+        f"\n5. on disk after {minutes:g} min at 50 msg/s per stream "
+        f"(4 streams), 100 ms flushes {tag}"
+    )
+    for depth in (DEPTH, 1):
+        result = run_paced_bytes(server_url, version.src, depth, minutes)
+        parts = ", ".join(f"{t} {b}" for t, b in result["tables"].items())
+        print(
+            f"   depth {depth:2d}: {result['bytes_per_msg']:6.1f} bytes/msg over "
+            f"{result['messages']:,} messages ({parts})"
+        )
+        table.add(
+            version.name, f"5. paced, depth {depth}: bytes on disk/msg", result["bytes_per_msg"]
+        )
 
 
 if __name__ == "__main__":

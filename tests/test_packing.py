@@ -9,7 +9,7 @@ import random
 
 from depthwatch.records import BookUpdate, DepthSnapshot, Quote, StreamKey
 from depthwatch.storage import codec
-from depthwatch.storage.packing import SECOND_US, BookPacker
+from depthwatch.storage.packing import QUIET_SECOND_US, SECOND_US, BookPacker, split_due
 
 STREAMS = [StreamKey("linear", "AAAUSDT", 50), StreamKey("linear", "BBBUSDT", 1)]
 IDS = {stream: n + 1 for n, stream in enumerate(STREAMS)}
@@ -192,7 +192,12 @@ def test_snapshots_pack_alone_and_bad_values_are_left_out() -> None:
         1_700_000_000_010_100,
     )
     snapshot = DepthSnapshot(
-        stream, 1_700_000_001_000_000, 1, 6, [["100.50", "1.5"]], [["100.60", "2.0"], ["100.70", "3.0"]]
+        stream,
+        1_700_000_001_000_000,
+        1,
+        6,
+        [["100.50", "1.5"]],
+        [["100.60", "2.0"], ["100.70", "3.0"]],
     )
     packed = packer.pack([(good, None), (bad, None)], [snapshot])
     assert len(packed.rejected) == 1 and "u=6" in packed.rejected[0]
@@ -210,3 +215,44 @@ def test_float_cache_parses_like_numpy() -> None:
     for _ in range(20):
         texts = [_price(rng.randint(1, 300)) for _ in range(40)]
         assert cache.parse(texts).tolist() == [float(t) for t in texts]
+
+
+def _update(stream: StreamKey, u: int, ts_us: int, local_us: int) -> BookUpdate:
+    return BookUpdate(stream, False, [["100.50", "1.5"]], [], u, u, ts_us, None, local_us)
+
+
+def test_split_due_holds_slow_streams_in_order() -> None:
+    slow, busy = STREAMS
+    now = 1_700_000_000_000_000
+    pairs = [(_update(busy, u, now, now - 1_000), None) for u in range(40)]
+    pairs[5:5] = [(_update(slow, u, now, now - 100_000), None) for u in range(3)]
+    taken, held = split_due(pairs, now, hold_us=250_000, enough=32)
+    assert [p[0].stream for p in taken] == [busy] * 40
+    assert [p[0].update_id for p in held] == [0, 1, 2]
+    # The oldest waited long enough: everything goes, in arrival order.
+    taken, held = split_due(pairs, now + 150_000, hold_us=250_000, enough=32)
+    assert taken == pairs and held == []
+
+
+def test_a_quiet_second_is_written_once_after_it_ended() -> None:
+    stream = STREAMS[0]
+    second = 1_700_000_000_000_000
+    packer = BookPacker(IDS.__getitem__)
+    quote = Quote(stream, second + 10, second + 20, 1, "100.50", "1.5", "100.60", "2.0")
+    first = packer.pack([(_update(stream, 1, second + 10, second + 20), quote)], [], second + 30)
+    assert first.lines["top_seconds"] == []  # open, and its stream was in the flush
+    assert packer.pack([], [], second + SECOND_US).lines["top_seconds"] == []  # not yet
+    (line,) = packer.pack([], [], second + SECOND_US + QUIET_SECOND_US).lines["top_seconds"]
+    assert line.split("\t")[1] == str(second) and line.rstrip("\n").endswith("\t1")
+    assert packer.pack([], [], second + 5 * SECOND_US).lines["top_seconds"] == []  # once
+    # A stopping writer gets every open second, its stream in the flush or not.
+    packer.pack([(_update(stream, 2, second + 3 * SECOND_US, second + 3 * SECOND_US), None)], [])
+    assert packer.unwritten_seconds
+    final = packer.pack(
+        [(_update(stream, 3, second + 3 * SECOND_US + 5, second + 3 * SECOND_US + 9), None)],
+        [],
+        second + 3 * SECOND_US + 10,
+        final=True,
+    )
+    assert [ln.split("\t")[1] for ln in final.lines["top_seconds"]] == [str(second + 3 * SECOND_US)]
+    assert not packer.unwritten_seconds

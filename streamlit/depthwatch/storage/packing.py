@@ -12,10 +12,15 @@ snapshots. It returns the COPY lines of three tables:
 - `top_snapshots`: each depth snapshot as a chunk of one message;
 - `top_seconds`: per stream and second of exchange time, the last top of book,
   the lowest bid, highest ask, widest spread and the message count. A second
-  is written when a later second begins, and also when a flush found no
-  message of its stream (a quiet stream shows up on the dashboard without
-  waiting); it is then written again, whole, if more of it arrives, and the
-  database keeps the union (see writer.CONFLICT_ACTIONS).
+  is written when a later second of its stream begins, and also when the
+  clock is QUIET_SECOND_US past its end with no message of its stream in the
+  flush (a quiet stream shows up on the dashboard without waiting for its
+  next message); it is then written again, whole, if more of it arrives, and
+  the database keeps the union (see writer.CONFLICT_ACTIONS). Each rewrite
+  leaves a dead row version, so a second is written once where possible.
+
+`split_due` decides which streams' messages a flush takes: at a slow pace a
+stream's messages wait a little so that its chunk rows hold more of them.
 
 Per-stream state (price and size exponents, the current top, the open
 second) lives here across flushes.
@@ -24,7 +29,7 @@ second) lives here across flushes.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,6 +46,10 @@ from depthwatch.storage.codec import (
 )
 
 SECOND_US = 1_000_000
+# A quiet stream's open second is written this long after it ended (by the
+# writer's clock): past the longest a message waits in `split_due`, so the
+# second's last messages are in by then and it is written once.
+QUIET_SECOND_US = 500_000
 
 TopTexts = tuple[str, str, str, str]  # "0" for an empty side, as the codec stores it
 TopValues = tuple[float, float, float, float]  # NaN for an empty side
@@ -119,18 +128,39 @@ class BookPacker:
         self._streams: dict[StreamKey, _StreamState] = {}
         self._prices = FloatCache()
 
-    def pack(self, updates: Sequence[Pair], snapshots: Sequence[DepthSnapshot]) -> Packed:
+    def pack(
+        self,
+        updates: Sequence[Pair],
+        snapshots: Sequence[DepthSnapshot],
+        now_us: int | None = None,
+        final: bool = False,
+    ) -> Packed:
         """`updates` in arrival order, each with the quote it made (None when
-        the top of book did not change)."""
+        the top of book did not change). `now_us` is the writer's clock (None:
+        every quiet stream's open second is written now); `final` writes every
+        open second that changed (a stopping or draining writer)."""
+        quiet_before = None if final or now_us is None else now_us - QUIET_SECOND_US
         try:
-            return self._pack(updates, snapshots)
+            packed = self._pack(updates, snapshots, quiet_before)
         except ValueError:
             rejected: list[str] = []
             updates = [p for p in updates if _encodable(p[0], rejected)]
             snapshots = [s for s in snapshots if _encodable(s, rejected)]
-            packed = self._pack(updates, snapshots)
+            packed = self._pack(updates, snapshots, quiet_before)
             packed.rejected = rejected
-            return packed
+        if final:
+            packed.lines["top_seconds"] += self._open_seconds()
+        return packed
+
+    def _open_seconds(self) -> list[str]:
+        """The lines of every open second that changed since it was written."""
+        lines = []
+        for stream, state in self._streams.items():
+            second = state.second
+            if second is not None and second.dirty:
+                second.dirty = False
+                lines.append(second.line(self._stream_id(stream)))
+        return lines
 
     @property
     def unwritten_seconds(self) -> bool:
@@ -138,7 +168,9 @@ class BookPacker:
         writes it (a stopping writer keeps packing until it has)."""
         return any(st.second is not None and st.second.dirty for st in self._streams.values())
 
-    def _pack(self, updates: Sequence[Pair], snapshots: Sequence[DepthSnapshot]) -> Packed:
+    def _pack(
+        self, updates: Sequence[Pair], snapshots: Sequence[DepthSnapshot], quiet_before: int | None
+    ) -> Packed:
         by_stream: dict[StreamKey, list[Pair]] = {}
         for pair in updates:
             group = by_stream.get(pair[0].stream)
@@ -192,18 +224,22 @@ class BookPacker:
             lines={
                 "book_chunks": chunk_lines,
                 "top_snapshots": snapshot_lines,
-                "top_seconds": self._fold_seconds(chunks, encoded, by_stream.keys()),
+                "top_seconds": self._fold_seconds(chunks, encoded, by_stream.keys(), quiet_before),
             },
             book_local_us=[pair[0].local_us for pair in updates],
         )
 
     def _fold_seconds(
-        self, chunks: list[_Chunk], encoded: Encoded, packed_streams: object
+        self,
+        chunks: list[_Chunk],
+        encoded: Encoded,
+        packed_streams: Collection[StreamKey],
+        quiet_before: int | None,
     ) -> list[str]:
         """Fold each chunk's tops into its stream's open second; the lines of
         the seconds that closed (a later second began), and of the open
-        seconds of streams with no message in this flush (so that a quiet
-        stream shows on the dashboard without waiting for its next message)."""
+        seconds of streams with no message in this flush that ended before
+        `quiet_before` (None: all of them)."""
         lines: list[str] = []
         if chunks:
             aggregates = _chunk_tops(encoded, len(chunks))
@@ -232,10 +268,42 @@ class BookPacker:
                 second.dirty = True
         for stream, state in self._streams.items():
             second = state.second
-            if stream not in packed_streams and second is not None and second.dirty:
+            if (
+                stream not in packed_streams
+                and second is not None
+                and second.dirty
+                and (quiet_before is None or second.second_us + SECOND_US <= quiet_before)
+            ):
                 second.dirty = False
                 lines.append(second.line(self._stream_id(stream)))
         return lines
+
+
+def split_due(
+    pairs: Sequence[Pair], now_us: int, hold_us: int, enough: int
+) -> tuple[list[Pair], list[Pair]]:
+    """The messages of the streams due for a chunk, and the rest (held for a
+    later flush), each in arrival order. A stream is due once `enough` of its
+    messages wait or its oldest has waited `hold_us` (by receive time): a
+    busy stream is written at every flush, a slow one every `hold_us`, with
+    several messages per chunk row."""
+    oldest: dict[StreamKey, int] = {}
+    counts: dict[StreamKey, int] = {}
+    for update, _ in pairs:
+        stream = update.stream
+        if stream in counts:
+            counts[stream] += 1
+        else:
+            counts[stream] = 1
+            oldest[stream] = update.local_us
+    due = {s for s, n in counts.items() if n >= enough or now_us - oldest[s] >= hold_us}
+    if len(due) == len(counts):
+        return list(pairs), []
+    taken: list[Pair] = []
+    held: list[Pair] = []
+    for pair in pairs:
+        (taken if pair[0].stream in due else held).append(pair)
+    return taken, held
 
 
 def _nan_last(value: float) -> float:

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from operator import itemgetter
 from pathlib import Path
@@ -45,7 +45,7 @@ from depthwatch.records import (
 )
 from depthwatch.storage import schema
 from depthwatch.storage.journal import DEFAULT_MAX_BYTES, Journal, JournalBatch
-from depthwatch.storage.packing import BookPacker
+from depthwatch.storage.packing import BookPacker, split_due
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,12 @@ def now_us() -> int:
 @dataclass(frozen=True)
 class WriterConfig:
     flush_interval_s: float = 0.1  # flushes start at most this far apart
+    # A stream's book messages wait for a later flush until this many are
+    # queued or the oldest has waited this long (storage/packing.py,
+    # `split_due`): at a slow pace a chunk row then holds a dozen messages
+    # rather than five, and a row costs ~140 bytes with its index entry.
+    chunk_messages: int = 32
+    chunk_hold_s: float = 0.25
     batch_rows: int = 20_000  # flush early once this many rows are pending
     max_pending_rows: int = 400_000  # readers wait beyond this (back-pressure)
     retention_days: int = 0  # 0 keeps everything
@@ -219,9 +225,14 @@ def _copy_from(cursor: object, sql: str, data: str) -> None:
 class BatchWriter:
     """Implements book.RecordSink (plus trades) on top of PostgreSQL."""
 
-    def __init__(self, engine: sa.Engine, config: WriterConfig) -> None:
+    def __init__(
+        self, engine: sa.Engine, config: WriterConfig, clock: Callable[[], int] = now_us
+    ) -> None:
         self.engine = engine
         self.config = config
+        # What holds messages back and closes quiet seconds goes by this clock
+        # (microseconds); bench/record_paced.py replays exchange time with it.
+        self._clock = clock
         self.stats = WriterStats()
         # COPY lines the readers' thread formats itself (the rest is packed later).
         self._rows: dict[str, deque[str]] = {table: deque() for table in QUEUED_AS_LINES}
@@ -502,20 +513,43 @@ class BatchWriter:
         return left == 0 and not journaled
 
     def flush_now(self, timeout_s: float = 10.0) -> bool:
-        """Wait until everything added so far is committed (tests; shutdown uses stop)."""
+        """Wait until everything added so far is committed, held messages and
+        open seconds of tops included (tests; shutdown uses stop)."""
         deadline = time.monotonic() + timeout_s
-        while (
-            self.pending_rows
-            or self._events
-            or self._flushing
-            or self.journal_bytes
-            or self._packer.unwritten_seconds
-        ):
-            if time.monotonic() > deadline:
+        self._draining = True
+        try:
+            while (
+                self.pending_rows
+                or self._events
+                or self._flushing
+                or self.journal_bytes
+                or self._packer.unwritten_seconds
+            ):
+                if time.monotonic() > deadline:
+                    return False
+                self._wake.set()
+                time.sleep(0.01)
+            return True
+        finally:
+            self._draining = False
+
+    def flush_once(self, timeout_s: float = 10.0) -> bool:
+        """Wake the writer for one flush as its timer makes it (messages not
+        yet due stay held, open seconds stay open) and wait for its end. For
+        bench/record_paced.py, which replays time faster than the timer."""
+        deadline = time.monotonic() + timeout_s
+        cycles = self.flush_cycles
+        self._wake.set()
+        while self.flush_cycles == cycles:
+            if time.monotonic() > deadline or self.failed:
                 return False
-            self._wake.set()
-            time.sleep(0.01)
+            time.sleep(0.0002)
         return True
+
+    # Set by flush_now while it waits: take every held message and write
+    # every open second.
+    _draining = False
+    flush_cycles = 0  # wake-ups of the writer thread that ran to the end
 
     _flushing = False
     failed = False  # the writer thread died: nothing more can be written
@@ -584,6 +618,7 @@ class BatchWriter:
                 self._spill()
                 if not self.journal_bytes and self.pending_rows < self.config.batch_rows:
                     break
+            self.flush_cycles += 1
             drained = not (
                 self.pending_rows
                 or self._events
@@ -717,12 +752,23 @@ class BatchWriter:
         limit = self.config.batch_rows * 2
         book_count = len(self._book_rows) if everything else min(limit, len(self._book_rows))
         book = [self._book_rows.popleft() for _ in range(book_count)]
+        now = self._clock()
+        final = everything or self._stopping.is_set() or self._draining
+        if not final:
+            book, held = split_due(
+                book,
+                now,
+                int(self.config.chunk_hold_s * 1e6),
+                self.config.chunk_messages,
+            )
+            # Back at the front, in order: still queued (and journaled in an outage).
+            self._book_rows.extendleft(reversed(held))
         snapshots = [self._snapshots.popleft() for _ in range(len(self._snapshots))]
         rows = {
             table: [q.popleft() for _ in range(len(q) if everything else min(limit, len(q)))]
             for table, q in self._rows.items()
         }
-        packed = self._packer.pack(book, snapshots)
+        packed = self._packer.pack(book, snapshots, now, final)
         rows.update(packed.lines)
         for reason in packed.rejected:
             self.stats.rows_rejected += 1
