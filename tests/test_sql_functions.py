@@ -69,11 +69,13 @@ def simulate(
     depth: int,
     cts: bool = True,
     snapshot_rate: float = 0.01,
+    microseconds: bool = False,
 ) -> Feed:
     """Bybit-like messages: fixed decimals, ms exchange times (several per
     ms, gaps of seconds), deltas with deletes ("0"), an uncrossed book, now
     and then a snapshot or an emptied side, `cts` missing on spot and at
-    random. `top` is set where the top of book changed."""
+    random. `top` is set where the top of book changed. `microseconds`: times
+    that are not whole milliseconds (stored in the codec's FORMAT_US)."""
     text = codec.unit_text
     mid = rng.randrange(10 ** (price_exp + 3), 10 ** (price_exp + 5))
     bids: dict[int, int] = {}
@@ -91,6 +93,8 @@ def simulate(
             ts += rng.randrange(1, 4) * SECOND_US + rng.randrange(0, 1000) * 1000
         else:
             ts += rng.choice((0, 10_000, 10_000, 20_000, 100_000))
+        if microseconds:
+            ts += rng.randrange(0, 1000)
         u += 1
         seq += rng.randrange(1, 300)
         snapshot = i == 0 or rng.random() < snapshot_rate
@@ -138,6 +142,8 @@ def simulate(
             None if best_ask is None else text(asks[best_ask], size_exp),
         )
         match = None if not cts or rng.random() < 0.05 else ts - rng.randrange(0, 3) * 1000
+        if match is not None and microseconds:
+            match -= rng.randrange(0, 1000)
         messages.append(
             codec.ChunkMessage(
                 ts_us=ts,
@@ -503,6 +509,7 @@ def test_chunk_functions_match_the_codec(db):
         ("SHIBUSDT", 1): simulate(rng, 400, START_US, 8, 0, 1, cts=False),
         ("ETHUSDT", 200): simulate(rng, 300, START_US, 1, 6, 200, snapshot_rate=0.03),
         ("XRPUSDT", 500): simulate(rng, 60, START_US, 4, 1, 500, snapshot_rate=0.1),
+        ("DOGEUSDT", 25): simulate(rng, 300, START_US, 5, 0, 25, microseconds=True),
     }
     originals: dict[tuple[int, int, bool], codec.ChunkMessage] = {}
     with db.begin() as conn:
@@ -517,6 +524,8 @@ def test_chunk_functions_match_the_codec(db):
                    FROM book_chunks ORDER BY stream_id, ts_us, u, n, snapshot"""
             )
         ).all()
+        # Both time units: whole milliseconds (Bybit's) and microseconds (DOGEUSDT).
+        assert {bytes(c[3])[0] for c in chunks} == {codec.FORMAT_US, codec.FORMAT_MS}
         # A depth-500 snapshot is over 2 kB: stored compressed (TOAST), decoded all the same.
         assert any(compressed for *_, compressed in chunks)
 
@@ -592,7 +601,7 @@ def test_corrupt_payloads_raise(db):
     rng = random.Random(3)
     feed = simulate(rng, 30, START_US, 2, 3, 5)
     payload, _, _ = codec.encode_chunk(feed.messages[:10])
-    unknown = b"\x02" + payload[1:]
+    unknown = b"\x03" + payload[1:]
     with db.connect() as conn:
         for sql in (
             "SELECT count(*) FROM depthwatch_chunk_messages(1, :t, :u, :p)",
@@ -600,7 +609,7 @@ def test_corrupt_payloads_raise(db):
             "SELECT count(*) FROM depthwatch_chunk_tops(:t, :u, :p)",
         ):
             params = {"t": feed.messages[0].ts_us, "u": feed.messages[0].u}
-            with pytest.raises(sa.exc.DBAPIError, match="unknown format 2"):
+            with pytest.raises(sa.exc.DBAPIError, match="unknown format 3"):
                 conn.execute(sa.text(sql), {**params, "p": unknown})
             conn.rollback()
             with pytest.raises(sa.exc.DBAPIError, match="depthwatch: "):

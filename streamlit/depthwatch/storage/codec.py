@@ -7,12 +7,12 @@ column, so that equal or slowly changing values cost one byte and a reader
 (NumPy here, PL/pgSQL in the database's `depthwatch_*` functions) decodes it
 with one pass over the bytes:
 
-    header  FORMAT, n (messages), price_exp, size_exp, seq_first,
+    header  format, n (messages), price_exp, size_exp, seq_first,
             n_levels (bid + ask levels of all messages), n_tops
     per message (n values each, in this order):
-            ts      zigzag(ts_i - ts_{i-1}), ts_{-1} = the row's ts_us
+            ts      zigzag(ts_i - ts_{i-1}) / unit, ts_{-1} = the row's ts_us
             local   zigzag(local_i - ts_i)
-            match   0 when Bybit sent no `cts`, else zigzag(ts_i - cts_i) + 1
+            match   0 when Bybit sent no `cts`, else zigzag(ts_i - cts_i) / unit + 1
             u       zigzag(u_i - u_{i-1} - 1), u_{-1} = the row's u - 1
             seq     zigzag(seq_i - seq_{i-1}), seq_{-1} = seq_first
             flags   bit 0: a snapshot; bit 1: the top of book changed (a top follows)
@@ -23,6 +23,11 @@ with one pass over the bytes:
     tops    (4 x n_tops, for each message flagged bit 1, after the message):
             zigzag deltas of best bid ticks, bid lots, best ask ticks, ask lots
             against the previous top (0 at the start; an empty side is 0, 0)
+
+The format says the unit of the ts and match columns: FORMAT_MS (2), 1000 us,
+when every ts and cts of the chunk is a whole millisecond (what Bybit sends;
+a 20 ms step then costs one byte, not three), else FORMAT_US (1), 1 us.
+Receive times (local) are always in microseconds.
 
 Prices and sizes are integers of 10**-price_exp and 10**-size_exp: exact,
 since the exponent is chosen per chunk as the most decimals any value needs.
@@ -41,7 +46,8 @@ from operator import itemgetter
 
 import numpy as np
 
-FORMAT = 1
+FORMAT_US = 1  # ts and match columns in microseconds
+FORMAT_MS = 2  # ... in milliseconds
 _PRICE = itemgetter(0)
 _SIZE = itemgetter(1)
 HEADER_FIELDS = 7
@@ -271,13 +277,18 @@ def encode_columns(columns: ChunkColumns, prices: FloatCache | None = None) -> E
     ts_a, local_a, cts_a, u_a, seq_a, flags_a = (table[:, k] for k in range(6))
     side_counts = table[:, 6:8]
     first_msg = np.concatenate(([0], np.cumsum(n_msgs)[:-1]))
+    # Whole milliseconds throughout a chunk: its times are stored in them.
+    not_ms = (ts_a % 1000 != 0) | ((cts_a >= 0) & (cts_a % 1000 != 0))
+    chunk_ms = np.bincount(msg_chunk, weights=not_ms, minlength=n_chunks) == 0
+    unit = np.where(chunk_ms, 1000, 1)[msg_chunk]
     dts = np.diff(ts_a, prepend=0)
     dts[first_msg] = 0
+    dts //= unit
     du = np.diff(u_a, prepend=0) - 1
     du[first_msg] = 0
     dseq = np.diff(seq_a, prepend=0)
     dseq[first_msg] = 0
-    match = np.where(cts_a < 0, np.uint64(0), zigzag(ts_a - cts_a) + np.uint64(1))
+    match = np.where(cts_a < 0, np.uint64(0), zigzag((ts_a - cts_a) // unit) + np.uint64(1))
 
     # A level's price against the previous level of the same side in the same
     # chunk: for a book's neighbours, a few ticks.
@@ -307,7 +318,7 @@ def encode_columns(columns: ChunkColumns, prices: FloatCache | None = None) -> E
     values = np.empty(int(sizes_of.sum()), dtype=np.uint64)
     header = np.column_stack(
         (
-            np.full(n_chunks, FORMAT),
+            np.where(chunk_ms, FORMAT_MS, FORMAT_US),
             n_msgs,
             exps[:, 0],
             exps[:, 1],
@@ -472,8 +483,9 @@ class DecodedChunk:
 
 def decode_chunk(payload: bytes | memoryview, row_ts_us: int, row_u: int) -> DecodedChunk:
     v = decode_varints(payload)
-    if int(v[0]) != FORMAT:
+    if int(v[0]) not in (FORMAT_US, FORMAT_MS):
         raise ValueError(f"unknown chunk format {int(v[0])}")
+    unit = 1000 if int(v[0]) == FORMAT_MS else 1
     n, price_exp, size_exp, seq_first, n_levels, n_tops = (int(x) for x in v[1:HEADER_FIELDS])
     at = HEADER_FIELDS
 
@@ -483,10 +495,10 @@ def decode_chunk(payload: bytes | memoryview, row_ts_us: int, row_u: int) -> Dec
         at += count
         return out
 
-    ts = row_ts_us + np.cumsum(unzigzag(column(n)))
+    ts = row_ts_us + np.cumsum(unzigzag(column(n))) * unit
     local = ts + unzigzag(column(n))
     match_raw = column(n).astype(np.int64)
-    match = np.where(match_raw == 0, -1, ts - unzigzag((match_raw - 1).clip(0)))
+    match = np.where(match_raw == 0, -1, ts - unzigzag((match_raw - 1).clip(0)) * unit)
     u = (row_u - 1) + np.cumsum(unzigzag(column(n)) + 1)
     seq = seq_first + np.cumsum(unzigzag(column(n)))
     flags = column(n).astype(np.int64)

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from depthwatch.records import StreamKey
+from depthwatch.records import SECOND_US, StreamKey
 from depthwatch.storage.codec import DecodedChunk, decode_chunk, unit_text
-from depthwatch.storage.queries import SECOND_US, stream_id
+from depthwatch.storage.queries import stream_id
 
 # Column contracts shared with the figure builders (depthwatch.app.figures).
 TOP_COLUMNS = ("t_ms", "bid", "ask", "bid_min", "ask_max", "mid", "spread_bps", "spread_bps_max")

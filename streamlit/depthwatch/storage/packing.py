@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from depthwatch.records import BookUpdate, DepthSnapshot, Quote, StreamKey
+from depthwatch.records import SECOND_US, BookUpdate, DepthSnapshot, Quote, StreamKey
 from depthwatch.storage.codec import (
     POW10,
     SNAPSHOT,
@@ -45,7 +45,6 @@ from depthwatch.storage.codec import (
     encode_columns,
 )
 
-SECOND_US = 1_000_000
 # A quiet stream's open second is written this long after it ended (by the
 # writer's clock): past the longest a message waits in `split_due`, so the
 # second's last messages are in by then and it is written once.

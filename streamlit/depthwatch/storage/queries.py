@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from depthwatch.records import SECOND_US
 from depthwatch.storage.codec import (
     SNAPSHOT,
     TOP_CHANGED,
@@ -24,7 +25,6 @@ from depthwatch.storage.codec import (
 
 STREAM_BATCH_ROWS = 5_000
 CHUNK_BATCH_ROWS = 500
-SECOND_US = 1_000_000
 
 
 class NotRecorded(LookupError):

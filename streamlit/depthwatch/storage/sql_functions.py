@@ -97,7 +97,8 @@ $fn$
 
 # Header (7 values), message columns (8 x n) and tops (4 x n_tops) of a chunk,
 # in that order: the level columns in between are skipped. The header alone
-# when the format is unknown (callers check v[1]).
+# when the format is unknown (callers check v[1]: 1, times in microseconds;
+# 2, ts and match in milliseconds).
 CHUNK_SKIM = """
 CREATE OR REPLACE FUNCTION depthwatch_chunk_skim(payload bytea)
 RETURNS bigint[]
@@ -129,7 +130,7 @@ BEGIN
             END IF;
             k := k + 1;
             IF k = target THEN
-                IF k = 7 AND out[1] = 1 AND out[2] > 0 THEN
+                IF k = 7 AND out[1] IN (1, 2) AND out[2] > 0 THEN
                     target := 7 + 8 * out[2]::integer;
                 ELSE
                     head_end := i;
@@ -145,7 +146,7 @@ BEGIN
         RAISE EXCEPTION 'depthwatch: chunk payload truncated (% of % header and message values)',
             k, target;
     END IF;
-    IF out[1] <> 1 THEN
+    IF out[1] NOT IN (1, 2) THEN
         RETURN out;
     END IF;
     -- Backwards from the end: the 4 x n_tops top values. A varint's last
@@ -198,6 +199,7 @@ DECLARE
     sscale numeric;
     c_local integer := 7 + n;
     c_match integer := 7 + 2 * n;
+    unit bigint := CASE WHEN v[1] = 2 THEN 1000 ELSE 1 END;
     c_u integer := 7 + 3 * n;
     c_seq integer := 7 + 4 * n;
     c_flags integer := 7 + 5 * n;
@@ -209,7 +211,7 @@ DECLARE
     ta bigint := 0;
     tas bigint := 0;
 BEGIN
-    IF v[1] <> 1 THEN
+    IF v[1] NOT IN (1, 2) THEN
         RAISE EXCEPTION 'depthwatch: chunk (stream %, ts_us %, u %) has unknown format %',
             stream_id, chunk_ts_us, chunk_u, v[1];
     END IF;
@@ -221,7 +223,7 @@ BEGIN
     FOR i IN 1 .. n LOOP
         msg := i - 1;
         z := v[7 + i];
-        ts_us := ts_us + ((z >> 1) # -(z & 1));
+        ts_us := ts_us + unit * ((z >> 1) # -(z & 1));
         z := v[c_local + i];
         local_us := ts_us + ((z >> 1) # -(z & 1));
         z := v[c_match + i];
@@ -229,7 +231,7 @@ BEGIN
             match_us := NULL;
         ELSE
             z := z - 1;
-            match_us := ts_us - ((z >> 1) # -(z & 1));
+            match_us := ts_us - unit * ((z >> 1) # -(z & 1));
         END IF;
         z := v[c_u + i];
         u := u + 1 + ((z >> 1) # -(z & 1));
@@ -299,6 +301,7 @@ DECLARE
     v bigint[] := depthwatch_varints(payload);
     n integer := v[2];
     n_levels integer := v[6];
+    unit bigint := CASE WHEN v[1] = 2 THEN 1000 ELSE 1 END;
     pscale numeric;
     sscale numeric;
     c_local integer := 7 + n;
@@ -313,7 +316,7 @@ DECLARE
     bid bigint := 0;
     ask bigint := 0;
 BEGIN
-    IF v[1] <> 1 THEN
+    IF v[1] NOT IN (1, 2) THEN
         RAISE EXCEPTION 'depthwatch: chunk (ts_us %, u %) has unknown format %',
             chunk_ts_us, chunk_u, v[1];
     END IF;
@@ -329,7 +332,7 @@ BEGIN
     FOR i IN 1 .. n LOOP
         msg := i - 1;
         z := v[7 + i];
-        ts_us := ts_us + ((z >> 1) # -(z & 1));
+        ts_us := ts_us + unit * ((z >> 1) # -(z & 1));
         z := v[c_local + i];
         local_us := ts_us + ((z >> 1) # -(z & 1));
         z := v[c_u + i];
