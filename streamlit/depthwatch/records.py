@@ -11,7 +11,7 @@ convention, for both exchange time and local receive time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 SECOND_US = 1_000_000  # timestamps are microseconds
@@ -28,6 +28,15 @@ class StreamKey:
     category: str
     symbol: str
     depth: int
+    # Every record carries its stream, and the writer and packer key dicts by
+    # it several times a message: the hash is computed once, not per lookup.
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.category, self.symbol, self.depth)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def __str__(self) -> str:
         return f"{self.category}:{self.symbol}@{self.depth}"
