@@ -859,19 +859,36 @@ class BatchWriter:
 
     def _write(self, conn: sa.Connection, batch: _Batch) -> dict[str, int]:
         """Write the batch in one transaction; returns the rows inserted per
-        table (the rest were already stored)."""
+        table (the rest were already stored). Every table is COPYd straight
+        in: one round trip each. If a row is already stored (an overlapping
+        collector, a retried flush, a second of tops written again), the
+        transaction is redone with every table through its staging table,
+        which skips or merges what is there (CONFLICT_ACTIONS)."""
+        try:
+            return self._write_tables(conn, batch, staged=False)
+        except psycopg2.errors.UniqueViolation:
+            return self._write_tables(conn, batch, staged=True)
+
+    def _write_tables(self, conn: sa.Connection, batch: _Batch, staged: bool) -> dict[str, int]:
         inserted: dict[str, int] = {}
         with conn.begin():
             if batch.days:
                 schema.ensure_partitions(conn, batch.days)
             cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
             for table, lines in batch.rows.items():
-                if lines:
-                    inserted[table], messages = self._copy(cursor, table, lines)
-                    if table == "book_chunks":
-                        inserted[MESSAGES] = messages
+                if not lines:
+                    continue
+                if staged:
+                    inserted[table], messages = self._copy_staged(cursor, table, lines)
                     if inserted[table] < len(lines):
                         self.stats.copies_with_duplicates += 1
+                else:
+                    sql = f"COPY {table} ({COLUMNS[table]}) FROM STDIN"
+                    _copy_from(cursor, sql, "".join(lines))
+                    inserted[table] = len(lines)
+                    messages = sum(map(_chunk_size, lines)) if table == "book_chunks" else 0
+                if table == "book_chunks":
+                    inserted[MESSAGES] = messages
             self._write_events(conn, batch.feed_events, batch.heartbeats, begun=True)
         return inserted
 
@@ -916,33 +933,21 @@ class BatchWriter:
                 )
 
     @staticmethod
-    def _copy(cursor: object, table: str, lines: list[str]) -> tuple[int, int]:
-        """COPY straight into the table; if any row is already there (an
-        overlapping collector, a retried flush), redo this table's rows through
-        the staging table with its CONFLICT_ACTIONS (by default DO NOTHING).
-        The common case pays for one COPY, the overlap case for two steps.
-        Returns how many rows were inserted (the others were already stored)
+    def _copy_staged(cursor: object, table: str, lines: list[str]) -> tuple[int, int]:
+        """COPY into the table's staging table, then insert what is not there
+        yet (or merge, CONFLICT_ACTIONS). Returns how many rows were inserted
         and, for book chunks, how many messages those rows hold."""
         columns = COLUMNS[table]
-        data = "".join(lines)
-        cursor.execute("SAVEPOINT depthwatch_copy")  # type: ignore[attr-defined]
-        inserted = len(lines)
-        messages = sum(map(_chunk_size, lines)) if table == "book_chunks" else inserted
-        try:
-            _copy_from(cursor, f"COPY {table} ({columns}) FROM STDIN", data)
-        except psycopg2.errors.UniqueViolation:
-            cursor.execute("ROLLBACK TO SAVEPOINT depthwatch_copy")  # type: ignore[attr-defined]
-            _copy_from(cursor, f"COPY stage_{table} ({columns}) FROM STDIN", data)
-            action = CONFLICT_ACTIONS.get(table, "ON CONFLICT DO NOTHING")
-            cursor.execute(  # type: ignore[attr-defined]
-                f"INSERT INTO {table} AS t ({columns}) SELECT {columns} FROM stage_{table} "
-                f"{action}" + (" RETURNING n" if table == "book_chunks" else "")
-            )
-            inserted = cursor.rowcount  # type: ignore[attr-defined]
-            returned = cursor.fetchall() if table == "book_chunks" else []  # type: ignore[attr-defined]
-            messages = sum(n for (n,) in returned) if table == "book_chunks" else inserted
-            # Each stage is emptied at commit (ON COMMIT DELETE ROWS) or by rollback.
-        cursor.execute("RELEASE SAVEPOINT depthwatch_copy")  # type: ignore[attr-defined]
+        _copy_from(cursor, f"COPY stage_{table} ({columns}) FROM STDIN", "".join(lines))
+        action = CONFLICT_ACTIONS.get(table, "ON CONFLICT DO NOTHING")
+        cursor.execute(  # type: ignore[attr-defined]
+            f"INSERT INTO {table} AS t ({columns}) SELECT {columns} FROM stage_{table} "
+            f"{action}" + (" RETURNING n" if table == "book_chunks" else "")
+        )
+        inserted = cursor.rowcount  # type: ignore[attr-defined]
+        returned = cursor.fetchall() if table == "book_chunks" else []  # type: ignore[attr-defined]
+        messages = sum(n for (n,) in returned) if table == "book_chunks" else inserted
+        # Each stage is emptied at commit (ON COMMIT DELETE ROWS) or by rollback.
         return int(inserted), int(messages)
 
     def _write_singly(self, conn: sa.Connection, batch: _Batch) -> None:
@@ -960,7 +965,7 @@ class BatchWriter:
             for i, line in enumerate(lines):
                 try:
                     with conn.begin():
-                        rows, messages = self._copy(cursor, table, [line])
+                        rows, messages = self._copy_staged(cursor, table, [line])
                     if rows:
                         inserted[table] += 1
                         if table == "book_chunks":
