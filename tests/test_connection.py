@@ -146,25 +146,82 @@ def test_back_pressure_pauses_reading_without_a_false_stall():
     assert len(us) > 300 and us == list(range(us[0], us[0] + len(us)))  # nothing skipped
 
 
+class BlockedWriter(Recorder):
+    """A writer full for `pause_s` from the start, noting how much a server
+    has sent during the pause (read through `sent`)."""
+
+    def __init__(self, pause_s: float, sent: list[int]) -> None:
+        super().__init__()
+        self.pause_s, self.sent = pause_s, sent
+        self.full = True
+        self.sent_during: list[int] = []  # the server's count, 1 s and pause_s - 0.2 s in
+
+    def has_room(self) -> bool:
+        return not self.full
+
+    async def wait_for_room(self) -> None:
+        await asyncio.sleep(1.0)
+        self.sent_during.append(self.sent[0])
+        await asyncio.sleep(self.pause_s - 1.2)
+        self.sent_during.append(self.sent[0])
+        await asyncio.sleep(0.2)
+        self.full = False
+
+
+def test_back_pressure_stops_reading_the_socket_so_the_server_is_held_back():
+    """While the writer is full the socket is not read at all (picows' reading
+    is paused, not just its frames held): the kernel's buffers fill and the
+    server's sends block. Afterwards every message sent arrives, in order."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    pad = "x" * 65_000
+    sent = [0]
+
+    async def blast(ws: ServerConnection) -> None:
+        deadline = asyncio.get_running_loop().time() + 4.0
+        while asyncio.get_running_loop().time() < deadline:
+            await ws.send(f'{{"op":"pong","args":["{sent[0]}","{pad}"]}}')
+            sent[0] += 1
+        await ws.close()
+
+    async def main() -> tuple[BlockedWriter, BybitConnection]:
+        handler = BlockedWriter(3.0, sent)
+        async with serve(blast, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            url = f"ws://127.0.0.1:{port}/v5/public/linear"
+            connection = BybitConnection("linear-0", ConnectionConfig(url, "linear", ()), handler)
+            # No topics: the connection only reads (run() would not start).
+            await asyncio.wait_for(connection._run_once(asyncio.Event()), 15)
+        return handler, connection
+
+    handler, connection = asyncio.run(main())
+    assert FeedEventKind.BACKPRESSURE in [e.kind for e in handler.events]
+    early, late = handler.sent_during
+    # Some megabytes went into the kernel's buffers; then the server was stuck.
+    assert early > 64 and late == early, handler.sent_during
+    assert connection.stats.messages == sent[0]  # nothing lost to the pause
+
+
 class _Transport:
-    def __init__(self) -> None:
-        self.aborted = 0
-
-    def abort(self) -> None:
-        self.aborted += 1
-
-
-class _Socket:
-    """Only what _on_control touches; the ack logic itself is pure."""
+    """Only what _on_control touches through _cut: the ack logic itself is pure."""
 
     def __init__(self) -> None:
-        self.transport = _Transport()
+        self.aborted = 0  # closed without a close handshake
+        self.closed = 0
+
+    def disconnect(self, graceful: bool = True) -> None:
+        if graceful:
+            self.closed += 1
+        else:
+            self.aborted += 1
 
 
-def ack_logic(*topics: str) -> tuple[BybitConnection, Recorder, _Socket]:
+def ack_logic(*topics: str) -> tuple[BybitConnection, Recorder, _Transport]:
     recorder = Recorder()
     connection = BybitConnection("linear-0", ConnectionConfig("ws://x", "linear", topics), recorder)
-    return connection, recorder, _Socket()
+    transport = _Transport()
+    connection._transport = transport
+    return connection, recorder, transport
 
 
 def pending(connection: BybitConnection, req_id: str, topics: list[str], resync=False) -> None:
@@ -176,25 +233,25 @@ def pending(connection: BybitConnection, req_id: str, topics: list[str], resync=
 def test_an_ack_for_a_request_no_longer_pending_is_not_charged_to_another():
     from depthwatch.feed.parse import ControlMessage
 
-    connection, recorder, ws = ack_logic("orderbook.50.BTCUSDT")
+    connection, recorder, transport = ack_logic("orderbook.50.BTCUSDT")
     pending(connection, "r2", ["orderbook.50.BTCUSDT"])
-    connection._on_control(ControlMessage("subscribe", False, "error:timeout", "r1"), ws)
+    connection._on_control(ControlMessage("subscribe", False, "error:timeout", "r1"))
     assert connection.topics == ["orderbook.50.BTCUSDT"] and "r2" in connection._pending
     # Without a req_id, acks are matched in request order.
-    connection._on_control(ControlMessage("subscribe", True, ""), ws)
+    connection._on_control(ControlMessage("subscribe", True, ""))
     assert not connection._pending
     assert [e.kind for e in recorder.events] == [FeedEventKind.SUBSCRIBED]
-    assert ws.transport.aborted == 0
+    assert transport.aborted == 0
 
 
 def test_a_failed_resync_reconnects_instead_of_dropping_the_topic():
     from depthwatch.feed.parse import ControlMessage
 
-    connection, recorder, ws = ack_logic("orderbook.50.BTCUSDT", "orderbook.50.ETHUSDT")
+    connection, recorder, transport = ack_logic("orderbook.50.BTCUSDT", "orderbook.50.ETHUSDT")
     pending(connection, "r9", ["orderbook.50.BTCUSDT"], resync=True)
     refusal = "error:already subscribed,topic:orderbook.50.BTCUSDT"
-    connection._on_control(ControlMessage("subscribe", False, refusal, "r9"), ws)
-    assert ws.transport.aborted == 1
+    connection._on_control(ControlMessage("subscribe", False, refusal, "r9"))
+    assert transport.aborted == 1
     assert connection.topics == ["orderbook.50.BTCUSDT", "orderbook.50.ETHUSDT"]
     assert not any(e.kind is FeedEventKind.SUBSCRIBE_FAILED for e in recorder.events)
 
@@ -202,9 +259,9 @@ def test_a_failed_resync_reconnects_instead_of_dropping_the_topic():
 def test_when_every_topic_is_refused_the_connection_closes():
     from depthwatch.feed.parse import ControlMessage
 
-    connection, recorder, ws = ack_logic("orderbook.50.NOPE")
+    connection, recorder, transport = ack_logic("orderbook.50.NOPE")
     pending(connection, "r1", ["orderbook.50.NOPE"])
     refusal = "error:handler not found,topic:orderbook.50.NOPE"
-    connection._on_control(ControlMessage("subscribe", False, refusal, "r1"), ws)
-    assert connection.topics == [] and ws.transport.aborted == 1
+    connection._on_control(ControlMessage("subscribe", False, refusal, "r1"))
+    assert connection.topics == [] and transport.aborted == 1
     assert [e.kind for e in recorder.events] == [FeedEventKind.SUBSCRIBE_FAILED]

@@ -12,6 +12,13 @@ Only data (book and trade messages) counts as life for the watchdog: a server
 that answers pings and acks but sends no data is as useless as a dead one. Any
 request left unacked for `ack_timeout_s` also ends the connection: a fresh one
 resubscribes everything, so no topic waits forever for a snapshot.
+
+The socket is picows': it calls `_FrameListener.on_ws_frame` synchronously for
+each frame as it parses the bytes just read, so a message reaches the handler
+without an asyncio queue, future or task wake-up of its own (at 1,000 msg/s that
+per-message wake-up was most of the reader's CPU). The price is that nothing in
+the frame path may await: requests are sent synchronously, and back-pressure
+pauses the transport's reading instead of the reader awaiting the writer.
 """
 
 from __future__ import annotations
@@ -22,13 +29,22 @@ import itertools
 import logging
 import random
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import orjson
-import websockets
-from websockets.asyncio.client import ClientConnection, connect
+from picows import (
+    WSCloseCode,
+    WSError,
+    WSFrame,
+    WSListener,
+    WSMsgType,
+    WSProtocolError,
+    WSTransport,
+    ws_connect,
+)
 
 from depthwatch.feed.parse import ControlMessage, FeedParser, MalformedMessage, topics_named_in
 from depthwatch.feed.topics import (
@@ -125,6 +141,86 @@ class _PendingRequest:
     resync: bool = False
 
 
+# websockets' defaults as the collector used them: the whole opening (TCP, TLS,
+# HTTP upgrade) within 10 s, and 2 s for the server to answer our close.
+OPEN_TIMEOUT_S = 10.0
+CLOSE_TIMEOUT_S = 2.0
+# A message may be up to 16 MiB (a deep snapshot; the fuzz test sends an 11 MB
+# one, which the parser must refuse cheaply rather than the socket).
+MAX_MESSAGE_BYTES = 2**24
+
+# Compared by identity in the frame path: cheaper than attribute lookups.
+_TEXT = WSMsgType.TEXT
+_BINARY = WSMsgType.BINARY
+_CONTINUATION = WSMsgType.CONTINUATION
+_CLOSE = WSMsgType.CLOSE
+
+# Where whole messages go: (raw bytes, local receive time in us).
+MessageSink = Callable[[bytes, int], None]
+
+
+def _discard(raw: bytes, local_us: int) -> None:
+    """The sink of a socket we cut: what it still had buffered is not read."""
+
+
+class _FrameListener(WSListener):
+    """picows' callbacks for one socket. Hands every whole message to `sink`
+    the moment picows has parsed its frame, stamped with the time it was read.
+
+    `sink` is swapped rather than tested per frame: it starts as `hold`, since
+    frames may come with the handshake before the connection has bound its
+    handler, holds again while back-pressure pauses reading (frames already in
+    the buffer being parsed still arrive), and becomes `_discard` once we cut
+    the socket."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: deque[tuple[bytes, int]] = deque()
+        self.sink: MessageSink = self.hold
+        self._fragments: bytearray | None = None  # a fragmented message so far
+
+    def hold(self, raw: bytes, local_us: int) -> None:
+        self.held.append((raw, local_us))
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        local_us = time.time_ns() // 1000  # before anything else
+        msg_type = frame.msg_type
+        if (msg_type is _TEXT or msg_type is _BINARY) and frame.fin and self._fragments is None:
+            # Text is not decoded to str: orjson reads UTF-8 bytes directly
+            # (and refuses invalid UTF-8 as not JSON, i.e. a malformed message).
+            self.sink(frame.get_payload_as_bytes(), local_us)
+        elif msg_type is _CLOSE:
+            self._on_close(transport, frame)
+        elif msg_type is _TEXT or msg_type is _BINARY or msg_type is _CONTINUATION:
+            self._on_fragment(frame, local_us)
+        # PONG: ours are application-level; a PING picows answers itself.
+
+    def _on_fragment(self, frame: WSFrame, local_us: int) -> None:
+        """RFC 6455 fragmentation, which Bybit does not use but a proxy may:
+        picows hands frames, not messages, so assemble them here."""
+        starts = frame.msg_type is not _CONTINUATION
+        if starts == (self._fragments is not None):
+            raise WSProtocolError(WSCloseCode.PROTOCOL_ERROR, "unexpected continuation frame")
+        if self._fragments is None:
+            self._fragments = bytearray()
+        self._fragments += frame.get_payload_as_memoryview()
+        if len(self._fragments) > MAX_MESSAGE_BYTES:
+            raise WSProtocolError(WSCloseCode.MESSAGE_TOO_BIG, "fragmented message too big")
+        if frame.fin:
+            # Stamped when its last frame was read, when it became a message
+            # (as websockets stamped it).
+            raw, self._fragments = bytes(self._fragments), None
+            self.sink(raw, local_us)
+
+    def _on_close(self, transport: WSTransport, frame: WSFrame) -> None:
+        """The server's close (picows records its code and reason in
+        `transport.close_handshake`): answer it unless it answers ours, then
+        close the socket. Frames held by back-pressure are still delivered."""
+        if not transport.is_close_frame_sent:
+            transport.send_close(WSCloseCode.OK)  # picows cannot send a close without a code
+        transport.disconnect()
+
+
 class BybitConnection:
     def __init__(self, name: str, config: ConnectionConfig, handler: FeedHandler) -> None:
         self.name = name
@@ -133,7 +229,8 @@ class BybitConnection:
         self.parser = FeedParser(config.category)
         self.topics: list[str] = list(config.topics)  # minus topics Bybit refused
         self.stats = ConnectionStats()
-        self._ws: ClientConnection | None = None
+        self._transport: WSTransport | None = None
+        self._listener: _FrameListener | None = None
         self._pending: OrderedDict[str, _PendingRequest] = OrderedDict()
         self._req_ids = itertools.count(1)
         self._last_rx = 0.0  # time.monotonic() of the last frame
@@ -145,6 +242,7 @@ class BybitConnection:
         self._cut_reason = ""  # why we ended the current socket ourselves, if we did
         self.simulator_detected = False  # the server said it is depthwatch's simulator
         self._paused = False  # reading paused by writer back-pressure
+        self._resume: asyncio.Task[None] | None = None  # waits for the writer, then reads on
         self._rng = random.Random()
         self._malformed_log = LogThrottle()
         self._resync_log = LogThrottle()
@@ -177,45 +275,37 @@ class BybitConnection:
         self._cut_reason = ""
         ended = ""  # how the server ended it, when it did
         try:
-            async with connect(
-                self.config.url,
-                ping_interval=None,  # Bybit wants application-level pings; we send them
-                max_size=2**24,
-                max_queue=4096,
-                compression=None,
-                open_timeout=10,
-                close_timeout=2,
-            ) as ws:
-                connected = True
-                self._ws = ws
-                opened_at = self._last_rx = self._last_data = time.monotonic()
-                self._probed_at = None
-                self._resyncing.clear()
-                self.stats.connects += 1
-                if ws.response is not None and ws.response.headers.get(SIMULATOR_HEADER):
-                    self.simulator_detected = True
-                self._event(FeedEventKind.CONNECT, detail=self.config.url)
-                log.info("%s: connected to %s", self.name, self.config.url)
-                await self._subscribe(self.topics)
-                helpers = [
-                    asyncio.create_task(self._ping_loop(ws)),
-                    asyncio.create_task(self._watchdog(ws)),
-                    asyncio.create_task(self._close_on_stop(ws, stop)),
-                ]
-                try:
-                    ended = await self._read(ws)
-                finally:
-                    for task in helpers:
-                        task.cancel()
-                    await asyncio.gather(*helpers, return_exceptions=True)
-        except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
+            transport, listener = await self._open()
+            connected = True
+            self._transport, self._listener = transport, listener
+            opened_at = self._last_rx = self._last_data = time.monotonic()
+            self._probed_at = None
+            self._resyncing.clear()
+            self.stats.connects += 1
+            if transport.response.headers.get(SIMULATOR_HEADER):
+                self.simulator_detected = True
+            self._event(FeedEventKind.CONNECT, detail=self.config.url)
+            log.info("%s: connected to %s", self.name, self.config.url)
+            self._subscribe(self.topics)
+            helpers = [
+                asyncio.create_task(self._ping_loop(transport)),
+                asyncio.create_task(self._watchdog()),
+                asyncio.create_task(self._close_on_stop(transport, stop)),
+            ]
+            try:
+                ended = await self._read(transport, listener)
+            finally:
+                for task in helpers:
+                    task.cancel()
+                await asyncio.gather(*helpers, return_exceptions=True)
+        except (OSError, TimeoutError, WSError) as exc:
             if not connected:
                 self.stats.connect_failures += 1
             ended = str(exc) or type(exc).__name__
             if not stop.is_set():
                 log.warning("%s: connection failed: %s", self.name, ended)
         finally:
-            self._ws = None
+            self._drop_socket()
             self._pending.clear()
             if connected:
                 self.handler.on_streams_lost(
@@ -229,73 +319,157 @@ class BybitConnection:
                 detail = f"{why} ({received} book messages in {lived:.1f} s)"
                 self._event(FeedEventKind.DISCONNECT, detail=detail[:500])
 
-    async def _close_on_stop(self, ws: ClientConnection, stop: asyncio.Event) -> None:
+    async def _open(self) -> tuple[WSTransport, _FrameListener]:
+        """Connect and upgrade, all within OPEN_TIMEOUT_S. TLS for wss:// with
+        the default context, as websockets did (SSL_CERT_FILE is honoured)."""
+        transport, listener = await asyncio.wait_for(
+            ws_connect(
+                _FrameListener,
+                self.config.url,
+                websocket_handshake_timeout=OPEN_TIMEOUT_S,
+                enable_auto_ping=False,  # Bybit wants application-level pings; we send them
+                max_frame_size=MAX_MESSAGE_BYTES,
+                logger_name=log.getChild("picows"),  # its lines under ours
+            ),
+            OPEN_TIMEOUT_S,
+        )
+        # picows returns without a listener when the server hung up mid-handshake.
+        if not isinstance(listener, _FrameListener) or transport.is_disconnected:
+            transport.disconnect(graceful=False)
+            raise ConnectionResetError("the server closed the connection during the handshake")
+        return transport, listener
+
+    def _drop_socket(self) -> None:
+        """Forget the socket, closing it if it is still open (an exception or a
+        cancellation ended its reading), and any wait for the writer."""
+        if self._transport is not None and not self._transport.is_disconnected:
+            self._transport.disconnect(graceful=False)
+        if self._resume is not None and not self._resume.done():
+            self._resume.cancel()
+        self._transport = self._listener = self._resume = None
+        self._paused = False
+
+    async def _close_on_stop(self, transport: WSTransport, stop: asyncio.Event) -> None:
+        """The close handshake: our close, then up to CLOSE_TIMEOUT_S for the
+        server's, while frames still in flight are read and handled."""
         await stop.wait()
-        await ws.close()
+        transport.send_close(WSCloseCode.OK)
+        with contextlib.suppress(TimeoutError, WSError):
+            await asyncio.wait_for(transport.wait_disconnected(), CLOSE_TIMEOUT_S)
+        transport.disconnect()
 
     # ---- reading
 
-    async def _read(self, ws: ClientConnection) -> str:
-        """Read until the connection ends; returns how it ended."""
-        handler = self.handler
-        parse = self.parser.parse
-        stats = self.stats
-        monotonic = time.monotonic
+    async def _read(self, transport: WSTransport, listener: _FrameListener) -> str:
+        """Hand frames to the handler until the connection ends; returns how
+        it ended. Frames are handled in picows' callback (`_on_message`); this
+        only waits."""
+        self._deliver_held()  # frames that came with the handshake, if any
         try:
-            async for raw in ws:
-                local_us = time.time_ns() // 1000  # before anything else
-                self._last_rx = monotonic()
-                stats.messages += 1
-                try:
-                    parsed = parse(raw, local_us)
-                except MalformedMessage as exc:
-                    self._malformed(exc)
-                    # A known stream's message we could not use: its book has
-                    # missed an update.
-                    if exc.stream is not None and handler.on_malformed_book_message(
-                        exc.stream, local_us, str(exc)
-                    ):
-                        await self._resync(exc.stream)
-                    continue
-                try:
-                    if isinstance(parsed, BookUpdate):
-                        stats.book_updates += 1
-                        self._last_data = self._last_rx
-                        if handler.on_book_update(parsed):
-                            await self._resync(parsed.stream)
-                    elif isinstance(parsed, list):
-                        self._last_data = self._last_rx
-                        handler.on_trades(parsed)
-                    else:
-                        resubscribe = self._on_control(parsed, ws)
-                        if resubscribe:
-                            await self._send_request("subscribe", resubscribe, resync=True)
-                except websockets.exceptions.ConnectionClosed:
-                    raise
-                except Exception as exc:  # a bug must cost one frame, not the collector
-                    log.exception("%s: error handling a frame", self.name)
-                    self._malformed(MalformedMessage(f"could not handle frame: {exc}"))
-                # Checking the writer's queue every 64 messages is plenty for a
-                # bound of hundreds of thousands of rows, and cheaper than every one.
-                if not stats.messages & 63 and not handler.has_room():
-                    await self._wait_for_writer()
-        except websockets.exceptions.ConnectionClosed as exc:
+            await transport.wait_disconnected()
+        except WSError as exc:  # picows ended it: a protocol error, a frame too big
             log.warning("%s: connection closed: %s", self.name, exc)
-            return str(exc)
-        # A normal close (1000, 1001) ends the iteration without an exception.
-        log.warning("%s: closed by the server: %s %s", self.name, ws.close_code, ws.close_reason)
-        return f"closed by the server: {ws.close_code} {ws.close_reason}".strip()
+            ended = str(exc) or type(exc).__name__
+        else:
+            ended = self._how_it_ended(transport)
+        # Frames read before the end still reach the handler, once it has room
+        # (a resumed delivery can fill the writer again: a new wait).
+        while (resume := self._resume) is not None:
+            await resume
+        return ended
 
-    async def _wait_for_writer(self) -> None:
-        """Back-pressure: stop reading until the writer has room. The watchdog
-        must not mistake this pause for a silent server."""
+    def _how_it_ended(self, transport: WSTransport) -> str:
+        handshake = transport.close_handshake
+        received = handshake.recv if handshake is not None else None
+        if received is None:
+            if not self._cut_reason:
+                log.warning("%s: connection lost: no close frame received", self.name)
+            return "connection lost: no close frame received"
+        code = received.code.value  # 3000-4999 too: picows makes pseudo-members of them
+        reason = received.reason or ""
+        log.warning("%s: closed by the server: %s %s", self.name, code, reason)
+        return f"closed by the server: {code} {reason}".strip()
+
+    def _on_message(self, raw: bytes, local_us: int) -> None:
+        """One message, synchronously in picows' read callback: parse it and
+        hand it on. Nothing here may await (see the module docstring)."""
+        handler = self.handler
+        stats = self.stats
+        self._last_rx = time.monotonic()
+        stats.messages += 1
+        try:
+            parsed = self.parser.parse(raw, local_us)
+        except MalformedMessage as exc:
+            self._malformed(exc)
+            # A known stream's message we could not use: its book has
+            # missed an update.
+            if exc.stream is not None and handler.on_malformed_book_message(
+                exc.stream, local_us, str(exc)
+            ):
+                self._resync(exc.stream)
+            return
+        try:
+            if isinstance(parsed, BookUpdate):
+                stats.book_updates += 1
+                self._last_data = self._last_rx
+                if handler.on_book_update(parsed):
+                    self._resync(parsed.stream)
+            elif isinstance(parsed, list):
+                self._last_data = self._last_rx
+                handler.on_trades(parsed)
+            else:
+                resubscribe = self._on_control(parsed)
+                if resubscribe:
+                    self._send_request("subscribe", resubscribe, resync=True)
+        except Exception as exc:  # a bug must cost one frame, not the collector
+            log.exception("%s: error handling a frame", self.name)
+            self._malformed(MalformedMessage(f"could not handle frame: {exc}"))
+        # Checking the writer's queue every 64 messages is plenty for a
+        # bound of hundreds of thousands of rows, and cheaper than every one.
+        if not stats.messages & 63 and not handler.has_room():
+            self._pause_for_writer()
+
+    def _deliver_held(self) -> None:
+        """Hand over the frames held (early or during a pause), in order, then
+        let new ones through directly. Stops early if they fill the writer
+        again or end the socket."""
+        listener = self._listener
+        if listener is None:
+            return
+        held = listener.held
+        while held and not self._paused and listener.sink is not _discard:
+            self._on_message(*held.popleft())
+        if not self._paused and listener.sink is not _discard:
+            listener.sink = self._on_message
+
+    def _pause_for_writer(self) -> None:
+        """Back-pressure: stop reading the socket (the kernel's buffers fill,
+        then TCP's window closes on the server) until the writer has room."""
+        if self._paused or self._transport is None or self._listener is None:
+            return
         self._event(FeedEventKind.BACKPRESSURE, detail="writer queue full; reading paused")
         self._paused = True
+        if self._listener.sink is not _discard:
+            self._listener.sink = self._listener.hold
+        self._transport.underlying_transport.pause_reading()
+        self._resume = asyncio.get_running_loop().create_task(self._wait_for_writer())
+
+    async def _wait_for_writer(self) -> None:
+        """The watchdog must not mistake this pause for a silent server."""
         try:
             await self.handler.wait_for_room()
+        except Exception as exc:
+            # Raised again where _read awaits this; meanwhile read nothing more.
+            self._cut(f"waiting for the writer failed: {exc}")
+            raise
         finally:
             self._paused = False
             self._last_rx = self._last_data = time.monotonic()
+        transport = self._transport
+        self._resume = None
+        self._deliver_held()
+        if not self._paused and transport is not None:
+            transport.underlying_transport.resume_reading()  # a no-op once closed
 
     def _malformed(self, exc: MalformedMessage) -> None:
         self.stats.malformed += 1
@@ -313,19 +487,25 @@ class BybitConnection:
 
     # ---- subscriptions
 
-    async def _subscribe(self, topics: list[str]) -> None:
+    def _subscribe(self, topics: list[str]) -> None:
         step = self.config.args_per_request
         for i in range(0, len(topics), step):
-            await self._send_request("subscribe", topics[i : i + step])
+            self._send_request("subscribe", topics[i : i + step])
 
-    async def _send_request(self, op: str, topics: list[str], resync: bool = False) -> None:
-        if self._ws is None:
+    def _send_request(self, op: str, topics: list[str], resync: bool = False) -> None:
+        if self._transport is None:
             return
         req_id = f"{self.name}-{next(self._req_ids)}"
         self._pending[req_id] = _PendingRequest(op, topics, time.monotonic(), resync)
-        await self._ws.send(orjson.dumps({"req_id": req_id, "op": op, "args": topics}).decode())
+        self._send({"req_id": req_id, "op": op, "args": topics})
 
-    def _on_control(self, msg: ControlMessage, ws: ClientConnection) -> list[str]:
+    def _send(self, request: dict[str, object]) -> None:
+        """picows sends synchronously: the frame goes to the transport's buffer
+        (a closed socket drops it, as the reconnect will resend what matters)."""
+        if self._transport is not None:
+            self._transport.send(_TEXT, orjson.dumps(request))
+
+    def _on_control(self, msg: ControlMessage) -> list[str]:
         """Settle the request an ack answers. Returns the topics to subscribe
         now: those of a resync whose unsubscribe was just acked."""
         if msg.is_pong:
@@ -354,7 +534,7 @@ class BybitConnection:
             log.warning(
                 "%s: resync of %s failed (%s); reconnecting", self.name, failed, msg.ret_msg
             )
-            self._cut(ws, f"resync of {', '.join(failed)} refused: {msg.ret_msg}")
+            self._cut(f"resync of {', '.join(failed)} refused: {msg.ret_msg}")
             return []
         for topic in failed:
             self._topic_refused(topic, msg.ret_msg or "refused")
@@ -363,7 +543,7 @@ class BybitConnection:
                 self._event(FeedEventKind.SUBSCRIBED, topic=topic)
         if not self.topics:
             log.error("%s: every topic was refused; closing the connection", self.name)
-            self._cut(ws, "every topic was refused")
+            self._cut("every topic was refused")
         return []
 
     def _oldest_pending(self) -> _PendingRequest | None:
@@ -383,12 +563,12 @@ class BybitConnection:
         """Resync a stream this connection serves (a fresh snapshot), e.g. when
         its record lost rows; False when it is not connected or not served here."""
         topic = f"orderbook.{stream.depth}.{stream.symbol}"
-        if self._ws is None or topic not in self.topics:
+        if self._transport is None or topic not in self.topics:
             return False
-        await self._resync(stream)
+        self._resync(stream)
         return True
 
-    async def _resync(self, stream: StreamKey) -> None:
+    def _resync(self, stream: StreamKey) -> None:
         """Unsubscribe; the ack sends the subscribe (see _on_control). Sent back
         to back, a subscribe could meet a server that has not (or never) dropped
         the topic, and get "already subscribed" or no snapshot at all. An
@@ -400,16 +580,17 @@ class BybitConnection:
         self.stats.resyncs += 1
         self._event(FeedEventKind.RESYNC, topic=topic, detail="unsubscribe + subscribe")
         self._resync_log.log(log, logging.WARNING, "%s: resyncing %s", self.name, topic)
-        await self._send_request("unsubscribe", [topic], resync=True)
+        self._send_request("unsubscribe", [topic], resync=True)
 
     # ---- liveness
 
-    async def _ping_loop(self, ws: ClientConnection) -> None:
+    async def _ping_loop(self, transport: WSTransport) -> None:
+        ping = orjson.dumps({"req_id": f"ping-{self.name}", "op": "ping"})
         while True:
             await asyncio.sleep(self.config.ping_interval_s)
-            await ws.send(orjson.dumps({"req_id": f"ping-{self.name}", "op": "ping"}).decode())
+            transport.send(_TEXT, ping)
 
-    async def _watchdog(self, ws: ClientConnection) -> None:
+    async def _watchdog(self) -> None:
         timeout = self.config.silence_timeout_s
         while True:
             await asyncio.sleep(min(1.0, timeout / 4))
@@ -419,7 +600,7 @@ class BybitConnection:
             silent = now - self._last_data
             if self._probed_at is not None and self._last_data > self._probed_at:
                 self._probed_at = None  # the probe (or the market) answered
-            if silent > timeout and self._probed_at is None and await self._probe():
+            if silent > timeout and self._probed_at is None and self._probe():
                 self._probed_at = now
                 continue
             if silent > timeout and (self._probed_at is None or now - self._probed_at > timeout):
@@ -432,14 +613,14 @@ class BybitConnection:
                     detail += "; a snapshot asked for did not come"
                 log.warning("%s: %s; reconnecting", self.name, detail)
                 self._event(FeedEventKind.STALL, detail=detail)
-                self._cut(ws, detail)
+                self._cut(detail)
                 return
             overdue = self._ack_overdue()
             if overdue:
-                self._cut(ws, overdue)
+                self._cut(overdue)
                 return
 
-    async def _probe(self) -> bool:
+    def _probe(self) -> bool:
         """A quiet market sends nothing either (Bybit repeats only depth-1
         books, every 3 s): before calling a silent socket dead, resubscribe one
         book topic. A live server answers with a fresh snapshot (stored like
@@ -451,7 +632,7 @@ class BybitConnection:
         self._resyncing.add(topic)
         self.stats.probes += 1
         log.debug("%s: no data for a while; probing with a fresh %s snapshot", self.name, topic)
-        await self._send_request("unsubscribe", [topic], resync=True)
+        self._send_request("unsubscribe", [topic], resync=True)
         return True
 
     def _ack_overdue(self) -> str:
@@ -472,11 +653,15 @@ class BybitConnection:
                 return reason
         return ""
 
-    def _cut(self, ws: ClientConnection, reason: str) -> None:
+    def _cut(self, reason: str) -> None:
         """End the socket now (no close handshake with a server we no longer
-        trust); the reason goes into the disconnect event."""
+        trust), and read nothing more from it, not even frames already in the
+        buffer picows is parsing; the reason goes into the disconnect event."""
         self._cut_reason = reason
-        ws.transport.abort()
+        if self._listener is not None:
+            self._listener.sink = _discard
+        if self._transport is not None:
+            self._transport.disconnect(graceful=False)
 
     def _event(self, kind: FeedEventKind, topic: str | None = None, detail: str = "") -> None:
         symbol: str | None = None
