@@ -2,23 +2,38 @@
 browser costs per refresh, and the dashboard's memory over a long run.
 
     .venv/bin/python bench/bench_dashboard.py                      # every phase (~50 min)
-    .venv/bin/python bench/bench_dashboard.py --phase queries      # ~7 min (2 of them generating)
+    .venv/bin/python bench/bench_dashboard.py --phase queries      # ~5 min (1-2 of them generating)
+    .venv/bin/python bench/bench_dashboard.py --phase queries --layout legacy   # ~7 min
     .venv/bin/python bench/bench_dashboard.py --phase browser      # ~10 min
     .venv/bin/python bench/bench_dashboard.py --phase rss --minutes 30    # ~37 min
     .venv/bin/python bench/bench_dashboard.py --phase queries --keep --explain --what-if
 
-Phases (one stream, BTCUSDT depth 50 at 50 messages/s):
-  queries  History is generated in SQL (INSERT ... SELECT generate_series, an
-           hour per transaction): book events with 2-20 changed levels as
-           numeric[] arrays, quotes for half the messages, a 50+50-level depth
-           snapshot every second, ~2 trades/s, collector heartbeats every 2 s and a
-           few feed events, ending "now". Then, interleaved on the 1 h and the
-           24 h database: every query the live page's read (`data.live_view`)
-           makes, timed one by one (p50/p95, and the part spent in
-           cursor.execute), the whole read (one transaction, no Streamlit
-           cache), and the page's figure building and Plotly JSON serialisation
-           as Streamlit does it. 24 h / 1 h ratios compare the same run. "Now" is
-           pinned to the end of each history, so every window is full.
+Phases (one stream, depth 50 at 50 messages/s):
+  queries  Two layouts of the book's history (--layout):
+           packed (default): what a schema 4 collector writes (book_chunks,
+             top_seconds, top_snapshots). bench/record_paced.py records one
+             hour of P00USDT, a paced synthetic stream, through the real
+             parser, book and writer, faster than real time (~30 s at ~7,000
+             messages/s), ending "now". 24 h = that 1 h recorded, then
+             replicated 23 times back in time in SQL (rows moved by whole
+             hours, u moved so it keeps increasing; a chunk decodes relative
+             to its row's ts_us and u, so moved rows decode correctly): every
+             hour of the 24 h history holds the same book and prices, and
+             each starts with the recording's snapshot, like a resync.
+           legacy: the schema 1-3 tables, generated in SQL (INSERT ... SELECT
+             generate_series, an hour per transaction): BTCUSDT book events
+             with 2-20 changed levels as numeric[] arrays, quotes for half
+             the messages, a 50+50-level depth snapshot every second. What the
+             figures before schema 4 measured.
+           Both add, in SQL, ~2 trades/s (priced from the history's mids),
+           collector heartbeats every 2 s and a few feed events. Then,
+           interleaved on the 1 h and the 24 h database: every query the live
+           page's read (`data.live_view`) makes, timed one by one (p50/p95,
+           and the part spent in cursor.execute), the whole read (one
+           transaction, no Streamlit cache), and the page's figure building
+           and Plotly JSON serialisation as Streamlit does it. 24 h / 1 h
+           ratios compare the same run. "Now" is pinned to the end of each
+           history, so every window is full.
            --explain prints EXPLAIN ANALYZE of each statement (24 h, 60 min);
            --what-if also times the read with rows handed to pandas as tuples.
   browser  A live setup: `depthwatch sim`, `depthwatch collect` and `depthwatch
@@ -58,6 +73,7 @@ import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +83,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "streamlit"
 sys.path.insert(0, str(SRC))
 
+from depthwatch.sim.market import spec_for  # noqa: E402
 from depthwatch.storage import schema  # noqa: E402
 from depthwatch.storage.db import (  # noqa: E402
     make_engine,
@@ -76,7 +93,6 @@ from depthwatch.storage.db import (  # noqa: E402
 )
 
 CATEGORY, SYMBOL, DEPTH = "linear", "BTCUSDT", 50
-STREAM_KEY = f"{CATEGORY}:{SYMBOL}@{DEPTH}"
 TICK = 0.1  # BTCUSDT's tick; prices are generated in integer ticks
 START_TICKS = 600_000  # 60,000.0: where the simulator's BTCUSDT starts
 SNAPSHOT_LEVELS = 50
@@ -93,6 +109,31 @@ CHROMIUM_ARGS = [
 ]
 DEFAULT_DATA_DIR = Path("/tmp/depthwatch-bench-dashboard")
 HOUR_S = 3_600
+LAYOUTS = ("packed", "legacy")
+
+
+@dataclass(frozen=True)
+class BenchStream:
+    """The stream a history holds. The legacy history is BTCUSDT (what the
+    simulator of the browser phase also sends); the packed one is whatever
+    bench/record_paced.py records: its first stream, P00USDT, at the
+    simulator's tick for that symbol."""
+
+    symbol: str
+    tick: float
+
+    @property
+    def key(self) -> str:
+        return f"{CATEGORY}:{self.symbol}@{DEPTH}"
+
+    @property
+    def places(self) -> int:
+        """Decimals of a price: the tick's."""
+        return max(0, -int(Decimal(str(self.tick)).as_tuple().exponent))
+
+
+LEGACY_STREAM = BenchStream(SYMBOL, TICK)
+PACKED_STREAM = BenchStream("P00USDT", float(spec_for("P00USDT").tick))
 
 
 # ---- small helpers -------------------------------------------------------------------
@@ -312,7 +353,7 @@ TRADES_SQL = """
 INSERT INTO trades (instrument_id, ts_us, local_us, trade_id, side, price, size, seq)
 SELECT :iid, x.ts, x.ts + 3000 + (random() * 25000)::int, 'bench-' || x.j,
        CASE WHEN x.buy THEN 'buy' ELSE 'sell' END,
-       round((m.mid + x.buy::int)::numeric / 10, 1),
+       round((m.mid + x.buy::int) * CAST(:tick AS numeric), CAST(:places AS int)),
        round((0.001 - ln(1 - random()) * 0.05)::numeric, 3), x.j
 FROM (SELECT j, j * 500000 + (random() * 499999)::bigint AS ts, random() < 0.5 AS buy
       FROM generate_series(CAST(:t0 AS bigint) * 2, CAST(:t1 AS bigint) * 2 - 1) j) x
@@ -338,29 +379,31 @@ VALUES (:local_us, 'bench-history:1', 'linear-1', :kind, :category, :symbol, :de
 """
 
 
-def feed_events_for(t0: int, t1: int, history_start: int) -> list[dict[str, object]]:
+def feed_events_for(
+    t0: int, t1: int, history_start: int, symbol: str = SYMBOL
+) -> list[dict[str, object]]:
     """A connect at the start; every hour a gap, its resync and the recovering
     snapshot; every 6 hours a disconnect and reconnect."""
     rows: list[tuple[float, str, str | None, int | None, str]] = []
     if t0 == history_start:
         rows += [
             (t0 + 0.05, "connect", None, None, "wss://stream.bybit.com/v5/public/linear"),
-            (t0 + 0.2, "subscribed", SYMBOL, DEPTH, f"orderbook.{DEPTH}.{SYMBOL}"),
+            (t0 + 0.2, "subscribed", symbol, DEPTH, f"orderbook.{DEPTH}.{symbol}"),
         ]
     for hour_start in range(t0 - t0 % HOUR_S, t1, HOUR_S):
         at = hour_start + 1_380  # 23 minutes past
         if t0 <= at < t1:
             rows += [
-                (at, "gap", SYMBOL, DEPTH, "u jumped from 1001 to 1003"),
-                (at + 0.01, "resync", SYMBOL, DEPTH, "unsubscribe + subscribe"),
-                (at + 0.9, "recovered", SYMBOL, DEPTH, "snapshot u=1"),
+                (at, "gap", symbol, DEPTH, "u jumped from 1001 to 1003"),
+                (at + 0.01, "resync", symbol, DEPTH, "unsubscribe + subscribe"),
+                (at + 0.9, "recovered", symbol, DEPTH, "snapshot u=1"),
             ]
         at = hour_start + 2_400
         if t0 <= at < t1 and (hour_start // HOUR_S) % 6 == 0:
             rows += [
                 (at, "disconnect", None, None, "code 1006"),
                 (at + 1.5, "connect", None, None, "wss://stream.bybit.com/v5/public/linear"),
-                (at + 1.7, "subscribed", SYMBOL, DEPTH, f"orderbook.{DEPTH}.{SYMBOL}"),
+                (at + 1.7, "subscribed", symbol, DEPTH, f"orderbook.{DEPTH}.{symbol}"),
             ]
     return [
         {
@@ -388,7 +431,7 @@ class History:
     seconds: float  # spent generating in this run (0 when reused as is)
 
 
-def _register(conn: sa.Connection) -> int:
+def _register(conn: sa.Connection, stream: BenchStream = LEGACY_STREAM) -> int:
     iid = conn.execute(
         sa.text(
             """INSERT INTO instruments (exchange, category, symbol, tick_size)
@@ -396,7 +439,7 @@ def _register(conn: sa.Connection) -> int:
                ON CONFLICT (exchange, category, symbol) DO UPDATE SET tick_size = :t
                RETURNING id"""
         ),
-        {"c": CATEGORY, "s": SYMBOL, "t": TICK},
+        {"c": CATEGORY, "s": stream.symbol, "t": stream.tick},
     ).scalar_one()
     conn.execute(
         sa.text(
@@ -492,11 +535,7 @@ def generate_history(
                 _trim(conn, now_s - int(hours * HOUR_S))
                 conn.execute(sa.text("UPDATE bench_meta SET start_s = :s"), {"s": span_start})
         if rows:
-            print(f"  {label}: VACUUM ANALYZE ...", flush=True)
-            vacuum = sa.create_engine(normalise_url(url), isolation_level="AUTOCOMMIT")
-            with vacuum.connect() as conn:
-                conn.execute(sa.text("VACUUM (ANALYZE)"))
-            vacuum.dispose()
+            _vacuum(url, label)
         with engine.connect() as conn:
             stored = int(
                 conn.execute(
@@ -511,9 +550,19 @@ def generate_history(
 
 
 def _fill(
-    engine: sa.Engine, iid: int, start_s: int, end_s: int, first_s: int, rate: float, label: str
+    engine: sa.Engine,
+    iid: int,
+    start_s: int,
+    end_s: int,
+    first_s: int,
+    rate: float,
+    label: str,
+    stream: BenchStream = LEGACY_STREAM,
+    book_sql: tuple[str, ...] = (BOOK_EVENTS_SQL, QUOTES_SQL, SNAPSHOTS_SQL),
 ) -> int:
-    """Every table from start_s to end_s, an hour per transaction, with progress."""
+    """Every table from start_s to end_s, an hour per transaction, with
+    progress: the legacy book tables (`book_sql`; none when the book was
+    recorded packed), trades, heartbeats and feed events."""
     if end_s <= start_s:
         return 0
     interval_us = round(1e6 / rate)
@@ -529,17 +578,19 @@ def _fill(
             "t1": t1,
             "iv": interval_us,
             "levels": SNAPSHOT_LEVELS,
+            "tick": stream.tick,
+            "places": stream.places,
         }
         with engine.begin() as conn:
             # The laterals must run once per row; a memoize cache would repeat arrays.
             conn.execute(sa.text("SET LOCAL enable_memoize = off"))
-            for sql in (BOOK_EVENTS_SQL, QUOTES_SQL, SNAPSHOTS_SQL, TRADES_SQL):
+            for sql in (*book_sql, TRADES_SQL):
                 rows += conn.execute(sa.text(sql), params).rowcount
             rows += conn.execute(
                 sa.text(HEARTBEATS_SQL),
-                {"t0": t0, "t1": t1, "started": first_s, "rate": rate, "key": STREAM_KEY},
+                {"t0": t0, "t1": t1, "started": first_s, "rate": rate, "key": stream.key},
             ).rowcount
-            events = feed_events_for(t0, t1, first_s)
+            events = feed_events_for(t0, t1, first_s, stream.symbol)
             if events:
                 conn.execute(sa.text(FEED_EVENTS_SQL), events)
                 rows += len(events)
@@ -565,6 +616,270 @@ def _trim(conn: sa.Connection, cutoff_s: int) -> None:
         conn.execute(sa.text(f"DELETE FROM {table} WHERE ts_us < :c"), {"c": cutoff_us})
     for table in ("collector_heartbeats", "feed_events"):
         conn.execute(sa.text(f"DELETE FROM {table} WHERE local_us < :c"), {"c": cutoff_us})
+
+
+# ---- packed history: recorded by the real writer, replicated back in time ------------
+#
+# bench/record_paced.py records one hour of a paced synthetic stream through
+# the real parser, book and writer (schema 4: book_chunks, top_seconds,
+# top_snapshots), ending at a whole second E. Its chunks and per-second tops
+# cover the seconds E-3600 .. E (the last message falls at E itself), its top-N
+# snapshots the ends of seconds, (E-3600, E]. A longer history is that hour
+# replicated: copy k holds the rows of [E-3600, E) (snapshots: shifted by a
+# second) moved k hours back, so copies tile the time axis without overlap.
+# A chunk's payload is relative to its row's ts_us and u, so a moved row
+# decodes to the same messages at the moved times. u moves too, by a whole
+# recording's worth per hour, and the recorded hour is first moved up by as
+# much as all the copies take, so u keeps increasing with time (what a resync
+# or a replay expects) and stays positive.
+
+PACKED_RECORDING = "dw_bench_dash_packed_rec"
+RECORD_PACED = ROOT / "bench" / "record_paced.py"
+
+# Per packed table: the statement moving the recorded hour's u up, and the copy.
+# :lo/:hi bound the recorded hour's rows; k counts the copies, 1 = an hour back.
+PACKED_TABLES: dict[str, tuple[str | None, str]] = {
+    "book_chunks": (
+        "UPDATE book_chunks SET u = u + :u_up",
+        """INSERT INTO book_chunks (stream_id, ts_us, u, n, snapshot, payload)
+           SELECT c.stream_id, c.ts_us - k * :period_us, c.u - k * :u_step, c.n, c.snapshot,
+                  c.payload
+           FROM book_chunks c, generate_series(1, :copies) k
+           WHERE c.ts_us >= :lo AND c.ts_us < :hi""",
+    ),
+    "top_seconds": (
+        "UPDATE top_seconds SET last_u = last_u + :u_up",
+        """INSERT INTO top_seconds (stream_id, ts_us, last_ts_us, last_u, bid, bid_size, ask,
+                                   ask_size, bid_min, ask_max, spread_bps_max, messages)
+           SELECT t.stream_id, t.ts_us - k * :period_us, t.last_ts_us - k * :period_us,
+                  t.last_u - k * :u_step, t.bid, t.bid_size, t.ask, t.ask_size, t.bid_min,
+                  t.ask_max, t.spread_bps_max, t.messages
+           FROM top_seconds t, generate_series(1, :copies) k
+           WHERE t.ts_us >= :lo AND t.ts_us < :hi""",
+    ),
+    # Stamped at the end of the second they close: the recorded hour's are (lo, hi].
+    "top_snapshots": (
+        None,
+        """INSERT INTO top_snapshots (stream_id, ts_us, payload)
+           SELECT s.stream_id, s.ts_us - k * :period_us, s.payload
+           FROM top_snapshots s, generate_series(1, :copies) k
+           WHERE s.ts_us > :lo AND s.ts_us <= :hi""",
+    ),
+    # Hourly whole books, if the writer wrote any in the recorded hour.
+    "book_checkpoints": (
+        "UPDATE book_checkpoints SET u = u + :u_up",
+        """INSERT INTO book_checkpoints (instrument_id, depth, ts_us, local_us, u, seq,
+                                        bid_prices, bid_sizes, ask_prices, ask_sizes)
+           SELECT b.instrument_id, b.depth, b.ts_us - k * :period_us,
+                  b.local_us - k * :period_us, b.u - k * :u_step, b.seq,
+                  b.bid_prices, b.bid_sizes, b.ask_prices, b.ask_sizes
+           FROM book_checkpoints b, generate_series(1, :copies) k
+           WHERE b.ts_us >= :lo AND b.ts_us < :hi""",
+    ),
+}
+
+
+def packed_name(hours: float) -> str:
+    return f"dw_bench_dash_packed_{hours:g}h".replace(".", "_")
+
+
+def legacy_name(hours: float) -> str:
+    return f"dw_bench_dash_{hours:g}h".replace(".", "_")
+
+
+def history_names(layout: str, hours_list: list[float]) -> list[str]:
+    """The databases a queries phase creates (dropped at the end unless --keep)."""
+    if layout == "legacy":
+        return [legacy_name(h) for h in hours_list]
+    return [packed_name(h) for h in hours_list] + [PACKED_RECORDING]
+
+
+@dataclass
+class Recording:
+    """One hour recorded by bench/record_paced.py, made on first use and shared
+    by every packed history of the run (each starts as a copy of it)."""
+
+    server_url: str
+    rate: float
+    end_s: int = 0  # the recording ends at this whole second (its last message)
+
+    def ensure(self) -> int:
+        if not self.end_s:
+            self.end_s = record_hour(self.server_url, self.rate)
+        return self.end_s
+
+    def drop(self) -> None:
+        if self.end_s:
+            drop_database(self.server_url, PACKED_RECORDING)
+            self.end_s = 0
+
+
+def record_hour(server_url: str, rate: float) -> int:
+    """Record the last hour up to now's whole second into PACKED_RECORDING
+    with the real writer, in a child process (record_paced.py as it is);
+    returns that second."""
+    url = recreate_database(server_url, PACKED_RECORDING)
+    end_s = int(time.time())
+    argv = [
+        sys.executable,
+        str(RECORD_PACED),
+        "--database-url",
+        url,
+        "--streams",
+        "1",
+        "--depth",
+        str(DEPTH),
+        "--rate",
+        f"{rate:g}",
+        "--minutes",
+        str(HOUR_S // 60),
+        "--end-ms",
+        str(end_s * 1000),
+    ]
+    print(
+        f"  recording {HOUR_S * rate:,.0f} messages of {PACKED_STREAM.symbol} (1 h at "
+        f"{rate:g} msg/s) through the real writer ...",
+        flush=True,
+    )
+    started = time.perf_counter()
+    # The child prints its progress on stderr (ours) and one JSON line on stdout.
+    done = subprocess.run(
+        argv,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        preexec_fn=_die_with_us(),
+    )
+    print(
+        f"\n  recorded in {fmt_s(time.perf_counter() - started)}: {done.stdout.strip()}",
+        flush=True,
+    )
+    return end_s
+
+
+def generate_packed_history(
+    server_url: str, hours: float, rate: float, keep: bool, label: str, recording: Recording
+) -> History:
+    """A database holding `hours` of packed history ending at the recording's
+    end: the recorded hour, replicated back in time `hours` - 1 times, plus
+    the trades, heartbeats and feed events the legacy history also has. With
+    `keep`, one generated earlier for the same `hours` is reused as it is
+    ("now" stays pinned at its end)."""
+    copies = round(hours) - 1
+    if copies < 0 or copies + 1 != hours:
+        raise SystemExit(f"--layout packed takes whole hours (1 h recorded, replicated): {hours:g}")
+    name = packed_name(hours)
+    url = database_url(server_url, name)
+    reused = _reusable(server_url, name, hours) if keep else None
+    if reused is not None:
+        return History(name, url, hours, reused[1], reused[2], _packed_messages(url, reused[1]), 0)
+    started = time.perf_counter()  # the recording counts for the history that makes it
+    end_s = recording.ensure()
+    start_s = end_s - copies * HOUR_S - HOUR_S
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        # A file copy of the recording: its rows, partitions and statistics.
+        conn.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{PACKED_RECORDING}"'))
+    admin.dispose()
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            schema.ensure_partitions(conn, set(range(start_s // 86_400, end_s // 86_400 + 1)))
+            replicated = _replicate(conn, end_s, copies)
+            iid = _register(conn, PACKED_STREAM)  # sets the tick, as a collector does
+            conn.execute(
+                sa.text("CREATE TABLE bench_meta (hours float8, start_s bigint, end_s bigint)")
+            )
+            conn.execute(
+                sa.text("INSERT INTO bench_meta VALUES (:h, :s, :e)"),
+                {"h": hours, "s": start_s, "e": end_s},
+            )
+            _mids_from_tops(conn, PACKED_STREAM.tick)
+        print(f"  {label}: {replicated:,} packed rows replicated ({copies} copies)", flush=True)
+        _fill(engine, iid, start_s, end_s, start_s, rate, label, PACKED_STREAM, book_sql=())
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE bench_mid"))
+    finally:
+        engine.dispose()
+    _vacuum(url, label)
+    elapsed = time.perf_counter() - started
+    return History(name, url, hours, start_s, end_s, _packed_messages(url, start_s), elapsed)
+
+
+def _reusable(server_url: str, name: str, hours: float) -> tuple[float, int, int] | None:
+    if not database_exists(server_url, name):
+        return None
+    engine = make_engine(database_url(server_url, name))
+    try:
+        with engine.connect() as conn:
+            meta = _meta(conn)
+    finally:
+        engine.dispose()
+    return meta if meta is not None and meta[0] == hours else None
+
+
+def _replicate(conn: sa.Connection, end_s: int, copies: int) -> int:
+    """Copy the recorded hour `copies` times, each an hour further back."""
+    if copies == 0:
+        return 0
+    u_step = int(
+        conn.execute(sa.text("SELECT coalesce(max(u + n), 1) FROM book_chunks")).scalar_one()
+    )
+    params = {
+        "u_up": copies * u_step,
+        "u_step": u_step,
+        "period_us": HOUR_S * 1_000_000,
+        "copies": copies,
+        "lo": (end_s - HOUR_S) * 1_000_000,
+        "hi": end_s * 1_000_000,
+    }
+    rows = 0
+    for move_up, copy in PACKED_TABLES.values():
+        if move_up is not None:
+            conn.execute(sa.text(move_up), params)
+        rows += conn.execute(sa.text(copy), params).rowcount
+    return rows
+
+
+def _mids_from_tops(conn: sa.Connection, tick: float) -> None:
+    """bench_mid (what the trades are priced from) from the recorded tops, in
+    ticks: the trades stay near the book the dashboard draws them on."""
+    conn.execute(sa.text("DROP TABLE IF EXISTS bench_mid"))
+    conn.execute(
+        sa.text(
+            """CREATE UNLOGGED TABLE bench_mid AS
+               SELECT ts_us / 1000000 AS sec, round((bid + ask) / 2 / :tick)::bigint AS mid
+               FROM top_seconds WHERE bid IS NOT NULL AND ask IS NOT NULL"""
+        ),
+        {"tick": tick},
+    )
+    conn.execute(sa.text("ALTER TABLE bench_mid ADD PRIMARY KEY (sec)"))
+    conn.execute(sa.text("ANALYZE bench_mid"))
+
+
+def _packed_messages(url: str, start_s: int) -> int:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(
+                conn.execute(
+                    sa.text("SELECT coalesce(sum(n), 0) FROM book_chunks WHERE ts_us >= :s"),
+                    {"s": start_s * 1_000_000},
+                ).scalar_one()
+            )
+    finally:
+        engine.dispose()
+
+
+def _vacuum(url: str, label: str) -> None:
+    print(f"  {label}: VACUUM ANALYZE ...", flush=True)
+    vacuum = sa.create_engine(normalise_url(url), isolation_level="AUTOCOMMIT")
+    with vacuum.connect() as conn:
+        conn.execute(sa.text("VACUUM (ANALYZE)"))
+    vacuum.dispose()
 
 
 def table_bytes(url: str) -> int:
@@ -692,25 +1007,50 @@ def build_page(view, window_min: int, levels: int) -> dict[str, tuple[float, flo
     return out
 
 
+def make_histories(
+    args: argparse.Namespace, server_url: str, hours_list: list[float]
+) -> list[History]:
+    """One database per history length, in the layout asked for."""
+    recording = Recording(server_url, args.rate)
+    histories: list[History] = []
+    try:
+        for hours in hours_list:
+            label = f"{hours:g} h"
+            if args.layout == "legacy":
+                name = legacy_name(hours)
+                print(f"  {label}: generating history in database {name} ...", flush=True)
+                history = generate_history(server_url, name, hours, args.rate, args.keep, label)
+            else:
+                print(f"  {label}: packed history in database {packed_name(hours)} ...", flush=True)
+                history = generate_packed_history(
+                    server_url, hours, args.rate, args.keep, label, recording
+                )
+            size = table_bytes(history.url)
+            print(
+                f"  {label}: {history.rows:,} book messages stored "
+                f"({history.rows / (history.hours * HOUR_S):.1f}/s), "
+                f"database {size / 2**30:.2f} GiB"
+                + (
+                    f", generated in {fmt_s(history.seconds)}"
+                    if history.seconds
+                    else " (reused as is)"
+                ),
+                flush=True,
+            )
+            histories.append(history)
+    finally:
+        recording.drop()  # every history is a copy by now
+    return histories
+
+
 def run_queries(args: argparse.Namespace, server_url: str) -> None:
     hours_list = [float(h) for h in args.hours.split(",")]
-    print(f"\n1. window queries: history of {', '.join(f'{h:g} h' for h in hours_list)}")
-    histories: list[History] = []
-    for hours in hours_list:
-        name = f"dw_bench_dash_{hours:g}h".replace(".", "_")
-        label = f"{hours:g} h"
-        print(f"  {label}: generating history in database {name} ...", flush=True)
-        history = generate_history(server_url, name, hours, args.rate, args.keep, label)
-        size = table_bytes(history.url)
-        print(
-            f"  {label}: {history.rows:,} book events stored "
-            f"({history.rows / (history.hours * HOUR_S):.1f}/s), database {size / 2**30:.2f} GiB"
-            + (
-                f", generated in {fmt_s(history.seconds)}" if history.seconds else " (reused as is)"
-            ),
-            flush=True,
-        )
-        histories.append(history)
+    print(
+        f"\n1. window queries ({args.layout} layout): history of "
+        f"{', '.join(f'{h:g} h' for h in hours_list)}"
+    )
+    histories = make_histories(args, server_url, hours_list)
+    symbol = (LEGACY_STREAM if args.layout == "legacy" else PACKED_STREAM).symbol
 
     _quiet_streamlit()
     from depthwatch.app import data
@@ -733,7 +1073,8 @@ def run_queries(args: argparse.Namespace, server_url: str) -> None:
         streams = {}
         for h in histories:
             with engines[h.hours].connect() as conn:
-                streams[h.hours] = timer._originals["list_streams"](conn)[0]
+                found = timer._originals["list_streams"](conn)
+                streams[h.hours] = next(s for s in found if s.symbol == symbol)
         total = args.iterations + args.warmup
         print(
             f"  {args.iterations} reads per (history, window) after {args.warmup} warm-up, "
@@ -1577,9 +1918,16 @@ def main() -> int:
     parser.add_argument(
         "--keep",
         action="store_true",
-        help="keep the generated history databases and reuse them next time (topped up to now)",
+        help="keep the generated history databases and reuse them next time (legacy: topped "
+        "up to now; packed: as they are, 'now' pinned at their end)",
     )
     parser.add_argument("--hours", default="1,24", help="histories to compare (default 1,24)")
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="packed",
+        help="queries: book history recorded packed (schema 4, default) or legacy tables",
+    )
     parser.add_argument("--rate", type=float, default=50.0, help="messages/s of the stream")
     parser.add_argument("--levels", type=int, default=25, help="levels per side (page default)")
     parser.add_argument("--iterations", type=int, default=50, help="reads per history and window")
@@ -1614,9 +1962,7 @@ def main() -> int:
     created: list[str] = []
     try:
         if "queries" in phases:
-            created += [
-                f"dw_bench_dash_{float(h):g}h".replace(".", "_") for h in args.hours.split(",")
-            ]
+            created += history_names(args.layout, [float(h) for h in args.hours.split(",")])
             run_queries(args, server_url)
         if "browser" in phases:
             run_browser(args, server_url, args.data_dir)
