@@ -12,6 +12,7 @@ import contextlib
 import gc
 import logging
 import os
+import selectors
 import signal
 import socket
 import time
@@ -456,6 +457,41 @@ def find_holes(engine: sa.Engine, collector: Collector) -> tuple[list[Hole], lis
     return holes
 
 
+class BatchingSelector(selectors.DefaultSelector):
+    """A selector that, before it would block, first sleeps until `interval`
+    after its previous wake-up. At a steady pace the loop then wakes about
+    1/interval times a second and reads every frame that arrived meanwhile,
+    instead of waking once per frame (a wake-up costs ~30 us on a small VM,
+    more than parsing a message; at 1,000 msg/s they were most of the CPU).
+    The price: receive times (`local_us`) and timers are late by up to
+    `interval`. A busy loop (frames always waiting) never sleeps here."""
+
+    def __init__(self, interval_s: float) -> None:
+        super().__init__()
+        self._interval = interval_s
+        self._last_wake = 0.0
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is None or timeout > 0:
+            wait = self._last_wake + self._interval - time.monotonic()
+            if wait > 0:
+                if timeout is not None:
+                    wait = min(wait, timeout)
+                    timeout = max(0.0, timeout - wait)
+                time.sleep(wait)
+        events = super().select(timeout)
+        self._last_wake = time.monotonic()
+        return events
+
+
+def event_loop(read_batch_s: float) -> asyncio.AbstractEventLoop:
+    """The collector's loop: one wake-up per frame, or (read_batch_s > 0) at
+    most one per read_batch_s under steady traffic (BatchingSelector)."""
+    if read_batch_s <= 0:
+        return asyncio.new_event_loop()
+    return asyncio.SelectorEventLoop(BatchingSelector(read_batch_s))
+
+
 def run_collector(config: CollectorConfig) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit status."""
     url = resolve_database_url(config.database_url, config.data_dir)
@@ -505,7 +541,8 @@ def run_collector(config: CollectorConfig) -> int:
     )
     tune_garbage_collector()
     try:
-        status = asyncio.run(_run_until_signal(collector))
+        with asyncio.Runner(loop_factory=lambda: event_loop(config.read_batch_s)) as runner:
+            status = runner.run(_run_until_signal(collector))
     finally:
         # Whatever ended the loop (a signal, or a bug), write what was received;
         # a second SIGTERM/SIGINT (a supervisor and a service manager both

@@ -115,6 +115,8 @@ _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\
 # holds; it drains a journal this long, then queues the rest behind it. Both
 # stay well inside the collector's final flush timeout.
 STOP_RETRY_S = 5.0
+# At most this many rows of a kind per flush (a backlog is written in steps).
+MAX_BATCH_ROWS = 40_000
 STOP_DRAIN_S = 8.0
 
 
@@ -124,14 +126,17 @@ def now_us() -> int:
 
 @dataclass(frozen=True)
 class WriterConfig:
-    flush_interval_s: float = 0.1  # flushes start at most this far apart
+    # Flushes start at most this far apart, and sooner once `batch_rows` rows
+    # (not counting held ones) wait: each flush has a fixed cost (a few
+    # round trips, NumPy calls), which at a slow pace is most of its cost.
+    flush_interval_s: float = 0.25
     # A stream's book messages wait for a later flush until this many are
     # queued or the oldest has waited this long (storage/packing.py,
     # `split_due`): at a slow pace a chunk row then holds a dozen messages
     # rather than five, and a row costs ~140 bytes with its index entry.
     chunk_messages: int = 32
     chunk_hold_s: float = 0.25
-    batch_rows: int = 20_000  # flush early once this many rows are pending
+    batch_rows: int = 1_000  # flush early once this many rows are pending
     max_pending_rows: int = 400_000  # readers wait beyond this (back-pressure)
     retention_days: int = 0  # 0 keeps everything
     partitions_ahead_days: int = 2
@@ -421,8 +426,12 @@ class BatchWriter:
             await asyncio.sleep(0.01)
 
     def _maybe_wake(self) -> None:
-        if len(self._book_rows) >= self.config.batch_rows:
+        if len(self._book_rows) - self._held_back >= self.config.batch_rows:
             self._wake.set()
+
+    # Book rows the last flush left queued (not due yet): they do not make
+    # the next flush come sooner. Written by the writer thread only.
+    _held_back = 0
 
     def _note_day(self, ts_us: int) -> None:
         day = ts_us // schema.DAY_US
@@ -616,7 +625,10 @@ class BatchWriter:
                     self._note_journal()
                 backoff = 0.5
                 self._spill()
-                if not self.journal_bytes and self.pending_rows < self.config.batch_rows:
+                if (
+                    not self.journal_bytes
+                    and self.pending_rows - self._held_back < self.config.batch_rows
+                ):
                     break
             self.flush_cycles += 1
             drained = not (
@@ -742,18 +754,19 @@ class BatchWriter:
             self._held.days = self._held.row_days()
             return self._held
         if self.journal is not None and self.journal_bytes:
-            journaled = self.journal.read(self.config.batch_rows * 2)
+            journaled = self.journal.read(MAX_BATCH_ROWS)
             if journaled is not None:
                 return _Batch.from_journal(journaled, self._known_days)
             self._note_journal()
         return self._take_batch()
 
     def _take_batch(self, everything: bool = False) -> _Batch:
-        limit = self.config.batch_rows * 2
+        limit = MAX_BATCH_ROWS
         book_count = len(self._book_rows) if everything else min(limit, len(self._book_rows))
         book = [self._book_rows.popleft() for _ in range(book_count)]
         now = self._clock()
         final = everything or self._stopping.is_set() or self._draining
+        self._held_back = 0
         if not final:
             book, held = split_due(
                 book,
@@ -763,6 +776,7 @@ class BatchWriter:
             )
             # Back at the front, in order: still queued (and journaled in an outage).
             self._book_rows.extendleft(reversed(held))
+            self._held_back = len(held)
         snapshots = [self._snapshots.popleft() for _ in range(len(self._snapshots))]
         rows = {
             table: [q.popleft() for _ in range(len(q) if everything else min(limit, len(q)))]
