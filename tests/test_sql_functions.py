@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from depthwatch.storage import codec, schema, sql_functions
+from depthwatch.storage import codec, queries, schema, sql_functions
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # What README.md tells an analyst to type in psql.
@@ -731,6 +731,16 @@ def test_tops_are_ticks_once_each(db):
         ]
         assert [(r[0], r[2], *decimals(r[3:])) for r in everything[1:]] == changes
         assert any(None in r[3:] for r in everything)  # an emptied side
+        # The package's reader (the export's quotes) gives the same ticks.
+        iid, depth = conn.execute(
+            sa.text("SELECT instrument_id, depth FROM streams WHERE id = :s"),
+            {"s": rec.stream_id},
+        ).one()
+        python = [
+            (r[0], *decimals((r[4], r[5], r[3], r[2])))
+            for r in queries.quotes(conn, iid, depth, 0, END_US)
+        ]
+        assert python == [(r[0], *decimals(r[3:])) for r in everything]
         for from_us, to_us in windows(rng, rec.feed.messages):
             got = tops(conn, from_us, to_us, **rec.names)
             assert got == expected_tops(conn, rec.stream_id, from_us, to_us)

@@ -265,33 +265,46 @@ def quotes(
     the same changes)."""
     sid = stream_id(conn, iid, depth)
     packed = _chunk_quotes(conn, sid, start_us, end_us) if sid is not None else iter(())
-    legacy = (tuple(row) for row in _legacy_quotes(conn, iid, depth, start_us, end_us))
+    legacy = (
+        (int(row[0]), int(row[6]), tuple(row[:6]))
+        for row in _legacy_quotes(conn, iid, depth, start_us, end_us)
+    )
     last = None
-    for row in heapq.merge(legacy, packed, key=_first):
+    # Merged by (ts, u): two messages of one millisecond, each in both logs
+    # (an upgrade's overlap), must not interleave into false ticks.
+    for _, _, row in heapq.merge(legacy, packed, key=_ts_and_u):
         top = row[2:]
         if top != last:
             last = top
             yield row  # type: ignore[misc]
 
 
-def _first(row: tuple) -> int:  # type: ignore[type-arg]
-    return int(row[0])
+def _ts_and_u(item: tuple[int, int, tuple]) -> tuple[int, int]:  # type: ignore[type-arg]
+    return item[0], item[1]
 
 
-def _chunk_quotes(conn: sa.Connection, sid: int, start_us: int, end_us: int) -> Iterator[QuoteRow]:
+def _chunk_quotes(
+    conn: sa.Connection, sid: int, start_us: int, end_us: int
+) -> Iterator[tuple[int, int, QuoteRow]]:
+    """(ts_us, u, quote row) of every message that changed the top."""
     text = TextCache()
     for chunk, i in _chunk_messages(conn, sid, start_us, end_us):
         if not chunk.flags[i] & TOP_CHANGED:
             continue
         bid, bid_size, ask, ask_size = chunk.tops[chunk.top_of[i]].tolist()
         pe, se = chunk.price_exp, chunk.size_exp
+        ts = int(chunk.ts_us[i])
         yield (
-            int(chunk.ts_us[i]),
-            int(chunk.local_us[i]),
-            text(ask_size, se) if ask else None,
-            text(ask, pe) if ask else None,
-            text(bid, pe) if bid else None,
-            text(bid_size, se) if bid else None,
+            ts,
+            int(chunk.u[i]),
+            (
+                ts,
+                int(chunk.local_us[i]),
+                text(ask_size, se) if ask else None,
+                text(ask, pe) if ask else None,
+                text(bid, pe) if bid else None,
+                text(bid_size, se) if bid else None,
+            ),
         )
 
 
@@ -301,10 +314,10 @@ def _legacy_quotes(
     return _stream(
         conn,
         """SELECT ts_us, local_us, ask_size::text, ask_price::text, bid_price::text,
-                  bid_size::text
+                  bid_size::text, u
            FROM quotes
            WHERE instrument_id = :i AND depth = :d AND ts_us >= :s AND ts_us < :e
-           ORDER BY ts_us, local_us, u""",
+           ORDER BY ts_us, u, local_us""",
         {"i": iid, "d": depth, "s": start_us, "e": end_us},
     )
 
