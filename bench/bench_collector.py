@@ -16,6 +16,9 @@ Bybit-shaped depth-50 streams, so its cost is not the collector's):
      peak RSS, bytes on disk per message;
   3. paced at 10,000 messages/s: receive-to-commit latency p50/p99;
   4. 100 symbols at depth 50 (synthetic, paced): collector peak RSS;
+  6. steady pace: 20 symbols at 50 messages/s each (1,000 msg/s), the streams
+     staggered as an exchange's are (`sim --stagger`): collector CPU per
+     message over a 60 s window after 10 s of warm-up;
   5. bytes on disk per book message after --paced-minutes (default 60) of
      exchange time recorded at 50 messages/s per stream, 1 s depth snapshots,
      100 ms flushes, depth 50 and depth 1 (bench/record_paced.py: the real
@@ -365,6 +368,32 @@ def run_replay(
     )
 
 
+def run_steady_pace(
+    files: list[Path], symbols: list[str], server_url: str, src: Path, warmup: float, window: float
+) -> tuple[float, float]:
+    """(collector CPU us per message, messages/s) over `window` seconds of a
+    staggered 50 msg/s replay, after `warmup`. Messages are counted in the
+    database (stored by the end of the window, so the count lags by at most
+    a flush, the same for both ends)."""
+    database_url = fresh_database(server_url, "dw_bench_steady")
+    engine = make_engine(database_url)
+    replay_args = [arg for f in files for arg in ("--replay", str(f))]
+    sim, port = start_sim([*replay_args, "--rate", "50", "--stagger", "--symbols", ""])
+    collector = start_collector(port, symbols, database_url, src)
+    try:
+        time.sleep(warmup)
+        cpu0, rows0, t0 = cpu_seconds(collector.pid), count_rows(engine), time.monotonic()
+        time.sleep(window)
+        cpu1, rows1, t1 = cpu_seconds(collector.pid), count_rows(engine), time.monotonic()
+        assert collector.poll() is None, "collector died"
+    finally:
+        stop(collector)
+        stop(sim)
+        engine.dispose()
+    messages = max(1, rows1 - rows0)
+    return (cpu1 - cpu0) * 1e6 / messages, messages / (t1 - t0)
+
+
 def run_many_symbols(
     server_url: str, symbols: int, seconds: float, src: Path = SRC
 ) -> tuple[float, int]:
@@ -427,7 +456,9 @@ def main() -> int:
     parser.add_argument("--symbols", type=int, default=20)
     parser.add_argument("--deltas", type=int, default=5_000, help="deltas per symbol")
     parser.add_argument(
-        "--scenarios", default="1,2,3,4,5", help="which scenarios to run (default all: 1,2,3,4,5)"
+        "--scenarios",
+        default="1,2,3,4,5,6",
+        help="which scenarios to run (default all: 1,2,3,4,5,6)",
     )
     parser.add_argument("--baseline", help="git ref to compare with (A/B, interleaved)")
     parser.add_argument(
@@ -497,6 +528,8 @@ def main() -> int:
                         many_symbols(server_url, args.quick, version, tag, table)
                     if 5 in chosen:
                         paced_bytes(server_url, args.paced_minutes, version, tag, table)
+                    if 6 in chosen:
+                        steady_pace(files, symbols, server_url, args.quick, version, tag, table)
         finally:
             if args.baseline:
                 subprocess.run(
@@ -590,6 +623,17 @@ def many_symbols(server_url: str, quick: bool, version: Version, tag: str, table
     rss, rows = run_many_symbols(server_url, n, secs, version.src)
     print(f"   collector peak RSS          : {rss:10.0f} MB ({rows:,} book messages written)")
     table.add(version.name, f"4. {n} symbols: peak RSS MB", rss)
+
+
+def steady_pace(files, symbols, server_url, quick: bool, version: Version, tag: str, table):
+    warmup, window = (5.0, 10.0) if quick else (10.0, 60.0)
+    print(
+        f"\n6. steady pace: {len(symbols)} symbols x 50 msg/s, staggered, "
+        f"{window:.0f} s window after {warmup:.0f} s {tag}"
+    )
+    cpu, rate = run_steady_pace(files, symbols, server_url, version.src, warmup, window)
+    print(f"   collector CPU               : {cpu:10.1f} us/msg ({rate:,.0f} msg/s stored)")
+    table.add(version.name, "6. steady 50 msg/s x streams: CPU us/msg", cpu)
 
 
 def paced_bytes(server_url: str, minutes: float, version: Version, tag: str, table: Table) -> None:

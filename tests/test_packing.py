@@ -34,8 +34,10 @@ def random_feed(rng: random.Random, n: int) -> list[tuple[BookUpdate, Quote | No
         ts[stream] += rng.choice((1_000, 20_000, 300_000, 1_500_000))
         u[stream] += 1
         snapshot = rng.random() < 0.05
-        bids = [[_price(rng.randint(10_000, 10_100)), _size(rng.randint(0, 5_000))]]
-        asks = [[_price(rng.randint(10_101, 10_200)), _size(rng.randint(1, 5_000))]]
+        bid_ticks = sorted(rng.sample(range(10_000, 10_101), rng.randint(0, 3)), reverse=True)
+        ask_ticks = sorted(rng.sample(range(10_101, 10_201), rng.randint(1, 3)))
+        bids = [[_price(t), _size(rng.randint(0, 5_000))] for t in bid_ticks]
+        asks = [[_price(t), _size(rng.randint(1, 5_000))] for t in ask_ticks]
         update = BookUpdate(
             stream,
             snapshot,
@@ -256,3 +258,49 @@ def test_a_quiet_second_is_written_once_after_it_ended() -> None:
     )
     assert [ln.split("\t")[1] for ln in final.lines["top_seconds"]] == [str(second + 3 * SECOND_US)]
     assert not packer.unwritten_seconds
+
+
+def test_decode_many_equals_decode_chunk() -> None:
+    """The batch decoder (dashboard windows) gives each chunk's messages and
+    levels exactly as decoding them one at a time, in both time units."""
+    rng = random.Random(5)
+    feed = random_feed(rng, 600)
+    for i, (update, _) in enumerate(feed):
+        if i % 3 == 0:  # some chunks in microseconds
+            update.exchange_us += 7
+    packer = BookPacker(IDS.__getitem__)
+    rows = []
+    at = 0
+    while at < len(feed):
+        flush = feed[at : at + rng.randint(1, 40)]
+        at += len(flush)
+        for line in packer.pack(flush, []).lines["book_chunks"]:
+            _, ts, u, _, _, payload = line.rstrip("\n").split("\t")
+            rows.append((int(ts), int(u), bytes.fromhex(payload[3:])))
+    assert {payload[0] for _, _, payload in rows} == {codec.FORMAT_US, codec.FORMAT_MS}
+    batch = codec.decode_many(
+        [p for _, _, p in rows], [t for t, _, _ in rows], [u for _, u, _ in rows]
+    )
+    ts, u, local, match, level_ts, prices, sizes, ranks, bids = ([] for _ in range(9))
+    for row_ts, row_u, payload in rows:
+        chunk = codec.decode_chunk(payload, row_ts, row_u)
+        ts += chunk.ts_us.tolist()
+        u += chunk.u.tolist()
+        local += chunk.local_us.tolist()
+        match += chunk.match_us.tolist()
+        for i in range(len(chunk)):
+            start, nb, na = int(chunk.level_start[i]), int(chunk.nb[i]), int(chunk.na[i])
+            prices += (chunk.prices[start : start + nb + na] / 10.0**chunk.price_exp).tolist()
+            sizes += (chunk.sizes[start : start + nb + na] / 10.0**chunk.size_exp).tolist()
+            ranks += [*range(nb), *range(na)]
+            bids += [True] * nb + [False] * na
+            level_ts += [int(chunk.ts_us[i])] * (nb + na)
+    assert batch.ts_us.tolist() == ts and batch.u.tolist() == u
+    assert batch.local_us.tolist() == local and batch.match_us.tolist() == match
+    assert batch.prices.tolist() == prices and batch.sizes.tolist() == sizes
+    assert batch.level_rank.tolist() == ranks and batch.level_is_bid.tolist() == bids
+    assert batch.ts_us[batch.level_msg].tolist() == level_ts
+    messages_only = codec.decode_many(
+        [p for _, _, p in rows], [t for t, _, _ in rows], [u for _, u, _ in rows], levels=False
+    )
+    assert messages_only.ts_us.tolist() == ts and len(messages_only.prices) == 0

@@ -72,6 +72,10 @@ class SimConfig:
     host: str = "127.0.0.1"
     port: int = 0
     rate: float = 50.0  # market steps per second per symbol; 0 = as fast as clients read
+    # Replayed topics start spread over one step (topic k of N, k/(N x rate) s
+    # late), as an exchange's streams do, rather than all on the same tick:
+    # a client then gets a frame every 1/(N x rate) s (for CPU at a pace).
+    stagger: bool = False
     deltas: int = 0  # market steps per symbol before it stops; 0 = never stop
     seed: int = 0
     book_levels: int = 200  # levels per side of each symbol's model book
@@ -579,6 +583,10 @@ class BybitSimulator:
     async def _run_replay(self, topic: _ReplayTopic) -> None:
         await topic.started.wait()
         start = time.monotonic()
+        rate = self.config.rate
+        if self.config.stagger and rate > 0:
+            names = sorted(self.replays)
+            start += names.index(topic.name) / (len(names) * rate)
         for step, message in enumerate(topic.messages, 1):
             await self._pace(start, step, set(topic.subscribers))
             self._publish(topic, topic.advance(message))
@@ -841,6 +849,11 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
         help="swallow every Nth unsubscribe request: no ack, the data keeps coming",
     )
     add("--trades-rate", type=float, default=2.0, help="publicTrade messages/s per symbol")
+    add(
+        "--stagger",
+        action="store_true",
+        help="replays: spread the topics' start over one step, so frames arrive evenly",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
@@ -849,6 +862,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         host=args.host,
         port=args.port,
         rate=args.rate,
+        stagger=args.stagger,
         deltas=args.deltas,
         seed=args.seed,
         book_levels=args.book_levels,

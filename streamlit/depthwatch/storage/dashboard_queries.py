@@ -18,7 +18,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from depthwatch.records import SECOND_US, StreamKey
-from depthwatch.storage.codec import DecodedChunk, decode_chunk, unit_text
+from depthwatch.storage.codec import DecodedChunk, decode_chunk, decode_many, unit_text
 from depthwatch.storage.queries import stream_id
 
 # Column contracts shared with the figure builders (depthwatch.app.figures).
@@ -248,43 +248,43 @@ def top_series(
 
 
 @dataclass(frozen=True)
-class _Snapshot:
-    """A packed top-N snapshot, decoded to floats (best first)."""
+class _SnapshotLevels:
+    """Packed top-N snapshots decoded in one pass (codec.decode_many), the
+    best `levels` of each side kept, as flat arrays: per snapshot its ts and
+    receive time; per level its snapshot (an index), side, price and size."""
 
-    ts_us: int
-    local_us: int
-    bid_prices: np.ndarray
-    bid_sizes: np.ndarray
-    ask_prices: np.ndarray
-    ask_sizes: np.ndarray
+    ts_us: np.ndarray
+    local_us: np.ndarray
+    snapshot: np.ndarray
+    is_bid: np.ndarray
+    prices: np.ndarray
+    sizes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ts_us)
 
 
 def _snapshots(
-    conn: sa.Connection, sid: int, sql_filter: str, params: dict[str, object]
-) -> list[_Snapshot]:
+    conn: sa.Connection, sid: int, sql_filter: str, params: dict[str, object], levels: int
+) -> _SnapshotLevels:
     rows = conn.execute(
         sa.text(
-            f"SELECT ts_us, payload FROM top_snapshots WHERE stream_id = :sid AND {sql_filter}"
+            f"""SELECT ts_us, payload FROM top_snapshots WHERE stream_id = :sid AND {sql_filter}
+                ORDER BY ts_us"""
         ),
         {"sid": sid, **params},
     ).all()
-    out = []
-    for ts_us, payload in rows:
-        chunk = decode_chunk(payload, int(ts_us), 0)
-        nb = int(chunk.nb[0])
-        prices = chunk.prices / 10.0**chunk.price_exp
-        sizes = chunk.sizes / 10.0**chunk.size_exp
-        out.append(
-            _Snapshot(
-                int(ts_us),
-                int(chunk.local_us[0]),
-                prices[:nb],
-                sizes[:nb],
-                prices[nb:],
-                sizes[nb:],
-            )
-        )
-    return out
+    ts = [int(r[0]) for r in rows]
+    batch = decode_many([r[1] for r in rows], ts, [0] * len(rows))
+    keep = batch.level_rank < levels
+    return _SnapshotLevels(
+        batch.ts_us,
+        batch.local_us,
+        batch.level_chunk[keep],  # a snapshot is a chunk of one message
+        batch.level_is_bid[keep],
+        batch.prices[keep],
+        batch.sizes[keep],
+    )
 
 
 def latest_book(
@@ -293,26 +293,24 @@ def latest_book(
     """The newest periodic top-N snapshot at or after `since_us`, `levels` per
     side: packed, or from the schema 1-3 table."""
     sid = stream_id(conn, iid, depth)
-    newest = (
-        _snapshots(
+    if sid is not None:
+        newest = _snapshots(
             conn,
             sid,
             """ts_us = (SELECT max(ts_us) FROM top_snapshots
                         WHERE stream_id = :sid AND ts_us >= :since)""",
             {"since": since_us},
+            levels,
         )
-        if sid is not None
-        else []
-    )
-    if not newest:
-        return _legacy_latest_book(conn, iid, depth, levels, since_us)
-    snap = newest[0]
-    return BookView(
-        snap.ts_us,
-        snap.local_us,
-        pd.DataFrame({"price": snap.bid_prices[:levels], "size": snap.bid_sizes[:levels]}),
-        pd.DataFrame({"price": snap.ask_prices[:levels], "size": snap.ask_sizes[:levels]}),
-    )
+        if len(newest):
+            bid, ask = newest.is_bid, ~newest.is_bid
+            return BookView(
+                int(newest.ts_us[0]),
+                int(newest.local_us[0]),
+                pd.DataFrame({"price": newest.prices[bid], "size": newest.sizes[bid]}),
+                pd.DataFrame({"price": newest.prices[ask], "size": newest.sizes[ask]}),
+            )
+    return _legacy_latest_book(conn, iid, depth, levels, since_us)
 
 
 def _legacy_latest_book(
@@ -364,15 +362,17 @@ def heatmap_cells(
         sid,
         "ts_us >= :s AND ts_us < :e AND (NOT :last OR ts_us % :tb = 0)",
         {"s": start_us, "e": end_us, "last": grid.cell_rule == "last", "tb": tb},
+        levels,
     )
-    if not snaps:
+    if not len(snaps):
         return legacy
-    ts = np.concatenate(
-        [np.full(len(x.bid_prices[:levels]) + len(x.ask_prices[:levels]), x.ts_us) for x in snaps]
+    cells = pd.DataFrame(
+        {
+            "ts": snaps.ts_us[snaps.snapshot],
+            "pb": np.floor(snaps.prices / grid.price_step),
+            "size": snaps.sizes,
+        }
     )
-    prices = np.concatenate([np.r_[x.bid_prices[:levels], x.ask_prices[:levels]] for x in snaps])
-    sizes = np.concatenate([np.r_[x.bid_sizes[:levels], x.ask_sizes[:levels]] for x in snaps])
-    cells = pd.DataFrame({"ts": ts, "pb": np.floor(prices / grid.price_step), "size": sizes})
     per_snapshot = cells.groupby(["ts", "pb"], as_index=False)["size"].sum()
     per_snapshot["t_ms"] = (per_snapshot["ts"] // tb) * tb / 1000.0
     per_snapshot["price"] = per_snapshot["pb"] * grid.price_step
@@ -434,24 +434,24 @@ def imbalance_series(
     intervals, so one per bucket); imbalance = (b - a) / (b + a)."""
     legacy = _legacy_imbalance(conn, iid, depth, start_us, end_us, levels, bucket_us)
     sid = stream_id(conn, iid, depth)
-    snaps = (
-        _snapshots(
-            conn,
-            sid,
-            "ts_us >= :s AND ts_us < :e AND ts_us % :b = 0",
-            {"s": start_us, "e": end_us, "b": bucket_us},
-        )
-        if sid is not None
-        else []
-    )
-    if not snaps:
+    if sid is None:
         return legacy
-    bid = np.array([x.bid_sizes[:levels].sum() for x in snaps])
-    ask = np.array([x.ask_sizes[:levels].sum() for x in snaps])
+    snaps = _snapshots(
+        conn,
+        sid,
+        "ts_us >= :s AND ts_us < :e AND ts_us % :b = 0",
+        {"s": start_us, "e": end_us, "b": bucket_us},
+        levels,
+    )
+    if not len(snaps):
+        return legacy
+    count = len(snaps)
+    bid = np.bincount(snaps.snapshot[snaps.is_bid], snaps.sizes[snaps.is_bid], count)
+    ask = np.bincount(snaps.snapshot[~snaps.is_bid], snaps.sizes[~snaps.is_bid], count)
     total = bid + ask
     packed = pd.DataFrame(
         {
-            "t_ms": [x.ts_us // bucket_us * bucket_us / 1000.0 for x in snaps],
+            "t_ms": snaps.ts_us // bucket_us * bucket_us / 1000.0,
             "bid_size": bid,
             "ask_size": ask,
             "imbalance": np.divide(
@@ -636,10 +636,10 @@ def _packed_latency_steps(
     ).all()
     if not rows:
         return None
-    chunks = [decode_chunk(payload, int(ts), int(u)) for ts, u, payload in rows]
-    ts = np.concatenate([c.ts_us for c in chunks])
-    match = np.concatenate([c.match_us for c in chunks])
-    local = np.concatenate([c.local_us for c in chunks])
+    batch = decode_many(
+        [r[2] for r in rows], [int(r[0]) for r in rows], [int(r[1]) for r in rows], levels=False
+    )
+    ts, match, local = batch.ts_us, batch.match_us, batch.local_us
     inside = (ts >= start_us) & (ts < end_us)
     with_match = inside & (match >= 0)
 
