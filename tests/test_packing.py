@@ -304,3 +304,13 @@ def test_decode_many_equals_decode_chunk() -> None:
         [p for _, _, p in rows], [t for t, _, _ in rows], [u for _, u, _ in rows], levels=False
     )
     assert messages_only.ts_us.tolist() == ts and len(messages_only.prices) == 0
+
+
+def test_a_chunk_line_gives_back_its_receive_times() -> None:
+    """What the writer's row-by-row path counts as each chunk's latencies."""
+    from depthwatch.storage.writer import _chunk_receive_times
+
+    feed = random_feed(random.Random(9), 200)
+    lines = BookPacker(IDS.__getitem__).pack(feed, []).lines["book_chunks"]
+    got = sorted(t for line in lines for t in _chunk_receive_times(line))
+    assert got == sorted(update.local_us for update, _ in feed)

@@ -44,6 +44,7 @@ from depthwatch.records import (
     Trade,
 )
 from depthwatch.storage import schema
+from depthwatch.storage.codec import decode_chunk
 from depthwatch.storage.journal import DEFAULT_MAX_BYTES, Journal, JournalBatch
 from depthwatch.storage.packing import BookPacker, split_due
 
@@ -218,6 +219,13 @@ def _is_outage(exc: BaseException) -> bool:
         OSError,
     )
     return isinstance(exc, outage) or bool(getattr(exc, "connection_invalidated", False))
+
+
+def _chunk_receive_times(line: str) -> list[int]:
+    """The receive times of a `book_chunks` COPY line's messages."""
+    _, ts_us, u, _, _, payload = line.rstrip("\n").split("\t")
+    chunk = decode_chunk(bytes.fromhex(payload[3:]), int(ts_us), int(u))
+    return [int(x) for x in chunk.local_us.tolist()]
 
 
 def _copy_from(cursor: object, sql: str, data: str) -> None:
@@ -967,7 +975,7 @@ class BatchWriter:
     def _write_singly(self, conn: sa.Connection, batch: _Batch) -> None:
         """Slow path for a batch with a bad row: each row in its own transaction,
         so one refused row costs only itself (logged and counted). Written and
-        duplicate rows, and book events' latencies, are counted as on the fast path."""
+        duplicate rows, and book messages' latencies, are counted as on the fast path."""
         if batch.days:
             with conn.begin():
                 schema.ensure_partitions(conn, batch.days)
@@ -993,6 +1001,8 @@ class BatchWriter:
                     continue
                 if table == "book_events":
                     book_local_us.append(batch.book_local_us[i])
+                elif table == "book_chunks":
+                    book_local_us += _chunk_receive_times(line)
         batch.feed_events = [e for e in batch.feed_events if self._write_alone(conn, [e], [])]
         for heartbeat in batch.heartbeats:
             self._write_alone(conn, [], [heartbeat])
