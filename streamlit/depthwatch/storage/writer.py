@@ -117,7 +117,7 @@ _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\
 # stay well inside the collector's final flush timeout.
 STOP_RETRY_S = 5.0
 # At most this many rows of a kind per flush (a backlog is written in steps).
-MAX_BATCH_ROWS = 40_000
+MAX_BATCH_ROWS = 10_000
 STOP_DRAIN_S = 8.0
 
 
@@ -138,7 +138,11 @@ class WriterConfig:
     chunk_messages: int = 32
     chunk_hold_s: float = 0.25
     batch_rows: int = 1_000  # flush early once this many rows are pending
-    max_pending_rows: int = 400_000  # readers wait beyond this (back-pressure)
+    # Readers wait beyond this (back-pressure): a second or two of the writer's
+    # work flat out. Deeper, a burst only queues longer (latency, memory: a
+    # queued message is an object of ~2 KB) while the reader thread takes the
+    # GIL time the writer needs to catch up.
+    max_pending_rows: int = 25_000
     retention_days: int = 0  # 0 keeps everything
     partitions_ahead_days: int = 2
     collector_id: str = "depthwatch"
@@ -434,7 +438,12 @@ class BatchWriter:
             await asyncio.sleep(0.01)
 
     def _maybe_wake(self) -> None:
-        if len(self._book_rows) - self._held_back >= self.config.batch_rows:
+        # is_set() first: set() takes a lock, and once a batch is due every
+        # message would take it again until the writer wakes.
+        if (
+            len(self._book_rows) - self._held_back >= self.config.batch_rows
+            and not self._wake.is_set()
+        ):
             self._wake.set()
 
     # Book rows the last flush left queued (not due yet): they do not make
