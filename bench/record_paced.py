@@ -113,6 +113,15 @@ def paced_messages(symbols: list[str], depth: int, rate: float, minutes: float, 
             yield ts, orjson.dumps(msg)
 
 
+def _flush_older(writer: BatchWriter) -> None:
+    """A timer-like flush for a writer from before flush_once (schema 1-3):
+    its flush_now polls every 10 ms, which over an hour's 36,000 flushes
+    would take longer than the recording."""
+    writer._wake.set()
+    while writer.pending_rows or writer._flushing:
+        time.sleep(0.0002)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", required=True)
@@ -136,7 +145,7 @@ def main() -> int:
         writer = BatchWriter(engine, config, clock=lambda: replay_now_us[0])
     else:
         writer = BatchWriter(engine, config)
-    flush = getattr(writer, "flush_once", writer.flush_now)
+    flush = getattr(writer, "flush_once", None) or (lambda: _flush_older(writer))
     symbols = [f"P{n:02d}USDT" for n in range(args.streams)]
     streams = [StreamKey("linear", s, args.depth) for s in symbols]
     for stream in streams:
