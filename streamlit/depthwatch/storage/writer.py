@@ -137,7 +137,7 @@ class WriterConfig:
     # rather than five, and a row costs ~140 bytes with its index entry.
     chunk_messages: int = 32
     chunk_hold_s: float = 0.25
-    batch_rows: int = 1_000  # flush early once this many rows are pending
+    batch_rows: int = 500  # flush early once this many rows are pending
     # Readers wait beyond this (back-pressure): a second or two of the writer's
     # work flat out. Deeper, a burst only queues longer (latency, memory: a
     # queued message is an object of ~2 KB) while the reader thread takes the
