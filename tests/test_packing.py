@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
+
 from depthwatch.records import BookUpdate, DepthSnapshot, Quote, StreamKey
 from depthwatch.storage import codec
 from depthwatch.storage.packing import QUIET_SECOND_US, SECOND_US, BookPacker, split_due
@@ -282,10 +284,14 @@ def test_decode_many_equals_decode_chunk() -> None:
         [p for _, _, p in rows], [t for t, _, _ in rows], [u for _, u, _ in rows]
     )
     ts, u, local, match, level_ts, prices, sizes, ranks, bids = ([] for _ in range(9))
+    seq, tops, ticks = [], [], []
     for row_ts, row_u, payload in rows:
         chunk = codec.decode_chunk(payload, row_ts, row_u)
         ts += chunk.ts_us.tolist()
         u += chunk.u.tolist()
+        seq += chunk.seq.tolist()
+        tops += [chunk.tops[t].tolist() if t >= 0 else None for t in chunk.top_of.tolist()]
+        ticks += chunk.prices.tolist()
         local += chunk.local_us.tolist()
         match += chunk.match_us.tolist()
         for i in range(len(chunk)):
@@ -300,6 +306,11 @@ def test_decode_many_equals_decode_chunk() -> None:
     assert batch.prices.tolist() == prices and batch.sizes.tolist() == sizes
     assert batch.level_rank.tolist() == ranks and batch.level_is_bid.tolist() == bids
     assert batch.ts_us[batch.level_msg].tolist() == level_ts
+    assert batch.seq.tolist() == seq and batch.ticks.tolist() == ticks
+    assert [batch.tops[t].tolist() if t >= 0 else None for t in batch.top_of.tolist()] == tops
+    assert batch.msg_first_level.tolist() == [
+        int(x) for x in np.searchsorted(batch.level_msg, np.arange(len(ts)))
+    ]
     messages_only = codec.decode_many(
         [p for _, _, p in rows], [t for t, _, _ in rows], [u for _, u, _ in rows], levels=False
     )

@@ -550,14 +550,27 @@ class DecodedBatch:
     local_us: np.ndarray
     match_us: np.ndarray  # -1 where Bybit sent no cts
     u: np.ndarray
+    seq: np.ndarray
     flags: np.ndarray
     msg_chunk: np.ndarray
+    msg_first_level: np.ndarray  # index of each message's first level
+    nb: np.ndarray  # bid and ask levels of each message (its bids come first)
+    na: np.ndarray
     prices: np.ndarray
     sizes: np.ndarray
     level_chunk: np.ndarray
     level_msg: np.ndarray
     level_is_bid: np.ndarray
     level_rank: np.ndarray
+    # Exact values: integers of 10**-exp with each chunk's exponents.
+    ticks: np.ndarray
+    lots: np.ndarray
+    price_exp: np.ndarray  # per chunk
+    size_exp: np.ndarray
+    # Per message its row in `tops` (the top after it, carried; -1 before its
+    # chunk's first); tops as in DecodedChunk.
+    top_of: np.ndarray
+    tops: np.ndarray
 
 
 def _segment_cumsum(values: np.ndarray, segment_start: np.ndarray) -> np.ndarray:
@@ -578,8 +591,8 @@ def decode_many(
     levels: bool = True,
 ) -> DecodedBatch:
     """decode_chunk for many chunks in one NumPy pass (a dashboard window
-    reads hundreds; one at a time, the calls cost more than the bytes).
-    Tops are not decoded. `levels=False` skips the level columns too."""
+    reads hundreds, an export thousands; one at a time, the calls cost more
+    than the bytes). `levels=False` decodes the message columns only."""
     n_chunks = len(payloads)
     data = b"".join(payloads)
     b = np.frombuffer(data, dtype=np.uint8)
@@ -591,8 +604,7 @@ def decode_many(
     vstart = values_before[ends_b - lengths]  # index of each chunk's first value
     head = v[(vstart[:, None] + np.arange(HEADER_FIELDS)).reshape(-1)].astype(np.int64)
     head = head.reshape(n_chunks, HEADER_FIELDS)
-    fmt, n, price_exp, size_exp = (head[:, k] for k in range(4))
-    n_levels = head[:, 5]
+    fmt, n, price_exp, size_exp, seq_first, n_levels, n_tops = (head[:, k] for k in range(7))
     if not np.isin(fmt, (FORMAT_US, FORMAT_MS)).all():
         raise ValueError(f"unknown chunk format {sorted(set(fmt.tolist()))}")
     unit = np.where(fmt == FORMAT_MS, 1000, 1)
@@ -619,7 +631,11 @@ def decode_many(
         - 1
         + _segment_cumsum(unzigzag(column(3)) + 1, opens)
     )
+    seq = seq_first[msg_chunk] + _segment_cumsum(unzigzag(column(4)), opens)
     flags = column(5).astype(np.int64)
+    nb = column(6).astype(np.int64)
+    na = column(7).astype(np.int64)
+    msg_first_level = np.concatenate(([0], np.cumsum(nb + na)[:-1]))
     empty = np.zeros(0, dtype=np.int64)
     if not levels:
         return DecodedBatch(
@@ -627,17 +643,25 @@ def decode_many(
             local,
             match,
             u,
+            seq,
             flags,
             msg_chunk,
+            msg_first_level,
+            nb,
+            na,
             np.zeros(0),
             np.zeros(0),
             empty,
             empty,
             np.zeros(0, dtype=bool),
             empty,
+            empty,
+            empty,
+            price_exp,
+            size_exp,
+            empty,
+            np.zeros((0, 4), dtype=np.int64),
         )
-    nb = column(6).astype(np.int64)
-    na = column(7).astype(np.int64)
     level_msg = np.repeat(np.arange(len(msg_chunk)), nb + na)
     level_chunk = msg_chunk[level_msg]
     first_lvl = np.concatenate(([0], np.cumsum(n_levels)[:-1]))
@@ -645,7 +669,6 @@ def decode_many(
     lbase = vstart[level_chunk] + HEADER_FIELDS + 8 * n[level_chunk] + lvl_i
     deltas = unzigzag(v[lbase])
     lots = v[lbase + n_levels[level_chunk]].astype(np.int64)
-    msg_first_level = np.concatenate(([0], np.cumsum(nb + na)[:-1]))
     in_msg = np.arange(len(level_msg)) - msg_first_level[level_msg]
     is_bid = in_msg < nb[level_msg]
     rank = np.where(is_bid, in_msg, in_msg - nb[level_msg])
@@ -657,8 +680,41 @@ def decode_many(
     ticks[order] = _segment_cumsum(deltas[order], np.r_[True, grouped[1:] != grouped[:-1]])
     prices = ticks / POW10[price_exp[level_chunk]]
     sizes = lots / POW10[size_exp[level_chunk]]
+    # Tops follow the levels: 4 deltas each, running along their chunk.
+    top_chunk = np.repeat(chunks, n_tops)
+    first_top = np.concatenate(([0], np.cumsum(n_tops)[:-1]))
+    top_i = np.arange(len(top_chunk)) - first_top[top_chunk]
+    tbase = (
+        vstart[top_chunk] + HEADER_FIELDS + 8 * n[top_chunk] + 2 * n_levels[top_chunk] + 4 * top_i
+    )
+    top_deltas = unzigzag(v[(tbase[:, None] + np.arange(4)).reshape(-1)]).reshape(-1, 4)
+    tops = np.column_stack([_segment_cumsum(top_deltas[:, k], top_i == 0) for k in range(4)])
+    changed = ((flags & TOP_CHANGED) != 0).astype(np.int64)
+    top_of = _segment_cumsum(changed, opens) - 1  # within the chunk
+    top_of = np.where(top_of >= 0, top_of + first_top[msg_chunk], -1)
     return DecodedBatch(
-        ts, local, match, u, flags, msg_chunk, prices, sizes, level_chunk, level_msg, is_bid, rank
+        ts,
+        local,
+        match,
+        u,
+        seq,
+        flags,
+        msg_chunk,
+        msg_first_level,
+        nb,
+        na,
+        prices,
+        sizes,
+        level_chunk,
+        level_msg,
+        is_bid,
+        rank,
+        ticks,
+        lots,
+        price_exp,
+        size_exp,
+        top_of,
+        tops.reshape(-1, 4),
     )
 
 

@@ -7,7 +7,9 @@ the digits the exchange sent.
 
 from __future__ import annotations
 
+import bisect
 import heapq
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -17,10 +19,10 @@ from depthwatch.records import SECOND_US
 from depthwatch.storage.codec import (
     SNAPSHOT,
     TOP_CHANGED,
-    DecodedChunk,
+    DecodedBatch,
     TextCache,
-    chunk_levels,
     decode_chunk,
+    decode_many,
 )
 
 STREAM_BATCH_ROWS = 5_000
@@ -175,29 +177,83 @@ def _chunk_book_events(
     conn: sa.Connection, sid: int, from_us: int, end_us: int
 ) -> Iterator[BookEventRow]:
     text = TextCache()
-    for chunk, i in _chunk_messages(conn, sid, from_us, end_us):
-        bids, asks = chunk_levels(chunk, i, text)
+    for view, i in _packed_messages(conn, sid, from_us, end_us):
+        prices, sizes = view.level_texts(text)
+        first = view.first_level[i]
+        mid = first + view.nb[i]
+        last = mid + view.na[i]
         yield BookEventRow(
-            int(chunk.ts_us[i]),
-            int(chunk.local_us[i]),
-            int(chunk.u[i]),
-            int(chunk.seq[i]),
-            bool(chunk.flags[i] & SNAPSHOT),
-            [p for p, _ in bids],
-            [q for _, q in bids],
-            [p for p, _ in asks],
-            [q for _, q in asks],
+            view.ts[i],
+            view.local[i],
+            view.u[i],
+            view.seq[i],
+            bool(view.flags[i] & SNAPSHOT),
+            prices[first:mid],
+            sizes[first:mid],
+            prices[mid:last],
+            sizes[mid:last],
         )
 
 
-def _chunk_messages(
+class _Messages:
+    """One batch of decoded chunks (codec.decode_many) as Python lists, for
+    readers that go message by message; level texts made on first use."""
+
+    __slots__ = (
+        "_batch",
+        "_texts",
+        "first_level",
+        "flags",
+        "local",
+        "na",
+        "nb",
+        "price_exp",
+        "seq",
+        "size_exp",
+        "top_of",
+        "tops",
+        "ts",
+        "u",
+    )
+
+    def __init__(self, batch: DecodedBatch) -> None:
+        self._batch = batch
+        self._texts: tuple[list[str], list[str]] | None = None
+        self.ts: list[int] = batch.ts_us.tolist()
+        self.local: list[int] = batch.local_us.tolist()
+        self.u: list[int] = batch.u.tolist()
+        self.seq: list[int] = batch.seq.tolist()
+        self.flags: list[int] = batch.flags.tolist()
+        self.first_level: list[int] = batch.msg_first_level.tolist()
+        self.nb: list[int] = batch.nb.tolist()
+        self.na: list[int] = batch.na.tolist()
+        self.top_of: list[int] = batch.top_of.tolist()
+        self.tops: list[list[int]] = batch.tops.tolist()
+        self.price_exp: list[int] = batch.price_exp[batch.msg_chunk].tolist()
+        self.size_exp: list[int] = batch.size_exp[batch.msg_chunk].tolist()
+
+    def level_texts(self, text: TextCache) -> tuple[list[str], list[str]]:
+        """Every level's price and size as the exchange wrote them."""
+        if self._texts is None:
+            b = self._batch
+            price_exp = b.price_exp[b.level_chunk].tolist()
+            size_exp = b.size_exp[b.level_chunk].tolist()
+            self._texts = (
+                list(map(text, b.ticks.tolist(), price_exp)),
+                list(map(text, b.lots.tolist(), size_exp)),
+            )
+        return self._texts
+
+
+def _packed_messages(
     conn: sa.Connection, sid: int, from_us: int, end_us: int
-) -> Iterator[tuple[DecodedChunk, int]]:
-    """(decoded chunk, message index) for the messages with from_us <= ts <
-    end_us, in (ts, seq, u, snapshot) order. Chunks come by their first
-    timestamp and may overlap (two collectors cut the same messages
-    differently), so messages wait in a heap until no later chunk can hold
-    an earlier one; repeats are the caller's to drop."""
+) -> Iterator[tuple[_Messages, int]]:
+    """(batch, message index) for the messages with from_us <= ts < end_us,
+    in (ts, seq, u, snapshot) order. Chunks come by their first timestamp,
+    CHUNK_BATCH_ROWS at a time, decoded together. They may overlap (two
+    collectors cut the same messages differently), so a batch's messages at
+    or after its last chunk's first timestamp wait for the next batch, which
+    can hold earlier ones; repeats are the caller's to drop."""
     rows = _stream(
         conn,
         """SELECT ts_us, u, payload FROM book_chunks
@@ -208,32 +264,43 @@ def _chunk_messages(
         {"s": sid, "f": from_us - from_us % SECOND_US, "e": end_us},
         CHUNK_BATCH_ROWS,
     )
-    heap: list[tuple[int, int, int, bool, int, int]] = []
-    chunks: dict[int, DecodedChunk] = {}
-    waiting: dict[int, int] = {}  # messages of each chunk still in the heap
+    # (ts, seq, u, snapshot, arrival number, batch, index): the number is
+    # unique, so sorting never compares batches.
+    waiting: list[tuple[int, int, int, bool, int, _Messages, int]] = []
+    arrived = 0
+    for part in _batches(rows, CHUNK_BATCH_ROWS):
+        batch = decode_many(
+            [r[2] for r in part], [int(r[0]) for r in part], [int(r[1]) for r in part]
+        )
+        view = _Messages(batch)
+        inside = [i for i, t in enumerate(view.ts) if from_us <= t < end_us]
+        waiting += [
+            (
+                view.ts[i],
+                view.seq[i],
+                view.u[i],
+                bool(view.flags[i] & SNAPSHOT),
+                arrived + k,
+                view,
+                i,
+            )
+            for k, i in enumerate(inside)
+        ]
+        arrived += len(inside)
+        waiting.sort()  # mostly in order already: timsort's linear case
+        later_chunks_from = int(part[-1][0])
+        ready = bisect.bisect_left(waiting, (later_chunks_from,))
+        for item in waiting[:ready]:
+            yield item[5], item[6]
+        del waiting[:ready]
+    for item in waiting:
+        yield item[5], item[6]
 
-    def pop() -> tuple[DecodedChunk, int]:
-        *_, held, i = heapq.heappop(heap)
-        chunk = chunks[held]
-        waiting[held] -= 1
-        if not waiting[held]:
-            del chunks[held], waiting[held]
-        return chunk, i
 
-    for number, (ts_us, u, payload) in enumerate(rows):
-        while heap and heap[0][0] < ts_us:
-            yield pop()
-        chunk = decode_chunk(payload, int(ts_us), int(u))
-        columns = (chunk.ts_us.tolist(), chunk.seq.tolist(), chunk.u.tolist(), chunk.flags.tolist())
-        pushed = 0
-        for i, (t, q, v, f) in enumerate(zip(*columns, strict=True)):
-            if from_us <= t < end_us:
-                heapq.heappush(heap, (t, q, v, bool(f & SNAPSHOT), number, i))
-                pushed += 1
-        if pushed:
-            chunks[number], waiting[number] = chunk, pushed
-    while heap:
-        yield pop()
+def _batches(rows: Iterable[sa.Row], size: int) -> Iterator[list[sa.Row]]:
+    iterator = iter(rows)
+    while part := list(itertools.islice(iterator, size)):
+        yield part
 
 
 def _legacy_book_events(
@@ -288,18 +355,18 @@ def _chunk_quotes(
 ) -> Iterator[tuple[int, int, QuoteRow]]:
     """(ts_us, u, quote row) of every message that changed the top."""
     text = TextCache()
-    for chunk, i in _chunk_messages(conn, sid, start_us, end_us):
-        if not chunk.flags[i] & TOP_CHANGED:
+    for view, i in _packed_messages(conn, sid, start_us, end_us):
+        if not view.flags[i] & TOP_CHANGED:
             continue
-        bid, bid_size, ask, ask_size = chunk.tops[chunk.top_of[i]].tolist()
-        pe, se = chunk.price_exp, chunk.size_exp
-        ts = int(chunk.ts_us[i])
+        bid, bid_size, ask, ask_size = view.tops[view.top_of[i]]
+        pe, se = view.price_exp[i], view.size_exp[i]
+        ts = view.ts[i]
         yield (
             ts,
-            int(chunk.u[i]),
+            view.u[i],
             (
                 ts,
-                int(chunk.local_us[i]),
+                view.local[i],
                 text(ask_size, se) if ask else None,
                 text(ask, pe) if ask else None,
                 text(bid, pe) if bid else None,
