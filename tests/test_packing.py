@@ -315,6 +315,8 @@ def test_decode_many_equals_decode_chunk() -> None:
         [p for _, _, p in rows], [t for t, _, _ in rows], [u for _, u, _ in rows], levels=False
     )
     assert messages_only.ts_us.tolist() == ts and len(messages_only.prices) == 0
+    assert messages_only.tops.tolist() == batch.tops.tolist()
+    assert messages_only.top_of.tolist() == batch.top_of.tolist()
 
 
 def test_a_chunk_line_gives_back_its_receive_times() -> None:

@@ -592,7 +592,7 @@ def decode_many(
 ) -> DecodedBatch:
     """decode_chunk for many chunks in one NumPy pass (a dashboard window
     reads hundreds, an export thousands; one at a time, the calls cost more
-    than the bytes). `levels=False` decodes the message columns only."""
+    than the bytes). `levels=False` skips the level columns (not the tops)."""
     n_chunks = len(payloads)
     data = b"".join(payloads)
     b = np.frombuffer(data, dtype=np.uint8)
@@ -636,6 +636,18 @@ def decode_many(
     nb = column(6).astype(np.int64)
     na = column(7).astype(np.int64)
     msg_first_level = np.concatenate(([0], np.cumsum(nb + na)[:-1]))
+    # Tops follow the levels: 4 deltas each, running along their chunk.
+    top_chunk = np.repeat(chunks, n_tops)
+    first_top = np.concatenate(([0], np.cumsum(n_tops)[:-1]))
+    top_i = np.arange(len(top_chunk)) - first_top[top_chunk]
+    tbase = (
+        vstart[top_chunk] + HEADER_FIELDS + 8 * n[top_chunk] + 2 * n_levels[top_chunk] + 4 * top_i
+    )
+    top_deltas = unzigzag(v[(tbase[:, None] + np.arange(4)).reshape(-1)]).reshape(-1, 4)
+    tops = np.column_stack([_segment_cumsum(top_deltas[:, k], top_i == 0) for k in range(4)])
+    changed = ((flags & TOP_CHANGED) != 0).astype(np.int64)
+    top_of = _segment_cumsum(changed, opens) - 1  # within the chunk
+    top_of = np.where(top_of >= 0, top_of + first_top[msg_chunk], -1)
     empty = np.zeros(0, dtype=np.int64)
     if not levels:
         return DecodedBatch(
@@ -659,8 +671,8 @@ def decode_many(
             empty,
             price_exp,
             size_exp,
-            empty,
-            np.zeros((0, 4), dtype=np.int64),
+            top_of,
+            tops.reshape(-1, 4),
         )
     level_msg = np.repeat(np.arange(len(msg_chunk)), nb + na)
     level_chunk = msg_chunk[level_msg]
@@ -680,18 +692,6 @@ def decode_many(
     ticks[order] = _segment_cumsum(deltas[order], np.r_[True, grouped[1:] != grouped[:-1]])
     prices = ticks / POW10[price_exp[level_chunk]]
     sizes = lots / POW10[size_exp[level_chunk]]
-    # Tops follow the levels: 4 deltas each, running along their chunk.
-    top_chunk = np.repeat(chunks, n_tops)
-    first_top = np.concatenate(([0], np.cumsum(n_tops)[:-1]))
-    top_i = np.arange(len(top_chunk)) - first_top[top_chunk]
-    tbase = (
-        vstart[top_chunk] + HEADER_FIELDS + 8 * n[top_chunk] + 2 * n_levels[top_chunk] + 4 * top_i
-    )
-    top_deltas = unzigzag(v[(tbase[:, None] + np.arange(4)).reshape(-1)]).reshape(-1, 4)
-    tops = np.column_stack([_segment_cumsum(top_deltas[:, k], top_i == 0) for k in range(4)])
-    changed = ((flags & TOP_CHANGED) != 0).astype(np.int64)
-    top_of = _segment_cumsum(changed, opens) - 1  # within the chunk
-    top_of = np.where(top_of >= 0, top_of + first_top[msg_chunk], -1)
     return DecodedBatch(
         ts,
         local,

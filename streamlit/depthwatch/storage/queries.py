@@ -246,7 +246,7 @@ class _Messages:
 
 
 def _packed_messages(
-    conn: sa.Connection, sid: int, from_us: int, end_us: int
+    conn: sa.Connection, sid: int, from_us: int, end_us: int, levels: bool = True
 ) -> Iterator[tuple[_Messages, int]]:
     """(batch, message index) for the messages with from_us <= ts < end_us,
     in (ts, seq, u, snapshot) order. Chunks come by their first timestamp,
@@ -270,7 +270,7 @@ def _packed_messages(
     arrived = 0
     for part in _batches(rows, CHUNK_BATCH_ROWS):
         batch = decode_many(
-            [r[2] for r in part], [int(r[0]) for r in part], [int(r[1]) for r in part]
+            [r[2] for r in part], [int(r[0]) for r in part], [int(r[1]) for r in part], levels
         )
         view = _Messages(batch)
         inside = [i for i, t in enumerate(view.ts) if from_us <= t < end_us]
@@ -355,7 +355,7 @@ def _chunk_quotes(
 ) -> Iterator[tuple[int, int, QuoteRow]]:
     """(ts_us, u, quote row) of every message that changed the top."""
     text = TextCache()
-    for view, i in _packed_messages(conn, sid, start_us, end_us):
+    for view, i in _packed_messages(conn, sid, start_us, end_us, levels=False):
         if not view.flags[i] & TOP_CHANGED:
             continue
         bid, bid_size, ask, ask_size = view.tops[view.top_of[i]]
