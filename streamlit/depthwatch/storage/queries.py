@@ -246,14 +246,20 @@ class _Messages:
 
 
 def _packed_messages(
-    conn: sa.Connection, sid: int, from_us: int, end_us: int, levels: bool = True
+    conn: sa.Connection,
+    sid: int,
+    from_us: int,
+    end_us: int,
+    levels: bool = True,
+    top_changes_only: bool = False,
 ) -> Iterator[tuple[_Messages, int]]:
     """(batch, message index) for the messages with from_us <= ts < end_us,
     in (ts, seq, u, snapshot) order. Chunks come by their first timestamp,
     CHUNK_BATCH_ROWS at a time, decoded together. They may overlap (two
     collectors cut the same messages differently), so a batch's messages at
     or after its last chunk's first timestamp wait for the next batch, which
-    can hold earlier ones; repeats are the caller's to drop."""
+    can hold earlier ones; repeats are the caller's to drop.
+    `top_changes_only`: only the messages flagged with a top (quotes)."""
     rows = _stream(
         conn,
         """SELECT ts_us, u, payload FROM book_chunks
@@ -273,7 +279,12 @@ def _packed_messages(
             [r[2] for r in part], [int(r[0]) for r in part], [int(r[1]) for r in part], levels
         )
         view = _Messages(batch)
-        inside = [i for i, t in enumerate(view.ts) if from_us <= t < end_us]
+        flags = view.flags
+        inside = [
+            i
+            for i, t in enumerate(view.ts)
+            if from_us <= t < end_us and (not top_changes_only or flags[i] & TOP_CHANGED)
+        ]
         waiting += [
             (
                 view.ts[i],
@@ -355,9 +366,9 @@ def _chunk_quotes(
 ) -> Iterator[tuple[int, int, QuoteRow]]:
     """(ts_us, u, quote row) of every message that changed the top."""
     text = TextCache()
-    for view, i in _packed_messages(conn, sid, start_us, end_us, levels=False):
-        if not view.flags[i] & TOP_CHANGED:
-            continue
+    for view, i in _packed_messages(
+        conn, sid, start_us, end_us, levels=False, top_changes_only=True
+    ):
         bid, bid_size, ask, ask_size = view.tops[view.top_of[i]]
         pe, se = view.price_exp[i], view.size_exp[i]
         ts = view.ts[i]
