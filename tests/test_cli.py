@@ -262,3 +262,40 @@ def test_simulated_comes_from_the_flag_or_the_environment(monkeypatch):
     assert config("--simulated").simulated
     monkeypatch.setenv("DEPTHWATCH_SIMULATED", "1")
     assert config().simulated
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11-24", "2026-11-24T00:00:00+00:00"),
+        ("2026-11-24T10:30Z", "2026-11-24T10:30:00+00:00"),
+        ("2026-11-24T10:30:00.000250", "2026-11-24T10:30:00.000250+00:00"),  # naive: UTC
+        ("2026-11-24T12:30+02:00", "2026-11-24T10:30:00+00:00"),
+        ("now", "2026-11-24T10:00:00+00:00"),
+        ("-90s", "2026-11-24T09:58:30+00:00"),
+        ("-30m", "2026-11-24T09:30:00+00:00"),
+        ("-1h", "2026-11-24T09:00:00+00:00"),
+        ("-1.5h", "2026-11-24T08:30:00+00:00"),
+        ("-2d", "2026-11-22T10:00:00+00:00"),
+        ("-1w", "2026-11-17T10:00:00+00:00"),
+    ],
+)
+def test_export_times_are_iso_dates_or_spans_back_from_now(text, expected):
+    from datetime import datetime
+
+    from depthwatch.cli import parse_time_us
+
+    now_us = int(datetime.fromisoformat("2026-11-24T10:00:00+00:00").timestamp()) * 1_000_000
+    want = datetime.fromisoformat(expected)
+    want_us = int(want.timestamp()) * 1_000_000 + want.microsecond
+    assert parse_time_us(text, now_us) == want_us
+
+
+@pytest.mark.parametrize("text", ["yesterday", "-1y", "1h", "--1h", "-h", "2026-13-01"])
+def test_a_time_that_is_none_of_those_is_a_clear_error(text):
+    import argparse
+
+    from depthwatch.cli import parse_time_us
+
+    with pytest.raises(argparse.ArgumentTypeError, match="not a time"):
+        parse_time_us(text, 0)

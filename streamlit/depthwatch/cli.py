@@ -6,7 +6,9 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,12 +26,27 @@ log = logging.getLogger("depthwatch")
 ROLE_PASSWORD_ENV = "DEPTHWATCH_ROLE_PASSWORD"
 
 
-def parse_time_us(text: str) -> int:
-    """ISO 8601 (date or date-time; naive means UTC) -> microseconds since the epoch."""
+_UNIT_US = {"s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
+_UNIT_US["w"] = 7 * _UNIT_US["d"]
+_RELATIVE = re.compile(r"-(\d+(?:\.\d+)?)([smhdw])")
+
+
+def parse_time_us(text: str, now_us: int | None = None) -> int:
+    """A time in UTC -> microseconds since the epoch: ISO 8601 (a date, or a
+    date-time; naive means UTC), `now`, or a span back from now (`-90s`,
+    `-30m`, `-1h`, `-2d`, `-1w`)."""
+    text = text.strip()
+    if text == "now" or _RELATIVE.fullmatch(text):
+        now = time.time_ns() // 1000 if now_us is None else now_us
+        found = _RELATIVE.fullmatch(text)
+        return now if found is None else now - round(float(found[1]) * _UNIT_US[found[2]])
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"not a time: {text!r} (ISO 8601 such as 2026-11-24 or 2026-11-24T10:00Z, "
+            "now, or -30m, -1h, -2d)"
+        ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
@@ -94,8 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--depth", type=int, help="book depth to export (needed when several were recorded)"
     )
-    export.add_argument("--start", required=True, type=parse_time_us, help="ISO 8601, inclusive")
-    export.add_argument("--end", required=True, type=parse_time_us, help="ISO 8601, exclusive")
+    export.add_argument(
+        "--start",
+        required=True,
+        type=parse_time_us,
+        help="inclusive, UTC: ISO 8601 (2026-11-24, 2026-11-24T10:00Z), now, or -30m, -1h, -2d",
+    )
+    export.add_argument(
+        "--end", required=True, type=parse_time_us, help="exclusive, the same forms as --start"
+    )
     export.add_argument(
         "--format",
         default="csv",
