@@ -220,6 +220,30 @@ def test_sigterm_flushes_everything_and_exits_zero(database_url, tmp_path):
     import pyarrow.parquet as pq
 
     assert pq.read_table(parquet).num_rows == len(rows)
+    gzipped = tmp_path / "l2.csv.gz"
+    result = depthwatch(
+        "export",
+        "--kind",
+        "incremental_book_L2",
+        "--symbol",
+        "BTCUSDT",
+        "--start",
+        "2020-01-01",
+        "--end",
+        "2100-01-01",
+        "--format",
+        "csv.gz",
+        "--out",
+        str(gzipped),
+        "--database-url",
+        database_url,
+        "--quiet",
+    )
+    assert result.returncode == 0, result.stderr
+    import gzip
+
+    assert gzip.decompress(gzipped.read_bytes()) == out.read_bytes()
+    assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
     engine.dispose()
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
+import io
 import logging
 import os
 import re
@@ -123,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--format",
         default="csv",
-        choices=["csv", "parquet"],
-        help="csv: Tardis CSV exactly; parquet: the same columns, prices as float64",
+        choices=["csv", "csv.gz", "parquet"],
+        help="csv: Tardis CSV exactly; csv.gz: the same, gzipped (as Tardis serves it); "
+        "parquet: the same columns, prices as float64",
     )
     export.add_argument("--out", default="-", help="output file, or - for standard output")
     export.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -294,6 +297,15 @@ def _export(args: argparse.Namespace) -> int:
             else:
                 with atomic_path(Path(args.out)) as partial, partial.open("wb") as binary:
                     export(engine, request, ParquetSink(request, binary), progress)
+        elif args.format == "csv.gz":
+            target = sys.stdout.buffer if args.out == "-" else None
+            with contextlib.ExitStack() as stack:
+                if target is None:
+                    partial = stack.enter_context(atomic_path(Path(args.out)))
+                    target = stack.enter_context(partial.open("wb"))
+                zipped = stack.enter_context(gzip.GzipFile(fileobj=target, mode="wb", mtime=0))
+                lines = stack.enter_context(io.TextIOWrapper(zipped, encoding="ascii", newline=""))
+                export(engine, request, CsvSink(request, lines), progress)
         elif args.out == "-":
             export(engine, request, CsvSink(request, sys.stdout), progress)
         else:
