@@ -71,10 +71,11 @@ def test_clean_stream_is_recorded_completely_and_exactly(database_url):
 
 def assert_parquet_matches_csv(engine, stream: StreamKey) -> None:
     import io
+    from datetime import UTC, datetime, timedelta
 
     import pyarrow.parquet as pq
 
-    from depthwatch.export.tardis import ExportRequest, ParquetSink, export
+    from depthwatch.export.tardis import TIME_COLUMNS, ExportRequest, ParquetSink, export
 
     for kind in ("incremental_book_L2", "quotes"):
         csv_rows = export_rows(engine, kind, stream)
@@ -82,10 +83,15 @@ def assert_parquet_matches_csv(engine, stream: StreamKey) -> None:
         buffer = io.BytesIO()
         export(engine, request, ParquetSink(request, buffer), progress_to=None)
         table = pq.read_table(io.BytesIO(buffer.getvalue()))
-        assert table.column_names == list(csv_rows[0].keys())
+        assert table.column_names == [*csv_rows[0].keys(), *TIME_COLUMNS]
         assert table.num_rows == len(csv_rows)
         parquet_rows = table.to_pylist()
         for got, want in zip(parquet_rows, csv_rows, strict=True):
+            for typed, integer in zip(TIME_COLUMNS, ("timestamp", "local_timestamp"), strict=True):
+                moment = got[typed]
+                assert moment.tzinfo is not None and moment.utcoffset().total_seconds() == 0
+                as_us = (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+                assert as_us == int(want[integer])
             for name, value in want.items():
                 if name in ("exchange", "symbol", "side"):
                     assert got[name] == value

@@ -165,10 +165,14 @@ class CsvSink:
         self.out.flush()
 
 
+# Parquet only: `timestamp` and `local_timestamp` again as timestamp[us, UTC].
+TIME_COLUMNS = ("exchange_time", "local_time")
+
+
 class ParquetSink:
     """The same columns in Parquet: integer microsecond timestamps, prices and
     amounts as float64 (exact for decimals of up to 15 significant digits),
-    row groups of ROW_GROUP_ROWS."""
+    then TIME_COLUMNS; row groups of ROW_GROUP_ROWS."""
 
     ROW_GROUP_ROWS = 100_000
 
@@ -188,7 +192,10 @@ class ParquetSink:
         }
         self.types = [types.get(name, pa.float64()) for name in self.names]
         fields = [("exchange", pa.string()), ("symbol", pa.string())]
-        self.schema = pa.schema(fields + list(zip(self.names, self.types, strict=True)))
+        fields += list(zip(self.names, self.types, strict=True))
+        # After Tardis's columns, the two times typed, for pandas and Arrow users.
+        fields += [(name, pa.timestamp("us", tz="UTC")) for name in TIME_COLUMNS]
+        self.schema = pa.schema(fields)
         self.writer = pq.ParquetWriter(out, self.schema, compression="zstd")
         self.pending: list[Row] = []
 
@@ -210,6 +217,7 @@ class ParquetSink:
                 columns.append(pa.array(values, pa.string()).cast(pa.float64()))
             else:
                 columns.append(pa.array(values, kind))
+        columns += [column.cast(pa.timestamp("us", tz="UTC")) for column in columns[2:4]]
         self.writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
 
     def close(self) -> None:
