@@ -321,5 +321,5 @@ def test_a_time_that_is_none_of_those_is_a_clear_error(text):
 
     from depthwatch.cli import parse_time_us
 
-    with pytest.raises(argparse.ArgumentTypeError, match="not a time"):
+    with pytest.raises(argparse.ArgumentTypeError, match="not an ISO 8601 time"):
         parse_time_us(text, 0)

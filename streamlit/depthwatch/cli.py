@@ -46,8 +46,8 @@ def parse_time_us(text: str, now_us: int | None = None) -> int:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"not a time: {text!r} (ISO 8601 such as 2026-11-24 or 2026-11-24T10:00Z, "
-            "now, or -30m, -1h, -2d)"
+            f"not an ISO 8601 time: {text!r} (e.g. 2026-11-24 or 2026-11-24T10:00Z), "
+            "nor now or a span back from it (-30m, -1h, -2d)"
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
