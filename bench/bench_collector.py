@@ -55,6 +55,7 @@ from depthwatch.book import StreamBook  # noqa: E402
 from depthwatch.feed.parse import FeedParser  # noqa: E402
 from depthwatch.sim.market import DepthView, MarketBook, spec_for  # noqa: E402
 from depthwatch.storage.db import make_engine, normalise_url, start_embedded  # noqa: E402
+from record_paced import LOG_TABLES, stored_messages, table_bytes  # noqa: E402
 
 DEPTH = 50
 
@@ -247,19 +248,6 @@ def latency_from_log(stderr: str) -> tuple[float, float]:
     return (float(found.group(1)), float(found.group(2))) if found else (float("nan"),) * 2
 
 
-def count_rows(engine: sa.Engine) -> int:
-    """Book messages stored: packed (schema 4) and one-per-row (schema 1-3)."""
-    with engine.connect() as conn:
-        total = 0
-        if conn.execute(sa.text("SELECT to_regclass('book_chunks')")).scalar() is not None:
-            total += int(
-                conn.execute(sa.text("SELECT coalesce(sum(n), 0) FROM book_chunks")).scalar_one()
-            )
-        if conn.execute(sa.text("SELECT to_regclass('book_events')")).scalar() is not None:
-            total += int(conn.execute(sa.text("SELECT count(*) FROM book_events")).scalar_one())
-        return total
-
-
 def fresh_database(server_url: str, name: str) -> str:
     admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -269,30 +257,9 @@ def fresh_database(server_url: str, name: str) -> str:
     return sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
 
 
-# The tables the book's messages cost, whichever schema wrote them.
-BOOK_TABLES = (
-    "book_events",
-    "quotes",
-    "depth_snapshots",
-    "book_chunks",
-    "top_seconds",
-    "top_snapshots",
-)
-
-
 def disk_bytes(engine: sa.Engine) -> int:
-    """Bytes on disk of the book tables' partitions, indexes and TOAST included."""
-    with engine.connect() as conn:
-        return int(
-            conn.execute(
-                sa.text(
-                    """SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0)
-                       FROM pg_inherits WHERE inhparent IN
-                       (SELECT to_regclass(t) FROM unnest(CAST(:tables AS text[])) t)"""
-                ),
-                {"tables": list(BOOK_TABLES)},
-            ).scalar_one()
-        )
+    """Bytes on disk of the book log's tables, partitions, indexes and TOAST included."""
+    return sum(table_bytes(engine, LOG_TABLES).values())
 
 
 @dataclass
@@ -322,7 +289,7 @@ def run_replay(
         deadline = time.monotonic() + 600
         while True:
             time.sleep(0.1)
-            rows = count_rows(engine)
+            rows = stored_messages(engine)
             if rows and first_row_at is None:
                 first_row_at = time.monotonic()
                 cpu_at_first_row = cpu_seconds(collector.pid)  # start-up excluded
@@ -382,9 +349,9 @@ def run_steady_pace(
     collector = start_collector(port, symbols, database_url, src)
     try:
         time.sleep(warmup)
-        cpu0, rows0, t0 = cpu_seconds(collector.pid), count_rows(engine), time.monotonic()
+        cpu0, rows0, t0 = cpu_seconds(collector.pid), stored_messages(engine), time.monotonic()
         time.sleep(window)
-        cpu1, rows1, t1 = cpu_seconds(collector.pid), count_rows(engine), time.monotonic()
+        cpu1, rows1, t1 = cpu_seconds(collector.pid), stored_messages(engine), time.monotonic()
         assert collector.poll() is None, "collector died"
     finally:
         stop(collector)
@@ -409,7 +376,7 @@ def run_many_symbols(
         stop(collector)
         stop(sim)
     engine = make_engine(database_url)
-    rows = count_rows(engine)
+    rows = stored_messages(engine)
     engine.dispose()
     return rss, rows
 
@@ -448,6 +415,13 @@ def baseline_tree(ref: str, tmpdir: Path) -> Path:
         capture_output=True,
     )
     return tree
+
+
+def remove_baseline_tree(tmpdir: Path) -> None:
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tmpdir / "baseline")],
+        check=False,
+    )
 
 
 def main() -> int:
@@ -532,18 +506,7 @@ def main() -> int:
                         steady_pace(files, symbols, server_url, args.quick, version, tag, table)
         finally:
             if args.baseline:
-                subprocess.run(
-                    [
-                        "git",
-                        "-C",
-                        str(ROOT),
-                        "worktree",
-                        "remove",
-                        "--force",
-                        str(tmpdir / "baseline"),
-                    ],
-                    check=False,
-                )
+                remove_baseline_tree(tmpdir)
         table.print()
     return 0
 

@@ -34,6 +34,7 @@ from bench_collector import (
     baseline_tree,
     env,
     fresh_database,
+    remove_baseline_tree,
 )
 from depthwatch.storage.db import normalise_url, start_embedded
 
@@ -144,18 +145,7 @@ def main() -> int:
                         table.add(version.name, f"{kind} CSV: peak RSS MB", rss)
         finally:
             if args.baseline:
-                subprocess.run(
-                    [
-                        "git",
-                        "-C",
-                        str(ROOT),
-                        "worktree",
-                        "remove",
-                        "--force",
-                        str(tmpdir / "baseline"),
-                    ],
-                    check=False,
-                )
+                remove_baseline_tree(tmpdir)
         table.print()
     return 0
 

@@ -35,23 +35,24 @@ from depthwatch.storage import schema
 from depthwatch.storage.db import make_engine
 from depthwatch.storage.writer import BatchWriter, WriterConfig
 
-# The tables a book's messages cost, whichever schema wrote them.
-BOOK_TABLES = (
+# The tables a book's messages cost, whichever schema wrote them; with the
+# hourly whole-book checkpoints, which an hour's recording holds.
+LOG_TABLES = (
     "book_events",
     "quotes",
     "depth_snapshots",
     "book_chunks",
     "top_seconds",
     "top_snapshots",
-    "book_checkpoints",
 )
+BOOK_TABLES = (*LOG_TABLES, "book_checkpoints")
 
 
-def table_bytes(engine: sa.Engine) -> dict[str, int]:
-    """Bytes on disk per book table: partitions, indexes and TOAST."""
+def table_bytes(engine: sa.Engine, tables: tuple[str, ...] = BOOK_TABLES) -> dict[str, int]:
+    """Bytes on disk per table: partitions, indexes and TOAST."""
     out = {}
     with engine.connect() as conn:
-        for table in BOOK_TABLES:
+        for table in tables:
             if conn.execute(sa.text("SELECT to_regclass(:t)"), {"t": table}).scalar() is None:
                 continue
             out[table] = int(
@@ -74,7 +75,8 @@ def stored_messages(engine: sa.Engine) -> int:
             total += int(
                 conn.execute(sa.text("SELECT coalesce(sum(n), 0) FROM book_chunks")).scalar_one()
             )
-        total += int(conn.execute(sa.text("SELECT count(*) FROM book_events")).scalar_one())
+        if conn.execute(sa.text("SELECT to_regclass('book_events')")).scalar() is not None:
+            total += int(conn.execute(sa.text("SELECT count(*) FROM book_events")).scalar_one())
     return total
 
 
