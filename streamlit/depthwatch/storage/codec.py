@@ -584,6 +584,41 @@ def _segment_cumsum(values: np.ndarray, segment_start: np.ndarray) -> np.ndarray
     return total - before[np.cumsum(segment_start) - 1]
 
 
+def _batch_levels(
+    v: np.ndarray,
+    vstart: np.ndarray,
+    n: np.ndarray,
+    n_levels: np.ndarray,
+    msg_chunk: np.ndarray,
+    msg_first_level: np.ndarray,
+    nb: np.ndarray,
+    na: np.ndarray,
+    price_exp: np.ndarray,
+    size_exp: np.ndarray,
+) -> tuple[np.ndarray, ...]:
+    """decode_many's level columns: prices, sizes, level_chunk, level_msg,
+    is_bid, rank, ticks, lots."""
+    level_msg = np.repeat(np.arange(len(msg_chunk)), nb + na)
+    level_chunk = msg_chunk[level_msg]
+    first_lvl = np.concatenate(([0], np.cumsum(n_levels)[:-1]))
+    lvl_i = np.arange(len(level_msg)) - first_lvl[level_chunk]
+    lbase = vstart[level_chunk] + HEADER_FIELDS + 8 * n[level_chunk] + lvl_i
+    deltas = unzigzag(v[lbase])
+    lots = v[lbase + n_levels[level_chunk]].astype(np.int64)
+    in_msg = np.arange(len(level_msg)) - msg_first_level[level_msg]
+    is_bid = in_msg < nb[level_msg]
+    rank = np.where(is_bid, in_msg, in_msg - nb[level_msg])
+    # Prices are deltas along a side within a chunk, across its messages.
+    group = level_chunk * 2 + (~is_bid)
+    order = np.argsort(group, kind="stable")
+    grouped = group[order]
+    ticks = np.empty(len(deltas), dtype=np.int64)
+    ticks[order] = _segment_cumsum(deltas[order], np.r_[True, grouped[1:] != grouped[:-1]])
+    prices = ticks / POW10[price_exp[level_chunk]]
+    sizes = lots / POW10[size_exp[level_chunk]]
+    return prices, sizes, level_chunk, level_msg, is_bid, rank, ticks, lots
+
+
 def decode_many(
     payloads: Sequence[bytes | memoryview],
     row_ts_us: Sequence[int],
@@ -648,50 +683,15 @@ def decode_many(
     changed = ((flags & TOP_CHANGED) != 0).astype(np.int64)
     top_of = _segment_cumsum(changed, opens) - 1  # within the chunk
     top_of = np.where(top_of >= 0, top_of + first_top[msg_chunk], -1)
-    empty = np.zeros(0, dtype=np.int64)
-    if not levels:
-        return DecodedBatch(
-            ts,
-            local,
-            match,
-            u,
-            seq,
-            flags,
-            msg_chunk,
-            msg_first_level,
-            nb,
-            na,
-            np.zeros(0),
-            np.zeros(0),
-            empty,
-            empty,
-            np.zeros(0, dtype=bool),
-            empty,
-            empty,
-            empty,
-            price_exp,
-            size_exp,
-            top_of,
-            tops.reshape(-1, 4),
+    if levels:
+        (prices, sizes, level_chunk, level_msg, is_bid, rank, ticks, lots) = _batch_levels(
+            v, vstart, n, n_levels, msg_chunk, msg_first_level, nb, na, price_exp, size_exp
         )
-    level_msg = np.repeat(np.arange(len(msg_chunk)), nb + na)
-    level_chunk = msg_chunk[level_msg]
-    first_lvl = np.concatenate(([0], np.cumsum(n_levels)[:-1]))
-    lvl_i = np.arange(len(level_msg)) - first_lvl[level_chunk]
-    lbase = vstart[level_chunk] + HEADER_FIELDS + 8 * n[level_chunk] + lvl_i
-    deltas = unzigzag(v[lbase])
-    lots = v[lbase + n_levels[level_chunk]].astype(np.int64)
-    in_msg = np.arange(len(level_msg)) - msg_first_level[level_msg]
-    is_bid = in_msg < nb[level_msg]
-    rank = np.where(is_bid, in_msg, in_msg - nb[level_msg])
-    # Prices are deltas along a side within a chunk, across its messages.
-    group = level_chunk * 2 + (~is_bid)
-    order = np.argsort(group, kind="stable")
-    grouped = group[order]
-    ticks = np.empty(len(deltas), dtype=np.int64)
-    ticks[order] = _segment_cumsum(deltas[order], np.r_[True, grouped[1:] != grouped[:-1]])
-    prices = ticks / POW10[price_exp[level_chunk]]
-    sizes = lots / POW10[size_exp[level_chunk]]
+    else:
+        empty = np.zeros(0, dtype=np.int64)
+        prices = sizes = np.zeros(0)
+        level_chunk = level_msg = rank = ticks = lots = empty
+        is_bid = np.zeros(0, dtype=bool)
     return DecodedBatch(
         ts,
         local,
