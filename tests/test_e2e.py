@@ -81,7 +81,7 @@ def assert_parquet_matches_csv(engine, stream: StreamKey) -> None:
         csv_rows = export_rows(engine, kind, stream)
         request = ExportRequest(kind, "linear", stream.symbol, *ALL_TIME, depth=stream.depth)
         buffer = io.BytesIO()
-        export(engine, request, ParquetSink(request, buffer), progress_to=None)
+        export(engine, request, ParquetSink(request.kind, buffer), progress_to=None)
         table = pq.read_table(io.BytesIO(buffer.getvalue()))
         assert table.column_names == [*csv_rows[0].keys(), *TIME_COLUMNS]
         assert table.num_rows == len(csv_rows)

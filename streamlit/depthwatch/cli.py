@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gzip
-import io
 import logging
 import os
-import re
 import sys
-import time
-from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
+from depthwatch.clock import TimeFormatError, parse_time_us
 from depthwatch.config import (
     ConfigError,
     add_collector_arguments,
@@ -28,31 +22,12 @@ log = logging.getLogger("depthwatch")
 ROLE_PASSWORD_ENV = "DEPTHWATCH_ROLE_PASSWORD"
 
 
-_UNIT_US = {"s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
-_UNIT_US["w"] = 7 * _UNIT_US["d"]
-_RELATIVE = re.compile(r"-(\d+(?:\.\d+)?)([smhdw])")
-
-
-def parse_time_us(text: str, now_us: int | None = None) -> int:
-    """A time in UTC -> microseconds since the epoch: ISO 8601 (a date, or a
-    date-time; naive means UTC), `now`, or a span back from now (`-90s`,
-    `-30m`, `-1h`, `-2d`, `-1w`)."""
-    text = text.strip()
-    if text == "now" or _RELATIVE.fullmatch(text):
-        now = time.time_ns() // 1000 if now_us is None else now_us
-        found = _RELATIVE.fullmatch(text)
-        return now if found is None else now - round(float(found[1]) * _UNIT_US[found[2]])
+def time_argument(text: str) -> int:
+    """argparse's type for --start/--end: clock.parse_time_us, its error as a usage error."""
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not an ISO 8601 time: {text!r} (e.g. 2026-11-24 or 2026-11-24T10:00Z), "
-            "nor now or a span back from it (-30m, -1h, -2d)"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+        return parse_time_us(text)
+    except TimeFormatError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,14 +76,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser(
         "export",
-        help="export recorded history as Tardis-compatible CSV (or Parquet)",
+        help="export recorded history as Tardis-compatible CSV, CSV gzip or Parquet",
         description="Stream recorded rows in Tardis.dev's CSV layouts (or the same columns "
-        "in Parquet), microsecond timestamps; [start, end) applies to the exchange timestamp.",
+        "in Parquet), microsecond timestamps; [start, end) applies to the exchange timestamp. "
+        "Files appear whole or not at all. Several symbols (or --split daily) with --out DIR "
+        "write one file per symbol (per UTC day), named as Tardis names its downloads: "
+        "EXCHANGE_KIND_YYYY-MM-DD_SYMBOL.FORMAT.",
     )
     export.add_argument(
-        "--kind", required=True, choices=["incremental_book_L2", "quotes", "trades"]
+        "--kind",
+        required=True,
+        metavar="KIND",
+        help="incremental_book_L2, quotes, trades, book_snapshot_N[_INTERVAL] (the top N "
+        "levels computed from the log: book_snapshot_25 at every change, "
+        "book_snapshot_25_100ms, book_snapshot_5_1s, book_snapshot_10_1m at interval ends), "
+        "or gaps (where the record is incomplete)",
     )
-    export.add_argument("--symbol", required=True, help="e.g. BTCUSDT")
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--symbol", help="one symbol, e.g. BTCUSDT")
+    which.add_argument("--symbols", help="several, comma-separated: BTCUSDT,ETHUSDT")
+    which.add_argument(
+        "--all", action="store_true", help="every symbol of --category with a recorded book"
+    )
     export.add_argument("--category", default="linear", choices=CATEGORIES)
     export.add_argument(
         "--depth", type=int, help="book depth to export (needed when several were recorded)"
@@ -116,21 +105,34 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--start",
         required=True,
-        type=parse_time_us,
+        type=time_argument,
         help="inclusive, UTC: ISO 8601 (2026-11-24, 2026-11-24T10:00Z), now, or -30m, -1h, -2d",
     )
     export.add_argument(
-        "--end", required=True, type=parse_time_us, help="exclusive, the same forms as --start"
+        "--end", required=True, type=time_argument, help="exclusive, the same forms as --start"
     )
     export.add_argument(
         "--format",
         default="csv",
         choices=["csv", "csv.gz", "parquet"],
         help="csv: Tardis CSV exactly; csv.gz: the same, gzipped (as Tardis serves it); "
-        "parquet: the same columns, prices as float64",
+        "parquet: the same columns (prices float64), then exchange_time and local_time "
+        "as timestamp[us, UTC]",
     )
-    export.add_argument("--out", default="-", help="output file, or - for standard output")
-    export.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    export.add_argument(
+        "--split",
+        choices=["daily"],
+        help="daily: one file per symbol per UTC day, in the --out directory",
+    )
+    export.add_argument(
+        "--out",
+        default="-",
+        help="output file, or - for standard output (several symbols follow one another "
+        "under one header); a directory (existing, or ending in /) gets one file per symbol",
+    )
+    export.add_argument(
+        "--quiet", action="store_true", help="no progress bar (never shown unless on a terminal)"
+    )
     add_database_arguments(export)
 
     sim = sub.add_parser(
@@ -271,9 +273,10 @@ def _db_create_readonly_role(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     import sqlalchemy as sa
 
-    from depthwatch.export.tardis import CsvSink, ExportRequest, ParquetSink, export
+    from depthwatch.export.files import plan_files, write_export, write_file
+    from depthwatch.export.tardis import ExportRequest, check_kind, check_requests
     from depthwatch.storage.db import make_engine, resolve_database_url, wait_for_database
-    from depthwatch.storage.queries import NotRecorded
+    from depthwatch.storage.queries import NotRecorded, recorded_symbols
 
     if args.end <= args.start:
         log.error("--end must be after --start")
@@ -284,36 +287,45 @@ def _export(args: argparse.Namespace) -> int:
         listed = ", ".join(str(d) for d in depths)
         log.error("--depth %d: %s books have depth %s", args.depth, args.category, listed)
         return 2
-    request = ExportRequest(
-        args.kind, args.category, args.symbol.upper(), args.start, args.end, args.depth
-    )
+    try:
+        check_kind(args.kind)
+    except NotRecorded as exc:
+        log.error("--kind: %s", exc)
+        return 2
+    out = Path(args.out)
+    to_directory = args.out != "-" and (args.out.endswith(("/", os.sep)) or out.is_dir())
+    if args.split and not to_directory:
+        log.error("--split daily writes one file per symbol per day: give --out a directory")
+        return 2
     engine = make_engine(resolve_database_url(args.database_url, args.data_dir))
     wait_for_database(engine, args.database_wait)
     progress = None if args.quiet else sys.stderr
+    symbols: list[str]
     try:
-        if args.format == "parquet":
-            if args.out == "-":
-                export(engine, request, ParquetSink(request, sys.stdout.buffer), progress)
-            else:
-                with atomic_path(Path(args.out)) as partial, partial.open("wb") as binary:
-                    export(engine, request, ParquetSink(request, binary), progress)
-        elif args.format == "csv.gz":
-            target = sys.stdout.buffer if args.out == "-" else None
-            with contextlib.ExitStack() as stack:
-                if target is None:
-                    partial = stack.enter_context(atomic_path(Path(args.out)))
-                    target = stack.enter_context(partial.open("wb"))
-                zipped = stack.enter_context(gzip.GzipFile(fileobj=target, mode="wb", mtime=0))
-                lines = stack.enter_context(io.TextIOWrapper(zipped, encoding="ascii", newline=""))
-                export(engine, request, CsvSink(request, lines), progress)
-        elif args.out == "-":
-            export(engine, request, CsvSink(request, sys.stdout), progress)
+        if args.all:
+            with engine.connect() as conn:
+                symbols = recorded_symbols(conn, args.category)
+            if not symbols:
+                raise NotRecorded(f"no {args.category} book has been recorded")
         else:
-            with (
-                atomic_path(Path(args.out)) as partial,
-                partial.open("w", encoding="ascii", newline="") as text,
-            ):
-                export(engine, request, CsvSink(request, text), progress)
+            named: list[str] = args.symbols.split(",") if args.symbols else [args.symbol]
+            symbols = list(dict.fromkeys(s.strip().upper() for s in named if s.strip()))
+        requests = [
+            ExportRequest(args.kind, args.category, s, args.start, args.end, args.depth)
+            for s in symbols
+        ]
+        check_requests(engine, requests)  # every symbol, before a byte is written
+        if to_directory:
+            out.mkdir(parents=True, exist_ok=True)
+            for planned in plan_files(requests, args.format, args.split == "daily"):
+                path = out / planned.name
+                rows = write_file(engine, planned.requests, args.format, path, progress)
+                log.info("wrote %s (%d rows)", path, rows)
+        elif args.out == "-":
+            write_export(engine, requests, args.format, sys.stdout.buffer, progress)
+        else:
+            rows = write_file(engine, requests, args.format, out, progress)
+            log.info("wrote %s (%d rows)", out, rows)
     except NotRecorded as exc:
         log.error("%s", exc)
         return 1
@@ -324,18 +336,6 @@ def _export(args: argparse.Namespace) -> int:
         log.error("interrupted; no file written")
         return 130
     return 0
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary name beside `path` to write to: renamed over `path` when
-    the block ends, removed if it raises, so the file appears whole or not at all."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        yield partial
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from depthwatch import __version__
 from depthwatch.book import Outcome, StreamBook
+from depthwatch.clock import now_us
 from depthwatch.config import CollectorConfig
 from depthwatch.feed.connection import BybitConnection, ConnectionConfig, ReconnectPolicy
 from depthwatch.feed.instruments import fetch_instruments
@@ -39,7 +40,7 @@ from depthwatch.records import (
 )
 from depthwatch.storage import queries, schema
 from depthwatch.storage.db import make_engine, resolve_database_url, wait_for_database
-from depthwatch.storage.writer import BatchWriter, WriterConfig, now_us
+from depthwatch.storage.writer import BatchWriter, WriterConfig
 
 log = logging.getLogger(__name__)
 

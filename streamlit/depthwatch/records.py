@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-SECOND_US = 1_000_000  # timestamps are microseconds
+from depthwatch.clock import SECOND_US as SECOND_US  # timestamps are microseconds
 
 # One price level as sent: [price, size], both decimal strings. Lists rather
 # than tuples because that is what orjson hands us; copying would cost time.

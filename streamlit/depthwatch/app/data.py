@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -27,6 +26,7 @@ import sqlalchemy as sa
 import streamlit as st
 
 from depthwatch.app.figures import coverage_spans
+from depthwatch.clock import DAY_US, now_us
 from depthwatch.config import default_data_dir
 from depthwatch.logs import first_line
 from depthwatch.records import HEARTBEATS_MISSED_FOR_STALE, FeedEventKind
@@ -44,7 +44,7 @@ HEATMAP_ROWS = 80
 TRADES_MAX = 2_000
 # Data older than this while its collector still beats: the feed itself went quiet.
 DATA_SILENCE_S = 30.0
-HEALTH_DAY_US = 86_400_000_000
+HEALTH_DAY_US = DAY_US
 RATE_WINDOW_US = 10_000_000  # messages/s is counted over the last ten seconds
 # Percentiles over every message of an hour cost ~130 ms; ten minutes tell as much.
 LATENCY_WINDOW_US = 600_000_000
@@ -69,10 +69,6 @@ def database_url() -> str:
 @st.cache_resource(show_spinner=False)
 def engine() -> sa.Engine:
     return make_reader_engine(database_url())
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def _read(work: Callable[[sa.Connection], T]) -> T:

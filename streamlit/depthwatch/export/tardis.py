@@ -1,31 +1,35 @@
-"""Tardis.dev-compatible CSV exports of recorded history.
+"""Tardis.dev-compatible exports of recorded history: the layouts, the rows
+of each kind, and the sinks that write them (CSV, or the same columns in Parquet).
 
-Layouts: see HEADERS (timestamps in microseconds since the epoch; `timestamp`
-is exchange time, `local_timestamp` arrival time).
+Layouts: see header() (timestamps in microseconds since the epoch;
+`timestamp` is exchange time, `local_timestamp` arrival time). The range
+[start, end) applies to the exchange timestamp.
 
-The range [start, end) applies to the exchange timestamp. The L2 export never
-emits a delta on a broken book: it opens with the book as it stood at `start`
-(rebuilt from the last snapshot before it, emitted as `is_snapshot=true` rows
-stamped `start`), checks `u` continuity itself, and after any gap waits for the
-next recorded snapshot, which appears as `is_snapshot=true` rows.
+incremental_book_L2 never emits a delta on a broken book: it opens with the
+book as it stood at `start` (emitted as `is_snapshot=true` rows stamped
+`start`), and after a gap waits for the next recorded snapshot, which appears
+as `is_snapshot=true` rows (export.replay decides where the book is known).
+book_snapshot_N[_interval] rows come from the same replay (export.snapshots).
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol, TextIO
 
 import sqlalchemy as sa
 
-from depthwatch.book import OrderBook
+from depthwatch.export.replay import BookReplay, StepKind
+from depthwatch.export.snapshots import SnapshotSpec, snapshot_rows
 from depthwatch.feed.topics import TARDIS_EXCHANGE, valid_depths
-from depthwatch.records import Level
 from depthwatch.storage import queries
+from depthwatch.storage.queries import BookEventRow
 
 KINDS = ("incremental_book_L2", "quotes", "trades")
+SNAPSHOT_KIND_HELP = "book_snapshot_N or book_snapshot_N_INTERVAL (e.g. book_snapshot_25_100ms)"
 
 _COMMON = "exchange,symbol,timestamp,local_timestamp,"
 HEADERS = {
@@ -33,6 +37,27 @@ HEADERS = {
     "quotes": _COMMON + "ask_amount,ask_price,bid_price,bid_amount",
     "trades": _COMMON + "id,side,price,amount",
 }
+
+
+def check_kind(kind: str) -> str:
+    """The kind, if exportable; queries.NotRecorded (saying what is) if not."""
+    if kind in HEADERS:
+        return kind
+    if SnapshotSpec.parse(kind) is None:
+        raise ValueError(
+            f"unknown kind {kind!r}: use one of {', '.join(KINDS)}, or {SNAPSHOT_KIND_HELP}"
+        )
+    return kind
+
+
+def header(kind: str) -> str:
+    """The CSV header row of a kind (Tardis's column names, in its order)."""
+    if kind in HEADERS:
+        return HEADERS[kind]
+    spec = SnapshotSpec.parse(kind)
+    if spec is None:
+        raise ValueError(f"unknown kind {kind!r}")
+    return _COMMON + spec.header()
 
 
 @dataclass(frozen=True)
@@ -50,15 +75,26 @@ class ExportRequest:
 
 
 class Progress:
-    """Rows, rate and ETA on stderr, at most every `every_s` seconds."""
+    """Rows, rate, share of the range and ETA on `out`: one line redrawn in
+    place on a terminal, nothing otherwise (piped or redirected output stays
+    clean); at most every `every_s` seconds."""
 
-    def __init__(self, request: ExportRequest, out: TextIO | None, every_s: float = 2.0) -> None:
-        self.request = request
-        self.out = out
+    def __init__(
+        self, requests: Sequence[ExportRequest], out: TextIO | None, every_s: float = 0.5
+    ) -> None:
+        self.out = out if out is not None and out.isatty() else None
         self.every_s = every_s
         self.rows = 0
         self.started = time.monotonic()
         self._last = self.started
+        self._span_us = sum(max(0, r.end_us - r.start_us) for r in requests) or 1
+        self._done_us = 0  # of the requests finished
+        self._request: ExportRequest | None = None
+
+    def begin(self, request: ExportRequest) -> None:
+        if self._request is not None:
+            self._done_us += max(0, self._request.end_us - self._request.start_us)
+        self._request = request
 
     def tick(self, rows: int, ts_us: int) -> None:
         self.rows += rows
@@ -66,13 +102,21 @@ class Progress:
         if self.out is None or now - self._last < self.every_s:
             return
         self._last = now
+        request = self._request
+        into = (
+            0
+            if request is None
+            else min(max(0, ts_us - request.start_us), request.end_us - request.start_us)
+        )
+        done = min(1.0, (self._done_us + into) / self._span_us)
         elapsed = now - self.started
-        span = self.request.end_us - self.request.start_us
-        done = min(1.0, max(0.0, (ts_us - self.request.start_us) / span)) if span > 0 else 1.0
-        eta = elapsed * (1 - done) / done if done > 0 else float("nan")
+        eta = f"{elapsed * (1 - done) / done:,.0f} s" if done > 0 else "?"
+        bar = "#" * round(done * 20)
+        symbol = "" if request is None else f"{request.symbol} "
         print(
-            f"export: {self.rows:,} rows, {self.rows / elapsed:,.0f} rows/s, "
-            f"{done:.0%} of the range, ETA {eta:,.0f} s",
+            f"\rexport {symbol}[{bar:<20}] {done:4.0%} {self.rows:,} rows "
+            f"{self.rows / elapsed:,.0f} rows/s ETA {eta}   ",
+            end="",
             file=self.out,
             flush=True,
         )
@@ -81,7 +125,10 @@ class Progress:
         if self.out is not None:
             elapsed = time.monotonic() - self.started
             print(
-                f"export: done, {self.rows:,} rows in {elapsed:,.1f} s", file=self.out, flush=True
+                f"\rexport: done, {self.rows:,} rows in {elapsed:,.1f} s"
+                f" ({self.rows / max(elapsed, 1e-9):,.0f} rows/s)" + " " * 30,
+                file=self.out,
+                flush=True,
             )
 
 
@@ -90,37 +137,79 @@ Row = tuple  # one data row without the constant exchange and symbol columns
 
 def export(
     engine: sa.Engine,
-    request: ExportRequest,
+    requests: ExportRequest | Sequence[ExportRequest],
     sink: RowSink,
     progress_to: TextIO | None = sys.stderr,
 ) -> int:
-    """Stream the export into `sink`; returns the number of data rows."""
-    progress = Progress(request, progress_to)
+    """Stream the rows of each request, one after the other, into `sink`
+    (closed at the end, error or not); returns the number of data rows."""
+    if isinstance(requests, ExportRequest):
+        requests = [requests]
+    progress = Progress(requests, progress_to)
     # Closed on an error too: a Parquet writer left open would try to finish
     # its file when collected, after the caller has closed (and removed) it.
     try:
         with engine.connect() as conn:
-            iid = queries.instrument_id(conn, request.category, request.symbol)
-            if request.kind == "incremental_book_L2":
-                rows = _l2_rows(conn, iid, request, progress)
-            elif request.kind == "quotes":
-                rows = _quote_rows(conn, iid, request, progress)
-            elif request.kind == "trades":
-                rows = _trade_rows(conn, iid, request, progress)
-            else:
-                raise ValueError(f"unknown export kind {request.kind!r}; use one of {KINDS}")
-            for chunk in _chunks(rows):
-                sink.write(chunk)
+            for request in requests:
+                progress.begin(request)
+                sink.begin(request)
+                for chunk in _chunks(request_rows(conn, request, progress)):
+                    sink.write(chunk)
     finally:
         sink.close()
     progress.finish()
     return progress.rows
 
 
+def check_requests(engine: sa.Engine, requests: Sequence[ExportRequest]) -> None:
+    """Every request can be served (schema, instrument, depth, levels), checked
+    before anything is written; raises queries.NotRecorded saying why not."""
+    with engine.connect() as conn:
+        queries.require_schema(conn)
+        for request in requests:
+            _plan(conn, request)
+
+
+def _plan(conn: sa.Connection, request: ExportRequest) -> tuple[int, int]:
+    """(instrument id, depth; 0 for trades) of a request that can be served."""
+    check_kind(request.kind)
+    iid = queries.instrument_id(conn, request.category, request.symbol)
+    if request.kind == "trades":
+        return iid, 0
+    depth = resolve_depth(conn, iid, request)
+    spec = SnapshotSpec.parse(request.kind)
+    if spec is not None and spec.levels > depth:
+        raise queries.NotRecorded(
+            f"{request.kind}: {request.symbol} was recorded {depth} levels deep; "
+            f"ask for at most book_snapshot_{depth}"
+        )
+    return iid, depth
+
+
+def request_rows(conn: sa.Connection, request: ExportRequest, progress: Progress) -> Iterator[Row]:
+    iid, depth = _plan(conn, request)
+    if request.kind == "trades":
+        return _trade_rows(conn, iid, request, progress)
+    if request.kind == "incremental_book_L2":
+        return _l2_rows(conn, iid, depth, request, progress)
+    if request.kind == "quotes":
+        return _quote_rows(conn, iid, depth, request, progress)
+    spec = SnapshotSpec.parse(request.kind)
+    assert spec is not None  # _plan checked the kind
+    replay = BookReplay(conn, iid, depth, request.start_us, request.end_us)
+    return _counted(snapshot_rows(replay, spec), progress)
+
+
+def _counted(rows: Iterator[Row], progress: Progress) -> Iterator[Row]:
+    for row in rows:
+        progress.tick(1, row[0])
+        yield row
+
+
 def export_csv(
     engine: sa.Engine, request: ExportRequest, out: TextIO, progress_to: TextIO | None = sys.stderr
 ) -> int:
-    return export(engine, request, CsvSink(request, out), progress_to)
+    return export(engine, request, CsvSink(request.kind, out), progress_to)
 
 
 def _chunks(rows: Iterator[Row], size: int = 5_000) -> Iterator[list[Row]]:
@@ -135,6 +224,9 @@ def _chunks(rows: Iterator[Row], size: int = 5_000) -> Iterator[list[Row]]:
 
 
 class RowSink(Protocol):
+    def begin(self, request: ExportRequest) -> None:
+        """The rows that follow are `request`'s (its exchange and symbol)."""
+
     def write(self, rows: list[Row]) -> None: ...
     def close(self) -> None: ...
 
@@ -152,14 +244,22 @@ def _csv_value(value: object) -> str:
 class CsvSink:
     """Tardis CSV: one header row, then the rows; empty fields for missing values."""
 
-    def __init__(self, request: ExportRequest, out: TextIO) -> None:
+    def __init__(self, kind: str, out: TextIO) -> None:
         self.out = out
+        self.prefix = ""
+        self.all_text = SnapshotSpec.parse(kind) is not None  # after the two times
+        out.write(header(kind) + "\n")
+
+    def begin(self, request: ExportRequest) -> None:
         self.prefix = f"{request.exchange},{request.symbol},"
-        out.write(HEADERS[request.kind] + "\n")
 
     def write(self, rows: list[Row]) -> None:
         prefix = self.prefix
-        self.out.write("".join(prefix + ",".join(map(_csv_value, row)) + "\n" for row in rows))
+        if self.all_text:
+            lines = (f"{prefix}{r[0]},{r[1]},{','.join(r[2:])}\n" for r in rows)
+        else:
+            lines = (prefix + ",".join(map(_csv_value, row)) + "\n" for row in rows)
+        self.out.write("".join(lines))
 
     def close(self) -> None:
         self.out.flush()
@@ -171,18 +271,18 @@ TIME_COLUMNS = ("exchange_time", "local_time")
 
 class ParquetSink:
     """The same columns in Parquet: integer microsecond timestamps, prices and
-    amounts as float64 (exact for decimals of up to 15 significant digits),
-    then TIME_COLUMNS; row groups of ROW_GROUP_ROWS."""
+    amounts as float64 (exact for decimals of up to 15 significant digits;
+    missing levels null), then TIME_COLUMNS; row groups of ROW_GROUP_ROWS."""
 
     ROW_GROUP_ROWS = 100_000
 
-    def __init__(self, request: ExportRequest, out: BinaryIO) -> None:
+    def __init__(self, kind: str, out: BinaryIO) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         self.pa = pa
-        self.request = request
-        self.names = HEADERS[request.kind].split(",")[2:]
+        self.exchange = self.symbol = ""
+        self.names = header(kind).split(",")[2:]
         types = {
             "timestamp": pa.int64(),
             "local_timestamp": pa.int64(),
@@ -199,22 +299,32 @@ class ParquetSink:
         self.writer = pq.ParquetWriter(out, self.schema, compression="zstd")
         self.pending: list[Row] = []
 
+    def begin(self, request: ExportRequest) -> None:
+        if self.pending:
+            self._write_group()  # a group holds one symbol's rows
+        self.exchange, self.symbol = request.exchange, request.symbol
+
     def write(self, rows: list[Row]) -> None:
         self.pending.extend(rows)
         if len(self.pending) >= self.ROW_GROUP_ROWS:
             self._write_group()
 
     def _write_group(self) -> None:
+        import pyarrow.compute as pc
+
         pa, rows = self.pa, self.pending
         self.pending = []
         columns = [
-            pa.array([self.request.exchange] * len(rows), pa.string()),
-            pa.array([self.request.symbol] * len(rows), pa.string()),
+            pa.array([self.exchange] * len(rows), pa.string()),
+            pa.array([self.symbol] * len(rows), pa.string()),
         ]
         for index, kind in enumerate(self.types):
             values = [row[index] for row in rows]
             if kind == pa.float64():
-                columns.append(pa.array(values, pa.string()).cast(pa.float64()))
+                text = pa.array(values, pa.string())
+                # An empty field (a missing level) is null.
+                text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+                columns.append(text.cast(pa.float64()))
             else:
                 columns.append(pa.array(values, kind))
         columns += [column.cast(pa.timestamp("us", tz="UTC")) for column in columns[2:4]]
@@ -246,64 +356,40 @@ def resolve_depth(conn: sa.Connection, iid: int, request: ExportRequest) -> int:
 
 
 def _l2_rows(
-    conn: sa.Connection, iid: int, request: ExportRequest, progress: Progress
+    conn: sa.Connection, iid: int, depth: int, request: ExportRequest, progress: Progress
 ) -> Iterator[Row]:
-    depth = resolve_depth(conn, iid, request)
-    book = OrderBook()
-    valid = False
-    last_u = 0
-    in_range = False
-    # Start from the latest point before `start` where the whole book is known:
-    # an exchange snapshot, or (usually much closer) one of our checkpoints.
-    from_us = request.start_us
-    snapshot_us = queries.last_snapshot_before(conn, iid, depth, request.start_us)
-    checkpoint = queries.last_checkpoint_at_or_before(conn, iid, depth, request.start_us)
-    if snapshot_us is not None:
-        from_us = snapshot_us
-    if checkpoint is not None and (snapshot_us is None or checkpoint.ts_us > snapshot_us):
-        # The checkpoint is the book after message u, before any message with
-        # ts >= its stamp.
-        book.apply_levels(checkpoint.bids, checkpoint.asks)
-        valid, last_u, from_us = True, checkpoint.u, checkpoint.ts_us
-    for event in queries.book_events(conn, iid, depth, from_us, request.end_us):
-        if not in_range and event.ts_us >= request.start_us:
-            in_range = True
-            if valid and not event.is_snapshot:
-                # The book as it stood at `start`, so the file opens on a snapshot.
-                bids, asks = book.sides()
-                rows = _level_rows(request.start_us, request.start_us, True, bids, asks)
-                progress.tick(len(rows), event.ts_us)
-                yield from rows
-        if event.is_snapshot:
-            book.clear()
-            valid = True
-        elif not valid or event.u <= last_u:
-            continue  # waiting for a snapshot, or a duplicate of what is applied
-        elif event.u != last_u + 1:
-            valid = False  # a gap: nothing more until the next snapshot
+    replay = BookReplay(conn, iid, depth, request.start_us, request.end_us)
+    for step in replay:
+        event = step.event
+        if event is None:
             continue
-        last_u = event.u
-        bids = [list(level) for level in zip(event.bid_prices, event.bid_sizes, strict=True)]
-        asks = [list(level) for level in zip(event.ask_prices, event.ask_sizes, strict=True)]
-        book.apply_levels(bids, asks)
-        if in_range:
-            rows = _level_rows(event.ts_us, event.local_us, event.is_snapshot, bids, asks)
-            progress.tick(len(rows), event.ts_us)
-            yield from rows
+        if step.kind is StepKind.START and not event.is_snapshot:
+            # The book as it stood at `start`, so the file opens on a snapshot.
+            start = request.start_us
+            rows = [(start, start, True, "bid", p, s) for p, s in replay.book.bids.top()]
+            rows += [(start, start, True, "ask", p, s) for p, s in replay.book.asks.top()]
+        elif step.kind is StepKind.APPLY:
+            rows = _event_rows(event)
+        else:
+            continue
+        progress.tick(len(rows), event.ts_us)
+        yield from rows
 
 
-def _level_rows(
-    ts_us: int, local_us: int, is_snapshot: bool, bids: list[Level], asks: list[Level]
-) -> list[Row]:
-    return [(ts_us, local_us, is_snapshot, "bid", p, s) for p, s in bids] + [
-        (ts_us, local_us, is_snapshot, "ask", p, s) for p, s in asks
+def _event_rows(event: BookEventRow) -> list[Row]:
+    ts, local, snap = event.ts_us, event.local_us, event.is_snapshot
+    return [
+        (ts, local, snap, "bid", p, s)
+        for p, s in zip(event.bid_prices, event.bid_sizes, strict=True)
+    ] + [
+        (ts, local, snap, "ask", p, s)
+        for p, s in zip(event.ask_prices, event.ask_sizes, strict=True)
     ]
 
 
 def _quote_rows(
-    conn: sa.Connection, iid: int, request: ExportRequest, progress: Progress
+    conn: sa.Connection, iid: int, depth: int, request: ExportRequest, progress: Progress
 ) -> Iterator[Row]:
-    depth = resolve_depth(conn, iid, request)
     for row in queries.quotes(conn, iid, depth, request.start_us, request.end_us):
         progress.tick(1, row[0])
         yield tuple(row)

@@ -46,6 +46,7 @@ from picows import (
     ws_connect,
 )
 
+from depthwatch.clock import now_us
 from depthwatch.feed.parse import ControlMessage, FeedParser, MalformedMessage, topics_named_in
 from depthwatch.feed.topics import (
     DEFAULT_ARGS_PER_REQUEST,
@@ -58,10 +59,6 @@ from depthwatch.logs import LogThrottle
 from depthwatch.records import BookUpdate, FeedEvent, FeedEventKind, StreamKey, Trade
 
 log = logging.getLogger(__name__)
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass(frozen=True)

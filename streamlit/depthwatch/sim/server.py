@@ -35,6 +35,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from depthwatch.clock import now_us
 from depthwatch.feed.topics import CATEGORIES, SIMULATOR_HEADER, split_topic, valid_depths
 from depthwatch.sim.market import DepthView, Level, MarketBook, TruthState, spec_for
 from depthwatch.sim.replay import DictBook, ReplayMessage, load_replay
@@ -133,10 +134,6 @@ class ConnRecord:
     book_sent: int = 0  # book messages written to the socket (muted ones are not)
     closed_us: int = 0
     ended_by: FaultKind | None = None  # the fault that ended it; None = the client left
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass(slots=True)
@@ -328,7 +325,7 @@ class Conn:
         self.conn_id = uuid.uuid4().hex[:20]
         self.fault = fault  # the connection fault this connection will suffer
         self.muted = False
-        self.record = ConnRecord(self.conn_id, fault, _now_us())
+        self.record = ConnRecord(self.conn_id, fault, now_us())
         self.topics: set[str] = set()
         self.out: deque[_Pub | bytes] = deque()
         self.has_data = asyncio.Event()
@@ -511,7 +508,7 @@ class BybitSimulator:
         """Count and log a fault that reached a client."""
         self.faults[kind] += 1
         conn_id = conn.conn_id if conn is not None else ""
-        self.fault_log.append(InjectedFault(kind, _now_us(), conn_id, topic, seq))
+        self.fault_log.append(InjectedFault(kind, now_us(), conn_id, topic, seq))
         if conn is not None and kind in CONNECTION_FAULTS:
             conn.record.ended_by = kind
 
@@ -656,7 +653,7 @@ class BybitSimulator:
             pass
         finally:
             conn.shutdown()
-            conn.record.closed_us = _now_us()
+            conn.record.closed_us = now_us()
             self.conns.discard(conn)
             for name in conn.topics:
                 topic = self._topic(name)

@@ -46,6 +46,30 @@ class BookEventRow:
     ask_sizes: list[str]
 
 
+def require_schema(conn: sa.Connection) -> None:
+    """NotRecorded (one clear line) when the database holds no depthwatch
+    schema: nothing was ever recorded into it."""
+    if conn.execute(sa.text("SELECT to_regclass('book_chunks')")).scalar() is None:
+        raise NotRecorded(
+            "this database holds no depthwatch recording (no schema yet): "
+            "record into it first (`depthwatch collect` or `depthwatch up`)"
+        )
+
+
+def recorded_symbols(conn: sa.Connection, category: str) -> list[str]:
+    """Every symbol of the category with a recorded book stream, sorted."""
+    return list(
+        conn.execute(
+            sa.text(
+                """SELECT DISTINCT i.symbol FROM streams s JOIN instruments i
+                       ON i.id = s.instrument_id
+                   WHERE i.category = :c ORDER BY i.symbol"""
+            ),
+            {"c": category},
+        ).scalars()
+    )
+
+
 def instrument_id(conn: sa.Connection, category: str, symbol: str) -> int:
     iid = conn.execute(
         sa.text("SELECT id FROM instruments WHERE category = :c AND symbol = :s"),
@@ -107,6 +131,7 @@ def last_snapshot_before(conn: sa.Connection, iid: int, depth: int, ts_us: int) 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     ts_us: int
+    local_us: int
     u: int
     bids: list[list[str]]
     asks: list[list[str]]
@@ -118,7 +143,7 @@ def last_checkpoint_at_or_before(
     """The collector's latest whole-book checkpoint stamped at or before `ts_us`."""
     row = conn.execute(
         sa.text(
-            """SELECT ts_us, u, bid_prices::text[], bid_sizes::text[], ask_prices::text[],
+            """SELECT ts_us, local_us, u, bid_prices::text[], bid_sizes::text[], ask_prices::text[],
                       ask_sizes::text[]
                FROM book_checkpoints
                WHERE instrument_id = :i AND depth = :d AND ts_us <= :t
@@ -128,9 +153,10 @@ def last_checkpoint_at_or_before(
     ).first()
     if row is None:
         return None
-    ts, u, bid_prices, bid_sizes, ask_prices, ask_sizes = row
+    ts, local, u, bid_prices, bid_sizes, ask_prices, ask_sizes = row
     return Checkpoint(
         int(ts),
+        int(local),
         int(u),
         [list(level) for level in zip(bid_prices, bid_sizes, strict=True)],
         [list(level) for level in zip(ask_prices, ask_sizes, strict=True)],

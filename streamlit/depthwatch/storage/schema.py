@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from depthwatch.clock import DAY_US
 from depthwatch.storage import sql_functions
 
 log = logging.getLogger(__name__)
 
-DAY_US = 86_400_000_000
 
 # Arbitrary constants naming our advisory locks (pg_advisory_xact_lock takes a bigint).
 SCHEMA_LOCK = 0x64657074_6801

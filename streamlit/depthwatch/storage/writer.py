@@ -30,6 +30,7 @@ import psycopg2
 import psycopg2.errors
 import sqlalchemy as sa
 
+from depthwatch.clock import now_us
 from depthwatch.logs import first_line
 from depthwatch.records import (
     BookCheckpoint,
@@ -119,10 +120,6 @@ STOP_RETRY_S = 5.0
 # At most this many rows of a kind per flush (a backlog is written in steps).
 MAX_BATCH_ROWS = 10_000
 STOP_DRAIN_S = 8.0
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass(frozen=True)
