@@ -30,6 +30,22 @@ def time_argument(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+TIME_OPTIONS = ("--start", "--end")
+
+
+def _join_time_values(argv: list[str]) -> list[str]:
+    """`--start -1h` as `--start=-1h`: argparse would take `-1h` for an option."""
+    joined: list[str] = []
+    values = iter(argv)
+    for arg in values:
+        if arg in TIME_OPTIONS:
+            value = next(values, None)
+            joined.append(arg if value is None else f"{arg}={value}")
+        else:
+            joined.append(arg)
+    return joined
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="depthwatch",
@@ -178,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:  # a bad environment variable, found while setting defaults
         print(f"depthwatch: configuration error: {exc}", file=sys.stderr)
         return 2
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_time_values(sys.argv[1:] if argv is None else argv))
     try:
         setup_logging(args.log_level)
     except LogFormatError as exc:
@@ -289,7 +305,7 @@ def _export(args: argparse.Namespace) -> int:
         return 2
     try:
         check_kind(args.kind)
-    except NotRecorded as exc:
+    except ValueError as exc:
         log.error("--kind: %s", exc)
         return 2
     out = Path(args.out)

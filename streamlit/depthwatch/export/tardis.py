@@ -40,7 +40,7 @@ HEADERS = {
 
 
 def check_kind(kind: str) -> str:
-    """The kind, if exportable; queries.NotRecorded (saying what is) if not."""
+    """The kind, if exportable; ValueError (saying what is) if not."""
     if kind in HEADERS:
         return kind
     if SnapshotSpec.parse(kind) is None:
