@@ -25,7 +25,7 @@ from depthwatch.storage.queries import BookEventRow
 class StepKind(Enum):
     START = "start"  # the book as it stood at `start` (valid); event: the first in range, or None
     APPLY = "apply"  # an in-range message about to be applied to a valid book (or a snapshot)
-    LOST = "lost"  # a gap in `u` at this message: the book is unknown until a snapshot
+    LOST = "lost"  # a gap in `u` at this message: the book was unknown since the last one applied
     END = "end"  # no more messages in range; the book holds the final state
 
 
@@ -48,7 +48,8 @@ class BookReplay:
         self.book = OrderBook()
         self.valid = False
         self.last_u = 0
-        self.last_local_us = 0  # arrival time of the last applied message
+        self.last_ts_us: int | None = None  # exchange time of the last applied message
+        self.last_local_us = 0  # its arrival time
 
     def _from_us(self) -> int:
         """Where to start reading: the latest whole book before `start` (a
@@ -64,7 +65,7 @@ class BookReplay:
             # ts >= its stamp.
             self.book.apply_levels(checkpoint.bids, checkpoint.asks)
             self.valid, self.last_u, from_us = True, checkpoint.u, checkpoint.ts_us
-            self.last_local_us = checkpoint.local_us
+            self.last_ts_us, self.last_local_us = checkpoint.ts_us, checkpoint.local_us
         return from_us
 
     def __iter__(self) -> Iterator[Step]:
@@ -77,6 +78,11 @@ class BookReplay:
                 if self.valid:
                     yield Step(StepKind.START, event)
             if event.is_snapshot:
+                if in_range and self.valid and self.depth > 1 and event.u > self.last_u + 1:
+                    # Messages were missed before this snapshot (a reconnect):
+                    # from the last applied one on, the book was unknown. (Depth 1
+                    # streams are snapshots only: a jump in u is Bybit's conflation.)
+                    yield Step(StepKind.LOST, event)
                 if in_range:
                     yield Step(StepKind.APPLY, event)
                 book.clear()
@@ -91,7 +97,7 @@ class BookReplay:
             elif in_range:
                 yield Step(StepKind.APPLY, event)
             self.last_u = event.u
-            self.last_local_us = event.local_us
+            self.last_ts_us, self.last_local_us = event.ts_us, event.local_us
             book.bids.apply(
                 [[p, s] for p, s in zip(event.bid_prices, event.bid_sizes, strict=True)]
             )

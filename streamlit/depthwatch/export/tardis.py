@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol, TextIO
+from typing import TYPE_CHECKING, BinaryIO, Protocol, TextIO
 
 import sqlalchemy as sa
 
@@ -27,6 +27,9 @@ from depthwatch.export.snapshots import SnapshotSpec, snapshot_rows
 from depthwatch.feed.topics import TARDIS_EXCHANGE, valid_depths
 from depthwatch.storage import queries
 from depthwatch.storage.queries import BookEventRow
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 KINDS = ("incremental_book_L2", "quotes", "trades")
 SNAPSHOT_KIND_HELP = "book_snapshot_N or book_snapshot_N_INTERVAL (e.g. book_snapshot_25_100ms)"
@@ -269,18 +272,21 @@ class CsvSink:
 TIME_COLUMNS = ("exchange_time", "local_time")
 
 
-class ParquetSink:
-    """The same columns in Parquet: integer microsecond timestamps, prices and
-    amounts as float64 (exact for decimals of up to 15 significant digits;
-    missing levels null), then TIME_COLUMNS; row groups of ROW_GROUP_ROWS."""
+class ArrowSink:
+    """The rows as Arrow tables of the Parquet layout: Tardis's columns
+    (integer microsecond timestamps; prices and amounts float64, exact for
+    decimals of up to 15 significant digits; missing levels null), then
+    TIME_COLUMNS. One table per GROUP_ROWS rows (or per symbol), handed to
+    `on_table` or kept for table()."""
 
-    ROW_GROUP_ROWS = 100_000
+    GROUP_ROWS = 100_000
 
-    def __init__(self, kind: str, out: BinaryIO) -> None:
+    def __init__(self, kind: str, on_table: Callable[[pa.Table], None] | None = None) -> None:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         self.pa = pa
+        self.on_table = on_table
+        self.tables: list[pa.Table] = []
         self.exchange = self.symbol = ""
         self.names = header(kind).split(",")[2:]
         types = {
@@ -296,20 +302,19 @@ class ParquetSink:
         # After Tardis's columns, the two times typed, for pandas and Arrow users.
         fields += [(name, pa.timestamp("us", tz="UTC")) for name in TIME_COLUMNS]
         self.schema = pa.schema(fields)
-        self.writer = pq.ParquetWriter(out, self.schema, compression="zstd")
         self.pending: list[Row] = []
 
     def begin(self, request: ExportRequest) -> None:
         if self.pending:
-            self._write_group()  # a group holds one symbol's rows
+            self._flush()  # a table holds one symbol's rows
         self.exchange, self.symbol = request.exchange, request.symbol
 
     def write(self, rows: list[Row]) -> None:
         self.pending.extend(rows)
-        if len(self.pending) >= self.ROW_GROUP_ROWS:
-            self._write_group()
+        if len(self.pending) >= self.GROUP_ROWS:
+            self._flush()
 
-    def _write_group(self) -> None:
+    def _flush(self) -> None:
         import pyarrow.compute as pc
 
         pa, rows = self.pa, self.pending
@@ -328,12 +333,44 @@ class ParquetSink:
             else:
                 columns.append(pa.array(values, kind))
         columns += [column.cast(pa.timestamp("us", tz="UTC")) for column in columns[2:4]]
-        self.writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
+        table = pa.Table.from_arrays(columns, schema=self.schema)
+        if self.on_table is not None:
+            self.on_table(table)
+        else:
+            self.tables.append(table)
+
+    def table(self) -> pa.Table:
+        """Every row kept (without `on_table`), as one table."""
+        return self.pa.concat_tables(self.tables) if self.tables else self.schema.empty_table()
 
     def close(self) -> None:
         if self.pending:
-            self._write_group()
-        self.writer.close()
+            self._flush()
+
+
+class ParquetSink:
+    """The Parquet file of ArrowSink's tables, zstd, a row group per table."""
+
+    def __init__(self, kind: str, out: BinaryIO) -> None:
+        import pyarrow.parquet as pq
+
+        self.tables = ArrowSink(kind, self._write)
+        self.writer = pq.ParquetWriter(out, self.tables.schema, compression="zstd")
+
+    def _write(self, table: pa.Table) -> None:
+        self.writer.write_table(table)
+
+    def begin(self, request: ExportRequest) -> None:
+        self.tables.begin(request)
+
+    def write(self, rows: list[Row]) -> None:
+        self.tables.write(rows)
+
+    def close(self) -> None:
+        try:
+            self.tables.close()
+        finally:
+            self.writer.close()
 
 
 def resolve_depth(conn: sa.Connection, iid: int, request: ExportRequest) -> int:
