@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import chain
 
 from depthwatch.clock import SECOND_US
 from depthwatch.export.replay import BookReplay, StepKind
@@ -112,8 +113,12 @@ def _row(ts_us: int, local_us: int, top: tuple[list[Level], list[Level]], n: int
     """(timestamp, local_timestamp, then per level: ask price, ask amount, bid
     price, bid amount), empty strings where a side has fewer levels."""
     asks, bids = top
-    cells: list[object] = [ts_us, local_us]
-    for i in range(n):
-        cells += asks[i] if i < len(asks) else EMPTY
-        cells += bids[i] if i < len(bids) else EMPTY
-    return tuple(cells)
+    if len(asks) < n:
+        asks = asks + [EMPTY] * (n - len(asks))
+    if len(bids) < n:
+        bids = bids + [EMPTY] * (n - len(bids))
+    return (
+        ts_us,
+        local_us,
+        *chain.from_iterable(chain.from_iterable(zip(asks, bids, strict=True))),
+    )
