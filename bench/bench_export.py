@@ -1,20 +1,25 @@
-"""Export benchmark: `depthwatch export` rows/s and peak RSS over recorded history.
+"""Export benchmark: `depthwatch export` rows/s and peak RSS over recorded
+history, per kind and format.
 
     .venv/bin/python bench/bench_export.py                       # this tree only
     .venv/bin/python bench/bench_export.py --baseline main       # A/B, interleaved
+    .venv/bin/python bench/bench_export.py --minutes 10 --kinds quotes --formats csv
 
 Each version records the same history into its own database with its own
-writer (bench/record_paced.py: one depth-50 stream at 50 messages/s for
---minutes of exchange time, default 60: ~180,000 messages, ~1.2 million
-incremental_book_L2 rows), then exports it with its own `depthwatch export`
-(a fresh process per run: rows/s from start to exit, peak RSS from the
-kernel). Rounds alternate versions (baseline, this, baseline, this ...); the
-machine is shared and noisy, so compare within one run.
+writer (bench/record_paced.py: one depth-50 stream at 50 messages/s, and a
+trade after every book message, for --minutes of exchange time; the default
+360 is 1.08 million book messages, ~7 million incremental_book_L2 rows, and
+1.08 million trades), then exports every kind in every format with its own
+`depthwatch export` (a fresh process per run: rows/s from start to exit, peak
+RSS from the kernel). A baseline runs only the kinds and formats it knows.
+Rounds alternate versions (baseline, this, baseline, this ...); the machine
+is shared and noisy, so compare within one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import os
 import platform
 import subprocess
@@ -38,7 +43,15 @@ from bench_collector import (
 )
 from depthwatch.storage.db import normalise_url, start_embedded
 
-KINDS = ("incremental_book_L2", "quotes")
+KINDS = (
+    "incremental_book_L2",
+    "quotes",
+    "trades",
+    "book_snapshot_25",
+    "book_snapshot_25_100ms",
+    "book_snapshot_5_1s",
+)
+FORMATS = ("csv", "csv.gz", "parquet")
 SYMBOL = "P00USDT"  # record_paced.py's first stream
 
 
@@ -56,6 +69,8 @@ def record(server_url: str, version: Version, minutes: float, end_ms: int) -> st
             str(minutes),
             "--end-ms",
             str(end_ms),
+            "--trades-every",
+            "1",
         ],
         env=env(version.src),
         check=True,
@@ -64,8 +79,11 @@ def record(server_url: str, version: Version, minutes: float, end_ms: int) -> st
     return database_url
 
 
-def export(database_url: str, version: Version, kind: str, start: str, end: str, out: Path):
-    """(rows, seconds, peak RSS MB) of one export run in a fresh process."""
+def export(
+    database_url: str, version: Version, kind: str, fmt: str, start: str, end: str, out: Path
+) -> tuple[int, float, float] | None:
+    """(rows, seconds, peak RSS MB) of one export run in a fresh process; None
+    if this version cannot export the kind or format."""
     started = time.perf_counter()
     proc = subprocess.Popen(
         [
@@ -81,6 +99,8 @@ def export(database_url: str, version: Version, kind: str, start: str, end: str,
             start,
             "--end",
             end,
+            "--format",
+            fmt,
             "--out",
             str(out),
             "--quiet",
@@ -92,19 +112,33 @@ def export(database_url: str, version: Version, kind: str, start: str, end: str,
     )
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - started
+    stderr = proc.stderr.read().decode() if proc.stderr else ""
     if status != 0:
-        raise RuntimeError(f"export failed: {proc.stderr.read().decode() if proc.stderr else ''}")
-    with out.open("rb") as f:
-        rows = sum(1 for _ in f) - 1  # the header
-    return rows, seconds, usage.ru_maxrss / 1024
+        if "invalid choice" in stderr or "unknown kind" in stderr:
+            return None  # a baseline without this kind or format
+        raise RuntimeError(f"export failed: {stderr}")
+    return count_rows(out, fmt), seconds, usage.ru_maxrss / 1024
+
+
+def count_rows(path: Path, fmt: str) -> int:
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    opener = gzip.open if fmt == "csv.gz" else open
+    with opener(path, "rb") as f:
+        return sum(1 for _ in f) - 1  # the header
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", help="git ref to compare with (A/B, interleaved)")
     parser.add_argument("--rounds", type=int, default=0, help="default 2 with --baseline, else 1")
-    parser.add_argument("--minutes", type=float, default=60.0, help="of history recorded")
+    parser.add_argument("--minutes", type=float, default=360.0, help="of history recorded")
+    parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated")
+    parser.add_argument("--formats", default=",".join(FORMATS), help="comma-separated")
     args = parser.parse_args()
+    kinds, formats = args.kinds.split(","), args.formats.split(",")
     rounds = args.rounds or (2 if args.baseline else 1)
     print(
         f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cpus, "
@@ -129,20 +163,25 @@ def main() -> int:
                 print(f"recording {args.minutes:g} min of {SYMBOL} with {version.name} ...")
                 databases[version.name] = record(server_url, version, args.minutes, end_ms)
             for round_ in range(rounds):
-                for version in versions:
-                    for kind in KINDS:
-                        out = tmpdir / f"{kind}.csv"
-                        rows, seconds, rss = export(
-                            databases[version.name], version, kind, start, end, out
-                        )
-                        out.unlink()
-                        print(
-                            f"  [{version.name}, round {round_ + 1}] {kind:20} {rows:10,} rows "
-                            f"in {seconds:5.1f} s = {rows / seconds:9,.0f} rows/s, "
-                            f"peak RSS {rss:4.0f} MB"
-                        )
-                        table.add(version.name, f"{kind} CSV: rows/s", rows / seconds)
-                        table.add(version.name, f"{kind} CSV: peak RSS MB", rss)
+                for kind in kinds:
+                    for fmt in formats:
+                        for version in versions:
+                            out = tmpdir / f"{kind}.{fmt}"
+                            result = export(
+                                databases[version.name], version, kind, fmt, start, end, out
+                            )
+                            out.unlink(missing_ok=True)
+                            if result is None:
+                                continue
+                            rows, seconds, rss = result
+                            print(
+                                f"  [{version.name}, round {round_ + 1}] {kind:22} {fmt:7} "
+                                f"{rows:10,} rows in {seconds:6.1f} s = "
+                                f"{rows / seconds:9,.0f} rows/s, peak RSS {rss:4.0f} MB",
+                                flush=True,
+                            )
+                            table.add(version.name, f"{kind} {fmt}: rows/s", rows / seconds)
+                            table.add(version.name, f"{kind} {fmt}: peak RSS MB", rss)
         finally:
             if args.baseline:
                 remove_baseline_tree(tmpdir)

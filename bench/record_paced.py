@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/record_paced.py --database-url URL [--streams 4]
         [--rate 50] [--depth 50] [--minutes 60] [--flush-ms 100] [--end-ms NOW]
+        [--trades-every N]
 
 Each stream is a synthetic book (the simulator's market model) sending a
 message every 1000/rate ms of exchange time. Messages go through the real
@@ -29,7 +30,7 @@ import sqlalchemy as sa
 
 from depthwatch.book import StreamBook
 from depthwatch.feed.parse import FeedParser
-from depthwatch.records import StreamKey
+from depthwatch.records import BookUpdate, StreamKey, Trade
 from depthwatch.sim.market import DepthView, MarketBook, spec_for
 from depthwatch.storage import schema
 from depthwatch.storage.db import make_engine
@@ -115,6 +116,24 @@ def paced_messages(symbols: list[str], depth: int, rate: float, minutes: float, 
             yield ts, orjson.dumps(msg)
 
 
+def trade_after(update: BookUpdate, number: int) -> Trade:
+    """A trade at the update's best level (the export benchmark's trades)."""
+    side, levels = ("buy", update.asks) if number % 2 else ("sell", update.bids)
+    price = levels[0][0] if levels else "100.00"
+    stream = update.stream
+    return Trade(
+        stream.category,
+        stream.symbol,
+        f"t{number:09d}",
+        side,
+        price,
+        "0.010",
+        update.exchange_us,
+        update.local_us,
+        number,
+    )
+
+
 def _flush_older(writer: BatchWriter) -> None:
     """A timer-like flush for a writer from before flush_once (schema 1-3):
     its flush_now polls every 10 ms, which over an hour's 36,000 flushes
@@ -133,6 +152,9 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=60.0, help="of exchange time")
     parser.add_argument("--flush-ms", type=int, default=100)
     parser.add_argument("--end-ms", type=int, default=0, help="exchange time of the end (now)")
+    parser.add_argument(
+        "--trades-every", type=int, default=0, help="a trade after every N book messages (0: none)"
+    )
     args = parser.parse_args()
 
     engine = make_engine(args.database_url)
@@ -170,6 +192,8 @@ def main() -> int:
         update = feed.parse(raw, replay_now_us[0])
         books[update.stream].apply(update)
         messages += 1
+        if args.trades_every and messages % args.trades_every == 0:
+            writer.add_trade(trade_after(update, messages))
         if messages % 50_000 == 0:
             rate = messages / (time.monotonic() - started)
             print(f"  ... {messages:,} messages recorded, {rate:,.0f}/s", end="\r", file=sys.stderr)

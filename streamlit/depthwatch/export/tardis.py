@@ -276,10 +276,12 @@ class ArrowSink:
     """The rows as Arrow tables of the Parquet layout: Tardis's columns
     (integer microsecond timestamps; prices and amounts float64, exact for
     decimals of up to 15 significant digits; missing levels null), then
-    TIME_COLUMNS. One table per GROUP_ROWS rows (or per symbol), handed to
-    `on_table` or kept for table()."""
+    TIME_COLUMNS. A table per GROUP_CELLS values (at most GROUP_ROWS rows; a
+    book_snapshot_25 row has 104), or per symbol, handed to `on_table` or kept
+    for table(): what waits for a table stays ~100 MB at most, whatever the kind."""
 
     GROUP_ROWS = 100_000
+    GROUP_CELLS = 1_000_000
 
     def __init__(self, kind: str, on_table: Callable[[pa.Table], None] | None = None) -> None:
         import pyarrow as pa
@@ -302,6 +304,7 @@ class ArrowSink:
         # After Tardis's columns, the two times typed, for pandas and Arrow users.
         fields += [(name, pa.timestamp("us", tz="UTC")) for name in TIME_COLUMNS]
         self.schema = pa.schema(fields)
+        self.group_rows = max(1_000, min(self.GROUP_ROWS, self.GROUP_CELLS // len(self.names)))
         self.pending: list[Row] = []
 
     def begin(self, request: ExportRequest) -> None:
@@ -311,7 +314,7 @@ class ArrowSink:
 
     def write(self, rows: list[Row]) -> None:
         self.pending.extend(rows)
-        if len(self.pending) >= self.GROUP_ROWS:
+        if len(self.pending) >= self.group_rows:
             self._flush()
 
     def _flush(self) -> None:
