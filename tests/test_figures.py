@@ -485,13 +485,6 @@ def test_overlapping_spans_of_one_cause_merge_and_others_stay():
     ]
 
 
-def test_merging_joins_touching_spans_of_the_same_cause():
-    merged = F._merge_same_cause(
-        [Span(0.0, 10.0, "gap"), Span(10.0, 20.0, "gap"), Span(5.0, 8.0, "gap"), Span(1, 2, "x")]
-    )
-    assert merged == [Span(0.0, 20.0, "gap"), Span(1, 2, "x")]
-
-
 # --- shading -------------------------------------------------------------------------
 def test_shade_spans_adds_one_rectangle_per_span_below_the_traces():
     spans = [Span(T0 + 10 * SEC, T0 + 20 * SEC, "gap"), Span(T0 + 30 * SEC, T0 + 40 * SEC, "stall")]

@@ -151,6 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_database_arguments(export)
 
+    from depthwatch.export.gaps import add_gaps_arguments
+
+    gaps = sub.add_parser(
+        "gaps",
+        help="list the intervals where the record is incomplete",
+        description="Per stream: where no collector was recording, u gaps, lost connections, "
+        "refused messages and rows the writer dropped. Receive times (UTC); [start, end).",
+    )
+    add_gaps_arguments(gaps)
+
     sim = sub.add_parser(
         "sim",
         help="run a local Bybit v5 WebSocket simulator",
@@ -223,6 +233,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _db_upgrade(args)
     if args.command == "export":
         return _export(args)
+    if args.command == "gaps":
+        from depthwatch.export.gaps import run_gaps
+
+        return run_gaps(args)
     if args.command == "sim":
         from depthwatch.sim.server import run_sim
 

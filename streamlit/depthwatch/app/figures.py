@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from depthwatch.records import FeedEventKind
+from depthwatch import coverage
+from depthwatch.records import FeedEventKind, StreamKey
 from depthwatch.storage.dashboard_queries import (
     EVENT_COLUMNS,
     HEATMAP_COLUMNS,
@@ -142,12 +143,14 @@ TEMPLATE = go.layout.Template(
 
 # --- Feed events and coverage --------------------------------------------------
 K = FeedEventKind
-# Stream-level events that make the book untrusted until a stream-level RECOVERED.
-SPAN_OPENERS = frozenset({K.GAP, K.BOOK_LOST, K.RESYNC})
-RECOVERED = K.RECOVERED
+# Span labels where depthwatch.coverage's cause names read badly on a chart.
 CAUSE_BEFORE_WINDOW = "not trusted"  # a span whose opener precedes the window
 CAUSE_COLLECTOR_DOWN = "collector not running"
-HEARTBEAT_HOLE_FACTOR = 3.0
+SPAN_LABELS = {
+    coverage.UNTRUSTED: CAUSE_BEFORE_WINDOW,
+    coverage.COLLECTOR_DOWN: CAUSE_COLLECTOR_DOWN,
+}
+_ANY_STREAM = StreamKey("", "", 0)  # the spans of one stream's frames: which one does not matter
 
 # Fixed so the lane's rows never move between refreshes; unknown kinds go after.
 EVENT_KIND_ORDER: tuple[str, ...] = (
@@ -844,87 +847,35 @@ def coverage_spans(
     heartbeat_interval_ms: float,
 ) -> list[Span]:
     """Where the book was not trusted (feed events) or not recorded (collector
-    heartbeats missing), so a quiet market is never mistaken for missing data.
+    heartbeats missing), so a quiet market is never mistaken for missing data:
+    depthwatch.coverage's rules, on the window's frames, labelled for display.
 
     Sorted by start; overlapping or touching spans of one cause are merged, spans
     of different causes may overlap."""
     if heartbeat_interval_ms <= 0:
         raise ValueError(f"heartbeat_interval_ms must be positive, got {heartbeat_interval_ms}")
-    if end_ms <= start_ms:
-        return []
-    spans = _trust_spans(events, start_ms, end_ms) + _collector_spans(
-        np.asarray(heartbeat_ms, dtype=np.float64),
-        start_ms,
-        end_ms,
-        HEARTBEAT_HOLE_FACTOR * heartbeat_interval_ms,
-    )
-    return _merge_same_cause(spans)
-
-
-def _clip(start: float, end: float, cause: str, lo: float, hi: float) -> list[Span]:
-    start, end = max(start, lo), min(end, hi)
-    return [Span(start, end, cause)] if end > start else []
-
-
-def _trust_spans(events: pd.DataFrame, start_ms: float, end_ms: float) -> list[Span]:
-    """Stream-level gap/disconnect/resync open a span, "recovered" closes it; a
-    "recovered" with nothing open before it closes a span opened before the list."""
     _require(events, EVENT_COLUMNS)
-    stream = _sorted_by_time(events[events["stream_level"].eq(True)])
-    out: list[Span] = []
-    open_at: float | None = None
-    cause = ""
-    seen = False  # any opener or recovered so far
-    for t, kind in zip(_col(stream, "t_ms"), stream["kind"].astype(str), strict=True):
-        if kind in SPAN_OPENERS:
-            if open_at is None:
-                open_at, cause = float(t), kind
-            seen = True
-        elif kind == RECOVERED:
-            if open_at is not None:
-                out += _clip(open_at, float(t), cause, start_ms, end_ms)
-                open_at = None
-            elif not seen:
-                out += _clip(start_ms, float(t), CAUSE_BEFORE_WINDOW, start_ms, end_ms)
-            seen = True
-    if open_at is not None:
-        out += _clip(open_at, end_ms, cause, start_ms, end_ms)
-    return out
-
-
-def _collector_spans(hb: np.ndarray, start_ms: float, end_ms: float, hole_ms: float) -> list[Span]:
-    """Stretches longer than `hole_ms` without a heartbeat. The nearest heartbeat
-    outside the window counts when given; otherwise the window edge does."""
-    hb = np.sort(hb[np.isfinite(hb)])
-    if hb.size == 0:
-        return [Span(start_ms, end_ms, CAUSE_COLLECTOR_DOWN)]
-    before = hb[hb <= start_ms][-1:]
-    after = hb[hb >= end_ms][:1]
-    inside = hb[(hb > start_ms) & (hb < end_ms)]
-    points = np.concatenate(
-        [before if before.size else [start_ms], inside, after if after.size else [end_ms]]
+    stream = events[events["stream_level"].eq(True)]
+    gaps = coverage.stream_gaps(
+        _ANY_STREAM,
+        [
+            coverage.StreamEvent(_us(t), str(kind), "" if detail is None else str(detail))
+            for t, kind, detail in zip(
+                _col(stream, "t_ms"), stream["kind"], stream["detail"], strict=True
+            )
+        ],
+        np.rint(np.asarray(heartbeat_ms, dtype=np.float64) * 1000).astype(np.int64),
+        _us(start_ms),
+        _us(end_ms),
+        _us(heartbeat_interval_ms),
     )
-    holes = np.nonzero(np.diff(points) > hole_ms)[0]
-    out: list[Span] = []
-    for i in holes:
-        out += _clip(float(points[i]), float(points[i + 1]), CAUSE_COLLECTOR_DOWN, start_ms, end_ms)
-    return out
+    return [
+        Span(g.start_us / 1000, g.end_us / 1000, SPAN_LABELS.get(g.cause, g.cause)) for g in gaps
+    ]
 
 
-def _merge_same_cause(spans: list[Span]) -> list[Span]:
-    merged: list[Span] = []
-    for cause in dict.fromkeys(s.cause for s in spans):
-        current: Span | None = None
-        for s in sorted((s for s in spans if s.cause == cause), key=lambda s: s.start_ms):
-            if current is not None and s.start_ms <= current.end_ms:
-                current = Span(current.start_ms, max(current.end_ms, s.end_ms), cause)
-                continue
-            if current is not None:
-                merged.append(current)
-            current = s
-        if current is not None:
-            merged.append(current)
-    return sorted(merged, key=lambda s: (s.start_ms, s.end_ms, s.cause))
+def _us(t_ms: float) -> int:
+    return round(float(t_ms) * 1000)
 
 
 # --- Shading -------------------------------------------------------------------

@@ -14,6 +14,7 @@ book_snapshot_N[_interval] rows come from the same replay (export.snapshots).
 
 from __future__ import annotations
 
+import csv
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 KINDS = ("incremental_book_L2", "quotes", "trades")
+GAPS = "gaps"  # not Tardis's: where the record is incomplete (export.gaps)
 SNAPSHOT_KIND_HELP = "book_snapshot_N or book_snapshot_N_INTERVAL (e.g. book_snapshot_25_100ms)"
 
 _COMMON = "exchange,symbol,timestamp,local_timestamp,"
@@ -44,11 +46,11 @@ HEADERS = {
 
 def check_kind(kind: str) -> str:
     """The kind, if exportable; ValueError (saying what is) if not."""
-    if kind in HEADERS:
+    if kind in HEADERS or kind == GAPS:
         return kind
     if SnapshotSpec.parse(kind) is None:
         raise ValueError(
-            f"unknown kind {kind!r}: use one of {', '.join(KINDS)}, or {SNAPSHOT_KIND_HELP}"
+            f"unknown kind {kind!r}: use one of {', '.join(KINDS)}, {GAPS}, or {SNAPSHOT_KIND_HELP}"
         )
     return kind
 
@@ -57,6 +59,10 @@ def header(kind: str) -> str:
     """The CSV header row of a kind (Tardis's column names, in its order)."""
     if kind in HEADERS:
         return HEADERS[kind]
+    if kind == GAPS:
+        from depthwatch.export.gaps import GAP_COLUMNS
+
+        return ",".join(GAP_COLUMNS)
     spec = SnapshotSpec.parse(kind)
     if spec is None:
         raise ValueError(f"unknown kind {kind!r}")
@@ -177,7 +183,7 @@ def _plan(conn: sa.Connection, request: ExportRequest) -> tuple[int, int]:
     """(instrument id, depth; 0 for trades) of a request that can be served."""
     check_kind(request.kind)
     iid = queries.instrument_id(conn, request.category, request.symbol)
-    if request.kind == "trades":
+    if request.kind in ("trades", GAPS):
         return iid, 0
     depth = resolve_depth(conn, iid, request)
     spec = SnapshotSpec.parse(request.kind)
@@ -193,6 +199,8 @@ def request_rows(conn: sa.Connection, request: ExportRequest, progress: Progress
     iid, depth = _plan(conn, request)
     if request.kind == "trades":
         return _trade_rows(conn, iid, request, progress)
+    if request.kind == GAPS:
+        return _gap_rows(conn, request, progress)
     if request.kind == "incremental_book_L2":
         return _l2_rows(conn, iid, depth, request, progress)
     if request.kind == "quotes":
@@ -250,14 +258,21 @@ class CsvSink:
     def __init__(self, kind: str, out: TextIO) -> None:
         self.out = out
         self.prefix = ""
+        self.exchange_symbol: tuple[str, str] = ("", "")
         self.all_text = SnapshotSpec.parse(kind) is not None  # after the two times
+        # Gap details are free text: quoted where needed (Tardis's kinds never need it).
+        self.quoted = csv.writer(out, lineterminator="\n") if kind == GAPS else None
         out.write(header(kind) + "\n")
 
     def begin(self, request: ExportRequest) -> None:
         self.prefix = f"{request.exchange},{request.symbol},"
+        self.exchange_symbol = (request.exchange, request.symbol)
 
     def write(self, rows: list[Row]) -> None:
         prefix = self.prefix
+        if self.quoted is not None:
+            self.quoted.writerows((*self.exchange_symbol, *row) for row in rows)
+            return
         if self.all_text:
             lines = (f"{prefix}{r[0]},{r[1]},{','.join(r[2:])}\n" for r in rows)
         else:
@@ -269,7 +284,8 @@ class CsvSink:
 
 
 # Parquet only: `timestamp` and `local_timestamp` again as timestamp[us, UTC].
-TIME_COLUMNS = ("exchange_time", "local_time")
+TIME_COLUMNS = {"exchange_time": "timestamp", "local_time": "local_timestamp"}
+GAP_TIME_COLUMNS = {"start_time": "start_timestamp", "end_time": "end_timestamp"}
 
 
 class ArrowSink:
@@ -297,12 +313,19 @@ class ArrowSink:
             "is_snapshot": pa.bool_(),
             "side": pa.string(),
             "id": pa.string(),
+            "depth": pa.int64(),
+            "start_timestamp": pa.int64(),
+            "end_timestamp": pa.int64(),
+            "cause": pa.string(),
+            "detail": pa.string(),
         }
         self.types = [types.get(name, pa.float64()) for name in self.names]
         fields = [("exchange", pa.string()), ("symbol", pa.string())]
         fields += list(zip(self.names, self.types, strict=True))
         # After Tardis's columns, the two times typed, for pandas and Arrow users.
-        fields += [(name, pa.timestamp("us", tz="UTC")) for name in TIME_COLUMNS]
+        self.typed_times = GAP_TIME_COLUMNS if kind == GAPS else TIME_COLUMNS
+        self.typed_from = [2 + self.names.index(f) for f in self.typed_times.values()]
+        fields += [(name, pa.timestamp("us", tz="UTC")) for name in self.typed_times]
         self.schema = pa.schema(fields)
         self.group_rows = max(1_000, min(self.GROUP_ROWS, self.GROUP_CELLS // len(self.names)))
         self.pending: list[Row] = []
@@ -328,14 +351,15 @@ class ArrowSink:
         ]
         for index, kind in enumerate(self.types):
             values = [row[index] for row in rows]
-            if kind == pa.float64():
+            if kind == pa.float64() and isinstance(values[0], str):
+                # Prices and amounts come as the exchange's decimal text.
                 text = pa.array(values, pa.string())
                 # An empty field (a missing level) is null.
                 text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
                 columns.append(text.cast(pa.float64()))
             else:
                 columns.append(pa.array(values, kind))
-        columns += [column.cast(pa.timestamp("us", tz="UTC")) for column in columns[2:4]]
+        columns += [columns[i].cast(pa.timestamp("us", tz="UTC")) for i in self.typed_from]
         table = pa.Table.from_arrays(columns, schema=self.schema)
         if self.on_table is not None:
             self.on_table(table)
@@ -433,6 +457,17 @@ def _quote_rows(
     for row in queries.quotes(conn, iid, depth, request.start_us, request.end_us):
         progress.tick(1, row[0])
         yield tuple(row)
+
+
+def _gap_rows(conn: sa.Connection, request: ExportRequest, progress: Progress) -> Iterator[Row]:
+    from depthwatch.export.gaps import find_gaps, gap_rows
+
+    found = find_gaps(
+        conn, request.category, [request.symbol], request.start_us, request.end_us, request.depth
+    )
+    for row in gap_rows(found):
+        progress.tick(1, row[3])
+        yield row[2:]  # the sinks write exchange and symbol
 
 
 def _trade_rows(

@@ -240,8 +240,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
 )
 
-# Heartbeats serve the live page's window and the health page's day; a week is plenty.
-HEARTBEAT_RETENTION_US = 7 * DAY_US
 
 
 def upgrade(engine: sa.Engine, target: int | None = None) -> int:
@@ -327,12 +325,9 @@ def existing_partition_days(conn: sa.Connection) -> set[int]:
 
 def drop_expired_partitions(conn: sa.Connection, retention_days: int, now_us: int) -> list[str]:
     """Drop partitions whose whole day ended more than `retention_days` ago.
-    Also trims feed_events, which is not partitioned. 0 keeps everything but
-    heartbeats, which are kept a week whatever the retention."""
-    conn.execute(
-        sa.text("DELETE FROM collector_heartbeats WHERE local_us < :cutoff"),
-        {"cutoff": now_us - HEARTBEAT_RETENTION_US},
-    )
+    Also trims feed_events and collector_heartbeats, which are not partitioned,
+    at the same cutoff: as long as a day's book is kept, so is what says where
+    its record is incomplete (`depthwatch gaps`). 0 keeps everything."""
     if retention_days <= 0:
         return []
     cutoff_day = now_us // DAY_US - retention_days
@@ -345,10 +340,11 @@ def drop_expired_partitions(conn: sa.Connection, retention_days: int, now_us: in
             name = partition_name(table, day)
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
             dropped.append(name)
-    conn.execute(
-        sa.text("DELETE FROM feed_events WHERE local_us < :cutoff"),
-        {"cutoff": cutoff_day * DAY_US},
-    )
+    for table in ("feed_events", "collector_heartbeats"):
+        conn.execute(
+            sa.text(f"DELETE FROM {table} WHERE local_us < :cutoff"),
+            {"cutoff": cutoff_day * DAY_US},
+        )
     if dropped:
         log.info(
             "retention: dropped %d partitions older than %d days", len(dropped), retention_days
