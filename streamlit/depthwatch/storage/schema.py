@@ -241,7 +241,6 @@ MIGRATIONS: tuple[Migration, ...] = (
 )
 
 
-
 def upgrade(engine: sa.Engine, target: int | None = None) -> int:
     """Apply missing migrations (up to `target`, default all); returns the
     schema version now in force."""
