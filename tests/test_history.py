@@ -340,3 +340,32 @@ def test_a_database_without_a_recording_is_one_clear_error(database_url, tmp_pat
     assert "holds no depthwatch recording" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_integer_book_raises_its_exponents_and_watches_its_top():
+    from depthwatch.export.intbook import MISSING, IntBook
+    from depthwatch.storage.queries import IntBookEvent, int_levels
+
+    book = IntBook(levels=2)
+    snapshot = int_levels(["10.5", "10.4", "10.3"], ["1", "2", "3"], ["10.6"], ["4"])
+    assert snapshot == (1, 0, [105, 104, 103], [1, 2, 3], [106], [4])
+    book.apply(IntBookEvent(1, 1, 1, 1, True, *snapshot))
+    top = book.take_top()
+    assert top == (106, MISSING, 4, MISSING, -105, -104, 1, 2)
+    # A change below the top two leaves it as it was: the same tuple.
+    book.apply(IntBookEvent(2, 2, 2, 2, False, 1, 0, [103], [0], [], []))
+    assert book.take_top() is top
+    # A message with more decimals rescales the book: 10.55 between 10.5 and 10.6.
+    book.apply(IntBookEvent(3, 3, 3, 3, False, 2, 1, [1055], [15], [], []))
+    assert (book.price_exp, book.size_exp) == (2, 1)
+    assert book.take_top() == (1060, MISSING, 40, MISSING, -1055, -1050, 15, 10)
+
+
+def test_schema_1_to_3_rows_become_exact_integers():
+    from depthwatch.storage.queries import BookEventRow, _as_ints
+
+    row = BookEventRow(5, 6, 7, 8, False, ["100.25", "100"], ["0.001", "2"], ["100.5"], ["0"])
+    event = _as_ints(row)
+    assert (event.price_exp, event.size_exp) == (2, 3)
+    assert (event.bid_ticks, event.bid_lots) == ([10025, 10000], [1, 2000])
+    assert (event.ask_ticks, event.ask_lots) == ([10050], [0])

@@ -143,3 +143,15 @@ def test_a_version_2_database_upgrades_and_its_history_stays_exportable_and_visi
     lines = out.getvalue().splitlines()[1:]
     assert lines[-1].split(",")[4:] == ["false", "bid", "100.05", "7"]
     assert len(lines) == 4 + 1 + 1 + 1 + 1  # the snapshot's 4 levels, then 4 deltas of one
+
+    # book_snapshot reads both logs too: the top after each message across the seam.
+    out = io.StringIO()
+    export_csv(
+        engine,
+        ExportRequest("book_snapshot_1", "linear", "BTCUSDT", T0, T0 + 10 * S),
+        out,
+        progress_to=None,
+    )
+    snapshots = [line.split(",")[4:] for line in out.getvalue().splitlines()[1:]]
+    assert snapshots[-1][2:] == ["100.05", "7"]  # the best bid after u = 5, as L2 has it
+    assert len(snapshots) >= 2

@@ -14,12 +14,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
+from typing import Generic, TypeVar
 
 import sqlalchemy as sa
 
 from depthwatch.book import OrderBook
+from depthwatch.export.intbook import IntBook
 from depthwatch.storage import queries
-from depthwatch.storage.queries import BookEventRow
+from depthwatch.storage.queries import BookEventRow, IntBookEvent
 
 
 class StepKind(Enum):
@@ -29,15 +31,20 @@ class StepKind(Enum):
     END = "end"  # no more messages in range; the book holds the final state
 
 
+EventT = TypeVar("EventT", BookEventRow, IntBookEvent)
+
+
 @dataclass(frozen=True, slots=True)
-class Step:
+class Step(Generic[EventT]):
     kind: StepKind
-    event: BookEventRow | None
+    event: EventT | None
 
 
-class BookReplay:
+class Replay(Generic[EventT]):
     """Iterate to get the Steps; `book` is the replayed book and `valid` whether
-    it is known (read them at each step: they are updated between steps)."""
+    it is known (read them at each step: they are updated between steps).
+    Subclasses say which book: BookReplay (the exchange's text, OrderBook),
+    IntBookReplay (exact integers, IntBook)."""
 
     def __init__(self, conn: sa.Connection, iid: int, depth: int, start_us: int, end_us: int):
         self.conn = conn
@@ -45,7 +52,6 @@ class BookReplay:
         self.depth = depth
         self.start_us = start_us
         self.end_us = end_us
-        self.book = OrderBook()
         self.valid = False
         self.last_u = 0
         self.last_ts_us: int | None = None  # exchange time of the last applied message
@@ -63,16 +69,27 @@ class BookReplay:
         if checkpoint is not None and (snapshot_us is None or checkpoint.ts_us > snapshot_us):
             # The checkpoint is the book after message u, before any message with
             # ts >= its stamp.
-            self.book.apply_levels(checkpoint.bids, checkpoint.asks)
+            self._load(checkpoint)
             self.valid, self.last_u, from_us = True, checkpoint.u, checkpoint.ts_us
             self.last_ts_us, self.last_local_us = checkpoint.ts_us, checkpoint.local_us
         return from_us
 
-    def __iter__(self) -> Iterator[Step]:
+    def _events(self, from_us: int) -> Iterator[EventT]:
+        raise NotImplementedError
+
+    def _load(self, checkpoint: queries.Checkpoint) -> None:
+        raise NotImplementedError
+
+    def _clear(self) -> None:
+        raise NotImplementedError
+
+    def _apply(self, event: EventT) -> None:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Step[EventT]]:
         from_us = self._from_us()
         in_range = False
-        book = self.book
-        for event in queries.book_events(self.conn, self.iid, self.depth, from_us, self.end_us):
+        for event in self._events(from_us):
             if not in_range and event.ts_us >= self.start_us:
                 in_range = True
                 if self.valid:
@@ -85,7 +102,7 @@ class BookReplay:
                     yield Step(StepKind.LOST, event)
                 if in_range:
                     yield Step(StepKind.APPLY, event)
-                book.clear()
+                self._clear()
                 self.valid = True
             elif not self.valid or event.u <= self.last_u:
                 continue  # waiting for a snapshot, or a duplicate of what is applied
@@ -98,12 +115,51 @@ class BookReplay:
                 yield Step(StepKind.APPLY, event)
             self.last_u = event.u
             self.last_ts_us, self.last_local_us = event.ts_us, event.local_us
-            book.bids.apply(
-                [[p, s] for p, s in zip(event.bid_prices, event.bid_sizes, strict=True)]
-            )
-            book.asks.apply(
-                [[p, s] for p, s in zip(event.ask_prices, event.ask_sizes, strict=True)]
-            )
+            self._apply(event)
         if not in_range and self.valid:
             yield Step(StepKind.START, None)
         yield Step(StepKind.END, None)
+
+
+class BookReplay(Replay[BookEventRow]):
+    """The book as the exchange wrote it: decimal texts (OrderBook)."""
+
+    def __init__(self, conn: sa.Connection, iid: int, depth: int, start_us: int, end_us: int):
+        super().__init__(conn, iid, depth, start_us, end_us)
+        self.book = OrderBook()
+
+    def _events(self, from_us: int) -> Iterator[BookEventRow]:
+        return queries.book_events(self.conn, self.iid, self.depth, from_us, self.end_us)
+
+    def _load(self, checkpoint: queries.Checkpoint) -> None:
+        self.book.apply_levels(checkpoint.bids, checkpoint.asks)
+
+    def _clear(self) -> None:
+        self.book.clear()
+
+    def _apply(self, event: BookEventRow) -> None:
+        bids = [[p, s] for p, s in zip(event.bid_prices, event.bid_sizes, strict=True)]
+        asks = [[p, s] for p, s in zip(event.ask_prices, event.ask_sizes, strict=True)]
+        self.book.apply_levels(bids, asks)
+
+
+class IntBookReplay(Replay[IntBookEvent]):
+    """The book in exact integers (IntBook), watching its top `levels`."""
+
+    def __init__(
+        self, conn: sa.Connection, iid: int, depth: int, start_us: int, end_us: int, levels: int
+    ):
+        super().__init__(conn, iid, depth, start_us, end_us)
+        self.book = IntBook(levels)
+
+    def _events(self, from_us: int) -> Iterator[IntBookEvent]:
+        return queries.int_book_events(self.conn, self.iid, self.depth, from_us, self.end_us)
+
+    def _load(self, checkpoint: queries.Checkpoint) -> None:
+        self.book.load_levels(checkpoint.bids, checkpoint.asks)
+
+    def _clear(self) -> None:
+        self.book.clear()
+
+    def _apply(self, event: IntBookEvent) -> None:
+        self.book.apply(event)

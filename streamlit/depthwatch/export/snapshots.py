@@ -18,15 +18,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import chain
 
 from depthwatch.clock import SECOND_US
-from depthwatch.export.replay import BookReplay, StepKind
-from depthwatch.records import Level
+from depthwatch.export.intbook import MISSING
+from depthwatch.export.replay import IntBookReplay, StepKind
 
 _KIND = re.compile(r"book_snapshot_(\d+)(?:_(\d+)(ms|s|m))?")
 _UNIT_US = {"ms": 1_000, "s": SECOND_US, "m": 60 * SECOND_US}
-EMPTY: Level = ["", ""]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,14 +61,18 @@ class SnapshotSpec:
         return ",".join(cells)
 
 
-Row = tuple  # (timestamp, local_timestamp, asks[0].price, asks[0].amount, bids[0].price, ...)
+# (timestamp, local_timestamp, price_exp, size_exp, top): `top` as
+# IntBook.take_top() gives it, integers the sinks turn into decimals a batch at
+# a time (snapshot_columns).
+Row = tuple[int, int, int, int, tuple[int, ...]]
 
 
-def snapshot_rows(replay: BookReplay, spec: SnapshotSpec) -> Iterator[Row]:
-    """The rows of [replay.start_us, replay.end_us), from a replay not yet started."""
-    n, interval, end = spec.levels, spec.interval_us, replay.end_us
-    asks, bids = replay.book.asks, replay.book.bids
-    previous: tuple[list[Level], list[Level]] | None = None  # the last row's top
+def snapshot_rows(replay: IntBookReplay, spec: SnapshotSpec) -> Iterator[Row]:
+    """The rows of [replay.start_us, replay.end_us), from a replay not yet
+    started (its book watching the top `spec.levels`)."""
+    interval, end = spec.interval_us, replay.end_us
+    book = replay.book
+    previous: tuple[int, ...] | None = None  # the last row's top
     known = False  # whether the book (before the step's message) is known
     local = 0  # arrival time of the last message the book includes
     # Interval: the next bucket end to write. Per change: the exchange time of
@@ -91,10 +93,10 @@ def snapshot_rows(replay: BookReplay, spec: SnapshotSpec) -> Iterator[Row]:
         # The book now includes every message stamped before `ts` (and none
         # after): it closes the bucket ending at or before `ts`.
         if known and 0 <= pending <= ts and pending < end:
-            top = (asks.top(n), bids.top(n))
+            top = book.take_top()
             if top != previous:
                 previous = top
-                yield _row(pending, local, top, n)
+                yield (pending, local, book.price_exp, book.size_exp, top)
         if interval:
             if pending <= ts:
                 pending = (ts // interval + 1) * interval
@@ -109,16 +111,57 @@ def snapshot_rows(replay: BookReplay, spec: SnapshotSpec) -> Iterator[Row]:
                 pending = event.ts_us
 
 
-def _row(ts_us: int, local_us: int, top: tuple[list[Level], list[Level]], n: int) -> Row:
-    """(timestamp, local_timestamp, then per level: ask price, ask amount, bid
-    price, bid amount), empty strings where a side has fewer levels."""
-    asks, bids = top
-    if len(asks) < n:
-        asks = asks + [EMPTY] * (n - len(asks))
-    if len(bids) < n:
-        bids = bids + [EMPTY] * (n - len(bids))
-    return (
-        ts_us,
-        local_us,
-        *chain.from_iterable(chain.from_iterable(zip(asks, bids, strict=True))),
-    )
+def snapshot_columns(rows: list[Row], as_text: bool) -> tuple[list[int], list[int], list]:
+    """(timestamps, local timestamps, the level columns in header order) of
+    rows: decimal texts (as_text, for CSV) or float64 (the nearest double,
+    for Parquet) as Arrow arrays, null where a side is short."""
+    import numpy as np
+    import pyarrow as pa
+
+    ts = [r[0] for r in rows]
+    local = [r[1] for r in rows]
+    values = np.array([r[4] for r in rows], dtype=np.int64)  # ask ticks, lots, bid keys, lots
+    price_exp = _exponents(np, [r[2] for r in rows])
+    size_exp = _exponents(np, [r[3] for r in rows])
+    n = values.shape[1] // 4
+    columns = []
+    for i in range(n):
+        bid_keys = values[:, 2 * n + i]
+        columns += [
+            _decimal_column(values[:, i], price_exp, as_text, np, pa),
+            _decimal_column(values[:, n + i], size_exp, as_text, np, pa),
+            _decimal_column(-bid_keys, price_exp, as_text, np, pa),
+            _decimal_column(values[:, 3 * n + i], size_exp, as_text, np, pa),
+        ]
+    return ts, local, columns
+
+
+def _exponents(np, exps: list[int]):  # type: ignore[no-untyped-def]
+    """One int when the batch has one exponent (the usual case), else an array."""
+    first = exps[0]
+    return first if exps.count(first) == len(exps) else np.array(exps, dtype=np.int64)
+
+
+def _decimal_column(units, exps, as_text: bool, np, pa):  # type: ignore[no-untyped-def]
+    """One level column: `units` of 10**-exps (one exponent per row, or one
+    int for all) as decimal text or float64; MISSING is null."""
+    missing = units == MISSING
+    if not as_text:
+        scale = 10.0**exps if isinstance(exps, int) else np.power(10.0, exps)
+        return pa.array(units / scale, pa.float64(), mask=missing)  # the nearest double
+    valid = pa.array(~missing).buffers()[1]
+    data = np.zeros((len(units), 2), dtype=np.int64)  # little-endian 128-bit integers
+    data[:, 0] = units
+    uniform = isinstance(exps, int)
+    out = None
+    for exp in [exps] if uniform else np.unique(exps).tolist():
+        decimals = pa.Array.from_buffers(
+            pa.decimal128(38, exp), len(units), [valid, pa.py_buffer(data)]
+        ).cast(pa.string())
+        if out is None:
+            out = decimals
+        else:
+            import pyarrow.compute as pc
+
+            out = pc.if_else(pa.array(exps == exp), decimals, out)
+    return out

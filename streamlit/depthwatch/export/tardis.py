@@ -15,6 +15,7 @@ book_snapshot_N[_interval] rows come from the same replay (export.snapshots).
 from __future__ import annotations
 
 import csv
+import io
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,8 +24,8 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol, TextIO
 
 import sqlalchemy as sa
 
-from depthwatch.export.replay import BookReplay, StepKind
-from depthwatch.export.snapshots import SnapshotSpec, snapshot_rows
+from depthwatch.export.replay import BookReplay, IntBookReplay, StepKind
+from depthwatch.export.snapshots import SnapshotSpec, snapshot_columns, snapshot_rows
 from depthwatch.feed.topics import TARDIS_EXCHANGE, valid_depths
 from depthwatch.storage import queries
 from depthwatch.storage.queries import BookEventRow
@@ -207,7 +208,7 @@ def request_rows(conn: sa.Connection, request: ExportRequest, progress: Progress
         return _quote_rows(conn, iid, depth, request, progress)
     spec = SnapshotSpec.parse(request.kind)
     assert spec is not None  # _plan checked the kind
-    replay = BookReplay(conn, iid, depth, request.start_us, request.end_us)
+    replay = IntBookReplay(conn, iid, depth, request.start_us, request.end_us, spec.levels)
     return _counted(snapshot_rows(replay, spec), progress)
 
 
@@ -259,7 +260,9 @@ class CsvSink:
         self.out = out
         self.prefix = ""
         self.exchange_symbol: tuple[str, str] = ("", "")
-        self.all_text = SnapshotSpec.parse(kind) is not None  # after the two times
+        self.names = header(kind).split(",")
+        # book_snapshot rows hold integers: made decimal a batch at a time, in Arrow.
+        self.snapshots = SnapshotSpec.parse(kind) is not None
         # Gap details are free text: quoted where needed (Tardis's kinds never need it).
         self.quoted = csv.writer(out, lineterminator="\n") if kind == GAPS else None
         out.write(header(kind) + "\n")
@@ -273,11 +276,30 @@ class CsvSink:
         if self.quoted is not None:
             self.quoted.writerows((*self.exchange_symbol, *row) for row in rows)
             return
-        if self.all_text:
-            lines = (f"{prefix}{r[0]},{r[1]},{','.join(r[2:])}\n" for r in rows)
-        else:
-            lines = (prefix + ",".join(map(_csv_value, row)) + "\n" for row in rows)
+        if self.snapshots:
+            self.out.write(self._snapshot_lines(rows))
+            return
+        lines = (prefix + ",".join(map(_csv_value, row)) + "\n" for row in rows)
         self.out.write("".join(lines))
+
+    def _snapshot_lines(self, rows: list[Row]) -> str:
+        import pyarrow as pa
+        import pyarrow.csv as pa_csv
+
+        ts, local, levels = snapshot_columns(rows, as_text=True)
+        exchange, symbol = self.exchange_symbol
+        columns = [
+            pa.array([exchange] * len(rows), pa.string()),
+            pa.array([symbol] * len(rows), pa.string()),
+            pa.array(ts, pa.int64()),
+            pa.array(local, pa.int64()),
+            *levels,
+        ]
+        table = pa.Table.from_arrays(columns, names=self.names)
+        text = io.BytesIO()
+        options = pa_csv.WriteOptions(include_header=False, quoting_style="none")
+        pa_csv.write_csv(table, text, options)  # nulls (short sides) come out empty
+        return text.getvalue().decode("ascii")
 
     def close(self) -> None:
         self.out.flush()
@@ -328,6 +350,7 @@ class ArrowSink:
         fields += [(name, pa.timestamp("us", tz="UTC")) for name in self.typed_times]
         self.schema = pa.schema(fields)
         self.group_rows = max(1_000, min(self.GROUP_ROWS, self.GROUP_CELLS // len(self.names)))
+        self.snapshots = SnapshotSpec.parse(kind) is not None
         self.pending: list[Row] = []
 
     def begin(self, request: ExportRequest) -> None:
@@ -349,7 +372,10 @@ class ArrowSink:
             pa.array([self.exchange] * len(rows), pa.string()),
             pa.array([self.symbol] * len(rows), pa.string()),
         ]
-        for index, kind in enumerate(self.types):
+        if self.snapshots:
+            ts, local, levels = snapshot_columns(rows, as_text=False)
+            columns += [pa.array(ts, pa.int64()), pa.array(local, pa.int64()), *levels]
+        for index, kind in enumerate([] if self.snapshots else self.types):
             values = [row[index] for row in rows]
             if kind == pa.float64() and isinstance(values[0], str):
                 # Prices and amounts come as the exchange's decimal text.

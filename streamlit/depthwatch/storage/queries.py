@@ -12,6 +12,7 @@ import heapq
 import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import sqlalchemy as sa
 
@@ -172,6 +173,35 @@ def _stream(
     yield from result
 
 
+@dataclass(frozen=True, slots=True)
+class IntBookEvent:
+    """A book message with exact integer levels: prices in ticks of
+    10**-price_exp, sizes in lots of 10**-size_exp (for readers that compute,
+    not copy, the exchange's text)."""
+
+    ts_us: int
+    local_us: int
+    u: int
+    seq: int
+    is_snapshot: bool
+    price_exp: int
+    size_exp: int
+    bid_ticks: list[int]
+    bid_lots: list[int]
+    ask_ticks: list[int]
+    ask_lots: list[int]
+
+
+def int_book_events(
+    conn: sa.Connection, iid: int, depth: int, from_us: int, end_us: int
+) -> Iterator[IntBookEvent]:
+    """book_events with integer levels, in the same order, repeats dropped the same way."""
+    sid = stream_id(conn, iid, depth)
+    packed = _chunk_int_events(conn, sid, from_us, end_us) if sid is not None else iter(())
+    legacy = (_as_ints(e) for e in _legacy_book_events(conn, iid, depth, from_us, end_us))
+    return _merged(legacy, packed)
+
+
 def book_events(
     conn: sa.Connection, iid: int, depth: int, from_us: int, end_us: int
 ) -> Iterator[BookEventRow]:
@@ -184,19 +214,81 @@ def book_events(
     (two collectors, or both logs during an upgrade) comes once."""
     sid = stream_id(conn, iid, depth)
     packed = _chunk_book_events(conn, sid, from_us, end_us) if sid is not None else iter(())
-    merged = heapq.merge(
-        _legacy_book_events(conn, iid, depth, from_us, end_us), packed, key=_event_order
-    )
+    return _merged(_legacy_book_events(conn, iid, depth, from_us, end_us), packed)
+
+
+Event = TypeVar("Event", BookEventRow, IntBookEvent)
+
+
+def _merged(legacy: Iterator[Event], packed: Iterator[Event]) -> Iterator[Event]:
+    """The two logs in apply order, a message stored twice once."""
     last = None
-    for event in merged:
+    for event in heapq.merge(legacy, packed, key=_event_order):
         key = _event_order(event)
         if key != last:
             last = key
             yield event
 
 
-def _event_order(event: BookEventRow) -> tuple[int, int, int, bool]:
+def _event_order(event: BookEventRow | IntBookEvent) -> tuple[int, int, int, bool]:
     return event.ts_us, event.seq, event.u, event.is_snapshot
+
+
+def _chunk_int_events(
+    conn: sa.Connection, sid: int, from_us: int, end_us: int
+) -> Iterator[IntBookEvent]:
+    for view, i in _packed_messages(conn, sid, from_us, end_us):
+        ticks, lots = view.level_ints()
+        first = view.first_level[i]
+        mid = first + view.nb[i]
+        last = mid + view.na[i]
+        yield IntBookEvent(
+            view.ts[i],
+            view.local[i],
+            view.u[i],
+            view.seq[i],
+            bool(view.flags[i] & SNAPSHOT),
+            view.price_exp[i],
+            view.size_exp[i],
+            ticks[first:mid],
+            lots[first:mid],
+            ticks[mid:last],
+            lots[mid:last],
+        )
+
+
+def _as_ints(event: BookEventRow) -> IntBookEvent:
+    """A schema 1-3 message's decimal texts as integers."""
+    return IntBookEvent(
+        event.ts_us,
+        event.local_us,
+        event.u,
+        event.seq,
+        event.is_snapshot,
+        *int_levels(event.bid_prices, event.bid_sizes, event.ask_prices, event.ask_sizes),
+    )
+
+
+def int_levels(
+    bid_prices: list[str], bid_sizes: list[str], ask_prices: list[str], ask_sizes: list[str]
+) -> tuple[int, int, list[int], list[int], list[int], list[int]]:
+    """Decimal texts as (price_exp, size_exp, bid ticks, bid lots, ask ticks,
+    ask lots), at the most decimals among them."""
+    prices, sizes = bid_prices + ask_prices, bid_sizes + ask_sizes
+    price_exp, size_exp = _decimals(prices), _decimals(sizes)
+    ticks = [_units(p, price_exp) for p in prices]
+    lots = [_units(q, size_exp) for q in sizes]
+    nb = len(bid_prices)
+    return price_exp, size_exp, ticks[:nb], lots[:nb], ticks[nb:], lots[nb:]
+
+
+def _decimals(texts: list[str]) -> int:
+    return max((len(t) - t.index(".") - 1 for t in texts if "." in t), default=0)
+
+
+def _units(text: str, exp: int) -> int:
+    whole, _, fraction = text.partition(".")
+    return int(whole + fraction.ljust(exp, "0"))
 
 
 def _chunk_book_events(
@@ -227,6 +319,7 @@ class _Messages:
 
     __slots__ = (
         "_batch",
+        "_ints",
         "_texts",
         "first_level",
         "flags",
@@ -245,6 +338,7 @@ class _Messages:
     def __init__(self, batch: DecodedBatch) -> None:
         self._batch = batch
         self._texts: tuple[list[str], list[str]] | None = None
+        self._ints: tuple[list[int], list[int]] | None = None
         self.ts: list[int] = batch.ts_us.tolist()
         self.local: list[int] = batch.local_us.tolist()
         self.u: list[int] = batch.u.tolist()
@@ -257,6 +351,12 @@ class _Messages:
         self.tops: list[list[int]] = batch.tops.tolist()
         self.price_exp: list[int] = batch.price_exp[batch.msg_chunk].tolist()
         self.size_exp: list[int] = batch.size_exp[batch.msg_chunk].tolist()
+
+    def level_ints(self) -> tuple[list[int], list[int]]:
+        """Every level's ticks and lots (at its chunk's exponents)."""
+        if self._ints is None:
+            self._ints = (self._batch.ticks.tolist(), self._batch.lots.tolist())
+        return self._ints
 
     def level_texts(self, text: TextCache) -> tuple[list[str], list[str]]:
         """Every level's price and size as the exchange wrote them."""
