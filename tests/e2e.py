@@ -4,10 +4,11 @@ and a real PostgreSQL, export, and rebuild books from the export."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -17,7 +18,7 @@ from depthwatch.collector import Collector, register_instruments
 from depthwatch.config import CollectorConfig
 from depthwatch.export.tardis import ExportRequest, export_csv
 from depthwatch.records import StreamKey
-from depthwatch.sim import SimulatorThread, TruthState
+from depthwatch.sim import SimConfig, SimulatorThread, TruthState
 from depthwatch.storage import queries, schema
 from depthwatch.storage.db import make_engine
 from depthwatch.storage.writer import BatchWriter, WriterConfig
@@ -30,6 +31,46 @@ class Run:
     collector: Collector
     writer: BatchWriter
     engine: sa.Engine
+
+
+def sim_collector_config(
+    sim: SimulatorThread, database_url: str, symbols: tuple[str, ...], **overrides: object
+) -> CollectorConfig:
+    """A collector of the simulator's linear depth-50 books, quick to notice silence."""
+    settings: dict[str, object] = dict(
+        category="linear",
+        symbols=symbols,
+        depths=(50,),
+        ws_url=sim.sim.url("linear"),
+        database_url=database_url,
+        retention_days=0,
+        silence_timeout_s=2.0,
+        status_interval_s=3600,
+    )
+    settings.update(overrides)
+    return CollectorConfig(**settings)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def recorded_from_sim(
+    server_url: str, sim_config: SimConfig, **overrides: object
+) -> Iterator[tuple[str, sa.Engine, dict[str, list[TruthState]]]]:
+    """(database URL, engine, ground truth per symbol) of a new database in
+    which a collector recorded the simulator until caught up."""
+    from .conftest import new_database
+
+    with new_database(server_url) as url:
+        sim = SimulatorThread(sim_config).start()
+        try:
+            config = sim_collector_config(sim, url, tuple(sim_config.symbols), **overrides)
+            run = collect_until_caught_up(sim, config)
+            truth = {s: sim.sim.truth(f"orderbook.50.{s}") for s in sim_config.symbols}
+        finally:
+            sim.stop()
+        try:
+            yield url, run.engine, truth
+        finally:
+            run.engine.dispose()
 
 
 def collect_until_caught_up(

@@ -17,24 +17,15 @@ from .e2e import (
     export_rows,
     feed_event_kinds,
     recorded_sequence,
+    sim_collector_config,
 )
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 
 
 def config_for(sim: SimulatorThread, database_url: str, **overrides) -> CollectorConfig:
-    settings = dict(
-        category="linear",
-        symbols=SYMBOLS,
-        depths=(50,),
-        ws_url=sim.sim.url("linear"),
-        database_url=database_url,
-        retention_days=0,
-        silence_timeout_s=2.0,
-        status_interval_s=3600,
-    )
-    settings.update(overrides)
-    return CollectorConfig(**settings)
+    symbols = overrides.pop("symbols", SYMBOLS)
+    return sim_collector_config(sim, database_url, symbols, **overrides)
 
 
 def run_scenario(database_url: str, **faults) -> tuple:

@@ -12,15 +12,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from depthwatch.config import CollectorConfig
 from depthwatch.export.files import file_name, plan_files, split_daily, write_export
 from depthwatch.export.snapshots import SnapshotSpec
 from depthwatch.export.tardis import HEADERS, TIME_COLUMNS, ExportRequest, header
 from depthwatch.records import StreamKey
-from depthwatch.sim import SimConfig, SimulatorThread, TruthState
+from depthwatch.sim import SimConfig, TruthState
 
 from .conftest import run_cli
-from .e2e import ALL_TIME, collect_until_caught_up, recorded_sequence
+from .e2e import ALL_TIME, recorded_from_sim, recorded_sequence
 from .test_export import T, event, record
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
@@ -30,31 +29,10 @@ DAY_US = 86_400_000_000
 @pytest.fixture(scope="module")
 def recorded(server_url):
     """Two symbols recorded from the simulator (depth 50, ~3 s at 300 msg/s,
-    with trades), and the simulator's ground truth."""
-    from .conftest import new_database
-
-    with new_database(server_url) as url:
-        sim = SimulatorThread(
-            SimConfig(symbols=SYMBOLS, rate=300, deltas=900, seed=23, trades_rate=20)
-        ).start()
-        try:
-            config = CollectorConfig(
-                category="linear",
-                symbols=SYMBOLS,
-                depths=(50,),
-                ws_url=sim.sim.url("linear"),
-                database_url=url,
-                retention_days=0,
-                silence_timeout_s=2.0,
-                status_interval_s=3600,
-                trades=True,
-            )
-            run = collect_until_caught_up(sim, config)
-            truth = {s: sim.sim.truth(f"orderbook.50.{s}") for s in SYMBOLS}
-        finally:
-            sim.stop()
-        yield url, run.engine, truth
-        run.engine.dispose()
+    with trades): (database URL, engine, ground truth per symbol)."""
+    sim = SimConfig(symbols=SYMBOLS, rate=300, deltas=900, seed=23, trades_rate=20)
+    with recorded_from_sim(server_url, sim, trades=True) as recording:
+        yield recording
 
 
 def export_bytes(engine, kind: str, fmt: str, symbols=("BTCUSDT",), start_end=ALL_TIME) -> bytes:

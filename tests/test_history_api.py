@@ -15,13 +15,12 @@ import pandas as pd
 import pytest
 
 from depthwatch import history
-from depthwatch.config import CollectorConfig
 from depthwatch.export.files import write_export
 from depthwatch.export.tardis import TIME_COLUMNS, ExportRequest
 from depthwatch.records import StreamKey
-from depthwatch.sim import SimConfig, SimulatorThread, TruthState
+from depthwatch.sim import SimConfig, TruthState
 
-from .e2e import ALL_TIME, collect_until_caught_up, stored_book_events
+from .e2e import ALL_TIME, recorded_from_sim, stored_book_events
 
 SYMBOL = "BTCUSDT"
 STREAM = StreamKey("linear", SYMBOL, 50)
@@ -29,33 +28,13 @@ STREAM = StreamKey("linear", SYMBOL, 50)
 
 @pytest.fixture(scope="module")
 def recorded(server_url):
-    """~4 s at 300 msg/s with every 250th delta withheld (a gap, then a resync)."""
-    from .conftest import new_database
-
-    with new_database(server_url) as url:
-        sim = SimulatorThread(
-            SimConfig(
-                symbols=(SYMBOL,), rate=300, deltas=1200, seed=31, trades_rate=20, drop_every=250
-            )
-        ).start()
-        try:
-            config = CollectorConfig(
-                category="linear",
-                symbols=(SYMBOL,),
-                depths=(50,),
-                ws_url=sim.sim.url("linear"),
-                database_url=url,
-                retention_days=0,
-                silence_timeout_s=2.0,
-                status_interval_s=3600,
-                trades=True,
-            )
-            run = collect_until_caught_up(sim, config)
-            truth = sim.sim.truth(f"orderbook.50.{SYMBOL}")
-        finally:
-            sim.stop()
-        yield run.engine, truth
-        run.engine.dispose()
+    """~4 s at 300 msg/s with every 250th delta withheld (a gap, then a resync):
+    (engine, ground truth)."""
+    sim = SimConfig(
+        symbols=(SYMBOL,), rate=300, deltas=1200, seed=31, trades_rate=20, drop_every=250
+    )
+    with recorded_from_sim(server_url, sim, trades=True) as (_, engine, truth):
+        yield engine, truth[SYMBOL]
 
 
 def floats(levels) -> list[tuple[float, float]]:

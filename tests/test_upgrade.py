@@ -132,26 +132,17 @@ def test_a_version_2_database_upgrades_and_its_history_stays_exportable_and_visi
         ).scalars()
         assert list(rows) == [1, 2, 3, 4, 5]
 
-    # The L2 export replays across the seam: the book after u = 5 is exact.
-    out = io.StringIO()
-    export_csv(
-        engine,
-        ExportRequest("incremental_book_L2", "linear", "BTCUSDT", T0, T0 + 10 * S),
-        out,
-        progress_to=None,
-    )
-    lines = out.getvalue().splitlines()[1:]
-    assert lines[-1].split(",")[4:] == ["false", "bid", "100.05", "7"]
-    assert len(lines) == 4 + 1 + 1 + 1 + 1  # the snapshot's 4 levels, then 4 deltas of one
+    def exported(kind: str) -> list[list[str]]:
+        out = io.StringIO()
+        request = ExportRequest(kind, "linear", "BTCUSDT", T0, T0 + 10 * S)
+        export_csv(engine, request, out, progress_to=None)
+        return [line.split(",")[4:] for line in out.getvalue().splitlines()[1:]]
 
+    # The L2 export replays across the seam: the book after u = 5 is exact.
+    lines = exported("incremental_book_L2")
+    assert lines[-1] == ["false", "bid", "100.05", "7"]
+    assert len(lines) == 4 + 1 + 1 + 1 + 1  # the snapshot's 4 levels, then 4 deltas of one
     # book_snapshot reads both logs too: the top after each message across the seam.
-    out = io.StringIO()
-    export_csv(
-        engine,
-        ExportRequest("book_snapshot_1", "linear", "BTCUSDT", T0, T0 + 10 * S),
-        out,
-        progress_to=None,
-    )
-    snapshots = [line.split(",")[4:] for line in out.getvalue().splitlines()[1:]]
+    snapshots = exported("book_snapshot_1")
     assert snapshots[-1][2:] == ["100.05", "7"]  # the best bid after u = 5, as L2 has it
     assert len(snapshots) >= 2

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from depthwatch.clock import TimeFormatError, parse_time_us
+from depthwatch.clock import TIME_FORMS, TimeFormatError, parse_time_us
 from depthwatch.config import (
     ConfigError,
     add_collector_arguments,
@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--start",
         required=True,
         type=time_argument,
-        help="inclusive, UTC: ISO 8601 (2026-11-24, 2026-11-24T10:00Z), now, or -30m, -1h, -2d",
+        help=f"inclusive, UTC: {TIME_FORMS}",
     )
     export.add_argument(
         "--end", required=True, type=time_argument, help="exclusive, the same forms as --start"

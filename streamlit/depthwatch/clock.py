@@ -17,6 +17,12 @@ _RELATIVE = re.compile(r"-(\d+(?:\.\d+)?)([smhdw])")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+# What a user may type for a time, for help texts.
+TIME_FORMS = (
+    "ISO 8601 (2026-11-24, 2026-11-24T10:00Z), now, or a span back from now (-30m, -1h, -2d)"
+)
+
+
 def now_us() -> int:
     return time.time_ns() // 1000
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, TextIO
 import sqlalchemy as sa
 
 from depthwatch import coverage
-from depthwatch.clock import SECOND_US, now_us, utc_datetime
+from depthwatch.clock import SECOND_US, TIME_FORMS, now_us, utc_datetime
 from depthwatch.config import CollectorConfig, add_database_arguments
 from depthwatch.coverage import Gap
 from depthwatch.feed.topics import CATEGORIES, TARDIS_EXCHANGE, valid_depths
@@ -209,8 +209,7 @@ def add_gaps_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--start",
         default="-1d",
-        help="inclusive, UTC: ISO 8601 (2026-11-24, 2026-11-24T10:00Z), now, or a span back "
-        "from now (-30m, -1h, -2d; write --start=-1h); default -1d",
+        help=f"inclusive, UTC: {TIME_FORMS}; default -1d",
     )
     parser.add_argument(
         "--end", default="now", help="exclusive, the same forms as --start; default now"

@@ -239,9 +239,7 @@ def _chunk_int_events(
 ) -> Iterator[IntBookEvent]:
     for view, i in _packed_messages(conn, sid, from_us, end_us):
         ticks, lots = view.level_ints()
-        first = view.first_level[i]
-        mid = first + view.nb[i]
-        last = mid + view.na[i]
+        first, mid, last = view.level_bounds(i)
         yield IntBookEvent(
             view.ts[i],
             view.local[i],
@@ -297,9 +295,7 @@ def _chunk_book_events(
     text = TextCache()
     for view, i in _packed_messages(conn, sid, from_us, end_us):
         prices, sizes = view.level_texts(text)
-        first = view.first_level[i]
-        mid = first + view.nb[i]
-        last = mid + view.na[i]
+        first, mid, last = view.level_bounds(i)
         yield BookEventRow(
             view.ts[i],
             view.local[i],
@@ -351,6 +347,12 @@ class _Messages:
         self.tops: list[list[int]] = batch.tops.tolist()
         self.price_exp: list[int] = batch.price_exp[batch.msg_chunk].tolist()
         self.size_exp: list[int] = batch.size_exp[batch.msg_chunk].tolist()
+
+    def level_bounds(self, i: int) -> tuple[int, int, int]:
+        """Message i's levels: bids in [first, mid), asks in [mid, last)."""
+        first = self.first_level[i]
+        mid = first + self.nb[i]
+        return first, mid, mid + self.na[i]
 
     def level_ints(self) -> tuple[list[int], list[int]]:
         """Every level's ticks and lots (at its chunk's exponents)."""
