@@ -1,11 +1,11 @@
-"""The dashboard: three pages behind one entry script (`streamlit/app.py`)."""
+"""The dashboard: four pages behind one entry script (`streamlit/app.py`)."""
 
 from __future__ import annotations
 
 import streamlit as st
 
 from depthwatch import logs
-from depthwatch.app import auth, health, live, overview
+from depthwatch.app import auth, health, history, live, overview
 
 METRIC_FONT = "1.45rem"
 
@@ -24,6 +24,7 @@ def main() -> None:
         st.Page(overview.render, title="Overview", url_path="overview", default=True),
         st.Page(live.render, title="Live", url_path="live"),
         st.Page(health.render, title="Health", url_path="health"),
+        st.Page(history.render, title="History", url_path="history"),
     ]
     navigation = st.navigation(pages)
     auth.logout_button()

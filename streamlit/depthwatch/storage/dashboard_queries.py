@@ -18,7 +18,14 @@ import pandas as pd
 import sqlalchemy as sa
 
 from depthwatch.records import SECOND_US, StreamKey
-from depthwatch.storage.codec import DecodedChunk, decode_chunk, decode_many, unit_text
+from depthwatch.storage.codec import (
+    SNAPSHOT,
+    TOP_CHANGED,
+    DecodedChunk,
+    decode_chunk,
+    decode_many,
+    unit_text,
+)
 from depthwatch.storage.queries import stream_id
 
 # Column contracts shared with the figure builders (depthwatch.app.figures).
@@ -776,3 +783,282 @@ def oldest_snapshot_us(conn: sa.Connection, partitions: list[str]) -> int | None
         if value is not None:
             return int(value)
     return None
+
+
+# ---- history page: what an export of [start, end) would hold, counted cheaply
+#
+# Counting an export's rows exactly means decoding every chunk of the range,
+# which is the export itself. The History page instead reads what is already
+# aggregated: messages per second from `top_seconds` (one primary-key range,
+# 86,400 rows a day per stream), snapshot chunks through the primary key,
+# levels per message and the share of messages that make a new quote from a
+# sample of the range's newest chunks, trades by an index count stopped at a
+# cap. The schema 1-3 log is counted the same way (index counts).
+
+VOLUME_SAMPLE_CHUNKS = 200  # ~2,400 messages at 50 msg/s: a few ms to decode
+TRADE_COUNT_CAP = 100_000  # beyond it the count is extrapolated from the trades' pace
+
+
+@dataclass(frozen=True)
+class BookVolume:
+    """A stream's recorded book messages with exchange time in [start, end).
+    `messages` (packed) and `legacy_messages` (schema 1-3) are exact when
+    start and end are whole seconds (top_seconds counts whole seconds);
+    `buckets` is an upper bound of the interval buckets holding a message;
+    the sample's means stand for the whole range."""
+
+    messages: int
+    legacy_messages: int
+    snapshots: int  # snapshot messages, both logs (packed: chunks opening with one, + ≈ others)
+    legacy_quotes: int  # schema 1-3 quote rows: exact
+    buckets: int
+    first_us: int | None  # the first and last recorded second (or legacy message) in range
+    last_us: int | None
+    sample_messages: int
+    delta_levels: float  # mean levels (both sides) of a delta message in the sample
+    snapshot_levels: float | None  # mean levels of a snapshot message; None: none sampled
+    new_quotes: float  # share of the sample's messages that made a new top of book
+    recorded_before: bool = False  # messages before `start`: an L2 export opens with the book
+
+    @property
+    def total_messages(self) -> int:
+        return self.messages + self.legacy_messages
+
+
+def book_volume(
+    conn: sa.Connection, iid: int, depth: int, start_us: int, end_us: int, interval_us: int = 0
+) -> BookVolume:
+    """What an export of the stream over [start, end) would read; `interval_us`
+    (a book_snapshot interval, 0 for none) sets what `buckets` counts: for an
+    interval of whole seconds the distinct buckets holding a recorded second,
+    else per second the fewer of its messages and the buckets it meets."""
+    sid = stream_id(conn, iid, depth)
+    whole = interval_us >= SECOND_US and interval_us % SECOND_US == 0
+    interval = interval_us if interval_us > 0 else SECOND_US
+    # Buckets one second can meet: ceil(1 s / interval), one more if they straddle.
+    per_second = -(-SECOND_US // interval) + (1 if SECOND_US % interval else 0)
+    params = {
+        "sid": sid,
+        "i": iid,
+        "d": depth,
+        "s": start_us,
+        "e": end_us,
+        "b": interval,
+        "cap": per_second,
+    }
+    buckets_sql = (
+        "count(DISTINCT ts_us / :b)" if whole else "coalesce(sum(least(messages, :cap)), 0)"
+    )
+    packed: Sequence[int | None] = (0, 0, None, None, 0)
+    if sid is not None:
+        packed = conn.execute(
+            sa.text(
+                f"""SELECT coalesce(sum(messages), 0), count(*), min(ts_us), max(ts_us),
+                           {buckets_sql}
+                    FROM top_seconds
+                    WHERE stream_id = :sid AND ts_us >= :s AND ts_us < :e"""
+            ),
+            params,
+        ).one()
+    legacy = conn.execute(
+        sa.text(
+            """SELECT count(*), count(*) FILTER (WHERE is_snapshot), min(ts_us), max(ts_us),
+                      (SELECT count(*) FROM quotes
+                       WHERE instrument_id = :i AND depth = :d AND ts_us >= :s AND ts_us < :e),
+                      (SELECT count(*) FROM book_chunks
+                       WHERE stream_id = :sid AND ts_us >= :s AND ts_us < :e AND snapshot),
+                      EXISTS (SELECT 1 FROM book_chunks WHERE stream_id = :sid AND ts_us < :s)
+                      OR EXISTS (SELECT 1 FROM book_events
+                                 WHERE instrument_id = :i AND depth = :d AND ts_us < :s)
+               FROM book_events
+               WHERE instrument_id = :i AND depth = :d AND ts_us >= :s AND ts_us < :e"""
+        ),
+        params,
+    ).one()
+    messages, _, first, last, buckets = _ints(packed)
+    legacy_messages, legacy_snapshots, legacy_first, legacy_last, legacy_quotes, snapshots = _ints(
+        legacy[:6]
+    )
+    firsts = [t for t in (first, legacy_first) if t is not None]
+    lasts = [t for t in (last, legacy_last) if t is not None]
+    sample = _volume_sample(conn, sid, start_us, end_us) if sid is not None and messages else None
+    if sample is None and legacy_messages:
+        sample = _legacy_volume_sample(conn, iid, depth, start_us, end_us)
+    sample = sample or _Sample(0, 0.0, None, 0.0, 0.0)
+    packed_snapshots = (snapshots or 0) + round((messages or 0) * sample.inner_snapshots)
+    return BookVolume(
+        messages=messages or 0,
+        legacy_messages=legacy_messages or 0,
+        snapshots=min(packed_snapshots, messages or 0) + (legacy_snapshots or 0),
+        legacy_quotes=legacy_quotes or 0,
+        buckets=(buckets or 0) + (legacy_messages or 0),
+        first_us=min(firsts) if firsts else None,
+        last_us=max(lasts) if lasts else None,
+        sample_messages=sample.messages,
+        delta_levels=sample.delta_levels,
+        snapshot_levels=sample.snapshot_levels,
+        new_quotes=sample.new_quotes,
+        recorded_before=bool(legacy[6]),
+    )
+
+
+def _ints(row: Sequence[int | None]) -> list[int | None]:
+    return [None if v is None else int(v) for v in row]
+
+
+@dataclass(frozen=True)
+class _Sample:
+    messages: int
+    delta_levels: float
+    snapshot_levels: float | None
+    new_quotes: float  # share of the messages that made a new top of book
+    # Share of the messages that are snapshots not opening their chunk (the
+    # chunks' `snapshot` flags count only the others): a depth-1 stream is
+    # all snapshots, a deeper one has them only at (re)subscriptions.
+    inner_snapshots: float
+
+
+def _volume_sample(conn: sa.Connection, sid: int, start_us: int, end_us: int) -> _Sample | None:
+    """The newest VOLUME_SAMPLE_CHUNKS chunks of the range, decoded without
+    their levels: levels per message (deltas and snapshots apart), the share
+    of messages whose top differs from the quote before (the quotes export's
+    rule), the share of snapshots inside chunks; repeats of two collectors'
+    chunks counted once."""
+    rows = conn.execute(
+        sa.text(
+            """SELECT ts_us, u, payload FROM book_chunks
+               WHERE stream_id = :sid AND ts_us >= :s AND ts_us < :e
+               ORDER BY ts_us DESC LIMIT :n"""
+        ),
+        {"sid": sid, "s": start_us, "e": end_us, "n": VOLUME_SAMPLE_CHUNKS},
+    ).all()
+    if not rows:
+        return None
+    batch = decode_many(
+        [r[2] for r in rows], [int(r[0]) for r in rows], [int(r[1]) for r in rows], levels=False
+    )
+    is_snapshot = (batch.flags & SNAPSHOT) != 0
+    opens_chunk = np.ones(len(batch.msg_chunk), dtype=bool)
+    opens_chunk[1:] = batch.msg_chunk[1:] != batch.msg_chunk[:-1]
+    order = np.lexsort((is_snapshot, batch.u, batch.ts_us))
+    ts, u, snap = batch.ts_us[order], batch.u[order], is_snapshot[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (ts[1:] != ts[:-1]) | (u[1:] != u[:-1]) | (snap[1:] != snap[:-1])
+    order = order[first]
+    if not len(order):
+        return None
+    levels = (batch.nb + batch.na)[order]
+    snapshot = is_snapshot[order]
+    flagged = order[(batch.flags[order] & TOP_CHANGED) != 0]
+    tops = batch.tops[batch.top_of[flagged]]
+    new = int(len(tops) > 0) + int(np.any(tops[1:] != tops[:-1], axis=1).sum())
+    inner = int((snapshot & ~opens_chunk[order]).sum())
+    return _Sample(
+        len(order),
+        float(levels[~snapshot].mean()) if (~snapshot).any() else 0.0,
+        float(levels[snapshot].mean()) if snapshot.any() else None,
+        new / len(order),
+        inner / len(order),
+    )
+
+
+def _legacy_volume_sample(
+    conn: sa.Connection, iid: int, depth: int, start_us: int, end_us: int
+) -> _Sample | None:
+    """The same from the schema 1-3 log's newest messages in range (its
+    quotes and snapshots are counted exactly)."""
+    rows = conn.execute(
+        sa.text(
+            """SELECT cardinality(bid_prices) + cardinality(ask_prices), is_snapshot
+               FROM book_events
+               WHERE instrument_id = :i AND depth = :d AND ts_us >= :s AND ts_us < :e
+               ORDER BY ts_us DESC LIMIT :n"""
+        ),
+        {"i": iid, "d": depth, "s": start_us, "e": end_us, "n": VOLUME_SAMPLE_CHUNKS * 10},
+    ).all()
+    if not rows:
+        return None
+    deltas = [int(n) for n, snap in rows if not snap]
+    snaps = [int(n) for n, snap in rows if snap]
+    return _Sample(
+        len(rows),
+        sum(deltas) / len(deltas) if deltas else 0.0,
+        sum(snaps) / len(snaps) if snaps else None,
+        0.0,
+        0.0,
+    )
+
+
+@dataclass(frozen=True)
+class TradeCount:
+    """Trades with exchange time in [start, end): exact up to TRADE_COUNT_CAP;
+    beyond it `rows` is extrapolated from the time the first `cap` took."""
+
+    rows: int
+    exact: bool
+    first_us: int | None
+    last_us: int | None
+
+
+def trade_count(
+    conn: sa.Connection, iid: int, start_us: int, end_us: int, cap: int = TRADE_COUNT_CAP
+) -> TradeCount:
+    params = {"i": iid, "s": start_us, "e": end_us, "cap": cap}
+    count, first, capped_last = conn.execute(
+        sa.text(
+            """SELECT count(*), min(ts_us), max(ts_us) FROM (
+                   SELECT ts_us FROM trades
+                   WHERE instrument_id = :i AND ts_us >= :s AND ts_us < :e
+                   ORDER BY ts_us LIMIT :cap) t"""
+        ),
+        params,
+    ).one()
+    if count < cap:
+        return TradeCount(int(count), True, first, capped_last)
+    last = int(
+        conn.execute(
+            sa.text(
+                """SELECT max(ts_us) FROM trades
+                   WHERE instrument_id = :i AND ts_us >= :s AND ts_us < :e"""
+            ),
+            params,
+        ).scalar_one()
+    )
+    span = max(1, int(capped_last) - int(first))
+    rows = max(cap, round(cap * (last - int(first)) / span))
+    return TradeCount(rows, rows == cap, int(first), last)
+
+
+def source_simulated(
+    conn: sa.Connection, stream_keys: Sequence[str], start_us: int, end_us: int
+) -> bool | None:
+    """Whether the collectors that recorded these streams in [start, end)
+    (by their heartbeats' receive times) read the simulator: True if any did,
+    False if none did, None if no heartbeat is stored for the range."""
+    value = conn.execute(
+        sa.text(
+            """SELECT bool_or(simulated) FROM collector_heartbeats
+               WHERE local_us >= :s AND local_us < :e
+                 AND streams && CAST(:k AS text[])"""
+        ),
+        {"s": start_us, "e": end_us, "k": list(stream_keys)},
+    ).scalar()
+    return None if value is None else bool(value)
+
+
+def recorded_span(conn: sa.Connection, iid: int, depth: int) -> tuple[int, int] | None:
+    """Exchange times of the first and last recorded second of a stream
+    (packed per-second tops, or the schema 1-3 log): index probes."""
+    sid = stream_id(conn, iid, depth)
+    row = conn.execute(
+        sa.text(
+            """SELECT least((SELECT min(ts_us) FROM top_seconds WHERE stream_id = :sid),
+                            (SELECT min(ts_us) FROM book_events
+                             WHERE instrument_id = :i AND depth = :d)),
+                      greatest((SELECT max(ts_us) FROM top_seconds WHERE stream_id = :sid),
+                               (SELECT max(ts_us) FROM book_events
+                                WHERE instrument_id = :i AND depth = :d))"""
+        ),
+        {"sid": sid, "i": iid, "d": depth},
+    ).one()
+    return None if row[0] is None else (int(row[0]), int(row[1]))

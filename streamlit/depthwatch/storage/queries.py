@@ -92,21 +92,30 @@ def stream_id(conn: sa.Connection, iid: int, depth: int) -> int | None:
 
 def recorded_depths(conn: sa.Connection, iid: int, candidates: Iterable[int]) -> list[int]:
     """Which of the candidate depths have recorded book messages (packed, or
-    in the schema 1-3 log). Index probes per depth, where a GROUP BY would
-    read every row of every partition."""
-    return [
-        depth
-        for depth in candidates
-        if conn.execute(
-            sa.text(
-                """SELECT EXISTS (SELECT 1 FROM book_chunks c JOIN streams s ON s.id = c.stream_id
-                                  WHERE s.instrument_id = :i AND s.depth = :d)
-                       OR EXISTS (SELECT 1 FROM book_events
-                                  WHERE instrument_id = :i AND depth = :d)"""
-            ),
-            {"i": iid, "d": depth},
-        ).scalar()
-    ]
+    in the schema 1-3 log). Index probes per depth, by stream id: a join on
+    `streams` in the probe made PostgreSQL read every chunk of every depth."""
+    found = []
+    for depth in candidates:
+        sid = stream_id(conn, iid, depth)
+        packed = (
+            sid is not None
+            and conn.execute(
+                sa.text("SELECT EXISTS (SELECT 1 FROM book_chunks WHERE stream_id = :s)"),
+                {"s": sid},
+            ).scalar()
+        )
+        if (
+            packed
+            or conn.execute(
+                sa.text(
+                    """SELECT EXISTS (SELECT 1 FROM book_events
+                                      WHERE instrument_id = :i AND depth = :d)"""
+                ),
+                {"i": iid, "d": depth},
+            ).scalar()
+        ):
+            found.append(depth)
+    return found
 
 
 def last_snapshot_before(conn: sa.Connection, iid: int, depth: int, ts_us: int) -> int | None:
