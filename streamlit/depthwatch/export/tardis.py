@@ -316,10 +316,10 @@ class ArrowSink:
     decimals of up to 15 significant digits; missing levels null), then
     TIME_COLUMNS. A table per GROUP_CELLS values (at most GROUP_ROWS rows; a
     book_snapshot_25 row has 104), or per symbol, handed to `on_table` or kept
-    for table(): what waits for a table stays ~100 MB at most, whatever the kind."""
+    for table(): what waits for a table stays ~30 MB at most, whatever the kind."""
 
     GROUP_ROWS = 100_000
-    GROUP_CELLS = 1_000_000
+    GROUP_CELLS = 300_000
 
     def __init__(self, kind: str, on_table: Callable[[pa.Table], None] | None = None) -> None:
         import pyarrow as pa

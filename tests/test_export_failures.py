@@ -1,0 +1,104 @@
+"""An export that fails half way (the database goes away, Ctrl-C) leaves no
+file, says so in one line and exits non-zero; the progress bar shows only on
+a terminal."""
+
+from __future__ import annotations
+
+import io
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from depthwatch.export.tardis import ExportRequest, Progress
+
+from .conftest import cli_env, new_database
+from .dbproxy import DatabaseProxy
+
+ROOT = Path(__file__).resolve().parent.parent
+SYMBOL = "P00USDT"  # record_paced.py's first stream
+
+
+@pytest.fixture(scope="module")
+def long_history(server_url):
+    """Ten minutes of one depth-50 stream at 50 msg/s (30,000 messages, ~200,000
+    L2 rows: an export that takes a second or so), recorded faster than real time."""
+    with new_database(server_url) as url:
+        subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "record_paced.py"), "--database-url", url,
+             "--streams", "1", "--minutes", "10"],
+            env=cli_env(), check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        yield url
+
+
+def start_export(url: str, out: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "depthwatch.cli", "export", "--kind", "incremental_book_L2",
+         "--symbol", SYMBOL, "--start", "2020-01-01", "--end", "2100-01-01",
+         "--out", str(out), "--database-url", url],
+        env=cli_env(), stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def wait_until_writing(out: Path, proc: subprocess.Popen[str]) -> None:
+    """Until the export's temporary file exists (it has begun to write)."""
+    deadline = time.monotonic() + 60
+    while not list(out.parent.glob(f".{out.name}.*.partial")):
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+
+
+def test_ctrl_c_half_way_leaves_no_file(long_history, tmp_path):
+    out = tmp_path / "l2.csv"
+    proc = start_export(long_history, out)
+    wait_until_writing(out, proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted; no file written" in stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_database_going_away_half_way_leaves_no_file(long_history, tmp_path):
+    proxy = DatabaseProxy(long_history)
+    try:
+        out = tmp_path / "l2.csv"
+        proc = start_export(proxy.url, out)
+        wait_until_writing(out, proc)
+        proxy.cut()
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proxy.close()
+    assert proc.returncode == 1, stderr
+    assert "the database went away during the export" in stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_progress_bar_shows_on_a_terminal_only():
+    request = ExportRequest("quotes", "linear", "BTCUSDT", 0, 1_000_000)
+    shown = Terminal()
+    bar = Progress([request], shown, every_s=0.0)
+    bar.begin(request)
+    bar.tick(5_000, 250_000)
+    bar.finish()
+    text = shown.getvalue()
+    assert "\rexport BTCUSDT [#####" in text and " 25% 5,000 rows" in text and "ETA" in text
+    assert "done, 5,000 rows" in text
+    piped = io.StringIO()
+    quiet = Progress([request], piped, every_s=0.0)
+    quiet.begin(request)
+    quiet.tick(5_000, 250_000)
+    quiet.finish()
+    assert piped.getvalue() == ""
