@@ -515,7 +515,9 @@ def test_all_faults_combine_connections_take_turns_and_truth_stays_exact() -> No
                     apply(book, msg)
                     state = by_seq[data["seq"]]
                     assert sorted_book(book) == (state.bids, state.asks)
-                    assert not state.dropped
+                    # A withheld delta never arrives; a connection opened just
+                    # after one gets a snapshot of that very state (seq and all).
+                    assert msg["type"] == "snapshot" or not state.dropped
                     checked += 1
         assert checked > 80
         ended = [r.ended_by for r in sim.connection_log]
