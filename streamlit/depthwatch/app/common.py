@@ -9,7 +9,9 @@ from typing import TypeVar
 
 import streamlit as st
 
+from depthwatch.app import data
 from depthwatch.app.data import DatabaseDown, NoSchema
+from depthwatch.storage.dashboard_queries import StreamRow
 
 T = TypeVar("T")
 
@@ -55,6 +57,18 @@ def load(read: Callable[[], T]) -> T | None:
     except NoSchema:
         st.info(START_HINT, icon=":material/info:")
     return None
+
+
+def recorded_streams() -> list[StreamRow] | None:
+    """The recorded streams; None once the page has said why there are none
+    (a dead database, or nothing recorded yet)."""
+    streams = load(data.streams)
+    if streams is None:
+        return None
+    if not streams:
+        st.info(START_HINT, icon=":material/info:")
+        return None
+    return streams
 
 
 def price(digits: str | None) -> str:

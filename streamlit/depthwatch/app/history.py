@@ -33,7 +33,7 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from depthwatch.app import data
-from depthwatch.app.common import START_HINT, load, utc
+from depthwatch.app.common import load, recorded_streams, utc
 from depthwatch.clock import (
     DAY_US,
     SECOND_US,
@@ -454,11 +454,8 @@ def exporter(
 
 def render() -> None:
     st.title("History")
-    streams = load(data.streams)
+    streams = recorded_streams()
     if streams is None:
-        return
-    if not streams:
-        st.info(START_HINT, icon=":material/info:")
         return
     choice = _controls(streams)
     if choice is None:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import streamlit as st
 
 from depthwatch.app import data, figures
-from depthwatch.app.common import START_HINT, age, load, mid_and_spread, price, utc
+from depthwatch.app.common import age, load, mid_and_spread, price, recorded_streams, utc
 from depthwatch.export.tardis import ExportRequest, export_csv
 from depthwatch.storage.dashboard_queries import HeatmapGrid, StreamRow
 
@@ -24,11 +24,8 @@ SHOWN_SAMPLES = 600  # render-time data ages kept per viewer for the latency str
 
 def render() -> None:
     st.title("Live order book")
-    streams = load(data.streams)
+    streams = recorded_streams()
     if streams is None:
-        return
-    if not streams:
-        st.info(START_HINT, icon=":material/info:")
         return
     stream, window_min, levels, paused = _controls(streams)
     # Streamlit 1.67 remounts a plotly chart whose data changed, so a zoom lasts
