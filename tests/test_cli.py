@@ -199,48 +199,22 @@ def test_sigterm_flushes_everything_and_exits_zero(database_url, tmp_path):
     header, *lines = trades.stdout.splitlines()
     assert header == "exchange,symbol,timestamp,local_timestamp,id,side,price,amount"
     assert lines and all(line.split(",")[5] in ("buy", "sell") for line in lines)
+
+    def export_l2(fmt: str, path: Path) -> None:
+        result = depthwatch(
+            "export", "--kind", "incremental_book_L2", "--symbol", "BTCUSDT",
+            "--start", "2020-01-01", "--end", "2100-01-01", "--format", fmt,
+            "--out", str(path), "--database-url", database_url, "--quiet",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+
     parquet = tmp_path / "l2.parquet"
-    result = depthwatch(
-        "export",
-        "--kind",
-        "incremental_book_L2",
-        "--symbol",
-        "BTCUSDT",
-        "--start",
-        "2020-01-01",
-        "--end",
-        "2100-01-01",
-        "--format",
-        "parquet",
-        "--out",
-        str(parquet),
-        "--database-url",
-        database_url,
-    )
-    assert result.returncode == 0, result.stderr
+    export_l2("parquet", parquet)
     import pyarrow.parquet as pq
 
     assert pq.read_table(parquet).num_rows == len(rows)
     gzipped = tmp_path / "l2.csv.gz"
-    result = depthwatch(
-        "export",
-        "--kind",
-        "incremental_book_L2",
-        "--symbol",
-        "BTCUSDT",
-        "--start",
-        "2020-01-01",
-        "--end",
-        "2100-01-01",
-        "--format",
-        "csv.gz",
-        "--out",
-        str(gzipped),
-        "--database-url",
-        database_url,
-        "--quiet",
-    )
-    assert result.returncode == 0, result.stderr
+    export_l2("csv.gz", gzipped)
     import gzip
 
     assert gzip.decompress(gzipped.read_bytes()) == out.read_bytes()
