@@ -126,6 +126,18 @@ def unit_text(units: int, exp: int) -> str:
     return f"{digits[:-exp]}.{digits[-exp:]}"
 
 
+def most_decimals(texts: Sequence[str]) -> int:
+    """Digits after the point of the text that has the most (0 for none)."""
+    return max((len(t) - t.index(".") - 1 for t in texts if "." in t), default=0)
+
+
+def text_units(text: str, exp: int) -> int:
+    """unit_text's inverse: a decimal text as an integer of 10**-exp (exp at
+    least the text's decimals)."""
+    whole, _, fraction = text.partition(".")
+    return int(whole + fraction.ljust(exp, "0"))
+
+
 class TextCache:
     """unit_text with memory: prices and sizes recur constantly."""
 

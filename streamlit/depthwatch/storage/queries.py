@@ -24,6 +24,8 @@ from depthwatch.storage.codec import (
     TextCache,
     decode_chunk,
     decode_many,
+    most_decimals,
+    text_units,
 )
 
 STREAM_BATCH_ROWS = 5_000
@@ -282,20 +284,11 @@ def int_levels(
     """Decimal texts as (price_exp, size_exp, bid ticks, bid lots, ask ticks,
     ask lots), at the most decimals among them."""
     prices, sizes = bid_prices + ask_prices, bid_sizes + ask_sizes
-    price_exp, size_exp = _decimals(prices), _decimals(sizes)
-    ticks = [_units(p, price_exp) for p in prices]
-    lots = [_units(q, size_exp) for q in sizes]
+    price_exp, size_exp = most_decimals(prices), most_decimals(sizes)
+    ticks = [text_units(p, price_exp) for p in prices]
+    lots = [text_units(q, size_exp) for q in sizes]
     nb = len(bid_prices)
     return price_exp, size_exp, ticks[:nb], lots[:nb], ticks[nb:], lots[nb:]
-
-
-def _decimals(texts: list[str]) -> int:
-    return max((len(t) - t.index(".") - 1 for t in texts if "." in t), default=0)
-
-
-def _units(text: str, exp: int) -> int:
-    whole, _, fraction = text.partition(".")
-    return int(whole + fraction.ljust(exp, "0"))
 
 
 def _chunk_book_events(
