@@ -19,6 +19,10 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from depthwatch.clock import SECOND_US
 from depthwatch.export.intbook import MISSING
 from depthwatch.export.replay import IntBookReplay, StepKind
@@ -115,34 +119,31 @@ def snapshot_columns(rows: list[Row], as_text: bool) -> tuple[list[int], list[in
     """(timestamps, local timestamps, the level columns in header order) of
     rows: decimal texts (as_text, for CSV) or float64 (the nearest double,
     for Parquet) as Arrow arrays, null where a side is short."""
-    import numpy as np
-    import pyarrow as pa
-
     ts = [r[0] for r in rows]
     local = [r[1] for r in rows]
     values = np.array([r[4] for r in rows], dtype=np.int64)  # ask ticks, lots, bid keys, lots
-    price_exp = _exponents(np, [r[2] for r in rows])
-    size_exp = _exponents(np, [r[3] for r in rows])
+    price_exp = _exponents([r[2] for r in rows])
+    size_exp = _exponents([r[3] for r in rows])
     n = values.shape[1] // 4
     columns = []
     for i in range(n):
         bid_keys = values[:, 2 * n + i]
         columns += [
-            _decimal_column(values[:, i], price_exp, as_text, np, pa),
-            _decimal_column(values[:, n + i], size_exp, as_text, np, pa),
-            _decimal_column(-bid_keys, price_exp, as_text, np, pa),
-            _decimal_column(values[:, 3 * n + i], size_exp, as_text, np, pa),
+            _decimal_column(values[:, i], price_exp, as_text),
+            _decimal_column(values[:, n + i], size_exp, as_text),
+            _decimal_column(-bid_keys, price_exp, as_text),
+            _decimal_column(values[:, 3 * n + i], size_exp, as_text),
         ]
     return ts, local, columns
 
 
-def _exponents(np, exps: list[int]):  # type: ignore[no-untyped-def]
+def _exponents(exps: list[int]) -> int | np.ndarray:
     """One int when the batch has one exponent (the usual case), else an array."""
     first = exps[0]
     return first if exps.count(first) == len(exps) else np.array(exps, dtype=np.int64)
 
 
-def _decimal_column(units, exps, as_text: bool, np, pa):  # type: ignore[no-untyped-def]
+def _decimal_column(units: np.ndarray, exps: int | np.ndarray, as_text: bool) -> pa.Array:
     """One level column: `units` of 10**-exps (one exponent per row, or one
     int for all) as decimal text or float64; MISSING is null."""
     missing = units == MISSING
@@ -158,10 +159,5 @@ def _decimal_column(units, exps, as_text: bool, np, pa):  # type: ignore[no-unty
         decimals = pa.Array.from_buffers(
             pa.decimal128(38, exp), len(units), [valid, pa.py_buffer(data)]
         ).cast(pa.string())
-        if out is None:
-            out = decimals
-        else:
-            import pyarrow.compute as pc
-
-            out = pc.if_else(pa.array(exps == exp), decimals, out)
+        out = decimals if out is None else pc.if_else(pa.array(exps == exp), decimals, out)
     return out
