@@ -22,10 +22,12 @@ from streamlit.testing.v1 import AppTest
 from depthwatch.app import auth
 from depthwatch.app.auth import LoginLimiter, password_matches
 from depthwatch.cli import ROLE_PASSWORD_ENV
+from depthwatch.records import Trade
 from depthwatch.sim import SimConfig, SimulatorThread
 from depthwatch.storage import schema
 from depthwatch.storage.db import make_engine
 from depthwatch.storage.roles import RoleError, validate_role_name
+from depthwatch.storage.writer import BatchWriter, WriterConfig
 
 from .conftest import cli_env, free_port, new_database
 from .e2e import collect_until_caught_up
@@ -216,14 +218,26 @@ def role_name(database_url: str) -> Iterator[str]:
     """A role name unique to the test (roles are server-wide); the role and
     its grants are dropped afterwards, before the database is."""
     name = f"dw_ro_{uuid.uuid4().hex[:10]}"
-    yield name
     admin = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
+    template1_open = public_connects_to_template1(admin)
+    yield name
     with admin.connect() as conn:
         exists = conn.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :n"), {"n": name})
         if exists.scalar():
             conn.execute(sa.text(f'DROP OWNED BY "{name}"'))
             conn.execute(sa.text(f'DROP ROLE "{name}"'))
+    if template1_open and not public_connects_to_template1(admin):
+        # The command closed template1 to PUBLIC: open it again for the next test
+        # (and for a server given as DATABASE_URL).
+        with admin.connect() as conn:
+            conn.execute(sa.text("GRANT CONNECT ON DATABASE template1 TO PUBLIC"))
     admin.dispose()
+
+
+def public_connects_to_template1(admin: sa.Engine) -> bool:
+    with admin.connect() as conn:
+        query = "SELECT has_database_privilege('public', 'template1', 'CONNECT')"
+        return bool(conn.execute(sa.text(query)).scalar())
 
 
 def create_role(database_url: str, name: str, password: str | None = None) -> tuple[str, str]:
@@ -308,6 +322,156 @@ def test_the_readonly_role_reads_every_table_and_later_partitions_and_writes_not
     finally:
         reader.dispose()
         admin.dispose()
+
+
+def assert_no_temporary_objects(url: str) -> None:
+    """Connected as the role (its read-only default switched off, which it may
+    do): temporary tables and functions are refused."""
+    reader = make_engine(url)
+    try:
+        for statement in [
+            "CREATE TEMP TABLE scratch (x int)",
+            "CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        ]:
+            with reader.connect() as conn:
+                conn.execute(sa.text("SET default_transaction_read_only = off"))
+                conn.commit()
+                with pytest.raises(sa.exc.ProgrammingError) as refused:
+                    conn.execute(sa.text(statement))
+                assert isinstance(refused.value.orig, psycopg2.errors.InsufficientPrivilege)
+                assert "permission denied" in str(refused.value.orig), statement
+    finally:
+        reader.dispose()
+
+
+def assert_template1_refused(url: str) -> None:
+    with pytest.raises(psycopg2.OperationalError) as refused_db:
+        psycopg2.connect(sa.make_url(url).set(database="template1").render_as_string(False))
+    assert "permission denied for database" in str(refused_db.value)
+
+
+def create_temp_table(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("CREATE TEMP TABLE stage_quotes (LIKE quotes INCLUDING DEFAULTS)"))
+    finally:
+        engine.dispose()
+
+
+def test_the_readonly_role_creates_no_temporary_objects_and_stays_out_of_template1(
+    database_url, server_url, role_name
+):
+    """TEMPORARY is PUBLIC's on every database: taken from PUBLIC, given back
+    to the admin, the tables' owner and a writer that owns nothing, and the
+    roles that lose it are named. template1 is closed to PUBLIC."""
+    admin = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
+    writer_role, bystander = f"{role_name}_w", f"{role_name}_b"
+    schema.upgrade(admin)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE ROLE \"{writer_role}\" LOGIN PASSWORD 'Writer-pw_1'"))
+        conn.execute(
+            sa.text(f'GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO "{writer_role}"')
+        )
+        conn.execute(sa.text(f'CREATE ROLE "{bystander}" LOGIN'))
+    writer_url = sa.make_url(database_url).set(username=writer_role, password="Writer-pw_1")
+    try:
+        url, stderr = create_role(database_url, role_name)
+        notes = [line for line in stderr.splitlines() if "note: " in line]
+        lost = [line for line in notes if "these roles lose it" in line]
+        assert len(lost) == 1 and bystander in lost[0] and writer_role not in lost[0], notes
+        admin_name = sa.make_url(database_url).username
+        assert admin_name not in lost[0].split(": ")[-1].split(", ")  # the admin keeps it
+        others = [line for line in notes if "can also connect to database(s)" in line]
+        assert len(others) == 1 and sa.make_url(server_url).database in others[0], notes
+        assert "could not revoke" not in stderr  # a superuser may revoke both
+        assert "no connection to template1" in stderr
+        assert_no_temporary_objects(url)
+        assert_template1_refused(url)
+        # Those who had it keep it: the admin, and the writer that owns no table.
+        create_temp_table(database_url)
+        create_temp_table(writer_url.render_as_string(hide_password=False))
+        # The collector's staging path: a flush that meets what is stored already.
+        engine = make_engine(database_url)
+        writer = BatchWriter(engine, WriterConfig(flush_interval_s=0.05))
+        writer.start()
+        now_us = int(time.time() * 1e6)
+        trade = Trade("linear", "BTCUSDT", "t-1", "buy", "100.55", "0.001", now_us, 1, 9)
+        try:
+            for _ in range(2):
+                writer.add_trade(trade)
+                assert writer.flush_now()
+        finally:
+            assert writer.stop()
+            engine.dispose()
+        assert writer.stats.rows_duplicate["trades"] == 1
+        # Twice is fine: nothing more to take, nobody else loses anything.
+        again, stderr = create_role(database_url, role_name)
+        assert "updated (password reset)" in stderr and "these roles lose it" not in stderr
+        assert_no_temporary_objects(again)
+        assert_template1_refused(again)
+        create_temp_table(writer_url.render_as_string(hide_password=False))
+    finally:
+        with admin.connect() as conn:
+            for extra in (writer_role, bystander):
+                conn.execute(sa.text(f'DROP OWNED BY "{extra}"'))
+                conn.execute(sa.text(f'DROP ROLE "{extra}"'))
+        admin.dispose()
+
+
+def test_an_admin_that_is_not_superuser_gets_notes_not_failures(server_url, role_name):
+    """As on Render: the admin owns its database but not template1. TEMPORARY
+    is taken all the same; template1 stays open to PUBLIC, said in one line."""
+    superuser = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    admin_role = f"{role_name}_a"
+    template1_open = public_connects_to_template1(superuser)
+    with superuser.connect() as conn:
+        conn.execute(sa.text("GRANT CONNECT ON DATABASE template1 TO PUBLIC"))
+        conn.execute(sa.text(f"CREATE ROLE \"{admin_role}\" LOGIN CREATEROLE PASSWORD 'Adm-pw_7'"))
+    try:
+        with new_database(server_url) as database_url:
+            database = sa.make_url(database_url).database
+            with superuser.connect() as conn:
+                conn.execute(sa.text(f'ALTER DATABASE "{database}" OWNER TO "{admin_role}"'))
+            admin_url = sa.make_url(database_url).set(username=admin_role, password="Adm-pw_7")
+            admin_url_text = admin_url.render_as_string(hide_password=False)
+            url, stderr = create_role(admin_url_text, role_name)
+            notes = [line for line in stderr.splitlines() if "note: " in line]
+            template1 = [line for line in notes if "template1" in line]
+            assert len(template1) == 1, notes
+            assert (
+                "note: could not revoke CONNECT on template1 from PUBLIC (needs its owner"
+                in template1[0]
+            )
+            assert template1[0].endswith(
+                "the role can connect there but not create temporary tables"
+            )
+            assert "could not revoke TEMPORARY" not in stderr
+            assert "no temporary tables or functions" in stderr
+            create_temp_table(admin_url_text)
+            assert_no_temporary_objects(url)
+            template_url = sa.make_url(url).set(database="template1")
+            reader = make_engine(template_url.render_as_string(hide_password=False))
+            try:
+                with reader.connect() as conn:  # it connects, and creates nothing
+                    conn.execute(sa.text("SET default_transaction_read_only = off"))
+                    conn.commit()
+                    for statement in [
+                        "CREATE TEMP TABLE scratch (x int)",
+                        "CREATE TABLE x (i int)",
+                    ]:
+                        with pytest.raises(sa.exc.ProgrammingError) as refused:
+                            conn.execute(sa.text(statement))
+                        assert "permission denied" in str(refused.value.orig), statement
+                        conn.rollback()
+            finally:
+                reader.dispose()
+    finally:
+        with superuser.connect() as conn:
+            conn.execute(sa.text(f'DROP ROLE "{admin_role}"'))
+            if not template1_open:
+                conn.execute(sa.text("REVOKE CONNECT ON DATABASE template1 FROM PUBLIC"))
+        superuser.dispose()
 
 
 def test_running_it_again_resets_the_password_with_a_scram_verifier(database_url, role_name):

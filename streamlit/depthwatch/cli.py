@@ -296,6 +296,17 @@ def _db_create_readonly_role(args: argparse.Namespace) -> int:
         role.schema,
         ", ".join(role.default_owners),
     )
+    if role.temp_roles:
+        log.info(
+            "no temporary tables or functions: TEMPORARY on database %s taken from PUBLIC, "
+            "granted to %s",
+            role.database,
+            ", ".join(role.temp_roles),
+        )
+    if role.template1_closed:
+        log.info("no connection to template1: CONNECT and TEMPORARY there taken from PUBLIC")
+    for note in role.notes:
+        log.warning("note: %s", note)
     print(f"DASHBOARD_DATABASE_URL={roles.role_url(url, role.name, password)}", flush=True)
     return 0
 
