@@ -128,9 +128,9 @@ def test_pages_survive_a_dead_database(name, use_database):
     assert "s3cret" not in texts(at)
 
 
-def test_entry_script_opens_the_overview(recorded_url, use_database):
+def test_the_page_script_opens_the_overview(recorded_url, use_database):
     use_database(recorded_url)
-    at = AppTest.from_file(str(ROOT / "streamlit" / "app.py")).run(timeout=30)
+    at = AppTest.from_file(str(ROOT / "streamlit" / "dashboard.py")).run(timeout=30)
     assert not at.exception
     assert at.title[0].value == "Recorded streams"
 
@@ -166,6 +166,7 @@ def test_the_render_web_command_serves_with_only_database_url(recorded_url, tmp_
     import subprocess
     import sys
     import time
+    import urllib.error
     import urllib.request
 
     port = free_port()
@@ -187,6 +188,16 @@ def test_the_render_web_command_serves_with_only_database_url(recorded_url, tmp_
                 assert server.poll() is None, server.stderr.read().decode() if server.stderr else ""
                 assert time.monotonic() < deadline, "the dashboard did not come up in 30 s"
                 time.sleep(0.3)
+        # It is the st.App of streamlit/app.py: the download route answers
+        # (an unknown link: gone), Streamlit's metrics do not.
+        for path, status in (("/api/download/nothing", 404), ("/_stcore/metrics", 404)):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5)
+                raise AssertionError(f"{path} answered 200")
+            except urllib.error.HTTPError as answer:
+                assert answer.code == status, path
+                body = answer.read().decode()
+                assert ("expired" in body) == (path.startswith("/api/")), body
     finally:
         server.terminate()
         server.wait(10)

@@ -32,7 +32,11 @@ def test_no_package_shadows_the_streamlit_library():
 def test_mypy_is_clean():
     exe = shutil.which("mypy", path=str(Path(sys.executable).parent)) or "mypy"
     result = subprocess.run(
-        [exe, "streamlit/depthwatch", "streamlit/app.py", "streamlit/worker.py"],
+        [
+            exe,
+            "streamlit/depthwatch",
+            *(f"streamlit/{s}.py" for s in ("app", "dashboard", "worker")),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

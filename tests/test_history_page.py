@@ -31,7 +31,9 @@ import streamlit as st
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from streamlit.testing.v1 import AppTest
 
+from depthwatch.app import downloads
 from depthwatch.app import history as h
+from depthwatch.app import planning as pl
 from depthwatch.clock import DAY_US, SECOND_US, parse_time_us
 from depthwatch.export import files
 from depthwatch.export.snapshots import SnapshotSpec
@@ -106,45 +108,45 @@ def test_presets_end_at_a_whole_second_and_a_day_is_a_utc_day():
 def test_book_rows_per_kind():
     v = volume()
     start, end = T0, T0 + 60 * SECOND_US
-    l2 = h.book_rows("incremental_book_L2", v, 50, start, end)
+    l2 = pl.book_rows("incremental_book_L2", v, 50, start, end)
     # 999 deltas x 3 levels + (1 snapshot + the opening book) x 100 levels
     assert (l2.rows, l2.mark) == (999 * 3 + 2 * 100, "≈")
-    no_sample = h.book_rows("incremental_book_L2", volume(snapshot_levels=None), 50, start, end)
+    no_sample = pl.book_rows("incremental_book_L2", volume(snapshot_levels=None), 50, start, end)
     assert no_sample.rows == 999 * 3 + 2 * 2 * 50  # a full book per snapshot
-    first = h.book_rows("incremental_book_L2", volume(recorded_before=False), 50, start, end)
+    first = pl.book_rows("incremental_book_L2", volume(recorded_before=False), 50, start, end)
     assert first.rows == 999 * 3 + 100  # the range holds the recording's start: no opening book
-    assert h.book_rows("quotes", volume(legacy_quotes=7), 50, start, end).rows == 500 + 7
-    assert h.book_rows("quotes", volume(messages=0, legacy_quotes=7), 50, start, end) == (
-        h.RowEstimate(7, "=")
+    assert pl.book_rows("quotes", volume(legacy_quotes=7), 50, start, end).rows == 500 + 7
+    assert pl.book_rows("quotes", volume(messages=0, legacy_quotes=7), 50, start, end) == (
+        pl.RowEstimate(7, "=")
     )
-    every_change = h.book_rows("book_snapshot_25", v, 50, start, end)
+    every_change = pl.book_rows("book_snapshot_25", v, 50, start, end)
     assert (every_change.rows, every_change.mark) == (1_001, "≤")
     # 1 s buckets: 60 hold messages, 60 bucket ends in range: at most 60.
-    assert h.book_rows("book_snapshot_25_1s", v, 50, start, end).rows == 60
-    assert h.book_rows("book_snapshot_25_1m", v, 50, start, end).rows == 1
+    assert pl.book_rows("book_snapshot_25_1s", v, 50, start, end).rows == 60
+    assert pl.book_rows("book_snapshot_25_1m", v, 50, start, end).rows == 1
     busy = volume(buckets=600)  # 100 ms buckets holding messages
-    assert h.book_rows("book_snapshot_25_100ms", busy, 50, start, end).rows == 600
+    assert pl.book_rows("book_snapshot_25_100ms", busy, 50, start, end).rows == 600
     empty = volume(messages=0, snapshots=0, buckets=0)
-    assert h.book_rows("incremental_book_L2", empty, 50, start, end) == h.RowEstimate(0, "=")
-    assert h.trade_rows(q.TradeCount(12, True, T0, T0)) == h.RowEstimate(12, "=")
-    assert h.trade_rows(q.TradeCount(120_000, False, T0, T0)).text == "≈ 120,000"
-    assert h.combined_mark(["=", "≤"]) == "≤" and h.combined_mark(["≈", "≤"]) == "≈"
+    assert pl.book_rows("incremental_book_L2", empty, 50, start, end) == pl.RowEstimate(0, "=")
+    assert pl.trade_rows(q.TradeCount(12, True, T0, T0)) == pl.RowEstimate(12, "=")
+    assert pl.trade_rows(q.TradeCount(120_000, False, T0, T0)).text == "≈ 120,000"
+    assert pl.combined_mark(["=", "≤"]) == "≤" and pl.combined_mark(["≈", "≤"]) == "≈"
 
 
 def test_bytes_follow_the_measured_table():
     rows = 10_000
-    csv = h.file_bytes("incremental_book_L2", "csv", "bybit", "BTCUSDT", rows)
+    csv = pl.file_bytes("incremental_book_L2", "csv", "bybit", "BTCUSDT", rows)
     head = len("exchange,symbol,timestamp,local_timestamp,is_snapshot,side,price,amount\n")
-    per_row = len("bybit,BTCUSDT,") + h.CSV_ROW_BYTES["incremental_book_L2"]
+    per_row = len("bybit,BTCUSDT,") + pl.CSV_ROW_BYTES["incremental_book_L2"]
     assert csv == round(rows * per_row + head)
     assert csv - head == pytest.approx(rows * 72.07, rel=0.01)  # as measured
-    assert h.file_bytes("incremental_book_L2", "csv.gz", "bybit", "BTCUSDT", rows) < csv / 5
-    five = h.file_bytes("book_snapshot_5", "csv", "bybit", "BTCUSDT", rows)
-    fifty = h.file_bytes("book_snapshot_50", "csv", "bybit", "BTCUSDT", rows)
+    assert pl.file_bytes("incremental_book_L2", "csv.gz", "bybit", "BTCUSDT", rows) < csv / 5
+    five = pl.file_bytes("book_snapshot_5", "csv", "bybit", "BTCUSDT", rows)
+    fifty = pl.file_bytes("book_snapshot_50", "csv", "bybit", "BTCUSDT", rows)
     assert five / rows == pytest.approx(198, rel=0.05) and fifty / rows == pytest.approx(
         1548, rel=0.05
     )
-    assert h.human_bytes(1536) == "1.5 KB" and h.human_bytes(3 * h.MB) == "3.0 MB"
+    assert pl.human_bytes(1536) == "1.5 KB" and pl.human_bytes(3 * pl.MB) == "3.0 MB"
 
 
 def test_the_command_line_is_the_clis_own(tmp_path):
@@ -155,7 +157,7 @@ def test_the_command_line_is_the_clis_own(tmp_path):
     requests = [
         ExportRequest("book_snapshot_25_100ms", "linear", s, start, end, 50) for s in SYMBOLS
     ]
-    command = h.cli_command(requests, "csv.gz")
+    command = pl.cli_command(requests, "csv.gz")
     words = shlex.split(command)
     assert words[:2] == ["depthwatch", "export"]
     args = build_parser().parse_args(words[1:])
@@ -167,34 +169,34 @@ def test_the_command_line_is_the_clis_own(tmp_path):
     assert (args.start, args.end, args.format, args.depth) == (start, end, "csv.gz", 50)
     assert (args.split, args.out) == ("daily", "exports/")  # two UTC days
     one_day = [ExportRequest("trades", "linear", "BTCUSDT", T0, T0 + DAY_US, 50)]
-    args = build_parser().parse_args(shlex.split(h.cli_command(one_day, "csv", "f.csv"))[1:])
+    args = build_parser().parse_args(shlex.split(pl.cli_command(one_day, "csv", "f.csv"))[1:])
     assert (args.split, args.depth, args.out) == (None, None, "f.csv")  # trades: no depth
-    assert parse_time_us(h.iso(start)) == start and h.iso(T0) == "2026-01-01T00:00:00Z"
+    assert parse_time_us(pl.iso(start)) == start and pl.iso(T0) == "2026-01-01T00:00:00Z"
 
 
 def test_download_names():
     one = ExportRequest("quotes", "linear", "BTCUSDT", T0, T0 + 60 * SECOND_US)
-    assert h.download_name([one], "csv.gz") == "bybit_quotes_2026-01-01_BTCUSDT.csv.gz"
+    assert pl.download_name([one], "csv.gz") == "bybit_quotes_2026-01-01_BTCUSDT.csv.gz"
     two = [one, ExportRequest("quotes", "linear", "ETHUSDT", T0, T0 + 60 * SECOND_US)]
-    assert h.download_name(two, "parquet") == "bybit_quotes_2026-01-01_multi.parquet"
+    assert pl.download_name(two, "parquet") == "bybit_quotes_2026-01-01_multi.parquet"
 
 
 def test_limits_come_from_the_environment():
-    default = h.limits({})
-    assert (default.rows, default.bytes) == (1_000_000, 100 * h.MB)
-    custom = h.limits({h.MAX_ROWS_ENV: "10", h.MAX_MB_ENV: "0.5"})
-    assert (custom.rows, custom.bytes) == (10, h.MB // 2)
-    assert h.limits({h.MAX_ROWS_ENV: "lots"}) == default  # logged, ignored
-    assert h.over_limits(11, 0, custom) == "more than 10 rows"
-    assert h.over_limits(5, h.MB, custom) == "more than 512.0 KB"
-    assert h.over_limits(10, h.MB // 2, custom) is None
+    default = pl.limits({})
+    assert (default.rows, default.bytes) == (1_000_000, 100 * pl.MB)
+    custom = pl.limits({pl.MAX_ROWS_ENV: "10", pl.MAX_MB_ENV: "0.5"})
+    assert (custom.rows, custom.bytes) == (10, pl.MB // 2)
+    assert pl.limits({pl.MAX_ROWS_ENV: "lots"}) == default  # logged, ignored
+    assert pl.over_limits(11, 0, custom) == "more than 10 rows"
+    assert pl.over_limits(5, pl.MB, custom) == "more than 512.0 KB"
+    assert pl.over_limits(10, pl.MB // 2, custom) is None
 
 
 def test_a_file_outgrowing_the_hard_limit_is_refused():
-    buffer = h._CappedBuffer(10)
-    buffer.write(b"12345")
-    with pytest.raises(h.FileTooLarge):
-        buffer.write(b"123456")
+    capped = downloads.CappedFile(io.BytesIO(), 10)
+    capped.write(b"12345")
+    with pytest.raises(downloads.FileTooLarge):
+        capped.write(b"123456")
 
 
 # ---- estimates against the export, on a real recording
@@ -265,7 +267,7 @@ def test_book_estimates_are_close_to_the_export(recorded, kind):
         request = ExportRequest(kind, stream.category, stream.symbol, start, end, stream.depth)
         with engine.connect() as conn:
             v = q.book_volume(conn, stream.instrument_id, stream.depth, start, end)
-        estimate = h.book_rows(kind, v, stream.depth, start, end)
+        estimate = pl.book_rows(kind, v, stream.depth, start, end)
         actual = exported_rows(engine, request)
         print(f"{stream.symbol} {kind}: estimated {estimate.text}, exported {actual:,}")
         assert estimate.mark == "≈"
@@ -286,7 +288,7 @@ def test_snapshot_bounds_hold(recorded, kind):
             v = q.book_volume(
                 conn, stream.instrument_id, stream.depth, start, end, spec.interval_us
             )
-        bound = h.book_rows(kind, v, stream.depth, start, end)
+        bound = pl.book_rows(kind, v, stream.depth, start, end)
         actual = exported_rows(
             engine, ExportRequest(kind, "linear", stream.symbol, start, end, stream.depth)
         )
@@ -323,26 +325,36 @@ def test_source_and_span(recorded):
 def test_the_plan_checks_requests_and_is_fast(recorded):
     engine, _, start, end = recorded
     requests = [ExportRequest("incremental_book_L2", "linear", s, start, end, 50) for s in SYMBOLS]
-    result = h.plan(engine, requests, "csv")
+    result = pl.plan(engine, requests, "csv")
     assert result.error is None and result.simulated is True
     assert [s.symbol for s in result.symbols] == list(SYMBOLS)
     assert result.rows.mark == "≈" and result.bytes > 0
     assert result.took_ms < 1_000
     missing = [ExportRequest("quotes", "linear", "NOPEUSDT", start, end)]
-    assert "NOPEUSDT" in (h.plan(engine, missing, "csv").error or "")
+    assert "NOPEUSDT" in (pl.plan(engine, missing, "csv").error or "")
     too_deep = [ExportRequest("book_snapshot_200", "linear", "BTCUSDT", start, end, 50)]
-    assert "at most book_snapshot_50" in (h.plan(engine, too_deep, "csv").error or "")
+    assert "at most book_snapshot_50" in (pl.plan(engine, too_deep, "csv").error or "")
 
 
-def test_the_exporter_makes_the_file_only_when_called_and_within_the_cap(recorded):
+@pytest.mark.parametrize("fmt", files.FORMATS)
+def test_the_store_makes_the_exports_bytes_on_disk_within_the_cap(recorded, fmt, tmp_path):
+    """Every format writes through the capped file the page uses (gzip and
+    Parquet included), byte for byte what the CLI's writer makes."""
     engine, _, start, end = recorded
     requests = [ExportRequest("quotes", "linear", s, start, end, 50) for s in SYMBOLS]
-    make = h.exporter(engine, requests, "csv.gz", cap=100 * h.MB)
+    store = downloads.FileStore(tmp_path)
+
+    def write(out) -> int:
+        return files.write_export(engine, requests, fmt, out, progress_to=None)
+
+    ready = store.build("q." + fmt, files.MEDIA_TYPES[fmt], write, cap=100 * pl.MB)
     expected = io.BytesIO()
-    files.write_export(engine, requests, "csv.gz", expected, progress_to=None)
-    assert make() == expected.getvalue()  # both symbols, one after the other
-    with pytest.raises(h.FileTooLarge):
-        h.exporter(engine, requests, "csv", cap=1_000)()
+    rows = files.write_export(engine, requests, fmt, expected, progress_to=None)
+    assert ready.path.read_bytes() == expected.getvalue()  # both symbols, one after the other
+    assert (ready.rows, ready.size) == (rows, len(expected.getvalue()))
+    with pytest.raises(downloads.FileTooLarge):
+        store.build("big", "text/csv", write, cap=1_000)
+    assert [p.name for p in tmp_path.iterdir()] == [ready.token]  # nothing left of the big one
 
 
 # ---- the page, headless
@@ -363,7 +375,7 @@ def texts(at: AppTest) -> str:
 def opened(recorded, **params: str) -> AppTest:
     _, _, start, end = recorded
     at = page()
-    wanted = {"symbols": "BTCUSDT", "start": h.iso(start), "end": h.iso(end)} | params
+    wanted = {"symbols": "BTCUSDT", "start": pl.iso(start), "end": pl.iso(end)} | params
     for name, value in wanted.items():
         at.query_params[name] = value
     return at.run(timeout=30)
@@ -371,7 +383,7 @@ def opened(recorded, **params: str) -> AppTest:
 
 def test_the_page_estimates_and_offers_the_file(recorded, recorded_url, use_database, monkeypatch):
     use_database(recorded_url)
-    monkeypatch.delenv(h.MAX_ROWS_ENV, raising=False)
+    monkeypatch.delenv(pl.MAX_ROWS_ENV, raising=False)
     at = opened(recorded, kind="quotes", format="csv.gz")
     assert not at.exception
     assert at.title[0].value == "History"
@@ -379,7 +391,7 @@ def test_the_page_estimates_and_offers_the_file(recorded, recorded_url, use_data
     assert metrics["Rows"].startswith("≈ ") and metrics["Size"].startswith("≈ ")
     assert at.segmented_control(key="history_kind").value == "quotes"
     assert at.segmented_control(key="history_format").value == "csv.gz"
-    assert len(at.download_button) == 1
+    assert at.button(key="history_download").label.startswith("Make bybit_quotes_")
     assert at.selectbox(key="history_depth").value == 50  # recorded at depths 1 and 50
     commands = [c.value for c in at.code]
     assert all("--depth 50" in c for c in commands)
@@ -394,17 +406,27 @@ def test_the_page_estimates_and_offers_the_file(recorded, recorded_url, use_data
     at.segmented_control(key="history_kind").set_value("book_snapshot").run(timeout=30)
     assert not at.exception
     assert {m.label: m.value for m in at.metric}["Rows"].startswith("≤ ")
-    assert len(at.download_button) == 1
+    assert at.button(key="history_download").label.startswith("Make bybit_book_snapshot_")
+    # Clicked: the file is made on disk and the page links to it, once.
+    at.button(key="history_download").click().run(timeout=60)
+    assert not at.exception
+    links = [m.value for m in at.markdown if "/api/download/" in m.value]
+    assert len(links) == 1 and 'download="bybit_book_snapshot_' in links[0]
+    token = links[0].split("/api/download/")[1].split('"')[0]
+    ready = downloads.STORE.take(token)
+    assert ready is not None and ready.rows > 0 and ready.path.stat().st_size == ready.size
+    assert downloads.STORE.take(token) is None  # spent
+    ready.path.unlink()
 
 
 def test_a_large_request_gets_the_command_instead_of_the_button(
     recorded, recorded_url, use_database, monkeypatch
 ):
     use_database(recorded_url)
-    monkeypatch.setenv(h.MAX_ROWS_ENV, "10")
+    monkeypatch.setenv(pl.MAX_ROWS_ENV, "10")
     at = opened(recorded, symbols="BTCUSDT,ETHUSDT", kind="incremental_book_L2")
     assert not at.exception
-    assert len(at.download_button) == 0
+    assert not [b for b in at.button if b.key == "history_download"]
     commands = [c.value for c in at.code]
     assert len(commands) == 1 and commands[0].startswith(
         "depthwatch export --kind incremental_book_L2"
@@ -429,7 +451,7 @@ def test_presets_set_the_range(recorded, recorded_url, use_database):
     start = h._combine(state["history_start_date"], state["history_start_time"]) or 0
     end = h._combine(state["history_end_date"], state["history_end_time"]) or 0
     assert (start % DAY_US, end - start) == (0, DAY_US)
-    assert at.query_params["start"] in (h.iso(start), [h.iso(start)])
+    assert at.query_params["start"] in (pl.iso(start), [pl.iso(start)])
 
 
 def test_a_query_cut_by_the_statement_timeout_is_recognised(recorded_url):
@@ -441,7 +463,7 @@ def test_a_query_cut_by_the_statement_timeout_is_recognised(recorded_url):
             conn.execute(sa.text("SET statement_timeout = 50"))
             with pytest.raises(sa.exc.OperationalError) as cut:
                 conn.execute(sa.text("SELECT pg_sleep(2)"))
-        assert h._sqlstate(cut.value) == h.QUERY_CANCELED
+        assert pl._sqlstate(cut.value) == pl.QUERY_CANCELED
     finally:
         engine.dispose()
 
@@ -493,7 +515,8 @@ HISTORY_ARTIFACTS = (
     *(f"history-{name}.log" for name in ("sim", "collect", "dashboard", "dashboard-small", "nav")),
 )
 ROWS_METRIC = "[data-testid='stMetric']:has-text('Rows') [data-testid='stMetricValue']"
-DOWNLOAD = "[data-testid='stDownloadButton'] button"
+DOWNLOAD = ".st-key-history_download button"  # makes the file
+LINK = "[data-testid='depthwatch-download']"  # then downloads it
 CODE = "[data-testid='stCode'] code"
 RANGE_S = 4  # seconds of book exported
 AFTER_S = 2  # seconds recorded after the range before it is read: all of it committed
@@ -604,7 +627,7 @@ def test_the_downloaded_file_is_the_clis_export(
     dashboard = children("dashboard", *dashboard_args, "--port", str(dash_port))
     # The same dashboard with a limit of 10 rows: every request is "large".
     small = children(
-        "dashboard-small", *dashboard_args, "--port", str(small_port), env={h.MAX_ROWS_ENV: "10"}
+        "dashboard-small", *dashboard_args, "--port", str(small_port), env={pl.MAX_ROWS_ENV: "10"}
     )
     everyone = (sim, collector, dashboard, small)
     base, small_base = f"http://127.0.0.1:{dash_port}", f"http://127.0.0.1:{small_port}"
@@ -628,8 +651,8 @@ def test_the_downloaded_file_is_the_clis_export(
         {
             "category": "linear",
             "symbols": "BTCUSDT",
-            "start": h.iso(start),
-            "end": h.iso(end),
+            "start": pl.iso(start),
+            "end": pl.iso(end),
             "kind": "quotes",
             "format": "csv.gz",
         }
@@ -645,7 +668,7 @@ def test_the_downloaded_file_is_the_clis_export(
         # Pick the kind and the format in the page itself.
         page.get_by_role("radio", name="incremental_book_L2", exact=True).click()
         page.get_by_role("radio", name="csv", exact=True).click()
-        name = f"bybit_incremental_book_L2_{h.iso(start)[:10]}_BTCUSDT.csv"
+        name = f"bybit_incremental_book_L2_{pl.iso(start)[:10]}_BTCUSDT.csv"
         # (the name of the .csv ends the label: a .csv.gz one is still the old page)
         label = re.compile(re.escape(name) + "$")
         expect(page.locator(DOWNLOAD)).to_have_text(label, timeout=EXPECT_MS)
@@ -654,8 +677,10 @@ def test_the_downloaded_file_is_the_clis_export(
         estimated = rows_shown(page)
         screenshot(page, history_artifacts / "history.png")
 
+        page.locator(DOWNLOAD).click()
+        expect(page.locator(LINK)).to_have_text(f"Download {name}", timeout=30_000)
         with page.expect_download(timeout=30_000) as download:
-            page.locator(DOWNLOAD).click()
+            page.locator(LINK).click()
         assert download.value.suggested_filename == name
         downloaded = tmp_path / "downloaded.csv"
         download.value.save_as(downloaded)
@@ -670,7 +695,7 @@ def test_the_downloaded_file_is_the_clis_export(
         out = tmp_path / "cli.csv"
         done = run_cli(
             *("export", "--kind", "incremental_book_L2", "--symbol", "BTCUSDT"),
-            *("--start", h.iso(start), "--end", h.iso(end), "--format", "csv"),
+            *("--start", pl.iso(start), "--end", pl.iso(end), "--format", "csv"),
             *("--out", str(out), "--database-url", database_url),
         )
         assert done.returncode == 0, done.stderr

@@ -35,6 +35,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 from playwright.sync_api import sync_playwright
+from streamlit.testing.v1 import AppTest
 
 from depthwatch.collector import FINAL_FLUSH_TIMEOUT_S
 from depthwatch.records import StreamKey
@@ -64,8 +65,9 @@ BLUEPRINT = ROOT / "render.yaml"
 RENDER_MAX_SHUTDOWN_DELAY_S = 300
 # Streamlit's own health endpoint; the dashboard has no other.
 STREAMLIT_HEALTH_PATH = "/_stcore/health"
-# Variables Render itself reads; the code never does.
-PLATFORM_VARIABLES = frozenset({"PYTHON_VERSION"})
+# Variables Render itself reads (PYTHON_VERSION), or uvicorn, under Streamlit
+# (FORWARDED_ALLOW_IPS); the code never does.
+PLATFORM_VARIABLES = frozenset({"PYTHON_VERSION", "FORWARDED_ALLOW_IPS"})
 # Names of the project's environment variables, wherever they appear in the code.
 ENV_NAME = re.compile(r"^(?:(?:DEPTHWATCH|DASHBOARD|BYBIT)_[A-Z0-9_]+|DATABASE_URL)$")
 # Measured on Bybit mainnet for BTCUSDT+ETHUSDT at depth 50 with trades, all
@@ -81,6 +83,7 @@ PRE_DEPLOY_TIMEOUT_S = 60.0
 CAUGHT_UP_TIMEOUT_S = 90.0
 PAGE_TIMEOUT_MS = 30_000
 POLL_S = 0.25
+GENERATED_SECRET = "Generated-Nq3Vx8Lk2"  # what Render's generateValue would give
 # The simulated market: enough steps to watch it live, few enough to finish soon.
 SIM_RATE = 50
 SIM_STEPS = 900
@@ -215,10 +218,64 @@ def test_python_version_is_pinned_and_allowed_by_the_package():
         assert Version(pinned) in requires, f"{kind}: {pinned} outside {requires}"
 
 
-def test_secrets_are_asked_for_never_committed():
+def test_secrets_are_asked_for_or_generated_never_committed():
     entries = env_entries(service("web"))
-    for secret in ("DASHBOARD_PASSWORD", "DASHBOARD_DATABASE_URL"):
-        assert entries[secret] == {"key": secret, "sync": False}
+    assert entries["DASHBOARD_DATABASE_URL"] == {"key": "DASHBOARD_DATABASE_URL", "sync": False}
+    # Render makes a random password when the blueprint is applied.
+    assert entries["DASHBOARD_PASSWORD"] == {"key": "DASHBOARD_PASSWORD", "generateValue": True}
+
+
+def test_no_way_to_deploy_a_public_dashboard_by_accident(monkeypatch):
+    """The blueprint generates the password and never says public; and a web
+    service whose password was cleared anyway (on Render: RENDER=true) shows
+    nothing but the refusal, unless DASHBOARD_PUBLIC=1 says so on purpose."""
+    entries = env_entries(service("web"))
+    assert "value" not in entries["DASHBOARD_PASSWORD"]
+    assert "DASHBOARD_PUBLIC" not in blueprint_variables()
+    monkeypatch.setenv("RENDER", "true")
+    monkeypatch.delenv("DASHBOARD_PASSWORD", raising=False)
+    monkeypatch.delenv("DASHBOARD_PUBLIC", raising=False)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://nobody:x@127.0.0.1:9/nowhere")
+    at = AppTest.from_file(str(ROOT / "streamlit" / "dashboard.py")).run(timeout=30)
+    assert not at.exception
+    assert [t.value for t in at.title] == ["depthwatch"]
+    assert "has no password" in at.error[0].value and "DASHBOARD_PUBLIC=1" in at.error[0].value
+    assert not at.text_input and not at.sidebar.button  # no form, no navigation
+    for almost in ("0", "true", "yes"):  # only exactly 1 says it on purpose
+        monkeypatch.setenv("DASHBOARD_PUBLIC", almost)
+        at = AppTest.from_file(str(ROOT / "streamlit" / "dashboard.py")).run(timeout=30)
+        assert "has no password" in at.error[0].value
+    monkeypatch.setenv("DASHBOARD_PUBLIC", "1")
+    at = AppTest.from_file(str(ROOT / "streamlit" / "dashboard.py")).run(timeout=30)
+    assert not at.exception and at.title[0].value == "Recorded streams"
+
+
+# Chains of X-Forwarded-For seen by apps on Render (client -> Cloudflare ->
+# Render's proxy -> app), with the TCP peer the app saw: arcjet-js issues #3899
+# and #5411 (the second with a forged first entry), rohitpaulk.com's
+# "Why does request.remote_ip work on Heroku but not Render?".
+RENDER_CHAINS = (
+    ("81.97.145.24, 172.71.195.123, 10.226.90.65", "10.19.6.53", "81.97.145.24"),
+    ("2.2.2.2,1.1.1.1, 172.71.95.118, 10.19.64.237", "10.19.64.1", "1.1.1.1"),
+    ("99.61.165.29, 104.22.17.40", "10.21.157.68", "99.61.165.29"),
+    # A connection not from Render's proxy: whatever header it sends is ignored.
+    ("6.6.6.6", "203.0.113.9", "203.0.113.9"),
+)
+
+
+@pytest.mark.parametrize(("chain", "peer", "client"), RENDER_CHAINS)
+def test_the_blueprints_trusted_proxies_name_the_real_client_on_render(chain, peer, client):
+    """uvicorn's own rule (ProxyHeadersMiddleware) over the blueprint's
+    FORWARDED_ALLOW_IPS picks the address Cloudflare saw, never a forged one."""
+    from uvicorn.middleware.proxy_headers import _TrustedHosts
+
+    from depthwatch.app.clients import parse_trusted_proxies
+
+    value = literal_env(service("web"))["FORWARDED_ALLOW_IPS"]
+    assert parse_trusted_proxies(value) == value  # only addresses and networks, no '*'
+    trusted = _TrustedHosts(value)
+    found = trusted.get_trusted_client_address(chain)[0] if peer in trusted else peer
+    assert found == client
 
 
 def test_shutdown_delay_covers_the_collectors_final_flush():
@@ -391,12 +448,18 @@ class Build:
     bin: Path
 
     def env(self, svc: dict[str, Any], **extra: str) -> dict[str, str]:
-        """What Render gives a command: the blueprint's values (secrets left
-        blank), the venv first on PATH, and `extra` (DATABASE_URL, PORT, ...)."""
+        """What Render gives a command: RENDER=true, the blueprint's values
+        (secrets asked for left blank, generated ones made up here), the venv
+        first on PATH, and `extra` (DATABASE_URL, PORT, ...)."""
+        generated = {
+            key: GENERATED_SECRET for key, e in env_entries(svc).items() if e.get("generateValue")
+        }
         return {
             "PATH": f"{self.bin}{os.pathsep}/usr/bin{os.pathsep}/bin",
             "HOME": str(self.checkout.parent / "home"),
             "LANG": "C.UTF-8",
+            "RENDER": "true",
+            **generated,
             **literal_env(svc),
             **extra,
         }
@@ -517,8 +580,9 @@ def caught_up(sim: SimulatorThread, engine: sa.Engine, streams: list[StreamKey])
 
 
 def check_live_page(base: str, stream: StreamKey, shot: Path) -> None:
-    """Debian's Chromium loads the Live page of a stream being recorded: LIVE
-    and SIMULATED badges, a best bid below the best ask, charts drawn."""
+    """Debian's Chromium logs in and loads the Live page of a stream being
+    recorded: LIVE and SIMULATED badges, a best bid below the best ask, charts
+    drawn."""
     assert CHROMIUM.exists(), f"{CHROMIUM} is missing: `apt-get install -y chromium`"
     query = f"category={stream.category}&symbol={stream.symbol}&depth={stream.depth}&window=5"
     with sync_playwright() as playwright:
@@ -530,6 +594,9 @@ def check_live_page(base: str, stream: StreamKey, shot: Path) -> None:
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.goto(f"{base}/live?{query}")
             try:
+                # The generated password; the deep link survives the login.
+                page.get_by_label("Password", exact=True).fill(GENERATED_SECRET)
+                page.get_by_role("button", name="Log in").click()
                 page.locator("[data-testid='stApp']").wait_for()
                 badge(page, LIVE_BADGE).wait_for()
                 badge(page, SIMULATED_BADGE).wait_for()

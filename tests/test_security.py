@@ -20,7 +20,9 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from depthwatch.app import auth
-from depthwatch.app.auth import LoginLimiter, password_matches
+from depthwatch.app.auth import password_matches
+from depthwatch.app.clients import LOCAL_CLIENT
+from depthwatch.app.limiter import LoginLimiter
 from depthwatch.cli import ROLE_PASSWORD_ENV
 from depthwatch.records import Trade
 from depthwatch.sim import SimConfig, SimulatorThread
@@ -34,7 +36,7 @@ from .e2e import collect_until_caught_up
 from .test_e2e import config_for
 
 ROOT = Path(__file__).resolve().parents[1]
-ENTRY = str(ROOT / "streamlit" / "app.py")
+ENTRY = str(ROOT / "streamlit" / "dashboard.py")
 DASHBOARD_SECRET = "Gate-Qv7Zr9wXk2"  # distinctive: greppable in any output
 DOWN_URL = "postgresql://watcher:DbPw-Hn4Lm8Tq3@127.0.0.1:9/nowhere"
 DB_SECRET = "DbPw-Hn4Lm8Tq3"
@@ -108,6 +110,8 @@ def gated(monkeypatch) -> Iterator[FakeClock]:
     monkeypatch.setenv("DATABASE_URL", DOWN_URL)
     monkeypatch.delenv("DASHBOARD_DATABASE_URL", raising=False)
     monkeypatch.setattr(auth, "LIMITER", LoginLimiter(clock=clock))
+    # AppTest gives every session the same id: logins must not carry over.
+    monkeypatch.setattr(auth, "_logins", {})
     st.cache_resource.clear()
     yield clock
     st.cache_resource.clear()
@@ -147,10 +151,9 @@ def test_a_wrong_password_is_refused_and_counted(gated):
     log_in(at, "guess")
     assert not at.exception
     assert [e.value for e in at.error] == ["Wrong password."]
-    assert auth.SESSION_KEY not in at.session_state
     assert "Recorded streams" not in app_texts(at)
     # The app counted it: four more failures make five, a lock-out.
-    assert [auth.LIMITER.failed(auth.SHARED_CLIENT) for _ in range(4)] == [0, 0, 0, 30]
+    assert [auth.LIMITER.failed(LOCAL_CLIENT) for _ in range(4)] == [0, 0, 0, 30]
 
 
 def test_repeated_failures_lock_out_every_session_even_with_the_right_password(gated):
@@ -708,12 +711,14 @@ def test_no_secret_on_any_dashboard_page_or_in_its_log(secret_database, monkeypa
         sim.stop()
     monkeypatch.setenv("DASHBOARD_PASSWORD", DASHBOARD_SECRET)
     monkeypatch.setattr(auth, "LIMITER", LoginLimiter())
+    monkeypatch.setattr(auth, "_logins", {})
     shown: list[str] = []
     bad_urls = [secret_database, DOWN_URL, f"postgresql://watcher:{DB_SECRET}@127.0.0.1:x/db"]
     for url in bad_urls:
         monkeypatch.setenv("DATABASE_URL", url)
         monkeypatch.delenv("DASHBOARD_DATABASE_URL", raising=False)
         st.cache_resource.clear()
+        auth._logins.clear()  # AppTest's sessions share one id
         at = AppTest.from_file(ENTRY).run(timeout=30)
         shown.append(app_texts(at))
         log_in(at, "not it")

@@ -15,6 +15,10 @@ _UNIT_US = {"s": SECOND_US, "m": 60 * SECOND_US, "h": 3_600 * SECOND_US, "d": DA
 _UNIT_US["w"] = 7 * DAY_US
 _RELATIVE = re.compile(r"-(\d+(?:\.\d+)?)([smhdw])")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The times the project knows: from the epoch (no market data is older) to the
+# end of year 9999 (the largest datetime, so every time has an ISO 8601 form).
+MIN_US = 0
+MAX_US = 253_402_300_800 * 1_000_000 - 1  # 9999-12-31T23:59:59.999999Z
 
 
 # What a user may type for a time, for help texts.
@@ -34,12 +38,18 @@ class TimeFormatError(ValueError):
 def parse_time_us(text: str, now: int | None = None) -> int:
     """A time in UTC -> microseconds since the epoch: ISO 8601 (a date, or a
     date-time; naive means UTC), `now`, or a span back from now (`-90s`,
-    `-30m`, `-1h`, `-2d`, `-1w`)."""
+    `-30m`, `-1h`, `-2d`, `-1w`). TimeFormatError for anything else, and for
+    a time before 1970 or after 9999 (`-99999w`)."""
     text = text.strip()
     if text == "now" or _RELATIVE.fullmatch(text):
         current = now_us() if now is None else now
         found = _RELATIVE.fullmatch(text)
-        return current if found is None else current - round(float(found[1]) * _UNIT_US[found[2]])
+        if found is None:
+            return current
+        back = float(found[1]) * _UNIT_US[found[2]]
+        if back > current - MIN_US:  # also catches inf: 1e400 weeks
+            raise TimeFormatError(f"{text!r} reaches back before {_EPOCH:%Y-%m-%d}")
+        return current - round(back)
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -47,7 +57,12 @@ def parse_time_us(text: str, now: int | None = None) -> int:
             f"not an ISO 8601 time: {text!r} (e.g. 2026-11-24 or 2026-11-24T10:00Z), "
             "nor now or a span back from it (-30m, -1h, -2d)"
         ) from None
-    return datetime_us(moment)
+    value = datetime_us(moment)
+    if value < MIN_US:
+        raise TimeFormatError(f"{text!r} is before {_EPOCH:%Y-%m-%d}: no market data is older")
+    if value > MAX_US:
+        raise TimeFormatError(f"{text!r} is after the year 9999")
+    return value
 
 
 def datetime_us(moment: datetime) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -97,6 +98,63 @@ def setup_dashboard_logging() -> None:
     installed = any(isinstance(h, _DepthwatchHandler) for h in logging.getLogger().handlers)
     if wanted == "json" and not installed:
         setup_logging("INFO", "json")
+
+
+# Streamlit's session ids are uuid4s; with one, a client can resume that
+# session (its login included) for as long as it lives.
+SESSION_ID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.I)
+SERVER_LOGGERS = ("streamlit", "uvicorn")
+MAX_THROTTLED_KINDS = 1_000
+
+
+class ServerLogGuard(logging.Filter):
+    """For the loggers of the server under the dashboard (Streamlit's and
+    uvicorn's), which clients can make speak without logging in: no session id
+    (a reader of the log could resume the session), no traceback (one line
+    with the exception's type and message), and each kind of line (logger,
+    message template, exception type) throttled like LogThrottle: a client
+    sending a hundred malformed messages costs a few lines a minute."""
+
+    def __init__(self, burst: int = 3, interval_s: float = 60.0) -> None:
+        super().__init__()
+        self.burst = burst
+        self.interval_s = interval_s
+        self._throttles: dict[tuple[str, str, str], LogThrottle] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None:
+            message += f" ({type(error).__name__}: {first_line(error)[:300]})"
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        key = (record.name, str(record.msg)[:200], type(error).__name__ if error else "")
+        throttle = self._throttles.get(key)
+        if throttle is None:
+            if len(self._throttles) >= MAX_THROTTLED_KINDS:
+                self._throttles.clear()
+            throttle = self._throttles[key] = LogThrottle(self.burst, self.interval_s)
+        held_back = throttle.admit()
+        if held_back is None:
+            return False
+        if held_back:
+            message += f" ({held_back} more like this since the last such line)"
+        record.msg, record.args = SESSION_ID.sub("<session>", message), None
+        return True
+
+
+_SERVER_GUARD = ServerLogGuard()
+
+
+def guard_server_loggers() -> None:
+    """Put the one ServerLogGuard on every Streamlit and uvicorn logger that
+    exists (each has its own handler and does not propagate). Cheap and
+    idempotent: called as the server starts and at every script run, which
+    catches loggers made later."""
+    manager = logging.Logger.manager
+    for name, logger in list(manager.loggerDict.items()):
+        ours = isinstance(logger, logging.Logger) and name.split(".")[0] in SERVER_LOGGERS
+        if ours and _SERVER_GUARD not in logger.filters:  # type: ignore[union-attr]
+            logger.addFilter(_SERVER_GUARD)  # type: ignore[union-attr]
 
 
 def relay_line(process: str, line: str, log_format: str | None = None) -> str:

@@ -39,6 +39,11 @@ from types import FrameType
 from typing import IO, Any
 
 import depthwatch
+from depthwatch.app.clients import (
+    FORWARDED_ALLOW_IPS_ENV,
+    TRUSTED_PROXIES_ENV,
+    parse_trusted_proxies,
+)
 from depthwatch.config import (
     CollectorConfig,
     ConfigError,
@@ -88,6 +93,13 @@ def _port(text: str, allow_zero: bool = False) -> int:
     return port
 
 
+def _trusted_proxies(text: str) -> str:
+    try:
+        return parse_trusted_proxies(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _port_or_zero(text: str) -> int:
     return _port(text, allow_zero=True)
 
@@ -106,6 +118,14 @@ def _add_dashboard_listen_arguments(
         default=DEFAULT_DASHBOARD_ADDRESS,
         help="interface the dashboard listens on; 0.0.0.0 serves other machines too "
         f"(default {DEFAULT_DASHBOARD_ADDRESS})",
+    )
+    parser.add_argument(
+        "--trusted-proxies",
+        type=_trusted_proxies,
+        default=os.environ.get(TRUSTED_PROXIES_ENV, ""),
+        help="comma-separated addresses or networks of reverse proxies whose "
+        "X-Forwarded-For names the dashboard's clients, for the login's rate limit "
+        f"(env {TRUSTED_PROXIES_ENV}; default none: the header is ignored)",
     )
 
 
@@ -234,7 +254,9 @@ def app_path() -> Path:
     return path
 
 
-def dashboard_child(app: Path, port: int, address: str, env: dict[str, str]) -> Child:
+def dashboard_child(
+    app: Path, port: int, address: str, trusted_proxies: str, env: dict[str, str]
+) -> Child:
     argv = [
         sys.executable,
         "-m",
@@ -254,7 +276,12 @@ def dashboard_child(app: Path, port: int, address: str, env: dict[str, str]) -> 
         "none",
         "--client.toolbarMode",
         "viewer",
+        "--client.showErrorDetails",
+        "none",
     ]
+    # uvicorn reads it when Streamlit starts; set even when empty, which trusts
+    # no proxy (its default trusts 127.0.0.1: any same-host tunnel).
+    env = env | {FORWARDED_ALLOW_IPS_ENV: trusted_proxies}
     # Streamlit's SIGTERM handler prints to the pipe that died with us, fails and
     # leaves the server running; it has nothing to save, so it gets SIGKILL.
     return Child("dashboard", argv, env, death_signal=signal.SIGKILL)
@@ -609,15 +636,14 @@ def _up(
     supervisor.start(Child("collector", collector_argv, child_env(DATABASE_URL=url)))
     # A read-only role for the dashboard (DASHBOARD_DATABASE_URL) wins over the writer's URL.
     dashboard_url = os.environ.get("DASHBOARD_DATABASE_URL", "").strip() or url
-    return _serve_dashboard(
-        supervisor, app, args.address, args.port, dashboard_env_for_url(dashboard_url)
-    )
+    return _serve_dashboard(supervisor, app, args, dashboard_env_for_url(dashboard_url))
 
 
 def _serve_dashboard(
-    supervisor: Supervisor, app: Path, address: str, port: int, env: dict[str, str]
+    supervisor: Supervisor, app: Path, args: argparse.Namespace, env: dict[str, str]
 ) -> int:
-    supervisor.start(dashboard_child(app, port, address, env))
+    address, port = args.address, args.port
+    supervisor.start(dashboard_child(app, port, address, args.trusted_proxies, env))
     health = f"http://{probe_host(address)}:{port}{HEALTH_PATH}"
     return supervisor.watch(health, f"http://{url_host(address)}:{port}")
 
@@ -637,6 +663,4 @@ def run_dashboard(args: argparse.Namespace) -> int:
             DATABASE_URL=None,
             DASHBOARD_DATABASE_URL=None,
         )
-    return supervise(
-        lambda supervisor: _serve_dashboard(supervisor, app, args.address, args.port, env)
-    )
+    return supervise(lambda supervisor: _serve_dashboard(supervisor, app, args, env))

@@ -1,51 +1,76 @@
 """The dashboard's password gate: with DASHBOARD_PASSWORD set, a login form is
-all a new session sees until the right password is given; without it the
-dashboard is open, as before.
+all a new session sees until the right password is given.
 
-The check runs first thing in every full run of the entry script, before the
+The check runs first thing in every full run of the page script, before the
 navigation exists, so nothing else is drawn and no query is made for a session
-that has not logged in. The live pages' one-second refreshes are fragment runs
-of a page that was only ever built for a logged-in session; the login lives in
-`st.session_state`, which they keep.
+that has not logged in; the live pages' fragments check again at every run.
 
-Failed attempts are counted per client (the connection's IP address, which
-Streamlit gives as None for localhost: then one shared bucket) in a module-level
-limiter shared by every session of the server process. Not in
-`st.cache_resource`: any browser can send Streamlit's "clear cache" message,
-which would wipe the count. Behind a proxy (Render) every client shows the
-proxy's address, so the lock-out is shared by all: an attacker then also locks
-out real users for a while, but can never escape the limit by faking a header.
+Who a client is (`client_key`): its address as a trusted proxy names it, or
+a shared bucket when no configuration vouches for a forwarded header
+(app.clients has the rules).
+
+Where a login lives: in this module, keyed by Streamlit's session id, never in
+`st.session_state`, which a client can write to with a crafted widget state.
+It is bound to the client that logged in (its key and User-Agent): a session
+id replayed from another client finds no login. It lasts until Log out, the
+session's end or LOGIN_TTL_S.
+
+Failed attempts are counted by `limiter.LoginLimiter`, module-level so that
+every session of the server shares it (not in `st.cache_resource`: any browser
+can send Streamlit's "clear cache" message).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import math
 import os
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+from depthwatch.app import clients
+from depthwatch.app.limiter import Hold, LoginLimiter
+from depthwatch.logs import LogThrottle
+
+log = logging.getLogger("depthwatch.app.auth")
 
 PASSWORD_ENV = "DASHBOARD_PASSWORD"
-SESSION_KEY = "depthwatch_logged_in"
+PUBLIC_ENV = "DASHBOARD_PUBLIC"  # "1": serve without a password on purpose
+RENDER_ENV = "RENDER"  # Render sets it in every service's environment
 PASSWORD_WIDGET_KEY = "login_password"
 LOGOUT_KEY = "logout"
-SHARED_CLIENT = "shared"  # every client whose address Streamlit does not give
-MAX_FAILURES = 5  # within FAILURE_WINDOW_S, then a lock-out
-FAILURE_WINDOW_S = 60.0
-FIRST_LOCKOUT_S = 30.0  # doubled at each lock-out in a row
-MAX_LOCKOUT_S = 900.0
-MAX_TRACKED_CLIENTS = 10_000  # beyond this, clients with nothing pending are forgotten
+LOGIN_TTL_S = 86_400.0
+MAX_LOGINS = 10_000
+
+LIMITER = LoginLimiter()
+_throttle = LogThrottle(burst=3)
 
 
 def configured_password() -> str | None:
     """The password, or None when the dashboard is open (unset or empty)."""
     return os.environ.get(PASSWORD_ENV) or None
+
+
+def refusal() -> str | None:
+    """Why the dashboard refuses to serve anything, or None. On Render a
+    dashboard without a password is public on the internet: only
+    DASHBOARD_PUBLIC=1 says that is meant."""
+    on_render = bool(os.environ.get(RENDER_ENV))
+    public = os.environ.get(PUBLIC_ENV, "").strip() == "1"
+    if on_render and configured_password() is None and not public:
+        return (
+            f"This dashboard has no password, and it is on the internet: set {PASSWORD_ENV} "
+            f"in the web service's environment (the blueprint generates one), or set "
+            f"{PUBLIC_ENV}=1 to serve it to everyone on purpose."
+        )
+    return None
 
 
 def password_matches(given: str, expected: str) -> bool:
@@ -56,123 +81,151 @@ def password_matches(given: str, expected: str) -> bool:
     return hmac.compare_digest(given_digest, expected_digest)
 
 
-@dataclass
-class _ClientRecord:
-    failures: deque[float] = field(default_factory=deque)  # times within the window
-    lockouts: int = 0  # lock-outs in a row, for the growing delay
-    locked_until: float = 0.0
-
-
-class LoginLimiter:
-    """After `max_failures` failures within `window_s`, a client is locked out
-    for `first_lockout_s`, doubling with each lock-out in a row up to
-    `max_lockout_s`. A success, or a quiet `max_lockout_s` after a lock-out,
-    starts the client afresh. Thread-safe: sessions run in their own threads."""
-
-    def __init__(
-        self,
-        max_failures: int = MAX_FAILURES,
-        window_s: float = FAILURE_WINDOW_S,
-        first_lockout_s: float = FIRST_LOCKOUT_S,
-        max_lockout_s: float = MAX_LOCKOUT_S,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.max_failures = max_failures
-        self.window_s = window_s
-        self.first_lockout_s = first_lockout_s
-        self.max_lockout_s = max_lockout_s
-        self.clock = clock
-        self._clients: dict[str, _ClientRecord] = {}
-        self._lock = threading.Lock()
-
-    def wait_s(self, client: str) -> float:
-        """Seconds until `client` may try again (0: now)."""
-        with self._lock:
-            record = self._clients.get(client)
-            return max(0.0, record.locked_until - self.clock()) if record else 0.0
-
-    def failed(self, client: str) -> float:
-        """Count a failed attempt; returns the lock-out it caused in seconds (0: none)."""
-        now = self.clock()
-        with self._lock:
-            record = self._clients.get(client)
-            if record is None:
-                self._forget_idle(now)
-                record = self._clients[client] = _ClientRecord()
-            if record.lockouts and now - record.locked_until > self.max_lockout_s:
-                record.lockouts = 0  # behaved for a long while: start afresh
-            record.failures.append(now)
-            while record.failures and now - record.failures[0] > self.window_s:
-                record.failures.popleft()
-            if len(record.failures) < self.max_failures:
-                return 0.0
-            lockout = min(self.max_lockout_s, self.first_lockout_s * 2**record.lockouts)
-            record.lockouts += 1
-            record.locked_until = now + lockout
-            record.failures.clear()
-            return lockout
-
-    def succeeded(self, client: str) -> None:
-        with self._lock:
-            self._clients.pop(client, None)
-
-    def _forget_idle(self, now: float) -> None:
-        if len(self._clients) < MAX_TRACKED_CLIENTS:
-            return
-        for client, record in list(self._clients.items()):
-            recent = record.failures and now - record.failures[-1] <= self.window_s
-            if not recent and now - record.locked_until > self.max_lockout_s:
-                del self._clients[client]
-
-
-LIMITER = LoginLimiter()
+# ---- who the client is
 
 
 def client_key() -> str:
     address = st.context.ip_address
     # A string or None by its contract; anything else (a test harness's stub)
     # counts as unknown.
-    return address if isinstance(address, str) and address else SHARED_CLIENT
+    if not isinstance(address, str):
+        address = None
+    return clients.client_key(address, st.context.headers, os.environ)
 
 
-def require_login() -> bool:
-    """True when the session may see the dashboard. Otherwise draws the login
-    form (and nothing else) and returns False: the caller draws nothing more."""
+def _agent_digest() -> bytes:
+    agent = st.context.headers.get("User-Agent", "")
+    return hashlib.sha256(agent.encode("utf-8", "replace")).digest()
+
+
+# ---- logins, by session
+
+
+@dataclass(frozen=True)
+class _Login:
+    client: str
+    agent: bytes
+    at: float
+
+
+_logins: dict[str, _Login] = {}
+_logins_lock = threading.Lock()
+
+
+def _session_id() -> str | None:
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else None
+
+
+def logged_in() -> bool:
+    """Whether this session logged in, from this client, less than
+    LOGIN_TTL_S ago (True when no password is set)."""
+    if configured_password() is None:
+        return refusal() is None
+    session = _session_id()
+    if session is None:
+        return False
+    with _logins_lock:
+        login = _logins.get(session)
+    if login is None:
+        return False
+    if time.monotonic() - login.at > LOGIN_TTL_S:
+        _forget(session)
+        return False
+    if login.client != client_key() or not hmac.compare_digest(login.agent, _agent_digest()):
+        _forget(session)
+        _throttle.log(log, logging.WARNING, "login: a session resumed by another client")
+        return False
+    return True
+
+
+def _remember(session: str) -> None:
+    now = time.monotonic()
+    with _logins_lock:
+        if len(_logins) >= MAX_LOGINS:
+            for stale in [s for s, v in _logins.items() if now - v.at > LOGIN_TTL_S]:
+                del _logins[stale]
+            if len(_logins) >= MAX_LOGINS:
+                del _logins[min(_logins, key=lambda s: _logins[s].at)]
+        _logins[session] = _Login(client_key(), _agent_digest(), now)
+
+
+def _forget(session: str) -> None:
+    with _logins_lock:
+        _logins.pop(session, None)
+
+
+# ---- the form
+
+
+def require_login() -> str | None:
+    """None when the session may not see the dashboard: the login form (and
+    nothing else) is drawn, the caller draws nothing more. Otherwise the
+    dashboard may be drawn: "" normally, or, in the run that just logged in,
+    the URL's page path, for the caller to land on (the form's rerun names no
+    page, so navigation would show the default one: a deep link would be lost).
+    A right password lets this same run go on, the form cleared."""
+    reason = refusal()
+    if reason is not None:
+        st.title("depthwatch")
+        st.error(reason, icon=":material/lock:")
+        return None
     expected = configured_password()
-    if expected is None or st.session_state.get(SESSION_KEY):
-        return True
-    st.title("depthwatch")
+    if expected is None or logged_in():
+        return ""
     client = client_key()
-    with st.form("login"):
-        given = st.text_input("Password", type="password", key=PASSWORD_WIDGET_KEY)
-        submitted = st.form_submit_button("Log in")
-    if submitted:
-        _attempt(given, expected, client)
-    else:
-        _explain_lockout(client)
-    return False
+    placeholder = st.empty()
+    with placeholder.container():
+        st.title("depthwatch")
+        with st.form("login"):
+            given = st.text_input("Password", type="password", key=PASSWORD_WIDGET_KEY)
+            submitted = st.form_submit_button("Log in")
+        if submitted and _attempt(given, expected, client):
+            placeholder.empty()
+            return _url_page() or ""
+        if not submitted:
+            _explain(LIMITER.hold(client))
+    return None
 
 
-def _attempt(given: str, expected: str, client: str) -> None:
-    limiter = LIMITER
-    if limiter.wait_s(client) > 0:
-        _explain_lockout(client)  # not even checked: a lock-out stops guessing
-        return
-    if password_matches(given, expected):
-        limiter.succeeded(client)
-        st.session_state[SESSION_KEY] = True
-        st.rerun()
-    lockout = limiter.failed(client)
+def _url_page() -> str | None:
+    """The last segment of the browser's URL path (`history` of /history?...)."""
+    url = st.context.url
+    if not isinstance(url, str):
+        return None
+    return urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1] or None
+
+
+def _attempt(given: str, expected: str, client: str) -> bool:
+    held = LIMITER.hold(client)
+    if held is not None:
+        _explain(held)  # not even checked: a lock-out stops guessing
+        return False
+    session = _session_id()
+    if password_matches(given, expected) and session is not None:
+        LIMITER.succeeded(client)
+        _remember(session)
+        return True
+    lockout = LIMITER.failed(client)
     if lockout:
+        _throttle.log(log, logging.WARNING, "login: %s locked out for %d s", client, lockout)
         st.error(f"Wrong password. Too many failed attempts: try again in {math.ceil(lockout)} s.")
     else:
         st.error("Wrong password.")
+    return False
 
 
-def _explain_lockout(client: str) -> None:
-    wait = LIMITER.wait_s(client)
-    if wait > 0:
-        st.error(f"Too many failed attempts: try again in {math.ceil(wait)} s.")
+def _explain(held: Hold | None) -> None:
+    if held is None:
+        return
+    wait = math.ceil(held.seconds)
+    if held.scope == "client":
+        st.error(f"Too many failed attempts: try again in {wait} s.")
+    else:
+        st.error(
+            "Too many failed logins on this dashboard, from many addresses: logins from "
+            f"new addresses resume in {wait} s (addresses that logged in before are not held)."
+        )
 
 
 def logout_button() -> None:
@@ -180,5 +233,7 @@ def logout_button() -> None:
     if configured_password() is None:
         return
     if st.sidebar.button("Log out", key=LOGOUT_KEY):
-        st.session_state.pop(SESSION_KEY, None)
+        session = _session_id()
+        if session is not None:
+            _forget(session)
         st.rerun()

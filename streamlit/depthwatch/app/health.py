@@ -7,6 +7,7 @@ import streamlit as st
 
 from depthwatch.app import data
 from depthwatch.app.common import age, load, utc
+from depthwatch.app.guard import live_fragment
 from depthwatch.records import HEARTBEATS_MISSED_FOR_STALE
 
 REFRESH_S = 5.0
@@ -19,10 +20,9 @@ def render() -> None:
         f"Collectors heard from in the last 24 h, feed events per stream over 24 h, and "
         f"what the database holds. Refreshed every {REFRESH_S:g} s; times in UTC."
     )
-    health_panel()
+    live_fragment(health_panel, REFRESH_S)()
 
 
-@st.fragment(run_every=REFRESH_S)
 def health_panel() -> None:
     report = load(data.health)
     if report is None:

@@ -1,15 +1,10 @@
 """The History page: pick symbols, a range, a kind and a format; see how many
-rows and bytes that makes; download the file.
+rows and bytes that makes (app.planning); make the file and download it.
 
-Nothing here runs on a timer: the page reruns only when an input changes,
-and the estimate is cached under the inputs for ESTIMATE_TTL_S (a range that
-reaches "now" grows). The file is made only when the download button is
-clicked: Streamlit runs the button's `data` callable on its own thread, never
-on a rerun; the rows stream from the database's server-side cursors into the
-file, which Streamlit then holds in the server's memory for the session. So
-requests above the limits (rows or bytes, `DEPTHWATCH_HISTORY_MAX_ROWS` and
-`DEPTHWATCH_HISTORY_MAX_MB`) get the equivalent `depthwatch export` command
-instead of a button.
+Nothing here runs on a timer: the page reruns only when an input changes. The
+file is made only when its button is clicked, on disk (app.downloads), and
+handed out once through the download route; requests above the limits get
+the equivalent `depthwatch export` command instead of a button.
 
 Every choice lives in the URL (`/history?category=linear&symbols=BTCUSDT&
 start=2026-01-01T10:00:00Z&end=...&kind=quotes&format=csv`), so a link
@@ -18,40 +13,40 @@ reopens the same request.
 
 from __future__ import annotations
 
-import io
-import logging
-import os
-import shlex
-import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
 
-import sqlalchemy as sa
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from depthwatch.app import data
+from depthwatch.app import data, downloads
 from depthwatch.app.common import load, recorded_streams, utc
+from depthwatch.app.planning import (
+    HARD_LIMIT_FACTOR,
+    Plan,
+    cached_plan,
+    cli_command,
+    download_name,
+    export_requests,
+    human_bytes,
+    iso,
+    limits,
+    over_limits,
+)
 from depthwatch.clock import (
     DAY_US,
+    MAX_US,
+    MIN_US,
     SECOND_US,
     TimeFormatError,
     datetime_us,
     parse_time_us,
-    utc_datetime,
 )
 from depthwatch.clock import now_us as clock_now_us
 from depthwatch.export import files
 from depthwatch.export.snapshots import SnapshotSpec
-from depthwatch.export.tardis import ExportRequest, check_kind, check_requests, header
-from depthwatch.logs import first_line
+from depthwatch.export.tardis import ExportRequest, check_kind, header
 from depthwatch.storage import dashboard_queries as q
-from depthwatch.storage.db import DatabaseUnavailable
-from depthwatch.storage.queries import NotRecorded
-
-log = logging.getLogger("depthwatch.app.history")
 
 KINDS = ("incremental_book_L2", "quotes", "trades", "book_snapshot")
 SNAPSHOT_LEVELS = (1, 5, 10, 25, 50, 100, 200, 500, 1000)
@@ -60,43 +55,8 @@ SNAPSHOT_INTERVALS = ("", "100ms", "1s", "10s", "1m")  # "": a row at every chan
 PRESETS_S = {"Last 10 min": 600, "Last hour": 3_600, "Last 24 h": 86_400}
 DAY_PRESET = "Whole UTC day"
 DEFAULT_PRESET = "Last hour"
-ESTIMATE_TTL_S = 30.0
-CLI_OUT_DIR = "exports/"
 
-MAX_ROWS_ENV = "DEPTHWATCH_HISTORY_MAX_ROWS"
-MAX_MB_ENV = "DEPTHWATCH_HISTORY_MAX_MB"
-DEFAULT_MAX_ROWS = 1_000_000
-DEFAULT_MAX_MB = 100.0
-# A file being made is refused past this many times the byte limit: the
-# estimate is approximate, the server's memory is not.
-HARD_LIMIT_FACTOR = 4
-MB = 1024 * 1024
-
-# Bytes per row, measured once (the simulator's BTCUSDT, depth 50, prices
-# like 60000.20 and sizes like 0.196, trade ids as UUIDs): scripts recorded 31 s
-# at 500 msg/s and 81 s at 50 msg/s with the real collector, exported every
-# kind in each format with files.write_export, and divided the file sizes by
-# the rows; both paces agreed within a few per cent (below: the 50 msg/s run).
-# CSV: bytes of a row after its `exchange,symbol,` prefix (which is added per
-# symbol); csv.gz and Parquet: a share of the CSV's bytes.
-CSV_ROW_BYTES = {"incremental_book_L2": 58.1, "quotes": 64.0, "trades": 90.6}
-SNAPSHOT_ROW_BYTES = 34.0  # the two timestamps
-SNAPSHOT_LEVEL_BYTES = 30.0  # one level: ask price and amount, bid price and amount
-COMPRESSED_SHARE = {
-    # kind: (csv.gz, parquet); measured 0.089/0.090, 0.164/0.299, 0.310/0.370
-    "incremental_book_L2": (0.09, 0.09),
-    "quotes": (0.165, 0.30),
-    "trades": (0.31, 0.37),
-    # a row at every change: rows differ by a level or two (5, 25, 50 levels:
-    # gz 0.12, 0.08, 0.06; Parquet 0.22, 0.18, 0.16)
-    "book_snapshot": (0.09, 0.19),
-    # at interval ends rows differ more (25 levels, 100 ms: 0.15 / 0.33; 1 s:
-    # 0.22 / Parquet's fixed footer dominates small files)
-    "book_snapshot_interval": (0.2, 0.35),
-}
-
-
-# ---- pure planning: kinds, ranges, estimates, the command line
+# ---- the page's choices: kinds, presets
 
 
 def snapshot_kind(levels: int, interval: str) -> str:
@@ -127,328 +87,6 @@ def preset_range(preset: str, now_us: int, day_of_us: int) -> tuple[int, int]:
     return end - PRESETS_S[preset] * SECOND_US, end
 
 
-@dataclass(frozen=True)
-class RowEstimate:
-    rows: int
-    mark: str  # "=" counted exactly, "≈" estimated, "≤" an upper bound
-
-    @property
-    def text(self) -> str:
-        return f"{self.rows:,}" if self.mark == "=" else f"{self.mark} {self.rows:,}"
-
-
-def book_rows(
-    kind: str, volume: q.BookVolume, depth: int, start_us: int, end_us: int
-) -> RowEstimate:
-    """Rows of a book kind, from what book_volume counted:
-
-    - incremental_book_L2 ≈ deltas x their mean levels + (snapshots + the
-      opening book at `start`, when recorded before it) x a snapshot's levels
-      (the sample's, else 2 x depth: a full book);
-    - quotes ≈ messages x the sample's share of new tops, + schema 1-3 quotes;
-    - book_snapshot_N_interval ≤ the interval buckets holding a message, + 1
-      (the book at the first bucket end), and never more than the bucket ends
-      in [start, end); book_snapshot_N ≤ messages + 1 (a row per change)."""
-    total = volume.total_messages
-    if kind == "incremental_book_L2":
-        if total == 0:
-            return RowEstimate(0, "=")
-        snapshot_levels = volume.snapshot_levels or 2.0 * depth
-        deltas = max(0, total - volume.snapshots)
-        opening = 1 if volume.recorded_before else 0
-        rows = deltas * volume.delta_levels + (volume.snapshots + opening) * snapshot_levels
-        return RowEstimate(round(rows), "≈")
-    if kind == "quotes":
-        if volume.messages == 0:
-            return RowEstimate(volume.legacy_quotes, "=")
-        return RowEstimate(round(volume.messages * volume.new_quotes) + volume.legacy_quotes, "≈")
-    spec = SnapshotSpec.parse(kind)
-    if spec is None:
-        raise ValueError(f"not a book kind: {kind!r}")
-    if not spec.interval_us:
-        return RowEstimate(total + 1, "≤")
-    ends = -(-end_us // spec.interval_us) - -(-start_us // spec.interval_us)
-    return RowEstimate(max(0, min(volume.buckets + 1, ends)), "≤")
-
-
-def trade_rows(count: q.TradeCount) -> RowEstimate:
-    return RowEstimate(count.rows, "=" if count.exact else "≈")
-
-
-def csv_row_bytes(kind: str, exchange: str, symbol: str) -> float:
-    prefix = len(exchange) + len(symbol) + 2
-    spec = SnapshotSpec.parse(kind)
-    if spec is None:
-        return prefix + CSV_ROW_BYTES[kind]
-    return prefix + SNAPSHOT_ROW_BYTES + spec.levels * SNAPSHOT_LEVEL_BYTES
-
-
-def file_bytes(kind: str, fmt: str, exchange: str, symbol: str, rows: int) -> int:
-    """≈ bytes of `rows` rows of one symbol in `fmt` (CSV_ROW_BYTES and
-    COMPRESSED_SHARE), the CSV header included."""
-    csv = rows * csv_row_bytes(kind, exchange, symbol) + len(header(kind)) + 1
-    if fmt == "csv":
-        return round(csv)
-    spec = SnapshotSpec.parse(kind)
-    family = kind if spec is None else "book_snapshot" + ("_interval" if spec.interval_us else "")
-    gz, parquet = COMPRESSED_SHARE[family]
-    return round(csv * (gz if fmt == "csv.gz" else parquet))
-
-
-def combined_mark(marks: Sequence[str]) -> str:
-    if all(m == "=" for m in marks):
-        return "="
-    return "≤" if "≈" not in marks else "≈"
-
-
-def iso(ts_us: int) -> str:
-    """A time as the CLI takes it: ISO 8601 in UTC, `Z`, microseconds if any."""
-    moment = utc_datetime(ts_us)
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
-    return text + (f".{moment.microsecond:06d}" if moment.microsecond else "") + "Z"
-
-
-def spans_days(start_us: int, end_us: int) -> bool:
-    return start_us // DAY_US != (end_us - 1) // DAY_US
-
-
-def cli_command(requests: Sequence[ExportRequest], fmt: str, out: str = CLI_OUT_DIR) -> str:
-    """The `depthwatch export` command writing the same rows (cli.build_parser's
-    flags): to a file, or with `out` ending in / one file per symbol (per UTC
-    day when the range spans several, `--split daily`)."""
-    first = requests[0]
-    words = ["depthwatch", "export", "--kind", first.kind]
-    words += ["--symbols", ",".join(r.symbol for r in requests), "--category", first.category]
-    words += ["--start", iso(first.start_us), "--end", iso(first.end_us), "--format", fmt]
-    if first.depth is not None and first.kind != "trades":
-        words += ["--depth", str(first.depth)]
-    if out.endswith("/") and spans_days(first.start_us, first.end_us):
-        words += ["--split", "daily"]
-    words += ["--out", out]
-    return " ".join(shlex.quote(word) for word in words)
-
-
-def download_name(requests: Sequence[ExportRequest], fmt: str) -> str:
-    """Tardis's name for one symbol (files.file_name); several symbols, one
-    after another in one file, are `multi` in its place."""
-    if len(requests) == 1:
-        return files.file_name(requests[0], fmt)
-    return files.file_name(replace(requests[0], symbol="multi"), fmt)
-
-
-@dataclass(frozen=True)
-class Limits:
-    rows: int
-    bytes: int
-
-
-def limits(environ: Mapping[str, str] | None = None) -> Limits:
-    """The largest request the page makes itself (the environment's, else
-    1,000,000 rows and 100 MB); a bad value is logged and ignored."""
-    if environ is None:
-        environ = {
-            MAX_ROWS_ENV: os.environ.get(MAX_ROWS_ENV, ""),
-            MAX_MB_ENV: os.environ.get(MAX_MB_ENV, ""),
-        }
-
-    def number(name: str, default: float) -> float:
-        raw = environ.get(name, "").strip()
-        if not raw:
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            value = -1.0
-        if value < 0:
-            log.warning("%s=%r is not a non-negative number; using %g", name, raw, default)
-            return default
-        return value
-
-    return Limits(
-        int(number(MAX_ROWS_ENV, DEFAULT_MAX_ROWS)), int(number(MAX_MB_ENV, DEFAULT_MAX_MB) * MB)
-    )
-
-
-def over_limits(rows: int, size: int, limit: Limits) -> str | None:
-    """Why a request is too large for the page, or None."""
-    reasons = []
-    if rows > limit.rows:
-        reasons.append(f"more than {limit.rows:,} rows")
-    if size > limit.bytes:
-        reasons.append(f"more than {human_bytes(limit.bytes)}")
-    return " and ".join(reasons) or None
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB"):
-        if n < 1024:
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024
-    return f"{n:,.2f} GB"
-
-
-# ---- the estimate: one read-only transaction, cached under the inputs
-
-
-@dataclass(frozen=True)
-class SymbolEstimate:
-    symbol: str
-    rows: RowEstimate
-    bytes: int
-    first_us: int | None  # recorded data in the range: first and last (seconds)
-    last_us: int | None
-    recorded: tuple[int, int] | None  # the stream's whole recording, for an empty range
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What the request would produce, or why it cannot be served."""
-
-    error: str | None
-    symbols: tuple[SymbolEstimate, ...] = ()
-    simulated: bool | None = None
-    took_ms: float = 0.0
-    timed_out: bool = False
-
-    @property
-    def rows(self) -> RowEstimate:
-        marks = [s.rows.mark for s in self.symbols]
-        return RowEstimate(sum(s.rows.rows for s in self.symbols), combined_mark(marks))
-
-    @property
-    def bytes(self) -> int:
-        return sum(s.bytes for s in self.symbols)
-
-
-def plan(engine: sa.Engine, requests: Sequence[ExportRequest], fmt: str) -> Plan:
-    """The requests checked as the export checks them first (check_requests),
-    then the estimate of each (each symbol) in one read-only transaction."""
-    started = time.perf_counter()
-    try:
-        check_requests(engine, requests)
-    except (NotRecorded, ValueError) as exc:
-        return Plan(str(exc))
-    with engine.connect() as conn, conn.begin():
-        return _plan(conn, requests, fmt, started)
-
-
-def _plan(conn: sa.Connection, requests: Sequence[ExportRequest], fmt: str, started: float) -> Plan:
-    streams = q.list_streams(conn)
-    estimates = []
-    keys = []
-    for request in requests:
-        stream = _stream_of(streams, request)
-        keys.append(stream.key)
-        if request.kind == "trades":
-            count = q.trade_count(conn, stream.instrument_id, request.start_us, request.end_us)
-            rows, first, last = trade_rows(count), count.first_us, count.last_us
-        else:
-            spec = SnapshotSpec.parse(request.kind)
-            volume = q.book_volume(
-                conn,
-                stream.instrument_id,
-                stream.depth,
-                request.start_us,
-                request.end_us,
-                spec.interval_us if spec else 0,
-            )
-            rows = book_rows(request.kind, volume, stream.depth, request.start_us, request.end_us)
-            first, last = volume.first_us, volume.last_us
-        recorded = (
-            q.recorded_span(conn, stream.instrument_id, stream.depth) if first is None else None
-        )
-        size = file_bytes(request.kind, fmt, request.exchange, request.symbol, rows.rows)
-        estimates.append(SymbolEstimate(request.symbol, rows, size, first, last, recorded))
-    # Heartbeats carry receive times, a moment after the exchange's.
-    simulated = q.source_simulated(
-        conn, keys, requests[0].start_us, requests[0].end_us + 10 * SECOND_US
-    )
-    took = (time.perf_counter() - started) * 1000
-    return Plan(None, tuple(estimates), simulated, took)
-
-
-def _stream_of(streams: Sequence[q.StreamRow], request: ExportRequest) -> q.StreamRow:
-    """The stream a request reads (check_requests made sure there is one)."""
-    found = [
-        s
-        for s in streams
-        if (s.category, s.symbol) == (request.category, request.symbol)
-        and (request.depth is None or s.depth == request.depth)
-    ]
-    return found[0]
-
-
-@st.cache_data(ttl=ESTIMATE_TTL_S, show_spinner="Estimating ...", max_entries=256)
-def cached_plan(
-    category: str,
-    symbols: tuple[str, ...],
-    depth: int | None,
-    kind: str,
-    start_us: int,
-    end_us: int,
-    fmt: str,
-) -> Plan:
-    requests = _requests(category, symbols, depth, kind, start_us, end_us)
-    try:
-        return plan(data.engine(), requests, fmt)
-    except sa.exc.OperationalError as exc:
-        if _sqlstate(exc) == QUERY_CANCELED:
-            return Plan(TIMED_OUT, timed_out=True)
-        raise data.DatabaseDown(first_line(exc)) from None
-    except (sa.exc.InterfaceError, DatabaseUnavailable) as exc:
-        raise data.DatabaseDown(first_line(exc)) from None
-
-
-QUERY_CANCELED = "57014"  # the reader engine's statement_timeout ended a query
-TIMED_OUT = (
-    "Estimating this request took longer than the dashboard allows a query (5 s): "
-    "it is too large for this page."
-)
-
-
-def _sqlstate(exc: sa.exc.DBAPIError) -> str | None:
-    orig = exc.orig
-    return getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None)
-
-
-def _requests(
-    category: str, symbols: Sequence[str], depth: int | None, kind: str, start_us: int, end_us: int
-) -> list[ExportRequest]:
-    return [ExportRequest(kind, category, s, start_us, end_us, depth) for s in symbols]
-
-
-# ---- the file, made when clicked
-
-
-class FileTooLarge(RuntimeError):
-    """The file being made outgrew the hard limit (the estimate was far off)."""
-
-
-class _CappedBuffer(io.BytesIO):
-    def __init__(self, cap: int) -> None:
-        super().__init__()
-        self.cap = cap
-
-    def write(self, b: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
-        if self.tell() + len(b) > self.cap:
-            raise FileTooLarge(f"the file passed {human_bytes(self.cap)}: use the command line")
-        return super().write(b)
-
-
-def exporter(
-    engine: sa.Engine, requests: Sequence[ExportRequest], fmt: str, cap: int
-) -> Callable[[], bytes]:
-    """The download button's `data`: run by Streamlit only when clicked."""
-    chosen = list(requests)
-
-    def generate() -> bytes:
-        buffer = _CappedBuffer(cap)
-        files.write_export(engine, chosen, fmt, buffer, progress_to=None)
-        return buffer.getvalue()
-
-    return generate
-
-
 # ---- the page
 
 
@@ -465,7 +103,7 @@ def render() -> None:
     result = load(lambda: cached_plan(category, symbols, depth, kind, start_us, end_us, fmt))
     if result is None:
         return
-    requests = _requests(category, symbols, depth, kind, start_us, end_us)
+    requests = export_requests(category, symbols, depth, kind, start_us, end_us)
     if result.error is not None:
         st.error(result.error, icon=":material/error:")
         if result.timed_out:
@@ -568,6 +206,9 @@ def _controls(streams: list[q.StreamRow]) -> Choice | None:
         return None
     if end_us <= start_us:
         st.error("The end must be after the start.", icon=":material/error:")
+        return None
+    if start_us < MIN_US or end_us > MAX_US:
+        st.error("The range must lie between 1970 and the year 9999.", icon=":material/error:")
         return None
     if isinstance(depth, str):
         st.error(depth, icon=":material/error:")
@@ -804,29 +445,26 @@ def _estimate(result: Plan, kind: str) -> None:
 
 def _offer(result: Plan, requests: list[ExportRequest], fmt: str) -> None:
     limit = limits()
-    rows = result.rows.rows
-    too_large = over_limits(rows, result.bytes, limit)
+    too_large = over_limits(result.rows.rows, result.bytes, limit)
     if too_large is not None:
         st.warning(
             f"This request ({result.rows.text} rows, {human_bytes(result.bytes)}) is over "
-            f"this page's limit: {too_large}. Files are made in the dashboard's memory; "
-            "export this one from the command line, where `DATABASE_URL` points at this "
-            "database (or add `--database-url`):",
+            f"this page's limit: {too_large}. Export this one from the command line, where "
+            "`DATABASE_URL` points at this database (or add `--database-url`):",
             icon=":material/terminal:",
         )
         st.code(cli_command(requests, fmt), language="bash", wrap_lines=True)
         return
     name = download_name(requests, fmt)
-    st.download_button(
-        f"Download {name}",
-        data=exporter(data.engine(), requests, fmt, limit.bytes * HARD_LIMIT_FACTOR),
-        file_name=name,
-        mime=files.MEDIA_TYPES[fmt],
-        on_click="ignore",
-        key=_K + "download",
-        icon=":material/download:",
-        type="primary",
+    downloads.offer(
+        _K + "download",
+        name,
+        files.MEDIA_TYPES[fmt],
+        lambda out: files.write_export(data.engine(), requests, fmt, out, progress_to=None),
+        limit.bytes * HARD_LIMIT_FACTOR,
     )
     several = " (the symbols one after another, under one header)" if len(requests) > 1 else ""
-    st.caption(f"Made when you click{several}; the same bytes from the command line:")
+    st.caption(
+        f"Made on this server when you click{several}; the same bytes from the command line:"
+    )
     st.code(cli_command(requests, fmt, out=name), language="bash", wrap_lines=True)

@@ -7,15 +7,16 @@ cache and redraws the header and every chart.
 
 from __future__ import annotations
 
-import io
 from collections import deque
-from collections.abc import Callable
+from typing import BinaryIO
 
 import streamlit as st
 
-from depthwatch.app import data, figures
+from depthwatch.app import data, downloads, figures, planning
 from depthwatch.app.common import age, load, mid_and_spread, price, recorded_streams, utc
-from depthwatch.export.tardis import ExportRequest, export_csv
+from depthwatch.app.guard import live_fragment
+from depthwatch.clock import SECOND_US
+from depthwatch.export import files
 from depthwatch.storage.dashboard_queries import HeatmapGrid, StreamRow
 
 REFRESH_S = 1.0
@@ -30,7 +31,7 @@ def render() -> None:
     stream, window_min, levels, paused = _controls(streams)
     # Streamlit 1.67 remounts a plotly chart whose data changed, so a zoom lasts
     # until the next refresh: pausing stops the refresh and keeps zoom and hover.
-    panel = st.fragment(run_every=None if paused else REFRESH_S)(live_panel)
+    panel = live_fragment(live_panel, None if paused else REFRESH_S)
     panel(stream, window_min, levels, paused)
     _downloads(stream, window_min)
 
@@ -247,33 +248,60 @@ def _latency_strip(view: data.LiveView, age_s: float | None) -> None:
 
 
 def _downloads(stream: StreamRow, window_min: int) -> None:
-    """The window's ticks in Tardis layouts, generated only when clicked."""
+    """The window's ticks in Tardis layouts: made on this server when clicked,
+    within the same limits as the History page (else the command line)."""
     st.subheader("Download this window")
     st.caption(
         f"The last {window_min} min at the moment you click, Tardis.dev CSV layouts, "
         "microsecond UTC timestamps."
     )
-    left, right = st.columns(2)
-    for column, kind in ((left, "quotes"), (right, "incremental_book_L2")):
-        column.download_button(
-            f"{kind} CSV",
-            data=_exporter(stream, window_min, kind),
-            file_name=f"bybit_{kind}_{stream.symbol}_{window_min}min.csv",
-            mime="text/csv",
-            on_click="ignore",
-            key=f"download-{kind}",
-            icon=":material/download:",
+    for column, kind in zip(st.columns(2), ("quotes", "incremental_book_L2"), strict=True):
+        with column:
+            _offer_window(stream, window_min, kind)
+
+
+def _offer_window(stream: StreamRow, window_min: int, kind: str) -> None:
+    end = data.now_us()
+    start = end - window_min * 60 * SECOND_US
+    symbols = (stream.symbol,)
+
+    def estimate() -> planning.Plan:
+        return planning.cached_plan(stream.category, symbols, stream.depth, kind, start, end, "csv")
+
+    result = load(estimate)
+    if result is None:
+        return
+    limit = planning.limits()
+    too_large = result.error or planning.over_limits(result.rows.rows, result.bytes, limit)
+    if too_large is not None:
+        requests = planning.export_requests(
+            stream.category, symbols, stream.depth, kind, start, end
         )
-
-
-def _exporter(stream: StreamRow, window_min: int, kind: str) -> Callable[[], str]:
-    def generate() -> str:
-        end = data.now_us()
-        request = ExportRequest(
-            kind, stream.category, stream.symbol, end - window_min * 60_000_000, end, stream.depth
+        st.caption(
+            f"{kind}: {result.rows.text} rows, {planning.human_bytes(result.bytes)}: "
+            f"over this page's limit ({too_large}). From the command line:"
         )
-        out = io.StringIO()
-        export_csv(data.engine(), request, out, progress_to=None)
-        return out.getvalue()
+        st.code(planning.cli_command(requests, "csv"), language="bash", wrap_lines=True)
+        return
 
-    return generate
+    def write(out: BinaryIO) -> int:
+        return _write_window(stream, window_min, kind, out)
+
+    downloads.offer(
+        f"download-{kind}",
+        f"bybit_{kind}_{stream.symbol}_{window_min}min.csv",
+        "text/csv",
+        write,
+        limit.bytes * planning.HARD_LIMIT_FACTOR,
+        label=f"{kind} CSV",
+    )
+
+
+def _write_window(stream: StreamRow, window_min: int, kind: str, out: BinaryIO) -> int:
+    """The last `window_min` minutes as of now (the click), to `out`."""
+    end = data.now_us()
+    start = end - window_min * 60 * SECOND_US
+    requests = planning.export_requests(
+        stream.category, (stream.symbol,), stream.depth, kind, start, end
+    )
+    return files.write_export(data.engine(), requests, "csv", out, progress_to=None)

@@ -1,4 +1,4 @@
-"""The dashboard: four pages behind one entry script (`streamlit/app.py`)."""
+"""The dashboard: four pages behind one page script (`streamlit/dashboard.py`)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import streamlit as st
 
 from depthwatch import logs
 from depthwatch.app import auth, health, history, live, overview
+from depthwatch.app.guard import guarded
 
 METRIC_FONT = "1.45rem"
 
@@ -13,9 +14,15 @@ METRIC_FONT = "1.45rem"
 def main() -> None:
     st.set_page_config(page_title="depthwatch", page_icon="📈", layout="wide")
     logs.setup_dashboard_logging()
+    logs.guard_server_loggers()
+    guarded(_app)()
+
+
+def _app() -> None:
     # Before anything else: a session that has not logged in (when a password
     # is set) gets the login form only, no page and no query.
-    if not auth.require_login():
+    landing = auth.require_login()
+    if landing is None:
         return
     # Prices need eight or more digits in a header of seven metrics: Streamlit's
     # default metric size truncates them.
@@ -27,5 +34,9 @@ def main() -> None:
         st.Page(history.render, title="History", url_path="history"),
     ]
     navigation = st.navigation(pages)
+    wanted = [p for p in pages if landing and p.url_path == landing and p is not navigation]
+    if wanted:
+        # Just logged in from a deep link: that page, with the URL's parameters.
+        st.switch_page(wanted[0], query_params=st.query_params.to_dict())
     auth.logout_button()
-    navigation.run()
+    guarded(navigation.run)()

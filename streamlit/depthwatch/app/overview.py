@@ -9,8 +9,10 @@ import streamlit as st
 
 from depthwatch.app import data
 from depthwatch.app.common import START_HINT, age, load, mid_and_spread, price, utc
+from depthwatch.app.guard import live_fragment
 
 WINDOW_MIN = 10
+REFRESH_S = 1.0
 
 
 def render() -> None:
@@ -19,10 +21,9 @@ def render() -> None:
         f"Every stream depthwatch records, with the last {WINDOW_MIN} minutes' mid price. "
         "Refreshed every second; times in UTC. Open a stream to watch its book live."
     )
-    overview_table()
+    live_fragment(overview_table, REFRESH_S)()
 
 
-@st.fragment(run_every=1.0)
 def overview_table() -> None:
     summaries = load(lambda: data.overview(WINDOW_MIN))
     if summaries is None:
