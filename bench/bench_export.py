@@ -4,6 +4,7 @@ history, per kind and format.
     .venv/bin/python bench/bench_export.py                       # this tree only
     .venv/bin/python bench/bench_export.py --baseline main       # A/B, interleaved
     .venv/bin/python bench/bench_export.py --minutes 10 --kinds quotes --formats csv
+    .venv/bin/python bench/bench_export.py --minutes 1 --rate 2000 --baseline main  # a busy stream
 
 Each version records the same history into its own database with its own
 writer (bench/record_paced.py: one depth-50 stream at 50 messages/s, and a
@@ -55,7 +56,7 @@ FORMATS = ("csv", "csv.gz", "parquet")
 SYMBOL = "P00USDT"  # record_paced.py's first stream
 
 
-def record(server_url: str, version: Version, minutes: float, end_ms: int) -> str:
+def record(server_url: str, version: Version, minutes: float, rate: float, end_ms: int) -> str:
     database_url = fresh_database(server_url, f"dw_bench_export_{version.name}".replace("-", "_"))
     subprocess.run(
         [
@@ -67,6 +68,8 @@ def record(server_url: str, version: Version, minutes: float, end_ms: int) -> st
             "1",
             "--minutes",
             str(minutes),
+            "--rate",
+            str(rate),
             "--end-ms",
             str(end_ms),
             "--trades-every",
@@ -135,6 +138,13 @@ def main() -> int:
     parser.add_argument("--baseline", help="git ref to compare with (A/B, interleaved)")
     parser.add_argument("--rounds", type=int, default=0, help="default 2 with --baseline, else 1")
     parser.add_argument("--minutes", type=float, default=360.0, help="of history recorded")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=50.0,
+        help="book messages/s of the recorded stream (default 50; a busy stream's "
+        "chunks hold hundreds of messages)",
+    )
     parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated")
     parser.add_argument("--formats", default=",".join(FORMATS), help="comma-separated")
     args = parser.parse_args()
@@ -160,8 +170,13 @@ def main() -> int:
         try:
             databases = {}
             for version in versions:
-                print(f"recording {args.minutes:g} min of {SYMBOL} with {version.name} ...")
-                databases[version.name] = record(server_url, version, args.minutes, end_ms)
+                print(
+                    f"recording {args.minutes:g} min of {SYMBOL} at {args.rate:g} msg/s "
+                    f"with {version.name} ..."
+                )
+                databases[version.name] = record(
+                    server_url, version, args.minutes, args.rate, end_ms
+                )
             for round_ in range(rounds):
                 for kind in kinds:
                     for fmt in formats:

@@ -124,6 +124,16 @@ def use_database(monkeypatch) -> Iterator[object]:
     st.cache_resource.clear()
 
 
+class FakeClock:
+    """A clock a test moves by hand: `clock.now += 30`."""
+
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -84,16 +84,19 @@ class StreamlitClient:
             sock = socket.create_connection(
                 (host, port), timeout=timeout_s, source_address=(source, 0)
             )
-        protocols = ["streamlit", "", session_id] if session_id else ["streamlit"]
+        # The browser sends ["streamlit", its XSRF token, the session to resume];
+        # the token is only checked with a cookie and an Origin, sent by neither here.
+        protocols = ["streamlit", "none", session_id] if session_id else ["streamlit"]
         self.timeout_s = timeout_s
         self.session_id: str | None = None
         self.ws: ClientConnection = connect(
             f"ws://{host}:{port}/_stcore/stream",
             sock=sock,
             additional_headers=headers or {},
-            subprotocols=[p for p in protocols if p is not None],  # type: ignore[misc]
+            subprotocols=protocols,  # type: ignore[arg-type]
             open_timeout=timeout_s,
             max_size=None,
+            legacy=True,
         )
 
     def close(self) -> None:

@@ -16,6 +16,7 @@ book_volume, trade_count, source_simulated, recorded_span):
 from __future__ import annotations
 
 import contextlib
+import datetime
 import io
 import re
 import shlex
@@ -452,6 +453,19 @@ def test_presets_set_the_range(recorded, recorded_url, use_database):
     end = h._combine(state["history_end_date"], state["history_end_time"]) or 0
     assert (start % DAY_US, end - start) == (0, DAY_US)
     assert at.query_params["start"] in (pl.iso(start), [pl.iso(start)])
+
+
+def test_a_range_before_1970_is_told_not_offered(recorded, recorded_url, use_database):
+    """The year 1 typed into the date: a message, no estimate, no button and
+    no command that the CLI could not parse (the date widget drops it, or the
+    page's own check refuses it)."""
+    use_database(recorded_url)
+    at = opened(recorded)
+    at.date_input(key="history_start_date").set_value(datetime.date(1, 1, 1)).run(timeout=30)
+    assert not at.exception
+    shown = texts(at)
+    assert "between 1970 and the year 9999" in shown or "Set the start and the end" in shown
+    assert not at.code and not [b for b in at.button if b.key == "history_download"]
 
 
 def test_a_query_cut_by_the_statement_timeout_is_recognised(recorded_url):

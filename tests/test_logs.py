@@ -20,19 +20,11 @@ from depthwatch.logs import JsonFormatter, LogThrottle, iso_utc, setup_logging
 from depthwatch.records import StreamKey
 from depthwatch.sim import SimConfig, SimulatorThread
 
-from .conftest import cli_env, free_port
+from .conftest import FakeClock, cli_env, free_port
 from .e2e import stored_book_events
 
 TOPIC = "orderbook.50.BTCUSDT"
 STREAM = StreamKey("linear", "BTCUSDT", 50)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_the_throttle_lets_a_burst_through_then_one_line_per_interval_with_the_count():

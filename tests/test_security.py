@@ -31,7 +31,7 @@ from depthwatch.storage.db import make_engine
 from depthwatch.storage.roles import RoleError, validate_role_name
 from depthwatch.storage.writer import BatchWriter, WriterConfig
 
-from .conftest import cli_env, free_port, new_database
+from .conftest import FakeClock, cli_env, free_port, new_database
 from .e2e import collect_until_caught_up
 from .test_e2e import config_for
 
@@ -40,14 +40,6 @@ ENTRY = str(ROOT / "streamlit" / "dashboard.py")
 DASHBOARD_SECRET = "Gate-Qv7Zr9wXk2"  # distinctive: greppable in any output
 DOWN_URL = "postgresql://watcher:DbPw-Hn4Lm8Tq3@127.0.0.1:9/nowhere"
 DB_SECRET = "DbPw-Hn4Lm8Tq3"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 5_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # ---- the limiter (pure logic)

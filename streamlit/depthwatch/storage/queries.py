@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -29,7 +28,11 @@ from depthwatch.storage.codec import (
 )
 
 STREAM_BATCH_ROWS = 5_000
+# The packed log is decoded a batch at a time: this many chunks, or fewer once
+# they hold this many messages (a chunk of a busy stream holds hundreds: a
+# batch of 500 of them held a whole recording, ~2 KB a message, in memory).
 CHUNK_BATCH_ROWS = 500
+MESSAGE_BATCH = 10_000
 
 
 class NotRecorded(LookupError):
@@ -385,14 +388,15 @@ def _packed_messages(
 ) -> Iterator[tuple[_Messages, int]]:
     """(batch, message index) for the messages with from_us <= ts < end_us,
     in (ts, seq, u, snapshot) order. Chunks come by their first timestamp,
-    CHUNK_BATCH_ROWS at a time, decoded together. They may overlap (two
+    CHUNK_BATCH_ROWS (or MESSAGE_BATCH messages) at a time, decoded together.
+    They may overlap (two
     collectors cut the same messages differently), so a batch's messages at
     or after its last chunk's first timestamp wait for the next batch, which
     can hold earlier ones; repeats are the caller's to drop.
     `top_changes_only`: only the messages flagged with a top (quotes)."""
     rows = _stream(
         conn,
-        """SELECT ts_us, u, payload FROM book_chunks
+        """SELECT ts_us, u, payload, n FROM book_chunks
            WHERE stream_id = :s AND ts_us >= :f AND ts_us < :e
            ORDER BY ts_us, u, n, snapshot""",
         # A chunk never crosses a second: those that can hold `from_us` start
@@ -404,7 +408,7 @@ def _packed_messages(
     # unique, so sorting never compares batches.
     waiting: list[tuple[int, int, int, bool, int, _Messages, int]] = []
     arrived = 0
-    for part in _batches(rows, CHUNK_BATCH_ROWS):
+    for part in _batches(rows, CHUNK_BATCH_ROWS, MESSAGE_BATCH):
         batch = decode_many(
             [r[2] for r in part], [int(r[0]) for r in part], [int(r[1]) for r in part], levels
         )
@@ -438,9 +442,18 @@ def _packed_messages(
         yield item[5], item[6]
 
 
-def _batches(rows: Iterable[sa.Row], size: int) -> Iterator[list[sa.Row]]:
-    iterator = iter(rows)
-    while part := list(itertools.islice(iterator, size)):
+def _batches(rows: Iterable[sa.Row], chunks: int, messages: int) -> Iterator[list[sa.Row]]:
+    """Chunk rows (their message count last) in lists of at most `chunks`
+    rows, cut early once they hold `messages` messages (never empty)."""
+    part: list[sa.Row] = []
+    held = 0
+    for row in rows:
+        part.append(row)
+        held += int(row[-1])
+        if len(part) >= chunks or held >= messages:
+            yield part
+            part, held = [], 0
+    if part:
         yield part
 
 
