@@ -22,6 +22,7 @@ from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 from streamlit.proto.WidgetStates_pb2 import WidgetState
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Subprotocol
 
 TEXT_FIELDS = ("markdown", "alert", "heading", "text", "code", "exception", "metric")
 WIDGET_FIELDS = ("button", "text_input", "download_button", "link_button", "selectbox")
@@ -42,6 +43,7 @@ class Run:
     texts: list[str] = field(default_factory=list)
     widgets: list[Widget] = field(default_factory=list)
     exceptions: list[str] = field(default_factory=list)  # type: message + stack, as sent
+    fragment_ids: set[str] = field(default_factory=set)  # of the elements a fragment drew
     finished: bool = False
 
     @property
@@ -93,7 +95,7 @@ class StreamlitClient:
             f"ws://{host}:{port}/_stcore/stream",
             sock=sock,
             additional_headers=headers or {},
-            subprotocols=protocols,  # type: ignore[arg-type]
+            subprotocols=[Subprotocol(p) for p in protocols],
             open_timeout=timeout_s,
             max_size=None,
             legacy=True,
@@ -145,6 +147,8 @@ class StreamlitClient:
             if kind == "new_session":
                 self.session_id = msg.new_session.initialize.session_id or None
             elif kind == "delta" and msg.delta.WhichOneof("type") == "new_element":
+                if msg.delta.fragment_id:
+                    run.fragment_ids.add(msg.delta.fragment_id)
                 element = msg.delta.new_element
                 which = element.WhichOneof("type")
                 if which in TEXT_FIELDS:

@@ -23,7 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode
@@ -259,16 +259,20 @@ class Dashboard:
         return pids[0]
 
 
-@pytest.fixture
-def dashboard() -> Iterator[Callable[..., Dashboard]]:
+class Dashboards:
     """Starts `depthwatch dashboard` (password SECRET) with `args` and `env`;
-    stops every one at the end."""
-    started: list[Child] = []
+    `stop` stops every one it started."""
 
-    def start(database_url: str, *args: str, env: dict[str, str] | None = None) -> Dashboard:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.started: list[Child] = []
+
+    def __call__(
+        self, database_url: str, *args: str, env: dict[str, str] | None = None
+    ) -> Dashboard:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         port = free_port()
-        log = ARTIFACTS / f"hardening-dashboard-{len(started)}.log"
+        log = ARTIFACTS / f"hardening-{self.name}-{len(self.started)}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 [
@@ -282,16 +286,34 @@ def dashboard() -> Iterator[Callable[..., Dashboard]]:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        started.append(Child("dashboard", proc, log))
+        self.started.append(Child("dashboard", proc, log))
         base = f"http://127.0.0.1:{port}"
-        wait_until(lambda: healthy(base), "dashboard health", START_TIMEOUT_S, started[-1])
-        return Dashboard(started[-1], base)
+        wait_until(lambda: healthy(base), "dashboard health", START_TIMEOUT_S, self.started[-1])
+        return Dashboard(self.started[-1], base)
 
-    try:
-        yield start
-    finally:
-        for child in reversed(started):
+    def stop(self) -> None:
+        for child in reversed(self.started):
             child.stop()
+
+
+@pytest.fixture
+def dashboard() -> Iterator[Dashboards]:
+    """Dashboards of one test's own (a fresh limiter, its own settings)."""
+    started = Dashboards("dashboard")
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_dashboard(small_recording: str) -> Iterator[Dashboard]:
+    """One dashboard, default settings, for the tests that lock no one out."""
+    started = Dashboards("shared")
+    try:
+        yield started(small_recording)
+    finally:
+        started.stop()
 
 
 def attempt(base: str, password: str, **client: object) -> Run:
@@ -406,10 +428,8 @@ def history_query(start_us: int, end_us: int, **extra: str) -> str:
     return urlencode(params)
 
 
-def test_crafted_states_and_absurd_ranges_get_a_message_and_few_log_lines(
-    small_recording, dashboard
-):
-    dash = dashboard(small_recording)
+def test_crafted_states_and_absurd_ranges_get_a_message_and_few_log_lines(shared_dashboard):
+    dash = shared_dashboard
     before = dash.log_lines()
     started = time.monotonic()
     messages = 0
@@ -440,8 +460,8 @@ def test_crafted_states_and_absurd_ranges_get_a_message_and_few_log_lines(
     assert "Traceback" not in dash.log
 
 
-def test_a_session_id_gives_another_client_nothing_and_is_never_logged(small_recording, dashboard):
-    dash = dashboard(small_recording)
+def test_a_session_id_gives_another_client_nothing_and_is_never_logged(shared_dashboard):
+    dash = shared_dashboard
     owner = StreamlitClient(dash.base, source="127.0.0.2", headers={"User-Agent": "Owner/1"})
     try:
         assert logged_in(log_in(owner, SECRET))
@@ -461,6 +481,23 @@ def test_a_session_id_gives_another_client_nothing_and_is_never_logged(small_rec
         owner.close()
     assert stolen not in dash.log
     assert "<session>" in dash.log  # Streamlit did log the reconnect, without the id
+
+
+def test_after_logout_a_replayed_fragment_rerun_draws_no_data(shared_dashboard):
+    """The Live page's one-second fragment, rerun by hand after Log out (its id
+    taken from the logged-in page): the login form, no book."""
+    dash = shared_dashboard
+    query = urlencode({"symbol": "BTCUSDT", "window": "60"})
+    with StreamlitClient(dash.base) as c:
+        live = log_in(c, SECRET, page="live", query=query)
+        assert "Best bid" in live.text and live.fragment_ids, live.text
+        logout = live.widget("Log out", "button")
+        out = c.rerun(page="live", query=query, widgets=[trigger(logout.id)])
+        assert "Best bid" not in out.text and "Password" in [w.label for w in out.widgets]
+        for fragment in live.fragment_ids:
+            c.rerun(page="live", query=query, fragment_id=fragment, wait=False)
+            replayed = c.collect(timeout_s=5)  # (a fragment it no longer has: no end)
+            assert "Best bid" not in replayed.text and "BTCUSDT" not in replayed.text
 
 
 # ---- twenty downloads at once
@@ -552,9 +589,10 @@ def test_twenty_downloads_at_once_keep_memory_flat_while_the_collector_records(
     under 400 MB, back within 50 MB of where it started a minute later, every
     file whole, and a collector recording another stream misses no second."""
     with new_database(server_url) as url:
-        # A large file: 60,000 book messages of BTCUSDT (~390,000 L2 rows, ~28 MB).
+        # A large file: 35,000 book messages of BTCUSDT (~230,000 L2 rows, ~16 MB;
+        # twenty held in memory would pass 500 MB).
         sim = SimulatorThread(
-            SimConfig(symbols=("BTCUSDT",), rate=0, deltas=60_000, seed=21, trades_rate=0)
+            SimConfig(symbols=("BTCUSDT",), rate=0, deltas=35_000, seed=21, trades_rate=0)
         ).start()
         try:
             collect_until_caught_up(sim, sim_collector_config(sim, url, ("BTCUSDT",)), 300)
@@ -571,7 +609,7 @@ def test_twenty_downloads_at_once_keep_memory_flat_while_the_collector_records(
         rows = files.write_export(engine, requests, "csv", body, progress_to=None)
         size, digest = body.tell(), hashlib.sha256(body.getvalue()).hexdigest()
         del body
-        assert rows > 300_000 and size > 20 * MB, (rows, size)
+        assert rows > 200_000 and size > 14 * MB, (rows, size)
         limits = {
             MAX_ROWS_ENV: str(estimate.rows.rows),
             MAX_MB_ENV: f"{estimate.bytes / MB + 0.01:.2f}",
