@@ -24,7 +24,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -490,8 +490,17 @@ class BybitSimulator:
         return list(found.truth) if found else []
 
     def latest(self, topic: str) -> TruthState | None:
+        """The topic's latest state. Tests call this from their own thread
+        while the simulator's thread changes the book: when the truth is
+        recorded (the default) the answer is the state that thread recorded
+        last, never a book read while it changes (which raised KeyError)."""
         found = self._topic(topic)
-        return found.latest() if found else None
+        if found is None:
+            return None
+        if found.config.record and found.truth:
+            last = found.truth[-1]
+            return replace(last, dropped=False) if last.dropped else last
+        return found.latest()
 
     def finished(self, topic: str) -> bool:
         if topic in self.replays:
