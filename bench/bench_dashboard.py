@@ -917,31 +917,32 @@ class Timings:
 
 
 class QueryTimer:
-    """Wraps every query function of dashboard_queries so that a real
-    `live_view` call records how long each took: whatever live_view calls is
-    measured, with no copy of its body here. Per call: the whole function
+    """Wraps every reader (depthwatch.storage.read) that the dashboard's data
+    module calls, where it calls them, so that a real `live_view` call records
+    how long each took: whatever live_view calls is measured, with no copy of
+    its body here. Per call: the whole function
     (rows fetched, converted and framed) and, within it, the time in
     `cursor.execute` (the server's work plus the transfer of every row, which
     psycopg2 reads at execute); the rest is client-side conversion."""
 
     def __init__(self) -> None:
-        from depthwatch.storage import dashboard_queries as q
+        from depthwatch.app import data
 
-        self.module = q
+        self.module = data
         self.current: list[tuple[str, float, float]] = []  # name, total s, execute s
         self.executing = 0.0
         self._started: list[float] = []
         self._originals: dict[str, Callable] = {}
-        for name in dir(q):
-            value = getattr(q, name)
+        for name in dir(data):
+            value = getattr(data, name)
             if (
                 inspect.isfunction(value)
-                and value.__module__ == q.__name__
+                and value.__module__.startswith("depthwatch.storage.read.")
                 and not name.startswith("_")
                 and next(iter(inspect.signature(value).parameters), "") == "conn"
             ):
                 self._originals[name] = value
-                setattr(q, name, self._wrap(name, value))
+                setattr(data, name, self._wrap(name, value))
 
     def watch(self, engine: sa.Engine) -> None:
         def before(*_args) -> None:
@@ -1128,12 +1129,15 @@ def run_queries(args: argparse.Namespace, server_url: str) -> None:
 
 
 def what_if_tuples(data, timer: QueryTimer, timings: Timings, stream, key: tuple, levels: int):
-    """The same read with one change in dashboard_queries._frame: rows handed
+    """The same read with one change in storage.read.frames.frame: rows handed
     to pandas as plain tuples instead of SQLAlchemy Rows (pandas probes every
     Row for namedtuple fields, and a Row answers a missing attribute slowly)."""
-    module = timer.module
-    original = module._frame
-    module._frame = lambda rows, columns: original([tuple(r) for r in rows], columns)
+    from depthwatch.storage.read import events, frames, legacy, tops, trades
+
+    readers = (events, legacy, tops, trades)  # every module that calls frame()
+    original = frames.frame
+    for module in readers:
+        module.frame = lambda rows, columns: original([tuple(r) for r in rows], columns)
     try:
         timer.current.clear()
         data.live_view.clear()
@@ -1143,7 +1147,8 @@ def what_if_tuples(data, timer: QueryTimer, timings: Timings, stream, key: tuple
         for name, seconds, _ in timer.current:
             timings.add((*key, f"_whatif_{name}"), seconds)
     finally:
-        module._frame = original
+        for module in readers:
+            module.frame = original
 
 
 def report_what_if(timings: Timings, hours: float) -> None:

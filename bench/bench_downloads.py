@@ -48,8 +48,9 @@ from depthwatch.app.planning import (  # noqa: E402
     plan,
 )
 from depthwatch.sim import SimConfig, SimulatorThread  # noqa: E402
-from depthwatch.storage import dashboard_queries as q  # noqa: E402
 from depthwatch.storage.db import start_embedded  # noqa: E402
+from depthwatch.storage.read.streams import list_streams  # noqa: E402
+from depthwatch.storage.read.tops import recorded_span  # noqa: E402
 
 MB = 2**20
 
@@ -86,8 +87,8 @@ def main() -> int:
         database_url = record(server_url, args.deltas)
         engine = sa.create_engine(database_url)
         with engine.connect() as conn:
-            stream = q.list_streams(conn)[0]
-            span = q.recorded_span(conn, stream.instrument_id, stream.depth)
+            stream = list_streams(conn)[0]
+            span = recorded_span(conn, stream.instrument_id, stream.depth)
         assert span is not None, "nothing recorded"
         first, end = span[0], span[1] + 1_000_000
         requests = export_requests("linear", ("BTCUSDT",), None, "incremental_book_L2", first, end)

@@ -19,8 +19,11 @@ from depthwatch.config import CollectorConfig
 from depthwatch.export.tardis import ExportRequest, export_csv
 from depthwatch.records import StreamKey
 from depthwatch.sim import SimConfig, SimulatorThread, TruthState
-from depthwatch.storage import queries, schema
+from depthwatch.storage import schema
 from depthwatch.storage.db import make_engine
+from depthwatch.storage.read.book import book_events
+from depthwatch.storage.read.rows import BookEventRow
+from depthwatch.storage.read.streams import instrument_id
 from depthwatch.storage.writer import BatchWriter, WriterConfig
 
 ALL_TIME = (0, 4_102_444_800_000_000)  # 1970 .. 2100
@@ -196,10 +199,9 @@ def truth_levels(state: TruthState) -> tuple[list, list]:
 def recorded_sequence(engine: sa.Engine, stream: StreamKey) -> list[tuple[int, int, bool]]:
     """(u, seq, is_snapshot) of the recorded messages, in the export's order."""
     with engine.connect() as conn:
-        iid = queries.instrument_id(conn, stream.category, stream.symbol)
+        iid = instrument_id(conn, stream.category, stream.symbol)
         return [
-            (e.u, e.seq, e.is_snapshot)
-            for e in queries.book_events(conn, iid, stream.depth, *ALL_TIME)
+            (e.u, e.seq, e.is_snapshot) for e in book_events(conn, iid, stream.depth, *ALL_TIME)
         ]
 
 
@@ -249,11 +251,11 @@ def stored_feed_events(engine: sa.Engine) -> list[StoredEvent]:
         return [StoredEvent(*row) for row in rows]
 
 
-def stored_book_events(engine: sa.Engine, stream: StreamKey) -> list[queries.BookEventRow]:
+def stored_book_events(engine: sa.Engine, stream: StreamKey) -> list[BookEventRow]:
     """The recorded messages of a stream, in the order they apply."""
     with engine.connect() as conn:
-        iid = queries.instrument_id(conn, stream.category, stream.symbol)
-        return list(queries.book_events(conn, iid, stream.depth, *ALL_TIME))
+        iid = instrument_id(conn, stream.category, stream.symbol)
+        return list(book_events(conn, iid, stream.depth, *ALL_TIME))
 
 
 def stored_message_count(engine: sa.Engine) -> int:
@@ -263,6 +265,5 @@ def stored_message_count(engine: sa.Engine) -> int:
             return 0
         streams = conn.execute(sa.text("SELECT instrument_id, depth FROM streams")).all()
         return sum(
-            sum(1 for _ in queries.book_events(conn, iid, depth, *ALL_TIME))
-            for iid, depth in streams
+            sum(1 for _ in book_events(conn, iid, depth, *ALL_TIME)) for iid, depth in streams
         )

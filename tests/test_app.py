@@ -14,8 +14,8 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from depthwatch.sim import SimConfig, SimulatorThread
-from depthwatch.storage import dashboard_queries as dq
-from depthwatch.storage import queries
+from depthwatch.storage.read.book import quotes
+from depthwatch.storage.read.streams import list_streams
 
 from .conftest import free_port, new_database
 from .e2e import collect_until_caught_up
@@ -77,8 +77,8 @@ def test_live_page_draws_the_stream_in_the_url(recorded_url, use_database):
     assert len(at.get("plotly_chart")) == 6
     engine = sa.create_engine(recorded_url)
     with engine.connect() as conn:
-        eth = next(s for s in dq.list_streams(conn) if s.symbol == "ETHUSDT")
-        *_, newest = queries.quotes(conn, eth.instrument_id, eth.depth, 0, 2**62)
+        eth = next(s for s in list_streams(conn) if s.symbol == "ETHUSDT")
+        *_, newest = quotes(conn, eth.instrument_id, eth.depth, 0, 2**62)
         best_bid = newest[4]  # (ts, local, ask size, ask, bid, bid size)
     engine.dispose()
     metrics = {m.label: m.value for m in at.metric}
@@ -137,7 +137,7 @@ def test_the_page_script_opens_the_overview(recorded_url, use_database):
 
 def test_stale_when_the_collector_misses_heartbeats_or_the_feed_falls_silent():
     from depthwatch.app.data import stale_since
-    from depthwatch.storage.dashboard_queries import HeartbeatView, LastQuote
+    from depthwatch.storage.read.rows import HeartbeatView, LastQuote
 
     now = 1_000_000_000_000
     beat = HeartbeatView("h:1", now - 1_000_000, 2.0, False, True)

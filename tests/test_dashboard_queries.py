@@ -19,8 +19,32 @@ from depthwatch.records import (
     Quote,
     StreamKey,
 )
-from depthwatch.storage import dashboard_queries as q
 from depthwatch.storage import schema
+from depthwatch.storage.read.chunks import last_quote
+from depthwatch.storage.read.events import (
+    event_counts,
+    event_frame,
+    heartbeat_times,
+    last_heartbeat,
+    simulated_in,
+)
+from depthwatch.storage.read.frames import TOP_COLUMNS
+from depthwatch.storage.read.health import (
+    SIZED_TABLES,
+    collectors,
+    commit_p99_ms,
+    oldest_snapshot_us,
+    table_sizes,
+)
+from depthwatch.storage.read.rows import HeatmapGrid
+from depthwatch.storage.read.streams import StreamRow, list_streams
+from depthwatch.storage.read.tops import (
+    heatmap_cells,
+    imbalance_series,
+    latest_book,
+    price_step,
+    top_series,
+)
 from depthwatch.storage.writer import BatchWriter, WriterConfig
 
 STREAM = StreamKey("linear", "BTCUSDT", 50)
@@ -64,13 +88,13 @@ def add_top(writer: BatchWriter, top: Quote) -> None:
     )
 
 
-def stream_row(conn: sa.Connection, key: StreamKey = STREAM) -> q.StreamRow:
-    return next(s for s in q.list_streams(conn) if s.symbol == key.symbol)
+def stream_row(conn: sa.Connection, key: StreamKey = STREAM) -> StreamRow:
+    return next(s for s in list_streams(conn) if s.symbol == key.symbol)
 
 
 def test_streams_are_listed_from_the_registry(writer, engine):
     with engine.connect() as conn:
-        rows = q.list_streams(conn)
+        rows = list_streams(conn)
     assert [(r.category, r.symbol, r.depth) for r in rows] == [
         ("linear", "BTCUSDT", 50),
         ("linear", "ETHUSDT", 50),
@@ -86,8 +110,8 @@ def test_top_series_takes_last_min_max_per_bucket(writer, engine):
     add_top(writer, quote(T0 + 10, 1, "5", "6", OTHER))
     assert writer.flush_now()
     with engine.connect() as conn:
-        top = q.top_series(conn, stream_row(conn).instrument_id, 50, T0, T0 + 2 * S, S)
-    assert list(top.columns) == list(q.TOP_COLUMNS)
+        top = top_series(conn, stream_row(conn).instrument_id, 50, T0, T0 + 2 * S, S)
+    assert list(top.columns) == list(TOP_COLUMNS)
     assert top["t_ms"].tolist() == [T0 / 1000, (T0 + S) / 1000]
     first = top.iloc[0]
     assert (first.bid, first.ask) == (100.2, 100.4)  # the last quote of the bucket
@@ -108,8 +132,8 @@ def test_window_bounds_are_half_open(writer, engine):
     assert writer.flush_now()
     with engine.connect() as conn:
         iid = stream_row(conn).instrument_id
-        top = q.top_series(conn, iid, 50, T0, T0 + S, S)
-        last = q.last_quote(conn, iid, 50, T0)
+        top = top_series(conn, iid, 50, T0, T0 + S, S)
+        last = last_quote(conn, iid, 50, T0)
     assert top["bid"].tolist() == [3.0]
     assert last is not None and (last.bid, last.ask, last.ts_us) == (5.0, 6.0, T0 + S)
 
@@ -128,11 +152,11 @@ def test_latest_book_heatmap_and_imbalance(writer, engine):
     assert writer.flush_now()
     with engine.connect() as conn:
         iid = stream_row(conn).instrument_id
-        book = q.latest_book(conn, iid, 50, 2, T0)
+        book = latest_book(conn, iid, 50, 2, T0)
         # One-second price buckets; two-second time buckets: both snapshots meet.
-        grid = q.HeatmapGrid(time_bucket_ms=2000, price_step=1.0)
-        cells = q.heatmap_cells(conn, iid, 50, T0, T0 + 2 * S, grid, levels=3)
-        imbalance = q.imbalance_series(conn, iid, 50, T0, T0 + 2 * S, 2, S)
+        grid = HeatmapGrid(time_bucket_ms=2000, price_step=1.0)
+        cells = heatmap_cells(conn, iid, 50, T0, T0 + 2 * S, grid, levels=3)
+        imbalance = imbalance_series(conn, iid, 50, T0, T0 + 2 * S, 2, S)
     assert book is not None and book.ts_us == T0 + S
     assert book.bids.to_dict("list") == {"price": [100.0, 99.9], "size": [2.0, 2.0]}
     assert book.asks.to_dict("list") == {"price": [100.1, 100.2], "size": [1.0, 1.0]}
@@ -144,10 +168,10 @@ def test_latest_book_heatmap_and_imbalance(writer, engine):
     # Long windows take the snapshot at each bucket's start ("last"), not the max.
     # T0 + S is inside a 2 s bucket, not at its start: "max" counts it, "last" not.
     with engine.connect() as conn:
-        last_rule = q.HeatmapGrid(time_bucket_ms=2000, price_step=1.0, cell_rule="last")
-        sampled = q.heatmap_cells(conn, iid, 50, T0, T0 + 2 * S, last_rule, levels=3)
-        second = q.heatmap_cells(conn, iid, 50, T0 + S, T0 + 2 * S, grid, levels=3)
-        none = q.heatmap_cells(conn, iid, 50, T0 + S, T0 + 2 * S, last_rule, levels=3)
+        last_rule = HeatmapGrid(time_bucket_ms=2000, price_step=1.0, cell_rule="last")
+        sampled = heatmap_cells(conn, iid, 50, T0, T0 + 2 * S, last_rule, levels=3)
+        second = heatmap_cells(conn, iid, 50, T0 + S, T0 + 2 * S, grid, levels=3)
+        none = heatmap_cells(conn, iid, 50, T0 + S, T0 + 2 * S, last_rule, levels=3)
     assert {(r.t_ms, r.price): r.size for r in sampled.itertuples()} == got
     assert len(second) == 2 and none.empty
     assert imbalance["bid_size"].tolist() == [3.0, 4.0]  # top 2 levels only
@@ -168,8 +192,8 @@ def test_events_of_a_stream_and_its_connections(writer, engine):
         writer.add_feed_event(event)
     assert writer.flush_now()
     with engine.connect() as conn:
-        frame = q.stream_events(conn, stream_row(conn), T0, T0 + S)
-        counts = q.event_counts(conn, T0)
+        frame = event_frame(conn, stream_row(conn), T0, T0 + S)
+        counts = event_counts(conn, T0)
     assert frame["kind"].tolist() == ["gap", "recovered", "disconnect"]
     assert frame["stream_level"].tolist() == [True, True, False]
     assert frame["t_ms"].tolist() == [(T0 + i) / 1000 for i in (1, 2, 3)]
@@ -206,13 +230,13 @@ def test_heartbeats_say_alive_valid_and_simulated(writer, engine):
     assert writer.flush_now()
     with engine.connect() as conn:
         key = str(STREAM)
-        times = q.heartbeat_times(conn, key, T0, T0 + 10 * S)
-        last = q.last_heartbeat(conn, key, T0)
-        sim_first = q.simulated_in(conn, key, T0, T0 + S)
-        sim_all = q.simulated_in(conn, key, T0, T0 + 10 * S)
-        other = q.last_heartbeat(conn, str(OTHER), T0)
-        found = q.collectors(conn, T0)
-        worst = q.commit_p99_ms(conn, "host:1", T0)
+        times = heartbeat_times(conn, key, T0, T0 + 10 * S)
+        last = last_heartbeat(conn, key, T0)
+        sim_first = simulated_in(conn, key, T0, T0 + S)
+        sim_all = simulated_in(conn, key, T0, T0 + 10 * S)
+        other = last_heartbeat(conn, str(OTHER), T0)
+        found = collectors(conn, T0)
+        worst = commit_p99_ms(conn, "host:1", T0)
     np.testing.assert_array_equal(times, [T0 / 1000, (T0 + 2 * S) / 1000])
     assert last is not None and last.local_us == T0 + 2 * S and not last.valid
     assert (sim_first, sim_all) == (False, True)
@@ -226,9 +250,9 @@ def test_table_sizes_cover_partitioned_and_plain_tables(writer, engine):
     writer.add_feed_event(FeedEvent(FeedEventKind.GAP, T0, "linear", "BTCUSDT", 50, "x"))
     assert writer.flush_now()
     with engine.connect() as conn:
-        sizes = dict(q.table_sizes(conn).itertuples(index=False))
-        oldest = q.oldest_snapshot_us(conn, schema.partitions_oldest_first(conn, "top_seconds"))
-    assert set(sizes) == set(q.SIZED_TABLES)
+        sizes = dict(table_sizes(conn).itertuples(index=False))
+        oldest = oldest_snapshot_us(conn, schema.partitions_oldest_first(conn, "top_seconds"))
+    assert set(sizes) == set(SIZED_TABLES)
     assert sizes["book_chunks"] > 0 and sizes["top_seconds"] > 0 and sizes["feed_events"] > 0
     assert oldest == T0
 
@@ -244,4 +268,4 @@ def test_table_sizes_cover_partitioned_and_plain_tables(writer, engine):
     ],
 )
 def test_price_step(low, high, tick, step):
-    assert q.price_step(low, high, tick) == pytest.approx(step)
+    assert price_step(low, high, tick) == pytest.approx(step)

@@ -160,7 +160,7 @@ def test_an_export_starts_from_a_checkpoint_when_the_snapshot_is_gone(engine):
 def test_several_recorded_depths_need_a_choice(engine):
     import pytest
 
-    from depthwatch.storage.queries import NotRecorded
+    from depthwatch.storage.read.streams import NotRecorded
 
     record(engine, [event(1, 1, T, [("10.0", "1")], [("11.0", "1")], snapshot=True)])
     deep = BookUpdate(

@@ -33,7 +33,7 @@ from depthwatch.config import CollectorConfig
 from depthwatch.feed.connection import BybitConnection, ConnectionConfig, ReconnectPolicy
 from depthwatch.records import BookUpdate, FeedEventKind, StreamKey
 from depthwatch.sim import BybitSimulator, FaultKind, SimConfig, SimulatorThread, TruthState
-from depthwatch.storage import queries
+from depthwatch.storage.read.rows import BookEventRow
 
 from .e2e import (
     Run,
@@ -158,7 +158,7 @@ def intervals_of(stream: StreamKey, events: list[StoredEvent]) -> list[Interval]
 def check_lost_intervals(
     stream: StreamKey,
     truth: list[TruthState],
-    rows: list[queries.BookEventRow],
+    rows: list[BookEventRow],
     intervals: list[Interval],
     events: list[StoredEvent],
 ) -> int:

@@ -10,16 +10,15 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from depthwatch.app import figures as F
-from depthwatch.storage.dashboard_queries import (
+from depthwatch.coverage import Span
+from depthwatch.storage.read.frames import (
     EVENT_COLUMNS,
     HEATMAP_COLUMNS,
     IMBALANCE_COLUMNS,
     TOP_COLUMNS,
     TRADE_COLUMNS,
-    BookView,
-    HeatmapGrid,
-    Span,
 )
+from depthwatch.storage.read.rows import BookView, HeatmapGrid
 
 T0 = 1_700_000_000_000.0  # ms, UTC
 SEC = 1000.0

@@ -22,9 +22,12 @@ from depthwatch.coverage import Gap, StreamEvent
 from depthwatch.export import gaps as G
 from depthwatch.records import FeedEvent, FeedEventKind, StreamKey
 from depthwatch.sim import FaultKind, SimConfig, SimulatorThread
-from depthwatch.storage import gap_queries, schema
+from depthwatch.storage import schema
 from depthwatch.storage.db import make_engine
-from depthwatch.storage.queries import LastRecorded, NotRecorded
+from depthwatch.storage.read.chunks import RecordedTimes
+from depthwatch.storage.read.events import heartbeats, heartbeats_kept_from, stream_events
+from depthwatch.storage.read.rows import LastRecorded
+from depthwatch.storage.read.streams import NotRecorded
 from depthwatch.storage.writer import BatchWriter, WriterConfig
 
 from .e2e import stored_book_events
@@ -309,11 +312,11 @@ def test_find_gaps_reads_each_stream_in_the_range(hand_made):
     ]
     with hand_made.connect() as conn:
         assert G.find_gaps(conn, "linear", ["ETHUSDT"], T0, T0 + 250 * S) == []
-        events = gap_queries.stream_events(conn, STREAM, T0 + 105 * S, T0 + 200 * S)
+        events = stream_events(conn, STREAM, T0 + 105 * S, T0 + 200 * S)
         assert [(e.local_us - T0) // S for e in events] == [100, 101, 110]
-        hb = gap_queries.heartbeats(conn, str(STREAM), T0 + 305 * S, T0 + 315 * S)
+        hb = heartbeats(conn, str(STREAM), T0 + 305 * S, T0 + 315 * S)
         assert [(t - T0) // S for t in hb.times_us] == [300, 320] and hb.interval_us == S
-        assert gap_queries.heartbeats_kept_from(conn) is None
+        assert heartbeats_kept_from(conn) is None
 
 
 def test_find_gaps_names_what_was_never_recorded(hand_made):
@@ -331,7 +334,7 @@ def test_heartbeats_deleted_by_retention_are_no_collector_down(hand_made):
     with hand_made.begin() as conn:
         insert_event(conn, T0 - 3_600 * S, "connect", None)  # a collector ran an hour before
     with hand_made.connect() as conn:
-        assert gap_queries.heartbeats_kept_from(conn) == T0 - 10 * S
+        assert heartbeats_kept_from(conn) == T0 - 10 * S
     early = G.find_gaps(hand_made, "linear", ["ETHUSDT"], T0 - 1_800 * S, T0 + 100 * S)
     assert early == []
 
@@ -519,7 +522,7 @@ def test_every_injected_fault_lies_in_a_reported_gap(database_url):
     assert down[0].start_us == last, shown
     with engine.connect() as conn:
         iid = conn.execute(sa.text("SELECT id FROM instruments")).scalar_one()
-        times = gap_queries.RecordedTimes(conn, iid, 50)
+        times = RecordedTimes(conn, iid, 50)
         assert times.last_at_or_before(stopped) == last
         assert times.first_after(last, t_end) == min(t for t in stored if t > last)
         assert times.first_after(last, restarted) is None

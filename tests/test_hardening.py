@@ -38,7 +38,8 @@ from depthwatch.clock import MAX_US, SECOND_US, TimeFormatError, parse_time_us
 from depthwatch.export import files
 from depthwatch.logs import ServerLogGuard
 from depthwatch.sim import SimConfig, SimulatorThread
-from depthwatch.storage import dashboard_queries as q
+from depthwatch.storage.read.streams import list_streams
+from depthwatch.storage.read.tops import recorded_span
 
 from .conftest import FakeClock, cli_env, free_port, new_database
 from .e2e import collect_until_caught_up, sim_collector_config
@@ -600,8 +601,8 @@ def test_twenty_downloads_at_once_keep_memory_flat_while_the_collector_records(
             sim.stop()
         engine = sa.create_engine(url)
         with engine.connect() as conn:
-            stream = q.list_streams(conn)[0]
-            first, last = q.recorded_span(conn, stream.instrument_id, stream.depth)
+            stream = list_streams(conn)[0]
+            first, last = recorded_span(conn, stream.instrument_id, stream.depth)
         end = last + SECOND_US
         requests = export_requests("linear", ("BTCUSDT",), None, "incremental_book_L2", first, end)
         estimate = plan(engine, requests, "csv")

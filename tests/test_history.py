@@ -322,7 +322,8 @@ def test_a_database_without_a_recording_is_one_clear_error(database_url, tmp_pat
 
 def test_the_integer_book_raises_its_exponents_and_watches_its_top():
     from depthwatch.export.intbook import MISSING, IntBook
-    from depthwatch.storage.queries import IntBookEvent, int_levels
+    from depthwatch.storage.read.book import int_levels
+    from depthwatch.storage.read.rows import IntBookEvent
 
     book = IntBook(levels=2)
     snapshot = int_levels(["10.5", "10.4", "10.3"], ["1", "2", "3"], ["10.6"], ["4"])
@@ -340,10 +341,11 @@ def test_the_integer_book_raises_its_exponents_and_watches_its_top():
 
 
 def test_schema_1_to_3_rows_become_exact_integers():
-    from depthwatch.storage.queries import BookEventRow, _as_ints
+    from depthwatch.storage.read.book import as_ints
+    from depthwatch.storage.read.rows import BookEventRow
 
     row = BookEventRow(5, 6, 7, 8, False, ["100.25", "100"], ["0.001", "2"], ["100.5"], ["0"])
-    event = _as_ints(row)
+    event = as_ints(row)
     assert (event.price_exp, event.size_exp) == (2, 3)
     assert (event.bid_ticks, event.bid_lots) == ([10025, 10000], [1, 2000])
     assert (event.ask_ticks, event.ask_lots) == ([10050], [0])

@@ -40,8 +40,12 @@ from depthwatch.export import files
 from depthwatch.export.snapshots import SnapshotSpec
 from depthwatch.export.tardis import ExportRequest
 from depthwatch.sim import SimConfig, SimulatorThread
-from depthwatch.storage import dashboard_queries as q
-from depthwatch.storage import queries
+from depthwatch.storage.read.book import book_events
+from depthwatch.storage.read.events import source_simulated
+from depthwatch.storage.read.rows import BookVolume, TradeCount
+from depthwatch.storage.read.streams import StreamRow, list_streams
+from depthwatch.storage.read.tops import book_volume, recorded_span
+from depthwatch.storage.read.trades import trade_count
 
 from .conftest import cli_env, free_port, new_database, run_cli
 from .e2e import collect_until_caught_up
@@ -69,7 +73,7 @@ T0 = 1_767_225_600 * SECOND_US  # 2026-01-01T00:00:00Z
 # ---- planning logic, no database
 
 
-def volume(**fields: object) -> q.BookVolume:
+def volume(**fields: object) -> BookVolume:
     base: dict[str, object] = dict(
         messages=1_000,
         legacy_messages=0,
@@ -84,7 +88,7 @@ def volume(**fields: object) -> q.BookVolume:
         new_quotes=0.5,
         recorded_before=True,
     )
-    return q.BookVolume(**(base | fields))  # type: ignore[arg-type]
+    return BookVolume(**(base | fields))  # type: ignore[arg-type]
 
 
 def test_kind_strings_round_trip():
@@ -129,8 +133,8 @@ def test_book_rows_per_kind():
     assert pl.book_rows("book_snapshot_25_100ms", busy, 50, start, end).rows == 600
     empty = volume(messages=0, snapshots=0, buckets=0)
     assert pl.book_rows("incremental_book_L2", empty, 50, start, end) == pl.RowEstimate(0, "=")
-    assert pl.trade_rows(q.TradeCount(12, True, T0, T0)) == pl.RowEstimate(12, "=")
-    assert pl.trade_rows(q.TradeCount(120_000, False, T0, T0)).text == "≈ 120,000"
+    assert pl.trade_rows(TradeCount(12, True, T0, T0)) == pl.RowEstimate(12, "=")
+    assert pl.trade_rows(TradeCount(120_000, False, T0, T0)).text == "≈ 120,000"
     assert pl.combined_mark(["=", "≤"]) == "≤" and pl.combined_mark(["≈", "≤"]) == "≈"
 
 
@@ -224,12 +228,12 @@ def recorded_url(server_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def recorded(recorded_url: str) -> Iterator[tuple[sa.Engine, list[q.StreamRow], int, int]]:
+def recorded(recorded_url: str) -> Iterator[tuple[sa.Engine, list[StreamRow], int, int]]:
     """(engine, streams, start, end): whole seconds around everything recorded."""
     engine = sa.create_engine(recorded_url)
     with engine.connect() as conn:
-        streams = q.list_streams(conn)
-        spans = [q.recorded_span(conn, s.instrument_id, s.depth) for s in streams]
+        streams = list_streams(conn)
+        spans = [recorded_span(conn, s.instrument_id, s.depth) for s in streams]
     assert all(spans)
     start = min(s[0] for s in spans if s)
     end = max(s[1] for s in spans if s) + SECOND_US
@@ -245,8 +249,8 @@ def test_book_volume_counts_messages_exactly(recorded):
     engine, streams, start, end = recorded
     with engine.connect() as conn:
         for stream in streams:
-            v = q.book_volume(conn, stream.instrument_id, stream.depth, start, end)
-            stored = list(queries.book_events(conn, stream.instrument_id, stream.depth, start, end))
+            v = book_volume(conn, stream.instrument_id, stream.depth, start, end)
+            stored = list(book_events(conn, stream.instrument_id, stream.depth, start, end))
             assert v.messages == len(stored) and v.legacy_messages == 0
             snapshots = sum(e.is_snapshot for e in stored)
             if stream.depth == 1:  # all snapshots, most inside chunks: from the sample
@@ -257,7 +261,7 @@ def test_book_volume_counts_messages_exactly(recorded):
             assert v.first_us == start - start % SECOND_US or v.first_us >= start
             # A later half-range counts only its seconds.
             middle = start + (end - start) // 2 // SECOND_US * SECOND_US
-            later = q.book_volume(conn, stream.instrument_id, stream.depth, middle, end)
+            later = book_volume(conn, stream.instrument_id, stream.depth, middle, end)
             assert later.messages == sum(1 for e in stored if e.ts_us >= middle)
 
 
@@ -267,7 +271,7 @@ def test_book_estimates_are_close_to_the_export(recorded, kind):
     for stream in streams:
         request = ExportRequest(kind, stream.category, stream.symbol, start, end, stream.depth)
         with engine.connect() as conn:
-            v = q.book_volume(conn, stream.instrument_id, stream.depth, start, end)
+            v = book_volume(conn, stream.instrument_id, stream.depth, start, end)
         estimate = pl.book_rows(kind, v, stream.depth, start, end)
         actual = exported_rows(engine, request)
         print(f"{stream.symbol} {kind}: estimated {estimate.text}, exported {actual:,}")
@@ -286,9 +290,7 @@ def test_snapshot_bounds_hold(recorded, kind):
         if spec.levels > stream.depth:
             continue  # the export refuses it; the page offers no such levels
         with engine.connect() as conn:
-            v = q.book_volume(
-                conn, stream.instrument_id, stream.depth, start, end, spec.interval_us
-            )
+            v = book_volume(conn, stream.instrument_id, stream.depth, start, end, spec.interval_us)
         bound = pl.book_rows(kind, v, stream.depth, start, end)
         actual = exported_rows(
             engine, ExportRequest(kind, "linear", stream.symbol, start, end, stream.depth)
@@ -305,9 +307,9 @@ def test_trades_are_counted_exactly_then_extrapolated(recorded):
         actual = exported_rows(engine, ExportRequest("trades", "linear", stream.symbol, start, end))
         assert actual > 20
         with engine.connect() as conn:
-            exact = q.trade_count(conn, stream.instrument_id, start, end)
+            exact = trade_count(conn, stream.instrument_id, start, end)
             # A third counted, the rest extrapolated from their pace (a steady one here).
-            capped = q.trade_count(conn, stream.instrument_id, start, end, cap=actual // 3)
+            capped = trade_count(conn, stream.instrument_id, start, end, cap=actual // 3)
         assert (exact.rows, exact.exact) == (actual, True)
         print(f"trades: {actual} exported, {capped.rows} extrapolated from {actual // 3}")
         assert not capped.exact and capped.rows == pytest.approx(actual, rel=0.35)
@@ -317,9 +319,9 @@ def test_source_and_span(recorded):
     engine, streams, start, end = recorded
     with engine.connect() as conn:
         keys = [s.key for s in streams]
-        assert q.source_simulated(conn, keys, start, end + 10 * SECOND_US) is True
-        assert q.source_simulated(conn, keys, T0, T0 + SECOND_US) is None  # no heartbeat kept
-        nothing = q.book_volume(conn, streams[0].instrument_id, streams[0].depth, T0, T0 + 1)
+        assert source_simulated(conn, keys, start, end + 10 * SECOND_US) is True
+        assert source_simulated(conn, keys, T0, T0 + SECOND_US) is None  # no heartbeat kept
+        nothing = book_volume(conn, streams[0].instrument_id, streams[0].depth, T0, T0 + 1)
         assert (nothing.messages, nothing.first_us, nothing.sample_messages) == (0, None, 0)
 
 
@@ -608,10 +610,10 @@ def recorded_until(engine: sa.Engine) -> tuple[int, int] | None:
     with engine.connect() as conn:
         if conn.execute(sa.text("SELECT to_regclass('top_seconds')")).scalar() is None:
             return None
-        streams = q.list_streams(conn)
+        streams = list_streams(conn)
         if not streams:
             return None
-        return q.recorded_span(conn, streams[0].instrument_id, streams[0].depth)
+        return recorded_span(conn, streams[0].instrument_id, streams[0].depth)
 
 
 def rows_shown(page: Page) -> int:

@@ -15,9 +15,25 @@ import sqlalchemy as sa
 from streamlit.testing.v1 import AppTest
 
 from depthwatch.records import BookUpdate, FeedEvent, FeedEventKind, Quote, StreamKey
-from depthwatch.storage import dashboard_queries as dq
-from depthwatch.storage import queries, schema
+from depthwatch.storage import schema
 from depthwatch.storage.db import make_engine
+from depthwatch.storage.read.book import book_events, quotes
+from depthwatch.storage.read.chunks import last_quote
+from depthwatch.storage.read.events import (
+    event_counts,
+    feed_events,
+    heartbeat_times,
+    last_heartbeat,
+    simulated_in,
+)
+from depthwatch.storage.read.health import commit_p99_ms, oldest_snapshot_us
+from depthwatch.storage.read.streams import (
+    NotRecorded,
+    instrument_id,
+    list_streams,
+    recorded_depths,
+)
+from depthwatch.storage.read.tops import message_count
 from depthwatch.storage.writer import BatchWriter, WriterConfig
 
 from .conftest import run_cli
@@ -134,35 +150,35 @@ def test_the_writer_and_every_query_keep_hostile_symbols_verbatim(guarded):
     _, engine = guarded
     streams = write_hostile_streams(engine)
     with engine.connect() as conn:
-        listed = {(s.symbol, s.depth) for s in dq.list_streams(conn)}
+        listed = {(s.symbol, s.depth) for s in list_streams(conn)}
         assert listed == {(s.symbol, 50) for s in streams}
         for i, stream in enumerate(streams):
-            iid = queries.instrument_id(conn, "linear", stream.symbol)
-            events = list(queries.book_events(conn, iid, 50, *ALL_TIME))
+            iid = instrument_id(conn, "linear", stream.symbol)
+            events = list(book_events(conn, iid, 50, *ALL_TIME))
             assert [(e.u, e.ask_sizes) for e in events] == [(7, [str(i + 1)])]
-            assert len(list(queries.quotes(conn, iid, 50, *ALL_TIME))) == 1
-            assert queries.recorded_depths(conn, iid, [1, 50]) == [50]
-            quote = dq.last_quote(conn, iid, 50, 0)
+            assert len(list(quotes(conn, iid, 50, *ALL_TIME))) == 1
+            assert recorded_depths(conn, iid, [1, 50]) == [50]
+            quote = last_quote(conn, iid, 50, 0)
             assert quote is not None
-            assert dq.message_count(conn, iid, 50, *ALL_TIME) == 1
+            assert message_count(conn, iid, 50, *ALL_TIME) == 1
             key = str(stream)
-            dq.heartbeat_times(conn, key, *ALL_TIME)
-            assert dq.last_heartbeat(conn, key, 0) is None
-            assert dq.simulated_in(conn, key, *ALL_TIME) is False
-        details = {r.detail for r in queries.feed_events(conn, 0)}
+            heartbeat_times(conn, key, *ALL_TIME)
+            assert last_heartbeat(conn, key, 0) is None
+            assert simulated_in(conn, key, *ALL_TIME) is False
+        details = {r.detail for r in feed_events(conn, 0)}
         assert set(EVIL) <= details  # stored and read back verbatim
-        counts = dq.event_counts(conn, 0)
+        counts = event_counts(conn, 0)
         assert {symbol for _, symbol, _ in counts} == set(EVIL)
         # Symbols that were never recorded: a clear NotRecorded, nothing run.
         for symbol in EVIL:
-            with pytest.raises(queries.NotRecorded, match="has been recorded"):
-                queries.instrument_id(conn, "spot", symbol)
-            assert dq.commit_p99_ms(conn, symbol, 0) is None
+            with pytest.raises(NotRecorded, match="has been recorded"):
+                instrument_id(conn, "spot", symbol)
+            assert commit_p99_ms(conn, symbol, 0) is None
         # Table names cannot be parameters: the one query built with one
         # quotes it, so a hostile name is one (missing) identifier.
         for name in EVIL[:4]:
             with pytest.raises(sa.exc.ProgrammingError, match="does not exist"):
-                dq.oldest_snapshot_us(conn, [name])
+                oldest_snapshot_us(conn, [name])
             conn.rollback()
     assert_unharmed(engine)
 

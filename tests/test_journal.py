@@ -19,9 +19,10 @@ from depthwatch.collector import Collector, register_instruments
 from depthwatch.config import CollectorConfig
 from depthwatch.records import FeedEvent, FeedEventKind, StreamKey
 from depthwatch.sim import SimConfig, SimulatorThread
-from depthwatch.storage import codec, queries, schema
+from depthwatch.storage import codec, schema
 from depthwatch.storage.db import make_engine
 from depthwatch.storage.journal import SUFFIX, Journal
+from depthwatch.storage.read.book import book_events
 from depthwatch.storage.writer import BatchWriter, WriterConfig
 
 from .conftest import run_cli, start_collect
@@ -334,7 +335,7 @@ def test_outage_then_sigkill_then_restart_loses_nothing_that_was_journaled(datab
             for sid, iid, depth in conn.execute(
                 sa.text("SELECT id, instrument_id, depth FROM streams")
             )
-            for e in queries.book_events(conn, iid, depth, 0, 2**62)
+            for e in book_events(conn, iid, depth, 0, 2**62)
         }
     assert journaled_messages <= stored
     assert re.search(r"rows journaled \d+", stderr)

@@ -40,8 +40,10 @@ from streamlit.testing.v1 import AppTest
 from depthwatch.collector import FINAL_FLUSH_TIMEOUT_S
 from depthwatch.records import StreamKey
 from depthwatch.sim import SimConfig, SimulatorThread
-from depthwatch.storage import queries, schema
+from depthwatch.storage import schema
 from depthwatch.storage.db import make_engine
+from depthwatch.storage.read.chunks import last_recorded
+from depthwatch.storage.read.streams import NotRecorded, instrument_id
 
 from .conftest import ROOT, SRC, free_port
 from .e2e import assert_export_matches_truth
@@ -561,10 +563,10 @@ def recorded_up_to(engine: sa.Engine, stream: StreamKey) -> int | None:
         if not conn.execute(sa.text("SELECT to_regclass('book_chunks')")).scalar():
             return None
         try:
-            iid = queries.instrument_id(conn, stream.category, stream.symbol)
-        except queries.NotRecorded:
+            iid = instrument_id(conn, stream.category, stream.symbol)
+        except NotRecorded:
             return None
-        last = queries.last_recorded(conn, iid, stream.depth)
+        last = last_recorded(conn, iid, stream.depth)
         return None if last is None else last.u
 
 

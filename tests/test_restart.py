@@ -13,8 +13,9 @@ import sqlalchemy as sa
 
 from depthwatch.records import StreamKey
 from depthwatch.sim import SimConfig, SimulatorThread
-from depthwatch.storage import queries
 from depthwatch.storage.db import make_engine
+from depthwatch.storage.read.chunks import last_recorded
+from depthwatch.storage.read.streams import instrument_id
 
 from .conftest import start_collect
 from .e2e import assert_export_matches_truth, recorded_sequence, stored_book_events
@@ -53,8 +54,8 @@ def last_stored_local_us(engine: sa.Engine) -> int:
     with engine.connect() as conn:
         found = []
         for stream in STREAMS:
-            iid = queries.instrument_id(conn, stream.category, stream.symbol)
-            last = queries.last_recorded(conn, iid, stream.depth)
+            iid = instrument_id(conn, stream.category, stream.symbol)
+            last = last_recorded(conn, iid, stream.depth)
             if last is not None:
                 found.append(last.local_us)
         return max(found)

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from depthwatch.storage import codec, queries, schema, sql_functions
+from depthwatch.storage import codec, schema, sql_functions
+from depthwatch.storage.read.book import quotes
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # What README.md tells an analyst to type in psql.
@@ -361,7 +362,7 @@ def top_texts(chunk: codec.DecodedChunk, row: int) -> Top:
 def expected_updates(conn: sa.Connection, stream_id: int, from_us: int, to_us: int) -> list[tuple]:
     """(ts_us, local_us, u, seq, is_snapshot, side, price, amount) rows of
     depthwatch_book_updates: each message once (the legacy row, else the copy
-    of the first chunk by key, as queries.book_events keeps it), in (ts_us,
+    of the first chunk by key, as book_events keeps it), in (ts_us,
     seq, u, is_snapshot) order."""
     text = codec.TextCache()
     copies: dict[tuple[int, int, int, bool], tuple[tuple, int, list[tuple[str, str, str]]]] = {}
@@ -737,8 +738,7 @@ def test_tops_are_ticks_once_each(db):
             {"s": rec.stream_id},
         ).one()
         python = [
-            (r[0], *decimals((r[4], r[5], r[3], r[2])))
-            for r in queries.quotes(conn, iid, depth, 0, END_US)
+            (r[0], *decimals((r[4], r[5], r[3], r[2]))) for r in quotes(conn, iid, depth, 0, END_US)
         ]
         assert python == [(r[0], *decimals(r[3:])) for r in everything]
         for from_us, to_us in windows(rng, rec.feed.messages):

@@ -317,7 +317,7 @@ def _export(args: argparse.Namespace) -> int:
     from depthwatch.export.files import plan_files, write_export, write_file
     from depthwatch.export.tardis import ExportRequest, check_kind, check_requests
     from depthwatch.storage.db import make_engine, resolve_database_url, wait_for_database
-    from depthwatch.storage.queries import NotRecorded, recorded_symbols
+    from depthwatch.storage.read.streams import NotRecorded, recorded_symbols
 
     if args.end <= args.start:
         log.error("--end must be after --start")

@@ -38,8 +38,12 @@ from depthwatch.records import (
     StreamKey,
     Trade,
 )
-from depthwatch.storage import queries, schema
+from depthwatch.storage import schema
 from depthwatch.storage.db import make_engine, resolve_database_url, wait_for_database
+from depthwatch.storage.read.chunks import last_recorded
+from depthwatch.storage.read.events import streams_kept_by_others
+from depthwatch.storage.read.rows import LastRecorded
+from depthwatch.storage.read.streams import NotRecorded, instrument_id
 from depthwatch.storage.writer import BatchWriter, WriterConfig
 
 log = logging.getLogger(__name__)
@@ -434,7 +438,7 @@ class Hole:
     """A stream recorded before this collector started: its record ends here."""
 
     stream: StreamKey
-    last: queries.LastRecorded
+    last: LastRecorded
 
 
 def find_holes(engine: sa.Engine, collector: Collector) -> tuple[list[Hole], list[Hole]]:
@@ -446,13 +450,13 @@ def find_holes(engine: sa.Engine, collector: Collector) -> tuple[list[Hole], lis
     since = now_us() - int(HEARTBEATS_MISSED_FOR_STALE * config.heartbeat_interval_s * 1e6)
     holes: tuple[list[Hole], list[Hole]] = ([], [])
     with engine.connect() as conn:
-        kept = queries.streams_kept_by_others(conn, config.collector_id, since)
+        kept = streams_kept_by_others(conn, config.collector_id, since)
         for stream in collector.books:
             try:
-                iid = queries.instrument_id(conn, stream.category, stream.symbol)
-            except queries.NotRecorded:
+                iid = instrument_id(conn, stream.category, stream.symbol)
+            except NotRecorded:
                 continue
-            last = queries.last_recorded(conn, iid, stream.depth)
+            last = last_recorded(conn, iid, stream.depth)
             if last is not None:
                 holes[str(stream) in kept].append(Hole(stream, last))
     return holes
@@ -531,7 +535,7 @@ def run_collector(config: CollectorConfig) -> int:
 
     def kept_since(since_us: int) -> set[str]:
         with engine.connect() as conn:
-            return queries.streams_kept_by_others(conn, config.collector_id, since_us)
+            return streams_kept_by_others(conn, config.collector_id, since_us)
 
     collector.settle_holes_later(maybe_overlaps, kept_since)
     log.info(

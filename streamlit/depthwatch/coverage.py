@@ -114,6 +114,15 @@ class Gap:
         return self.start_us <= t_us < self.end_us
 
 
+@dataclass(frozen=True)
+class Span:
+    """An interval in which the recorded book is not to be trusted or is missing."""
+
+    start_ms: float
+    end_ms: float
+    cause: str  # e.g. "gap", "disconnect", "collector not running"
+
+
 class RecordTimes(Protocol):
     """Receive times of a stream's recorded book messages (the storage layer's)."""
 

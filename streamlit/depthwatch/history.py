@@ -31,8 +31,8 @@ from depthwatch.clock import SECOND_US, datetime_us, parse_time_us
 from depthwatch.export.replay import BookReplay, StepKind
 from depthwatch.export.tardis import ArrowSink, ExportRequest, check_requests, export
 from depthwatch.records import Level
-from depthwatch.storage import queries
 from depthwatch.storage.db import make_engine, resolve_database_url
+from depthwatch.storage.read.streams import instrument_id, require_schema
 
 Time = str | datetime | int
 Symbols = str | list[str] | tuple[str, ...]
@@ -92,7 +92,7 @@ def load(
 ) -> pd.DataFrame:
     """Any export kind as a DataFrame (incremental_book_L2, quotes, trades,
     book_snapshot_N[_interval]); several symbols one after another. Raises
-    queries.NotRecorded when a symbol, depth or the recording is missing."""
+    NotRecorded when a symbol, depth or the recording is missing."""
     engine = _default_engine(engine)
     requests = _requests(kind, symbols, start, end, category, depth)
     check_requests(engine, requests)
@@ -192,8 +192,8 @@ def _levels(side: list[Level]) -> list[tuple[float, float]]:
 def _stream(conn: sa.Connection, symbol: str, category: str, depth: int | None) -> tuple[int, int]:
     from depthwatch.export.tardis import resolve_depth
 
-    queries.require_schema(conn)
-    iid = queries.instrument_id(conn, category, symbol)
+    require_schema(conn)
+    iid = instrument_id(conn, category, symbol)
     request = ExportRequest("incremental_book_L2", category, symbol, 0, 1, depth)
     return iid, resolve_depth(conn, iid, request)
 

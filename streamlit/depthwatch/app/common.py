@@ -11,7 +11,7 @@ import streamlit as st
 
 from depthwatch.app import data
 from depthwatch.app.data import DatabaseDown, NoSchema
-from depthwatch.storage.dashboard_queries import StreamRow
+from depthwatch.storage.read.streams import StreamRow
 
 T = TypeVar("T")
 

@@ -28,11 +28,37 @@ import streamlit as st
 from depthwatch.app.figures import coverage_spans
 from depthwatch.clock import DAY_US, now_us
 from depthwatch.config import default_data_dir
+from depthwatch.coverage import Span
 from depthwatch.logs import first_line
 from depthwatch.records import HEARTBEATS_MISSED_FOR_STALE, FeedEventKind
-from depthwatch.storage import dashboard_queries as q
 from depthwatch.storage import schema
 from depthwatch.storage.db import DatabaseUnavailable, make_reader_engine, start_embedded
+from depthwatch.storage.read.chunks import last_quote, latency
+from depthwatch.storage.read.events import (
+    event_counts,
+    event_frame,
+    heartbeat_times,
+    last_heartbeat,
+    simulated_in,
+)
+from depthwatch.storage.read.frames import HEATMAP_COLUMNS
+from depthwatch.storage.read.health import (
+    collectors,
+    commit_p99_ms,
+    oldest_snapshot_us,
+    table_sizes,
+)
+from depthwatch.storage.read.rows import BookView, HeartbeatView, HeatmapGrid, LastQuote, Latency
+from depthwatch.storage.read.streams import StreamRow, list_streams
+from depthwatch.storage.read.tops import (
+    heatmap_cells,
+    imbalance_series,
+    latest_book,
+    message_count,
+    price_step,
+    top_series,
+)
+from depthwatch.storage.read.trades import recent_trades
 
 WINDOWS_MIN = (1, 5, 10, 30, 60)
 DEFAULT_WINDOW_MIN = 10
@@ -94,13 +120,13 @@ class NoSchema(RuntimeError):
 
 @dataclass(frozen=True)
 class StreamSummary:
-    stream: q.StreamRow
-    quote: q.LastQuote | None
+    stream: StreamRow
+    quote: LastQuote | None
     messages_per_s: float
     gaps_24h: int
     resyncs_24h: int
     mids: list[float]  # sparkline over the window
-    heartbeat: q.HeartbeatView | None
+    heartbeat: HeartbeatView | None
     now_us: int
 
 
@@ -109,21 +135,21 @@ def overview(window_min: int) -> list[StreamSummary]:
     def work(conn: sa.Connection) -> list[StreamSummary]:
         now = now_us()
         start = now - window_min * 60_000_000
-        counts = q.event_counts(conn, now - HEALTH_DAY_US)
+        counts = event_counts(conn, now - HEALTH_DAY_US)
         out = []
-        for stream in q.list_streams(conn):
+        for stream in list_streams(conn):
             sid, depth = stream.instrument_id, stream.depth
-            top = q.top_series(conn, sid, depth, start, now, _bucket_us(window_min * 60, 60))
+            top = top_series(conn, sid, depth, start, now, _bucket_us(window_min * 60, 60))
             kinds = counts.get((stream.category, stream.symbol, stream.depth), {})
             out.append(
                 StreamSummary(
                     stream,
-                    q.last_quote(conn, sid, depth, now - HEALTH_DAY_US),
+                    last_quote(conn, sid, depth, now - HEALTH_DAY_US),
                     _messages_per_s(conn, stream, now),
                     kinds.get(FeedEventKind.GAP, 0),
                     kinds.get(FeedEventKind.RESYNC, 0),
                     [float(v) for v in top["mid"].dropna()],
-                    q.last_heartbeat(conn, stream.key, now - HEALTH_DAY_US),
+                    last_heartbeat(conn, stream.key, now - HEALTH_DAY_US),
                     now,
                 )
             )
@@ -137,22 +163,22 @@ def overview(window_min: int) -> list[StreamSummary]:
 
 @dataclass(frozen=True)
 class LiveView:
-    stream: q.StreamRow
+    stream: StreamRow
     start_us: int
     now_us: int
-    quote: q.LastQuote | None
-    book: q.BookView | None
+    quote: LastQuote | None
+    book: BookView | None
     top: pd.DataFrame
     heatmap: pd.DataFrame
-    grid: q.HeatmapGrid
+    grid: HeatmapGrid
     imbalance: pd.DataFrame
     trades: pd.DataFrame
     events: pd.DataFrame
-    spans: list[q.Span]
+    spans: list[Span]
     messages_per_s: float
-    heartbeat: q.HeartbeatView | None
+    heartbeat: HeartbeatView | None
     simulated: bool
-    latency: q.Latency
+    latency: Latency
 
     def data_age_s(self, shown_us: int) -> float | None:
         """How old the newest top of book is when the page shows it (the view
@@ -168,9 +194,7 @@ class LiveView:
         return stale_since(self.heartbeat, self.quote, self.now_us)
 
 
-def stale_since(
-    heartbeat: q.HeartbeatView | None, quote: q.LastQuote | None, now: int
-) -> int | None:
+def stale_since(heartbeat: HeartbeatView | None, quote: LastQuote | None, now: int) -> int | None:
     if heartbeat is None:
         return quote.local_us if quote is not None else now
     silent_after = heartbeat.local_us + heartbeat.interval_s * HEARTBEATS_MISSED_FOR_STALE * 1e6
@@ -181,8 +205,8 @@ def stale_since(
     return None
 
 
-def _messages_per_s(conn: sa.Connection, stream: q.StreamRow, now: int) -> float:
-    count = q.message_count(conn, stream.instrument_id, stream.depth, now - RATE_WINDOW_US, now)
+def _messages_per_s(conn: sa.Connection, stream: StreamRow, now: int) -> float:
+    count = message_count(conn, stream.instrument_id, stream.depth, now - RATE_WINDOW_US, now)
     return count / (RATE_WINDOW_US / 1e6)
 
 
@@ -191,7 +215,7 @@ def _bucket_us(window_s: int, max_points: int) -> int:
     return max(1, math.ceil(window_s / max_points)) * 1_000_000
 
 
-def find_stream(streams: list[q.StreamRow], category: str, symbol: str, depth: int) -> q.StreamRow:
+def find_stream(streams: list[StreamRow], category: str, symbol: str, depth: int) -> StreamRow:
     for stream in streams:
         if (stream.category, stream.symbol, stream.depth) == (category, symbol, depth):
             return stream
@@ -199,29 +223,29 @@ def find_stream(streams: list[q.StreamRow], category: str, symbol: str, depth: i
 
 
 @st.cache_resource(ttl=1.0, show_spinner=False, max_entries=64)
-def streams() -> list[q.StreamRow]:
-    return _read(q.list_streams)
+def streams() -> list[StreamRow]:
+    return _read(list_streams)
 
 
 @st.cache_resource(ttl=1.0, show_spinner=False, max_entries=64)
-def live_view(stream: q.StreamRow, window_min: int, levels: int) -> LiveView:
+def live_view(stream: StreamRow, window_min: int, levels: int) -> LiveView:
     def work(conn: sa.Connection) -> LiveView:
         now = now_us()
         start = now - window_min * 60_000_000
         sid, depth = stream.instrument_id, stream.depth
         bucket = _bucket_us(window_min * 60, MAX_POINTS)
-        quote = q.last_quote(conn, sid, depth, now - HEALTH_DAY_US)
-        book = q.latest_book(conn, sid, depth, levels, start)
-        top = q.top_series(conn, sid, depth, start, now, bucket)
+        quote = last_quote(conn, sid, depth, now - HEALTH_DAY_US)
+        book = latest_book(conn, sid, depth, levels, start)
+        top = top_series(conn, sid, depth, start, now, bucket)
         grid = _heatmap_grid(book, top, stream, window_min)
         heatmap = (
-            q.heatmap_cells(conn, sid, depth, start, now, grid, levels)
+            heatmap_cells(conn, sid, depth, start, now, grid, levels)
             if book is not None
-            else pd.DataFrame(columns=list(q.HEATMAP_COLUMNS), dtype="float64")
+            else pd.DataFrame(columns=list(HEATMAP_COLUMNS), dtype="float64")
         )
-        events = q.stream_events(conn, stream, start, now)
-        heartbeats = q.heartbeat_times(conn, stream.key, start, now)
-        heartbeat = q.last_heartbeat(conn, stream.key, now - HEALTH_DAY_US)
+        events = event_frame(conn, stream, start, now)
+        heartbeats = heartbeat_times(conn, stream.key, start, now)
+        heartbeat = last_heartbeat(conn, stream.key, now - HEALTH_DAY_US)
         interval_ms = (heartbeat.interval_s if heartbeat else 2.0) * 1000
         return LiveView(
             stream=stream,
@@ -232,22 +256,22 @@ def live_view(stream: q.StreamRow, window_min: int, levels: int) -> LiveView:
             top=top,
             heatmap=heatmap,
             grid=grid,
-            imbalance=q.imbalance_series(conn, sid, depth, start, now, levels, bucket),
-            trades=q.recent_trades(conn, sid, start, now, TRADES_MAX),
+            imbalance=imbalance_series(conn, sid, depth, start, now, levels, bucket),
+            trades=recent_trades(conn, sid, start, now, TRADES_MAX),
             events=events,
             spans=coverage_spans(events, heartbeats, start / 1000, now / 1000, interval_ms),
             messages_per_s=_messages_per_s(conn, stream, now),
             heartbeat=heartbeat,
-            simulated=q.simulated_in(conn, stream.key, start, now),
-            latency=q.latency(conn, stream, max(start, now - LATENCY_WINDOW_US), now),
+            simulated=simulated_in(conn, stream.key, start, now),
+            latency=latency(conn, stream, max(start, now - LATENCY_WINDOW_US), now),
         )
 
     return _read(work)
 
 
 def _heatmap_grid(
-    book: q.BookView | None, top: pd.DataFrame, stream: q.StreamRow, window_min: int
-) -> q.HeatmapGrid:
+    book: BookView | None, top: pd.DataFrame, stream: StreamRow, window_min: int
+) -> HeatmapGrid:
     """About HEATMAP_ROWS price buckets over the prices the window can show (the
     touch's whole range, widened by how far the newest book reaches beyond it),
     and at most HEATMAP_COLUMNS_MAX time buckets. Snapshots come every second:
@@ -255,15 +279,15 @@ def _heatmap_grid(
     bucket_us = _bucket_us(window_min * 60, HEATMAP_COLUMNS_MAX)
     rule = "max" if bucket_us <= 1_000_000 else "last"
     if book is None or book.bids.empty or book.asks.empty:
-        return q.HeatmapGrid(bucket_us / 1000, 1.0, rule)
+        return HeatmapGrid(bucket_us / 1000, 1.0, rule)
     low, high = float(book.bids["price"].min()), float(book.asks["price"].max())
     if not top.empty:
         below = float(book.bids["price"].iloc[0]) - low
         above = high - float(book.asks["price"].iloc[0])
         low = min(low, float(top["bid_min"].min()) - below)
         high = max(high, float(top["ask_max"].max()) + above)
-    step = q.price_step(low, high, stream.tick_size, HEATMAP_ROWS)
-    return q.HeatmapGrid(bucket_us / 1000, step, rule)
+    step = price_step(low, high, stream.tick_size, HEATMAP_ROWS)
+    return HeatmapGrid(bucket_us / 1000, step, rule)
 
 
 # ---- health
@@ -288,9 +312,9 @@ def health() -> HealthReport:
     def work(conn: sa.Connection) -> HealthReport:
         now = now_us()
         since = now - HEALTH_DAY_US
-        found = q.collectors(conn, since)
-        found["commit_p99_24h"] = [q.commit_p99_ms(conn, c, since) for c in found["collector"]]
-        counts = q.event_counts(conn, since)
+        found = collectors(conn, since)
+        found["commit_p99_24h"] = [commit_p99_ms(conn, c, since) for c in found["collector"]]
+        counts = event_counts(conn, since)
         events = pd.DataFrame(
             [
                 {"stream": f"{sym} · {cat} · " + (f"depth {depth}" if depth else "trades")}
@@ -311,8 +335,8 @@ def health() -> HealthReport:
             now,
             found,
             events,
-            q.table_sizes(conn),
-            q.oldest_snapshot_us(
+            table_sizes(conn),
+            oldest_snapshot_us(
                 conn,
                 # Oldest day first across both layouts: names end in _dYYYYMMDD.
                 sorted(

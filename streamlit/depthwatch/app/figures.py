@@ -26,17 +26,16 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from depthwatch import coverage
+from depthwatch.coverage import Span
 from depthwatch.records import FeedEventKind, StreamKey
-from depthwatch.storage.dashboard_queries import (
+from depthwatch.storage.read.frames import (
     EVENT_COLUMNS,
     HEATMAP_COLUMNS,
     IMBALANCE_COLUMNS,
     TOP_COLUMNS,
     TRADE_COLUMNS,
-    BookView,
-    HeatmapGrid,
-    Span,
 )
+from depthwatch.storage.read.rows import BookView, HeatmapGrid
 
 __all__ = [
     "EVENT_KIND_ORDER",

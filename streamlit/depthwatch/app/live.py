@@ -17,7 +17,8 @@ from depthwatch.app.common import age, load, mid_and_spread, price, recorded_str
 from depthwatch.app.guard import live_fragment
 from depthwatch.clock import SECOND_US
 from depthwatch.export import files
-from depthwatch.storage.dashboard_queries import HeatmapGrid, StreamRow
+from depthwatch.storage.read.rows import HeatmapGrid
+from depthwatch.storage.read.streams import StreamRow
 
 REFRESH_S = 1.0
 SHOWN_SAMPLES = 600  # render-time data ages kept per viewer for the latency strip

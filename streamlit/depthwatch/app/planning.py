@@ -27,9 +27,12 @@ from depthwatch.export import files
 from depthwatch.export.snapshots import SnapshotSpec
 from depthwatch.export.tardis import ExportRequest, check_requests, header
 from depthwatch.logs import first_line
-from depthwatch.storage import dashboard_queries as q
 from depthwatch.storage.db import DatabaseUnavailable
-from depthwatch.storage.queries import NotRecorded
+from depthwatch.storage.read.events import source_simulated
+from depthwatch.storage.read.rows import BookVolume, TradeCount
+from depthwatch.storage.read.streams import NotRecorded, StreamRow, list_streams
+from depthwatch.storage.read.tops import book_volume, recorded_span
+from depthwatch.storage.read.trades import trade_count
 
 log = logging.getLogger("depthwatch.app.planning")
 
@@ -82,9 +85,7 @@ class RowEstimate:
         return f"{self.rows:,}" if self.mark == "=" else f"{self.mark} {self.rows:,}"
 
 
-def book_rows(
-    kind: str, volume: q.BookVolume, depth: int, start_us: int, end_us: int
-) -> RowEstimate:
+def book_rows(kind: str, volume: BookVolume, depth: int, start_us: int, end_us: int) -> RowEstimate:
     """Rows of a book kind, from what book_volume counted:
 
     - incremental_book_L2 ≈ deltas x their mean levels + (snapshots + the
@@ -116,7 +117,7 @@ def book_rows(
     return RowEstimate(max(0, min(volume.buckets + 1, ends)), "≤")
 
 
-def trade_rows(count: q.TradeCount) -> RowEstimate:
+def trade_rows(count: TradeCount) -> RowEstimate:
     return RowEstimate(count.rows, "=" if count.exact else "≈")
 
 
@@ -279,18 +280,18 @@ def plan(engine: sa.Engine, requests: Sequence[ExportRequest], fmt: str) -> Plan
 
 
 def _plan(conn: sa.Connection, requests: Sequence[ExportRequest], fmt: str, started: float) -> Plan:
-    streams = q.list_streams(conn)
+    streams = list_streams(conn)
     estimates = []
     keys = []
     for request in requests:
         stream = _stream_of(streams, request)
         keys.append(stream.key)
         if request.kind == "trades":
-            count = q.trade_count(conn, stream.instrument_id, request.start_us, request.end_us)
+            count = trade_count(conn, stream.instrument_id, request.start_us, request.end_us)
             rows, first, last = trade_rows(count), count.first_us, count.last_us
         else:
             spec = SnapshotSpec.parse(request.kind)
-            volume = q.book_volume(
+            volume = book_volume(
                 conn,
                 stream.instrument_id,
                 stream.depth,
@@ -301,19 +302,19 @@ def _plan(conn: sa.Connection, requests: Sequence[ExportRequest], fmt: str, star
             rows = book_rows(request.kind, volume, stream.depth, request.start_us, request.end_us)
             first, last = volume.first_us, volume.last_us
         recorded = (
-            q.recorded_span(conn, stream.instrument_id, stream.depth) if first is None else None
+            recorded_span(conn, stream.instrument_id, stream.depth) if first is None else None
         )
         size = file_bytes(request.kind, fmt, request.exchange, request.symbol, rows.rows)
         estimates.append(SymbolEstimate(request.symbol, rows, size, first, last, recorded))
     # Heartbeats carry receive times, a moment after the exchange's.
-    simulated = q.source_simulated(
+    simulated = source_simulated(
         conn, keys, requests[0].start_us, requests[0].end_us + 10 * SECOND_US
     )
     took = (time.perf_counter() - started) * 1000
     return Plan(None, tuple(estimates), simulated, took)
 
 
-def _stream_of(streams: Sequence[q.StreamRow], request: ExportRequest) -> q.StreamRow:
+def _stream_of(streams: Sequence[StreamRow], request: ExportRequest) -> StreamRow:
     """The stream a request reads (check_requests made sure there is one)."""
     found = [
         s

@@ -28,11 +28,12 @@ from depthwatch.config import CollectorConfig, add_database_arguments
 from depthwatch.coverage import Gap
 from depthwatch.feed.topics import CATEGORIES, TARDIS_EXCHANGE, valid_depths
 from depthwatch.records import StreamKey
-from depthwatch.storage import gap_queries
-from depthwatch.storage.queries import NotRecorded
+from depthwatch.storage.read.chunks import RecordedTimes
+from depthwatch.storage.read.events import heartbeats, heartbeats_kept_from, stream_events
+from depthwatch.storage.read.streams import NotRecorded
 
 if TYPE_CHECKING:
-    from depthwatch.storage.dashboard_queries import StreamRow
+    from depthwatch.storage.read.streams import StreamRow
 
 log = logging.getLogger(__name__)
 
@@ -71,19 +72,19 @@ def find_gaps(
         return []
     with _connected(bind) as conn:
         streams = recorded_streams(conn, category, symbols, depth)
-        kept_from = gap_queries.heartbeats_kept_from(conn)
+        kept_from = heartbeats_kept_from(conn)
         gaps: list[Gap] = []
         for row in streams:
             stream = StreamKey(row.category, row.symbol, row.depth)
-            beats = gap_queries.heartbeats(conn, str(stream), start_us, end_us)
+            beats = heartbeats(conn, str(stream), start_us, end_us)
             found = coverage.stream_gaps(
                 stream,
-                gap_queries.stream_events(conn, stream, start_us, end_us),
+                stream_events(conn, stream, start_us, end_us),
                 beats.times_us,
                 start_us,
                 end_us,
                 beats.interval_us or DEFAULT_HEARTBEAT_US,
-                gap_queries.RecordedTimes(conn, row.instrument_id, row.depth),
+                RecordedTimes(conn, row.instrument_id, row.depth),
                 kept_from,
             )
             gaps += coverage.disjoint(found)
@@ -106,7 +107,7 @@ def recorded_streams(
     (None: all); NotRecorded for a symbol or depth never recorded."""
     # Here, not at the top: the dashboard's reads bring pandas, which every
     # `depthwatch` command (the collector's too) would load with the parser.
-    from depthwatch.storage.dashboard_queries import list_streams
+    from depthwatch.storage.read.streams import list_streams
 
     streams = [
         s
@@ -251,7 +252,7 @@ def run_gaps(args: argparse.Namespace) -> int:
         wait_for_database(engine, args.database_wait)
         gaps = find_gaps(engine, args.category, symbols, start_us, end_us, args.depth)
         with engine.connect() as conn:
-            kept_from = gap_queries.heartbeats_kept_from(conn)
+            kept_from = heartbeats_kept_from(conn)
     except NotRecorded as exc:
         log.error("%s", exc)
         return 1

@@ -11,7 +11,8 @@ from __future__ import annotations
 from bisect import bisect_left
 
 from depthwatch.records import Level
-from depthwatch.storage.queries import IntBookEvent, int_levels
+from depthwatch.storage.read.book import int_levels
+from depthwatch.storage.read.rows import IntBookEvent
 
 MISSING = 0  # a level a side does not have, in take_top()'s tuple
 

@@ -20,8 +20,13 @@ import sqlalchemy as sa
 
 from depthwatch.book import OrderBook
 from depthwatch.export.intbook import IntBook
-from depthwatch.storage import queries
-from depthwatch.storage.queries import BookEventRow, IntBookEvent
+from depthwatch.storage.read.book import (
+    book_events,
+    int_book_events,
+    last_checkpoint_at_or_before,
+    last_snapshot_before,
+)
+from depthwatch.storage.read.rows import BookEventRow, Checkpoint, IntBookEvent
 
 
 class StepKind(Enum):
@@ -62,8 +67,8 @@ class Replay(Generic[EventT]):
         checkpoint is usually much closer than an exchange snapshot)."""
         conn, iid, depth, start = self.conn, self.iid, self.depth, self.start_us
         from_us = start
-        snapshot_us = queries.last_snapshot_before(conn, iid, depth, start)
-        checkpoint = queries.last_checkpoint_at_or_before(conn, iid, depth, start)
+        snapshot_us = last_snapshot_before(conn, iid, depth, start)
+        checkpoint = last_checkpoint_at_or_before(conn, iid, depth, start)
         if snapshot_us is not None:
             from_us = snapshot_us
         if checkpoint is not None and (snapshot_us is None or checkpoint.ts_us > snapshot_us):
@@ -77,7 +82,7 @@ class Replay(Generic[EventT]):
     def _events(self, from_us: int) -> Iterator[EventT]:
         raise NotImplementedError
 
-    def _load(self, checkpoint: queries.Checkpoint) -> None:
+    def _load(self, checkpoint: Checkpoint) -> None:
         raise NotImplementedError
 
     def _clear(self) -> None:
@@ -129,9 +134,9 @@ class BookReplay(Replay[BookEventRow]):
         self.book = OrderBook()
 
     def _events(self, from_us: int) -> Iterator[BookEventRow]:
-        return queries.book_events(self.conn, self.iid, self.depth, from_us, self.end_us)
+        return book_events(self.conn, self.iid, self.depth, from_us, self.end_us)
 
-    def _load(self, checkpoint: queries.Checkpoint) -> None:
+    def _load(self, checkpoint: Checkpoint) -> None:
         self.book.apply_levels(checkpoint.bids, checkpoint.asks)
 
     def _clear(self) -> None:
@@ -153,9 +158,9 @@ class IntBookReplay(Replay[IntBookEvent]):
         self.book = IntBook(levels)
 
     def _events(self, from_us: int) -> Iterator[IntBookEvent]:
-        return queries.int_book_events(self.conn, self.iid, self.depth, from_us, self.end_us)
+        return int_book_events(self.conn, self.iid, self.depth, from_us, self.end_us)
 
-    def _load(self, checkpoint: queries.Checkpoint) -> None:
+    def _load(self, checkpoint: Checkpoint) -> None:
         self.book.load_levels(checkpoint.bids, checkpoint.asks)
 
     def _clear(self) -> None:

@@ -27,8 +27,15 @@ import sqlalchemy as sa
 from depthwatch.export.replay import BookReplay, IntBookReplay, StepKind
 from depthwatch.export.snapshots import SnapshotSpec, snapshot_columns, snapshot_rows
 from depthwatch.feed.topics import TARDIS_EXCHANGE, valid_depths
-from depthwatch.storage import queries
-from depthwatch.storage.queries import BookEventRow
+from depthwatch.storage.read.book import quotes
+from depthwatch.storage.read.rows import BookEventRow
+from depthwatch.storage.read.streams import (
+    NotRecorded,
+    instrument_id,
+    recorded_depths,
+    require_schema,
+)
+from depthwatch.storage.read.trades import trades
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -173,9 +180,9 @@ def export(
 
 def check_requests(engine: sa.Engine, requests: Sequence[ExportRequest]) -> None:
     """Every request can be served (schema, instrument, depth, levels), checked
-    before anything is written; raises queries.NotRecorded saying why not."""
+    before anything is written; raises NotRecorded saying why not."""
     with engine.connect() as conn:
-        queries.require_schema(conn)
+        require_schema(conn)
         for request in requests:
             _plan(conn, request)
 
@@ -183,13 +190,13 @@ def check_requests(engine: sa.Engine, requests: Sequence[ExportRequest]) -> None
 def _plan(conn: sa.Connection, request: ExportRequest) -> tuple[int, int]:
     """(instrument id, depth; 0 for trades) of a request that can be served."""
     check_kind(request.kind)
-    iid = queries.instrument_id(conn, request.category, request.symbol)
+    iid = instrument_id(conn, request.category, request.symbol)
     if request.kind in ("trades", GAPS):
         return iid, 0
     depth = resolve_depth(conn, iid, request)
     spec = SnapshotSpec.parse(request.kind)
     if spec is not None and spec.levels > depth:
-        raise queries.NotRecorded(
+        raise NotRecorded(
             f"{request.kind}: {request.symbol} was recorded {depth} levels deep; "
             f"ask for at most book_snapshot_{depth}"
         )
@@ -429,17 +436,17 @@ class ParquetSink:
 def resolve_depth(conn: sa.Connection, iid: int, request: ExportRequest) -> int:
     """The requested depth, or the only one recorded; several need a choice."""
     candidates = valid_depths(request.category, legacy=True)
-    depths = queries.recorded_depths(conn, iid, candidates)
+    depths = recorded_depths(conn, iid, candidates)
     if request.depth is not None:
         if request.depth not in depths:
-            raise queries.NotRecorded(
+            raise NotRecorded(
                 f"no depth-{request.depth} book recorded for {request.symbol}; recorded: {depths}"
             )
         return request.depth
     if not depths:
-        raise queries.NotRecorded(f"no order book recorded for {request.symbol}")
+        raise NotRecorded(f"no order book recorded for {request.symbol}")
     if len(depths) > 1:
-        raise queries.NotRecorded(
+        raise NotRecorded(
             f"{request.symbol} was recorded at depths {depths}: choose one with --depth"
         )
     return depths[0]
@@ -480,7 +487,7 @@ def _event_rows(event: BookEventRow) -> list[Row]:
 def _quote_rows(
     conn: sa.Connection, iid: int, depth: int, request: ExportRequest, progress: Progress
 ) -> Iterator[Row]:
-    for row in queries.quotes(conn, iid, depth, request.start_us, request.end_us):
+    for row in quotes(conn, iid, depth, request.start_us, request.end_us):
         progress.tick(1, row[0])
         yield tuple(row)
 
@@ -499,6 +506,6 @@ def _gap_rows(conn: sa.Connection, request: ExportRequest, progress: Progress) -
 def _trade_rows(
     conn: sa.Connection, iid: int, request: ExportRequest, progress: Progress
 ) -> Iterator[Row]:
-    for row in queries.trades(conn, iid, request.start_us, request.end_us):
+    for row in trades(conn, iid, request.start_us, request.end_us):
         progress.tick(1, row[0])
         yield tuple(row)

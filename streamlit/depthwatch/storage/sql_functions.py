@@ -451,7 +451,7 @@ $fn$
 # or in a chunk and the legacy book_events table is returned once. DISTINCT ON
 # keeps each level (message key, `pos` in the message) from the first copy:
 # the legacy row, else the first chunk by (ts_us, u, n, snapshot), as
-# queries.book_events picks it; the same copy for every level of a message, so
+# read.book.book_events picks it; the same copy for every level of a message, so
 # its local time is one collector's. Its sort is the final order's, so there
 # is one sort and no window.
 BOOK_UPDATES = """

@@ -1,16 +1,18 @@
-"""Read queries: everything that reads the recorded data goes through here.
+"""The packed book log (`book_chunks`, schema 4), read message by message for
+replays and exports: book messages with text or integer levels, quotes, the
+snapshots and checkpoints a rebuild starts from. Merged with the schema 1-3
+log (legacy.py) everywhere, a message stored twice coming once.
 
-Long reads stream through a server-side cursor, so an export of a month uses
-the memory of one batch. Numeric arrays come back as text so that prices keep
-the digits the exchange sent.
-"""
+Chunks are decoded a batch at a time (codec.decode_many): CHUNK_BATCH_ROWS
+chunks, or fewer once they hold MESSAGE_BATCH messages (a chunk of a busy
+stream holds hundreds: a batch of 500 of them held a whole recording, ~2 KB a
+message, in memory)."""
 
 from __future__ import annotations
 
 import bisect
 import heapq
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import TypeVar
 
 import sqlalchemy as sa
@@ -21,106 +23,22 @@ from depthwatch.storage.codec import (
     TOP_CHANGED,
     DecodedBatch,
     TextCache,
-    decode_chunk,
     decode_many,
     most_decimals,
     text_units,
 )
+from depthwatch.storage.read import legacy
+from depthwatch.storage.read.cursor import stream_rows
+from depthwatch.storage.read.rows import BookEventRow, Checkpoint, IntBookEvent, QuoteRow
+from depthwatch.storage.read.streams import stream_id
 
-STREAM_BATCH_ROWS = 5_000
 # The packed log is decoded a batch at a time: this many chunks, or fewer once
 # they hold this many messages (a chunk of a busy stream holds hundreds: a
 # batch of 500 of them held a whole recording, ~2 KB a message, in memory).
 CHUNK_BATCH_ROWS = 500
+
+
 MESSAGE_BATCH = 10_000
-
-
-class NotRecorded(LookupError):
-    """The requested instrument or stream has no recorded data."""
-
-
-@dataclass(frozen=True, slots=True)
-class BookEventRow:
-    ts_us: int
-    local_us: int
-    u: int
-    seq: int
-    is_snapshot: bool
-    bid_prices: list[str]
-    bid_sizes: list[str]
-    ask_prices: list[str]
-    ask_sizes: list[str]
-
-
-def require_schema(conn: sa.Connection) -> None:
-    """NotRecorded (one clear line) when the database holds no depthwatch
-    schema: nothing was ever recorded into it."""
-    if conn.execute(sa.text("SELECT to_regclass('book_chunks')")).scalar() is None:
-        raise NotRecorded(
-            "this database holds no depthwatch recording (no schema yet): "
-            "record into it first (`depthwatch collect` or `depthwatch up`)"
-        )
-
-
-def recorded_symbols(conn: sa.Connection, category: str) -> list[str]:
-    """Every symbol of the category with a recorded book stream, sorted."""
-    return list(
-        conn.execute(
-            sa.text(
-                """SELECT DISTINCT i.symbol FROM streams s JOIN instruments i
-                       ON i.id = s.instrument_id
-                   WHERE i.category = :c ORDER BY i.symbol"""
-            ),
-            {"c": category},
-        ).scalars()
-    )
-
-
-def instrument_id(conn: sa.Connection, category: str, symbol: str) -> int:
-    iid = conn.execute(
-        sa.text("SELECT id FROM instruments WHERE category = :c AND symbol = :s"),
-        {"c": category, "s": symbol},
-    ).scalar()
-    if iid is None:
-        raise NotRecorded(f"no {category} instrument {symbol!r} has been recorded")
-    return int(iid)
-
-
-def stream_id(conn: sa.Connection, iid: int, depth: int) -> int | None:
-    """The id keying a stream's packed rows (schema 4); None if never recorded so."""
-    sid = conn.execute(
-        sa.text("SELECT id FROM streams WHERE instrument_id = :i AND depth = :d"),
-        {"i": iid, "d": depth},
-    ).scalar()
-    return None if sid is None else int(sid)
-
-
-def recorded_depths(conn: sa.Connection, iid: int, candidates: Iterable[int]) -> list[int]:
-    """Which of the candidate depths have recorded book messages (packed, or
-    in the schema 1-3 log). Index probes per depth, by stream id: a join on
-    `streams` in the probe made PostgreSQL read every chunk of every depth."""
-    found = []
-    for depth in candidates:
-        sid = stream_id(conn, iid, depth)
-        packed = (
-            sid is not None
-            and conn.execute(
-                sa.text("SELECT EXISTS (SELECT 1 FROM book_chunks WHERE stream_id = :s)"),
-                {"s": sid},
-            ).scalar()
-        )
-        if (
-            packed
-            or conn.execute(
-                sa.text(
-                    """SELECT EXISTS (SELECT 1 FROM book_events
-                                      WHERE instrument_id = :i AND depth = :d)"""
-                ),
-                {"i": iid, "d": depth},
-            ).scalar()
-        ):
-            found.append(depth)
-    return found
 
 
 def last_snapshot_before(conn: sa.Connection, iid: int, depth: int, ts_us: int) -> int | None:
@@ -141,15 +59,6 @@ def last_snapshot_before(conn: sa.Connection, iid: int, depth: int, ts_us: int) 
         {"i": iid, "d": depth, "t": ts_us},
     ).scalar()
     return None if ts is None else int(ts)
-
-
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
-    ts_us: int
-    local_us: int
-    u: int
-    bids: list[list[str]]
-    asks: list[list[str]]
 
 
 def last_checkpoint_at_or_before(
@@ -178,42 +87,14 @@ def last_checkpoint_at_or_before(
     )
 
 
-def _stream(
-    conn: sa.Connection, sql: str, params: dict[str, object], batch: int = STREAM_BATCH_ROWS
-) -> Iterator[sa.Row]:
-    result = conn.execution_options(stream_results=True, yield_per=batch).execute(
-        sa.text(sql), params
-    )
-    yield from result
-
-
-@dataclass(frozen=True, slots=True)
-class IntBookEvent:
-    """A book message with exact integer levels: prices in ticks of
-    10**-price_exp, sizes in lots of 10**-size_exp (for readers that compute,
-    not copy, the exchange's text)."""
-
-    ts_us: int
-    local_us: int
-    u: int
-    seq: int
-    is_snapshot: bool
-    price_exp: int
-    size_exp: int
-    bid_ticks: list[int]
-    bid_lots: list[int]
-    ask_ticks: list[int]
-    ask_lots: list[int]
-
-
 def int_book_events(
     conn: sa.Connection, iid: int, depth: int, from_us: int, end_us: int
 ) -> Iterator[IntBookEvent]:
     """book_events with integer levels, in the same order, repeats dropped the same way."""
     sid = stream_id(conn, iid, depth)
     packed = _chunk_int_events(conn, sid, from_us, end_us) if sid is not None else iter(())
-    legacy = (_as_ints(e) for e in _legacy_book_events(conn, iid, depth, from_us, end_us))
-    return _merged(legacy, packed)
+    old = (as_ints(e) for e in legacy.book_events(conn, iid, depth, from_us, end_us))
+    return _merged(old, packed)
 
 
 def book_events(
@@ -228,7 +109,7 @@ def book_events(
     (two collectors, or both logs during an upgrade) comes once."""
     sid = stream_id(conn, iid, depth)
     packed = _chunk_book_events(conn, sid, from_us, end_us) if sid is not None else iter(())
-    return _merged(_legacy_book_events(conn, iid, depth, from_us, end_us), packed)
+    return _merged(legacy.book_events(conn, iid, depth, from_us, end_us), packed)
 
 
 Event = TypeVar("Event", BookEventRow, IntBookEvent)
@@ -251,7 +132,7 @@ def _event_order(event: BookEventRow | IntBookEvent) -> tuple[int, int, int, boo
 def _chunk_int_events(
     conn: sa.Connection, sid: int, from_us: int, end_us: int
 ) -> Iterator[IntBookEvent]:
-    for view, i in _packed_messages(conn, sid, from_us, end_us):
+    for view, i in messages(conn, sid, from_us, end_us):
         ticks, lots = view.level_ints()
         first, mid, last = view.level_bounds(i)
         yield IntBookEvent(
@@ -269,7 +150,7 @@ def _chunk_int_events(
         )
 
 
-def _as_ints(event: BookEventRow) -> IntBookEvent:
+def as_ints(event: BookEventRow) -> IntBookEvent:
     """A schema 1-3 message's decimal texts as integers."""
     return IntBookEvent(
         event.ts_us,
@@ -298,7 +179,7 @@ def _chunk_book_events(
     conn: sa.Connection, sid: int, from_us: int, end_us: int
 ) -> Iterator[BookEventRow]:
     text = TextCache()
-    for view, i in _packed_messages(conn, sid, from_us, end_us):
+    for view, i in messages(conn, sid, from_us, end_us):
         prices, sizes = view.level_texts(text)
         first, mid, last = view.level_bounds(i)
         yield BookEventRow(
@@ -314,7 +195,7 @@ def _chunk_book_events(
         )
 
 
-class _Messages:
+class Messages:
     """One batch of decoded chunks (codec.decode_many) as Python lists, for
     readers that go message by message; level texts made on first use."""
 
@@ -378,14 +259,14 @@ class _Messages:
         return self._texts
 
 
-def _packed_messages(
+def messages(
     conn: sa.Connection,
     sid: int,
     from_us: int,
     end_us: int,
     levels: bool = True,
     top_changes_only: bool = False,
-) -> Iterator[tuple[_Messages, int]]:
+) -> Iterator[tuple[Messages, int]]:
     """(batch, message index) for the messages with from_us <= ts < end_us,
     in (ts, seq, u, snapshot) order. Chunks come by their first timestamp,
     CHUNK_BATCH_ROWS (or MESSAGE_BATCH messages) at a time, decoded together.
@@ -394,7 +275,7 @@ def _packed_messages(
     or after its last chunk's first timestamp wait for the next batch, which
     can hold earlier ones; repeats are the caller's to drop.
     `top_changes_only`: only the messages flagged with a top (quotes)."""
-    rows = _stream(
+    rows = stream_rows(
         conn,
         """SELECT ts_us, u, payload, n FROM book_chunks
            WHERE stream_id = :s AND ts_us >= :f AND ts_us < :e
@@ -406,13 +287,13 @@ def _packed_messages(
     )
     # (ts, seq, u, snapshot, arrival number, batch, index): the number is
     # unique, so sorting never compares batches.
-    waiting: list[tuple[int, int, int, bool, int, _Messages, int]] = []
+    waiting: list[tuple[int, int, int, bool, int, Messages, int]] = []
     arrived = 0
     for part in _batches(rows, CHUNK_BATCH_ROWS, MESSAGE_BATCH):
         batch = decode_many(
             [r[2] for r in part], [int(r[0]) for r in part], [int(r[1]) for r in part], levels
         )
-        view = _Messages(batch)
+        view = Messages(batch)
         flags = view.flags
         inside = [
             i
@@ -457,25 +338,6 @@ def _batches(rows: Iterable[sa.Row], chunks: int, messages: int) -> Iterator[lis
         yield part
 
 
-def _legacy_book_events(
-    conn: sa.Connection, iid: int, depth: int, from_us: int, end_us: int
-) -> Iterator[BookEventRow]:
-    rows = _stream(
-        conn,
-        """SELECT ts_us, local_us, u, seq, is_snapshot, bid_prices::text[], bid_sizes::text[],
-                  ask_prices::text[], ask_sizes::text[]
-           FROM book_events
-           WHERE instrument_id = :i AND depth = :d AND ts_us >= :f AND ts_us < :e
-           ORDER BY ts_us, seq, u, is_snapshot""",
-        {"i": iid, "d": depth, "f": from_us, "e": end_us},
-    )
-    for row in rows:
-        yield BookEventRow(*row)
-
-
-QuoteRow = tuple[int, int, str | None, str | None, str | None, str | None]
-
-
 def quotes(
     conn: sa.Connection, iid: int, depth: int, start_us: int, end_us: int
 ) -> Iterator[QuoteRow]:
@@ -486,14 +348,14 @@ def quotes(
     the same changes)."""
     sid = stream_id(conn, iid, depth)
     packed = _chunk_quotes(conn, sid, start_us, end_us) if sid is not None else iter(())
-    legacy = (
+    old = (
         (int(row[0]), int(row[6]), tuple(row[:6]))
-        for row in _legacy_quotes(conn, iid, depth, start_us, end_us)
+        for row in legacy.quotes(conn, iid, depth, start_us, end_us)
     )
     last = None
     # Merged by (ts, u): two messages of one millisecond, each in both logs
     # (an upgrade's overlap), must not interleave into false ticks.
-    for _, _, row in heapq.merge(legacy, packed, key=_ts_and_u):
+    for _, _, row in heapq.merge(old, packed, key=_ts_and_u):
         top = row[2:]
         if top != last:
             last = top
@@ -509,9 +371,7 @@ def _chunk_quotes(
 ) -> Iterator[tuple[int, int, QuoteRow]]:
     """(ts_us, u, quote row) of every message that changed the top."""
     text = TextCache()
-    for view, i in _packed_messages(
-        conn, sid, start_us, end_us, levels=False, top_changes_only=True
-    ):
+    for view, i in messages(conn, sid, start_us, end_us, levels=False, top_changes_only=True):
         bid, bid_size, ask, ask_size = view.tops[view.top_of[i]]
         pe, se = view.price_exp[i], view.size_exp[i]
         ts = view.ts[i]
@@ -527,105 +387,3 @@ def _chunk_quotes(
                 text(bid_size, se) if bid else None,
             ),
         )
-
-
-def _legacy_quotes(
-    conn: sa.Connection, iid: int, depth: int, start_us: int, end_us: int
-) -> Iterator[sa.Row]:
-    return _stream(
-        conn,
-        """SELECT ts_us, local_us, ask_size::text, ask_price::text, bid_price::text,
-                  bid_size::text, u
-           FROM quotes
-           WHERE instrument_id = :i AND depth = :d AND ts_us >= :s AND ts_us < :e
-           ORDER BY ts_us, u, local_us""",
-        {"i": iid, "d": depth, "s": start_us, "e": end_us},
-    )
-
-
-def trades(conn: sa.Connection, iid: int, start_us: int, end_us: int) -> Iterator[sa.Row]:
-    """(ts_us, local_us, trade_id, side, price, size) in time order."""
-    return _stream(
-        conn,
-        """SELECT ts_us, local_us, trade_id, side, price::text, size::text
-           FROM trades
-           WHERE instrument_id = :i AND ts_us >= :s AND ts_us < :e
-           ORDER BY ts_us, seq, trade_id""",
-        {"i": iid, "s": start_us, "e": end_us},
-    )
-
-
-def feed_events(conn: sa.Connection, since_us: int) -> list[sa.Row]:
-    return list(
-        conn.execute(
-            sa.text(
-                """SELECT local_us, collector, connection, kind, category, symbol, depth, detail
-                   FROM feed_events WHERE local_us >= :s ORDER BY local_us, id"""
-            ),
-            {"s": since_us},
-        )
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class LastRecorded:
-    local_us: int
-    u: int
-
-
-def last_recorded(conn: sa.Connection, iid: int, depth: int) -> LastRecorded | None:
-    """The stream's newest stored book message (receive time and update id):
-    where an earlier collector's record of it ends. Backward index probes."""
-    found = [r for r in (_last_packed(conn, iid, depth), _last_legacy(conn, iid, depth)) if r]
-    return max(found, key=lambda r: r[0])[1] if found else None
-
-
-def _last_packed(conn: sa.Connection, iid: int, depth: int) -> tuple[int, LastRecorded] | None:
-    sid = stream_id(conn, iid, depth)
-    if sid is None:
-        return None
-    newest = conn.execute(
-        sa.text("SELECT max(ts_us) FROM book_chunks WHERE stream_id = :s"), {"s": sid}
-    ).scalar()
-    if newest is None:
-        return None
-    # Chunks of the newest second (two collectors may have cut it differently).
-    best: tuple[int, int, int] | None = None
-    for ts_us, u, payload in conn.execute(
-        sa.text("SELECT ts_us, u, payload FROM book_chunks WHERE stream_id = :s AND ts_us >= :f"),
-        {"s": sid, "f": int(newest) - int(newest) % SECOND_US},
-    ):
-        chunk = decode_chunk(payload, int(ts_us), int(u))
-        last = (int(chunk.ts_us[-1]), int(chunk.local_us[-1]), int(chunk.u[-1]))
-        best = last if best is None or last > best else best
-    return None if best is None else (best[0], LastRecorded(best[1], best[2]))
-
-
-def _last_legacy(conn: sa.Connection, iid: int, depth: int) -> tuple[int, LastRecorded] | None:
-    row = conn.execute(
-        sa.text(
-            """SELECT ts_us, local_us, u FROM book_events
-               WHERE instrument_id = :i AND depth = :d
-               ORDER BY ts_us DESC LIMIT 1"""
-        ),
-        {"i": iid, "d": depth},
-    ).one_or_none()
-    if row is None:
-        return None
-    return int(row.ts_us), LastRecorded(int(row.local_us), int(row.u))
-
-
-def streams_kept_by_others(conn: sa.Connection, collector: str, since_us: int) -> set[str]:
-    """Streams (as `str(StreamKey)`) another collector was recording in a
-    heartbeat since `since_us`: during a deploy the old collector keeps
-    recording while the new one starts, so there is no hole to declare (a
-    hole of its own it records itself)."""
-    return set(
-        conn.execute(
-            sa.text(
-                """SELECT DISTINCT unnest(streams) FROM collector_heartbeats
-                   WHERE local_us >= :since AND collector <> :me"""
-            ),
-            {"since": since_us, "me": collector},
-        ).scalars()
-    )

@@ -1,0 +1,238 @@
+"""Feed events (`feed_events`: gaps, resyncs, restarts, lost and recovered
+books, connections) and collector heartbeats (`collector_heartbeats`): what
+happened to a stream, and which collectors were recording it. Receive times
+(`local_us`) throughout."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from depthwatch.coverage import EVENT_KINDS, StreamEvent
+from depthwatch.records import SECOND_US, StreamKey
+from depthwatch.storage.read.frames import EVENT_COLUMNS, frame
+from depthwatch.storage.read.rows import Heartbeats, HeartbeatView
+from depthwatch.storage.read.streams import StreamRow
+
+# The stream's events before a range that can still hold a gap open at its
+# start: the writer's `rows_dropped` gap can stay open while the book loses
+# and recovers its connection many times.
+EVENTS_BEFORE = 100
+
+
+# How far outside a range the nearest heartbeat is looked for (further off, the
+# range's edge stands in for it: coverage.heartbeat_gaps).
+HEARTBEAT_LOOKAROUND_US = 3_600 * SECOND_US
+
+
+# Collectors write their first heartbeat and their first events together; feed
+# events older than the oldest heartbeat by more than this had collectors whose
+# heartbeats retention deleted.
+HEARTBEAT_START_SLACK_US = 60 * SECOND_US
+
+
+def feed_events(conn: sa.Connection, since_us: int) -> list[sa.Row]:
+    return list(
+        conn.execute(
+            sa.text(
+                """SELECT local_us, collector, connection, kind, category, symbol, depth, detail
+                   FROM feed_events WHERE local_us >= :s ORDER BY local_us, id"""
+            ),
+            {"s": since_us},
+        )
+    )
+
+
+def stream_events(
+    conn: sa.Connection, stream: StreamKey, start_us: int, end_us: int
+) -> list[StreamEvent]:
+    """The stream's gap-related events (coverage.EVENT_KINDS) received in
+    [start, end), after the last EVENTS_BEFORE before `start`; in receive order."""
+    rows = conn.execute(
+        sa.text(
+            """(SELECT local_us, id, kind, detail FROM feed_events
+                WHERE symbol = :sym AND local_us < :s AND category = :c AND depth = :d
+                  AND kind = ANY(:k)
+                ORDER BY local_us DESC, id DESC LIMIT :n)
+               UNION ALL
+               (SELECT local_us, id, kind, detail FROM feed_events
+                WHERE symbol = :sym AND local_us >= :s AND local_us < :e AND category = :c
+                  AND depth = :d AND kind = ANY(:k))
+               ORDER BY local_us, id"""
+        ),
+        {
+            "sym": stream.symbol,
+            "c": stream.category,
+            "d": stream.depth,
+            "s": start_us,
+            "e": end_us,
+            "k": sorted(EVENT_KINDS),
+            "n": EVENTS_BEFORE,
+        },
+    ).all()
+    return [StreamEvent(int(r.local_us), r.kind, r.detail or "") for r in rows]
+
+
+def event_frame(
+    conn: sa.Connection, stream: StreamRow, start_us: int, end_us: int, limit: int = 500
+) -> pd.DataFrame:
+    """EVENT_COLUMNS: the stream's own feed events (gap, resync, restart,
+    book_lost, recovered, anomaly) and its category's connection events
+    (connect, disconnect, stall, malformed) received in [start, end)."""
+    rows = conn.execute(
+        sa.text(
+            """SELECT * FROM (
+                   SELECT local_us / 1000.0 AS t_ms, kind, detail, symbol IS NOT NULL, id
+                   FROM feed_events
+                   WHERE local_us >= :s AND local_us < :e AND category = :c
+                     AND ((symbol = :sym AND (depth = :d OR depth IS NULL)) OR symbol IS NULL)
+                   ORDER BY local_us DESC, id DESC LIMIT :l) ev
+               ORDER BY t_ms, id"""
+        ),
+        {
+            "s": start_us,
+            "e": end_us,
+            "c": stream.category,
+            "sym": stream.symbol,
+            "d": stream.depth,
+            "l": limit,
+        },
+    ).all()
+    return frame([r[:4] for r in rows], EVENT_COLUMNS)
+
+
+def event_counts(conn: sa.Connection, since_us: int) -> dict[tuple[str, str, int], dict[str, int]]:
+    """Per stream (category, symbol, depth) and kind, the feed events received
+    since `since_us`; connection-wide events (no symbol) are left out."""
+    rows = conn.execute(
+        sa.text(
+            """SELECT category, symbol, depth, kind, count(*) FROM feed_events
+               WHERE local_us >= :s AND symbol IS NOT NULL
+               GROUP BY category, symbol, depth, kind"""
+        ),
+        {"s": since_us},
+    ).all()
+    counts: dict[tuple[str, str, int], dict[str, int]] = {}
+    for category, symbol, depth, kind, count in rows:
+        counts.setdefault((category, symbol, depth), {})[kind] = int(count)
+    return counts
+
+
+def heartbeats(conn: sa.Connection, stream_key: str, start_us: int, end_us: int) -> Heartbeats:
+    """The stream's heartbeats in [start, end), plus the last one before
+    `start` and the first at or after `end` (each looked for within
+    HEARTBEAT_LOOKAROUND_US); `stream_key` is str(StreamKey)."""
+    rows = conn.execute(
+        sa.text(
+            """(SELECT local_us, interval_s FROM collector_heartbeats
+                WHERE local_us < :s AND local_us >= :s - :w AND :k = ANY(streams)
+                ORDER BY local_us DESC LIMIT 1)
+               UNION ALL
+               (SELECT local_us, interval_s FROM collector_heartbeats
+                WHERE local_us >= :s AND local_us < :e AND :k = ANY(streams))
+               UNION ALL
+               (SELECT local_us, interval_s FROM collector_heartbeats
+                WHERE local_us >= :e AND local_us < :e + :w AND :k = ANY(streams)
+                ORDER BY local_us LIMIT 1)
+               ORDER BY local_us"""
+        ),
+        {"s": start_us, "e": end_us, "w": HEARTBEAT_LOOKAROUND_US, "k": stream_key},
+    ).all()
+    times = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    longest = max((float(r[1]) for r in rows), default=None)
+    return Heartbeats(times, None if longest is None else round(longest * SECOND_US))
+
+
+def heartbeat_times(conn: sa.Connection, stream_key: str, start_us: int, end_us: int) -> np.ndarray:
+    """Times (ms) of the heartbeats of collectors recording the stream."""
+    rows = conn.execute(
+        sa.text(
+            """SELECT local_us / 1000.0 FROM collector_heartbeats
+               WHERE local_us >= :s AND local_us < :e AND :k = ANY(streams)
+               ORDER BY local_us"""
+        ),
+        {"s": start_us, "e": end_us, "k": stream_key},
+    ).scalars()
+    return np.fromiter(rows, dtype="float64")
+
+
+def last_heartbeat(conn: sa.Connection, stream_key: str, since_us: int) -> HeartbeatView | None:
+    row = conn.execute(
+        sa.text(
+            """SELECT collector, local_us, interval_s, simulated, :k = ANY(valid_streams)
+               FROM collector_heartbeats
+               WHERE local_us >= :s AND :k = ANY(streams)
+               ORDER BY local_us DESC LIMIT 1"""
+        ),
+        {"s": since_us, "k": stream_key},
+    ).first()
+    return None if row is None else HeartbeatView(row[0], int(row[1]), *row[2:])
+
+
+def heartbeats_kept_from(conn: sa.Connection) -> int | None:
+    """Since when heartbeats tell whether collectors ran: the oldest one kept,
+    when collectors recorded before it (retention deleted their heartbeats);
+    None when the heartbeats reach back to the first recorded event."""
+    oldest_event, oldest_beat = conn.execute(
+        sa.text(
+            """SELECT (SELECT min(local_us) FROM feed_events),
+                      (SELECT min(local_us) FROM collector_heartbeats)"""
+        )
+    ).one()
+    if oldest_event is None:
+        return None
+    if oldest_beat is None:  # collectors ran, and every heartbeat is gone
+        return int(conn.execute(sa.text("SELECT max(local_us) FROM feed_events")).scalar_one()) + 1
+    if oldest_event < oldest_beat - HEARTBEAT_START_SLACK_US:
+        return int(oldest_beat)
+    return None
+
+
+def simulated_in(conn: sa.Connection, stream_key: str, start_us: int, end_us: int) -> bool:
+    """Whether any of the window's data came from a simulated collector."""
+    return bool(
+        conn.execute(
+            sa.text(
+                """SELECT EXISTS (SELECT 1 FROM collector_heartbeats
+                                  WHERE local_us >= :s AND local_us < :e
+                                    AND simulated AND :k = ANY(streams))"""
+            ),
+            {"s": start_us, "e": end_us, "k": stream_key},
+        ).scalar()
+    )
+
+
+def source_simulated(
+    conn: sa.Connection, stream_keys: Sequence[str], start_us: int, end_us: int
+) -> bool | None:
+    """Whether the collectors that recorded these streams in [start, end)
+    (by their heartbeats' receive times) read the simulator: True if any did,
+    False if none did, None if no heartbeat is stored for the range."""
+    value = conn.execute(
+        sa.text(
+            """SELECT bool_or(simulated) FROM collector_heartbeats
+               WHERE local_us >= :s AND local_us < :e
+                 AND streams && CAST(:k AS text[])"""
+        ),
+        {"s": start_us, "e": end_us, "k": list(stream_keys)},
+    ).scalar()
+    return None if value is None else bool(value)
+
+
+def streams_kept_by_others(conn: sa.Connection, collector: str, since_us: int) -> set[str]:
+    """Streams (as `str(StreamKey)`) another collector was recording in a
+    heartbeat since `since_us`: during a deploy the old collector keeps
+    recording while the new one starts, so there is no hole to declare (a
+    hole of its own it records itself)."""
+    return set(
+        conn.execute(
+            sa.text(
+                """SELECT DISTINCT unnest(streams) FROM collector_heartbeats
+                   WHERE local_us >= :since AND collector <> :me"""
+            ),
+            {"since": since_us, "me": collector},
+        ).scalars()
+    )
