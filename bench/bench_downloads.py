@@ -88,7 +88,7 @@ def main() -> int:
         engine = sa.create_engine(database_url)
         with engine.connect() as conn:
             stream = list_streams(conn)[0]
-            span = recorded_span(conn, stream.instrument_id, stream.depth)
+            span = recorded_span(conn, stream)
         assert span is not None, "nothing recorded"
         first, end = span[0], span[1] + 1_000_000
         requests = export_requests("linear", ("BTCUSDT",), None, "incremental_book_L2", first, end)

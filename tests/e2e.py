@@ -23,7 +23,7 @@ from depthwatch.storage import schema
 from depthwatch.storage.db import make_engine
 from depthwatch.storage.read.book import book_events
 from depthwatch.storage.read.rows import BookEventRow
-from depthwatch.storage.read.streams import instrument_id
+from depthwatch.storage.read.streams import find_stream, list_streams
 from depthwatch.storage.writer import BatchWriter, WriterConfig
 
 ALL_TIME = (0, 4_102_444_800_000_000)  # 1970 .. 2100
@@ -199,10 +199,8 @@ def truth_levels(state: TruthState) -> tuple[list, list]:
 def recorded_sequence(engine: sa.Engine, stream: StreamKey) -> list[tuple[int, int, bool]]:
     """(u, seq, is_snapshot) of the recorded messages, in the export's order."""
     with engine.connect() as conn:
-        iid = instrument_id(conn, stream.category, stream.symbol)
-        return [
-            (e.u, e.seq, e.is_snapshot) for e in book_events(conn, iid, stream.depth, *ALL_TIME)
-        ]
+        recorded = find_stream(conn, stream.category, stream.symbol, stream.depth)
+        return [(e.u, e.seq, e.is_snapshot) for e in book_events(conn, recorded, *ALL_TIME)]
 
 
 def assert_export_matches_truth(
@@ -254,8 +252,8 @@ def stored_feed_events(engine: sa.Engine) -> list[StoredEvent]:
 def stored_book_events(engine: sa.Engine, stream: StreamKey) -> list[BookEventRow]:
     """The recorded messages of a stream, in the order they apply."""
     with engine.connect() as conn:
-        iid = instrument_id(conn, stream.category, stream.symbol)
-        return list(book_events(conn, iid, stream.depth, *ALL_TIME))
+        recorded = find_stream(conn, stream.category, stream.symbol, stream.depth)
+        return list(book_events(conn, recorded, *ALL_TIME))
 
 
 def stored_message_count(engine: sa.Engine) -> int:
@@ -263,7 +261,6 @@ def stored_message_count(engine: sa.Engine) -> int:
     with engine.connect() as conn:
         if conn.execute(sa.text("SELECT to_regclass('streams')")).scalar() is None:
             return 0
-        streams = conn.execute(sa.text("SELECT instrument_id, depth FROM streams")).all()
         return sum(
-            sum(1 for _ in book_events(conn, iid, depth, *ALL_TIME)) for iid, depth in streams
+            sum(1 for _ in book_events(conn, stream, *ALL_TIME)) for stream in list_streams(conn)
         )

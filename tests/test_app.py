@@ -78,7 +78,7 @@ def test_live_page_draws_the_stream_in_the_url(recorded_url, use_database):
     engine = sa.create_engine(recorded_url)
     with engine.connect() as conn:
         eth = next(s for s in list_streams(conn) if s.symbol == "ETHUSDT")
-        *_, newest = quotes(conn, eth.instrument_id, eth.depth, 0, 2**62)
+        *_, newest = quotes(conn, eth, 0, 2**62)
         best_bid = newest[4]  # (ts, local, ask size, ask, bid, bid size)
     engine.dispose()
     metrics = {m.label: m.value for m in at.metric}

@@ -37,7 +37,7 @@ from depthwatch.storage.read.health import (
     table_sizes,
 )
 from depthwatch.storage.read.rows import HeatmapGrid
-from depthwatch.storage.read.streams import StreamRow, list_streams
+from depthwatch.storage.read.streams import Stream, list_streams
 from depthwatch.storage.read.tops import (
     heatmap_cells,
     imbalance_series,
@@ -88,7 +88,7 @@ def add_top(writer: BatchWriter, top: Quote) -> None:
     )
 
 
-def stream_row(conn: sa.Connection, key: StreamKey = STREAM) -> StreamRow:
+def stream_row(conn: sa.Connection, key: StreamKey = STREAM) -> Stream:
     return next(s for s in list_streams(conn) if s.symbol == key.symbol)
 
 
@@ -110,7 +110,7 @@ def test_top_series_takes_last_min_max_per_bucket(writer, engine):
     add_top(writer, quote(T0 + 10, 1, "5", "6", OTHER))
     assert writer.flush_now()
     with engine.connect() as conn:
-        top = top_series(conn, stream_row(conn).instrument_id, 50, T0, T0 + 2 * S, S)
+        top = top_series(conn, stream_row(conn), T0, T0 + 2 * S, S)
     assert list(top.columns) == list(TOP_COLUMNS)
     assert top["t_ms"].tolist() == [T0 / 1000, (T0 + S) / 1000]
     first = top.iloc[0]
@@ -131,9 +131,9 @@ def test_window_bounds_are_half_open(writer, engine):
     add_top(writer, quote(T0 + S, 3, "5", "6"))
     assert writer.flush_now()
     with engine.connect() as conn:
-        iid = stream_row(conn).instrument_id
-        top = top_series(conn, iid, 50, T0, T0 + S, S)
-        last = last_quote(conn, iid, 50, T0)
+        stream = stream_row(conn)
+        top = top_series(conn, stream, T0, T0 + S, S)
+        last = last_quote(conn, stream, T0)
     assert top["bid"].tolist() == [3.0]
     assert last is not None and (last.bid, last.ask, last.ts_us) == (5.0, 6.0, T0 + S)
 
@@ -151,12 +151,12 @@ def test_latest_book_heatmap_and_imbalance(writer, engine):
     )
     assert writer.flush_now()
     with engine.connect() as conn:
-        iid = stream_row(conn).instrument_id
-        book = latest_book(conn, iid, 50, 2, T0)
+        stream = stream_row(conn)
+        book = latest_book(conn, stream, 2, T0)
         # One-second price buckets; two-second time buckets: both snapshots meet.
         grid = HeatmapGrid(time_bucket_ms=2000, price_step=1.0)
-        cells = heatmap_cells(conn, iid, 50, T0, T0 + 2 * S, grid, levels=3)
-        imbalance = imbalance_series(conn, iid, 50, T0, T0 + 2 * S, 2, S)
+        cells = heatmap_cells(conn, stream, T0, T0 + 2 * S, grid, levels=3)
+        imbalance = imbalance_series(conn, stream, T0, T0 + 2 * S, 2, S)
     assert book is not None and book.ts_us == T0 + S
     assert book.bids.to_dict("list") == {"price": [100.0, 99.9], "size": [2.0, 2.0]}
     assert book.asks.to_dict("list") == {"price": [100.1, 100.2], "size": [1.0, 1.0]}
@@ -169,9 +169,9 @@ def test_latest_book_heatmap_and_imbalance(writer, engine):
     # T0 + S is inside a 2 s bucket, not at its start: "max" counts it, "last" not.
     with engine.connect() as conn:
         last_rule = HeatmapGrid(time_bucket_ms=2000, price_step=1.0, cell_rule="last")
-        sampled = heatmap_cells(conn, iid, 50, T0, T0 + 2 * S, last_rule, levels=3)
-        second = heatmap_cells(conn, iid, 50, T0 + S, T0 + 2 * S, grid, levels=3)
-        none = heatmap_cells(conn, iid, 50, T0 + S, T0 + 2 * S, last_rule, levels=3)
+        sampled = heatmap_cells(conn, stream, T0, T0 + 2 * S, last_rule, levels=3)
+        second = heatmap_cells(conn, stream, T0 + S, T0 + 2 * S, grid, levels=3)
+        none = heatmap_cells(conn, stream, T0 + S, T0 + 2 * S, last_rule, levels=3)
     assert {(r.t_ms, r.price): r.size for r in sampled.itertuples()} == got
     assert len(second) == 2 and none.empty
     assert imbalance["bid_size"].tolist() == [3.0, 4.0]  # top 2 levels only

@@ -27,7 +27,7 @@ from depthwatch.storage.db import make_engine
 from depthwatch.storage.read.chunks import RecordedTimes
 from depthwatch.storage.read.events import heartbeats, heartbeats_kept_from, stream_events
 from depthwatch.storage.read.rows import LastRecorded
-from depthwatch.storage.read.streams import NotRecorded
+from depthwatch.storage.read.streams import NotRecorded, find_stream
 from depthwatch.storage.writer import BatchWriter, WriterConfig
 
 from .e2e import stored_book_events
@@ -521,8 +521,7 @@ def test_every_injected_fault_lies_in_a_reported_gap(database_url):
     last = max(t for t in stored if t < stopped)
     assert down[0].start_us == last, shown
     with engine.connect() as conn:
-        iid = conn.execute(sa.text("SELECT id FROM instruments")).scalar_one()
-        times = RecordedTimes(conn, iid, 50)
+        times = RecordedTimes(conn, find_stream(conn, STREAM.category, STREAM.symbol, 50))
         assert times.last_at_or_before(stopped) == last
         assert times.first_after(last, t_end) == min(t for t in stored if t > last)
         assert times.first_after(last, restarted) is None

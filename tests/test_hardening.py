@@ -602,7 +602,7 @@ def test_twenty_downloads_at_once_keep_memory_flat_while_the_collector_records(
         engine = sa.create_engine(url)
         with engine.connect() as conn:
             stream = list_streams(conn)[0]
-            first, last = recorded_span(conn, stream.instrument_id, stream.depth)
+            first, last = recorded_span(conn, stream)
         end = last + SECOND_US
         requests = export_requests("linear", ("BTCUSDT",), None, "incremental_book_L2", first, end)
         estimate = plan(engine, requests, "csv")

@@ -146,7 +146,14 @@ def test_book_snapshots_load_and_times_in_every_form(recorded):
         history.load_book_snapshots(SYMBOL, when, "now", levels=5, interval="50ms", engine=engine)
         for when in (start_us, as_text, pd.Timestamp(start_us, unit="us", tz="UTC"))
     ]
-    assert len(frames[0]) > 10
+    # How many rows depends on how long the resyncs took (a loaded machine
+    # reconnects slower and loses more of the stream), so the rows are checked
+    # for what they must be, not counted: bucket ends, none inside a hole.
+    assert len(frames[0]) > 0
+    windows = unknown_windows(engine)
+    for ts in frames[0]["timestamp"]:
+        assert ts % 50_000 == 0 and ts >= start_us
+        assert not any(a < ts <= b for a, b in windows), (ts, windows)
     for other in frames[1:]:
         pd.testing.assert_frame_equal(frames[0], other)
     assert frames[0].columns[4:8].tolist() == [

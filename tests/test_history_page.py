@@ -43,7 +43,7 @@ from depthwatch.sim import SimConfig, SimulatorThread
 from depthwatch.storage.read.book import book_events
 from depthwatch.storage.read.events import source_simulated
 from depthwatch.storage.read.rows import BookVolume, TradeCount
-from depthwatch.storage.read.streams import StreamRow, list_streams
+from depthwatch.storage.read.streams import Stream, list_streams
 from depthwatch.storage.read.tops import book_volume, recorded_span
 from depthwatch.storage.read.trades import trade_count
 
@@ -228,12 +228,12 @@ def recorded_url(server_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def recorded(recorded_url: str) -> Iterator[tuple[sa.Engine, list[StreamRow], int, int]]:
+def recorded(recorded_url: str) -> Iterator[tuple[sa.Engine, list[Stream], int, int]]:
     """(engine, streams, start, end): whole seconds around everything recorded."""
     engine = sa.create_engine(recorded_url)
     with engine.connect() as conn:
         streams = list_streams(conn)
-        spans = [recorded_span(conn, s.instrument_id, s.depth) for s in streams]
+        spans = [recorded_span(conn, s) for s in streams]
     assert all(spans)
     start = min(s[0] for s in spans if s)
     end = max(s[1] for s in spans if s) + SECOND_US
@@ -249,8 +249,8 @@ def test_book_volume_counts_messages_exactly(recorded):
     engine, streams, start, end = recorded
     with engine.connect() as conn:
         for stream in streams:
-            v = book_volume(conn, stream.instrument_id, stream.depth, start, end)
-            stored = list(book_events(conn, stream.instrument_id, stream.depth, start, end))
+            v = book_volume(conn, stream, start, end)
+            stored = list(book_events(conn, stream, start, end))
             assert v.messages == len(stored) and v.legacy_messages == 0
             snapshots = sum(e.is_snapshot for e in stored)
             if stream.depth == 1:  # all snapshots, most inside chunks: from the sample
@@ -261,7 +261,7 @@ def test_book_volume_counts_messages_exactly(recorded):
             assert v.first_us == start - start % SECOND_US or v.first_us >= start
             # A later half-range counts only its seconds.
             middle = start + (end - start) // 2 // SECOND_US * SECOND_US
-            later = book_volume(conn, stream.instrument_id, stream.depth, middle, end)
+            later = book_volume(conn, stream, middle, end)
             assert later.messages == sum(1 for e in stored if e.ts_us >= middle)
 
 
@@ -271,7 +271,7 @@ def test_book_estimates_are_close_to_the_export(recorded, kind):
     for stream in streams:
         request = ExportRequest(kind, stream.category, stream.symbol, start, end, stream.depth)
         with engine.connect() as conn:
-            v = book_volume(conn, stream.instrument_id, stream.depth, start, end)
+            v = book_volume(conn, stream, start, end)
         estimate = pl.book_rows(kind, v, stream.depth, start, end)
         actual = exported_rows(engine, request)
         print(f"{stream.symbol} {kind}: estimated {estimate.text}, exported {actual:,}")
@@ -290,7 +290,7 @@ def test_snapshot_bounds_hold(recorded, kind):
         if spec.levels > stream.depth:
             continue  # the export refuses it; the page offers no such levels
         with engine.connect() as conn:
-            v = book_volume(conn, stream.instrument_id, stream.depth, start, end, spec.interval_us)
+            v = book_volume(conn, stream, start, end, spec.interval_us)
         bound = pl.book_rows(kind, v, stream.depth, start, end)
         actual = exported_rows(
             engine, ExportRequest(kind, "linear", stream.symbol, start, end, stream.depth)
@@ -321,7 +321,7 @@ def test_source_and_span(recorded):
         keys = [s.key for s in streams]
         assert source_simulated(conn, keys, start, end + 10 * SECOND_US) is True
         assert source_simulated(conn, keys, T0, T0 + SECOND_US) is None  # no heartbeat kept
-        nothing = book_volume(conn, streams[0].instrument_id, streams[0].depth, T0, T0 + 1)
+        nothing = book_volume(conn, streams[0], T0, T0 + 1)
         assert (nothing.messages, nothing.first_us, nothing.sample_messages) == (0, None, 0)
 
 
@@ -613,7 +613,7 @@ def recorded_until(engine: sa.Engine) -> tuple[int, int] | None:
         streams = list_streams(conn)
         if not streams:
             return None
-        return recorded_span(conn, streams[0].instrument_id, streams[0].depth)
+        return recorded_span(conn, streams[0])
 
 
 def rows_shown(page: Page) -> int:

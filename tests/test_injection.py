@@ -29,9 +29,9 @@ from depthwatch.storage.read.events import (
 from depthwatch.storage.read.health import commit_p99_ms, oldest_snapshot_us
 from depthwatch.storage.read.streams import (
     NotRecorded,
+    find_stream,
     instrument_id,
     list_streams,
-    recorded_depths,
 )
 from depthwatch.storage.read.tops import message_count
 from depthwatch.storage.writer import BatchWriter, WriterConfig
@@ -153,14 +153,14 @@ def test_the_writer_and_every_query_keep_hostile_symbols_verbatim(guarded):
         listed = {(s.symbol, s.depth) for s in list_streams(conn)}
         assert listed == {(s.symbol, 50) for s in streams}
         for i, stream in enumerate(streams):
-            iid = instrument_id(conn, "linear", stream.symbol)
-            events = list(book_events(conn, iid, 50, *ALL_TIME))
+            recorded = find_stream(conn, "linear", stream.symbol, None)
+            assert recorded.depth == 50  # the one depth recorded
+            events = list(book_events(conn, recorded, *ALL_TIME))
             assert [(e.u, e.ask_sizes) for e in events] == [(7, [str(i + 1)])]
-            assert len(list(quotes(conn, iid, 50, *ALL_TIME))) == 1
-            assert recorded_depths(conn, iid, [1, 50]) == [50]
-            quote = last_quote(conn, iid, 50, 0)
+            assert len(list(quotes(conn, recorded, *ALL_TIME))) == 1
+            quote = last_quote(conn, recorded, 0)
             assert quote is not None
-            assert message_count(conn, iid, 50, *ALL_TIME) == 1
+            assert message_count(conn, recorded, *ALL_TIME) == 1
             key = str(stream)
             heartbeat_times(conn, key, *ALL_TIME)
             assert last_heartbeat(conn, key, 0) is None

@@ -23,6 +23,7 @@ from depthwatch.storage import codec, schema
 from depthwatch.storage.db import make_engine
 from depthwatch.storage.journal import SUFFIX, Journal
 from depthwatch.storage.read.book import book_events
+from depthwatch.storage.read.streams import list_streams
 from depthwatch.storage.writer import BatchWriter, WriterConfig
 
 from .conftest import run_cli, start_collect
@@ -331,11 +332,9 @@ def test_outage_then_sigkill_then_restart_loses_nothing_that_was_journaled(datab
     assert len(journaled_messages) > 1_000
     with engine.connect() as conn:
         stored = {
-            (sid, e.ts_us, e.u)
-            for sid, iid, depth in conn.execute(
-                sa.text("SELECT id, instrument_id, depth FROM streams")
-            )
-            for e in book_events(conn, iid, depth, 0, 2**62)
+            (stream.id, e.ts_us, e.u)
+            for stream in list_streams(conn)
+            for e in book_events(conn, stream, 0, 2**62)
         }
     assert journaled_messages <= stored
     assert re.search(r"rows journaled \d+", stderr)

@@ -43,7 +43,7 @@ from depthwatch.sim import SimConfig, SimulatorThread
 from depthwatch.storage import schema
 from depthwatch.storage.db import make_engine
 from depthwatch.storage.read.chunks import last_recorded
-from depthwatch.storage.read.streams import NotRecorded, instrument_id
+from depthwatch.storage.read.streams import NotRecorded, find_stream
 
 from .conftest import ROOT, SRC, free_port
 from .e2e import assert_export_matches_truth
@@ -563,10 +563,10 @@ def recorded_up_to(engine: sa.Engine, stream: StreamKey) -> int | None:
         if not conn.execute(sa.text("SELECT to_regclass('book_chunks')")).scalar():
             return None
         try:
-            iid = instrument_id(conn, stream.category, stream.symbol)
+            recorded = find_stream(conn, stream.category, stream.symbol, stream.depth)
         except NotRecorded:
             return None
-        last = last_recorded(conn, iid, stream.depth)
+        last = last_recorded(conn, recorded)
         return None if last is None else last.u
 
 

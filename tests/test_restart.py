@@ -15,7 +15,7 @@ from depthwatch.records import StreamKey
 from depthwatch.sim import SimConfig, SimulatorThread
 from depthwatch.storage.db import make_engine
 from depthwatch.storage.read.chunks import last_recorded
-from depthwatch.storage.read.streams import instrument_id
+from depthwatch.storage.read.streams import find_stream
 
 from .conftest import start_collect
 from .e2e import assert_export_matches_truth, recorded_sequence, stored_book_events
@@ -54,8 +54,8 @@ def last_stored_local_us(engine: sa.Engine) -> int:
     with engine.connect() as conn:
         found = []
         for stream in STREAMS:
-            iid = instrument_id(conn, stream.category, stream.symbol)
-            last = last_recorded(conn, iid, stream.depth)
+            recorded = find_stream(conn, stream.category, stream.symbol, stream.depth)
+            last = last_recorded(conn, recorded)
             if last is not None:
                 found.append(last.local_us)
         return max(found)

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from depthwatch.storage import codec, schema, sql_functions
 from depthwatch.storage.read.book import quotes
+from depthwatch.storage.read.streams import list_streams
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # What README.md tells an analyst to type in psql.
@@ -733,12 +734,9 @@ def test_tops_are_ticks_once_each(db):
         assert [(r[0], r[2], *decimals(r[3:])) for r in everything[1:]] == changes
         assert any(None in r[3:] for r in everything)  # an emptied side
         # The package's reader (the export's quotes) gives the same ticks.
-        iid, depth = conn.execute(
-            sa.text("SELECT instrument_id, depth FROM streams WHERE id = :s"),
-            {"s": rec.stream_id},
-        ).one()
+        stream = next(s for s in list_streams(conn) if s.id == rec.stream_id)
         python = [
-            (r[0], *decimals((r[4], r[5], r[3], r[2]))) for r in quotes(conn, iid, depth, 0, END_US)
+            (r[0], *decimals((r[4], r[5], r[3], r[2]))) for r in quotes(conn, stream, 0, END_US)
         ]
         assert python == [(r[0], *decimals(r[3:])) for r in everything]
         for from_us, to_us in windows(rng, rec.feed.messages):

@@ -14,7 +14,7 @@ from depthwatch.storage import schema
 from depthwatch.storage.db import normalise_url
 from depthwatch.storage.read.book import book_events
 from depthwatch.storage.read.rows import BookEventRow
-from depthwatch.storage.read.streams import NotRecorded, instrument_id
+from depthwatch.storage.read.streams import NotRecorded, find_stream
 from depthwatch.storage.writer import BatchWriter, WriterConfig
 
 STREAM = StreamKey("linear", "BTCUSDT", 50)
@@ -45,10 +45,10 @@ def stored_messages(engine: sa.Engine, stream: StreamKey = STREAM) -> int:
     """Distinct book messages stored for the stream (packed or legacy)."""
     with engine.connect() as conn:
         try:
-            iid = instrument_id(conn, stream.category, stream.symbol)
+            recorded = find_stream(conn, stream.category, stream.symbol, stream.depth)
         except NotRecorded:
             return 0
-        return sum(1 for _ in book_events(conn, iid, stream.depth, 0, 2**62))
+        return sum(1 for _ in book_events(conn, recorded, 0, 2**62))
 
 
 def started_writer(engine: sa.Engine, **overrides) -> BatchWriter:
@@ -104,8 +104,7 @@ def test_writes_are_exact_and_idempotent(engine):
     assert count(engine, "book_chunks") == 1  # one flush, one second: one chunk, stored once
     assert count(engine, "trades") == 1
     with engine.connect() as conn:
-        iid = instrument_id(conn, "linear", "BTCUSDT")
-        events = list(book_events(conn, iid, 50, 0, 2**62))
+        events = list(book_events(conn, find_stream(conn, "linear", "BTCUSDT", 50), 0, 2**62))
         trade_row = conn.execute(sa.text("SELECT trade_id, price::text FROM trades")).one()
     assert [e.u for e in events] == list(range(1, 201))
     assert tuple(vars_of(events[6])) == (
@@ -148,8 +147,8 @@ def test_a_message_that_cannot_be_stored_costs_only_itself(engine):
     stats = writer.stats
     assert stats.rows_rejected == 1
     with engine.connect() as conn:
-        iid = instrument_id(conn, "linear", "BTCUSDT")
-        stored = [e.u for e in book_events(conn, iid, 50, 0, 2**62)]
+        stream = find_stream(conn, "linear", "BTCUSDT", 50)
+        stored = [e.u for e in book_events(conn, stream, 0, 2**62)]
     assert stored == [u for u in range(1, 21) if u != 15]
 
 

@@ -14,7 +14,7 @@ from depthwatch.records import BookUpdate, Quote, StreamKey
 from depthwatch.storage import schema
 from depthwatch.storage.read.book import book_events, quotes
 from depthwatch.storage.read.chunks import last_quote
-from depthwatch.storage.read.streams import instrument_id, recorded_depths
+from depthwatch.storage.read.streams import find_stream
 from depthwatch.storage.read.tops import latest_book, message_count, top_series
 from depthwatch.storage.writer import BatchWriter, WriterConfig
 
@@ -102,14 +102,14 @@ def test_a_version_2_database_upgrades_and_its_history_stays_exportable_and_visi
     assert writer.stop()
 
     with engine.connect() as conn:
-        iid = instrument_id(conn, "linear", "BTCUSDT")
-        assert recorded_depths(conn, iid, [1, 50]) == [50]
-        events = list(book_events(conn, iid, 50, 0, 2**62))
+        stream = find_stream(conn, "linear", "BTCUSDT", None)  # the one depth recorded
+        assert stream.depth == 50
+        events = list(book_events(conn, stream, 0, 2**62))
         assert [(e.u, e.is_snapshot) for e in events] == [(1, True)] + [
             (u, False) for u in range(2, 6)
         ]
         assert events[0].bid_prices == ["100.00", "99.90"]  # legacy digits, as stored
-        ticks = list(quotes(conn, iid, 50, 0, 2**62))
+        ticks = list(quotes(conn, stream, 0, 2**62))
         # A quote repeating the top before it is not a tick.
         # u = 4 (packed) made the same top as u = 3 (legacy): not a tick.
         assert [(q[4], q[5], q[3]) for q in ticks] == [
@@ -119,13 +119,13 @@ def test_a_version_2_database_upgrades_and_its_history_stays_exportable_and_visi
             ("100.05", "7", "100.20"),
         ]
         # The dashboard sees both: the legacy snapshot and tops, the packed newest top.
-        book = latest_book(conn, iid, 50, 10, 0)
+        book = latest_book(conn, stream, 10, 0)
         assert book is not None and book.bids["price"].tolist() == [100.0, 99.9]
-        last = last_quote(conn, iid, 50, 0)
+        last = last_quote(conn, stream, 0)
         assert last is not None and last.bid_text == "100.05"
-        top = top_series(conn, iid, 50, T0, T0 + 3 * S, S)
+        top = top_series(conn, stream, T0, T0 + 3 * S, S)
         assert top["t_ms"].tolist() == [T0 / 1000, (T0 + 2 * S) / 1000]
-        assert message_count(conn, iid, 50, T0, T0 + 3 * S) == 5
+        assert message_count(conn, stream, T0, T0 + 3 * S) == 5
         # psql sees the same messages, old and new.
         rows = conn.execute(
             sa.text(

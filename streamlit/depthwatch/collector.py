@@ -43,7 +43,7 @@ from depthwatch.storage.db import make_engine, resolve_database_url, wait_for_da
 from depthwatch.storage.read.chunks import last_recorded
 from depthwatch.storage.read.events import streams_kept_by_others
 from depthwatch.storage.read.rows import LastRecorded
-from depthwatch.storage.read.streams import NotRecorded, instrument_id
+from depthwatch.storage.read.streams import NotRecorded, find_stream
 from depthwatch.storage.writer import BatchWriter, WriterConfig
 
 log = logging.getLogger(__name__)
@@ -453,10 +453,10 @@ def find_holes(engine: sa.Engine, collector: Collector) -> tuple[list[Hole], lis
         kept = streams_kept_by_others(conn, config.collector_id, since)
         for stream in collector.books:
             try:
-                iid = instrument_id(conn, stream.category, stream.symbol)
+                recorded = find_stream(conn, stream.category, stream.symbol, stream.depth)
             except NotRecorded:
                 continue
-            last = last_recorded(conn, iid, stream.depth)
+            last = last_recorded(conn, recorded)
             if last is not None:
                 holes[str(stream) in kept].append(Hole(stream, last))
     return holes

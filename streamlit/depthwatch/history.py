@@ -32,7 +32,7 @@ from depthwatch.export.replay import BookReplay, StepKind
 from depthwatch.export.tardis import ArrowSink, ExportRequest, check_requests, export
 from depthwatch.records import Level
 from depthwatch.storage.db import make_engine, resolve_database_url
-from depthwatch.storage.read.streams import instrument_id, require_schema
+from depthwatch.storage.read.streams import Stream, find_stream, require_schema
 
 Time = str | datetime | int
 Symbols = str | list[str] | tuple[str, ...]
@@ -189,13 +189,9 @@ def _levels(side: list[Level]) -> list[tuple[float, float]]:
     return [(float(p), float(a)) for p, a in side]
 
 
-def _stream(conn: sa.Connection, symbol: str, category: str, depth: int | None) -> tuple[int, int]:
-    from depthwatch.export.tardis import resolve_depth
-
+def _stream(conn: sa.Connection, symbol: str, category: str, depth: int | None) -> Stream:
     require_schema(conn)
-    iid = instrument_id(conn, category, symbol)
-    request = ExportRequest("incremental_book_L2", category, symbol, 0, 1, depth)
-    return iid, resolve_depth(conn, iid, request)
+    return find_stream(conn, category, symbol, depth)
 
 
 def book_at(
@@ -210,10 +206,10 @@ def book_at(
     known=False saying why it cannot be told."""
     symbol, at_us = symbol.upper(), to_us(when)
     with _default_engine(engine).connect() as conn:
-        iid, depth = _stream(conn, symbol, category, depth)
+        stream = _stream(conn, symbol, category, depth)
         # The book after every message stamped <= `when`, confirmed by the next
         # message: only if that one continues `u` was nothing missed before it.
-        replay = BookReplay(conn, iid, depth, at_us + 1, at_us + 1 + LOOK_AHEAD_US)
+        replay = BookReplay(conn, stream, at_us + 1, at_us + 1 + LOOK_AHEAD_US)
         state: tuple[list[Level], list[Level]] | None = None
         for step in replay:
             if step.kind is StepKind.START:
@@ -229,7 +225,7 @@ def book_at(
                 else "a sequence gap: the book is unknown until the next snapshot"
             )
             return Book(symbol, at_us, False, reason=reason)
-        hole = _collector_hole(conn, category, symbol, depth, at_us)
+        hole = _collector_hole(conn, category, symbol, stream.depth, at_us)
         if hole:
             return Book(symbol, at_us, False, reason=hole)
         bids, asks = state
@@ -253,8 +249,7 @@ def book_states(
     symbol = symbol.upper()
     start_us, end_us = to_us(start), to_us(end)
     with _default_engine(engine).connect() as conn:
-        iid, depth = _stream(conn, symbol, category, depth)
-        replay = BookReplay(conn, iid, depth, start_us, end_us)
+        replay = BookReplay(conn, _stream(conn, symbol, category, depth), start_us, end_us)
         book = replay.book
         applied: int | None = None  # the exchange time of the message just applied
         for step in replay:

@@ -11,7 +11,7 @@ import streamlit as st
 
 from depthwatch.app import data
 from depthwatch.app.data import DatabaseDown, NoSchema
-from depthwatch.storage.read.streams import StreamRow
+from depthwatch.storage.read.streams import Stream
 
 T = TypeVar("T")
 
@@ -59,7 +59,7 @@ def load(read: Callable[[], T]) -> T | None:
     return None
 
 
-def recorded_streams() -> list[StreamRow] | None:
+def recorded_streams() -> list[Stream] | None:
     """The recorded streams; None once the page has said why there are none
     (a dead database, or nothing recorded yet)."""
     streams = load(data.streams)

@@ -49,7 +49,7 @@ from depthwatch.storage.read.health import (
     table_sizes,
 )
 from depthwatch.storage.read.rows import BookView, HeartbeatView, HeatmapGrid, LastQuote, Latency
-from depthwatch.storage.read.streams import StreamRow, list_streams
+from depthwatch.storage.read.streams import Stream, list_streams
 from depthwatch.storage.read.tops import (
     heatmap_cells,
     imbalance_series,
@@ -120,7 +120,7 @@ class NoSchema(RuntimeError):
 
 @dataclass(frozen=True)
 class StreamSummary:
-    stream: StreamRow
+    stream: Stream
     quote: LastQuote | None
     messages_per_s: float
     gaps_24h: int
@@ -138,13 +138,12 @@ def overview(window_min: int) -> list[StreamSummary]:
         counts = event_counts(conn, now - HEALTH_DAY_US)
         out = []
         for stream in list_streams(conn):
-            sid, depth = stream.instrument_id, stream.depth
-            top = top_series(conn, sid, depth, start, now, _bucket_us(window_min * 60, 60))
+            top = top_series(conn, stream, start, now, _bucket_us(window_min * 60, 60))
             kinds = counts.get((stream.category, stream.symbol, stream.depth), {})
             out.append(
                 StreamSummary(
                     stream,
-                    last_quote(conn, sid, depth, now - HEALTH_DAY_US),
+                    last_quote(conn, stream, now - HEALTH_DAY_US),
                     _messages_per_s(conn, stream, now),
                     kinds.get(FeedEventKind.GAP, 0),
                     kinds.get(FeedEventKind.RESYNC, 0),
@@ -163,7 +162,7 @@ def overview(window_min: int) -> list[StreamSummary]:
 
 @dataclass(frozen=True)
 class LiveView:
-    stream: StreamRow
+    stream: Stream
     start_us: int
     now_us: int
     quote: LastQuote | None
@@ -205,8 +204,8 @@ def stale_since(heartbeat: HeartbeatView | None, quote: LastQuote | None, now: i
     return None
 
 
-def _messages_per_s(conn: sa.Connection, stream: StreamRow, now: int) -> float:
-    count = message_count(conn, stream.instrument_id, stream.depth, now - RATE_WINDOW_US, now)
+def _messages_per_s(conn: sa.Connection, stream: Stream, now: int) -> float:
+    count = message_count(conn, stream, now - RATE_WINDOW_US, now)
     return count / (RATE_WINDOW_US / 1e6)
 
 
@@ -215,7 +214,7 @@ def _bucket_us(window_s: int, max_points: int) -> int:
     return max(1, math.ceil(window_s / max_points)) * 1_000_000
 
 
-def find_stream(streams: list[StreamRow], category: str, symbol: str, depth: int) -> StreamRow:
+def find_stream(streams: list[Stream], category: str, symbol: str, depth: int) -> Stream:
     for stream in streams:
         if (stream.category, stream.symbol, stream.depth) == (category, symbol, depth):
             return stream
@@ -223,23 +222,22 @@ def find_stream(streams: list[StreamRow], category: str, symbol: str, depth: int
 
 
 @st.cache_resource(ttl=1.0, show_spinner=False, max_entries=64)
-def streams() -> list[StreamRow]:
+def streams() -> list[Stream]:
     return _read(list_streams)
 
 
 @st.cache_resource(ttl=1.0, show_spinner=False, max_entries=64)
-def live_view(stream: StreamRow, window_min: int, levels: int) -> LiveView:
+def live_view(stream: Stream, window_min: int, levels: int) -> LiveView:
     def work(conn: sa.Connection) -> LiveView:
         now = now_us()
         start = now - window_min * 60_000_000
-        sid, depth = stream.instrument_id, stream.depth
         bucket = _bucket_us(window_min * 60, MAX_POINTS)
-        quote = last_quote(conn, sid, depth, now - HEALTH_DAY_US)
-        book = latest_book(conn, sid, depth, levels, start)
-        top = top_series(conn, sid, depth, start, now, bucket)
+        quote = last_quote(conn, stream, now - HEALTH_DAY_US)
+        book = latest_book(conn, stream, levels, start)
+        top = top_series(conn, stream, start, now, bucket)
         grid = _heatmap_grid(book, top, stream, window_min)
         heatmap = (
-            heatmap_cells(conn, sid, depth, start, now, grid, levels)
+            heatmap_cells(conn, stream, start, now, grid, levels)
             if book is not None
             else pd.DataFrame(columns=list(HEATMAP_COLUMNS), dtype="float64")
         )
@@ -256,8 +254,8 @@ def live_view(stream: StreamRow, window_min: int, levels: int) -> LiveView:
             top=top,
             heatmap=heatmap,
             grid=grid,
-            imbalance=imbalance_series(conn, sid, depth, start, now, levels, bucket),
-            trades=recent_trades(conn, sid, start, now, TRADES_MAX),
+            imbalance=imbalance_series(conn, stream, start, now, levels, bucket),
+            trades=recent_trades(conn, stream.instrument_id, start, now, TRADES_MAX),
             events=events,
             spans=coverage_spans(events, heartbeats, start / 1000, now / 1000, interval_ms),
             messages_per_s=_messages_per_s(conn, stream, now),
@@ -270,7 +268,7 @@ def live_view(stream: StreamRow, window_min: int, levels: int) -> LiveView:
 
 
 def _heatmap_grid(
-    book: BookView | None, top: pd.DataFrame, stream: StreamRow, window_min: int
+    book: BookView | None, top: pd.DataFrame, stream: Stream, window_min: int
 ) -> HeatmapGrid:
     """About HEATMAP_ROWS price buckets over the prices the window can show (the
     touch's whole range, widened by how far the newest book reaches beyond it),

@@ -46,7 +46,7 @@ from depthwatch.clock import now_us as clock_now_us
 from depthwatch.export import files
 from depthwatch.export.snapshots import SnapshotSpec
 from depthwatch.export.tardis import ExportRequest, check_kind, header
-from depthwatch.storage.read.streams import StreamRow
+from depthwatch.storage.read.streams import Stream
 from depthwatch.storage.read.trades import TRADE_COUNT_CAP
 
 KINDS = ("incremental_book_L2", "quotes", "trades", "book_snapshot")
@@ -119,7 +119,7 @@ Choice = tuple[str, tuple[str, ...], int | None, str, int, int, str]
 _K = "history_"  # session keys of this page's widgets
 
 
-def _controls(streams: list[StreamRow]) -> Choice | None:
+def _controls(streams: list[Stream]) -> Choice | None:
     """The inputs, seeded from the URL on a first visit and written back to it."""
     categories = sorted({s.category for s in streams})
     now = clock_now_us()
@@ -218,7 +218,7 @@ def _controls(streams: list[StreamRow]) -> Choice | None:
 
 
 def _depth_control(
-    column: DeltaGenerator, streams: list[StreamRow], category: str | None, symbols: list[str]
+    column: DeltaGenerator, streams: list[Stream], category: str | None, symbols: list[str]
 ) -> int | str | None:
     """A depth choice, only when a chosen symbol was recorded at several:
     the depth, None when each symbol has one, or why no depth serves them all."""
@@ -272,7 +272,7 @@ def _shown(value: str) -> str:
     return repr(value[:60].replace("`", "'"))
 
 
-def _seed(streams: list[StreamRow], categories: list[str], now: int) -> None:
+def _seed(streams: list[Stream], categories: list[str], now: int) -> None:
     """Each input's value from the URL, or its default, when the session has
     none yet (a first visit, or back from another page); a URL value that
     names nothing recorded is told so and replaced."""

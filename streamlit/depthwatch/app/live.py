@@ -18,7 +18,7 @@ from depthwatch.app.guard import live_fragment
 from depthwatch.clock import SECOND_US
 from depthwatch.export import files
 from depthwatch.storage.read.rows import HeatmapGrid
-from depthwatch.storage.read.streams import StreamRow
+from depthwatch.storage.read.streams import Stream
 
 REFRESH_S = 1.0
 SHOWN_SAMPLES = 600  # render-time data ages kept per viewer for the latency strip
@@ -37,11 +37,11 @@ def render() -> None:
     _downloads(stream, window_min)
 
 
-def _label(stream: StreamRow) -> str:
+def _label(stream: Stream) -> str:
     return f"{stream.symbol} · {stream.category} · depth {stream.depth}"
 
 
-def _controls(streams: list[StreamRow]) -> tuple[StreamRow, int, int, bool]:
+def _controls(streams: list[Stream]) -> tuple[Stream, int, int, bool]:
     """Symbol, window and levels, seeded from the URL and written back to it;
     pausing belongs to this viewing only, not to the link."""
     index = _stream_index(streams)
@@ -84,7 +84,7 @@ def _shown(value: str) -> str:
     return repr(value[:40].replace("`", "'"))
 
 
-def _stream_index(streams: list[StreamRow]) -> int:
+def _stream_index(streams: list[Stream]) -> int:
     """The stream the URL names (category, symbol and depth, or the symbol
     alone); a URL naming none is told so, and the first stream is shown."""
     params = st.query_params
@@ -127,7 +127,7 @@ def _int_param(name: str, default: int, allowed: tuple[int, ...]) -> int:
     return default
 
 
-def live_panel(stream: StreamRow, window_min: int, levels: int, paused: bool) -> None:
+def live_panel(stream: Stream, window_min: int, levels: int, paused: bool) -> None:
     """Everything that refreshes: run as a fragment every second unless paused."""
     view = load(lambda: data.live_view(stream, window_min, levels))
     if view is None:
@@ -248,7 +248,7 @@ def _latency_strip(view: data.LiveView, age_s: float | None) -> None:
     )
 
 
-def _downloads(stream: StreamRow, window_min: int) -> None:
+def _downloads(stream: Stream, window_min: int) -> None:
     """The window's ticks in Tardis layouts: made on this server when clicked,
     within the same limits as the History page (else the command line)."""
     st.subheader("Download this window")
@@ -261,7 +261,7 @@ def _downloads(stream: StreamRow, window_min: int) -> None:
             _offer_window(stream, window_min, kind)
 
 
-def _offer_window(stream: StreamRow, window_min: int, kind: str) -> None:
+def _offer_window(stream: Stream, window_min: int, kind: str) -> None:
     end = data.now_us()
     start = end - window_min * 60 * SECOND_US
     symbols = (stream.symbol,)
@@ -298,7 +298,7 @@ def _offer_window(stream: StreamRow, window_min: int, kind: str) -> None:
     )
 
 
-def _write_window(stream: StreamRow, window_min: int, kind: str, out: BinaryIO) -> int:
+def _write_window(stream: Stream, window_min: int, kind: str, out: BinaryIO) -> int:
     """The last `window_min` minutes as of now (the click), to `out`."""
     end = data.now_us()
     start = end - window_min * 60 * SECOND_US

@@ -30,7 +30,7 @@ from depthwatch.logs import first_line
 from depthwatch.storage.db import DatabaseUnavailable
 from depthwatch.storage.read.events import source_simulated
 from depthwatch.storage.read.rows import BookVolume, TradeCount
-from depthwatch.storage.read.streams import NotRecorded, StreamRow, list_streams
+from depthwatch.storage.read.streams import NotRecorded, Stream, list_streams
 from depthwatch.storage.read.tops import book_volume, recorded_span
 from depthwatch.storage.read.trades import trade_count
 
@@ -292,18 +292,11 @@ def _plan(conn: sa.Connection, requests: Sequence[ExportRequest], fmt: str, star
         else:
             spec = SnapshotSpec.parse(request.kind)
             volume = book_volume(
-                conn,
-                stream.instrument_id,
-                stream.depth,
-                request.start_us,
-                request.end_us,
-                spec.interval_us if spec else 0,
+                conn, stream, request.start_us, request.end_us, spec.interval_us if spec else 0
             )
             rows = book_rows(request.kind, volume, stream.depth, request.start_us, request.end_us)
             first, last = volume.first_us, volume.last_us
-        recorded = (
-            recorded_span(conn, stream.instrument_id, stream.depth) if first is None else None
-        )
+        recorded = recorded_span(conn, stream) if first is None else None
         size = file_bytes(request.kind, fmt, request.exchange, request.symbol, rows.rows)
         estimates.append(SymbolEstimate(request.symbol, rows, size, first, last, recorded))
     # Heartbeats carry receive times, a moment after the exchange's.
@@ -314,7 +307,7 @@ def _plan(conn: sa.Connection, requests: Sequence[ExportRequest], fmt: str, star
     return Plan(None, tuple(estimates), simulated, took)
 
 
-def _stream_of(streams: Sequence[StreamRow], request: ExportRequest) -> StreamRow:
+def _stream_of(streams: Sequence[Stream], request: ExportRequest) -> Stream:
     """The stream a request reads (check_requests made sure there is one)."""
     found = [
         s

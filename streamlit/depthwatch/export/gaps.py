@@ -27,13 +27,12 @@ from depthwatch.clock import SECOND_US, TIME_FORMS, now_us, utc_datetime
 from depthwatch.config import CollectorConfig, add_database_arguments
 from depthwatch.coverage import Gap
 from depthwatch.feed.topics import CATEGORIES, TARDIS_EXCHANGE, valid_depths
-from depthwatch.records import StreamKey
 from depthwatch.storage.read.chunks import RecordedTimes
 from depthwatch.storage.read.events import heartbeats, heartbeats_kept_from, stream_events
 from depthwatch.storage.read.streams import NotRecorded
 
 if TYPE_CHECKING:
-    from depthwatch.storage.read.streams import StreamRow
+    from depthwatch.storage.read.streams import Stream
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +73,16 @@ def find_gaps(
         streams = recorded_streams(conn, category, symbols, depth)
         kept_from = heartbeats_kept_from(conn)
         gaps: list[Gap] = []
-        for row in streams:
-            stream = StreamKey(row.category, row.symbol, row.depth)
-            beats = heartbeats(conn, str(stream), start_us, end_us)
+        for stream in streams:
+            beats = heartbeats(conn, stream.key, start_us, end_us)
             found = coverage.stream_gaps(
-                stream,
+                stream.stream_key,
                 stream_events(conn, stream, start_us, end_us),
                 beats.times_us,
                 start_us,
                 end_us,
                 beats.interval_us or DEFAULT_HEARTBEAT_US,
-                RecordedTimes(conn, row.instrument_id, row.depth),
+                RecordedTimes(conn, stream),
                 kept_from,
             )
             gaps += coverage.disjoint(found)
@@ -102,7 +100,7 @@ def _connected(bind: sa.Engine | sa.Connection) -> Iterator[sa.Connection]:
 
 def recorded_streams(
     conn: sa.Connection, category: str, symbols: Sequence[str] | None, depth: int | None
-) -> list[StreamRow]:
+) -> list[Stream]:
     """The category's recorded streams of `symbols` (None: all) at `depth`
     (None: all); NotRecorded for a symbol or depth never recorded."""
     # Here, not at the top: the dashboard's reads bring pandas, which every

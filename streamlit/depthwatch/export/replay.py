@@ -27,6 +27,7 @@ from depthwatch.storage.read.book import (
     last_snapshot_before,
 )
 from depthwatch.storage.read.rows import BookEventRow, Checkpoint, IntBookEvent
+from depthwatch.storage.read.streams import Stream
 
 
 class StepKind(Enum):
@@ -51,10 +52,10 @@ class Replay(Generic[EventT]):
     Subclasses say which book: BookReplay (the exchange's text, OrderBook),
     IntBookReplay (exact integers, IntBook)."""
 
-    def __init__(self, conn: sa.Connection, iid: int, depth: int, start_us: int, end_us: int):
+    def __init__(self, conn: sa.Connection, stream: Stream, start_us: int, end_us: int):
         self.conn = conn
-        self.iid = iid
-        self.depth = depth
+        self.stream = stream
+        self.depth = stream.depth
         self.start_us = start_us
         self.end_us = end_us
         self.valid = False
@@ -65,10 +66,10 @@ class Replay(Generic[EventT]):
     def _from_us(self) -> int:
         """Where to start reading: the latest whole book before `start` (a
         checkpoint is usually much closer than an exchange snapshot)."""
-        conn, iid, depth, start = self.conn, self.iid, self.depth, self.start_us
+        conn, stream, start = self.conn, self.stream, self.start_us
         from_us = start
-        snapshot_us = last_snapshot_before(conn, iid, depth, start)
-        checkpoint = last_checkpoint_at_or_before(conn, iid, depth, start)
+        snapshot_us = last_snapshot_before(conn, stream, start)
+        checkpoint = last_checkpoint_at_or_before(conn, stream, start)
         if snapshot_us is not None:
             from_us = snapshot_us
         if checkpoint is not None and (snapshot_us is None or checkpoint.ts_us > snapshot_us):
@@ -129,12 +130,12 @@ class Replay(Generic[EventT]):
 class BookReplay(Replay[BookEventRow]):
     """The book as the exchange wrote it: decimal texts (OrderBook)."""
 
-    def __init__(self, conn: sa.Connection, iid: int, depth: int, start_us: int, end_us: int):
-        super().__init__(conn, iid, depth, start_us, end_us)
+    def __init__(self, conn: sa.Connection, stream: Stream, start_us: int, end_us: int):
+        super().__init__(conn, stream, start_us, end_us)
         self.book = OrderBook()
 
     def _events(self, from_us: int) -> Iterator[BookEventRow]:
-        return book_events(self.conn, self.iid, self.depth, from_us, self.end_us)
+        return book_events(self.conn, self.stream, from_us, self.end_us)
 
     def _load(self, checkpoint: Checkpoint) -> None:
         self.book.apply_levels(checkpoint.bids, checkpoint.asks)
@@ -152,13 +153,13 @@ class IntBookReplay(Replay[IntBookEvent]):
     """The book in exact integers (IntBook), watching its top `levels`."""
 
     def __init__(
-        self, conn: sa.Connection, iid: int, depth: int, start_us: int, end_us: int, levels: int
+        self, conn: sa.Connection, stream: Stream, start_us: int, end_us: int, levels: int
     ):
-        super().__init__(conn, iid, depth, start_us, end_us)
+        super().__init__(conn, stream, start_us, end_us)
         self.book = IntBook(levels)
 
     def _events(self, from_us: int) -> Iterator[IntBookEvent]:
-        return int_book_events(self.conn, self.iid, self.depth, from_us, self.end_us)
+        return int_book_events(self.conn, self.stream, from_us, self.end_us)
 
     def _load(self, checkpoint: Checkpoint) -> None:
         self.book.load_levels(checkpoint.bids, checkpoint.asks)

@@ -26,13 +26,14 @@ import sqlalchemy as sa
 
 from depthwatch.export.replay import BookReplay, IntBookReplay, StepKind
 from depthwatch.export.snapshots import SnapshotSpec, snapshot_columns, snapshot_rows
-from depthwatch.feed.topics import TARDIS_EXCHANGE, valid_depths
+from depthwatch.feed.topics import TARDIS_EXCHANGE
 from depthwatch.storage.read.book import quotes
 from depthwatch.storage.read.rows import BookEventRow
 from depthwatch.storage.read.streams import (
     NotRecorded,
+    Stream,
+    find_stream,
     instrument_id,
-    recorded_depths,
     require_schema,
 )
 from depthwatch.storage.read.trades import trades
@@ -187,35 +188,36 @@ def check_requests(engine: sa.Engine, requests: Sequence[ExportRequest]) -> None
             _plan(conn, request)
 
 
-def _plan(conn: sa.Connection, request: ExportRequest) -> tuple[int, int]:
-    """(instrument id, depth; 0 for trades) of a request that can be served."""
+def _plan(conn: sa.Connection, request: ExportRequest) -> tuple[int, Stream | None]:
+    """(instrument id, the stream: None for trades and gaps) of a request that
+    can be served."""
     check_kind(request.kind)
-    iid = instrument_id(conn, request.category, request.symbol)
     if request.kind in ("trades", GAPS):
-        return iid, 0
-    depth = resolve_depth(conn, iid, request)
+        return instrument_id(conn, request.category, request.symbol), None
+    stream = find_stream(conn, request.category, request.symbol, request.depth)
     spec = SnapshotSpec.parse(request.kind)
-    if spec is not None and spec.levels > depth:
+    if spec is not None and spec.levels > stream.depth:
         raise NotRecorded(
-            f"{request.kind}: {request.symbol} was recorded {depth} levels deep; "
-            f"ask for at most book_snapshot_{depth}"
+            f"{request.kind}: {request.symbol} was recorded {stream.depth} levels deep; "
+            f"ask for at most book_snapshot_{stream.depth}"
         )
-    return iid, depth
+    return stream.instrument_id, stream
 
 
 def request_rows(conn: sa.Connection, request: ExportRequest, progress: Progress) -> Iterator[Row]:
-    iid, depth = _plan(conn, request)
+    iid, stream = _plan(conn, request)
     if request.kind == "trades":
         return _trade_rows(conn, iid, request, progress)
     if request.kind == GAPS:
         return _gap_rows(conn, request, progress)
+    assert stream is not None  # _plan found the book's stream
     if request.kind == "incremental_book_L2":
-        return _l2_rows(conn, iid, depth, request, progress)
+        return _l2_rows(conn, stream, request, progress)
     if request.kind == "quotes":
-        return _quote_rows(conn, iid, depth, request, progress)
+        return _quote_rows(conn, stream, request, progress)
     spec = SnapshotSpec.parse(request.kind)
     assert spec is not None  # _plan checked the kind
-    replay = IntBookReplay(conn, iid, depth, request.start_us, request.end_us, spec.levels)
+    replay = IntBookReplay(conn, stream, request.start_us, request.end_us, spec.levels)
     return _counted(snapshot_rows(replay, spec), progress)
 
 
@@ -433,29 +435,10 @@ class ParquetSink:
             self.writer.close()
 
 
-def resolve_depth(conn: sa.Connection, iid: int, request: ExportRequest) -> int:
-    """The requested depth, or the only one recorded; several need a choice."""
-    candidates = valid_depths(request.category, legacy=True)
-    depths = recorded_depths(conn, iid, candidates)
-    if request.depth is not None:
-        if request.depth not in depths:
-            raise NotRecorded(
-                f"no depth-{request.depth} book recorded for {request.symbol}; recorded: {depths}"
-            )
-        return request.depth
-    if not depths:
-        raise NotRecorded(f"no order book recorded for {request.symbol}")
-    if len(depths) > 1:
-        raise NotRecorded(
-            f"{request.symbol} was recorded at depths {depths}: choose one with --depth"
-        )
-    return depths[0]
-
-
 def _l2_rows(
-    conn: sa.Connection, iid: int, depth: int, request: ExportRequest, progress: Progress
+    conn: sa.Connection, stream: Stream, request: ExportRequest, progress: Progress
 ) -> Iterator[Row]:
-    replay = BookReplay(conn, iid, depth, request.start_us, request.end_us)
+    replay = BookReplay(conn, stream, request.start_us, request.end_us)
     for step in replay:
         event = step.event
         if event is None:
@@ -485,9 +468,9 @@ def _event_rows(event: BookEventRow) -> list[Row]:
 
 
 def _quote_rows(
-    conn: sa.Connection, iid: int, depth: int, request: ExportRequest, progress: Progress
+    conn: sa.Connection, stream: Stream, request: ExportRequest, progress: Progress
 ) -> Iterator[Row]:
-    for row in quotes(conn, iid, depth, request.start_us, request.end_us):
+    for row in quotes(conn, stream, request.start_us, request.end_us):
         progress.tick(1, row[0])
         yield tuple(row)
 

@@ -30,7 +30,7 @@ from depthwatch.storage.codec import (
 from depthwatch.storage.read import legacy
 from depthwatch.storage.read.cursor import stream_rows
 from depthwatch.storage.read.rows import BookEventRow, Checkpoint, IntBookEvent, QuoteRow
-from depthwatch.storage.read.streams import stream_id
+from depthwatch.storage.read.streams import Stream
 
 # The packed log is decoded a batch at a time: this many chunks, or fewer once
 # they hold this many messages (a chunk of a busy stream holds hundreds: a
@@ -41,28 +41,26 @@ CHUNK_BATCH_ROWS = 500
 MESSAGE_BATCH = 10_000
 
 
-def last_snapshot_before(conn: sa.Connection, iid: int, depth: int, ts_us: int) -> int | None:
+def last_snapshot_before(conn: sa.Connection, stream: Stream, ts_us: int) -> int | None:
     """Exchange time of the last snapshot strictly before `ts_us` (packed
     chunks open with their snapshots)."""
     ts = conn.execute(
         sa.text(
             """SELECT greatest(
-                   (SELECT c.ts_us FROM book_chunks c
-                    WHERE c.stream_id = (SELECT id FROM streams
-                                         WHERE instrument_id = :i AND depth = :d)
-                      AND c.snapshot AND c.ts_us < :t
-                    ORDER BY c.ts_us DESC LIMIT 1),
+                   (SELECT ts_us FROM book_chunks
+                    WHERE stream_id = :s AND snapshot AND ts_us < :t
+                    ORDER BY ts_us DESC LIMIT 1),
                    (SELECT ts_us FROM book_events
                     WHERE instrument_id = :i AND depth = :d AND is_snapshot AND ts_us < :t
                     ORDER BY ts_us DESC LIMIT 1))"""
         ),
-        {"i": iid, "d": depth, "t": ts_us},
+        {"s": stream.id, "i": stream.instrument_id, "d": stream.depth, "t": ts_us},
     ).scalar()
     return None if ts is None else int(ts)
 
 
 def last_checkpoint_at_or_before(
-    conn: sa.Connection, iid: int, depth: int, ts_us: int
+    conn: sa.Connection, stream: Stream, ts_us: int
 ) -> Checkpoint | None:
     """The collector's latest whole-book checkpoint stamped at or before `ts_us`."""
     row = conn.execute(
@@ -73,7 +71,7 @@ def last_checkpoint_at_or_before(
                WHERE instrument_id = :i AND depth = :d AND ts_us <= :t
                ORDER BY ts_us DESC LIMIT 1"""
         ),
-        {"i": iid, "d": depth, "t": ts_us},
+        {"i": stream.instrument_id, "d": stream.depth, "t": ts_us},
     ).first()
     if row is None:
         return None
@@ -88,17 +86,16 @@ def last_checkpoint_at_or_before(
 
 
 def int_book_events(
-    conn: sa.Connection, iid: int, depth: int, from_us: int, end_us: int
+    conn: sa.Connection, stream: Stream, from_us: int, end_us: int
 ) -> Iterator[IntBookEvent]:
     """book_events with integer levels, in the same order, repeats dropped the same way."""
-    sid = stream_id(conn, iid, depth)
-    packed = _chunk_int_events(conn, sid, from_us, end_us) if sid is not None else iter(())
-    old = (as_ints(e) for e in legacy.book_events(conn, iid, depth, from_us, end_us))
+    packed = _chunk_int_events(conn, stream, from_us, end_us)
+    old = (as_ints(e) for e in legacy.book_events(conn, stream, from_us, end_us))
     return _merged(old, packed)
 
 
 def book_events(
-    conn: sa.Connection, iid: int, depth: int, from_us: int, end_us: int
+    conn: sa.Connection, stream: Stream, from_us: int, end_us: int
 ) -> Iterator[BookEventRow]:
     """Book messages with from_us <= ts < end_us, in the order they apply: by
     exchange time, then Bybit's cross sequence (which, unlike `u`, does not
@@ -107,9 +104,8 @@ def book_events(
     delta, another's subscription snapshot): the delta goes first, so both apply.
     Packed chunks and the schema 1-3 log are merged; a message stored twice
     (two collectors, or both logs during an upgrade) comes once."""
-    sid = stream_id(conn, iid, depth)
-    packed = _chunk_book_events(conn, sid, from_us, end_us) if sid is not None else iter(())
-    return _merged(legacy.book_events(conn, iid, depth, from_us, end_us), packed)
+    packed = _chunk_book_events(conn, stream, from_us, end_us)
+    return _merged(legacy.book_events(conn, stream, from_us, end_us), packed)
 
 
 Event = TypeVar("Event", BookEventRow, IntBookEvent)
@@ -130,9 +126,9 @@ def _event_order(event: BookEventRow | IntBookEvent) -> tuple[int, int, int, boo
 
 
 def _chunk_int_events(
-    conn: sa.Connection, sid: int, from_us: int, end_us: int
+    conn: sa.Connection, stream: Stream, from_us: int, end_us: int
 ) -> Iterator[IntBookEvent]:
-    for view, i in messages(conn, sid, from_us, end_us):
+    for view, i in messages(conn, stream, from_us, end_us):
         ticks, lots = view.level_ints()
         first, mid, last = view.level_bounds(i)
         yield IntBookEvent(
@@ -176,10 +172,10 @@ def int_levels(
 
 
 def _chunk_book_events(
-    conn: sa.Connection, sid: int, from_us: int, end_us: int
+    conn: sa.Connection, stream: Stream, from_us: int, end_us: int
 ) -> Iterator[BookEventRow]:
     text = TextCache()
-    for view, i in messages(conn, sid, from_us, end_us):
+    for view, i in messages(conn, stream, from_us, end_us):
         prices, sizes = view.level_texts(text)
         first, mid, last = view.level_bounds(i)
         yield BookEventRow(
@@ -261,7 +257,7 @@ class Messages:
 
 def messages(
     conn: sa.Connection,
-    sid: int,
+    stream: Stream,
     from_us: int,
     end_us: int,
     levels: bool = True,
@@ -270,10 +266,9 @@ def messages(
     """(batch, message index) for the messages with from_us <= ts < end_us,
     in (ts, seq, u, snapshot) order. Chunks come by their first timestamp,
     CHUNK_BATCH_ROWS (or MESSAGE_BATCH messages) at a time, decoded together.
-    They may overlap (two
-    collectors cut the same messages differently), so a batch's messages at
-    or after its last chunk's first timestamp wait for the next batch, which
-    can hold earlier ones; repeats are the caller's to drop.
+    They may overlap (two collectors cut the same messages differently), so a
+    batch's messages at or after its last chunk's first timestamp wait for the
+    next batch, which can hold earlier ones; repeats are the caller's to drop.
     `top_changes_only`: only the messages flagged with a top (quotes)."""
     rows = stream_rows(
         conn,
@@ -282,7 +277,7 @@ def messages(
            ORDER BY ts_us, u, n, snapshot""",
         # A chunk never crosses a second: those that can hold `from_us` start
         # in its second.
-        {"s": sid, "f": from_us - from_us % SECOND_US, "e": end_us},
+        {"s": stream.id, "f": from_us - from_us % SECOND_US, "e": end_us},
         CHUNK_BATCH_ROWS,
     )
     # (ts, seq, u, snapshot, arrival number, batch, index): the number is
@@ -338,19 +333,16 @@ def _batches(rows: Iterable[sa.Row], chunks: int, messages: int) -> Iterator[lis
         yield part
 
 
-def quotes(
-    conn: sa.Connection, iid: int, depth: int, start_us: int, end_us: int
-) -> Iterator[QuoteRow]:
+def quotes(conn: sa.Connection, stream: Stream, start_us: int, end_us: int) -> Iterator[QuoteRow]:
     """(ts_us, local_us, ask_size, ask_price, bid_price, bid_size) at every
     change of the top of book, in time order: from the packed chunks' tops
     merged with the schema 1-3 `quotes` table; a top equal to the one before
     is not repeated (chunks restate their opening top; two collectors store
     the same changes)."""
-    sid = stream_id(conn, iid, depth)
-    packed = _chunk_quotes(conn, sid, start_us, end_us) if sid is not None else iter(())
+    packed = _chunk_quotes(conn, stream, start_us, end_us)
     old = (
         (int(row[0]), int(row[6]), tuple(row[:6]))
-        for row in legacy.quotes(conn, iid, depth, start_us, end_us)
+        for row in legacy.quotes(conn, stream, start_us, end_us)
     )
     last = None
     # Merged by (ts, u): two messages of one millisecond, each in both logs
@@ -367,11 +359,11 @@ def _ts_and_u(item: tuple[int, int, tuple]) -> tuple[int, int]:  # type: ignore[
 
 
 def _chunk_quotes(
-    conn: sa.Connection, sid: int, start_us: int, end_us: int
+    conn: sa.Connection, stream: Stream, start_us: int, end_us: int
 ) -> Iterator[tuple[int, int, QuoteRow]]:
     """(ts_us, u, quote row) of every message that changed the top."""
     text = TextCache()
-    for view, i in messages(conn, sid, start_us, end_us, levels=False, top_changes_only=True):
+    for view, i in messages(conn, stream, start_us, end_us, levels=False, top_changes_only=True):
         bid, bid_size, ask, ask_size = view.tops[view.top_of[i]]
         pe, se = view.price_exp[i], view.size_exp[i]
         ts = view.ts[i]

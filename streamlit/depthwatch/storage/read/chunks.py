@@ -28,68 +28,48 @@ from depthwatch.storage.read.rows import (
     Steps,
     VolumeSample,
 )
-from depthwatch.storage.read.streams import StreamRow, stream_id
+from depthwatch.storage.read.streams import Stream
 
 
-def last_recorded(conn: sa.Connection, iid: int, depth: int) -> LastRecorded | None:
+def last_recorded(conn: sa.Connection, stream: Stream) -> LastRecorded | None:
     """The stream's newest stored book message (receive time and update id):
     where an earlier collector's record of it ends. Backward index probes."""
-    found = [
-        r for r in (_last_packed(conn, iid, depth), legacy.last_recorded(conn, iid, depth)) if r
+    ends = [
+        (int(c.ts_us[-1]), int(c.local_us[-1]), int(c.u[-1])) for c in newest_chunks(conn, stream)
     ]
+    packed = max(ends) if ends else None
+    found = [r for r in (legacy.last_recorded(conn, stream),) if r]
+    if packed is not None:
+        found.append((packed[0], LastRecorded(packed[1], packed[2])))
     return max(found, key=lambda r: r[0])[1] if found else None
 
 
-def _last_packed(conn: sa.Connection, iid: int, depth: int) -> tuple[int, LastRecorded] | None:
-    sid = stream_id(conn, iid, depth)
-    if sid is None:
-        return None
-    newest = conn.execute(
-        sa.text("SELECT max(ts_us) FROM book_chunks WHERE stream_id = :s"), {"s": sid}
-    ).scalar()
-    if newest is None:
-        return None
-    # Chunks of the newest second (two collectors may have cut it differently).
-    best: tuple[int, int, int] | None = None
-    for ts_us, u, payload in conn.execute(
-        sa.text("SELECT ts_us, u, payload FROM book_chunks WHERE stream_id = :s AND ts_us >= :f"),
-        {"s": sid, "f": int(newest) - int(newest) % SECOND_US},
-    ):
-        chunk = decode_chunk(payload, int(ts_us), int(u))
-        last = (int(chunk.ts_us[-1]), int(chunk.local_us[-1]), int(chunk.u[-1]))
-        best = last if best is None or last > best else best
-    return None if best is None else (best[0], LastRecorded(best[1], best[2]))
-
-
-def last_quote(conn: sa.Connection, iid: int, depth: int, since_us: int) -> LastQuote | None:
+def last_quote(conn: sa.Connection, stream: Stream, since_us: int) -> LastQuote | None:
     """The newest top of book at or after `since_us`: the top after the last
     message of the newest packed chunks (a backward index scan of the newest
     partitions), or of the schema 1-3 quotes."""
-    sid = stream_id(conn, iid, depth)
-    packed = _last_packed_quote(conn, sid, since_us) if sid is not None else None
-    return packed or legacy.last_quote(conn, iid, depth, since_us)
+    return _last_packed_quote(conn, stream, since_us) or legacy.last_quote(conn, stream, since_us)
 
 
-def _newest_chunks(
-    conn: sa.Connection, sid: int, since_us: int
-) -> list[tuple[int, int, DecodedChunk]]:
+def newest_chunks(conn: sa.Connection, stream: Stream, since_us: int = 0) -> list[DecodedChunk]:
     """The chunks of the stream's newest second at or after `since_us` (two
-    collectors may have cut it differently), decoded."""
+    collectors may have cut it differently), decoded; none empty."""
     newest = conn.execute(
         sa.text("SELECT max(ts_us) FROM book_chunks WHERE stream_id = :s AND ts_us >= :f"),
-        {"s": sid, "f": since_us},
+        {"s": stream.id, "f": since_us},
     ).scalar()
     if newest is None:
         return []
     rows = conn.execute(
         sa.text("SELECT ts_us, u, payload FROM book_chunks WHERE stream_id = :s AND ts_us >= :f"),
-        {"s": sid, "f": max(since_us, int(newest) - int(newest) % SECOND_US)},
+        {"s": stream.id, "f": max(since_us, int(newest) - int(newest) % SECOND_US)},
     ).all()
-    return [(int(ts), int(u), decode_chunk(payload, int(ts), int(u))) for ts, u, payload in rows]
+    decoded = [decode_chunk(payload, int(ts), int(u)) for ts, u, payload in rows]
+    return [chunk for chunk in decoded if len(chunk)]
 
 
-def _last_packed_quote(conn: sa.Connection, sid: int, since_us: int) -> LastQuote | None:
-    chunks = [chunk for *_, chunk in _newest_chunks(conn, sid, since_us) if len(chunk)]
+def _last_packed_quote(conn: sa.Connection, stream: Stream, since_us: int) -> LastQuote | None:
+    chunks = newest_chunks(conn, stream, since_us)
     if not chunks:
         return None
     chunk = max(chunks, key=lambda c: (int(c.ts_us[-1]), int(c.u[-1])))
@@ -114,12 +94,11 @@ def _last_packed_quote(conn: sa.Connection, sid: int, since_us: int) -> LastQuot
 LATENCY_SAMPLE_CHUNKS = 400
 
 
-def latency(conn: sa.Connection, stream: StreamRow, start_us: int, end_us: int) -> Latency:
+def latency(conn: sa.Connection, stream: Stream, start_us: int, end_us: int) -> Latency:
     """Exchange-side steps from the window's book messages (packed: the newest
     LATENCY_SAMPLE_CHUNKS chunks; else the schema 1-3 log); receive-to-commit
     from the heartbeats (median of their p50s, worst of their p99s)."""
-    sid = stream_id(conn, stream.instrument_id, stream.depth)
-    steps = _packed_latency_steps(conn, sid, start_us, end_us) if sid is not None else None
+    steps = _packed_latency_steps(conn, stream, start_us, end_us)
     if steps is None:
         steps = legacy.latency_steps(conn, stream, start_us, end_us)
     commit = conn.execute(
@@ -143,7 +122,7 @@ def latency(conn: sa.Connection, stream: StreamRow, start_us: int, end_us: int) 
 
 
 def _packed_latency_steps(
-    conn: sa.Connection, sid: int, start_us: int, end_us: int
+    conn: sa.Connection, stream: Stream, start_us: int, end_us: int
 ) -> Steps | None:
     rows = conn.execute(
         sa.text(
@@ -151,7 +130,7 @@ def _packed_latency_steps(
                WHERE stream_id = :sid AND ts_us >= :s AND ts_us < :e
                ORDER BY ts_us DESC LIMIT :n"""
         ),
-        {"sid": sid, "s": start_us, "e": end_us, "n": LATENCY_SAMPLE_CHUNKS},
+        {"sid": stream.id, "s": start_us, "e": end_us, "n": LATENCY_SAMPLE_CHUNKS},
     ).all()
     if not rows:
         return None
@@ -169,7 +148,9 @@ def _packed_latency_steps(
     return quantiles(ts[with_match] - match[with_match]), quantiles(local[inside] - ts[inside])
 
 
-def volume_sample(conn: sa.Connection, sid: int, start_us: int, end_us: int) -> VolumeSample | None:
+def volume_sample(
+    conn: sa.Connection, stream: Stream, start_us: int, end_us: int
+) -> VolumeSample | None:
     """The newest VOLUME_SAMPLE_CHUNKS chunks of the range, decoded without
     their levels: levels per message (deltas and snapshots apart), the share
     of messages whose top differs from the quote before (the quotes export's
@@ -181,7 +162,7 @@ def volume_sample(conn: sa.Connection, sid: int, start_us: int, end_us: int) -> 
                WHERE stream_id = :sid AND ts_us >= :s AND ts_us < :e
                ORDER BY ts_us DESC LIMIT :n"""
         ),
-        {"sid": sid, "s": start_us, "e": end_us, "n": VOLUME_SAMPLE_CHUNKS},
+        {"sid": stream.id, "s": start_us, "e": end_us, "n": VOLUME_SAMPLE_CHUNKS},
     ).all()
     if not rows:
         return None
@@ -230,32 +211,26 @@ class RecordedTimes:
     first message's exchange time, so the receive times are decoded from the
     chunks around the moment asked about."""
 
-    def __init__(self, conn: sa.Connection, instrument_id: int, depth: int) -> None:
+    def __init__(self, conn: sa.Connection, stream: Stream) -> None:
         self.conn = conn
-        self.instrument_id = instrument_id
-        self.depth = depth
-        self.stream_id = stream_id(conn, instrument_id, depth)
+        self.stream = stream
 
     def last_at_or_before(self, local_us: int) -> int | None:
-        found = [self._legacy("<=", "DESC", local_us)]
-        if self.stream_id is not None:
-            hit = self._first_hit(
-                "ts_us <= :t + :skew ORDER BY ts_us DESC",
-                {"t": local_us, "skew": CLOCK_SKEW_US},
-                lambda local: local[local <= local_us],
-            )
-            found.append(int(hit.max()) if hit.size else None)
+        hit = self._first_hit(
+            "ts_us <= :t + :skew ORDER BY ts_us DESC",
+            {"t": local_us, "skew": CLOCK_SKEW_US},
+            lambda local: local[local <= local_us],
+        )
+        found = [self._legacy("<=", "DESC", local_us), int(hit.max()) if hit.size else None]
         return max((t for t in found if t is not None), default=None)
 
     def first_after(self, local_us: int, before_us: int) -> int | None:
-        found = [self._legacy(">", "ASC", local_us)]
-        if self.stream_id is not None:
-            hit = self._first_hit(
-                "ts_us >= :t - :skew AND ts_us < :b + :skew ORDER BY ts_us",
-                {"t": local_us, "b": before_us, "skew": CLOCK_SKEW_US},
-                lambda local: local[local > local_us],
-            )
-            found.append(int(hit.min()) if hit.size else None)
+        hit = self._first_hit(
+            "ts_us >= :t - :skew AND ts_us < :b + :skew ORDER BY ts_us",
+            {"t": local_us, "b": before_us, "skew": CLOCK_SKEW_US},
+            lambda local: local[local > local_us],
+        )
+        found = [self._legacy(">", "ASC", local_us), int(hit.min()) if hit.size else None]
         first = min((t for t in found if t is not None), default=None)
         return first if first is not None and first < before_us else None
 
@@ -274,7 +249,7 @@ class RecordedTimes:
                 "SELECT ts_us, u, payload FROM book_chunks WHERE stream_id = :sid AND "
                 f"{where_order} LIMIT :n"
             ),
-            {"sid": self.stream_id, "n": CHUNKS_SCANNED, **params},
+            {"sid": self.stream.id, "n": CHUNKS_SCANNED, **params},
         )
         with contextlib.closing(result):
             for ts_us, u, payload in result:
@@ -295,6 +270,11 @@ class RecordedTimes:
                       AND local_us {compare} :t
                     ORDER BY ts_us {order} LIMIT 1"""
             ),
-            {"i": self.instrument_id, "d": self.depth, "t": local_us, "skew": CLOCK_SKEW_US},
+            {
+                "i": self.stream.instrument_id,
+                "d": self.stream.depth,
+                "t": local_us,
+                "skew": CLOCK_SKEW_US,
+            },
         ).scalar()
         return None if value is None else int(value)

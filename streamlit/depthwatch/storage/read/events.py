@@ -12,10 +12,10 @@ import pandas as pd
 import sqlalchemy as sa
 
 from depthwatch.coverage import EVENT_KINDS, StreamEvent
-from depthwatch.records import SECOND_US, StreamKey
+from depthwatch.records import SECOND_US
 from depthwatch.storage.read.frames import EVENT_COLUMNS, frame
 from depthwatch.storage.read.rows import Heartbeats, HeartbeatView
-from depthwatch.storage.read.streams import StreamRow
+from depthwatch.storage.read.streams import Stream
 
 # The stream's events before a range that can still hold a gap open at its
 # start: the writer's `rows_dropped` gap can stay open while the book loses
@@ -47,7 +47,7 @@ def feed_events(conn: sa.Connection, since_us: int) -> list[sa.Row]:
 
 
 def stream_events(
-    conn: sa.Connection, stream: StreamKey, start_us: int, end_us: int
+    conn: sa.Connection, stream: Stream, start_us: int, end_us: int
 ) -> list[StreamEvent]:
     """The stream's gap-related events (coverage.EVENT_KINDS) received in
     [start, end), after the last EVENTS_BEFORE before `start`; in receive order."""
@@ -77,7 +77,7 @@ def stream_events(
 
 
 def event_frame(
-    conn: sa.Connection, stream: StreamRow, start_us: int, end_us: int, limit: int = 500
+    conn: sa.Connection, stream: Stream, start_us: int, end_us: int, limit: int = 500
 ) -> pd.DataFrame:
     """EVENT_COLUMNS: the stream's own feed events (gap, resync, restart,
     book_lost, recovered, anomaly) and its category's connection events

@@ -22,11 +22,11 @@ from depthwatch.storage.read.rows import (
     Steps,
     VolumeSample,
 )
-from depthwatch.storage.read.streams import StreamRow
+from depthwatch.storage.read.streams import Stream
 
 
 def book_events(
-    conn: sa.Connection, iid: int, depth: int, from_us: int, end_us: int
+    conn: sa.Connection, stream: Stream, from_us: int, end_us: int
 ) -> Iterator[BookEventRow]:
     rows = stream_rows(
         conn,
@@ -35,15 +35,13 @@ def book_events(
            FROM book_events
            WHERE instrument_id = :i AND depth = :d AND ts_us >= :f AND ts_us < :e
            ORDER BY ts_us, seq, u, is_snapshot""",
-        {"i": iid, "d": depth, "f": from_us, "e": end_us},
+        {"i": stream.instrument_id, "d": stream.depth, "f": from_us, "e": end_us},
     )
     for row in rows:
         yield BookEventRow(*row)
 
 
-def quotes(
-    conn: sa.Connection, iid: int, depth: int, start_us: int, end_us: int
-) -> Iterator[sa.Row]:
+def quotes(conn: sa.Connection, stream: Stream, start_us: int, end_us: int) -> Iterator[sa.Row]:
     return stream_rows(
         conn,
         """SELECT ts_us, local_us, ask_size::text, ask_price::text, bid_price::text,
@@ -51,25 +49,25 @@ def quotes(
            FROM quotes
            WHERE instrument_id = :i AND depth = :d AND ts_us >= :s AND ts_us < :e
            ORDER BY ts_us, u, local_us""",
-        {"i": iid, "d": depth, "s": start_us, "e": end_us},
+        {"i": stream.instrument_id, "d": stream.depth, "s": start_us, "e": end_us},
     )
 
 
-def last_recorded(conn: sa.Connection, iid: int, depth: int) -> tuple[int, LastRecorded] | None:
+def last_recorded(conn: sa.Connection, stream: Stream) -> tuple[int, LastRecorded] | None:
     row = conn.execute(
         sa.text(
             """SELECT ts_us, local_us, u FROM book_events
                WHERE instrument_id = :i AND depth = :d
                ORDER BY ts_us DESC LIMIT 1"""
         ),
-        {"i": iid, "d": depth},
+        {"i": stream.instrument_id, "d": stream.depth},
     ).one_or_none()
     if row is None:
         return None
     return int(row.ts_us), LastRecorded(int(row.local_us), int(row.u))
 
 
-def last_quote(conn: sa.Connection, iid: int, depth: int, since_us: int) -> LastQuote | None:
+def last_quote(conn: sa.Connection, stream: Stream, since_us: int) -> LastQuote | None:
     row = conn.execute(
         sa.text(
             """SELECT ts_us, local_us, bid_price::float8, ask_price::float8,
@@ -78,14 +76,12 @@ def last_quote(conn: sa.Connection, iid: int, depth: int, since_us: int) -> Last
                WHERE instrument_id = :i AND depth = :d AND ts_us >= :s
                ORDER BY ts_us DESC, u DESC LIMIT 1"""
         ),
-        {"i": iid, "d": depth, "s": since_us},
+        {"i": stream.instrument_id, "d": stream.depth, "s": since_us},
     ).first()
     return None if row is None else LastQuote(int(row[0]), int(row[1]), *row[2:])
 
 
-def latest_book(
-    conn: sa.Connection, iid: int, depth: int, levels: int, since_us: int
-) -> BookView | None:
+def latest_book(conn: sa.Connection, stream: Stream, levels: int, since_us: int) -> BookView | None:
     row = conn.execute(
         sa.text(
             """SELECT ts_us, local_us, bid_prices[1:(:n)]::float8[], bid_sizes[1:(:n)]::float8[],
@@ -94,7 +90,7 @@ def latest_book(
                WHERE instrument_id = :i AND depth = :d AND ts_us >= :s
                ORDER BY ts_us DESC LIMIT 1"""
         ),
-        {"i": iid, "d": depth, "s": since_us, "n": levels},
+        {"i": stream.instrument_id, "d": stream.depth, "s": since_us, "n": levels},
     ).first()
     if row is None:
         return None
@@ -109,8 +105,7 @@ def latest_book(
 
 def heatmap_cells(
     conn: sa.Connection,
-    iid: int,
-    depth: int,
+    stream: Stream,
     start_us: int,
     end_us: int,
     grid: HeatmapGrid,
@@ -132,8 +127,8 @@ def heatmap_cells(
                FROM cells GROUP BY 1, 2 ORDER BY 1, 2"""
         ),
         {
-            "i": iid,
-            "d": depth,
+            "i": stream.instrument_id,
+            "d": stream.depth,
             "s": start_us,
             "e": end_us,
             "n": levels,
@@ -147,8 +142,7 @@ def heatmap_cells(
 
 def imbalance(
     conn: sa.Connection,
-    iid: int,
-    depth: int,
+    stream: Stream,
     start_us: int,
     end_us: int,
     levels: int,
@@ -167,12 +161,19 @@ def imbalance(
                       avg((bid - ask) / nullif(bid + ask, 0))
                FROM s GROUP BY bucket ORDER BY bucket"""
         ),
-        {"i": iid, "d": depth, "s": start_us, "e": end_us, "n": levels, "b": bucket_us},
+        {
+            "i": stream.instrument_id,
+            "d": stream.depth,
+            "s": start_us,
+            "e": end_us,
+            "n": levels,
+            "b": bucket_us,
+        },
     ).all()
     return frame(rows, IMBALANCE_COLUMNS)
 
 
-def latency_steps(conn: sa.Connection, stream: StreamRow, start_us: int, end_us: int) -> Steps:
+def latency_steps(conn: sa.Connection, stream: Stream, start_us: int, end_us: int) -> Steps:
     steps = conn.execute(
         sa.text(
             """SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY ts_us - match_us),
@@ -186,7 +187,7 @@ def latency_steps(conn: sa.Connection, stream: StreamRow, start_us: int, end_us:
 
 
 def volume_sample(
-    conn: sa.Connection, iid: int, depth: int, start_us: int, end_us: int
+    conn: sa.Connection, stream: Stream, start_us: int, end_us: int
 ) -> VolumeSample | None:
     """The same from the schema 1-3 log's newest messages in range (its
     quotes and snapshots are counted exactly)."""
@@ -197,7 +198,13 @@ def volume_sample(
                WHERE instrument_id = :i AND depth = :d AND ts_us >= :s AND ts_us < :e
                ORDER BY ts_us DESC LIMIT :n"""
         ),
-        {"i": iid, "d": depth, "s": start_us, "e": end_us, "n": VOLUME_SAMPLE_CHUNKS * 10},
+        {
+            "i": stream.instrument_id,
+            "d": stream.depth,
+            "s": start_us,
+            "e": end_us,
+            "n": VOLUME_SAMPLE_CHUNKS * 10,
+        },
     ).all()
     if not rows:
         return None

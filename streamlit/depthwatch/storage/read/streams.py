@@ -1,12 +1,17 @@
-"""Which streams are recorded, and the ids that key their rows.
+"""Which streams are recorded, each as one `Stream` handle that every reader
+takes.
 
-A stream is one instrument's book at one depth: `instruments` holds the
-instrument (category, symbol), `streams` its recorded depths and the id that
-keys its packed rows (schema 4)."""
+A stream is one instrument's book at one depth. Its rows are keyed three
+ways, by the table's age: `streams.id` keys the packed log and the tops
+(schema 4); (instrument id, depth) keys checkpoints and the schema 1-3
+tables; the instrument id alone keys trades. Collectors name it
+`category:SYMBOL@depth` in their heartbeats (`records.StreamKey`). A `Stream`
+carries all of them, resolved once (`list_streams`, `find_stream`), so no
+reader looks an id up again.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -19,19 +24,30 @@ class NotRecorded(LookupError):
 
 
 @dataclass(frozen=True)
-class StreamRow:
-    """A recorded stream, as the overview lists it."""
-
+class Stream:
+    id: int  # streams.id
     instrument_id: int
     category: str
     symbol: str
     depth: int
-    tick_size: float | None
+    tick_size: float | None = None
+
+    @property
+    def stream_key(self) -> StreamKey:
+        return StreamKey(self.category, self.symbol, self.depth)
 
     @property
     def key(self) -> str:
         """The stream's name as collectors write it in their heartbeats."""
-        return str(StreamKey(self.category, self.symbol, self.depth))
+        return str(self.stream_key)
+
+
+_STREAMS = """SELECT s.id, s.instrument_id, i.category, i.symbol, s.depth, i.tick_size::float8
+              FROM streams s JOIN instruments i ON i.id = s.instrument_id"""
+
+
+def _stream(row: sa.Row) -> Stream:
+    return Stream(int(row[0]), int(row[1]), row[2], row[3], int(row[4]), row[5])
 
 
 def require_schema(conn: sa.Connection) -> None:
@@ -44,15 +60,10 @@ def require_schema(conn: sa.Connection) -> None:
         )
 
 
-def list_streams(conn: sa.Connection) -> list[StreamRow]:
-    rows = conn.execute(
-        sa.text(
-            """SELECT s.instrument_id, i.category, i.symbol, s.depth, i.tick_size::float8
-               FROM streams s JOIN instruments i ON i.id = s.instrument_id
-               ORDER BY i.category, i.symbol, s.depth"""
-        )
-    ).all()
-    return [StreamRow(int(r[0]), r[1], r[2], int(r[3]), r[4]) for r in rows]
+def list_streams(conn: sa.Connection) -> list[Stream]:
+    """Every stream the collectors registered, by category, symbol and depth."""
+    rows = conn.execute(sa.text(_STREAMS + " ORDER BY i.category, i.symbol, s.depth")).all()
+    return [_stream(r) for r in rows]
 
 
 def recorded_symbols(conn: sa.Connection, category: str) -> list[str]:
@@ -79,38 +90,40 @@ def instrument_id(conn: sa.Connection, category: str, symbol: str) -> int:
     return int(iid)
 
 
-def stream_id(conn: sa.Connection, iid: int, depth: int) -> int | None:
-    """The id keying a stream's packed rows (schema 4); None if never recorded so."""
-    sid = conn.execute(
-        sa.text("SELECT id FROM streams WHERE instrument_id = :i AND depth = :d"),
-        {"i": iid, "d": depth},
-    ).scalar()
-    return None if sid is None else int(sid)
-
-
-def recorded_depths(conn: sa.Connection, iid: int, candidates: Iterable[int]) -> list[int]:
-    """Which of the candidate depths have recorded book messages (packed, or
-    in the schema 1-3 log). Index probes per depth, by stream id: a join on
-    `streams` in the probe made PostgreSQL read every chunk of every depth."""
-    found = []
-    for depth in candidates:
-        sid = stream_id(conn, iid, depth)
-        packed = (
-            sid is not None
-            and conn.execute(
-                sa.text("SELECT EXISTS (SELECT 1 FROM book_chunks WHERE stream_id = :s)"),
-                {"s": sid},
-            ).scalar()
+def find_stream(conn: sa.Connection, category: str, symbol: str, depth: int | None) -> Stream:
+    """The stream of `symbol` at `depth`, or at the only depth with recorded
+    book messages when `depth` is None; NotRecorded saying why otherwise."""
+    iid = instrument_id(conn, category, symbol)
+    candidates = [
+        _stream(r)
+        for r in conn.execute(
+            sa.text(_STREAMS + " WHERE s.instrument_id = :i ORDER BY s.depth"), {"i": iid}
         )
-        if (
-            packed
-            or conn.execute(
-                sa.text(
-                    """SELECT EXISTS (SELECT 1 FROM book_events
-                                      WHERE instrument_id = :i AND depth = :d)"""
-                ),
-                {"i": iid, "d": depth},
-            ).scalar()
-        ):
-            found.append(depth)
-    return found
+    ]
+    recorded = [s for s in candidates if _has_messages(conn, s)]
+    depths = [s.depth for s in recorded]
+    if depth is not None:
+        if depth not in depths:
+            raise NotRecorded(f"no depth-{depth} book recorded for {symbol}; recorded: {depths}")
+        return recorded[depths.index(depth)]
+    if not recorded:
+        raise NotRecorded(f"no order book recorded for {symbol}")
+    if len(recorded) > 1:
+        raise NotRecorded(f"{symbol} was recorded at depths {depths}: choose one with --depth")
+    return recorded[0]
+
+
+def _has_messages(conn: sa.Connection, stream: Stream) -> bool:
+    """Whether the stream has recorded book messages (packed, or in the
+    schema 1-3 log): index probes by stream id (a join on `streams` in the
+    probe made PostgreSQL read every chunk of every depth)."""
+    return bool(
+        conn.execute(
+            sa.text(
+                """SELECT EXISTS (SELECT 1 FROM book_chunks WHERE stream_id = :s)
+                       OR EXISTS (SELECT 1 FROM book_events
+                                  WHERE instrument_id = :i AND depth = :d)"""
+            ),
+            {"s": stream.id, "i": stream.instrument_id, "d": stream.depth},
+        ).scalar()
+    )

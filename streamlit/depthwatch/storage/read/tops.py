@@ -23,30 +23,30 @@ from depthwatch.storage.read import legacy
 from depthwatch.storage.read.chunks import volume_sample
 from depthwatch.storage.read.frames import HEATMAP_COLUMNS, IMBALANCE_COLUMNS, TOP_COLUMNS, frame
 from depthwatch.storage.read.rows import BookView, BookVolume, HeatmapGrid, VolumeSample
-from depthwatch.storage.read.streams import stream_id
+from depthwatch.storage.read.streams import Stream
 
 
-def message_count(conn: sa.Connection, iid: int, depth: int, start_us: int, end_us: int) -> int:
+def message_count(conn: sa.Connection, stream: Stream, start_us: int, end_us: int) -> int:
     """Book messages recorded with exchange time in [start, end), counted by
     the per-second tops (packed) and the schema 1-3 log."""
     return int(
         conn.execute(
             sa.text(
                 """SELECT coalesce((SELECT sum(t.messages) FROM top_seconds t
-                                    JOIN streams s ON s.id = t.stream_id
-                                    WHERE s.instrument_id = :i AND s.depth = :d
+                                    WHERE t.stream_id = :sid
                                       AND t.ts_us >= :s AND t.ts_us < :e), 0)
                         + (SELECT count(*) FROM book_events
                            WHERE instrument_id = :i AND depth = :d
                              AND ts_us >= :s AND ts_us < :e)"""
             ),
-            {"i": iid, "d": depth, "s": start_us, "e": end_us},
+            {"sid": stream.id, "i": stream.instrument_id, "d": stream.depth}
+            | {"s": start_us, "e": end_us},
         ).scalar_one()
     )
 
 
 def top_series(
-    conn: sa.Connection, iid: int, depth: int, start_us: int, end_us: int, bucket_us: int
+    conn: sa.Connection, stream: Stream, start_us: int, end_us: int, bucket_us: int
 ) -> pd.DataFrame:
     """Top of book per time bucket (TOP_COLUMNS): the last bid/ask/mid/spread
     of each bucket, the lowest bid, highest ask and widest spread within it,
@@ -59,9 +59,8 @@ def top_series(
             """WITH q AS (
                    SELECT t.ts_us / :b AS bucket, t.last_ts_us AS ts_us, t.last_u AS u,
                           t.bid, t.ask, t.bid_min, t.ask_max, t.spread_bps_max AS spread
-                   FROM top_seconds t JOIN streams s ON s.id = t.stream_id
-                   WHERE s.instrument_id = :i AND s.depth = :d
-                     AND t.ts_us >= :s AND t.ts_us < :e
+                   FROM top_seconds t
+                   WHERE t.stream_id = :sid AND t.ts_us >= :s AND t.ts_us < :e
                    UNION ALL
                    SELECT ts_us / :b, ts_us, u, bid, ask, bid, ask,
                           (ask - bid) / nullif(ask + bid, 0) * 20000
@@ -81,7 +80,8 @@ def top_series(
                       spread_max
                FROM agg ORDER BY bucket"""
         ),
-        {"i": iid, "d": depth, "s": start_us, "e": end_us, "b": bucket_us},
+        {"sid": stream.id, "i": stream.instrument_id, "d": stream.depth}
+        | {"s": start_us, "e": end_us, "b": bucket_us},
     ).all()
     return frame(rows, TOP_COLUMNS)
 
@@ -104,14 +104,14 @@ class _SnapshotLevels:
 
 
 def _snapshots(
-    conn: sa.Connection, sid: int, sql_filter: str, params: dict[str, object], levels: int
+    conn: sa.Connection, stream: Stream, sql_filter: str, params: dict[str, object], levels: int
 ) -> _SnapshotLevels:
     rows = conn.execute(
         sa.text(
             f"""SELECT ts_us, payload FROM top_snapshots WHERE stream_id = :sid AND {sql_filter}
                 ORDER BY ts_us"""
         ),
-        {"sid": sid, **params},
+        {"sid": stream.id, **params},
     ).all()
     ts = [int(r[0]) for r in rows]
     batch = decode_many([r[1] for r in rows], ts, [0] * len(rows))
@@ -126,36 +126,31 @@ def _snapshots(
     )
 
 
-def latest_book(
-    conn: sa.Connection, iid: int, depth: int, levels: int, since_us: int
-) -> BookView | None:
+def latest_book(conn: sa.Connection, stream: Stream, levels: int, since_us: int) -> BookView | None:
     """The newest periodic top-N snapshot at or after `since_us`, `levels` per
     side: packed, or from the schema 1-3 table."""
-    sid = stream_id(conn, iid, depth)
-    if sid is not None:
-        newest = _snapshots(
-            conn,
-            sid,
-            """ts_us = (SELECT max(ts_us) FROM top_snapshots
-                        WHERE stream_id = :sid AND ts_us >= :since)""",
-            {"since": since_us},
-            levels,
+    newest = _snapshots(
+        conn,
+        stream,
+        """ts_us = (SELECT max(ts_us) FROM top_snapshots
+                    WHERE stream_id = :sid AND ts_us >= :since)""",
+        {"since": since_us},
+        levels,
+    )
+    if len(newest):
+        bid, ask = newest.is_bid, ~newest.is_bid
+        return BookView(
+            int(newest.ts_us[0]),
+            int(newest.local_us[0]),
+            pd.DataFrame({"price": newest.prices[bid], "size": newest.sizes[bid]}),
+            pd.DataFrame({"price": newest.prices[ask], "size": newest.sizes[ask]}),
         )
-        if len(newest):
-            bid, ask = newest.is_bid, ~newest.is_bid
-            return BookView(
-                int(newest.ts_us[0]),
-                int(newest.local_us[0]),
-                pd.DataFrame({"price": newest.prices[bid], "size": newest.sizes[bid]}),
-                pd.DataFrame({"price": newest.prices[ask], "size": newest.sizes[ask]}),
-            )
-    return legacy.latest_book(conn, iid, depth, levels, since_us)
+    return legacy.latest_book(conn, stream, levels, since_us)
 
 
 def heatmap_cells(
     conn: sa.Connection,
-    iid: int,
-    depth: int,
+    stream: Stream,
     start_us: int,
     end_us: int,
     grid: HeatmapGrid,
@@ -167,14 +162,11 @@ def heatmap_cells(
     windows (cell_rule "last"), only the snapshot stamped at each bucket's start:
     one snapshot per column keeps a 60 min window as cheap as a 10 min one.
     Packed snapshots are decoded and bucketed here; schema 1-3 ones in SQL."""
-    old = legacy.heatmap_cells(conn, iid, depth, start_us, end_us, grid, levels)
-    sid = stream_id(conn, iid, depth)
-    if sid is None:
-        return old
+    old = legacy.heatmap_cells(conn, stream, start_us, end_us, grid, levels)
     tb = int(grid.time_bucket_ms * 1000)
     snaps = _snapshots(
         conn,
-        sid,
+        stream,
         "ts_us >= :s AND ts_us < :e AND (NOT :last OR ts_us % :tb = 0)",
         {"s": start_us, "e": end_us, "last": grid.cell_rule == "last", "tb": tb},
         levels,
@@ -211,8 +203,7 @@ def price_step(low: float, high: float, tick: float | None, rows: int = 80) -> f
 
 def imbalance_series(
     conn: sa.Connection,
-    iid: int,
-    depth: int,
+    stream: Stream,
     start_us: int,
     end_us: int,
     levels: int,
@@ -221,13 +212,10 @@ def imbalance_series(
     """IMBALANCE_COLUMNS: resting size of the top `levels` bids and asks in the
     periodic snapshot stamped at each bucket's start (snapshots fall on whole
     intervals, so one per bucket); imbalance = (b - a) / (b + a)."""
-    old = legacy.imbalance(conn, iid, depth, start_us, end_us, levels, bucket_us)
-    sid = stream_id(conn, iid, depth)
-    if sid is None:
-        return old
+    old = legacy.imbalance(conn, stream, start_us, end_us, levels, bucket_us)
     snaps = _snapshots(
         conn,
-        sid,
+        stream,
         "ts_us >= :s AND ts_us < :e AND ts_us % :b = 0",
         {"s": start_us, "e": end_us, "b": bucket_us},
         levels,
@@ -253,10 +241,9 @@ def imbalance_series(
     return out.astype("float64")[list(IMBALANCE_COLUMNS)].reset_index(drop=True)
 
 
-def recorded_span(conn: sa.Connection, iid: int, depth: int) -> tuple[int, int] | None:
+def recorded_span(conn: sa.Connection, stream: Stream) -> tuple[int, int] | None:
     """Exchange times of the first and last recorded second of a stream
     (packed per-second tops, or the schema 1-3 log): index probes."""
-    sid = stream_id(conn, iid, depth)
     row = conn.execute(
         sa.text(
             """SELECT least((SELECT min(ts_us) FROM top_seconds WHERE stream_id = :sid),
@@ -266,27 +253,26 @@ def recorded_span(conn: sa.Connection, iid: int, depth: int) -> tuple[int, int] 
                                (SELECT max(ts_us) FROM book_events
                                 WHERE instrument_id = :i AND depth = :d))"""
         ),
-        {"sid": sid, "i": iid, "d": depth},
+        {"sid": stream.id, "i": stream.instrument_id, "d": stream.depth},
     ).one()
     return None if row[0] is None else (int(row[0]), int(row[1]))
 
 
 def book_volume(
-    conn: sa.Connection, iid: int, depth: int, start_us: int, end_us: int, interval_us: int = 0
+    conn: sa.Connection, stream: Stream, start_us: int, end_us: int, interval_us: int = 0
 ) -> BookVolume:
     """What an export of the stream over [start, end) would read; `interval_us`
     (a book_snapshot interval, 0 for none) sets what `buckets` counts: for an
     interval of whole seconds the distinct buckets holding a recorded second,
     else per second the fewer of its messages and the buckets it meets."""
-    sid = stream_id(conn, iid, depth)
     whole = interval_us >= SECOND_US and interval_us % SECOND_US == 0
     interval = interval_us if interval_us > 0 else SECOND_US
     # Buckets one second can meet: ceil(1 s / interval), one more if they straddle.
     per_second = -(-SECOND_US // interval) + (1 if SECOND_US % interval else 0)
     params = {
-        "sid": sid,
-        "i": iid,
-        "d": depth,
+        "sid": stream.id,
+        "i": stream.instrument_id,
+        "d": stream.depth,
         "s": start_us,
         "e": end_us,
         "b": interval,
@@ -295,17 +281,15 @@ def book_volume(
     buckets_sql = (
         "count(DISTINCT ts_us / :b)" if whole else "coalesce(sum(least(messages, :cap)), 0)"
     )
-    packed: Sequence[int | None] = (0, 0, None, None, 0)
-    if sid is not None:
-        packed = conn.execute(
-            sa.text(
-                f"""SELECT coalesce(sum(messages), 0), count(*), min(ts_us), max(ts_us),
-                           {buckets_sql}
-                    FROM top_seconds
-                    WHERE stream_id = :sid AND ts_us >= :s AND ts_us < :e"""
-            ),
-            params,
-        ).one()
+    packed: Sequence[int | None] = conn.execute(
+        sa.text(
+            f"""SELECT coalesce(sum(messages), 0), count(*), min(ts_us), max(ts_us),
+                       {buckets_sql}
+                FROM top_seconds
+                WHERE stream_id = :sid AND ts_us >= :s AND ts_us < :e"""
+        ),
+        params,
+    ).one()
     old = conn.execute(
         sa.text(
             """SELECT count(*), count(*) FILTER (WHERE is_snapshot), min(ts_us), max(ts_us),
@@ -327,9 +311,9 @@ def book_volume(
     )
     firsts = [t for t in (first, legacy_first) if t is not None]
     lasts = [t for t in (last, legacy_last) if t is not None]
-    sample = volume_sample(conn, sid, start_us, end_us) if sid is not None and messages else None
+    sample = volume_sample(conn, stream, start_us, end_us) if messages else None
     if sample is None and legacy_messages:
-        sample = legacy.volume_sample(conn, iid, depth, start_us, end_us)
+        sample = legacy.volume_sample(conn, stream, start_us, end_us)
     sample = sample or VolumeSample(0, 0.0, None, 0.0, 0.0)
     packed_snapshots = (snapshots or 0) + round((messages or 0) * sample.inner_snapshots)
     return BookVolume(
