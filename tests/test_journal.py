@@ -21,9 +21,9 @@ from depthwatch.records import FeedEvent, FeedEventKind, StreamKey
 from depthwatch.sim import SimConfig, SimulatorThread
 from depthwatch.storage import codec, schema
 from depthwatch.storage.db import make_engine
-from depthwatch.storage.journal import SUFFIX, Journal
 from depthwatch.storage.read.book import book_events
 from depthwatch.storage.read.streams import list_streams
+from depthwatch.storage.write.journal import SUFFIX, Journal
 from depthwatch.storage.writer import BatchWriter, WriterConfig
 
 from .conftest import run_cli, start_collect
@@ -57,7 +57,7 @@ def heir_writes_the_journal(
 def test_journal_reads_back_in_order_across_segments_and_deletes_what_is_consumed(
     tmp_path, monkeypatch
 ):
-    monkeypatch.setattr("depthwatch.storage.journal.SEGMENT_BYTES", 100)
+    monkeypatch.setattr("depthwatch.storage.write.journal.SEGMENT_BYTES", 100)
     journal = Journal(tmp_path)
     records = [("book_events", f"row {i}\twith\\ttab\n") for i in range(50)]
     for i in range(0, 50, 5):

@@ -1,4 +1,4 @@
-"""The packer (storage/packing.py) as pure logic: chunks decode to the very
+"""The packer (storage/write/packing.py) as pure logic: chunks decode to the very
 messages and tops handed in, and each second's aggregates equal a plain fold
 of the quotes, over random streams cut into random flushes."""
 
@@ -11,7 +11,7 @@ import numpy as np
 
 from depthwatch.records import BookUpdate, DepthSnapshot, Quote, StreamKey
 from depthwatch.storage import codec
-from depthwatch.storage.packing import QUIET_SECOND_US, SECOND_US, BookPacker, split_due
+from depthwatch.storage.write.packing import QUIET_SECOND_US, SECOND_US, BookPacker, split_due
 
 STREAMS = [StreamKey("linear", "AAAUSDT", 50), StreamKey("linear", "BBBUSDT", 1)]
 IDS = {stream: n + 1 for n, stream in enumerate(STREAMS)}

@@ -46,8 +46,8 @@ from depthwatch.records import (
 )
 from depthwatch.storage import schema
 from depthwatch.storage.codec import decode_chunk
-from depthwatch.storage.journal import DEFAULT_MAX_BYTES, Journal, JournalBatch
-from depthwatch.storage.packing import BookPacker, split_due
+from depthwatch.storage.write.journal import DEFAULT_MAX_BYTES, Journal, JournalBatch
+from depthwatch.storage.write.packing import BookPacker, split_due
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ EXCHANGE = "bybit"
 
 # Column lists in COPY order; the staging tables mirror the real ones.
 COLUMNS = {
-    # Schema 4 (what this writer writes); see storage/packing.py.
+    # Schema 4 (what this writer writes); see storage/write/packing.py.
     "book_chunks": "stream_id, ts_us, u, n, snapshot, payload",
     "top_snapshots": "stream_id, ts_us, payload",
     "top_seconds": "stream_id, ts_us, last_ts_us, last_u, bid, bid_size, ask, ask_size, "
@@ -129,7 +129,7 @@ class WriterConfig:
     # round trips, NumPy calls), which at a slow pace is most of its cost.
     flush_interval_s: float = 0.25
     # A stream's book messages wait for a later flush until this many are
-    # queued or the oldest has waited this long (storage/packing.py,
+    # queued or the oldest has waited this long (storage/write/packing.py,
     # `split_due`): at a slow pace a chunk row then holds a dozen messages
     # rather than five, and a row costs ~140 bytes with its index entry.
     chunk_messages: int = 32
@@ -251,7 +251,7 @@ class BatchWriter:
         # COPY lines the readers' thread formats itself (the rest is packed later).
         self._rows: dict[str, deque[str]] = {table: deque() for table in QUEUED_AS_LINES}
         # Book updates with the quote each made, and depth snapshots: packed
-        # by the writer thread (storage/packing.py), not on the readers' thread.
+        # by the writer thread (storage/write/packing.py), not on the readers' thread.
         self._book_rows: deque[tuple[BookUpdate, Quote | None]] = deque()
         self._snapshots: deque[DepthSnapshot] = deque()
         # The quote of the update about to be added (the book sends it first).

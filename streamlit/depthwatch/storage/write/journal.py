@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-log = logging.getLogger(__name__)
+# The name it logged under before it moved into storage/write/: log lines and
+# filters stay the same.
+log = logging.getLogger("depthwatch.storage.journal")
 
 SUFFIX = ".journal"
 DEFAULT_MAX_BYTES = 1024 * 1024 * 1024

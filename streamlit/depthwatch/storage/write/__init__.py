@@ -1,0 +1,1 @@
+"""The write side: records in, PostgreSQL rows out (packing, the spill journal)."""
