@@ -34,7 +34,14 @@ from depthwatch.records import BookUpdate, StreamKey, Trade
 from depthwatch.sim.market import DepthView, MarketBook, spec_for
 from depthwatch.storage import schema
 from depthwatch.storage.db import make_engine
-from depthwatch.storage.writer import BatchWriter, WriterConfig
+
+try:
+    from depthwatch.storage.write import BatchWriter, WriterConfig
+except ImportError:  # a baseline from before storage/write/ (one module then)
+    from depthwatch.storage.writer import (  # type: ignore[no-redef]
+        BatchWriter,
+        WriterConfig,
+    )
 
 # The tables a book's messages cost, whichever schema wrote them; with the
 # hourly whole-book checkpoints, which an hour's recording holds.

@@ -24,7 +24,7 @@ from depthwatch.storage.db import make_engine
 from depthwatch.storage.read.book import book_events
 from depthwatch.storage.read.rows import BookEventRow
 from depthwatch.storage.read.streams import find_stream, list_streams
-from depthwatch.storage.writer import BatchWriter, WriterConfig
+from depthwatch.storage.write import BatchWriter, WriterConfig
 
 ALL_TIME = (0, 4_102_444_800_000_000)  # 1970 .. 2100
 

@@ -45,7 +45,7 @@ from depthwatch.storage.read.tops import (
     price_step,
     top_series,
 )
-from depthwatch.storage.writer import BatchWriter, WriterConfig
+from depthwatch.storage.write import BatchWriter, WriterConfig
 
 STREAM = StreamKey("linear", "BTCUSDT", 50)
 OTHER = StreamKey("linear", "ETHUSDT", 50)

@@ -227,7 +227,7 @@ def test_two_overlapping_collectors_record_each_message_once_and_exactly(databas
     from depthwatch.collector import Collector, register_instruments
     from depthwatch.storage import schema
     from depthwatch.storage.db import make_engine
-    from depthwatch.storage.writer import BatchWriter, WriterConfig
+    from depthwatch.storage.write import BatchWriter, WriterConfig
 
     sim = SimulatorThread(
         SimConfig(symbols=SYMBOLS, rate=300, deltas=1_200, seed=21, trades_rate=0)

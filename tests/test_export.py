@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from depthwatch.export.tardis import ExportRequest, export_csv
 from depthwatch.records import BookUpdate, StreamKey
 from depthwatch.storage import schema
-from depthwatch.storage.writer import BatchWriter, WriterConfig
+from depthwatch.storage.write import BatchWriter, WriterConfig
 
 STREAM = StreamKey("linear", "BTCUSDT", 50)
 T = 1_767_225_600_000  # 2026-01-01, ms

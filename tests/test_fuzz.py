@@ -460,7 +460,7 @@ def test_bad_frames_in_one_stream_resync_it_and_leave_the_others_exact(database_
     from depthwatch.sim import BybitSimulator, SimConfig
     from depthwatch.storage import schema
     from depthwatch.storage.db import make_engine
-    from depthwatch.storage.writer import BatchWriter, WriterConfig
+    from depthwatch.storage.write import BatchWriter, WriterConfig
 
     from .e2e import assert_export_matches_truth, recorded_sequence
 

@@ -28,7 +28,7 @@ from depthwatch.storage.read.chunks import RecordedTimes
 from depthwatch.storage.read.events import heartbeats, heartbeats_kept_from, stream_events
 from depthwatch.storage.read.rows import LastRecorded
 from depthwatch.storage.read.streams import NotRecorded, find_stream
-from depthwatch.storage.writer import BatchWriter, WriterConfig
+from depthwatch.storage.write import BatchWriter, WriterConfig
 
 from .e2e import stored_book_events
 from .test_faults import fast_connections

@@ -34,7 +34,7 @@ from depthwatch.storage.read.streams import (
     list_streams,
 )
 from depthwatch.storage.read.tops import message_count
-from depthwatch.storage.writer import BatchWriter, WriterConfig
+from depthwatch.storage.write import BatchWriter, WriterConfig
 
 from .conftest import run_cli
 

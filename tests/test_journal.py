@@ -23,8 +23,8 @@ from depthwatch.storage import codec, schema
 from depthwatch.storage.db import make_engine
 from depthwatch.storage.read.book import book_events
 from depthwatch.storage.read.streams import list_streams
+from depthwatch.storage.write import BatchWriter, WriterConfig
 from depthwatch.storage.write.journal import SUFFIX, Journal
-from depthwatch.storage.writer import BatchWriter, WriterConfig
 
 from .conftest import run_cli, start_collect
 from .dbproxy import DatabaseProxy

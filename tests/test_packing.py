@@ -321,9 +321,9 @@ def test_decode_many_equals_decode_chunk() -> None:
 
 def test_a_chunk_line_gives_back_its_receive_times() -> None:
     """What the writer's row-by-row path counts as each chunk's latencies."""
-    from depthwatch.storage.writer import _chunk_receive_times
+    from depthwatch.storage.write.batch import chunk_receive_times
 
     feed = random_feed(random.Random(9), 200)
     lines = BookPacker(IDS.__getitem__).pack(feed, []).lines["book_chunks"]
-    got = sorted(t for line in lines for t in _chunk_receive_times(line))
+    got = sorted(t for line in lines for t in chunk_receive_times(line))
     assert got == sorted(update.local_us for update, _ in feed)

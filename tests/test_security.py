@@ -29,7 +29,7 @@ from depthwatch.sim import SimConfig, SimulatorThread
 from depthwatch.storage import schema
 from depthwatch.storage.db import make_engine
 from depthwatch.storage.roles import RoleError, validate_role_name
-from depthwatch.storage.writer import BatchWriter, WriterConfig
+from depthwatch.storage.write import BatchWriter, WriterConfig
 
 from .conftest import FakeClock, cli_env, free_port, new_database
 from .e2e import collect_until_caught_up

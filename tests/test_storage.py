@@ -15,7 +15,7 @@ from depthwatch.storage.db import normalise_url
 from depthwatch.storage.read.book import book_events
 from depthwatch.storage.read.rows import BookEventRow
 from depthwatch.storage.read.streams import NotRecorded, find_stream
-from depthwatch.storage.writer import BatchWriter, WriterConfig
+from depthwatch.storage.write import BatchWriter, WriterConfig
 
 STREAM = StreamKey("linear", "BTCUSDT", 50)
 DAY_MS = 86_400_000

@@ -16,7 +16,7 @@ from depthwatch.storage.read.book import book_events, quotes
 from depthwatch.storage.read.chunks import last_quote
 from depthwatch.storage.read.streams import find_stream
 from depthwatch.storage.read.tops import latest_book, message_count, top_series
-from depthwatch.storage.writer import BatchWriter, WriterConfig
+from depthwatch.storage.write import BatchWriter, WriterConfig
 
 STREAM = StreamKey("linear", "BTCUSDT", 50)
 S = 1_000_000

@@ -44,7 +44,7 @@ from depthwatch.storage.read.chunks import last_recorded
 from depthwatch.storage.read.events import streams_kept_by_others
 from depthwatch.storage.read.rows import LastRecorded
 from depthwatch.storage.read.streams import NotRecorded, find_stream
-from depthwatch.storage.writer import BatchWriter, WriterConfig
+from depthwatch.storage.write import BatchWriter, WriterConfig
 
 log = logging.getLogger(__name__)
 

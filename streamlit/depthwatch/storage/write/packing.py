@@ -16,7 +16,7 @@ snapshots. It returns the COPY lines of three tables:
   clock is QUIET_SECOND_US past its end with no message of its stream in the
   flush (a quiet stream shows up on the dashboard without waiting for its
   next message); it is then written again, whole, if more of it arrives, and
-  the database keeps the union (see writer.CONFLICT_ACTIONS). Each rewrite
+  the database keeps the union (see tables.CONFLICT_ACTIONS). Each rewrite
   leaves a dead row version, so a second is written once where possible.
 
 `split_due` decides which streams' messages a flush takes: at a slow pace a
