@@ -289,7 +289,12 @@ def run_replay(
         deadline = time.monotonic() + 600
         while True:
             time.sleep(0.1)
-            rows = stored_messages(engine)
+            try:
+                rows = stored_messages(engine)
+            except sa.exc.OperationalError:
+                # A deadlock with the collector's start-up DDL (its partitions
+                # made while this poll reads two tables): poll again.
+                rows = 0
             if rows and first_row_at is None:
                 first_row_at = time.monotonic()
                 cpu_at_first_row = cpu_seconds(collector.pid)  # start-up excluded
