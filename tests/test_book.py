@@ -154,12 +154,54 @@ def test_recovered_only_after_a_valid_book_was_lost():
     sink = Sink()
     book = StreamBook(STREAM, sink)
     book.apply(update(5, [("10.0", "1")], [("11.0", "2")], snapshot=True))
-    book.apply(update(9, [("10.0", "2")], [("11.0", "2")], snapshot=True))  # a resend
+    book.apply(update(6, [("10.0", "2")]))
+    book.apply(update(6, [("10.0", "2")], [("11.0", "2")], snapshot=True))  # a resend
     assert sink.events == []  # first subscription and a valid book's new snapshot
     book.invalidate()  # the connection was lost
     book.apply(update(20, [("10.0", "3")], [("11.0", "2")], snapshot=True))
     assert [e.kind for e in sink.events] == [FeedEventKind.RECOVERED]
     assert sink.events[0].symbol == STREAM.symbol and sink.events[0].depth == STREAM.depth
+
+
+def test_a_snapshot_that_jumps_u_on_a_valid_book_records_the_updates_missed():
+    """A silence probe's unsubscribe and subscribe while the market moves: the
+    server sends none of the deltas between, and the book, still valid, hears
+    of them only from the snapshot's u. The gap runs from the last message
+    applied (when they began to be missed) to the snapshot that recovers it."""
+    sink = Sink()
+    book = StreamBook(STREAM, sink)
+    book.apply(update(100, [("10.0", "1")], [("11.0", "2")], snapshot=True, ts_ms=1_000))
+    book.apply(update(101, [("10.1", "1")], ts_ms=1_001))
+    jump = update(105, [("10.4", "1")], [("11.0", "2")], snapshot=True, ts_ms=1_009)
+    assert book.apply(jump) is Outcome.JUMPED
+    assert book.valid and book.book.sides() == ([["10.4", "1"]], [["11.0", "2"]])
+    assert book.apply(update(106, [("10.5", "1")], ts_ms=1_010)) is Outcome.APPLIED
+    gap, recovered = sink.events
+    assert (gap.kind, gap.local_us) == (FeedEventKind.GAP, 1_001_700)  # u=101's arrival
+    assert gap.detail == "snapshot u=105 after u=101: 3 updates missed"
+    assert (recovered.kind, recovered.local_us) == (FeedEventKind.RECOVERED, jump.local_us)
+    assert [u.update_id for u in sink.updates] == [100, 101, 105, 106]  # the snapshot kept
+
+
+def test_a_snapshot_that_does_not_jump_u_records_nothing():
+    """The state after the last delta (a quiet market's probe), or the next one
+    (the delta it holds arrived as the snapshot): nothing was missed. Depth 1
+    is snapshots only, which Bybit conflates: a jump there misses nothing."""
+    sink = Sink()
+    book = StreamBook(STREAM, sink)
+    book.apply(update(100, [("10.0", "1")], [("11.0", "2")], snapshot=True))
+    book.apply(update(101, [("10.1", "1")]))
+    assert book.apply(update(101, [("10.1", "1")], [("11.0", "2")], snapshot=True)) is (
+        Outcome.SNAPSHOT
+    )
+    assert book.apply(update(102, [("10.2", "1")], [("11.0", "2")], snapshot=True)) is (
+        Outcome.SNAPSHOT
+    )
+    top = StreamBook(StreamKey("linear", "BTCUSDT", 1), sink)
+    for u in (7, 9, 30):
+        outcome = top.apply(update(u, [("10.0", "1")], [("11.0", "1")], snapshot=True, depth=1))
+        assert outcome is Outcome.SNAPSHOT
+    assert sink.events == []
 
 
 def test_u1_snapshot_is_a_restart_not_a_gap():

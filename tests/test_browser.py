@@ -14,14 +14,8 @@ import contextlib
 import json
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,7 +28,8 @@ import pytest
 import sqlalchemy as sa
 from playwright.sync_api import Browser, Locator, Page, ViewportSize, expect, sync_playwright
 
-from .conftest import cli_env, free_port
+from .conftest import free_port
+from .procs import STOP_TIMEOUT_S, Child, Children, healthy, http_get, listening, wait_until
 
 T = TypeVar("T")
 
@@ -68,12 +63,10 @@ OUR_ARTIFACTS = (
 )
 
 START_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 15.0
 CHARTS_TIMEOUT_S = 30.0
 EXPECT_MS = 10_000  # for what should already be on the page
 CHANGE_WITHIN_S = 3.0
 PAGE_POLL_S = 0.05
-PROCESS_POLL_S = 0.25
 TRUTH_POLL_S = 0.1
 # The page shows a quote read from the database up to a cache second ago,
 # redrawn each second: anything the simulator held this recently may be on it.
@@ -123,47 +116,12 @@ METRICS_JS = """selector => Object.fromEntries(
 CONTENT_HEIGHT_JS = "() => document.querySelector(\"[data-testid='stMain']\").scrollHeight"
 
 
-def http_get(url: str, timeout: float = 1.0) -> tuple[int, bytes]:
-    """(status, body); no proxy, since everything here is on 127.0.0.1."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(url, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
 def parse_price(text: str) -> Decimal:
     """A price as the header shows it ("60,012.3") -> Decimal("60012.3")."""
     try:
         return Decimal(text.replace(",", ""))
     except InvalidOperation:
         raise AssertionError(f"not a price: {text!r}") from None
-
-
-@dataclass
-class Child:
-    """A `depthwatch` subcommand running in the background, its output in a log file."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> int:
-        """SIGTERM, then SIGKILL if it is not gone within STOP_TIMEOUT_S; its
-        exit code (negative when killed). `depthwatch dashboard` gives its own
-        children a parent-death signal, so nothing outlives a kill."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(STOP_TIMEOUT_S)
-        return self.proc.returncode
 
 
 def poll(read: Callable[[], T], ok: Callable[[T], bool], timeout_s: float, what: str) -> T:
@@ -174,20 +132,6 @@ def poll(read: Callable[[], T], ok: Callable[[T], bool], timeout_s: float, what:
         assert time.monotonic() < deadline, f"no {what} within {timeout_s:g} s (last: {value!r})"
         time.sleep(PAGE_POLL_S)
     return value
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float, *watch: Child) -> None:
-    """Poll `condition`; fail with the logs of `watch` when one of them exits
-    or the time is up, so a broken child is reported, not waited out."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        for child in watch:
-            code = child.proc.poll()
-            assert code is None, f"{child.name} exited ({code}):\n{child.output()}"
-        assert time.monotonic() < deadline, f"no {what} within {timeout:.0f} s:\n" + "\n".join(
-            f"--- {child.name}\n{child.output()}" for child in watch
-        )
-        time.sleep(PROCESS_POLL_S)
 
 
 @pytest.fixture
@@ -202,30 +146,14 @@ def artifacts() -> Path:
 
 @pytest.fixture
 def spawn(artifacts: Path) -> Iterator[Callable[..., Child]]:
-    """Starts `depthwatch NAME ARGS...`; stops whatever is still running at the
-    end, newest first (dashboard and collector before the simulator)."""
-    children: list[Child] = []
-
-    def start(name: str, *args: str) -> Child:
-        log = artifacts / f"{name}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "depthwatch.cli", name, *args],
-                cwd=ROOT,
-                env=cli_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        children.append(Child(name, proc, log))
-        return children[-1]
-
+    """Starts `depthwatch NAME ARGS...` (its log in NAME.log); stops whatever
+    is still running at the end, newest first (dashboard and collector before
+    the simulator)."""
+    children = Children(artifacts)
     try:
-        yield start
+        yield lambda name, *args: children(name, name, *args)
     finally:
-        for child in reversed(children):
-            child.stop()
+        children.stop()
 
 
 Touch = tuple[Decimal, Decimal]  # (best bid, best ask)
@@ -312,21 +240,6 @@ def book_chunks(engine: sa.Engine) -> int:
         if not conn.execute(sa.text("SELECT to_regclass('book_chunks')")).scalar():
             return 0
         return int(conn.execute(sa.text("SELECT count(*) FROM book_chunks")).scalar() or 0)
-
-
-def listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
-
-
-def healthy(base: str) -> bool:
-    try:
-        return http_get(f"{base}/_stcore/health")[0] == 200
-    except OSError:
-        return False
 
 
 def screenshot(page: Page, path: Path) -> None:

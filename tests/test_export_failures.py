@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,20 +45,44 @@ def start_export(url: str, out: Path) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
-def wait_until_writing(out: Path, proc: subprocess.Popen[str]) -> None:
-    """Until the export's temporary file exists (it has begun to write)."""
+def partial_bytes(out: Path) -> int:
+    """Bytes in the export's temporary file so far (-1 before it exists)."""
+    found = list(out.parent.glob(f".{out.name}.*.partial"))
+    return found[0].stat().st_size if found else -1
+
+
+def stopped_half_way(proxy: DatabaseProxy, out: Path, proc: subprocess.Popen[str]) -> None:
+    """With every batch the export asks for held at the proxy: let them
+    through one at a time until rows are in its temporary file. The export
+    then waits for its next batch, half way and unable to finish (finishing
+    takes more requests) until the proxy lets it, whatever the machine's load."""
+    proxy.hold(b"FETCH ")  # a server-side cursor's next batch
     deadline = time.monotonic() + 60
-    while not list(out.parent.glob(f".{out.name}.*.partial")):
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        assert time.monotonic() < deadline
-        time.sleep(0.002)
+    while True:
+        while not proxy.wait_held(0.1):
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the export asked for no batch"
+        if partial_bytes(out) > 0:
+            return
+        assert time.monotonic() < deadline, "no rows written"
+        proxy.step()
 
 
-def test_ctrl_c_half_way_leaves_no_file(long_history, tmp_path):
+@pytest.fixture
+def proxy(long_history: str) -> Iterator[DatabaseProxy]:
+    proxy = DatabaseProxy(long_history)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+def test_ctrl_c_half_way_leaves_no_file(proxy, tmp_path):
     out = tmp_path / "l2.csv"
-    proc = start_export(long_history, out)
-    wait_until_writing(out, proc)
-    proc.send_signal(signal.SIGINT)
+    proc = start_export(proxy.url, out)
+    stopped_half_way(proxy, out, proc)
+    proc.send_signal(signal.SIGINT)  # while it waits for a batch
+    proxy.release()
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "interrupted; no file written" in stderr
@@ -65,16 +90,12 @@ def test_ctrl_c_half_way_leaves_no_file(long_history, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_database_going_away_half_way_leaves_no_file(long_history, tmp_path):
-    proxy = DatabaseProxy(long_history)
-    try:
-        out = tmp_path / "l2.csv"
-        proc = start_export(proxy.url, out)
-        wait_until_writing(out, proc)
-        proxy.cut()
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        proxy.close()
+def test_the_database_going_away_half_way_leaves_no_file(proxy, tmp_path):
+    out = tmp_path / "l2.csv"
+    proc = start_export(proxy.url, out)
+    stopped_half_way(proxy, out, proc)
+    proxy.cut()  # the batch it waits for never comes
+    _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1, stderr
     assert "the database went away during the export" in stderr
     assert len(stderr.strip().splitlines()) == 1, stderr

@@ -43,8 +43,9 @@ from depthwatch.storage.read.tops import recorded_span
 
 from .conftest import FakeClock, cli_env, free_port, new_database
 from .e2e import collect_until_caught_up, sim_collector_config
+from .procs import Child, Children, healthy, spawn, wait_until
 from .stclient import Run, StreamlitClient, flag, log_in, trigger
-from .test_browser import ARTIFACTS, START_TIMEOUT_S, Child, healthy, wait_until
+from .test_browser import ARTIFACTS, START_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "Hard-Ening-7Kq2"
@@ -265,36 +266,24 @@ class Dashboards:
     `stop` stops every one it started."""
 
     def __init__(self, name: str) -> None:
-        self.name = name
-        self.started: list[Child] = []
+        self.children = Children(ARTIFACTS, lambda _, n: f"hardening-{name}-{n}.log")
 
     def __call__(
         self, database_url: str, *args: str, env: dict[str, str] | None = None
     ) -> Dashboard:
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
         port = free_port()
-        log = ARTIFACTS / f"hardening-{self.name}-{len(self.started)}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [
-                    *(sys.executable, "-m", "depthwatch.cli", "dashboard", "--port", str(port)),
-                    *("--address", "127.0.0.1", "--database-url", database_url, *args),
-                ],
-                cwd=ROOT,
-                env=cli_env() | {"DASHBOARD_PASSWORD": SECRET} | (env or {}),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.started.append(Child("dashboard", proc, log))
+        child = self.children(
+            "dashboard",
+            *("dashboard", "--port", str(port), "--address", "127.0.0.1"),
+            *("--database-url", database_url, *args),
+            env={"DASHBOARD_PASSWORD": SECRET} | (env or {}),
+        )
         base = f"http://127.0.0.1:{port}"
-        wait_until(lambda: healthy(base), "dashboard health", START_TIMEOUT_S, self.started[-1])
-        return Dashboard(self.started[-1], base)
+        wait_until(lambda: healthy(base), "dashboard health", START_TIMEOUT_S, child)
+        return Dashboard(child, base)
 
     def stop(self) -> None:
-        for child in reversed(self.started):
-            child.stop()
+        self.children.stop()
 
 
 @pytest.fixture
@@ -618,20 +607,14 @@ def test_twenty_downloads_at_once_keep_memory_flat_while_the_collector_records(
         query = history_query(first, end, kind="incremental_book_L2", format="csv")
 
         live = SimulatorThread(SimConfig(symbols=("ETHUSDT",), rate=50, seed=22)).start()
-        collector_log = ARTIFACTS / "hardening-collector.log"
-        with collector_log.open("wb") as out:
-            proc = subprocess.Popen(
-                [
-                    *(sys.executable, "-m", "depthwatch.cli", "collect"),
-                    *("--ws-url", live.url("linear"), "--symbols", "ETHUSDT", "--depth", "50"),
-                    *("--database-url", url),
-                ],
-                env=cli_env(),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        collector = Child("collector", proc, collector_log)
+        collector = spawn(
+            "collector",
+            [
+                *("collect", "--ws-url", live.url("linear"), "--symbols", "ETHUSDT"),
+                *("--depth", "50", "--database-url", url),
+            ],
+            ARTIFACTS / "hardening-collector.log",
+        )
         try:
             dash = dashboard(url, env=limits)
             with StreamlitClient(dash.base) as c:  # imports, estimate cached: the start

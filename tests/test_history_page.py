@@ -49,6 +49,7 @@ from depthwatch.storage.read.trades import trade_count
 
 from .conftest import cli_env, free_port, new_database, run_cli
 from .e2e import collect_until_caught_up
+from .procs import Child, Children, healthy, listening, wait_until
 from .test_browser import (
     ARTIFACTS,
     CHROMIUM,
@@ -56,11 +57,7 @@ from .test_browser import (
     EXPECT_MS,
     START_TIMEOUT_S,
     VIEWPORT,
-    Child,
-    healthy,
-    listening,
     screenshot,
-    wait_until,
 )
 from .test_e2e import config_for
 
@@ -550,28 +547,11 @@ def history_artifacts() -> Path:
 def children(history_artifacts: Path) -> Iterator[Callable[..., Child]]:
     """Starts `depthwatch ARGS...` (log in history-NAME.log, `env` added to
     the environment); stops them all at the end, newest first."""
-    started: list[Child] = []
-
-    def start(name: str, *args: str, env: dict[str, str] | None = None) -> Child:
-        log = history_artifacts / f"history-{name}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "depthwatch.cli", *args],
-                cwd=ROOT,
-                env=cli_env() | (env or {}),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        started.append(Child(name, proc, log))
-        return started[-1]
-
+    started = Children(history_artifacts, lambda name, _: f"history-{name}.log")
     try:
-        yield start
+        yield started
     finally:
-        for child in reversed(started):
-            child.stop()
+        started.stop()
 
 
 @pytest.fixture

@@ -215,7 +215,7 @@ def test_a_full_journal_drops_rows_as_a_recorded_gap_and_the_stream_resyncs_exac
         while not all(
             sim.sim.finished(f"orderbook.50.{s.symbol}")
             and collector.books[s].valid
-            and collector.books[s].last_update_id == sim.sim.latest(f"orderbook.50.{s.symbol}").u
+            and collector.books[s].last_update_id == sim.latest(f"orderbook.50.{s.symbol}").u
             and s not in writer._blocked
             for s in streams
         ):
@@ -224,7 +224,7 @@ def test_a_full_journal_drops_rows_as_a_recorded_gap_and_the_stream_resyncs_exac
                 f"journal {writer.journal_bytes}, pending {writer.pending_rows}, books "
                 + ", ".join(
                     f"{s} valid={collector.books[s].valid} u={collector.books[s].last_update_id}"
-                    f"/{sim.sim.latest(f'orderbook.50.{s.symbol}').u}"
+                    f"/{sim.latest(f'orderbook.50.{s.symbol}').u}"
                     for s in streams
                 )
             )

@@ -137,7 +137,7 @@ def test_a_malformed_frame_every_ten_messages_costs_a_bounded_log_in_json(databa
             time.sleep(0.5)
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             assert time.monotonic() < deadline, f"stored up to u={stored_u}"
-            last = sim.sim.latest(TOPIC)
+            last = sim.latest(TOPIC)
             with engine.connect() as conn:
                 registered = conn.execute(sa.text("SELECT to_regclass('streams')")).scalar() and (
                     conn.execute(sa.text("SELECT count(*) FROM streams")).scalar()

@@ -573,7 +573,7 @@ def recorded_up_to(engine: sa.Engine, stream: StreamKey) -> int | None:
 def caught_up(sim: SimulatorThread, engine: sa.Engine, streams: list[StreamKey]) -> bool:
     for stream in streams:
         topic = f"orderbook.{stream.depth}.{stream.symbol}"
-        latest = sim.sim.latest(topic)
+        latest = sim.latest(topic)
         if not sim.finished(topic) or latest is None:
             return False
         if recorded_up_to(engine, stream) != latest.u:

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from depthwatch.storage.db import make_engine
 
 from .conftest import cli_env, free_port
+from .procs import Child, spawn
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "streamlit"
@@ -69,11 +70,14 @@ def still_alive(processes: dict[int, int]) -> list[int]:
 class Running:
     """A `depthwatch` command started in the background, its output in a file."""
 
-    proc: subprocess.Popen
-    log: Path
+    child: Child
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        return self.child.proc
 
     def output(self) -> str:
-        return self.log.read_text(errors="replace")
+        return self.child.output()
 
     def started(self) -> dict[str, int]:
         """Child name -> pid, from the supervisor's "started NAME (pid N)" lines."""
@@ -104,22 +108,14 @@ class Running:
 
 @pytest.fixture
 def run(tmp_path: Path) -> Iterator[Callable[..., Running]]:
-    """Starts `depthwatch ARGS...`; whatever is left running at the end is killed."""
+    """Starts `depthwatch ARGS...`; whatever is left running at the end is
+    killed, an embedded PostgreSQL it started included (a killed `up` cannot
+    stop its own)."""
     started: list[Running] = []
 
     def start(*args: str) -> Running:
         log = tmp_path / f"depthwatch-{len(started)}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "depthwatch.cli", *args],
-                cwd=ROOT,
-                env=cli_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group, as in a terminal
-            )
-        started.append(Running(proc, log))
+        started.append(Running(spawn("depthwatch", args, log)))
         return started[-1]
 
     yield start
@@ -130,6 +126,7 @@ def run(tmp_path: Path) -> Iterator[Callable[..., Running]]:
             running.proc.wait()
         for pid in still_alive(children):
             os.kill(pid, signal.SIGKILL)
+        running.child.stop_database()
 
 
 def book_events(database_url: str) -> Callable[[], int]:

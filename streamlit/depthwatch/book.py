@@ -149,6 +149,9 @@ class Outcome(Enum):
     # book is invalid until a new snapshot; resync.
     REJECTED = "rejected"
     DROPPED = "dropped"  # a message arrived while the book was invalid (not written)
+    # A snapshot on a valid book that skipped `u`: messages were missed before
+    # it (a gap and its recovery are recorded); the book is valid again.
+    JUMPED = "jumped"
 
 
 class StreamBook:
@@ -254,10 +257,33 @@ class StreamBook:
         # Depth-1 streams send nothing but snapshots: this is their only check.
         if book.is_crossed():
             return self._refuse_crossed(update)
-        restart = update.update_id == 1 and self.last_update_id not in (None, 1)
+        last = self.last_update_id
+        restart = update.update_id == 1 and last not in (None, 1)
+        # A snapshot that jumps `u` on a valid book: the messages between were
+        # missed, though nothing said so (the server sent none of them to us,
+        # e.g. between a silence probe's unsubscribe and subscribe while the
+        # market moved). The book is right again, but the log lacks those
+        # states: a gap from the last message applied (when they began to be
+        # missed), closed right here, as the export's replay sees it. Depth 1
+        # is snapshots only, and Bybit conflates them: no loss there.
+        jumped = (
+            self.valid
+            and self.stream.depth > 1
+            and last is not None
+            and update.update_id > last + 1
+        )
+        if jumped:
+            missed = update.update_id - last - 1  # type: ignore[operator]
+            self._sink.add_feed_event(
+                self._event_at(
+                    FeedEventKind.GAP,
+                    self._last_local_us,
+                    f"snapshot u={update.update_id} after u={last}: {missed} updates missed",
+                )
+            )
         # A snapshot that ends a gap, a lost connection or a refusal closes the
         # interval the dashboard shades as untrusted.
-        if not self.valid and self.last_update_id is not None:
+        if (jumped or not self.valid) and last is not None:
             self._sink.add_feed_event(
                 self._event(FeedEventKind.RECOVERED, update, f"snapshot u={update.update_id}")
             )
@@ -273,7 +299,7 @@ class StreamBook:
                 )
             )
             return Outcome.RESTART
-        return Outcome.SNAPSHOT
+        return Outcome.JUMPED if jumped else Outcome.SNAPSHOT
 
     def _record_gap(self, update: BookUpdate) -> None:
         detail = f"expected u={self.last_update_id + 1}, got u={update.update_id}"  # type: ignore[operator]

@@ -83,7 +83,8 @@ def plan_connections(
 
 @dataclass
 class CollectorStats:
-    gaps: int = 0
+    gaps: int = 0  # gap events: deltas that skipped u (not written), snapshots that did
+    snapshot_gaps: int = 0  # of which snapshots that jumped u on a valid book (written)
     restarts: int = 0
     dropped: int = 0  # deltas received while a book awaited its snapshot
     refused: int = 0  # messages that would have made an impossible book, or did not parse
@@ -177,7 +178,17 @@ class Collector:
             return True
         if outcome is Outcome.SNAPSHOT or outcome is Outcome.RESTART:
             self.first_valid_us.setdefault(update.stream, update.local_us)
-        if outcome is Outcome.RESTART:
+        if outcome is Outcome.JUMPED:
+            self.stats.gaps += 1
+            self.stats.snapshot_gaps += 1
+            self._gap_log.log(
+                log,
+                logging.WARNING,
+                "%s: updates missed before snapshot u=%d; the snapshot restored the book",
+                update.stream,
+                update.update_id,
+            )
+        elif outcome is Outcome.RESTART:
             self.stats.restarts += 1
             self._restart_log.log(
                 log,

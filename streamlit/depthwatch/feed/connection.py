@@ -589,11 +589,20 @@ class BybitConnection:
 
     async def _watchdog(self) -> None:
         timeout = self.config.silence_timeout_s
+        every = min(1.0, timeout / 4)
         while True:
-            await asyncio.sleep(min(1.0, timeout / 4))
+            asleep = time.monotonic()
+            await asyncio.sleep(every)
             if self._paused:
                 continue  # back-pressure: we stopped reading, the server did not stop
             now = time.monotonic()
+            if now - asleep > 2 * every:
+                # We were not running (a busy machine, a blocked loop): what the
+                # server sent meanwhile may wait unread, and acks with it. Judge
+                # next round, once the reader has had its turn; a silence probe
+                # now would cost the messages sent between its unsubscribe and
+                # its subscribe.
+                continue
             silent = now - self._last_data
             if self._probed_at is not None and self._last_data > self._probed_at:
                 self._probed_at = None  # the probe (or the market) answered

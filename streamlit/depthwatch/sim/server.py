@@ -819,6 +819,17 @@ class SimulatorThread:
     def truth(self, topic: str) -> list[TruthState]:
         return self.sim.truth(topic)
 
+    def latest(self, topic: str) -> TruthState | None:
+        """The topic's current state, read on the simulator's own thread: its
+        market changes the books while a reader on another thread walks them."""
+        if not self._thread.is_alive():
+            return self.sim.latest(topic)
+
+        async def read() -> TruthState | None:
+            return self.sim.latest(topic)
+
+        return asyncio.run_coroutine_threadsafe(read(), self._loop).result(10)
+
     def finished(self, topic: str) -> bool:
         return self.sim.finished(topic)
 

