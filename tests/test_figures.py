@@ -10,7 +10,8 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from depthwatch.app import figures as F
-from depthwatch.coverage import Span
+from depthwatch.app.data import coverage_spans
+from depthwatch.coverage import CAUSE_BEFORE_WINDOW, Span
 from depthwatch.storage.read.frames import (
     EVENT_COLUMNS,
     HEATMAP_COLUMNS,
@@ -413,7 +414,7 @@ FULL_BEATS = every_second(0, 600)
 
 
 def spans_of(rows: list[tuple], beats: np.ndarray = FULL_BEATS) -> list[Span]:
-    return F.coverage_spans(events_frame(rows), beats, WINDOW[0], WINDOW[1], SEC)
+    return coverage_spans(events_frame(rows), beats, WINDOW[0], WINDOW[1], SEC)
 
 
 def test_gap_until_recovered_is_one_span():
@@ -430,7 +431,7 @@ def test_span_still_open_runs_to_the_window_end():
 
 def test_recovered_first_means_the_span_began_before_the_window():
     assert spans_of([ev(30, "recovered"), ev(40, "gap"), ev(45, "recovered")]) == [
-        Span(WINDOW[0], T0 + 30 * SEC, F.CAUSE_BEFORE_WINDOW),
+        Span(WINDOW[0], T0 + 30 * SEC, CAUSE_BEFORE_WINDOW),
         Span(T0 + 40 * SEC, T0 + 45 * SEC, "gap"),
     ]
 
@@ -560,7 +561,7 @@ def realistic_figures() -> dict[str, go.Figure]:
         {"t_ms": t, "bid_size": 1.0, "ask_size": 1.0, "imbalance": rng.uniform(-1, 1, n)}
     )
     events = events_frame([ev(10, "book_lost"), ev(11, "connect"), ev(15, "recovered")])
-    spans = F.coverage_spans(events, t, WINDOW[0], WINDOW[1], SEC)
+    spans = coverage_spans(events, t, WINDOW[0], WINDOW[1], SEC)
     return {
         "depth": F.depth_figure(depth_book),
         "price": F.price_figure(top, spans, WINDOW, "u"),

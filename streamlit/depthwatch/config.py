@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from depthwatch.feed.topics import CATEGORIES, valid_depths, ws_url
+from depthwatch.records import DEFAULT_HEARTBEAT_INTERVAL_S
 
 
 class ConfigError(ValueError):
@@ -27,6 +28,19 @@ def _env_flag(name: str) -> bool:
 
 def default_data_dir() -> Path:
     return Path(_env("DEPTHWATCH_DATA_DIR", ".depthwatch"))
+
+
+def reader_database_url_from_env() -> str | None:
+    """DASHBOARD_DATABASE_URL: a read-only role's URL for the dashboard, if set."""
+    return _env("DASHBOARD_DATABASE_URL", "") or None
+
+
+def database_url_from_env(reader: bool = False) -> str | None:
+    """The database the environment names, None for the embedded one:
+    DATABASE_URL; for a reader (the dashboard), DASHBOARD_DATABASE_URL first.
+    The one place this rule is written: the CLI's defaults, `depthwatch up`,
+    the dashboard and the Python API all ask here."""
+    return (reader and reader_database_url_from_env()) or _env("DATABASE_URL", "") or None
 
 
 @dataclass(frozen=True)
@@ -86,7 +100,7 @@ class CollectorConfig:
     database_wait_s: float = 60.0
     status_interval_s: float = 10.0
     simulated: bool = False
-    heartbeat_interval_s: float = 2.0
+    heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
     journal_dir: Path | None = None
     journal_max_mb: float = 1024.0
     spill_rows: int = 50_000
@@ -147,7 +161,7 @@ class CollectorConfig:
 def add_database_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--database-url",
-        default=os.environ.get("DATABASE_URL") or None,
+        default=database_url_from_env(),
         help="PostgreSQL URL, postgres:// or postgresql:// (env DATABASE_URL); "
         "unset: an embedded PostgreSQL with its data in --data-dir",
     )

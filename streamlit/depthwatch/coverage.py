@@ -61,6 +61,10 @@ RESYNC = "resync"
 ROWS_DROPPED = "rows_dropped"
 UNTRUSTED = "untrusted"
 CAUSES = (COLLECTOR_DOWN, SEQUENCE_GAP, BOOK_LOST, RESYNC, ROWS_DROPPED, UNTRUSTED)
+# Span labels where the cause names above read badly on a chart.
+CAUSE_BEFORE_WINDOW = "not trusted"  # a span whose opener precedes the window
+CAUSE_COLLECTOR_DOWN = "collector not running"
+SPAN_LABELS = {UNTRUSTED: CAUSE_BEFORE_WINDOW, COLLECTOR_DOWN: CAUSE_COLLECTOR_DOWN}
 
 # A heartbeat hole longer than this many intervals is a collector not running
 # (one late beat is a busy collector, not a missing one).
@@ -164,6 +168,24 @@ def stream_gaps(
             stream, heartbeats_us, beats_from, end_us, heartbeat_interval_us, record
         )
     return merge_same_cause(gaps)
+
+
+def window_spans(
+    events: Iterable[StreamEvent],
+    heartbeats_us: Sequence[int] | np.ndarray,
+    start_us: int,
+    end_us: int,
+    heartbeat_interval_us: int,
+) -> list[Span]:
+    """One stream's `stream_gaps` over a window, as the charts shade them: in
+    milliseconds, causes labelled for display (SPAN_LABELS)."""
+    gaps = stream_gaps(_ANY_STREAM, events, heartbeats_us, start_us, end_us, heartbeat_interval_us)
+    return [
+        Span(g.start_us / 1000, g.end_us / 1000, SPAN_LABELS.get(g.cause, g.cause)) for g in gaps
+    ]
+
+
+_ANY_STREAM = StreamKey("", "", 0)  # one stream's spans: which one does not matter
 
 
 def _classify(event: StreamEvent) -> tuple[str, str] | None:

@@ -18,7 +18,6 @@ float64), then `exchange_time` and `local_time` as datetime64[us, UTC].
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,6 +27,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from depthwatch.clock import SECOND_US, datetime_us, parse_time_us
+from depthwatch.config import database_url_from_env, default_data_dir
 from depthwatch.export.replay import BookReplay, StepKind
 from depthwatch.export.tardis import ArrowSink, ExportRequest, check_requests, export
 from depthwatch.records import Level
@@ -45,8 +45,8 @@ LOOK_AHEAD_US = 3_600 * SECOND_US
 def connect(database_url: str | None = None, data_dir: str | Path | None = None) -> sa.Engine:
     """An engine on the recording: `database_url`, else DATABASE_URL, else the
     embedded PostgreSQL in `data_dir` (DEPTHWATCH_DATA_DIR, default .depthwatch)."""
-    url = database_url or os.environ.get("DATABASE_URL") or None
-    directory = Path(data_dir or os.environ.get("DEPTHWATCH_DATA_DIR") or ".depthwatch")
+    url = database_url or database_url_from_env()
+    directory = Path(data_dir) if data_dir else default_data_dir()
     return make_engine(resolve_database_url(url, directory))
 
 

@@ -148,6 +148,9 @@ class FeedEvent:
 # A collector that missed this many heartbeats is gone: the dashboard calls it
 # STALE, and a starting collector no longer counts on it to keep a stream.
 HEARTBEATS_MISSED_FOR_STALE = 3
+# How often a collector writes its heartbeat row unless configured otherwise;
+# readers of a stream whose heartbeats are all gone (past retention) assume it.
+DEFAULT_HEARTBEAT_INTERVAL_S = 2.0
 
 
 @dataclass(slots=True)

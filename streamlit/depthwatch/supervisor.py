@@ -49,7 +49,9 @@ from depthwatch.config import (
     ConfigError,
     add_collector_arguments,
     collector_config_from_args,
+    database_url_from_env,
     default_data_dir,
+    reader_database_url_from_env,
 )
 from depthwatch.logs import relay_line
 
@@ -162,7 +164,7 @@ def add_dashboard_arguments(parser: argparse.ArgumentParser) -> None:
     _add_dashboard_listen_arguments(parser)
     parser.add_argument(
         "--database-url",
-        default=os.environ.get("DASHBOARD_DATABASE_URL") or os.environ.get("DATABASE_URL") or None,
+        default=database_url_from_env(reader=True),
         help="PostgreSQL URL to read (env DASHBOARD_DATABASE_URL, else DATABASE_URL); "
         "unset: the embedded PostgreSQL with its data in --data-dir",
     )
@@ -635,7 +637,7 @@ def _up(
     collector_argv += [flag for flag in extra if flag not in collector_argv]
     supervisor.start(Child("collector", collector_argv, child_env(DATABASE_URL=url)))
     # A read-only role for the dashboard (DASHBOARD_DATABASE_URL) wins over the writer's URL.
-    dashboard_url = os.environ.get("DASHBOARD_DATABASE_URL", "").strip() or url
+    dashboard_url = reader_database_url_from_env() or url
     return _serve_dashboard(supervisor, app, args, dashboard_env_for_url(dashboard_url))
 
 

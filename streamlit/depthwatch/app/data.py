@@ -16,23 +16,26 @@ reloaded). Nothing downstream mutates a view.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 import streamlit as st
 
-from depthwatch.app.figures import coverage_spans
 from depthwatch.clock import DAY_US, now_us
-from depthwatch.config import default_data_dir
-from depthwatch.coverage import Span
+from depthwatch.config import database_url_from_env, default_data_dir
+from depthwatch.coverage import Span, StreamEvent, window_spans
 from depthwatch.logs import first_line
-from depthwatch.records import HEARTBEATS_MISSED_FOR_STALE, FeedEventKind
+from depthwatch.records import (
+    DEFAULT_HEARTBEAT_INTERVAL_S,
+    HEARTBEATS_MISSED_FOR_STALE,
+    FeedEventKind,
+)
 from depthwatch.storage import schema
-from depthwatch.storage.db import DatabaseUnavailable, make_reader_engine, start_embedded
+from depthwatch.storage.db import DatabaseUnavailable, make_reader_engine, resolve_database_url
 from depthwatch.storage.read.chunks import last_quote, latency
 from depthwatch.storage.read.events import (
     event_counts,
@@ -41,7 +44,7 @@ from depthwatch.storage.read.events import (
     last_heartbeat,
     simulated_in,
 )
-from depthwatch.storage.read.frames import HEATMAP_COLUMNS
+from depthwatch.storage.read.frames import EVENT_COLUMNS, HEATMAP_COLUMNS
 from depthwatch.storage.read.health import (
     collectors,
     commit_p99_ms,
@@ -85,11 +88,7 @@ class DatabaseDown(RuntimeError):
 def database_url() -> str:
     """DASHBOARD_DATABASE_URL (a read-only role), else DATABASE_URL, else the
     embedded PostgreSQL in DEPTHWATCH_DATA_DIR (what `depthwatch up` shares)."""
-    for name in ("DASHBOARD_DATABASE_URL", "DATABASE_URL"):
-        value = os.environ.get(name, "").strip()
-        if value:
-            return value
-    return start_embedded(default_data_dir())
+    return resolve_database_url(database_url_from_env(reader=True), default_data_dir())
 
 
 @st.cache_resource(show_spinner=False)
@@ -193,6 +192,40 @@ class LiveView:
         return stale_since(self.heartbeat, self.quote, self.now_us)
 
 
+def coverage_spans(
+    events: pd.DataFrame,
+    heartbeat_ms: np.ndarray,
+    start_ms: float,
+    end_ms: float,
+    heartbeat_interval_ms: float,
+) -> list[Span]:
+    """Where the book was not trusted (feed events) or not recorded (collector
+    heartbeats missing), so a quiet market is never mistaken for missing data:
+    depthwatch.coverage's rules on the window's frames (EVENT_COLUMNS).
+
+    Sorted by start; overlapping or touching spans of one cause are merged, spans
+    of different causes may overlap."""
+    missing = [c for c in EVENT_COLUMNS if c not in events.columns]
+    if missing:
+        raise ValueError(f"frame lacks columns {missing}; has {list(events.columns)}")
+    stream = events[events["stream_level"].eq(True)]
+    times_us = np.rint(stream["t_ms"].to_numpy(dtype=np.float64) * 1000).astype(np.int64)
+    return window_spans(
+        [
+            StreamEvent(int(t), str(kind), "" if detail is None else str(detail))
+            for t, kind, detail in zip(times_us, stream["kind"], stream["detail"], strict=True)
+        ],
+        np.rint(np.asarray(heartbeat_ms, dtype=np.float64) * 1000).astype(np.int64),
+        _us(start_ms),
+        _us(end_ms),
+        _us(heartbeat_interval_ms),
+    )
+
+
+def _us(t_ms: float) -> int:
+    return round(float(t_ms) * 1000)
+
+
 def stale_since(heartbeat: HeartbeatView | None, quote: LastQuote | None, now: int) -> int | None:
     if heartbeat is None:
         return quote.local_us if quote is not None else now
@@ -244,7 +277,7 @@ def live_view(stream: Stream, window_min: int, levels: int) -> LiveView:
         events = event_frame(conn, stream, start, now)
         heartbeats = heartbeat_times(conn, stream.key, start, now)
         heartbeat = last_heartbeat(conn, stream.key, now - HEALTH_DAY_US)
-        interval_ms = (heartbeat.interval_s if heartbeat else 2.0) * 1000
+        interval_ms = (heartbeat.interval_s if heartbeat else DEFAULT_HEARTBEAT_INTERVAL_S) * 1000
         return LiveView(
             stream=stream,
             start_us=start,

@@ -25,9 +25,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from depthwatch import coverage
 from depthwatch.coverage import Span
-from depthwatch.records import FeedEventKind, StreamKey
+from depthwatch.records import FeedEventKind
 from depthwatch.storage.read.frames import (
     EVENT_COLUMNS,
     HEATMAP_COLUMNS,
@@ -39,7 +38,6 @@ from depthwatch.storage.read.rows import BookView, HeatmapGrid
 
 __all__ = [
     "EVENT_KIND_ORDER",
-    "coverage_spans",
     "depth_figure",
     "events_figure",
     "heatmap_figure",
@@ -142,14 +140,6 @@ TEMPLATE = go.layout.Template(
 
 # --- Feed events and coverage --------------------------------------------------
 K = FeedEventKind
-# Span labels where depthwatch.coverage's cause names read badly on a chart.
-CAUSE_BEFORE_WINDOW = "not trusted"  # a span whose opener precedes the window
-CAUSE_COLLECTOR_DOWN = "collector not running"
-SPAN_LABELS = {
-    coverage.UNTRUSTED: CAUSE_BEFORE_WINDOW,
-    coverage.COLLECTOR_DOWN: CAUSE_COLLECTOR_DOWN,
-}
-_ANY_STREAM = StreamKey("", "", 0)  # the spans of one stream's frames: which one does not matter
 
 # Fixed so the lane's rows never move between refreshes; unknown kinds go after.
 EVENT_KIND_ORDER: tuple[str, ...] = (
@@ -835,46 +825,6 @@ def _hover_details(detail: pd.Series, stream: np.ndarray) -> np.ndarray:
     text = detail.fillna("").astype(str).str.slice(0, MAX_DETAIL_CHARS).to_numpy(dtype=object)
     suffix = np.where(stream, "", " (one connection)")
     return np.asarray([f"{d}{s}" for d, s in zip(text, suffix, strict=True)], dtype=object)
-
-
-# --- Coverage spans ------------------------------------------------------------
-def coverage_spans(
-    events: pd.DataFrame,
-    heartbeat_ms: np.ndarray,
-    start_ms: float,
-    end_ms: float,
-    heartbeat_interval_ms: float,
-) -> list[Span]:
-    """Where the book was not trusted (feed events) or not recorded (collector
-    heartbeats missing), so a quiet market is never mistaken for missing data:
-    depthwatch.coverage's rules, on the window's frames, labelled for display.
-
-    Sorted by start; overlapping or touching spans of one cause are merged, spans
-    of different causes may overlap."""
-    if heartbeat_interval_ms <= 0:
-        raise ValueError(f"heartbeat_interval_ms must be positive, got {heartbeat_interval_ms}")
-    _require(events, EVENT_COLUMNS)
-    stream = events[events["stream_level"].eq(True)]
-    gaps = coverage.stream_gaps(
-        _ANY_STREAM,
-        [
-            coverage.StreamEvent(_us(t), str(kind), "" if detail is None else str(detail))
-            for t, kind, detail in zip(
-                _col(stream, "t_ms"), stream["kind"], stream["detail"], strict=True
-            )
-        ],
-        np.rint(np.asarray(heartbeat_ms, dtype=np.float64) * 1000).astype(np.int64),
-        _us(start_ms),
-        _us(end_ms),
-        _us(heartbeat_interval_ms),
-    )
-    return [
-        Span(g.start_us / 1000, g.end_us / 1000, SPAN_LABELS.get(g.cause, g.cause)) for g in gaps
-    ]
-
-
-def _us(t_ms: float) -> int:
-    return round(float(t_ms) * 1000)
 
 
 # --- Shading -------------------------------------------------------------------

@@ -24,9 +24,10 @@ import sqlalchemy as sa
 
 from depthwatch import coverage
 from depthwatch.clock import SECOND_US, TIME_FORMS, now_us, utc_datetime
-from depthwatch.config import CollectorConfig, add_database_arguments
+from depthwatch.config import add_database_arguments
 from depthwatch.coverage import Gap
 from depthwatch.feed.topics import CATEGORIES, TARDIS_EXCHANGE, valid_depths
+from depthwatch.records import DEFAULT_HEARTBEAT_INTERVAL_S
 from depthwatch.storage.read.chunks import RecordedTimes
 from depthwatch.storage.read.events import heartbeats, heartbeats_kept_from, stream_events
 from depthwatch.storage.read.streams import NotRecorded
@@ -49,9 +50,7 @@ GAP_COLUMNS = (
 GapRow = tuple[str, str, int, int, int, float, str, str]
 FORMATS = ("table", "csv")
 DETAIL_CHARS = 90  # of the table; CSV keeps the whole detail
-# A stream whose heartbeats are all gone (older than their retention) is read
-# with the collector's default interval.
-DEFAULT_HEARTBEAT_US = round(CollectorConfig.heartbeat_interval_s * SECOND_US)
+DEFAULT_HEARTBEAT_US = round(DEFAULT_HEARTBEAT_INTERVAL_S * SECOND_US)
 
 
 def find_gaps(
