@@ -24,9 +24,9 @@ from depthwatch.storage.read.chunks import last_quote
 from depthwatch.storage.read.events import (
     event_counts,
     event_frame,
-    heartbeat_times,
+    heartbeats,
     last_heartbeat,
-    simulated_in,
+    source_simulated,
 )
 from depthwatch.storage.read.frames import TOP_COLUMNS
 from depthwatch.storage.read.health import (
@@ -230,14 +230,14 @@ def test_heartbeats_say_alive_valid_and_simulated(writer, engine):
     assert writer.flush_now()
     with engine.connect() as conn:
         key = str(STREAM)
-        times = heartbeat_times(conn, key, T0, T0 + 10 * S)
+        times = heartbeats(conn, key, T0, T0 + 10 * S).times_us
         last = last_heartbeat(conn, key, T0)
-        sim_first = simulated_in(conn, key, T0, T0 + S)
-        sim_all = simulated_in(conn, key, T0, T0 + 10 * S)
+        sim_first = source_simulated(conn, [key], T0, T0 + S)
+        sim_all = source_simulated(conn, [key], T0, T0 + 10 * S)
         other = last_heartbeat(conn, str(OTHER), T0)
         found = collectors(conn, T0)
         worst = commit_p99_ms(conn, "host:1", T0)
-    np.testing.assert_array_equal(times, [T0 / 1000, (T0 + 2 * S) / 1000])
+    np.testing.assert_array_equal(times, [T0, T0 + 2 * S])
     assert last is not None and last.local_us == T0 + 2 * S and not last.valid
     assert (sim_first, sim_all) == (False, True)
     assert other is None

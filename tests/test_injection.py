@@ -22,9 +22,9 @@ from depthwatch.storage.read.chunks import last_quote
 from depthwatch.storage.read.events import (
     event_counts,
     feed_events,
-    heartbeat_times,
+    heartbeats,
     last_heartbeat,
-    simulated_in,
+    source_simulated,
 )
 from depthwatch.storage.read.health import commit_p99_ms, oldest_snapshot_us
 from depthwatch.storage.read.streams import (
@@ -162,9 +162,9 @@ def test_the_writer_and_every_query_keep_hostile_symbols_verbatim(guarded):
             assert quote is not None
             assert message_count(conn, recorded, *ALL_TIME) == 1
             key = str(stream)
-            heartbeat_times(conn, key, *ALL_TIME)
+            assert heartbeats(conn, key, *ALL_TIME).interval_us is None
             assert last_heartbeat(conn, key, 0) is None
-            assert simulated_in(conn, key, *ALL_TIME) is False
+            assert source_simulated(conn, [key], *ALL_TIME) is None
         details = {r.detail for r in feed_events(conn, 0)}
         assert set(EVIL) <= details  # stored and read back verbatim
         counts = event_counts(conn, 0)

@@ -40,9 +40,9 @@ from depthwatch.storage.read.chunks import last_quote, latency
 from depthwatch.storage.read.events import (
     event_counts,
     event_frame,
-    heartbeat_times,
+    heartbeats,
     last_heartbeat,
-    simulated_in,
+    source_simulated,
 )
 from depthwatch.storage.read.frames import EVENT_COLUMNS, HEATMAP_COLUMNS
 from depthwatch.storage.read.health import (
@@ -275,7 +275,9 @@ def live_view(stream: Stream, window_min: int, levels: int) -> LiveView:
             else pd.DataFrame(columns=list(HEATMAP_COLUMNS), dtype="float64")
         )
         events = event_frame(conn, stream, start, now)
-        heartbeats = heartbeat_times(conn, stream.key, start, now)
+        # With the last beat before the window and the first after it: a
+        # collector running at the window's edges opens no hole there.
+        beats_ms = heartbeats(conn, stream.key, start, now).times_us / 1000
         heartbeat = last_heartbeat(conn, stream.key, now - HEALTH_DAY_US)
         interval_ms = (heartbeat.interval_s if heartbeat else DEFAULT_HEARTBEAT_INTERVAL_S) * 1000
         return LiveView(
@@ -290,10 +292,10 @@ def live_view(stream: Stream, window_min: int, levels: int) -> LiveView:
             imbalance=imbalance_series(conn, stream, start, now, levels, bucket),
             trades=recent_trades(conn, stream.instrument_id, start, now, TRADES_MAX),
             events=events,
-            spans=coverage_spans(events, heartbeats, start / 1000, now / 1000, interval_ms),
+            spans=coverage_spans(events, beats_ms, start / 1000, now / 1000, interval_ms),
             messages_per_s=_messages_per_s(conn, stream, now),
             heartbeat=heartbeat,
-            simulated=simulated_in(conn, stream.key, start, now),
+            simulated=source_simulated(conn, [stream.key], start, now) is True,
             latency=latency(conn, stream, max(start, now - LATENCY_WINDOW_US), now),
         )
 

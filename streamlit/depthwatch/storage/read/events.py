@@ -146,19 +146,6 @@ def heartbeats(conn: sa.Connection, stream_key: str, start_us: int, end_us: int)
     return Heartbeats(times, None if longest is None else round(longest * SECOND_US))
 
 
-def heartbeat_times(conn: sa.Connection, stream_key: str, start_us: int, end_us: int) -> np.ndarray:
-    """Times (ms) of the heartbeats of collectors recording the stream."""
-    rows = conn.execute(
-        sa.text(
-            """SELECT local_us / 1000.0 FROM collector_heartbeats
-               WHERE local_us >= :s AND local_us < :e AND :k = ANY(streams)
-               ORDER BY local_us"""
-        ),
-        {"s": start_us, "e": end_us, "k": stream_key},
-    ).scalars()
-    return np.fromiter(rows, dtype="float64")
-
-
 def last_heartbeat(conn: sa.Connection, stream_key: str, since_us: int) -> HeartbeatView | None:
     row = conn.execute(
         sa.text(
@@ -189,20 +176,6 @@ def heartbeats_kept_from(conn: sa.Connection) -> int | None:
     if oldest_event < oldest_beat - HEARTBEAT_START_SLACK_US:
         return int(oldest_beat)
     return None
-
-
-def simulated_in(conn: sa.Connection, stream_key: str, start_us: int, end_us: int) -> bool:
-    """Whether any of the window's data came from a simulated collector."""
-    return bool(
-        conn.execute(
-            sa.text(
-                """SELECT EXISTS (SELECT 1 FROM collector_heartbeats
-                                  WHERE local_us >= :s AND local_us < :e
-                                    AND simulated AND :k = ANY(streams))"""
-            ),
-            {"s": start_us, "e": end_us, "k": stream_key},
-        ).scalar()
-    )
 
 
 def source_simulated(
