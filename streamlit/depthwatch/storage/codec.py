@@ -494,58 +494,25 @@ class DecodedChunk:
 
 
 def decode_chunk(payload: bytes | memoryview, row_ts_us: int, row_u: int) -> DecodedChunk:
-    v = decode_varints(payload)
-    if int(v[0]) not in (FORMAT_US, FORMAT_MS):
-        raise ValueError(f"unknown chunk format {int(v[0])}")
-    unit = 1000 if int(v[0]) == FORMAT_MS else 1
-    n, price_exp, size_exp, seq_first, n_levels, n_tops = (int(x) for x in v[1:HEADER_FIELDS])
-    at = HEADER_FIELDS
-
-    def column(count: int) -> np.ndarray:
-        nonlocal at
-        out = v[at : at + count]
-        at += count
-        return out
-
-    ts = row_ts_us + np.cumsum(unzigzag(column(n))) * unit
-    local = ts + unzigzag(column(n))
-    match_raw = column(n).astype(np.int64)
-    match = np.where(match_raw == 0, -1, ts - unzigzag((match_raw - 1).clip(0)) * unit)
-    u = (row_u - 1) + np.cumsum(unzigzag(column(n)) + 1)
-    seq = seq_first + np.cumsum(unzigzag(column(n)))
-    flags = column(n).astype(np.int64)
-    nb = column(n).astype(np.int64)
-    na = column(n).astype(np.int64)
-    price_deltas = unzigzag(column(n_levels))
-    sizes = column(n_levels).astype(np.int64)
-    side_counts = np.column_stack((nb, na)).reshape(-1)
-    side_of_level = np.repeat(np.tile([0, 1], n), side_counts)
-    prices = np.empty(n_levels, dtype=np.int64)
-    for side in (0, 1):
-        sel = side_of_level == side
-        prices[sel] = np.cumsum(price_deltas[sel])
-    tops = np.cumsum(unzigzag(column(4 * n_tops)).reshape(n_tops, 4), axis=0)
-    if at != len(v):
-        raise ValueError(f"chunk has {len(v) - at} values past its end")
-    changed = (flags & TOP_CHANGED) != 0
-    top_of = np.cumsum(changed) - 1  # -1 before the first top of the chunk
-    level_start = np.concatenate(([0], np.cumsum(nb + na)[:-1])) if n else np.zeros(0, np.int64)
+    """One chunk's columns: decode_many of one chunk (the one decoder of the
+    format in Python), in the per-chunk shape."""
+    batch = decode_many([payload], [row_ts_us], [row_u])
     return DecodedChunk(
-        ts,
-        local,
-        match,
-        u,
-        seq,
-        flags,
-        nb,
-        na,
-        prices,
-        sizes,
-        level_start.astype(np.int64),
-        top_of,
-        tops,
-        price_exp,
-        size_exp,
+        batch.ts_us,
+        batch.local_us,
+        batch.match_us,
+        batch.u,
+        batch.seq,
+        batch.flags,
+        batch.nb,
+        batch.na,
+        batch.ticks,
+        batch.lots,
+        batch.msg_first_level,
+        batch.top_of,
+        batch.tops,
+        int(batch.price_exp[0]),
+        int(batch.size_exp[0]),
     )
 
 
@@ -637,9 +604,9 @@ def decode_many(
     row_u: Sequence[int],
     levels: bool = True,
 ) -> DecodedBatch:
-    """decode_chunk for many chunks in one NumPy pass (a dashboard window
-    reads hundreds, an export thousands; one at a time, the calls cost more
-    than the bytes). `levels=False` skips the level columns (not the tops)."""
+    """Many chunks in one NumPy pass (a dashboard window reads hundreds, an
+    export thousands; one at a time, the calls cost more than the bytes).
+    `levels=False` skips the level columns (not the tops)."""
     n_chunks = len(payloads)
     data = b"".join(payloads)
     b = np.frombuffer(data, dtype=np.uint8)
@@ -647,13 +614,27 @@ def decode_many(
     lengths = np.fromiter(map(len, payloads), dtype=np.int64, count=n_chunks)
     ends_b = np.cumsum(lengths)
     last = (b & 0x80) == 0
+    if not last[ends_b[lengths > 0] - 1].all():
+        raise ValueError("a chunk ends inside a varint (cut short)")
     values_before = np.concatenate(([0], np.cumsum(last)))
     vstart = values_before[ends_b - lengths]  # index of each chunk's first value
+    held = values_before[ends_b] - vstart  # values in each chunk
+    if (held < HEADER_FIELDS).any():
+        raise ValueError("a chunk shorter than its header")
     head = v[(vstart[:, None] + np.arange(HEADER_FIELDS)).reshape(-1)].astype(np.int64)
     head = head.reshape(n_chunks, HEADER_FIELDS)
     fmt, n, price_exp, size_exp, seq_first, n_levels, n_tops = (head[:, k] for k in range(7))
     if not np.isin(fmt, (FORMAT_US, FORMAT_MS)).all():
         raise ValueError(f"unknown chunk format {sorted(set(fmt.tolist()))}")
+    # Each chunk must end where its header says: a corrupt one fails here,
+    # not as wrong numbers.
+    if (held != HEADER_FIELDS + 8 * n + 2 * n_levels + 4 * n_tops).any():
+        extra = int((held - HEADER_FIELDS - 8 * n - 2 * n_levels - 4 * n_tops).max())
+        raise ValueError(
+            f"chunk has {extra} values past its end"
+            if extra > 0
+            else "a chunk holds fewer values than its header says"
+        )
     unit = np.where(fmt == FORMAT_MS, 1000, 1)
 
     chunks = np.arange(n_chunks)
