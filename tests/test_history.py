@@ -13,8 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from depthwatch.export.files import file_name, plan_files, split_daily, write_export
+from depthwatch.export.kinds import HEADERS, ExportKind
 from depthwatch.export.snapshots import SnapshotSpec
-from depthwatch.export.tardis import HEADERS, TIME_COLUMNS, ExportRequest, header
+from depthwatch.export.tardis import TIME_COLUMNS, ExportRequest
 from depthwatch.records import StreamKey
 from depthwatch.sim import SimConfig, TruthState
 
@@ -131,12 +132,15 @@ def test_column_names_and_order_are_tardis_layouts():
         "quotes": common + "ask_amount,ask_price,bid_price,bid_amount",
         "trades": common + "id,side,price,amount",
     } == HEADERS
-    assert header("book_snapshot_2_1s") == common + (
+    assert ExportKind.parse("book_snapshot_2_1s").header() == common + (
         "asks[0].price,asks[0].amount,bids[0].price,bids[0].amount,"
         "asks[1].price,asks[1].amount,bids[1].price,bids[1].amount"
     )
-    assert header("book_snapshot_25") == header("book_snapshot_25_100ms")
-    assert header("book_snapshot_25").count(",") == 3 + 4 * 25
+    assert (
+        ExportKind.parse("book_snapshot_25").header()
+        == ExportKind.parse("book_snapshot_25_100ms").header()
+    )
+    assert ExportKind.parse("book_snapshot_25").header().count(",") == 3 + 4 * 25
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,7 @@ from depthwatch.app import history as h
 from depthwatch.app import planning as pl
 from depthwatch.clock import DAY_US, SECOND_US, parse_time_us
 from depthwatch.export import files
+from depthwatch.export.kinds import ExportKind
 from depthwatch.export.snapshots import SnapshotSpec
 from depthwatch.export.tardis import ExportRequest
 from depthwatch.sim import SimConfig, SimulatorThread
@@ -60,6 +61,8 @@ from .test_browser import (
     screenshot,
 )
 from .test_e2e import config_for
+
+K = ExportKind.parse
 
 ROOT = Path(__file__).resolve().parents[1]
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
@@ -110,26 +113,26 @@ def test_presets_end_at_a_whole_second_and_a_day_is_a_utc_day():
 def test_book_rows_per_kind():
     v = volume()
     start, end = T0, T0 + 60 * SECOND_US
-    l2 = pl.book_rows("incremental_book_L2", v, 50, start, end)
+    l2 = pl.book_rows(K("incremental_book_L2"), v, 50, start, end)
     # 999 deltas x 3 levels + (1 snapshot + the opening book) x 100 levels
     assert (l2.rows, l2.mark) == (999 * 3 + 2 * 100, "≈")
-    no_sample = pl.book_rows("incremental_book_L2", volume(snapshot_levels=None), 50, start, end)
+    no_sample = pl.book_rows(K("incremental_book_L2"), volume(snapshot_levels=None), 50, start, end)
     assert no_sample.rows == 999 * 3 + 2 * 2 * 50  # a full book per snapshot
-    first = pl.book_rows("incremental_book_L2", volume(recorded_before=False), 50, start, end)
+    first = pl.book_rows(K("incremental_book_L2"), volume(recorded_before=False), 50, start, end)
     assert first.rows == 999 * 3 + 100  # the range holds the recording's start: no opening book
-    assert pl.book_rows("quotes", volume(legacy_quotes=7), 50, start, end).rows == 500 + 7
-    assert pl.book_rows("quotes", volume(messages=0, legacy_quotes=7), 50, start, end) == (
+    assert pl.book_rows(K("quotes"), volume(legacy_quotes=7), 50, start, end).rows == 500 + 7
+    assert pl.book_rows(K("quotes"), volume(messages=0, legacy_quotes=7), 50, start, end) == (
         pl.RowEstimate(7, "=")
     )
-    every_change = pl.book_rows("book_snapshot_25", v, 50, start, end)
+    every_change = pl.book_rows(K("book_snapshot_25"), v, 50, start, end)
     assert (every_change.rows, every_change.mark) == (1_001, "≤")
     # 1 s buckets: 60 hold messages, 60 bucket ends in range: at most 60.
-    assert pl.book_rows("book_snapshot_25_1s", v, 50, start, end).rows == 60
-    assert pl.book_rows("book_snapshot_25_1m", v, 50, start, end).rows == 1
+    assert pl.book_rows(K("book_snapshot_25_1s"), v, 50, start, end).rows == 60
+    assert pl.book_rows(K("book_snapshot_25_1m"), v, 50, start, end).rows == 1
     busy = volume(buckets=600)  # 100 ms buckets holding messages
-    assert pl.book_rows("book_snapshot_25_100ms", busy, 50, start, end).rows == 600
+    assert pl.book_rows(K("book_snapshot_25_100ms"), busy, 50, start, end).rows == 600
     empty = volume(messages=0, snapshots=0, buckets=0)
-    assert pl.book_rows("incremental_book_L2", empty, 50, start, end) == pl.RowEstimate(0, "=")
+    assert pl.book_rows(K("incremental_book_L2"), empty, 50, start, end) == pl.RowEstimate(0, "=")
     assert pl.trade_rows(TradeCount(12, True, T0, T0)) == pl.RowEstimate(12, "=")
     assert pl.trade_rows(TradeCount(120_000, False, T0, T0)).text == "≈ 120,000"
     assert pl.combined_mark(["=", "≤"]) == "≤" and pl.combined_mark(["≈", "≤"]) == "≈"
@@ -137,14 +140,14 @@ def test_book_rows_per_kind():
 
 def test_bytes_follow_the_measured_table():
     rows = 10_000
-    csv = pl.file_bytes("incremental_book_L2", "csv", "bybit", "BTCUSDT", rows)
+    csv = pl.file_bytes(K("incremental_book_L2"), "csv", "bybit", "BTCUSDT", rows)
     head = len("exchange,symbol,timestamp,local_timestamp,is_snapshot,side,price,amount\n")
     per_row = len("bybit,BTCUSDT,") + pl.CSV_ROW_BYTES["incremental_book_L2"]
     assert csv == round(rows * per_row + head)
     assert csv - head == pytest.approx(rows * 72.07, rel=0.01)  # as measured
-    assert pl.file_bytes("incremental_book_L2", "csv.gz", "bybit", "BTCUSDT", rows) < csv / 5
-    five = pl.file_bytes("book_snapshot_5", "csv", "bybit", "BTCUSDT", rows)
-    fifty = pl.file_bytes("book_snapshot_50", "csv", "bybit", "BTCUSDT", rows)
+    assert pl.file_bytes(K("incremental_book_L2"), "csv.gz", "bybit", "BTCUSDT", rows) < csv / 5
+    five = pl.file_bytes(K("book_snapshot_5"), "csv", "bybit", "BTCUSDT", rows)
+    fifty = pl.file_bytes(K("book_snapshot_50"), "csv", "bybit", "BTCUSDT", rows)
     assert five / rows == pytest.approx(198, rel=0.05) and fifty / rows == pytest.approx(
         1548, rel=0.05
     )
@@ -269,7 +272,7 @@ def test_book_estimates_are_close_to_the_export(recorded, kind):
         request = ExportRequest(kind, stream.category, stream.symbol, start, end, stream.depth)
         with engine.connect() as conn:
             v = book_volume(conn, stream, start, end)
-        estimate = pl.book_rows(kind, v, stream.depth, start, end)
+        estimate = pl.book_rows(K(kind), v, stream.depth, start, end)
         actual = exported_rows(engine, request)
         print(f"{stream.symbol} {kind}: estimated {estimate.text}, exported {actual:,}")
         assert estimate.mark == "≈"
@@ -288,7 +291,7 @@ def test_snapshot_bounds_hold(recorded, kind):
             continue  # the export refuses it; the page offers no such levels
         with engine.connect() as conn:
             v = book_volume(conn, stream, start, end, spec.interval_us)
-        bound = pl.book_rows(kind, v, stream.depth, start, end)
+        bound = pl.book_rows(K(kind), v, stream.depth, start, end)
         actual = exported_rows(
             engine, ExportRequest(kind, "linear", stream.symbol, start, end, stream.depth)
         )

@@ -315,7 +315,8 @@ def _export(args: argparse.Namespace) -> int:
     import sqlalchemy as sa
 
     from depthwatch.export.files import plan_files, write_export, write_file
-    from depthwatch.export.tardis import ExportRequest, check_kind, check_requests
+    from depthwatch.export.kinds import ExportKind
+    from depthwatch.export.tardis import ExportRequest, check_requests
     from depthwatch.storage.db import make_engine, resolve_database_url, wait_for_database
     from depthwatch.storage.read.streams import NotRecorded, recorded_symbols
 
@@ -329,7 +330,7 @@ def _export(args: argparse.Namespace) -> int:
         log.error("--depth %d: %s books have depth %s", args.depth, args.category, listed)
         return 2
     try:
-        check_kind(args.kind)
+        ExportKind.parse(args.kind)
     except ValueError as exc:
         log.error("--kind: %s", exc)
         return 2
@@ -355,7 +356,8 @@ def _export(args: argparse.Namespace) -> int:
             ExportRequest(args.kind, args.category, s, args.start, args.end, args.depth)
             for s in symbols
         ]
-        check_requests(engine, requests)  # every symbol, before a byte is written
+        # Every symbol, before a byte is written; the plans say what each reads.
+        requests = list(check_requests(engine, requests))
         if to_directory:
             out.mkdir(parents=True, exist_ok=True)
             for planned in plan_files(requests, args.format, args.split == "daily"):

@@ -95,9 +95,9 @@ def load(
     NotRecorded when a symbol, depth or the recording is missing."""
     engine = _default_engine(engine)
     requests = _requests(kind, symbols, start, end, category, depth)
-    check_requests(engine, requests)
+    planned = check_requests(engine, requests)
     sink = ArrowSink(kind)
-    export(engine, requests, sink, progress_to=None)
+    export(engine, planned, sink, progress_to=None)
     return sink.table().to_pandas()
 
 

@@ -43,13 +43,13 @@ from depthwatch.clock import (
     parse_time_us,
 )
 from depthwatch.clock import now_us as clock_now_us
-from depthwatch.export import files
-from depthwatch.export.snapshots import SnapshotSpec
-from depthwatch.export.tardis import ExportRequest, check_kind, header
+from depthwatch.export import files, kinds
+from depthwatch.export.kinds import ExportKind
+from depthwatch.export.tardis import ExportRequest
 from depthwatch.storage.read.streams import Stream
 from depthwatch.storage.read.trades import TRADE_COUNT_CAP
 
-KINDS = ("incremental_book_L2", "quotes", "trades", "book_snapshot")
+KINDS = kinds.FAMILIES  # book_snapshot is one choice, its levels and interval apart
 SNAPSHOT_LEVELS = (1, 5, 10, 25, 50, 100, 200, 500, 1000)
 DEFAULT_SNAPSHOT_LEVELS = 25
 SNAPSHOT_INTERVALS = ("", "100ms", "1s", "10s", "1m")  # "": a row at every change
@@ -68,14 +68,16 @@ def snapshot_kind(levels: int, interval: str) -> str:
 def split_kind(kind: str) -> tuple[str, int, str]:
     """(choice in KINDS, snapshot levels, snapshot interval) of a kind string;
     ValueError if it is not one the page offers."""
-    check_kind(kind)
-    if kind in KINDS:
+    spec = ExportKind.parse(kind)
+    if spec.family not in KINDS:
+        raise ValueError(f"{kind!r}: the page offers {', '.join(KINDS)}")
+    if spec.snapshot is None:
         return kind, DEFAULT_SNAPSHOT_LEVELS, ""
     levels, _, interval = kind.removeprefix("book_snapshot_").partition("_")
-    if int(levels) not in SNAPSHOT_LEVELS or interval not in SNAPSHOT_INTERVALS:
+    if spec.snapshot.levels not in SNAPSHOT_LEVELS or interval not in SNAPSHOT_INTERVALS:
         offered = ", ".join(i or "none" for i in SNAPSHOT_INTERVALS)
         raise ValueError(f"{kind!r}: the page offers levels {SNAPSHOT_LEVELS}, intervals {offered}")
-    return "book_snapshot", int(levels), interval
+    return kinds.BOOK_SNAPSHOT, int(levels), interval
 
 
 def preset_range(preset: str, now_us: int, day_of_us: int) -> tuple[int, int]:
@@ -357,7 +359,7 @@ def _explain(kind: str, start_us: int, end_us: int) -> None:
             else ""
         )
     )
-    columns = header(kind)
+    columns = ExportKind.parse(kind).header()
     shown = columns if len(columns) <= 160 else columns[:160] + ",..."
     st.caption(f"Columns: `{shown}`")
 
@@ -403,7 +405,7 @@ def _estimate(result: Plan, kind: str) -> None:
     left.metric("Rows", rows.text)
     middle.metric("Size", ("≤ " if rows.mark == "≤" else "≈ ") + human_bytes(size))
     right.metric("Symbols", len(result.symbols))
-    spec = SnapshotSpec.parse(kind)
+    spec = ExportKind.parse(kind).snapshot
     how = HOW.get(kind) or (
         "≤ one row per interval bucket holding a message (+ the book at the first bucket end)"
         if spec is not None and spec.interval_us

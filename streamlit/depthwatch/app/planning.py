@@ -23,9 +23,9 @@ import streamlit as st
 
 from depthwatch.app import data
 from depthwatch.clock import DAY_US, SECOND_US, utc_datetime
-from depthwatch.export import files
-from depthwatch.export.snapshots import SnapshotSpec
-from depthwatch.export.tardis import ExportRequest, check_requests, header
+from depthwatch.export import files, kinds
+from depthwatch.export.kinds import ExportKind
+from depthwatch.export.tardis import ExportRequest, PlannedRequest, check_requests
 from depthwatch.logs import first_line
 from depthwatch.storage.db import DatabaseUnavailable
 from depthwatch.storage.read.events import source_simulated
@@ -85,7 +85,9 @@ class RowEstimate:
         return f"{self.rows:,}" if self.mark == "=" else f"{self.mark} {self.rows:,}"
 
 
-def book_rows(kind: str, volume: BookVolume, depth: int, start_us: int, end_us: int) -> RowEstimate:
+def book_rows(
+    kind: ExportKind, volume: BookVolume, depth: int, start_us: int, end_us: int
+) -> RowEstimate:
     """Rows of a book kind, from what book_volume counted:
 
     - incremental_book_L2 ≈ deltas x their mean levels + (snapshots + the
@@ -96,7 +98,7 @@ def book_rows(kind: str, volume: BookVolume, depth: int, start_us: int, end_us: 
       (the book at the first bucket end), and never more than the bucket ends
       in [start, end); book_snapshot_N ≤ messages + 1 (a row per change)."""
     total = volume.total_messages
-    if kind == "incremental_book_L2":
+    if kind.family == kinds.L2:
         if total == 0:
             return RowEstimate(0, "=")
         snapshot_levels = volume.snapshot_levels or 2.0 * depth
@@ -104,13 +106,13 @@ def book_rows(kind: str, volume: BookVolume, depth: int, start_us: int, end_us: 
         opening = 1 if volume.recorded_before else 0
         rows = deltas * volume.delta_levels + (volume.snapshots + opening) * snapshot_levels
         return RowEstimate(round(rows), "≈")
-    if kind == "quotes":
+    if kind.family == kinds.QUOTES:
         if volume.messages == 0:
             return RowEstimate(volume.legacy_quotes, "=")
         return RowEstimate(round(volume.messages * volume.new_quotes) + volume.legacy_quotes, "≈")
-    spec = SnapshotSpec.parse(kind)
+    spec = kind.snapshot
     if spec is None:
-        raise ValueError(f"not a book kind: {kind!r}")
+        raise ValueError(f"not a book kind: {kind.name!r}")
     if not spec.interval_us:
         return RowEstimate(total + 1, "≤")
     ends = -(-end_us // spec.interval_us) - -(-start_us // spec.interval_us)
@@ -121,22 +123,22 @@ def trade_rows(count: TradeCount) -> RowEstimate:
     return RowEstimate(count.rows, "=" if count.exact else "≈")
 
 
-def csv_row_bytes(kind: str, exchange: str, symbol: str) -> float:
+def csv_row_bytes(kind: ExportKind, exchange: str, symbol: str) -> float:
     prefix = len(exchange) + len(symbol) + 2
-    spec = SnapshotSpec.parse(kind)
+    spec = kind.snapshot
     if spec is None:
-        return prefix + CSV_ROW_BYTES[kind]
+        return prefix + CSV_ROW_BYTES[kind.family]
     return prefix + SNAPSHOT_ROW_BYTES + spec.levels * SNAPSHOT_LEVEL_BYTES
 
 
-def file_bytes(kind: str, fmt: str, exchange: str, symbol: str, rows: int) -> int:
+def file_bytes(kind: ExportKind, fmt: str, exchange: str, symbol: str, rows: int) -> int:
     """≈ bytes of `rows` rows of one symbol in `fmt` (CSV_ROW_BYTES and
     COMPRESSED_SHARE), the CSV header included."""
-    csv = rows * csv_row_bytes(kind, exchange, symbol) + len(header(kind)) + 1
+    csv = rows * csv_row_bytes(kind, exchange, symbol) + len(kind.header()) + 1
     if fmt == "csv":
         return round(csv)
-    spec = SnapshotSpec.parse(kind)
-    family = kind if spec is None else "book_snapshot" + ("_interval" if spec.interval_us else "")
+    spec = kind.snapshot
+    family = kind.family + ("_interval" if spec is not None and spec.interval_us else "")
     gz, parquet = COMPRESSED_SHARE[family]
     return round(csv * (gz if fmt == "csv.gz" else parquet))
 
@@ -272,32 +274,37 @@ def plan(engine: sa.Engine, requests: Sequence[ExportRequest], fmt: str) -> Plan
     then the estimate of each (each symbol) in one read-only transaction."""
     started = time.perf_counter()
     try:
-        check_requests(engine, requests)
+        planned = check_requests(engine, requests)
     except (NotRecorded, ValueError) as exc:
         return Plan(str(exc))
     with engine.connect() as conn, conn.begin():
-        return _plan(conn, requests, fmt, started)
+        return _plan(conn, planned, fmt, started)
 
 
-def _plan(conn: sa.Connection, requests: Sequence[ExportRequest], fmt: str, started: float) -> Plan:
-    streams = list_streams(conn)
+def _plan(
+    conn: sa.Connection, requests: Sequence[PlannedRequest], fmt: str, started: float
+) -> Plan:
+    streams: list[Stream] | None = None  # read for trades only: their plan names no book
     estimates = []
     keys = []
     for request in requests:
-        stream = _stream_of(streams, request)
+        stream = request.stream
+        if stream is None:
+            streams = list_streams(conn) if streams is None else streams
+            stream = _stream_of(streams, request)
         keys.append(stream.key)
-        if request.kind == "trades":
+        if request.spec.family == kinds.TRADES:
             count = trade_count(conn, stream.instrument_id, request.start_us, request.end_us)
             rows, first, last = trade_rows(count), count.first_us, count.last_us
         else:
-            spec = SnapshotSpec.parse(request.kind)
+            spec = request.spec.snapshot
             volume = book_volume(
                 conn, stream, request.start_us, request.end_us, spec.interval_us if spec else 0
             )
-            rows = book_rows(request.kind, volume, stream.depth, request.start_us, request.end_us)
+            rows = book_rows(request.spec, volume, stream.depth, request.start_us, request.end_us)
             first, last = volume.first_us, volume.last_us
         recorded = recorded_span(conn, stream) if first is None else None
-        size = file_bytes(request.kind, fmt, request.exchange, request.symbol, rows.rows)
+        size = file_bytes(request.spec, fmt, request.exchange, request.symbol, rows.rows)
         estimates.append(SymbolEstimate(request.symbol, rows, size, first, last, recorded))
     # Heartbeats carry receive times, a moment after the exchange's.
     simulated = source_simulated(
@@ -308,7 +315,8 @@ def _plan(conn: sa.Connection, requests: Sequence[ExportRequest], fmt: str, star
 
 
 def _stream_of(streams: Sequence[Stream], request: ExportRequest) -> Stream:
-    """The stream a request reads (check_requests made sure there is one)."""
+    """A book stream of the request's symbol (its heartbeats say whether the
+    data was simulated, its recorded span where the range holds nothing)."""
     found = [
         s
         for s in streams

@@ -15,17 +15,20 @@ book_snapshot_N[_interval] rows come from the same replay (export.snapshots).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO, Protocol, TextIO
 
 import sqlalchemy as sa
 
+from depthwatch.export import kinds
+from depthwatch.export.kinds import ExportKind
 from depthwatch.export.replay import BookReplay, IntBookReplay, StepKind
-from depthwatch.export.snapshots import SnapshotSpec, snapshot_columns, snapshot_rows
+from depthwatch.export.snapshots import snapshot_columns, snapshot_rows
 from depthwatch.feed.topics import TARDIS_EXCHANGE
 from depthwatch.storage.read.book import quotes
 from depthwatch.storage.read.rows import BookEventRow
@@ -41,42 +44,6 @@ from depthwatch.storage.read.trades import trades
 if TYPE_CHECKING:
     import pyarrow as pa
 
-KINDS = ("incremental_book_L2", "quotes", "trades")
-GAPS = "gaps"  # not Tardis's: where the record is incomplete (export.gaps)
-SNAPSHOT_KIND_HELP = "book_snapshot_N or book_snapshot_N_INTERVAL (e.g. book_snapshot_25_100ms)"
-
-_COMMON = "exchange,symbol,timestamp,local_timestamp,"
-HEADERS = {
-    "incremental_book_L2": _COMMON + "is_snapshot,side,price,amount",
-    "quotes": _COMMON + "ask_amount,ask_price,bid_price,bid_amount",
-    "trades": _COMMON + "id,side,price,amount",
-}
-
-
-def check_kind(kind: str) -> str:
-    """The kind, if exportable; ValueError (saying what is) if not."""
-    if kind in HEADERS or kind == GAPS:
-        return kind
-    if SnapshotSpec.parse(kind) is None:
-        raise ValueError(
-            f"unknown kind {kind!r}: use one of {', '.join(KINDS)}, {GAPS}, or {SNAPSHOT_KIND_HELP}"
-        )
-    return kind
-
-
-def header(kind: str) -> str:
-    """The CSV header row of a kind (Tardis's column names, in its order)."""
-    if kind in HEADERS:
-        return HEADERS[kind]
-    if kind == GAPS:
-        from depthwatch.export.gaps import GAP_COLUMNS
-
-        return ",".join(GAP_COLUMNS)
-    spec = SnapshotSpec.parse(kind)
-    if spec is None:
-        raise ValueError(f"unknown kind {kind!r}")
-    return _COMMON + spec.header()
-
 
 @dataclass(frozen=True)
 class ExportRequest:
@@ -86,10 +53,25 @@ class ExportRequest:
     start_us: int
     end_us: int
     depth: int | None = None  # None: the only depth recorded for this symbol
+    # The kind parsed, once, when the request is made (ValueError if unknown).
+    spec: ExportKind = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "spec", ExportKind.parse(self.kind))
 
     @property
     def exchange(self) -> str:
         return TARDIS_EXCHANGE[self.category]
+
+
+@dataclass(frozen=True)
+class PlannedRequest(ExportRequest):
+    """A request checked against the recording (check_requests): the
+    instrument and stream it reads, so the export does not look them up again.
+    Being an ExportRequest, it splits into days (dataclasses.replace) as one."""
+
+    instrument: int = 0
+    stream: Stream | None = None  # None for trades and gaps
 
 
 class Progress:
@@ -179,45 +161,48 @@ def export(
     return progress.rows
 
 
-def check_requests(engine: sa.Engine, requests: Sequence[ExportRequest]) -> None:
+def check_requests(engine: sa.Engine, requests: Sequence[ExportRequest]) -> list[PlannedRequest]:
     """Every request can be served (schema, instrument, depth, levels), checked
-    before anything is written; raises NotRecorded saying why not."""
+    before anything is written; raises NotRecorded saying why not. The plans
+    returned are what to hand `export`, which then looks nothing up again."""
     with engine.connect() as conn:
         require_schema(conn)
-        for request in requests:
-            _plan(conn, request)
+        return [_plan(conn, request) for request in requests]
 
 
-def _plan(conn: sa.Connection, request: ExportRequest) -> tuple[int, Stream | None]:
-    """(instrument id, the stream: None for trades and gaps) of a request that
-    can be served."""
-    check_kind(request.kind)
-    if request.kind in ("trades", GAPS):
-        return instrument_id(conn, request.category, request.symbol), None
+def _plan(conn: sa.Connection, request: ExportRequest) -> PlannedRequest:
+    """The request with what it reads, if it can be served."""
+    if isinstance(request, PlannedRequest):
+        return request
+    fields = {f.name: getattr(request, f.name) for f in dataclasses.fields(request) if f.init}
+    if not request.spec.reads_book:
+        iid = instrument_id(conn, request.category, request.symbol)
+        return PlannedRequest(**fields, instrument=iid)
     stream = find_stream(conn, request.category, request.symbol, request.depth)
-    spec = SnapshotSpec.parse(request.kind)
-    if spec is not None and spec.levels > stream.depth:
+    snapshot = request.spec.snapshot
+    if snapshot is not None and snapshot.levels > stream.depth:
         raise NotRecorded(
             f"{request.kind}: {request.symbol} was recorded {stream.depth} levels deep; "
             f"ask for at most book_snapshot_{stream.depth}"
         )
-    return stream.instrument_id, stream
+    return PlannedRequest(**fields, instrument=stream.instrument_id, stream=stream)
 
 
 def request_rows(conn: sa.Connection, request: ExportRequest, progress: Progress) -> Iterator[Row]:
-    iid, stream = _plan(conn, request)
-    if request.kind == "trades":
-        return _trade_rows(conn, iid, request, progress)
-    if request.kind == GAPS:
-        return _gap_rows(conn, request, progress)
+    planned = _plan(conn, request)
+    family, stream = planned.spec.family, planned.stream
+    if family == kinds.TRADES:
+        return _trade_rows(conn, planned.instrument, planned, progress)
+    if family == kinds.GAPS:
+        return _gap_rows(conn, planned, progress)
     assert stream is not None  # _plan found the book's stream
-    if request.kind == "incremental_book_L2":
-        return _l2_rows(conn, stream, request, progress)
-    if request.kind == "quotes":
-        return _quote_rows(conn, stream, request, progress)
-    spec = SnapshotSpec.parse(request.kind)
-    assert spec is not None  # _plan checked the kind
-    replay = IntBookReplay(conn, stream, request.start_us, request.end_us, spec.levels)
+    if family == kinds.L2:
+        return _l2_rows(conn, stream, planned, progress)
+    if family == kinds.QUOTES:
+        return _quote_rows(conn, stream, planned, progress)
+    spec = planned.spec.snapshot
+    assert spec is not None  # the book_snapshot family
+    replay = IntBookReplay(conn, stream, planned.start_us, planned.end_us, spec.levels)
     return _counted(snapshot_rows(replay, spec), progress)
 
 
@@ -269,12 +254,13 @@ class CsvSink:
         self.out = out
         self.prefix = ""
         self.exchange_symbol: tuple[str, str] = ("", "")
-        self.names = header(kind).split(",")
+        spec = ExportKind.parse(kind)
+        self.names = spec.header().split(",")
         # book_snapshot rows hold integers: made decimal a batch at a time, in Arrow.
-        self.snapshots = SnapshotSpec.parse(kind) is not None
+        self.snapshots = spec.snapshot is not None
         # Gap details are free text: quoted where needed (Tardis's kinds never need it).
-        self.quoted = csv.writer(out, lineterminator="\n") if kind == GAPS else None
-        out.write(header(kind) + "\n")
+        self.quoted = csv.writer(out, lineterminator="\n") if spec.family == kinds.GAPS else None
+        out.write(spec.header() + "\n")
 
     def begin(self, request: ExportRequest) -> None:
         self.prefix = f"{request.exchange},{request.symbol},"
@@ -337,7 +323,8 @@ class ArrowSink:
         self.on_table = on_table
         self.tables: list[pa.Table] = []
         self.exchange = self.symbol = ""
-        self.names = header(kind).split(",")[2:]
+        spec = ExportKind.parse(kind)
+        self.names = spec.header().split(",")[2:]
         types = {
             "timestamp": pa.int64(),
             "local_timestamp": pa.int64(),
@@ -354,12 +341,12 @@ class ArrowSink:
         fields = [("exchange", pa.string()), ("symbol", pa.string())]
         fields += list(zip(self.names, self.types, strict=True))
         # After Tardis's columns, the two times typed, for pandas and Arrow users.
-        self.typed_times = GAP_TIME_COLUMNS if kind == GAPS else TIME_COLUMNS
+        self.typed_times = GAP_TIME_COLUMNS if spec.family == kinds.GAPS else TIME_COLUMNS
         self.typed_from = [2 + self.names.index(f) for f in self.typed_times.values()]
         fields += [(name, pa.timestamp("us", tz="UTC")) for name in self.typed_times]
         self.schema = pa.schema(fields)
         self.group_rows = max(1_000, min(self.GROUP_ROWS, self.GROUP_CELLS // len(self.names)))
-        self.snapshots = SnapshotSpec.parse(kind) is not None
+        self.snapshots = spec.snapshot is not None
         self.pending: list[Row] = []
 
     def begin(self, request: ExportRequest) -> None:
