@@ -4,6 +4,14 @@ the whole book, raised (never lowered) when a message brings more decimals.
 
 Knows whether its top `levels` changed since `take_top()` last looked, from
 the index of each change, so a reader asks for the top only when it moved.
+
+Why a second book beside book.OrderBook: OrderBook holds the exchange's
+[price, size] texts, since the collector receives and writes texts and the L2
+export and `book_at` hand them back verbatim. This one serves the readers that
+compute over the packed log, which stores integers: book_snapshot rows over
+millions of messages, where turning every level back into text only to
+compare tops would cost more than the replay itself. Both are fed by the one
+replay (export.replay), which decides where the book is known.
 """
 
 from __future__ import annotations
