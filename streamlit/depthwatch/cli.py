@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve Bybit's v5 public WebSocket protocol on localhost from a seeded "
         "synthetic market or recorded files, with optional fault injection.",
     )
-    from depthwatch.sim.server import add_sim_arguments
+    from depthwatch.sim.config import add_sim_arguments
 
     add_sim_arguments(sim)
 
@@ -238,7 +238,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_gaps(args)
     if args.command == "sim":
-        from depthwatch.sim.server import run_sim
+        from depthwatch.sim.run import run_sim
 
         return run_sim(args)
     if args.command == "up":

@@ -1,16 +1,9 @@
 """Local Bybit v5 public WebSocket simulator: synthetic or replayed books with ground truth."""
 
+from depthwatch.sim.config import ConnRecord, FaultKind, InjectedFault, SimConfig, add_sim_arguments
 from depthwatch.sim.market import TruthState
-from depthwatch.sim.server import (
-    BybitSimulator,
-    ConnRecord,
-    FaultKind,
-    InjectedFault,
-    SimConfig,
-    SimulatorThread,
-    add_sim_arguments,
-    run_sim,
-)
+from depthwatch.sim.run import SimulatorThread, run_sim
+from depthwatch.sim.server import BybitSimulator
 
 __all__ = [
     "BybitSimulator",

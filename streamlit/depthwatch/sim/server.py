@@ -14,18 +14,13 @@ so everyone) waits for it.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import random
-import signal
-import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
+from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -37,276 +32,19 @@ from websockets.http11 import Request, Response
 
 from depthwatch.clock import now_us
 from depthwatch.feed.topics import CATEGORIES, SIMULATOR_HEADER, split_topic, valid_depths
-from depthwatch.sim.market import DepthView, Level, MarketBook, TruthState, spec_for
-from depthwatch.sim.replay import DictBook, ReplayMessage, load_replay
+from depthwatch.sim.config import (
+    CONNECTION_FAULTS,
+    ConnRecord,
+    FaultKind,
+    InjectedFault,
+    SimConfig,
+    now_ms,
+)
+from depthwatch.sim.market import TruthState
+from depthwatch.sim.replay import load_replay
+from depthwatch.sim.topics import Market, Pub, ReplayTopic, SynthTopic, Topic
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SimConfig:
-    """Simulator settings. Faults (0 = off), so a collector's recovery paths can be tested:
-
-    - drop_every N: every Nth delta of a topic is withheld from clients (u still advances,
-      the state is in truth() with dropped=True), so clients see a u gap. Depth-1 change
-      snapshots count as deltas.
-    - restart_every N: every Nth changed state of a synthetic topic is sent as a u=1
-      snapshot (seq keeps increasing). Not applied to replay topics.
-    - disconnect_every N: a connection is closed (1001) once it was sent N book messages.
-    - malformed_every N: after every Nth data message of a connection an extra malformed
-      frame follows (alternately truncated JSON and non-JSON text).
-    - stall_after N / stall_seconds S: after its Nth data message a connection sends
-      nothing, pongs included, for S seconds (once); queued messages follow afterwards.
-    - mute_after N: after its Nth data message a connection sends no more data (book or
-      trades; they are discarded, not queued) but still answers pings and requests: a
-      socket that looks alive and is useless.
-    - ignore_unsubscribe_every N: every Nth unsubscribe request (counted over the whole
-      server) is swallowed: no ack, the subscription stays and its data keeps coming.
-
-    All faults combine. The three that end a connection (disconnect, stall, mute) would
-    otherwise always let the one with the smallest threshold win, so when several are
-    set each new connection is given one of them in turn (disconnect, stall, mute).
-    Every fault that reaches a client is counted in `faults` and logged in `fault_log`.
-    """
-
-    symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
-    host: str = "127.0.0.1"
-    port: int = 0
-    rate: float = 50.0  # market steps per second per symbol; 0 = as fast as clients read
-    # Replayed topics start spread over one step (topic k of N, k/(N x rate) s
-    # late), as an exchange's streams do, rather than all on the same tick:
-    # a client then gets a frame every 1/(N x rate) s (for CPU at a pace).
-    stagger: bool = False
-    deltas: int = 0  # market steps per symbol before it stops; 0 = never stop
-    seed: int = 0
-    book_levels: int = 200  # levels per side of each symbol's model book
-    tick_sizes: Mapping[str, str] = field(default_factory=dict)  # symbol -> "0.10"
-    trades_rate: float = 2.0  # publicTrade messages per second per symbol; 0 = none
-    drop_every: int = 0
-    restart_every: int = 0
-    disconnect_every: int = 0
-    malformed_every: int = 0
-    stall_after: int = 0
-    stall_seconds: float = 0.0
-    mute_after: int = 0
-    ignore_unsubscribe_every: int = 0
-    record: bool = True  # keep every published state for truth(); off for benchmarks
-    queue_size: int = 1024
-    level1_resend_s: float = 3.0
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-class FaultKind(StrEnum):
-    DROP = "drop"  # a delta withheld: the client sees a u gap
-    RESTART = "restart"  # a u=1 snapshot
-    DISCONNECT = "disconnect"  # the server closed the connection
-    MALFORMED = "malformed"  # a frame that is not a valid message
-    STALL = "stall"  # nothing at all for stall_seconds, pongs included
-    MUTE = "mute"  # pongs and acks only, no data, until the client leaves
-    IGNORED_UNSUBSCRIBE = "ignored_unsubscribe"  # no ack, data keeps coming
-
-
-# Faults that end (or make useless) the connection they hit; see SimConfig.
-CONNECTION_FAULTS = (FaultKind.DISCONNECT, FaultKind.STALL, FaultKind.MUTE)
-
-
-@dataclass(frozen=True, slots=True)
-class InjectedFault:
-    """One fault as it reached a client, for tests to hold the client to account."""
-
-    kind: FaultKind
-    at_us: int  # wall clock, comparable with a collector's receive times
-    conn_id: str = ""  # empty for topic faults (drop, restart): every subscriber had it
-    topic: str = ""
-    seq: int = 0  # drop, restart: the state's seq (u repeats after restarts, seq never)
-
-
-@dataclass(slots=True)
-class ConnRecord:
-    """One client connection's life, kept after it closed (in accept order)."""
-
-    conn_id: str
-    fault: FaultKind | None  # the connection fault it was given, if any
-    opened_us: int
-    book_sent: int = 0  # book messages written to the socket (muted ones are not)
-    closed_us: int = 0
-    ended_by: FaultKind | None = None  # the fault that ended it; None = the client left
-
-
-@dataclass(slots=True)
-class _Pub:
-    """One outgoing data message, rendered lazily once per message shape."""
-
-    topic: str
-    is_book: bool
-    body: dict | list | None = None  # book data or trade list; None for raw
-    kind: str = "snapshot"
-    ts: int = 0
-    cts: int = 0
-    raw: str | None = None
-    dropped: bool = False
-    fault: FaultKind | None = None  # DROP or RESTART, logged when it reaches a client
-    _cache: dict[bool, bytes] = field(default_factory=dict)
-
-    def render(self, category: str) -> bytes:
-        if self.raw is not None:
-            return self.raw.encode()
-        spot = category == "spot"
-        out = self._cache.get(spot)
-        if out is None:
-            if not self.is_book:
-                msg = {"topic": self.topic, "type": "snapshot", "ts": self.ts, "data": self.body}
-            elif spot:  # spot differs only in key order
-                msg = {"topic": self.topic, "ts": self.ts, "type": self.kind}
-                msg |= {"data": self.body, "cts": self.cts}
-            else:
-                msg = {"topic": self.topic, "type": self.kind, "ts": self.ts}
-                msg |= {"data": self.body, "cts": self.cts}
-            out = self._cache[spot] = orjson.dumps(msg)
-        return out
-
-
-def _book_pub(topic: str, symbol: str, kind: str, state: TruthState, ts: int) -> _Pub:
-    data = {"s": symbol, "b": state.bids, "a": state.asks, "u": state.u, "seq": state.seq}
-    return _Pub(topic, True, data, kind, ts, state.ts_ms - 1)
-
-
-class _Topic:
-    """Shared per-topic state: subscribers, u/seq and the recorded truth."""
-
-    def __init__(self, name: str, config: SimConfig) -> None:
-        self.name = name
-        self.config = config
-        kind, depth, self.symbol = split_topic(name)
-        self.depth = depth or 0
-        self.is_book = kind == "orderbook"
-        self.subscribers: dict[Conn, None] = {}
-        self.truth: list[TruthState] = []
-        self.u = self.seq = self.ts = 0
-        self.deltas = 0  # counts deltas for drop_every
-        self.last_sent = time.monotonic()
-        self.has_state = False
-
-    def top(self) -> tuple[list[Level], list[Level]]:
-        raise NotImplementedError
-
-    def latest(self) -> TruthState | None:
-        if not self.has_state:
-            return None
-        return TruthState(self.u, self.seq, self.ts, *self.top())
-
-    def snapshot_pub(self, ts: int | None = None) -> _Pub | None:
-        """A snapshot of the current state with the current u and seq (late joiners)."""
-        state = self.latest() if self.is_book else None
-        if state is None:
-            return None
-        return _book_pub(self.name, self.symbol, "snapshot", state, ts or state.ts_ms)
-
-    def _count_delta(self) -> bool:
-        self.deltas += 1
-        every = self.config.drop_every
-        return bool(every) and self.deltas % every == 0
-
-    def _record(self, dropped: bool) -> None:
-        if self.config.record:
-            self.truth.append(TruthState(self.u, self.seq, self.ts, *self.top(), dropped))
-
-
-class _SynthTopic(_Topic):
-    def __init__(self, name: str, config: SimConfig, market: _Market) -> None:
-        super().__init__(name, config)
-        self.market = market
-        self.view = DepthView(market.book, self.depth)
-        self.updates = 0  # counts changed states for restart_every
-        # A seeded, realistic-looking starting u rather than 1, which means "restart".
-        self.u = random.Random(f"{config.seed}:{name}").randint(10**6, 10**8)
-        self.seq, self.ts, self.has_state = market.seq, _now_ms(), True
-        self._record(False)
-
-    def top(self) -> tuple[list[Level], list[Level]]:
-        # Truth comes from the model itself, not from the diffed view.
-        return self.market.book.top(self.depth)
-
-    def advance(self, changed: tuple[set[int], set[int]], seq: int, ts: int) -> _Pub | None:
-        bids, asks = self.view.diff(changed)
-        if not bids and not asks:
-            return None  # Bybit pushes nothing when the top D did not change
-        self.updates += 1
-        every = self.config.restart_every
-        dropped = False
-        if every and self.updates % every == 0:
-            self.u, kind = 1, "snapshot"
-        else:
-            self.u += 1
-            kind = "snapshot" if self.depth == 1 else "delta"
-            dropped = self._count_delta()
-        self.seq, self.ts = seq, ts
-        if kind == "snapshot":
-            bids, asks = self.view.snapshot()
-        self._record(dropped)
-        state = TruthState(self.u, seq, ts, bids, asks)
-        pub = _book_pub(self.name, self.symbol, kind, state, ts)
-        pub.dropped = dropped
-        if dropped:
-            pub.fault = FaultKind.DROP
-        elif self.u == 1:
-            pub.fault = FaultKind.RESTART
-        return pub
-
-
-class _ReplayTopic(_Topic):
-    def __init__(self, name: str, config: SimConfig, messages: list[ReplayMessage]) -> None:
-        super().__init__(name, config)
-        self.messages = messages
-        self.book = DictBook()
-        self.applied = 0  # messages folded into `book`
-        self.published = 0  # messages advanced through
-        self.started = asyncio.Event()
-        self.finished = False
-
-    def top(self) -> tuple[list[Level], list[Level]]:
-        # Without recording, the dict book is brought up to date only when asked
-        # (a late joiner's snapshot, GET /truth): replaying flat out then costs
-        # the simulator almost nothing per message.
-        for message in self.messages[self.applied : self.published]:
-            self.book.apply(message.msg)
-        self.applied = self.published
-        return self.book.top(self.depth)
-
-    def advance(self, message: ReplayMessage) -> _Pub:
-        dropped = False
-        self.published += 1
-        if self.is_book:
-            data = message.msg["data"]
-            self.u, self.seq, self.ts = data["u"], data.get("seq", 0), message.msg["ts"]
-            self.has_state = True
-            if message.msg.get("type") == "delta":
-                dropped = self._count_delta()
-            self._record(dropped)
-        fault = FaultKind.DROP if dropped else None
-        return _Pub(self.name, self.is_book, raw=message.raw, dropped=dropped, fault=fault)
-
-
-class _Market:
-    """One symbol's model book and the depth topics that publish views of it."""
-
-    def __init__(self, symbol: str, config: SimConfig) -> None:
-        rng = random.Random(f"{config.seed}:{symbol}")
-        spec = spec_for(symbol, config.tick_sizes.get(symbol))
-        self.book = MarketBook(spec, config.book_levels, rng)
-        self.seq = rng.randint(10**9, 10**10)
-        self.topics: dict[int, _SynthTopic] = {}
-        self.trades: _Topic = _Topic(f"publicTrade.{symbol}", config)
-        self.trade_rng = random.Random(f"{config.seed}:{symbol}:trades")
-        self.last_trade_price = 0
-        self.started = asyncio.Event()
-        self.finished = False
-
-    def book_conns(self) -> set[Conn]:
-        return {conn for topic in self.topics.values() for conn in topic.subscribers}
 
 
 class Conn:
@@ -327,7 +65,7 @@ class Conn:
         self.muted = False
         self.record = ConnRecord(self.conn_id, fault, now_us())
         self.topics: set[str] = set()
-        self.out: deque[_Pub | bytes] = deque()
+        self.out: deque[Pub | bytes] = deque()
         self.has_data = asyncio.Event()
         self.room = asyncio.Event()
         self.room.set()
@@ -335,7 +73,7 @@ class Conn:
         self.book_sent = 0
         self.data_sent = 0
 
-    def push(self, item: _Pub | bytes) -> None:
+    def push(self, item: Pub | bytes) -> None:
         if self.closed:
             return
         self.out.append(item)
@@ -418,9 +156,9 @@ class BybitSimulator:
         self, config: SimConfig | None = None, replay_files: Iterable[str | Path] = ()
     ) -> None:
         self.config = config or SimConfig()
-        self.markets = {s: _Market(s, self.config) for s in self.config.symbols}
+        self.markets = {s: Market(s, self.config) for s in self.config.symbols}
         self.replays = {
-            name: _ReplayTopic(name, self.config, msgs)
+            name: ReplayTopic(name, self.config, msgs)
             for name, msgs in load_replay(replay_files).items()
         }
         self.conns: set[Conn] = set()
@@ -472,7 +210,7 @@ class BybitSimulator:
 
     # -- ground truth ------------------------------------------------------
 
-    def _topic(self, name: str) -> _Topic | None:
+    def _topic(self, name: str) -> Topic | None:
         if name in self.replays:
             return self.replays[name]
         try:
@@ -523,7 +261,7 @@ class BybitSimulator:
 
     # -- producers ---------------------------------------------------------
 
-    def _publish(self, topic: _Topic, pub: _Pub) -> None:
+    def _publish(self, topic: Topic, pub: Pub) -> None:
         if pub.fault is not None and topic.subscribers:
             self.injected(pub.fault, None, topic.name, topic.seq)
         if pub.dropped:
@@ -542,7 +280,7 @@ class BybitSimulator:
         if step % 16 == 0:  # yielding every step would cost more than the step itself
             await asyncio.sleep(0)
 
-    async def _run_market(self, market: _Market) -> None:
+    async def _run_market(self, market: Market) -> None:
         await market.started.wait()
         start, step, limit = time.monotonic(), 0, self.config.deltas
         while not limit or step < limit:
@@ -552,7 +290,7 @@ class BybitSimulator:
             step += 1
             changed = market.book.step()
             market.seq += market.book.rng.randint(1, 40)
-            ts = _now_ms()
+            ts = now_ms()
             for topic in list(market.topics.values()):
                 pub = topic.advance(changed, market.seq, ts)
                 if pub is not None:
@@ -560,7 +298,7 @@ class BybitSimulator:
         market.finished = True
         log.info("%s: all %d steps produced", market.book.spec.symbol, step)
 
-    async def _run_trades(self, market: _Market) -> None:
+    async def _run_trades(self, market: Market) -> None:
         rate = self.config.trades_rate
         if rate <= 0:
             return
@@ -570,7 +308,7 @@ class BybitSimulator:
             await asyncio.sleep(1 / rate)
             if not market.trades.subscribers:
                 continue
-            ts, trades = _now_ms(), []
+            ts, trades = now_ms(), []
             for _ in range(rng.randint(1, 3)):
                 buy = rng.random() < 0.5
                 ticks = market.book.best_ask() if buy else market.book.best_bid()
@@ -584,9 +322,9 @@ class BybitSimulator:
                 trade["p"] = market.book.fmt.price(ticks)
                 trade |= {"L": tick_dir, "i": str(uuid.UUID(int=rng.getrandbits(128)))}
                 trades.append(trade | {"BT": False, "seq": market.seq})
-            self._publish(market.trades, _Pub(market.trades.name, False, trades, ts=ts))
+            self._publish(market.trades, Pub(market.trades.name, False, trades, ts=ts))
 
-    async def _run_replay(self, topic: _ReplayTopic) -> None:
+    async def _run_replay(self, topic: ReplayTopic) -> None:
         await topic.started.wait()
         start = time.monotonic()
         rate = self.config.rate
@@ -607,7 +345,7 @@ class BybitSimulator:
             topics = [t for m in self.markets.values() for t in m.topics.values()]
             for topic in topics + list(self.replays.values()):
                 if topic.depth == 1 and topic.subscribers and now - topic.last_sent >= every:
-                    pub = topic.snapshot_pub(_now_ms())
+                    pub = topic.snapshot_pub(now_ms())
                     if pub is not None:
                         self._publish(topic, pub)
 
@@ -626,7 +364,7 @@ class BybitSimulator:
             return conn.respond(404, "unknown path\n")
         return None
 
-    def _resolve(self, name: str, category: str) -> _Topic | None:
+    def _resolve(self, name: str, category: str) -> Topic | None:
         """The topic to serve for a subscription, created on demand; None = not found."""
         try:
             kind, depth, symbol = split_topic(name)
@@ -643,7 +381,7 @@ class BybitSimulator:
             return market.trades
         assert depth is not None
         if depth not in market.topics:
-            market.topics[depth] = _SynthTopic(name, self.config, market)
+            market.topics[depth] = SynthTopic(name, self.config, market)
         return market.topics[depth]
 
     async def _handle(self, ws: ServerConnection) -> None:
@@ -718,7 +456,7 @@ class BybitSimulator:
                 conn.push(snapshot)
             topic.subscribers[conn] = None
             conn.topics.add(name)
-            if isinstance(topic, _ReplayTopic):
+            if isinstance(topic, ReplayTopic):
                 topic.started.set()
             elif topic.symbol in self.markets:
                 self.markets[topic.symbol].started.set()
@@ -766,150 +504,6 @@ def _ack(
 def _pong(conn: Conn, req_id: str) -> bytes:
     if conn.category == "option":
         msg: dict = {"req_id": req_id} if req_id else {}
-        return orjson.dumps(msg | {"args": [str(_now_ms())], "op": "pong"})
+        return orjson.dumps(msg | {"args": [str(now_ms())], "op": "pong"})
     msg = {"success": True, "ret_msg": "pong", "conn_id": conn.conn_id}
     return orjson.dumps(msg | {"req_id": req_id, "op": "ping"})
-
-
-class SimulatorThread:
-    """Runs a BybitSimulator on its own event loop in a daemon thread."""
-
-    def __init__(
-        self, config: SimConfig | None = None, replay_files: Iterable[str | Path] = ()
-    ) -> None:
-        self.sim = BybitSimulator(config, replay_files)
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, name="bybit-sim", daemon=True)
-
-    def _main(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._serve())
-        self._loop.close()
-
-    async def _serve(self) -> None:
-        self._stop = asyncio.Event()
-        try:
-            await self.sim.start()
-        except BaseException as exc:  # surfaced to start() in the caller's thread
-            self._error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        await self._stop.wait()
-        await self.sim.stop()
-
-    def start(self) -> SimulatorThread:
-        self._thread.start()
-        self._ready.wait(10)
-        if self._error is not None:
-            raise self._error
-        return self
-
-    def stop(self) -> None:
-        if self._stop is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    def url(self, category: str = "linear") -> str:
-        return self.sim.url(category)
-
-    def truth(self, topic: str) -> list[TruthState]:
-        return self.sim.truth(topic)
-
-    def latest(self, topic: str) -> TruthState | None:
-        """The topic's current state, read on the simulator's own thread: its
-        market changes the books while a reader on another thread walks them."""
-        if not self._thread.is_alive():
-            return self.sim.latest(topic)
-
-        async def read() -> TruthState | None:
-            return self.sim.latest(topic)
-
-        return asyncio.run_coroutine_threadsafe(read(), self._loop).result(10)
-
-    def finished(self, topic: str) -> bool:
-        return self.sim.finished(topic)
-
-
-# -- CLI hook ------------------------------------------------------------------
-
-
-def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
-    add("--port", type=int, default=8765, help="TCP port; 0 picks a free one (default 8765)")
-    add("--symbols", default="BTCUSDT,ETHUSDT", help="comma-separated synthetic symbols")
-    add("--rate", type=float, default=50.0, help="book steps/s per symbol; 0 = as fast as read")
-    add("--deltas", type=int, default=0, help="steps per symbol before stopping; 0 = forever")
-    add("--seed", type=int, default=0, help="random seed of the synthetic market")
-    add("--book-levels", type=int, default=200, help="levels per side of the model book")
-    add("--replay", action="append", default=[], metavar="PATH", help="replay a .data/.zip/.jsonl")
-    add("--drop-every", type=int, default=0, help="withhold every Nth delta of a topic (gap)")
-    add("--restart-every", type=int, default=0, help="every Nth update: u=1 snapshot (restart)")
-    add("--disconnect-every", type=int, default=0, help="close a connection after N book msgs")
-    add("--malformed-every", type=int, default=0, help="add a malformed frame every N messages")
-    add("--stall-after", type=int, default=0, help="go silent after N messages on a connection")
-    add("--stall-seconds", type=float, default=30.0, help="how long a stall lasts (seconds)")
-    add(
-        "--mute-after",
-        type=int,
-        default=0,
-        help="after N messages on a connection send no data, but keep answering pings",
-    )
-    add(
-        "--ignore-unsubscribe-every",
-        type=int,
-        default=0,
-        help="swallow every Nth unsubscribe request: no ack, the data keeps coming",
-    )
-    add("--trades-rate", type=float, default=2.0, help="publicTrade messages/s per symbol")
-    add(
-        "--stagger",
-        action="store_true",
-        help="replays: spread the topics' start over one step, so frames arrive evenly",
-    )
-
-
-def config_from_args(args: argparse.Namespace) -> SimConfig:
-    return SimConfig(
-        symbols=tuple(s.strip() for s in args.symbols.split(",") if s.strip()),
-        host=args.host,
-        port=args.port,
-        rate=args.rate,
-        stagger=args.stagger,
-        deltas=args.deltas,
-        seed=args.seed,
-        book_levels=args.book_levels,
-        trades_rate=args.trades_rate,
-        drop_every=args.drop_every,
-        restart_every=args.restart_every,
-        disconnect_every=args.disconnect_every,
-        malformed_every=args.malformed_every,
-        stall_after=args.stall_after,
-        stall_seconds=args.stall_seconds,
-        mute_after=args.mute_after,
-        ignore_unsubscribe_every=args.ignore_unsubscribe_every,
-        record=False,  # a long-running server would otherwise grow without bound
-    )
-
-
-def run_sim(args: argparse.Namespace) -> int:
-    """Serve until SIGINT/SIGTERM; returns the process exit code."""
-
-    async def main() -> None:
-        sim = BybitSimulator(config_from_args(args), args.replay)
-        await sim.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        for category in CATEGORIES:
-            log.info("simulator listening on %s", sim.url(category))
-        await stop.wait()
-        await sim.stop()
-
-    asyncio.run(main())
-    return 0

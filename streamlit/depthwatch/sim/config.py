@@ -1,0 +1,165 @@
+"""The simulator's settings (SimConfig, also from CLI flags) and what it
+records of the faults it injects and the connections it served."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Simulator settings. Faults (0 = off), so a collector's recovery paths can be tested:
+
+    - drop_every N: every Nth delta of a topic is withheld from clients (u still advances,
+      the state is in truth() with dropped=True), so clients see a u gap. Depth-1 change
+      snapshots count as deltas.
+    - restart_every N: every Nth changed state of a synthetic topic is sent as a u=1
+      snapshot (seq keeps increasing). Not applied to replay topics.
+    - disconnect_every N: a connection is closed (1001) once it was sent N book messages.
+    - malformed_every N: after every Nth data message of a connection an extra malformed
+      frame follows (alternately truncated JSON and non-JSON text).
+    - stall_after N / stall_seconds S: after its Nth data message a connection sends
+      nothing, pongs included, for S seconds (once); queued messages follow afterwards.
+    - mute_after N: after its Nth data message a connection sends no more data (book or
+      trades; they are discarded, not queued) but still answers pings and requests: a
+      socket that looks alive and is useless.
+    - ignore_unsubscribe_every N: every Nth unsubscribe request (counted over the whole
+      server) is swallowed: no ack, the subscription stays and its data keeps coming.
+
+    All faults combine. The three that end a connection (disconnect, stall, mute) would
+    otherwise always let the one with the smallest threshold win, so when several are
+    set each new connection is given one of them in turn (disconnect, stall, mute).
+    Every fault that reaches a client is counted in `faults` and logged in `fault_log`.
+    """
+
+    symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
+    host: str = "127.0.0.1"
+    port: int = 0
+    rate: float = 50.0  # market steps per second per symbol; 0 = as fast as clients read
+    # Replayed topics start spread over one step (topic k of N, k/(N x rate) s
+    # late), as an exchange's streams do, rather than all on the same tick:
+    # a client then gets a frame every 1/(N x rate) s (for CPU at a pace).
+    stagger: bool = False
+    deltas: int = 0  # market steps per symbol before it stops; 0 = never stop
+    seed: int = 0
+    book_levels: int = 200  # levels per side of each symbol's model book
+    tick_sizes: Mapping[str, str] = field(default_factory=dict)  # symbol -> "0.10"
+    trades_rate: float = 2.0  # publicTrade messages per second per symbol; 0 = none
+    drop_every: int = 0
+    restart_every: int = 0
+    disconnect_every: int = 0
+    malformed_every: int = 0
+    stall_after: int = 0
+    stall_seconds: float = 0.0
+    mute_after: int = 0
+    ignore_unsubscribe_every: int = 0
+    record: bool = True  # keep every published state for truth(); off for benchmarks
+    queue_size: int = 1024
+    level1_resend_s: float = 3.0
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class FaultKind(StrEnum):
+    DROP = "drop"  # a delta withheld: the client sees a u gap
+    RESTART = "restart"  # a u=1 snapshot
+    DISCONNECT = "disconnect"  # the server closed the connection
+    MALFORMED = "malformed"  # a frame that is not a valid message
+    STALL = "stall"  # nothing at all for stall_seconds, pongs included
+    MUTE = "mute"  # pongs and acks only, no data, until the client leaves
+    IGNORED_UNSUBSCRIBE = "ignored_unsubscribe"  # no ack, data keeps coming
+
+
+# Faults that end (or make useless) the connection they hit; see SimConfig.
+CONNECTION_FAULTS = (FaultKind.DISCONNECT, FaultKind.STALL, FaultKind.MUTE)
+
+
+@dataclass(frozen=True, slots=True)
+class InjectedFault:
+    """One fault as it reached a client, for tests to hold the client to account."""
+
+    kind: FaultKind
+    at_us: int  # wall clock, comparable with a collector's receive times
+    conn_id: str = ""  # empty for topic faults (drop, restart): every subscriber had it
+    topic: str = ""
+    seq: int = 0  # drop, restart: the state's seq (u repeats after restarts, seq never)
+
+
+@dataclass(slots=True)
+class ConnRecord:
+    """One client connection's life, kept after it closed (in accept order)."""
+
+    conn_id: str
+    fault: FaultKind | None  # the connection fault it was given, if any
+    opened_us: int
+    book_sent: int = 0  # book messages written to the socket (muted ones are not)
+    closed_us: int = 0
+    ended_by: FaultKind | None = None  # the fault that ended it; None = the client left
+
+
+# -- CLI hook ------------------------------------------------------------------
+
+
+def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    add("--port", type=int, default=8765, help="TCP port; 0 picks a free one (default 8765)")
+    add("--symbols", default="BTCUSDT,ETHUSDT", help="comma-separated synthetic symbols")
+    add("--rate", type=float, default=50.0, help="book steps/s per symbol; 0 = as fast as read")
+    add("--deltas", type=int, default=0, help="steps per symbol before stopping; 0 = forever")
+    add("--seed", type=int, default=0, help="random seed of the synthetic market")
+    add("--book-levels", type=int, default=200, help="levels per side of the model book")
+    add("--replay", action="append", default=[], metavar="PATH", help="replay a .data/.zip/.jsonl")
+    add("--drop-every", type=int, default=0, help="withhold every Nth delta of a topic (gap)")
+    add("--restart-every", type=int, default=0, help="every Nth update: u=1 snapshot (restart)")
+    add("--disconnect-every", type=int, default=0, help="close a connection after N book msgs")
+    add("--malformed-every", type=int, default=0, help="add a malformed frame every N messages")
+    add("--stall-after", type=int, default=0, help="go silent after N messages on a connection")
+    add("--stall-seconds", type=float, default=30.0, help="how long a stall lasts (seconds)")
+    add(
+        "--mute-after",
+        type=int,
+        default=0,
+        help="after N messages on a connection send no data, but keep answering pings",
+    )
+    add(
+        "--ignore-unsubscribe-every",
+        type=int,
+        default=0,
+        help="swallow every Nth unsubscribe request: no ack, the data keeps coming",
+    )
+    add("--trades-rate", type=float, default=2.0, help="publicTrade messages/s per symbol")
+    add(
+        "--stagger",
+        action="store_true",
+        help="replays: spread the topics' start over one step, so frames arrive evenly",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    return SimConfig(
+        symbols=tuple(s.strip() for s in args.symbols.split(",") if s.strip()),
+        host=args.host,
+        port=args.port,
+        rate=args.rate,
+        stagger=args.stagger,
+        deltas=args.deltas,
+        seed=args.seed,
+        book_levels=args.book_levels,
+        trades_rate=args.trades_rate,
+        drop_every=args.drop_every,
+        restart_every=args.restart_every,
+        disconnect_every=args.disconnect_every,
+        malformed_every=args.malformed_every,
+        stall_after=args.stall_after,
+        stall_seconds=args.stall_seconds,
+        mute_after=args.mute_after,
+        ignore_unsubscribe_every=args.ignore_unsubscribe_every,
+        record=False,  # a long-running server would otherwise grow without bound
+    )
