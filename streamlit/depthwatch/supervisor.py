@@ -13,6 +13,10 @@ flushing every row it received, the simulator last). A second signal would
 otherwise hit the collector while it flushes, after its handler is gone. On
 Linux each child also gets PR_SET_PDEATHSIG, so it is told to stop even if the
 supervisor itself is killed with SIGKILL.
+
+Why one file of ~670 lines: the process rules (groups, death signal, stop
+order, restarts, relayed output) and the two commands built on them read
+best together; split, each half would need the other to make sense.
 """
 
 from __future__ import annotations

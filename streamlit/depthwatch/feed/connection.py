@@ -19,6 +19,10 @@ without an asyncio queue, future or task wake-up of its own (at 1,000 msg/s that
 per-message wake-up was most of the reader's CPU). The price is that nothing in
 the frame path may await: requests are sent synchronously, and back-pressure
 pauses the transport's reading instead of the reader awaiting the writer.
+
+Why one file of ~680 lines: subscribing, acks, resyncs, the watchdog and
+reconnection are one state machine over one socket, each step reading and
+changing the same state; split apart, no part could be read alone.
 """
 
 from __future__ import annotations

@@ -36,6 +36,10 @@ Bybit sends, which use a fixed number of decimals per symbol.
 
 Depth snapshots (the dashboard's 1 s top-N books) use the same format: a
 chunk of one snapshot message.
+
+Why one file of ~720 lines: the layout above, its encoder and its decoder
+must change together, and a reader checking one against the others wants
+them side by side (the PL/pgSQL decoder in sql_functions.py is the third).
 """
 
 from __future__ import annotations
