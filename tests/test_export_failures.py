@@ -36,9 +36,19 @@ def long_history(server_url):
         yield url
 
 
+# `python -m depthwatch.cli` with Ctrl-C raising KeyboardInterrupt, as in a
+# terminal. A test runner started in the background by a script (`cmd &`)
+# ignores SIGINT, its children inherit that, and Python then installs no
+# handler: the Ctrl-C this test sends would be lost and the export finish.
+CLI_WITH_CTRL_C = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('depthwatch.cli', run_name='__main__', alter_sys=True)"
+)
+
+
 def start_export(url: str, out: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "depthwatch.cli", "export", "--kind", "incremental_book_L2",
+        [sys.executable, "-c", CLI_WITH_CTRL_C, "export", "--kind", "incremental_book_L2",
          "--symbol", SYMBOL, "--start", "2020-01-01", "--end", "2100-01-01",
          "--out", str(out), "--database-url", url],
         env=cli_env(), stderr=subprocess.PIPE, text=True,
