@@ -658,10 +658,13 @@ def test_twenty_downloads_at_once_keep_memory_flat_while_the_collector_records(
             assert len(results) == DOWNLOADS and digests == [digest]  # each file whole
             assert busy > 0  # at most two at once: the others were told to wait
             assert watch.peak < PEAK_RSS_LIMIT
-            time.sleep(SETTLE_S)
-            settled = watch.now()
-            print(f"{SETTLE_S} s later: {settled / MB:.0f} MB")
-            assert settled <= start_rss + SETTLED_GROWTH_LIMIT
+            # Back within the limit within SETTLE_S (polled: it usually is at once).
+            settle_by = time.monotonic() + SETTLE_S
+            while (settled := watch.now()) > start_rss + SETTLED_GROWTH_LIMIT:
+                assert time.monotonic() < settle_by, f"{settled / MB:.0f} MB after {SETTLE_S} s"
+                time.sleep(1)
+            waited = SETTLE_S - (settle_by - time.monotonic())
+            print(f"{waited:.0f} s later: {settled / MB:.0f} MB")
             # Every second of the downloads in which the simulator sent ETHUSDT
             # messages is recorded. (Not every second: on a loaded machine the
             # simulator's thread, beside twenty downloading ones, can pause.)
@@ -672,9 +675,14 @@ def test_twenty_downloads_at_once_keep_memory_flat_while_the_collector_records(
                 if not s.dropped and whole.start <= s.ts_ms // 1000 < whole.stop
             }
             assert len(sent) > len(whole) // 2, (len(sent), len(whole))
-            got = recorded_seconds(
-                engine, "ETHUSDT", whole.start * SECOND_US, whole.stop * SECOND_US
-            )
+            # (A second's row is written once the next one begins, a flush later.)
+            written_by = time.monotonic() + 30
+            while (
+                got := recorded_seconds(
+                    engine, "ETHUSDT", whole.start * SECOND_US, whole.stop * SECOND_US
+                )
+            ) < len(sent) and time.monotonic() < written_by:
+                time.sleep(0.5)
             assert got == len(sent), (got, len(sent), len(whole))
             assert collector.proc.poll() is None
             assert not list(downloads_dir(dash).iterdir())  # every file sent and deleted
