@@ -9,7 +9,7 @@ One BTCUSDT stream is recorded flat out from the simulator (`--deltas` book
 messages: 60,000 make a ~27 MB incremental_book_L2 CSV) into an embedded
 PostgreSQL; `depthwatch dashboard` (the real process, password set, the page's
 limits set to this file's estimate) serves it. Each round, `--sessions` raw
-WebSocket clients (tests/stclient.py) log in, click "Make ...", click again a
+WebSocket clients (bench/stclient.py) log in, click "Make ...", click again a
 second later while the server says it is busy, and fetch the file. Printed:
 the Streamlit process's RSS before, at its peak (sampled every 50 ms) and
 after each round, the files' bytes and time; then RSS `--settle` seconds later.
@@ -19,57 +19,58 @@ from __future__ import annotations
 
 import argparse
 import platform
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
+from urllib.parse import urlencode
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "streamlit"))
-sys.path.insert(0, str(ROOT))
+import sqlalchemy as sa
 
-import sqlalchemy as sa  # noqa: E402
-from tests.conftest import cli_env, free_port  # noqa: E402
-from tests.e2e import collect_until_caught_up, sim_collector_config  # noqa: E402
-from tests.test_hardening import (  # noqa: E402
-    SECRET,
-    RssWatch,
-    download_once,
-    history_query,
-)
-
-from depthwatch.app.planning import (  # noqa: E402
-    MAX_MB_ENV,
-    MAX_ROWS_ENV,
-    export_requests,
-    plan,
-)
-from depthwatch.sim import SimConfig, SimulatorThread  # noqa: E402
-from depthwatch.storage.db import start_embedded  # noqa: E402
-from depthwatch.storage.read.streams import list_streams  # noqa: E402
-from depthwatch.storage.read.tops import recorded_span  # noqa: E402
+from children import Children, start_collector, start_dashboard, streamlit_pid, wait_for
+from common import RssWatch, exit_on_sigterm
+from databases import database_server, fresh_database
+from depthwatch.app.planning import MAX_MB_ENV, MAX_ROWS_ENV, export_requests, iso, plan
+from depthwatch.sim import SimConfig, SimulatorThread
+from depthwatch.storage.read.chunks import last_recorded
+from depthwatch.storage.read.streams import NotRecorded, find_stream, list_streams
+from depthwatch.storage.read.tops import recorded_span
+from stclient import download_history_file
 
 MB = 2**20
+SYMBOL = "BTCUSDT"
+PASSWORD = "Bench-Downloads-4Tz8"
 
 
-def record(server_url: str, deltas: int) -> str:
-    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text("DROP DATABASE IF EXISTS dw_bench_downloads WITH (FORCE)"))
-        conn.execute(sa.text("CREATE DATABASE dw_bench_downloads"))
-    admin.dispose()
-    url = sa.make_url(server_url).set(database="dw_bench_downloads")
-    database_url = url.render_as_string(hide_password=False)
+def record(children: Children, server_url: str, deltas: int) -> str:
+    """`deltas` steps of the simulator's BTCUSDT, flat out, recorded by the
+    real collector until it stored the last message sent; the database's URL."""
+    database_url = fresh_database(server_url, "dw_bench_downloads")
     sim = SimulatorThread(
-        SimConfig(symbols=("BTCUSDT",), rate=0, deltas=deltas, seed=21, trades_rate=0)
+        SimConfig(symbols=(SYMBOL,), rate=0, deltas=deltas, seed=21, trades_rate=0)
     ).start()
+    engine = sa.create_engine(database_url)
     try:
-        collect_until_caught_up(sim, sim_collector_config(sim, database_url, ("BTCUSDT",)), 600)
+        collector = start_collector(children, sim.url("linear"), database_url, (SYMBOL,))
+        topic = f"orderbook.50.{SYMBOL}"
+
+        def caught_up() -> bool:
+            latest = sim.latest(topic)
+            if not sim.finished(topic) or latest is None:
+                return False
+            try:
+                with engine.connect() as conn:
+                    stored = last_recorded(conn, find_stream(conn, "linear", SYMBOL, 50))
+            except (NotRecorded, sa.exc.DBAPIError):
+                return False  # nothing stored yet, or no schema yet
+            return stored is not None and stored.u == latest.u
+
+        wait_for(caught_up, 600, "the collector to store every message", collector)
+        collector.stop()
     finally:
         sim.stop()
+        engine.dispose()
     return database_url
 
 
@@ -80,18 +81,22 @@ def main() -> int:
     parser.add_argument("--deltas", type=int, default=60_000, help="book messages recorded")
     parser.add_argument("--settle", type=float, default=60.0, help="seconds after the last round")
     args = parser.parse_args()
+    exit_on_sigterm()
     print(f"{platform.machine()}, {platform.python_version()}, {time.strftime('%Y-%m-%d')}")
-    with tempfile.TemporaryDirectory(prefix="depthwatch-bench-dl-") as tmp:
-        server_url = start_embedded(Path(tmp))
+    with (
+        tempfile.TemporaryDirectory(prefix="depthwatch-bench-dl-") as tmp,
+        database_server(Path(tmp)) as server_url,
+        Children(Path(tmp) / "logs") as children,
+    ):
         started = time.perf_counter()
-        database_url = record(server_url, args.deltas)
+        database_url = record(children, server_url, args.deltas)
         engine = sa.create_engine(database_url)
         with engine.connect() as conn:
             stream = list_streams(conn)[0]
             span = recorded_span(conn, stream)
         assert span is not None, "nothing recorded"
         first, end = span[0], span[1] + 1_000_000
-        requests = export_requests("linear", ("BTCUSDT",), None, "incremental_book_L2", first, end)
+        requests = export_requests("linear", (SYMBOL,), None, "incremental_book_L2", first, end)
         estimate = plan(engine, requests, "csv")
         engine.dispose()
         print(
@@ -102,59 +107,39 @@ def main() -> int:
             MAX_ROWS_ENV: str(estimate.rows.rows),
             MAX_MB_ENV: f"{estimate.bytes / MB + 0.01:.2f}",
         }
-        port = free_port()
-        log = Path(tmp) / "dashboard.log"
-        with log.open("wb") as out:
-            dashboard = subprocess.Popen(
-                [
-                    *(sys.executable, "-m", "depthwatch.cli", "dashboard", "--port", str(port)),
-                    *("--address", "127.0.0.1", "--database-url", database_url),
-                ],
-                cwd=ROOT,
-                env=cli_env() | {"DASHBOARD_PASSWORD": SECRET} | limits,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        base = f"http://127.0.0.1:{port}"
-        query = history_query(first, end, kind="incremental_book_L2", format="csv")
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    urllib.request.urlopen(base + "/_stcore/health", timeout=1)
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline, log.read_text()
-                    time.sleep(0.3)
-            task = Path(f"/proc/{dashboard.pid}/task/{dashboard.pid}/children")
-            watch = RssWatch(int(task.read_text().split()[0]))
-            download_once(base, query, time.monotonic() + 300)  # warm: imports, caches
-            time.sleep(2)
-            print(f"RSS at the start: {watch.now() / MB:.0f} MB")
-            with watch:
-                for n in range(args.rounds):
-                    began = time.perf_counter()
-                    busy: list[int] = []
+        dashboard, base = start_dashboard(
+            children, database_url, env={"DASHBOARD_PASSWORD": PASSWORD} | limits, timeout_s=60
+        )
+        query = urlencode(
+            {"symbols": SYMBOL, "start": iso(first), "end": iso(end)}
+            | {"kind": "incremental_book_L2", "format": "csv"}
+        )
+        watch = RssWatch(streamlit_pid(dashboard))
+        # Warm: imports, caches.
+        download_history_file(base, PASSWORD, query, time.monotonic() + 300)
+        time.sleep(2)
+        print(f"RSS at the start: {watch.now() / MB:.0f} MB")
+        with watch:
+            for n in range(args.rounds):
+                began = time.perf_counter()
+                busy: list[int] = []
 
-                    def one(answers: list[int] = busy) -> None:
-                        answers.append(download_once(base, query, time.monotonic() + 600)[1])
+                def one(answers: list[int] = busy) -> None:
+                    deadline = time.monotonic() + 600
+                    answers.append(download_history_file(base, PASSWORD, query, deadline)[1])
 
-                    threads = [threading.Thread(target=one) for _ in range(args.sessions)]
-                    for thread in threads:
-                        thread.start()
-                    for thread in threads:
-                        thread.join()
-                    print(
-                        f"round {n + 1}: {len(busy)} files in {time.perf_counter() - began:.1f} s "
-                        f"({sum(busy)} busy answers); RSS now {watch.now() / MB:.0f} MB, "
-                        f"peak so far {watch.peak / MB:.0f} MB"
-                    )
-            time.sleep(args.settle)
-            print(f"{args.settle:g} s later: {watch.now() / MB:.0f} MB")
-        finally:
-            dashboard.terminate()
-            dashboard.wait(30)
+                threads = [threading.Thread(target=one) for _ in range(args.sessions)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+                print(
+                    f"round {n + 1}: {len(busy)} files in {time.perf_counter() - began:.1f} s "
+                    f"({sum(busy)} busy answers); RSS now {watch.now() / MB:.0f} MB, "
+                    f"peak so far {watch.peak / MB:.0f} MB"
+                )
+        time.sleep(args.settle)
+        print(f"{args.settle:g} s later: {watch.now() / MB:.0f} MB")
     return 0
 
 

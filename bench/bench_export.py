@@ -22,27 +22,15 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_collector import (
-    ROOT,
-    SRC,
-    Table,
-    Version,
-    baseline_tree,
-    env,
-    fresh_database,
-    remove_baseline_tree,
-)
-from depthwatch.storage.db import normalise_url, start_embedded
+from children import Children, run_record_paced
+from common import Table, Version, exit_on_sigterm, machine_line, versions
+from databases import database_server, fresh_database
 
 KINDS = (
     "incremental_book_L2",
@@ -58,68 +46,42 @@ SYMBOL = "P00USDT"  # record_paced.py's first stream
 
 def record(server_url: str, version: Version, minutes: float, rate: float, end_ms: int) -> str:
     database_url = fresh_database(server_url, f"dw_bench_export_{version.name}".replace("-", "_"))
-    subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "record_paced.py"),
-            "--database-url",
-            database_url,
-            "--streams",
-            "1",
-            "--minutes",
-            str(minutes),
-            "--rate",
-            str(rate),
-            "--end-ms",
-            str(end_ms),
-            "--trades-every",
-            "1",
-        ],
-        env=env(version.src),
-        check=True,
-        capture_output=True,
+    run_record_paced(
+        database_url,
+        *("--streams", "1", "--minutes", str(minutes), "--rate", str(rate)),
+        *("--end-ms", str(end_ms), "--trades-every", "1"),
+        src=version.src,
     )
     return database_url
 
 
 def export(
-    database_url: str, version: Version, kind: str, fmt: str, start: str, end: str, out: Path
+    children: Children,
+    database_url: str,
+    version: Version,
+    kind: str,
+    fmt: str,
+    span: tuple[str, str],
+    out: Path,
 ) -> tuple[int, float, float] | None:
     """(rows, seconds, peak RSS MB) of one export run in a fresh process; None
     if this version cannot export the kind or format."""
     started = time.perf_counter()
-    proc = subprocess.Popen(
+    child = children.start(
+        "export",
         [
-            sys.executable,
-            "-m",
-            "depthwatch.cli",
-            "export",
-            "--kind",
-            kind,
-            "--symbol",
-            SYMBOL,
-            "--start",
-            start,
-            "--end",
-            end,
-            "--format",
-            fmt,
-            "--out",
-            str(out),
-            "--quiet",
-            "--database-url",
-            database_url,
+            *("export", "--kind", kind, "--symbol", SYMBOL, "--start", span[0], "--end", span[1]),
+            *("--format", fmt, "--out", str(out), "--quiet", "--database-url", database_url),
         ],
-        env=env(version.src),
-        stderr=subprocess.PIPE,
+        src=version.src,
     )
-    _, status, usage = os.wait4(proc.pid, 0)
+    _, status, usage = os.wait4(child.pid, 0)  # its own peak RSS, from the kernel
     seconds = time.perf_counter() - started
-    stderr = proc.stderr.read().decode() if proc.stderr else ""
+    child.proc.returncode = os.waitstatus_to_exitcode(status)
     if status != 0:
-        if "invalid choice" in stderr or "unknown kind" in stderr:
+        if "invalid choice" in child.output() or "unknown kind" in child.output():
             return None  # a baseline without this kind or format
-        raise RuntimeError(f"export failed: {stderr}")
+        raise RuntimeError(f"export failed: {child.output()}")
     return count_rows(out, fmt), seconds, usage.ru_maxrss / 1024
 
 
@@ -150,56 +112,46 @@ def main() -> int:
     args = parser.parse_args()
     kinds, formats = args.kinds.split(","), args.formats.split(",")
     rounds = args.rounds or (2 if args.baseline else 1)
-    print(
-        f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cpus, "
-        f"Python {platform.python_version()}"
-    )
+    exit_on_sigterm()
+    print(machine_line())
     end_ms = (int(time.time()) // 60) * 60_000
     start = datetime.fromtimestamp(end_ms / 1000 - args.minutes * 60 - 60, UTC).isoformat()
     end = datetime.fromtimestamp(end_ms / 1000 + 60, UTC).isoformat()
-    with tempfile.TemporaryDirectory(prefix="depthwatch-bench-export-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="depthwatch-bench-export-") as tmp,
+        versions(args.baseline, Path(tmp)) as tried,
+        database_server(Path(tmp)) as server_url,
+        Children(Path(tmp) / "logs") as children,
+    ):
         tmpdir = Path(tmp)
-        versions = [Version("this", SRC)]
-        if args.baseline:
-            versions.insert(
-                0, Version(args.baseline, baseline_tree(args.baseline, tmpdir) / "streamlit")
+        table = Table([v.name for v in tried])
+        databases = {}
+        for version in tried:
+            print(
+                f"recording {args.minutes:g} min of {SYMBOL} at {args.rate:g} msg/s "
+                f"with {version.name} ..."
             )
-        configured = os.environ.get("DATABASE_URL")
-        server_url = normalise_url(configured) if configured else start_embedded(tmpdir)
-        table = Table([v.name for v in versions])
-        try:
-            databases = {}
-            for version in versions:
-                print(
-                    f"recording {args.minutes:g} min of {SYMBOL} at {args.rate:g} msg/s "
-                    f"with {version.name} ..."
-                )
-                databases[version.name] = record(
-                    server_url, version, args.minutes, args.rate, end_ms
-                )
-            for round_ in range(rounds):
-                for kind in kinds:
-                    for fmt in formats:
-                        for version in versions:
-                            out = tmpdir / f"{kind}.{fmt}"
-                            result = export(
-                                databases[version.name], version, kind, fmt, start, end, out
-                            )
-                            out.unlink(missing_ok=True)
-                            if result is None:
-                                continue
-                            rows, seconds, rss = result
-                            print(
-                                f"  [{version.name}, round {round_ + 1}] {kind:22} {fmt:7} "
-                                f"{rows:10,} rows in {seconds:6.1f} s = "
-                                f"{rows / seconds:9,.0f} rows/s, peak RSS {rss:4.0f} MB",
-                                flush=True,
-                            )
-                            table.add(version.name, f"{kind} {fmt}: rows/s", rows / seconds)
-                            table.add(version.name, f"{kind} {fmt}: peak RSS MB", rss)
-        finally:
-            if args.baseline:
-                remove_baseline_tree(tmpdir)
+            databases[version.name] = record(server_url, version, args.minutes, args.rate, end_ms)
+        for round_ in range(rounds):
+            for kind in kinds:
+                for fmt in formats:
+                    for version in tried:
+                        out = tmpdir / f"{kind}.{fmt}"
+                        result = export(
+                            children, databases[version.name], version, kind, fmt, (start, end), out
+                        )
+                        out.unlink(missing_ok=True)
+                        if result is None:
+                            continue
+                        rows, seconds, rss = result
+                        print(
+                            f"  [{version.name}, round {round_ + 1}] {kind:22} {fmt:7} "
+                            f"{rows:10,} rows in {seconds:6.1f} s = "
+                            f"{rows / seconds:9,.0f} rows/s, peak RSS {rss:4.0f} MB",
+                            flush=True,
+                        )
+                        table.add(version.name, f"{kind} {fmt}: rows/s", rows / seconds)
+                        table.add(version.name, f"{kind} {fmt}: peak RSS MB", rss)
         table.print()
     return 0
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import platform
 import re
-import signal
 import sys
 import tempfile
 import time
@@ -26,28 +25,62 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "streamlit"))
-sys.path.insert(0, str(ROOT))
-
-from tests.conftest import start_collect  # noqa: E402
-from tests.dbproxy import DatabaseProxy  # noqa: E402
-
-from depthwatch.sim import SimConfig, SimulatorThread  # noqa: E402
-from depthwatch.storage.db import make_engine, start_embedded  # noqa: E402
+from children import Child, Children, start_collector
+from common import exit_on_sigterm, memory_mb
+from databases import database_server, fresh_database
+from dbproxy import DatabaseProxy
+from depthwatch.clock import MAX_US
+from depthwatch.sim import SimConfig, SimulatorThread
+from depthwatch.storage.db import make_engine
+from depthwatch.storage.read.book import book_events
+from depthwatch.storage.read.streams import list_streams
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def journal_mb(directory: Path) -> float:
     return sum(p.stat().st_size for p in directory.glob("*.journal")) / 1e6
+
+
+def sample(collector: Child, journal: Path, phase: str, seconds: float) -> list[float]:
+    """The collector's RSS every 5 s for `seconds`; printed with the journal's size."""
+    rss: list[float] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        assert collector.running(), "the collector died"
+        rss.append(memory_mb(collector.pid))
+        time.sleep(min(5.0, max(0.0, end - time.monotonic())))
+    print(f"  {phase}: RSS max {max(rss):.0f} MB, journal {journal_mb(journal):.1f} MB")
+    return rss
+
+
+def check_stored(engine: sa.Engine) -> bool:
+    """Per stream: every update id from the first snapshot to the last stored,
+    once; printed."""
+    ok = True
+    with engine.connect() as conn:
+        streams = {s.symbol: s for s in list_streams(conn)}
+        for symbol in SYMBOLS:
+            stream = streams[symbol]
+            # Rows as stored (a message written twice counts twice); the
+            # reader below gives each message once.
+            rows = conn.execute(
+                sa.text("SELECT coalesce(sum(n), 0) FROM book_chunks WHERE stream_id = :s"),
+                {"s": stream.id},
+            ).scalar_one()
+            ids: set[int] = set()
+            snapshot_ids: list[int] = []
+            for event in book_events(conn, stream, 0, MAX_US):
+                ids.add(event.u)
+                if event.is_snapshot:
+                    snapshot_ids.append(event.u)
+            sent = max(ids) - min(snapshot_ids) + 1
+            print(
+                f"  {symbol}: messages sent from the first snapshot to the last {sent:,}, "
+                f"update ids stored {len(ids):,} (rows {rows:,}, snapshots {len(snapshot_ids)})"
+            )
+            ok &= len(ids) == sent
+    return ok
 
 
 def main() -> int:
@@ -56,90 +89,66 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=500.0, help="messages/s per symbol")
     parser.add_argument("--warmup", type=float, default=30.0, help="seconds before the outage")
     args = parser.parse_args()
+    exit_on_sigterm()
 
-    work = Path(tempfile.mkdtemp(prefix="depthwatch-outage-"))
-    server = start_embedded(work)
-    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text("CREATE DATABASE outage"))
-    url = sa.make_url(server).set(database="outage").render_as_string(hide_password=False)
-    proxy = DatabaseProxy(url)
-    sim = SimulatorThread(
-        SimConfig(symbols=SYMBOLS, rate=args.rate, seed=1, trades_rate=0, record=False)
-    ).start()
-    journal = work / "journal"
-    collector = start_collect(
-        sim.sim.url("linear"),
-        proxy.url,
-        "--symbols",
-        ",".join(SYMBOLS),
-        "--journal-dir",
-        str(journal),
-    )
-    print(f"machine: {platform.node()}, {platform.processor() or platform.machine()}")
-    print(f"{len(SYMBOLS)} streams at {args.rate:.0f} msg/s each; outage {args.outage:.0f} s")
-
-    def sample(phase: str, seconds: float) -> list[float]:
-        rss: list[float] = []
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            assert collector.poll() is None, "the collector died"
-            rss.append(rss_mb(collector.pid))
-            time.sleep(min(5.0, max(0.0, end - time.monotonic())))
-        print(f"  {phase}: RSS max {max(rss):.0f} MB, journal {journal_mb(journal):.1f} MB")
-        return rss
-
-    engine = make_engine(url)
-    before = sample("before the outage", args.warmup)
-    proxy.cut()
-    print(f"database cut off at {time.strftime('%H:%M:%S')}")
-    during: list[float] = []
-    peak_journal = 0.0
-    outage_end = time.monotonic() + args.outage
-    while time.monotonic() < outage_end:
-        during += sample("outage", min(60.0, outage_end - time.monotonic()))
-        peak_journal = max(peak_journal, journal_mb(journal))
-    proxy.restore()
-    restored = time.monotonic()
-    print(f"database back at {time.strftime('%H:%M:%S')}")
-    while list(journal.glob("*.journal")):
-        assert collector.poll() is None, "the collector died"
-        assert time.monotonic() - restored < 1800, "the journal did not drain"
-        time.sleep(1.0)
-    drained = time.monotonic() - restored
-    after = sample("after the drain", 10.0)
-    collector.send_signal(signal.SIGTERM)
-    _, stderr = collector.communicate(timeout=120)
-    sim.stop()
-    proxy.close()
-
-    print(f"exit status {collector.returncode}")
-    journaled = re.search(r"rows journaled (\d+), rows dropped (\d+)", stderr)
-    print(f"journal peak {peak_journal:.0f} MB, drained {drained:.0f} s after recovery")
-    print(
-        f"collector RSS: before {max(before):.0f} MB, outage peak {max(during):.0f} MB "
-        f"({max(during) / max(before):.2f}x), after {max(after):.0f} MB"
-    )
-    if journaled:
-        print(f"rows journaled {journaled.group(1)}, rows dropped {journaled.group(2)}")
-    ok = collector.returncode == 0
-    with engine.connect() as conn:
-        for symbol in SYMBOLS:
-            first_u, last_u, distinct_u, rows, snapshots = conn.execute(
-                sa.text(
-                    """SELECT min(u) FILTER (WHERE is_snapshot), max(u), count(DISTINCT u),
-                              count(*), count(*) FILTER (WHERE is_snapshot)
-                       FROM book_events b JOIN instruments i ON i.id = b.instrument_id
-                       WHERE i.symbol = :s"""
-                ),
-                {"s": symbol},
-            ).one()
-            sent = last_u - first_u + 1
-            print(
-                f"  {symbol}: messages sent from the first snapshot to the last {sent:,}, "
-                f"update ids stored {distinct_u:,} (rows {rows:,}, snapshots {snapshots})"
+    with (
+        tempfile.TemporaryDirectory(prefix="depthwatch-outage-") as tmp,
+        database_server(Path(tmp)) as server,
+        Children(Path(tmp) / "logs") as children,
+    ):
+        work = Path(tmp)
+        url = fresh_database(server, "dw_bench_outage")
+        proxy = DatabaseProxy(url)
+        sim = SimulatorThread(
+            SimConfig(symbols=SYMBOLS, rate=args.rate, seed=1, trades_rate=0, record=False)
+        ).start()
+        try:
+            journal = work / "journal"
+            collector = start_collector(
+                children, sim.sim.url("linear"), proxy.url, SYMBOLS, "--journal-dir", str(journal)
             )
-            ok &= distinct_u == sent
+            print(f"machine: {platform.node()}, {platform.processor() or platform.machine()}")
+            print(
+                f"{len(SYMBOLS)} streams at {args.rate:.0f} msg/s each; outage {args.outage:.0f} s"
+            )
+            before = sample(collector, journal, "before the outage", args.warmup)
+            proxy.cut()
+            print(f"database cut off at {time.strftime('%H:%M:%S')}")
+            during: list[float] = []
+            peak_journal = 0.0
+            outage_end = time.monotonic() + args.outage
+            while time.monotonic() < outage_end:
+                left = min(60.0, outage_end - time.monotonic())
+                during += sample(collector, journal, "outage", left)
+                peak_journal = max(peak_journal, journal_mb(journal))
+            proxy.restore()
+            restored = time.monotonic()
+            print(f"database back at {time.strftime('%H:%M:%S')}")
+            while list(journal.glob("*.journal")):
+                assert collector.running(), "the collector died"
+                assert time.monotonic() - restored < 1800, "the journal did not drain"
+                time.sleep(1.0)
+            drained = time.monotonic() - restored
+            after = sample(collector, journal, "after the drain", 10.0)
+            code = collector.stop(120)
+        finally:
+            sim.stop()
+            proxy.close()
+
+        print(f"exit status {code}")
+        journaled = re.search(r"rows journaled (\d+), rows dropped (\d+)", collector.output())
+        print(f"journal peak {peak_journal:.0f} MB, drained {drained:.0f} s after recovery")
+        print(
+            f"collector RSS: before {max(before):.0f} MB, outage peak {max(during):.0f} MB "
+            f"({max(during) / max(before):.2f}x), after {max(after):.0f} MB"
+        )
+        if journaled:
+            print(f"rows journaled {journaled.group(1)}, rows dropped {journaled.group(2)}")
+        engine = make_engine(url)
+        try:
+            ok = check_stored(engine) and code == 0
+        finally:
+            engine.dispose()
     print("RESULT: every message stored" if ok else "RESULT: MISSING ROWS")
     return 0 if ok else 1
 

@@ -28,6 +28,8 @@ import pytest
 import sqlalchemy as sa
 from playwright.sync_api import Browser, Locator, Page, ViewportSize, expect, sync_playwright
 
+from children import CHROMIUM, CHROMIUM_ARGS
+
 from .conftest import free_port
 from .procs import STOP_TIMEOUT_S, Child, Children, healthy, http_get, listening, wait_until
 
@@ -39,15 +41,7 @@ ARTIFACTS = Path(os.environ.get("DEPTHWATCH_ARTIFACTS") or ROOT / "tests" / "art
 
 # Playwright's own browser download does not work on these machines: CI
 # installs Debian's Chromium (.ci/run), and a missing one must fail, not skip.
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+# Its path and flags are bench/children.py's, which the benchmarks launch too.
 VIEWPORT: ViewportSize = {"width": 1600, "height": 1000}
 
 SYMBOL = "BTCUSDT"

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from dbproxy import DatabaseProxy
 from depthwatch.export.tardis import ExportRequest, Progress
 
 from .conftest import cli_env, new_database
-from .dbproxy import DatabaseProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 SYMBOL = "P00USDT"  # record_paced.py's first stream

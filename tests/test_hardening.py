@@ -1,6 +1,6 @@
 """Issue 20, tried as an attacker would: a real dashboard process (`depthwatch
 dashboard`) over a real PostgreSQL, driven by raw Streamlit WebSocket clients
-(tests/stclient.py) that send what no browser would: forged forwarded headers,
+(bench/stclient.py) that send what no browser would: forged forwarded headers,
 crafted widget states, replayed session ids, absurd ranges; and twenty
 downloads at once, with the dashboard's memory watched.
 
@@ -21,8 +21,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from urllib.parse import urlencode
 import pytest
 import sqlalchemy as sa
 
+from common import RssWatch
 from depthwatch.app import clients, downloads
 from depthwatch.app.limiter import LoginLimiter
 from depthwatch.app.planning import MAX_MB_ENV, MAX_ROWS_ENV, export_requests, iso, plan
@@ -40,11 +39,11 @@ from depthwatch.logs import ServerLogGuard
 from depthwatch.sim import SimConfig, SimulatorThread
 from depthwatch.storage.read.streams import list_streams
 from depthwatch.storage.read.tops import recorded_span
+from stclient import Run, StreamlitClient, download_history_file, flag, log_in, trigger
 
 from .conftest import FakeClock, cli_env, free_port, new_database
 from .e2e import collect_until_caught_up, sim_collector_config
 from .procs import Child, Children, healthy, spawn, wait_until
-from .stclient import Run, StreamlitClient, flag, log_in, trigger
 from .test_browser import ARTIFACTS, START_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -493,67 +492,11 @@ def test_after_logout_a_replayed_fragment_rerun_draws_no_data(shared_dashboard):
 # ---- twenty downloads at once
 
 
-SAMPLE_S = 0.05
-
-
-class RssWatch:
-    """The peak resident memory of a process, sampled every SAMPLE_S."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.peak = self.now()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def now(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS")
-
-    def _run(self) -> None:
-        while not self._stop.wait(SAMPLE_S):
-            self.peak = max(self.peak, self.now())
-
-    def __enter__(self) -> RssWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-
 MB = 2**20
 DOWNLOADS = 20
 PEAK_RSS_LIMIT = 400 * MB
 SETTLED_GROWTH_LIMIT = 50 * MB
 SETTLE_S = 60
-BUSY_RETRY_S = 1.0
-
-
-def download_once(base: str, query: str, deadline: float) -> tuple[str, int]:
-    """Make the file on the History page, clicking again a second later while
-    the server says it is busy (as a person would), then fetch it: (its
-    sha256, busy answers)."""
-    busy = 0
-    with StreamlitClient(base, timeout_s=120) as c:
-        page = log_in(c, SECRET, page="history", query=query)
-        make = page.widget("Make bybit_incremental_book_L2_", "button")
-        while True:
-            run = c.rerun(page="history", query=query, widgets=[trigger(make.id)])
-            found = re.search(r'href="(/api/download/[^"]+)"', run.text)
-            if found:
-                break
-            assert "Busy" in run.text, run.text
-            busy += 1
-            assert time.monotonic() < deadline, "still busy"
-            time.sleep(BUSY_RETRY_S)
-    digest = hashlib.sha256()
-    with urllib.request.urlopen(base + found[1], timeout=120) as answer:
-        while chunk := answer.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest(), busy
 
 
 def recorded_seconds(engine: sa.Engine, symbol: str, start_us: int, end_us: int) -> int:
@@ -636,7 +579,7 @@ def test_twenty_downloads_at_once_keep_memory_flat_while_the_collector_records(
 
             def one() -> None:
                 try:
-                    results.append(download_once(dash.base, query, deadline))
+                    results.append(download_history_file(dash.base, SECRET, query, deadline))
                 except BaseException as exc:  # reported below
                     failures.append(exc)
 

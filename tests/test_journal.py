@@ -15,6 +15,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from dbproxy import DatabaseProxy
 from depthwatch.collector import Collector, register_instruments
 from depthwatch.config import CollectorConfig
 from depthwatch.records import FeedEvent, FeedEventKind, StreamKey
@@ -27,7 +28,6 @@ from depthwatch.storage.write import BatchWriter, WriterConfig
 from depthwatch.storage.write.journal import SUFFIX, Journal
 
 from .conftest import run_cli, start_collect
-from .dbproxy import DatabaseProxy
 from .e2e import assert_export_matches_truth
 from .test_storage import STREAM, make_update, stored_messages
 

@@ -1,7 +1,8 @@
-"""A TCP proxy in front of the real PostgreSQL server, to cut the database off
-and bring it back: a real outage as the collector sees it (connections reset,
-new ones refused), with the server and its data untouched. It can also hold a
-client's requests, so a test decides when a reader gets its next batch."""
+"""A TCP proxy in front of the real PostgreSQL server (tests and
+bench/bench_outage.py), to cut the database off and bring it back: a real
+outage as the collector sees it (connections reset, new ones refused), with
+the server and its data untouched. It can also hold a client's requests, so a
+test decides when a reader gets its next batch."""
 
 from __future__ import annotations
 

@@ -1,18 +1,22 @@
 """A raw Streamlit WebSocket client, as an attacker (or a load test) would use
-one: it speaks Streamlit 1.67's protocol (protobuf BackMsg / ForwardMsg over
+one (tests/test_hardening.py and bench/bench_downloads.py): it speaks
+Streamlit 1.67's protocol (protobuf BackMsg / ForwardMsg over
 `/_stcore/stream`) with no browser, so a test can send what a browser never
 would (a crafted widget state, forged headers, a chosen source address) and
 run many sessions at once cheaply.
 
-Only what the tests need: rerun a page with widget states, collect the
-elements the run sent (texts, widgets by label, exceptions), read the session
-id Streamlit hands out.
+Only what the tests and benchmarks need: rerun a page with widget states,
+collect the elements the run sent (texts, widgets by label, exceptions), read
+the session id Streamlit hands out, make and fetch a History file.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 import socket
 import time
+import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -194,3 +198,29 @@ def log_in(client: StreamlitClient, password: str, page: str = "", query: str = 
     field_ = form.widget("Password", "text_input")
     submit = form.widget("Log in", "button")
     return client.rerun(page, query, [text(field_.id, password), trigger(submit.id)])
+
+
+def download_history_file(
+    base: str, password: str, query: str, deadline: float, retry_s: float = 1.0
+) -> tuple[str, int]:
+    """Log in, make the file on the History page of `query`, clicking again
+    `retry_s` later while the server says it is busy (as a person would), then
+    fetch it: (its sha256, busy answers)."""
+    busy = 0
+    with StreamlitClient(base, timeout_s=120) as c:
+        page = log_in(c, password, page="history", query=query)
+        make = page.widget("Make bybit_incremental_book_L2_", "button")
+        while True:
+            run = c.rerun(page="history", query=query, widgets=[trigger(make.id)])
+            found = re.search(r'href="(/api/download/[^"]+)"', run.text)
+            if found:
+                break
+            assert "Busy" in run.text, run.text
+            busy += 1
+            assert time.monotonic() < deadline, "still busy"
+            time.sleep(retry_s)
+    digest = hashlib.sha256()
+    with urllib.request.urlopen(base + found[1], timeout=120) as answer:
+        while chunk := answer.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest(), busy
