@@ -6,8 +6,9 @@ round.
     .venv/bin/python bench/bench_downloads.py --sessions 40 --rounds 6 --deltas 60000
 
 One BTCUSDT stream is recorded flat out from the simulator (`--deltas` book
-messages: 60,000 make a ~27 MB incremental_book_L2 CSV) into an embedded
-PostgreSQL; `depthwatch dashboard` (the real process, password set, the page's
+messages: 60,000 make a ~27 MB incremental_book_L2 CSV) by `depthwatch
+collect` into an embedded PostgreSQL (DATABASE_URL's server when set, as in
+every benchmark); `depthwatch dashboard` (the real process, password set, the page's
 limits set to this file's estimate) serves it. Each round, `--sessions` raw
 WebSocket clients (bench/stclient.py) log in, click "Make ...", click again a
 second later while the server says it is busy, and fetch the file. Printed:

@@ -5,6 +5,9 @@ refuses new ones) for `--outage` seconds (default 600), then comes back.
     .venv/bin/python bench/bench_outage.py                 # 10 minutes of outage
     .venv/bin/python bench/bench_outage.py --outage 30     # a quick look
 
+PostgreSQL is an embedded one (DATABASE_URL's server when set); the collector
+is the real `depthwatch collect` process, the simulator runs in this one.
+
 Reports, with the same figures from before the outage as the baseline (ratios):
   - whether the sockets kept reading (messages received during the outage vs sent);
   - collector RSS before, peak during the outage and after (memory bounded?);
