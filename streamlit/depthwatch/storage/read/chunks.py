@@ -14,6 +14,7 @@ from depthwatch.records import SECOND_US
 from depthwatch.storage.codec import (
     SNAPSHOT,
     TOP_CHANGED,
+    DecodedBatch,
     DecodedChunk,
     decode_chunk,
     decode_many,
@@ -124,19 +125,9 @@ def latency(conn: sa.Connection, stream: Stream, start_us: int, end_us: int) -> 
 def _packed_latency_steps(
     conn: sa.Connection, stream: Stream, start_us: int, end_us: int
 ) -> Steps | None:
-    rows = conn.execute(
-        sa.text(
-            """SELECT ts_us, u, payload FROM book_chunks
-               WHERE stream_id = :sid AND ts_us >= :s AND ts_us < :e
-               ORDER BY ts_us DESC LIMIT :n"""
-        ),
-        {"sid": stream.id, "s": start_us, "e": end_us, "n": LATENCY_SAMPLE_CHUNKS},
-    ).all()
-    if not rows:
+    batch = _newest_in(conn, stream, start_us, end_us, LATENCY_SAMPLE_CHUNKS)
+    if batch is None:
         return None
-    batch = decode_many(
-        [r[2] for r in rows], [int(r[0]) for r in rows], [int(r[1]) for r in rows], levels=False
-    )
     ts, match, local = batch.ts_us, batch.match_us, batch.local_us
     inside = (ts >= start_us) & (ts < end_us)
     with_match = inside & (match >= 0)
@@ -148,6 +139,26 @@ def _packed_latency_steps(
     return quantiles(ts[with_match] - match[with_match]), quantiles(local[inside] - ts[inside])
 
 
+def _newest_in(
+    conn: sa.Connection, stream: Stream, start_us: int, end_us: int, count: int
+) -> DecodedBatch | None:
+    """The newest `count` chunks starting in [start, end), decoded without
+    their levels; None when there are none."""
+    rows = conn.execute(
+        sa.text(
+            """SELECT ts_us, u, payload FROM book_chunks
+               WHERE stream_id = :sid AND ts_us >= :s AND ts_us < :e
+               ORDER BY ts_us DESC LIMIT :n"""
+        ),
+        {"sid": stream.id, "s": start_us, "e": end_us, "n": count},
+    ).all()
+    if not rows:
+        return None
+    return decode_many(
+        [r[2] for r in rows], [int(r[0]) for r in rows], [int(r[1]) for r in rows], levels=False
+    )
+
+
 def volume_sample(
     conn: sa.Connection, stream: Stream, start_us: int, end_us: int
 ) -> VolumeSample | None:
@@ -156,19 +167,9 @@ def volume_sample(
     of messages whose top differs from the quote before (the quotes export's
     rule), the share of snapshots inside chunks; repeats of two collectors'
     chunks counted once."""
-    rows = conn.execute(
-        sa.text(
-            """SELECT ts_us, u, payload FROM book_chunks
-               WHERE stream_id = :sid AND ts_us >= :s AND ts_us < :e
-               ORDER BY ts_us DESC LIMIT :n"""
-        ),
-        {"sid": stream.id, "s": start_us, "e": end_us, "n": VOLUME_SAMPLE_CHUNKS},
-    ).all()
-    if not rows:
+    batch = _newest_in(conn, stream, start_us, end_us, VOLUME_SAMPLE_CHUNKS)
+    if batch is None:
         return None
-    batch = decode_many(
-        [r[2] for r in rows], [int(r[0]) for r in rows], [int(r[1]) for r in rows], levels=False
-    )
     is_snapshot = (batch.flags & SNAPSHOT) != 0
     opens_chunk = np.ones(len(batch.msg_chunk), dtype=bool)
     opens_chunk[1:] = batch.msg_chunk[1:] != batch.msg_chunk[:-1]
