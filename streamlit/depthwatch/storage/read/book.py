@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 import sqlalchemy as sa
@@ -128,21 +128,11 @@ def _event_order(event: BookEventRow | IntBookEvent) -> tuple[int, int, int, boo
 def _chunk_int_events(
     conn: sa.Connection, stream: Stream, from_us: int, end_us: int
 ) -> Iterator[IntBookEvent]:
-    for view, i in messages(conn, stream, from_us, end_us):
-        ticks, lots = view.level_ints()
-        first, mid, last = view.level_bounds(i)
+    for view, i, head, bid_ticks, bid_lots, ask_ticks, ask_lots in _with_levels(
+        conn, stream, from_us, end_us, Messages.level_ints
+    ):
         yield IntBookEvent(
-            view.ts[i],
-            view.local[i],
-            view.u[i],
-            view.seq[i],
-            bool(view.flags[i] & SNAPSHOT),
-            view.price_exp[i],
-            view.size_exp[i],
-            ticks[first:mid],
-            lots[first:mid],
-            ticks[mid:last],
-            lots[mid:last],
+            *head, view.price_exp[i], view.size_exp[i], bid_ticks, bid_lots, ask_ticks, ask_lots
         )
 
 
@@ -175,15 +165,35 @@ def _chunk_book_events(
     conn: sa.Connection, stream: Stream, from_us: int, end_us: int
 ) -> Iterator[BookEventRow]:
     text = TextCache()
+    for _, _, head, bid_prices, bid_sizes, ask_prices, ask_sizes in _with_levels(
+        conn, stream, from_us, end_us, lambda view: view.level_texts(text)
+    ):
+        yield BookEventRow(*head, bid_prices, bid_sizes, ask_prices, ask_sizes)
+
+
+Level = TypeVar("Level", int, str)
+Head = tuple[int, int, int, int, bool]
+
+
+def _with_levels(
+    conn: sa.Connection,
+    stream: Stream,
+    from_us: int,
+    end_us: int,
+    columns: Callable[[Messages], tuple[list[Level], list[Level]]],
+) -> Iterator[tuple[Messages, int, Head, list[Level], list[Level], list[Level], list[Level]]]:
+    """messages(), each with its head (Messages.heads) and its levels cut out
+    of the batch's level `columns` (prices, sizes): bid prices, bid sizes,
+    ask prices, ask sizes."""
     for view, i in messages(conn, stream, from_us, end_us):
-        prices, sizes = view.level_texts(text)
-        first, mid, last = view.level_bounds(i)
-        yield BookEventRow(
-            view.ts[i],
-            view.local[i],
-            view.u[i],
-            view.seq[i],
-            bool(view.flags[i] & SNAPSHOT),
+        prices, sizes = columns(view)
+        first = view.first_level[i]
+        mid = first + view.nb[i]
+        last = mid + view.na[i]
+        yield (
+            view,
+            i,
+            view.heads()[i],
             prices[first:mid],
             sizes[first:mid],
             prices[mid:last],
@@ -197,6 +207,7 @@ class Messages:
 
     __slots__ = (
         "_batch",
+        "_heads",
         "_ints",
         "_texts",
         "first_level",
@@ -217,6 +228,7 @@ class Messages:
         self._batch = batch
         self._texts: tuple[list[str], list[str]] | None = None
         self._ints: tuple[list[int], list[int]] | None = None
+        self._heads: list[Head] | None = None
         self.ts: list[int] = batch.ts_us.tolist()
         self.local: list[int] = batch.local_us.tolist()
         self.u: list[int] = batch.u.tolist()
@@ -230,11 +242,12 @@ class Messages:
         self.price_exp: list[int] = batch.price_exp[batch.msg_chunk].tolist()
         self.size_exp: list[int] = batch.size_exp[batch.msg_chunk].tolist()
 
-    def level_bounds(self, i: int) -> tuple[int, int, int]:
-        """Message i's levels: bids in [first, mid), asks in [mid, last)."""
-        first = self.first_level[i]
-        mid = first + self.nb[i]
-        return first, mid, mid + self.na[i]
+    def heads(self) -> list[Head]:
+        """Every message's ts_us, local_us, u, seq and is_snapshot."""
+        if self._heads is None:
+            snapshot = [bool(f & SNAPSHOT) for f in self.flags]
+            self._heads = list(zip(self.ts, self.local, self.u, self.seq, snapshot, strict=True))
+        return self._heads
 
     def level_ints(self) -> tuple[list[int], list[int]]:
         """Every level's ticks and lots (at its chunk's exponents)."""
