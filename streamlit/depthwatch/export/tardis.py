@@ -457,9 +457,7 @@ def _event_rows(event: BookEventRow) -> list[Row]:
 def _quote_rows(
     conn: sa.Connection, stream: Stream, request: ExportRequest, progress: Progress
 ) -> Iterator[Row]:
-    for row in quotes(conn, stream, request.start_us, request.end_us):
-        progress.tick(1, row[0])
-        yield tuple(row)
+    return _counted(map(tuple, quotes(conn, stream, request.start_us, request.end_us)), progress)
 
 
 def _gap_rows(conn: sa.Connection, request: ExportRequest, progress: Progress) -> Iterator[Row]:
@@ -476,6 +474,4 @@ def _gap_rows(conn: sa.Connection, request: ExportRequest, progress: Progress) -
 def _trade_rows(
     conn: sa.Connection, iid: int, request: ExportRequest, progress: Progress
 ) -> Iterator[Row]:
-    for row in trades(conn, iid, request.start_us, request.end_us):
-        progress.tick(1, row[0])
-        yield tuple(row)
+    return _counted(map(tuple, trades(conn, iid, request.start_us, request.end_us)), progress)
