@@ -472,10 +472,9 @@ def encode_varints(values: np.ndarray) -> bytes:
 
 
 @dataclass(slots=True)
-class DecodedChunk:
-    """A chunk's columns. Times in microseconds; prices and sizes integers of
-    10**-price_exp and 10**-size_exp; `level_start[i]` indexes message i's
-    first bid in the level arrays (its asks follow its nb bids)."""
+class MessageColumns:
+    """The message columns DecodedChunk and DecodedBatch open with, a value
+    per message. Times in microseconds."""
 
     ts_us: np.ndarray
     local_us: np.ndarray
@@ -483,6 +482,14 @@ class DecodedChunk:
     u: np.ndarray
     seq: np.ndarray
     flags: np.ndarray
+
+
+@dataclass(slots=True)
+class DecodedChunk(MessageColumns):
+    """A chunk's columns: MessageColumns, then prices and sizes integers of
+    10**-price_exp and 10**-size_exp; `level_start[i]` indexes message i's
+    first bid in the level arrays (its asks follow its nb bids)."""
+
     nb: np.ndarray
     na: np.ndarray
     prices: np.ndarray
@@ -521,20 +528,14 @@ def decode_chunk(payload: bytes | memoryview, row_ts_us: int, row_u: int) -> Dec
 
 
 @dataclass(slots=True)
-class DecodedBatch:
-    """Many chunks decoded at once, their columns laid end to end. Message
-    columns as in DecodedChunk, with `msg_chunk` (the chunk of each message);
-    level columns (when decoded) with `level_chunk`, `level_msg` (the message
-    of each level, an index into the message columns), `level_is_bid` and
+class DecodedBatch(MessageColumns):
+    """Many chunks decoded at once, their columns laid end to end.
+    MessageColumns, with `msg_chunk` (the chunk of each message); level
+    columns (when decoded) with `level_chunk`, `level_msg` (the message of
+    each level, an index into the message columns), `level_is_bid` and
     `level_rank` (0 for a side's best level in its message); prices and sizes
     as floats (the exchange's decimals applied)."""
 
-    ts_us: np.ndarray
-    local_us: np.ndarray
-    match_us: np.ndarray  # -1 where Bybit sent no cts
-    u: np.ndarray
-    seq: np.ndarray
-    flags: np.ndarray
     msg_chunk: np.ndarray
     msg_first_level: np.ndarray  # index of each message's first level
     nb: np.ndarray  # bid and ask levels of each message (its bids come first)
