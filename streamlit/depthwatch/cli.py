@@ -15,8 +15,8 @@ from depthwatch.config import (
     add_database_arguments,
     collector_config_from_args,
 )
-from depthwatch.feed.topics import CATEGORIES, valid_depths
-from depthwatch.logs import LogFormatError, first_line, setup_logging
+from depthwatch.feed.topics import CATEGORIES
+from depthwatch.logs import LogFormatError, setup_logging
 
 log = logging.getLogger("depthwatch")
 ROLE_PASSWORD_ENV = "DEPTHWATCH_ROLE_PASSWORD"
@@ -314,20 +314,14 @@ def _db_create_readonly_role(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     import sqlalchemy as sa
 
+    from depthwatch.export.command import range_or_depth_refused, read_failed
     from depthwatch.export.files import plan_files, write_export, write_file
     from depthwatch.export.kinds import ExportKind
     from depthwatch.export.tardis import ExportRequest, check_requests
     from depthwatch.storage.db import make_engine, resolve_database_url, wait_for_database
     from depthwatch.storage.read.streams import NotRecorded, recorded_symbols
 
-    if args.end <= args.start:
-        log.error("--end must be after --start")
-        return 2
-    # Recorded depths are Bybit's, plus 500 from older archives.
-    depths = valid_depths(args.category, legacy=True)
-    if args.depth is not None and args.depth not in depths:
-        listed = ", ".join(str(d) for d in depths)
-        log.error("--depth %d: %s books have depth %s", args.depth, args.category, listed)
+    if range_or_depth_refused(log, args.start, args.end, args.category, args.depth):
         return 2
     try:
         ExportKind.parse(args.kind)
@@ -369,12 +363,10 @@ def _export(args: argparse.Namespace) -> int:
         else:
             rows = write_file(engine, requests, args.format, out, progress)
             log.info("wrote %s (%d rows)", out, rows)
-    except NotRecorded as exc:
-        log.error("%s", exc)
-        return 1
-    except sa.exc.OperationalError as exc:
-        log.error("the database went away during the export (%s); no file written", first_line(exc))
-        return 1
+    except (NotRecorded, sa.exc.OperationalError) as exc:
+        return read_failed(
+            log, exc, "the database went away during the export (%s); no file written"
+        )
     except KeyboardInterrupt:
         log.error("interrupted; no file written")
         return 130

@@ -26,7 +26,7 @@ from depthwatch import coverage
 from depthwatch.clock import SECOND_US, TIME_FORMS, now_us, utc_datetime
 from depthwatch.config import add_database_arguments
 from depthwatch.coverage import Gap
-from depthwatch.feed.topics import CATEGORIES, TARDIS_EXCHANGE, valid_depths
+from depthwatch.feed.topics import CATEGORIES, TARDIS_EXCHANGE
 from depthwatch.records import DEFAULT_HEARTBEAT_INTERVAL_S
 from depthwatch.storage.read.chunks import RecordedTimes
 from depthwatch.storage.read.events import heartbeats, heartbeats_kept_from, stream_events
@@ -226,7 +226,7 @@ def run_gaps(args: argparse.Namespace) -> int:
     standard output; 1 for a symbol never recorded or a database gone; 2 for
     bad arguments."""
     from depthwatch.clock import TimeFormatError, parse_time_us
-    from depthwatch.logs import first_line
+    from depthwatch.export.command import range_or_depth_refused, read_failed
     from depthwatch.storage.db import make_engine, resolve_database_url, wait_for_database
 
     try:
@@ -234,12 +234,7 @@ def run_gaps(args: argparse.Namespace) -> int:
     except TimeFormatError as exc:
         log.error("%s", exc)
         return 2
-    if end_us <= start_us:
-        log.error("--end must be after --start")
-        return 2
-    if args.depth is not None and args.depth not in valid_depths(args.category, legacy=True):
-        listed = ", ".join(map(str, valid_depths(args.category, legacy=True)))
-        log.error("--depth %d: %s books have depth %s", args.depth, args.category, listed)
+    if range_or_depth_refused(log, start_us, end_us, args.category, args.depth):
         return 2
     symbols = (
         [s.strip().upper() for s in args.symbols.split(",") if s.strip()] if args.symbols else None
@@ -250,12 +245,8 @@ def run_gaps(args: argparse.Namespace) -> int:
         gaps = find_gaps(engine, args.category, symbols, start_us, end_us, args.depth)
         with engine.connect() as conn:
             kept_from = heartbeats_kept_from(conn)
-    except NotRecorded as exc:
-        log.error("%s", exc)
-        return 1
-    except sa.exc.OperationalError as exc:
-        log.error("the database went away (%s)", first_line(exc))
-        return 1
+    except (NotRecorded, sa.exc.OperationalError) as exc:
+        return read_failed(log, exc, "the database went away (%s)")
     finally:
         engine.dispose()
     end_us = min(end_us, now_us())

@@ -1,0 +1,43 @@
+"""What the two commands that read a recording, `depthwatch export` (cli.py)
+and `depthwatch gaps` (export/gaps.py), check and answer alike: the range and
+depth asked for (exit status 2 when wrong), and a read that failed for a
+missing recording or a database gone (one error line, exit status 1). Each
+line goes to the calling command's logger."""
+
+from __future__ import annotations
+
+import logging
+
+import sqlalchemy as sa
+
+from depthwatch.feed.topics import valid_depths
+from depthwatch.logs import first_line
+from depthwatch.storage.read.streams import NotRecorded
+
+
+def range_or_depth_refused(
+    log: logging.Logger, start_us: int, end_us: int, category: str, depth: int | None
+) -> bool:
+    """True, after an error line, for an end not after the start or a depth
+    no book of the category has (Bybit's depths, plus 500 from older archives)."""
+    if end_us <= start_us:
+        log.error("--end must be after --start")
+        return True
+    depths = valid_depths(category, legacy=True)
+    if depth is not None and depth not in depths:
+        listed = ", ".join(map(str, depths))
+        log.error("--depth %d: %s books have depth %s", depth, category, listed)
+        return True
+    return False
+
+
+def read_failed(
+    log: logging.Logger, exc: NotRecorded | sa.exc.OperationalError, went_away: str
+) -> int:
+    """Exit status 1, after an error line: the missing recording's message,
+    or for a database gone `went_away` (its %s: the error's first line)."""
+    if isinstance(exc, NotRecorded):
+        log.error("%s", exc)
+    else:
+        log.error(went_away, first_line(exc))
+    return 1
