@@ -16,7 +16,6 @@ from depthwatch.storage.read.rows import (
     VOLUME_SAMPLE_CHUNKS,
     BookEventRow,
     BookView,
-    HeatmapGrid,
     LastQuote,
     LastRecorded,
     Steps,
@@ -106,69 +105,51 @@ def latest_book(conn: sa.Connection, stream: Stream, levels: int, since_us: int)
 def heatmap_cells(
     conn: sa.Connection,
     stream: Stream,
-    start_us: int,
-    end_us: int,
-    grid: HeatmapGrid,
+    sql_filter: str,
+    params: dict[str, object],
     levels: int,
+    price_step: float,
 ) -> pd.DataFrame:
+    """tops.heatmap_cells of the depth snapshots `sql_filter` picks (with
+    `params`, :tb the time bucket in microseconds)."""
+    # `sql_filter` is a literal of tops.heatmap_cells, never user input.
     rows = conn.execute(
         sa.text(
-            """WITH cells AS (
+            f"""WITH cells AS (
                    SELECT d.ts_us, floor(l.price / :ps) AS pb, sum(l.size) AS size
                    FROM depth_snapshots d,
                         unnest((d.bid_prices[1:(:n)] || d.ask_prices[1:(:n)])::float8[],
                                (d.bid_sizes[1:(:n)] || d.ask_sizes[1:(:n)])::float8[])
                             AS l(price, size)
-                   WHERE d.instrument_id = :i AND d.depth = :d
-                     AND d.ts_us >= :s AND d.ts_us < :e
-                     AND (NOT :last OR d.ts_us % :tb = 0)
+                   WHERE d.instrument_id = :i AND d.depth = :d AND {sql_filter}
                    GROUP BY d.ts_us, pb)
                SELECT (ts_us / :tb) * :tb / 1000.0, pb * :ps, max(size)
                FROM cells GROUP BY 1, 2 ORDER BY 1, 2"""
         ),
-        {
-            "i": stream.instrument_id,
-            "d": stream.depth,
-            "s": start_us,
-            "e": end_us,
-            "n": levels,
-            "ps": grid.price_step,
-            "tb": int(grid.time_bucket_ms * 1000),
-            "last": grid.cell_rule == "last",
-        },
+        {"i": stream.instrument_id, "d": stream.depth, "n": levels, "ps": price_step, **params},
     ).all()
     return frame(rows, HEATMAP_COLUMNS)
 
 
 def imbalance(
-    conn: sa.Connection,
-    stream: Stream,
-    start_us: int,
-    end_us: int,
-    levels: int,
-    bucket_us: int,
+    conn: sa.Connection, stream: Stream, sql_filter: str, params: dict[str, object], levels: int
 ) -> pd.DataFrame:
+    """tops.imbalance_series of the depth snapshots `sql_filter` picks (with
+    `params`, :b the bucket in microseconds)."""
+    # `sql_filter` is a literal of tops.imbalance_series, never user input.
     rows = conn.execute(
         sa.text(
-            """WITH s AS (
+            f"""WITH s AS (
                    SELECT ts_us / :b AS bucket,
                           (SELECT sum(x) FROM unnest(bid_sizes[1:(:n)]::float8[]) x) AS bid,
                           (SELECT sum(x) FROM unnest(ask_sizes[1:(:n)]::float8[]) x) AS ask
                    FROM depth_snapshots
-                   WHERE instrument_id = :i AND depth = :d AND ts_us >= :s AND ts_us < :e
-                     AND ts_us % :b = 0)
+                   WHERE instrument_id = :i AND depth = :d AND {sql_filter})
                SELECT bucket * :b / 1000.0, avg(bid), avg(ask),
                       avg((bid - ask) / nullif(bid + ask, 0))
                FROM s GROUP BY bucket ORDER BY bucket"""
         ),
-        {
-            "i": stream.instrument_id,
-            "d": stream.depth,
-            "s": start_us,
-            "e": end_us,
-            "n": levels,
-            "b": bucket_us,
-        },
+        {"i": stream.instrument_id, "d": stream.depth, "n": levels, **params},
     ).all()
     return frame(rows, IMBALANCE_COLUMNS)
 

@@ -162,15 +162,18 @@ def heatmap_cells(
     windows (cell_rule "last"), only the snapshot stamped at each bucket's start:
     one snapshot per column keeps a 60 min window as cheap as a 10 min one.
     Packed snapshots are decoded and bucketed here; schema 1-3 ones in SQL."""
-    old = legacy.heatmap_cells(conn, stream, start_us, end_us, grid, levels)
     tb = int(grid.time_bucket_ms * 1000)
-    snaps = _snapshots(
-        conn,
-        stream,
-        "ts_us >= :s AND ts_us < :e AND (NOT :last OR ts_us % :tb = 0)",
-        {"s": start_us, "e": end_us, "last": grid.cell_rule == "last", "tb": tb},
-        levels,
-    )
+    # The same snapshots of both logs: the window's, or those stamped at a
+    # bucket's start.
+    which = "ts_us >= :s AND ts_us < :e AND (NOT :last OR ts_us % :tb = 0)"
+    params: dict[str, object] = {
+        "s": start_us,
+        "e": end_us,
+        "last": grid.cell_rule == "last",
+        "tb": tb,
+    }
+    old = legacy.heatmap_cells(conn, stream, which, params, levels, grid.price_step)
+    snaps = _snapshots(conn, stream, which, params, levels)
     if not len(snaps):
         return old
     cells = pd.DataFrame(
@@ -212,14 +215,11 @@ def imbalance_series(
     """IMBALANCE_COLUMNS: resting size of the top `levels` bids and asks in the
     periodic snapshot stamped at each bucket's start (snapshots fall on whole
     intervals, so one per bucket); imbalance = (b - a) / (b + a)."""
-    old = legacy.imbalance(conn, stream, start_us, end_us, levels, bucket_us)
-    snaps = _snapshots(
-        conn,
-        stream,
-        "ts_us >= :s AND ts_us < :e AND ts_us % :b = 0",
-        {"s": start_us, "e": end_us, "b": bucket_us},
-        levels,
-    )
+    # The same snapshots of both logs: those stamped at a bucket's start.
+    which = "ts_us >= :s AND ts_us < :e AND ts_us % :b = 0"
+    params: dict[str, object] = {"s": start_us, "e": end_us, "b": bucket_us}
+    old = legacy.imbalance(conn, stream, which, params, levels)
+    snaps = _snapshots(conn, stream, which, params, levels)
     if not len(snaps):
         return old
     count = len(snaps)
