@@ -185,6 +185,9 @@ class Book:
         return pd.DataFrame(rows, columns=["side", "price", "amount"])
 
 
+_SEQUENCE_GAP = "a sequence gap: the book is unknown until the next snapshot"
+
+
 def _levels(side: list[Level]) -> list[tuple[float, float]]:
     return [(float(p), float(a)) for p, a in side]
 
@@ -222,7 +225,7 @@ def book_at(
             reason = (
                 "no recorded book at or before this time"
                 if replay.last_ts_us is None
-                else "a sequence gap: the book is unknown until the next snapshot"
+                else _SEQUENCE_GAP
             )
             return Book(symbol, at_us, False, reason=reason)
         hole = _collector_hole(conn, category, symbol, stream.depth, at_us)
@@ -252,27 +255,19 @@ def book_states(
         replay = BookReplay(conn, _stream(conn, symbol, category, depth), start_us, end_us)
         book = replay.book
         applied: int | None = None  # the exchange time of the message just applied
+
+        def known(time_us: int) -> Book:
+            bids, asks = book.bids.top(levels), book.asks.top(levels)
+            return Book(symbol, time_us, True, _levels(bids), _levels(asks))
+
         for step in replay:
             if applied is not None:
-                yield Book(
-                    symbol,
-                    applied,
-                    True,
-                    _levels(book.bids.top(levels)),
-                    _levels(book.asks.top(levels)),
-                )
+                yield known(applied)
                 applied = None
             if step.kind is StepKind.START:
-                yield Book(
-                    symbol,
-                    start_us,
-                    True,
-                    _levels(book.bids.top(levels)),
-                    _levels(book.asks.top(levels)),
-                )
+                yield known(start_us)
             elif step.kind is StepKind.LOST and step.event is not None:
-                reason = "a sequence gap: the book is unknown until the next snapshot"
-                yield Book(symbol, step.event.ts_us, False, reason=reason)
+                yield Book(symbol, step.event.ts_us, False, reason=_SEQUENCE_GAP)
             elif step.kind is StepKind.APPLY and step.event is not None:
                 applied = step.event.ts_us
 
