@@ -11,7 +11,7 @@ last, with the book after the final message.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Generic, TypeVar
@@ -38,6 +38,7 @@ class StepKind(Enum):
 
 
 EventT = TypeVar("EventT", BookEventRow, IntBookEvent)
+BookT = TypeVar("BookT", OrderBook, IntBook)
 
 
 @dataclass(slots=True)  # not frozen: one is made per message, and frozen ones cost 2.5x
@@ -46,13 +47,22 @@ class Step(Generic[EventT]):
     event: EventT | None
 
 
-class Replay(Generic[EventT]):
+class Replay(Generic[EventT, BookT]):
     """Iterate to get the Steps; `book` is the replayed book and `valid` whether
     it is known (read them at each step: they are updated between steps).
-    Subclasses say which book: BookReplay (the exchange's text, OrderBook),
-    IntBookReplay (exact integers, IntBook)."""
+    Subclasses say which book, read by which reader of the log, and how a
+    checkpoint loads into it and a message applies: BookReplay (the exchange's
+    text, OrderBook), IntBookReplay (exact integers, IntBook)."""
 
-    def __init__(self, conn: sa.Connection, stream: Stream, start_us: int, end_us: int):
+    def __init__(
+        self,
+        conn: sa.Connection,
+        stream: Stream,
+        start_us: int,
+        end_us: int,
+        book: BookT,
+        read: Callable[[sa.Connection, Stream, int, int], Iterator[EventT]],
+    ):
         self.conn = conn
         self.stream = stream
         self.depth = stream.depth
@@ -62,6 +72,9 @@ class Replay(Generic[EventT]):
         self.last_u = 0
         self.last_ts_us: int | None = None  # exchange time of the last applied message
         self.last_local_us = 0  # its arrival time
+        self.book: BookT = book
+        # The log's messages with from_us <= ts < end_us, in the order they apply.
+        self._read: Callable[[sa.Connection, Stream, int, int], Iterator[EventT]] = read
 
     def _from_us(self) -> int:
         """Where to start reading: the latest whole book before `start` (a
@@ -80,13 +93,7 @@ class Replay(Generic[EventT]):
             self.last_ts_us, self.last_local_us = checkpoint.ts_us, checkpoint.local_us
         return from_us
 
-    def _events(self, from_us: int) -> Iterator[EventT]:
-        raise NotImplementedError
-
     def _load(self, checkpoint: Checkpoint) -> None:
-        raise NotImplementedError
-
-    def _clear(self) -> None:
         raise NotImplementedError
 
     def _apply(self, event: EventT) -> None:
@@ -95,7 +102,7 @@ class Replay(Generic[EventT]):
     def __iter__(self) -> Iterator[Step[EventT]]:
         from_us = self._from_us()
         in_range = False
-        for event in self._events(from_us):
+        for event in self._read(self.conn, self.stream, from_us, self.end_us):
             if not in_range and event.ts_us >= self.start_us:
                 in_range = True
                 if self.valid:
@@ -108,7 +115,7 @@ class Replay(Generic[EventT]):
                     yield Step(StepKind.LOST, event)
                 if in_range:
                     yield Step(StepKind.APPLY, event)
-                self._clear()
+                self.book.clear()
                 self.valid = True
             elif not self.valid or event.u <= self.last_u:
                 continue  # waiting for a snapshot, or a duplicate of what is applied
@@ -127,21 +134,14 @@ class Replay(Generic[EventT]):
         yield Step(StepKind.END, None)
 
 
-class BookReplay(Replay[BookEventRow]):
+class BookReplay(Replay[BookEventRow, OrderBook]):
     """The book as the exchange wrote it: decimal texts (OrderBook)."""
 
     def __init__(self, conn: sa.Connection, stream: Stream, start_us: int, end_us: int):
-        super().__init__(conn, stream, start_us, end_us)
-        self.book = OrderBook()
-
-    def _events(self, from_us: int) -> Iterator[BookEventRow]:
-        return book_events(self.conn, self.stream, from_us, self.end_us)
+        super().__init__(conn, stream, start_us, end_us, OrderBook(), book_events)
 
     def _load(self, checkpoint: Checkpoint) -> None:
         self.book.apply_levels(checkpoint.bids, checkpoint.asks)
-
-    def _clear(self) -> None:
-        self.book.clear()
 
     def _apply(self, event: BookEventRow) -> None:
         book = self.book
@@ -149,23 +149,16 @@ class BookReplay(Replay[BookEventRow]):
         book.asks.apply([[p, s] for p, s in zip(event.ask_prices, event.ask_sizes, strict=True)])
 
 
-class IntBookReplay(Replay[IntBookEvent]):
+class IntBookReplay(Replay[IntBookEvent, IntBook]):
     """The book in exact integers (IntBook), watching its top `levels`."""
 
     def __init__(
         self, conn: sa.Connection, stream: Stream, start_us: int, end_us: int, levels: int
     ):
-        super().__init__(conn, stream, start_us, end_us)
-        self.book = IntBook(levels)
-
-    def _events(self, from_us: int) -> Iterator[IntBookEvent]:
-        return int_book_events(self.conn, self.stream, from_us, self.end_us)
+        super().__init__(conn, stream, start_us, end_us, IntBook(levels), int_book_events)
 
     def _load(self, checkpoint: Checkpoint) -> None:
         self.book.load_levels(checkpoint.bids, checkpoint.asks)
-
-    def _clear(self) -> None:
-        self.book.clear()
 
     def _apply(self, event: IntBookEvent) -> None:
         self.book.apply(event)
