@@ -48,6 +48,21 @@ class Migration:
     statements: tuple[str, ...]
 
 
+# The columns the schema 1-3 book tables (book_events, quotes, depth_snapshots,
+# book_checkpoints) share: whose book a row is (instrument, depth), its
+# exchange and receive times; and, in those holding levels, a book's levels as
+# parallel numeric arrays. Part of migrations 1 and 2, so never changed: a new
+# table writes its own columns.
+_STREAM_ROW = """instrument_id integer NOT NULL,
+                depth smallint NOT NULL,
+                ts_us bigint NOT NULL,
+                local_us bigint NOT NULL,"""
+_LEVEL_ARRAYS = """bid_prices numeric[] NOT NULL,
+                bid_sizes numeric[] NOT NULL,
+                ask_prices numeric[] NOT NULL,
+                ask_sizes numeric[] NOT NULL,"""
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -63,26 +78,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             # Lossless log: every snapshot and delta applied to a valid book, with
             # its changed levels as parallel numeric arrays (one row per message:
             # narrow enough to COPY fast, exact to the digit).
-            """CREATE TABLE book_events (
-                instrument_id integer NOT NULL,
-                depth smallint NOT NULL,
-                ts_us bigint NOT NULL,
-                local_us bigint NOT NULL,
+            f"""CREATE TABLE book_events (
+                {_STREAM_ROW}
                 match_us bigint,
                 u bigint NOT NULL,
                 seq bigint NOT NULL,
                 is_snapshot boolean NOT NULL,
-                bid_prices numeric[] NOT NULL,
-                bid_sizes numeric[] NOT NULL,
-                ask_prices numeric[] NOT NULL,
-                ask_sizes numeric[] NOT NULL,
+                {_LEVEL_ARRAYS}
                 PRIMARY KEY (instrument_id, depth, ts_us, u, is_snapshot)
             ) PARTITION BY RANGE (ts_us)""",
-            """CREATE TABLE quotes (
-                instrument_id integer NOT NULL,
-                depth smallint NOT NULL,
-                ts_us bigint NOT NULL,
-                local_us bigint NOT NULL,
+            f"""CREATE TABLE quotes (
+                {_STREAM_ROW}
                 u bigint NOT NULL,
                 bid_price numeric,
                 bid_size numeric,
@@ -90,16 +96,10 @@ MIGRATIONS: tuple[Migration, ...] = (
                 ask_size numeric,
                 PRIMARY KEY (instrument_id, depth, ts_us, u)
             ) PARTITION BY RANGE (ts_us)""",
-            """CREATE TABLE depth_snapshots (
-                instrument_id integer NOT NULL,
-                depth smallint NOT NULL,
-                ts_us bigint NOT NULL,
-                local_us bigint NOT NULL,
+            f"""CREATE TABLE depth_snapshots (
+                {_STREAM_ROW}
                 u bigint NOT NULL,
-                bid_prices numeric[] NOT NULL,
-                bid_sizes numeric[] NOT NULL,
-                ask_prices numeric[] NOT NULL,
-                ask_sizes numeric[] NOT NULL,
+                {_LEVEL_ARRAYS}
                 PRIMARY KEY (instrument_id, depth, ts_us)
             ) PARTITION BY RANGE (ts_us)""",
             """CREATE TABLE trades (
@@ -132,17 +132,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         2,
         "book checkpoints: the whole book hourly, so rebuilds start close by",
         (
-            """CREATE TABLE book_checkpoints (
-                instrument_id integer NOT NULL,
-                depth smallint NOT NULL,
-                ts_us bigint NOT NULL,
-                local_us bigint NOT NULL,
+            f"""CREATE TABLE book_checkpoints (
+                {_STREAM_ROW}
                 u bigint NOT NULL,
                 seq bigint NOT NULL,
-                bid_prices numeric[] NOT NULL,
-                bid_sizes numeric[] NOT NULL,
-                ask_prices numeric[] NOT NULL,
-                ask_sizes numeric[] NOT NULL,
+                {_LEVEL_ARRAYS}
                 PRIMARY KEY (instrument_id, depth, ts_us)
             ) PARTITION BY RANGE (ts_us)""",
         ),
