@@ -55,6 +55,10 @@ Speed notes (measured on PostgreSQL 18, see tests/test_sql_functions.py):
   forwards and the tops columns *backwards* from the end of the payload
   (a varint's last byte is the only one below 0x80, so varints can be read
   in reverse), never touching the level bytes.
+
+Why one file of ~600 lines: it is the third decoder of codec.py's layout
+(beside the NumPy encoder and decoder), SQL text built from shared pieces;
+checked against codec.py line by line, it is best read whole.
 """
 
 from __future__ import annotations
