@@ -23,7 +23,7 @@ from depthwatch.storage import schema
 from depthwatch.storage.db import make_engine
 from depthwatch.storage.read.book import book_events
 from depthwatch.storage.read.rows import BookEventRow
-from depthwatch.storage.read.streams import find_stream, list_streams
+from depthwatch.storage.read.streams import NotRecorded, find_stream, list_streams
 from depthwatch.storage.write import BatchWriter, WriterConfig
 
 ALL_TIME = (0, 4_102_444_800_000_000)  # 1970 .. 2100
@@ -198,9 +198,7 @@ def truth_levels(state: TruthState) -> tuple[list, list]:
 
 def recorded_sequence(engine: sa.Engine, stream: StreamKey) -> list[tuple[int, int, bool]]:
     """(u, seq, is_snapshot) of the recorded messages, in the export's order."""
-    with engine.connect() as conn:
-        recorded = find_stream(conn, stream.category, stream.symbol, stream.depth)
-        return [(e.u, e.seq, e.is_snapshot) for e in book_events(conn, recorded, *ALL_TIME)]
+    return [(e.u, e.seq, e.is_snapshot) for e in stored_book_events(engine, stream)]
 
 
 def assert_export_matches_truth(
@@ -250,9 +248,13 @@ def stored_feed_events(engine: sa.Engine) -> list[StoredEvent]:
 
 
 def stored_book_events(engine: sa.Engine, stream: StreamKey) -> list[BookEventRow]:
-    """The recorded messages of a stream, in the order they apply."""
+    """The recorded messages of a stream, in the order they apply (none yet:
+    an empty list, as while a collector starts)."""
     with engine.connect() as conn:
-        recorded = find_stream(conn, stream.category, stream.symbol, stream.depth)
+        try:
+            recorded = find_stream(conn, stream.category, stream.symbol, stream.depth)
+        except NotRecorded:
+            return []
         return list(book_events(conn, recorded, *ALL_TIME))
 
 
