@@ -11,4 +11,8 @@ page.
 - health: collectors and what the database holds;
 - legacy: every schema 1-3 reader, merged in by the others;
 - rows: the records they return; frames: the dashboard's DataFrame columns.
+
+pandas is imported only inside the readers that build a DataFrame (the
+dashboard's): an export or the collector never loads it (~35 MB and ~0.5 s of
+a CSV export's start, measured against c1fcc69).
 """

@@ -6,9 +6,9 @@ happened to a stream, and which collectors were recording it. Receive times
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import sqlalchemy as sa
 
 from depthwatch.coverage import EVENT_KINDS, StreamEvent
@@ -16,6 +16,9 @@ from depthwatch.records import SECOND_US
 from depthwatch.storage.read.frames import EVENT_COLUMNS, frame
 from depthwatch.storage.read.rows import Heartbeats, HeartbeatView
 from depthwatch.storage.read.streams import Stream
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # The stream's events before a range that can still hold a gap open at its
 # start: the writer's `rows_dropped` gap can stay open while the book loses

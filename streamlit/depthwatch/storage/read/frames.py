@@ -5,9 +5,12 @@ the epoch, UTC), which plotly draws on a date axis and ships as typed arrays."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Column contracts shared with the figure builders (depthwatch.app.figures).
 TOP_COLUMNS = ("t_ms", "bid", "ask", "bid_min", "ask_max", "mid", "spread_bps", "spread_bps_max")
@@ -29,6 +32,8 @@ _TEXT_COLUMNS = frozenset({"kind", "detail", "side", "stream_level", "collector"
 
 
 def frame(rows: Sequence[Sequence[object]], columns: Sequence[str]) -> pd.DataFrame:
+    import pandas as pd  # the dashboard's: the exports never build a frame
+
     if not _TEXT_COLUMNS.intersection(columns):
         # All numbers: one numpy conversion costs a fraction of building the
         # frame record by record (measured: most of a 25,000-cell heatmap read).

@@ -6,8 +6,8 @@ Each returns the same records as its packed twin (rows.py)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import sqlalchemy as sa
 
 from depthwatch.storage.read.cursor import stream_rows
@@ -22,6 +22,9 @@ from depthwatch.storage.read.rows import (
     VolumeSample,
 )
 from depthwatch.storage.read.streams import Stream
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def book_events(
@@ -93,6 +96,8 @@ def latest_book(conn: sa.Connection, stream: Stream, levels: int, since_us: int)
     ).first()
     if row is None:
         return None
+    import pandas as pd  # the dashboard's: the exports never build a frame
+
     ts_us, local_us, bid_prices, bid_sizes, ask_prices, ask_sizes = row
     return BookView(
         int(ts_us),

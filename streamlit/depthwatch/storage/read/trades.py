@@ -4,13 +4,16 @@ for the live chart, and a cheap count for the History page."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import sqlalchemy as sa
 
 from depthwatch.storage.read.book import stream_rows
 from depthwatch.storage.read.frames import TRADE_COLUMNS, frame
 from depthwatch.storage.read.rows import TradeCount
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def trades(conn: sa.Connection, iid: int, start_us: int, end_us: int) -> Iterator[sa.Row]:
