@@ -96,17 +96,22 @@ def cli_env() -> dict[str, str]:
     env["PYTHONPATH"] = str(SRC)
     for name in ("DATABASE_URL", "DASHBOARD_DATABASE_URL", "BYBIT_WS_URL"):
         env.pop(name, None)
+    for name in list(env):
+        if name.startswith("AWS_") or name == "DEPTHWATCH_ARCHIVE_URL":
+            env.pop(name)
     return env
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """`depthwatch ARGS...` as a user runs it; output captured."""
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`depthwatch ARGS...` as a user runs it (`env` added to cli_env()); output captured."""
     return subprocess.run(
         [sys.executable, "-m", "depthwatch.cli", *args],
         capture_output=True,
         text=True,
-        env=cli_env(),
-        timeout=120,
+        env={**cli_env(), **(env or {})},
+        timeout=timeout,
     )
 
 

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STOP_TIMEOUT_S = 15.0
 PROCESS_POLL_S = 0.25
 # Subcommands that open the database (the embedded one when given no URL).
-DATABASE_COMMANDS = frozenset({"collect", "up", "dashboard", "export", "gaps", "db"})
+DATABASE_COMMANDS = frozenset({"collect", "up", "dashboard", "export", "gaps", "db", "archive"})
 
 
 @dataclass

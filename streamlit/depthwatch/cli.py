@@ -151,6 +151,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_database_arguments(export)
 
+    from depthwatch.config import add_archive_arguments
+
+    archive = sub.add_parser(
+        "archive",
+        help="write every finished UTC day to the archive as Parquet files (or csv.gz)",
+        description="For every recorded stream and every finished UTC day not yet archived "
+        "(or changed since: late rows), write the day's incremental_book_L2, quotes, trades "
+        "and gaps as Parquet files in a hive layout "
+        "(EXCHANGE/KIND/symbol=S/depth=D/date=YYYY-MM-DD/), read each back, then write the "
+        "day's manifest: no manifest means not archived, and a rerun finishes the work. "
+        "One run at a time per database (a second one exits 0 at once).",
+    )
+    add_archive_arguments(archive)
+
     from depthwatch.export.gaps import add_gaps_arguments
 
     gaps = sub.add_parser(
@@ -233,6 +247,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _db_upgrade(args)
     if args.command == "export":
         return _export(args)
+    if args.command == "archive":
+        return _archive(args)
     if args.command == "gaps":
         from depthwatch.export.gaps import run_gaps
 
@@ -309,6 +325,27 @@ def _db_create_readonly_role(args: argparse.Namespace) -> int:
         log.warning("note: %s", note)
     print(f"DASHBOARD_DATABASE_URL={roles.role_url(url, role.name, password)}", flush=True)
     return 0
+
+
+def _archive(args: argparse.Namespace) -> int:
+    from depthwatch.archive.run import ArchiveOptions, run_archive
+    from depthwatch.archive.store import StoreError, open_store
+    from depthwatch.config import archive_url
+    from depthwatch.storage.db import make_engine, resolve_database_url, wait_for_database
+
+    url = archive_url(args)
+    try:
+        store = open_store(url, args.retry_for)
+    except StoreError as exc:
+        log.error("--archive-url: %s", exc)
+        return 2
+    formats = tuple(dict.fromkeys(["parquet", *(args.format or [])]))
+    engine = make_engine(resolve_database_url(args.database_url, args.data_dir), pool_size=2)
+    try:
+        wait_for_database(engine, args.database_wait)
+        return run_archive(engine, store, ArchiveOptions(formats, args.verify))
+    finally:
+        engine.dispose()
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from depthwatch.feed.topics import CATEGORIES, valid_depths, ws_url
+from depthwatch.feed.topics import CATEGORIES, is_symbol, valid_depths, ws_url
 from depthwatch.records import DEFAULT_HEARTBEAT_INTERVAL_S
 
 
@@ -112,7 +112,7 @@ class CollectorConfig:
         if not self.symbols:
             raise ConfigError("no symbols given (--symbols BTCUSDT,ETHUSDT)")
         for symbol in self.symbols:
-            if not (symbol.isascii() and symbol.replace("-", "").replace("_", "").isalnum()):
+            if not is_symbol(symbol):
                 raise ConfigError(f"{symbol!r} is not a Bybit symbol (letters, digits, '-')")
         allowed = valid_depths(self.category, self.legacy_depths)
         for depth in self.depths:
@@ -180,6 +180,66 @@ def add_database_arguments(parser: argparse.ArgumentParser) -> None:
         60.0,
         "seconds to keep retrying an unreachable database before giving up",
     )
+
+
+ARCHIVE_URL_ENV = "DEPTHWATCH_ARCHIVE_URL"
+
+
+def archive_url_from_env() -> str | None:
+    """DEPTHWATCH_ARCHIVE_URL: where `depthwatch archive` writes, if set."""
+    return _env(ARCHIVE_URL_ENV, "") or None
+
+
+def default_archive_dir(data_dir: Path) -> Path:
+    """The archive beside the embedded database: <data dir>/archive."""
+    return data_dir / "archive"
+
+
+def add_archive_arguments(parser: argparse.ArgumentParser) -> None:
+    from depthwatch.archive.layout import CSV_GZ, PARQUET
+    from depthwatch.archive.store import DEFAULT_RETRY_FOR_S
+
+    parser.add_argument(
+        "--archive-url",
+        default=archive_url_from_env(),
+        help="a directory, or s3://bucket/prefix (endpoint: AWS_ENDPOINT_URL; keys: "
+        f"AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) (env {ARCHIVE_URL_ENV}); unset: "
+        "<data dir>/archive beside the embedded database",
+    )
+    parser.add_argument(
+        "--format",
+        action="append",
+        choices=[PARQUET, CSV_GZ],
+        help="parquet is always written; --format csv.gz also writes Tardis's gzip CSVs",
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="first read back every archived file: a missing or changed one is archived "
+        "again while the database still holds its day, else reported lost (exit 1)",
+    )
+    _add_number(
+        parser,
+        "--retry-for",
+        float,
+        "DEPTHWATCH_ARCHIVE_RETRY_S",
+        DEFAULT_RETRY_FOR_S,
+        "seconds to keep retrying a failing store (with backoff) before exiting 1",
+    )
+    add_database_arguments(parser)
+
+
+def archive_url(args: argparse.Namespace) -> str:
+    """--archive-url, else the embedded database's archive; ConfigError when
+    the database is a server's and no archive is named."""
+    if args.archive_url:
+        return str(args.archive_url)
+    if args.database_url:
+        raise ConfigError(
+            f"no archive named for this database: give --archive-url or {ARCHIVE_URL_ENV} "
+            "(a directory or s3://bucket/prefix)"
+        )
+    return str(default_archive_dir(args.data_dir))
 
 
 def add_collector_arguments(parser: argparse.ArgumentParser) -> None:

@@ -35,6 +35,12 @@ TARDIS_EXCHANGE = {
 }
 
 
+def is_symbol(text: str) -> bool:
+    """Whether `text` can be a Bybit symbol: ASCII letters, digits, '-' and '_'
+    (so it is also safe in a topic, a file name and an archive path)."""
+    return bool(text) and text.isascii() and text.replace("-", "").replace("_", "").isalnum()
+
+
 def ws_url(category: str, testnet: bool = False) -> str:
     return (TESTNET_WS if testnet else MAINNET_WS).format(category=category)
 

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # Arbitrary constants naming our advisory locks (pg_advisory_xact_lock takes a bigint).
 SCHEMA_LOCK = 0x64657074_6801
 PARTITION_LOCK = 0x64657074_6802
+ARCHIVE_LOCK = 0x64657074_6803  # held by a `depthwatch archive` run for its whole length
 
 PARTITIONED_TABLES = (
     "book_events",
@@ -230,6 +231,38 @@ MIGRATIONS: tuple[Migration, ...] = (
             ) PARTITION BY RANGE (ts_us)""",
             # psql readers of the packed log (storage/sql_functions.py).
             *sql_functions.STATEMENTS,
+        ),
+    ),
+    Migration(
+        5,
+        "archive: which stream-days are archived, and each archive run",
+        (
+            # One row per archived stream-day (storage/archived.py): the
+            # database's counts when it was archived (a late row changes them),
+            # and what its manifest says. The manifest in the archive is the
+            # proof; this row is how the Health page and retention find it fast.
+            """CREATE TABLE archived_days (
+                stream_id integer NOT NULL REFERENCES streams (id),
+                day integer NOT NULL,
+                chunks bigint NOT NULL,
+                messages bigint NOT NULL,
+                legacy_events bigint NOT NULL,
+                trades bigint NOT NULL,
+                feed_events bigint NOT NULL,
+                heartbeats bigint NOT NULL,
+                files integer NOT NULL,
+                bytes bigint NOT NULL,
+                manifest_sha256 text NOT NULL,
+                archive_url text NOT NULL,
+                archived_us bigint NOT NULL,
+                PRIMARY KEY (stream_id, day))""",
+            """CREATE TABLE archive_runs (
+                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                started_us bigint NOT NULL,
+                ended_us bigint,
+                archive_url text NOT NULL,
+                days_archived integer NOT NULL DEFAULT 0,
+                failure text)""",
         ),
     ),
 )

@@ -1,0 +1,342 @@
+"""`depthwatch archive`: every finished UTC day of every recorded stream,
+written to the archive once, checked, and proved by a manifest.
+
+A run, under the database's archive lock (a second run at once finds it taken
+and does nothing):
+1. checks the store can be written (one line saying why not);
+2. with --verify, reads back every file every manifest names; a file missing or
+   changed takes its manifest away, so the day is archived again below while
+   the database still holds it, or is reported lost;
+3. finds the stream-days to write: finished days with recorded book messages
+   and no manifest, or whose counts in the database changed since (late rows);
+4. writes each: its files (export.tardis's rows, so the archive and
+   `depthwatch export --split daily` agree) made in a scratch directory,
+   uploaded, read back and compared, then the manifest, then the database's row.
+A run killed anywhere leaves no manifest for the day it was on; the next run
+writes that day again. The same recording gives the same bytes, file by file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from depthwatch import __version__
+from depthwatch.archive.layout import ARCHIVED_KINDS, MANIFESTS, PARQUET, StreamDay
+from depthwatch.archive.manifest import ArchivedFile, Manifest
+from depthwatch.archive.store import ArchiveStore, StoreError
+from depthwatch.clock import DAY_US, SECOND_US, now_us, utc_day
+from depthwatch.export import kinds
+from depthwatch.export.files import write_file
+from depthwatch.export.tardis import ExportRequest, check_requests
+from depthwatch.feed.topics import TARDIS_EXCHANGE
+from depthwatch.logs import first_line
+from depthwatch.storage import archived, schema
+from depthwatch.storage.archived import SourceCounts
+from depthwatch.storage.read.streams import Stream, list_streams
+
+log = logging.getLogger("depthwatch.archive")
+
+# A day is finished this long after its midnight: rows of its last seconds are
+# committed by then (the writer's hold and flush take seconds). Rows later
+# still (a journal drained hours on) are found by their counts.
+SETTLE_US = 10 * 60 * SECOND_US
+
+# The column holding each kind's exchange time (for a file's time range).
+TIME_COLUMN = {kinds.GAPS: "start_timestamp"}
+
+
+def finished_before(now: int) -> int:
+    """The end of the last finished UTC day (its midnight, SETTLE_US ago at least)."""
+    settled = now - SETTLE_US
+    return settled - settled % DAY_US
+
+
+@dataclass(frozen=True)
+class ArchiveOptions:
+    formats: tuple[str, ...] = (PARQUET,)  # Parquet always; csv.gz as well if asked
+    verify: bool = False
+
+
+@dataclass(frozen=True)
+class Pending:
+    stream: Stream
+    day: int  # days since the epoch
+    counts: SourceCounts
+
+    @property
+    def stream_day(self) -> StreamDay:
+        exchange = TARDIS_EXCHANGE[self.stream.category]
+        return StreamDay(exchange, self.stream.symbol, self.stream.depth, utc_day(self.start_us))
+
+    @property
+    def start_us(self) -> int:
+        return self.day * DAY_US
+
+
+@dataclass
+class RunResult:
+    archived: int = 0
+    lost: list[str] | None = None
+    failure: str | None = None
+
+    @property
+    def problem(self) -> str | None:
+        """What the Health page shows as the run's failure."""
+        if self.failure:
+            return self.failure
+        return f"lost: {', '.join(self.lost)}" if self.lost else None
+
+
+def run_archive(engine: sa.Engine, store: ArchiveStore, options: ArchiveOptions) -> int:
+    """The whole run; exit status 0 when every finished day is archived, 1
+    when something failed or was found lost (logged, one line each). The
+    run, and its failure, are recorded in archive_runs for the Health page."""
+    try:
+        schema.upgrade(engine)
+        with engine.connect() as lock:
+            if not archived.try_archive_lock(lock):
+                log.info("another `depthwatch archive` is running on this database; nothing to do")
+                return 0
+            with engine.begin() as conn:
+                run_id = archived.start_run(conn, store.shown, now_us())
+            result = _run(engine, store, options)
+            with engine.begin() as conn:
+                archived.finish_run(conn, run_id, result.archived, result.problem, now_us())
+    except (sa.exc.ProgrammingError, sa.exc.InternalError) as exc:
+        # A role that may not write (the dashboard's read-only one, say).
+        log.error("the database refused the archive's writes: %s", first_line(exc))
+        return 1
+    except sa.exc.OperationalError as exc:
+        log.error("the database went away: %s; days not archived stay in it", first_line(exc))
+        return 1
+    if result.failure:
+        log.error("%s; days not archived stay in the database", result.failure)
+        return 1
+    if result.lost:
+        lost = len(result.lost)
+        log.error("lost: %d archived days are damaged and no longer in the database", lost)
+        return 1
+    return 0
+
+
+def _run(engine: sa.Engine, store: ArchiveStore, options: ArchiveOptions) -> RunResult:
+    result = RunResult(lost=[])
+    try:
+        store.check()
+        _archive(engine, store, options, result)
+    except StoreError as exc:
+        result.failure = str(exc)
+    return result
+
+
+def _archive(
+    engine: sa.Engine, store: ArchiveStore, options: ArchiveOptions, result: RunResult
+) -> None:
+    with engine.connect() as conn:
+        streams = {s.id: s for s in list_streams(conn)}
+        counts = archived.day_counts(conn, finished_before(now_us()))
+        done = archived.archived(conn)
+    if options.verify:
+        _verify(engine, store, streams, counts, done, result)
+    manifests = _manifest_paths(store, streams.values())
+    todo = [
+        Pending(streams[sid], day, c)
+        for (sid, day), c in sorted(counts.items(), key=lambda item: (item[0][1], item[0][0]))
+        if c.has_book and not _is_archived(store, streams[sid], day, c, done, manifests)
+    ]
+    if not todo:
+        log.info("archive %s: every finished day is archived", store)
+        return
+    log.info("archive %s: %d stream-days to write", store, len(todo))
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="depthwatch-archive-") as scratch:
+        for index, pending in enumerate(todo, 1):
+            began = time.monotonic()
+            manifest = archive_day(engine, store, pending, options, Path(scratch))
+            result.archived += 1
+            elapsed = time.monotonic() - started
+            eta = elapsed / index * (len(todo) - index)
+            l2 = sum(f.rows for f in manifest.files if f.kind == kinds.L2 and f.format == PARQUET)
+            log.info(
+                "archived %s (%d/%d): %d files, %.1f MB, %d L2 rows in %.1f s; ETA %.0f s",
+                pending.stream_day,
+                index,
+                len(todo),
+                len(manifest.files),
+                manifest.bytes / 1e6,
+                l2,
+                time.monotonic() - began,
+                eta,
+            )
+
+
+def _manifest_paths(store: ArchiveStore, streams: Iterable[Stream]) -> set[str]:
+    """Every manifest in the archive for these streams' exchanges (one listing each)."""
+    exchanges = sorted({TARDIS_EXCHANGE[s.category] for s in streams})
+    return {path for e in exchanges for path in store.list(f"{e}/{MANIFESTS}")}
+
+
+def _is_archived(
+    store: ArchiveStore,
+    stream: Stream,
+    day: int,
+    counts: SourceCounts,
+    done: dict[tuple[int, int], tuple[SourceCounts, str]],
+    manifests: set[str],
+) -> bool:
+    """A manifest exists and was made from what the database holds now."""
+    pending = Pending(stream, day, counts)
+    path = pending.stream_day.manifest_path()
+    if path not in manifests:
+        return False
+    known = done.get((stream.id, day))
+    if known is not None:
+        return known[0] == counts
+    # A manifest the database has no row for (the database was restored, say):
+    # its own counts decide.
+    try:
+        return Manifest.from_json(store.read(path)).source == counts
+    except (ValueError, FileNotFoundError):
+        return False
+
+
+def archive_day(
+    engine: sa.Engine,
+    store: ArchiveStore,
+    pending: Pending,
+    options: ArchiveOptions,
+    scratch: Path,
+) -> Manifest:
+    """Write one stream-day: its files, each read back and compared, then its
+    manifest, then the database's row. StoreError if the store fails."""
+    stream, day = pending.stream, pending.stream_day
+    start, end = pending.start_us, pending.start_us + DAY_US
+    files: list[ArchivedFile] = []
+    for kind in ARCHIVED_KINDS:
+        depth = None if kind == kinds.TRADES else stream.depth
+        request = ExportRequest(kind, stream.category, stream.symbol, start, end, depth)
+        (planned,) = check_requests(engine, [request])
+        for fmt in (PARQUET, *[f for f in options.formats if f != PARQUET]):
+            local = scratch / f"{kind}.{fmt}"
+            rows = write_file(engine, [planned], fmt, local, progress_to=None)
+            first, last = _time_range(local, kind) if fmt == PARQUET else (None, None)
+            if fmt != PARQUET:  # the same rows as the Parquet file just made
+                parquet = next(f for f in files if f.kind == kind and f.format == PARQUET)
+                first, last = parquet.first_timestamp, parquet.last_timestamp
+            sha, size = _digest(local)
+            path = day.file_path(kind, fmt)
+            store.put(path, local)
+            _check_stored(store, path, size, sha)
+            files.append(ArchivedFile(kind, fmt, path, rows, size, sha, first, last))
+            local.unlink()
+    manifest = Manifest(
+        day.exchange,
+        stream.category,
+        stream.symbol,
+        stream.depth,
+        day.date,
+        __version__,
+        schema.MIGRATIONS[-1].version,
+        pending.counts,
+        tuple(files),
+    )
+    data = manifest.to_json()
+    store.put_bytes(day.manifest_path(), data, scratch / "manifest.json")
+    _check_stored(store, day.manifest_path(), len(data), hashlib.sha256(data).hexdigest())
+    with engine.begin() as conn:
+        archived.record_archived(
+            conn,
+            stream.id,
+            pending.day,
+            pending.counts,
+            len(files),
+            manifest.bytes,
+            hashlib.sha256(data).hexdigest(),
+            store.shown,
+            now_us(),
+        )
+    return manifest
+
+
+def _check_stored(store: ArchiveStore, path: str, size: int, sha: str) -> None:
+    """The object as read back is the file written, or StoreError."""
+    stored = store.stored(path)
+    if stored is None or stored.bytes != size or stored.sha256 != sha:
+        raise StoreError(f"{path} in {store} does not read back as written ({stored})")
+
+
+def _digest(path: Path) -> tuple[str, int]:
+    sha = hashlib.sha256()
+    with path.open("rb") as src:
+        while block := src.read(1 << 20):
+            sha.update(block)
+    return sha.hexdigest(), path.stat().st_size
+
+
+def _time_range(path: Path, kind: str) -> tuple[int | None, int | None]:
+    """The first and last exchange time in a Parquet file made by the export."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    column = pq.read_table(path, columns=[TIME_COLUMN.get(kind, "timestamp")]).column(0)
+    if len(column) == 0:
+        return None, None
+    extremes = pc.min_max(column)
+    return int(extremes["min"].as_py()), int(extremes["max"].as_py())
+
+
+def _verify(
+    engine: sa.Engine,
+    store: ArchiveStore,
+    streams: dict[int, Stream],
+    counts: dict[tuple[int, int], SourceCounts],
+    done: dict[tuple[int, int], tuple[SourceCounts, str]],
+    result: RunResult,
+) -> None:
+    """Read back every file of every manifest. A damaged day the database
+    still holds loses its manifest (and row), so it is archived again below;
+    one it no longer holds keeps them and is reported lost."""
+    held = {}
+    for sid, day in counts:
+        held[Pending(streams[sid], day, counts[(sid, day)]).stream_day.manifest_path()] = (sid, day)
+    paths = sorted(_manifest_paths(store, streams.values()))
+    for path in paths:
+        problem = _manifest_problem(store, path)
+        if problem is None:
+            continue
+        if path not in held:
+            log.error("verify: %s: %s; the day is no longer in the database: lost", path, problem)
+            assert result.lost is not None
+            result.lost.append(path)
+            continue
+        log.warning("verify: %s: %s; archiving the day again from the database", path, problem)
+        store.delete(path)
+        with engine.begin() as conn:
+            archived.forget_archived(conn, *held[path])
+        done.pop(held[path], None)
+    log.info("verify: %d manifests read back", len(paths))
+
+
+def _manifest_problem(store: ArchiveStore, path: str) -> str | None:
+    """What is wrong with the manifest at `path` or a file it names, or None."""
+    try:
+        manifest = Manifest.from_json(store.read(path))
+    except FileNotFoundError:
+        return "the manifest vanished"
+    except ValueError as exc:
+        return str(exc)
+    for file in manifest.files:
+        stored = store.stored(file.path)
+        if stored is None:
+            return f"{file.path} is missing"
+        if stored.bytes != file.bytes or stored.sha256 != file.sha256:
+            return f"{file.path} does not match its sha256"
+    return None
