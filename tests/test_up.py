@@ -261,6 +261,10 @@ def test_up_on_the_embedded_database_starts_and_stops_it(run, tmp_path):
     up.wait_for(lambda: "collecting 1 topics" in up.output(), "collector start")
     postmaster = data_dir / "pgdata" / "postmaster.pid"
     assert postmaster.exists()
+    # The embedded database's finished days are archived beside it, from the start.
+    archived = re.compile(r"archive \(pid \d+\) finished \(exit status 0\)")
+    up.wait_for(lambda: bool(archived.search(up.output())), "an archive run")
+    assert (data_dir / "archive").is_dir()
     children = children_of(up.proc.pid)
     code, _ = up.stop(signal.SIGINT, group=True)  # Ctrl-C
     output = up.output()

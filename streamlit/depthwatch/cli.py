@@ -333,7 +333,13 @@ def _archive(args: argparse.Namespace) -> int:
     from depthwatch.config import archive_url
     from depthwatch.storage.db import make_engine, resolve_database_url, wait_for_database
 
+    if args.hot_days is not None and args.hot_days < 0:
+        log.error("--hot-days: a number of days, 0 or more")
+        return 2
     url = archive_url(args)
+    if url is None:
+        log.info("no archive configured (--archive-url, DEPTHWATCH_ARCHIVE_URL): nothing to do")
+        return 0
     try:
         store = open_store(url, args.retry_for)
     except StoreError as exc:
@@ -343,7 +349,8 @@ def _archive(args: argparse.Namespace) -> int:
     engine = make_engine(resolve_database_url(args.database_url, args.data_dir), pool_size=2)
     try:
         wait_for_database(engine, args.database_wait)
-        return run_archive(engine, store, ArchiveOptions(formats, args.verify))
+        options = ArchiveOptions(formats, args.verify, args.hot_days)
+        return run_archive(engine, store, options)
     finally:
         engine.dispose()
 

@@ -525,6 +525,7 @@ def run_collector(config: CollectorConfig) -> int:
             flush_interval_s=config.flush_interval_s,
             max_pending_rows=config.max_pending_rows,
             retention_days=config.retention_days,
+            retention_waits_for_archive=config.retention_waits_for_archive,
             collector_id=config.collector_id,
             journal_dir=config.journal_path,
             journal_max_bytes=int(config.journal_max_mb * 1024 * 1024),

@@ -59,6 +59,9 @@ class CollectorConfig:
     checkpoint_interval_s: how often the whole book is stored, so exports and
         rebuilds start from a nearby known book.
     retention_days: drop partitions older than this; 0 keeps all.
+    retention_waits_for_archive: with an archive configured (DEPTHWATCH_ARCHIVE_URL
+        set), a day older than retention_days is dropped only once every stream
+        of it is archived as it is now (`depthwatch archive`).
     topics_per_connection: spread topics over several connections.
     silence_timeout_s: the watchdog reconnects a connection silent this long.
     read_batch_s: wake the event loop at most once per this long under steady
@@ -104,6 +107,7 @@ class CollectorConfig:
     journal_dir: Path | None = None
     journal_max_mb: float = 1024.0
     spill_rows: int = 50_000
+    retention_waits_for_archive: bool = False
     collector_id: str = f"{socket.gethostname()}:{os.getpid()}"
 
     def __post_init__(self) -> None:
@@ -183,6 +187,7 @@ def add_database_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 ARCHIVE_URL_ENV = "DEPTHWATCH_ARCHIVE_URL"
+HOT_DAYS_ENV = "DEPTHWATCH_HOT_DAYS"
 
 
 def archive_url_from_env() -> str | None:
@@ -213,10 +218,28 @@ def add_archive_arguments(parser: argparse.ArgumentParser) -> None:
         help="parquet is always written; --format csv.gz also writes Tardis's gzip CSVs",
     )
     parser.add_argument(
+        "--if-configured",
+        action="store_true",
+        help="with no --archive-url nor DEPTHWATCH_ARCHIVE_URL, say so and exit 0 "
+        "(a scheduled job deployed before its archive is set up)",
+    )
+    parser.add_argument(
         "--verify",
         action="store_true",
         help="first read back every archived file: a missing or changed one is archived "
         "again while the database still holds its day, else reported lost (exit 1)",
+    )
+    hot = _env(HOT_DAYS_ENV, "")
+    if hot and not hot.isdigit():
+        raise ConfigError(f"{HOT_DAYS_ENV}={hot!r} is not a number of days")
+    parser.add_argument(
+        "--hot-days",
+        type=int,
+        default=int(hot) if hot else None,
+        metavar="N",
+        help="keep today and the N days before it in PostgreSQL: older days whose every "
+        "stream is archived, its manifest found in the archive, are dropped from it; "
+        f"the rest stay and the run says why (env {HOT_DAYS_ENV}; unset: drop nothing)",
     )
     _add_number(
         parser,
@@ -229,11 +252,14 @@ def add_archive_arguments(parser: argparse.ArgumentParser) -> None:
     add_database_arguments(parser)
 
 
-def archive_url(args: argparse.Namespace) -> str:
+def archive_url(args: argparse.Namespace) -> str | None:
     """--archive-url, else the embedded database's archive; ConfigError when
-    the database is a server's and no archive is named."""
+    the database is a server's and no archive is named (None with
+    --if-configured)."""
     if args.archive_url:
         return str(args.archive_url)
+    if args.database_url and args.if_configured:
+        return None
     if args.database_url:
         raise ConfigError(
             f"no archive named for this database: give --archive-url or {ARCHIVE_URL_ENV} "
@@ -420,4 +446,5 @@ def collector_config_from_args(args: argparse.Namespace) -> CollectorConfig:
         journal_dir=args.journal_dir,
         journal_max_mb=args.journal_max_mb,
         spill_rows=args.spill_rows,
+        retention_waits_for_archive=archive_url_from_env() is not None,
     )

@@ -14,8 +14,12 @@ otherwise hit the collector while it flushes, after its handler is gone. On
 Linux each child also gets PR_SET_PDEATHSIG, so it is told to stop even if the
 supervisor itself is killed with SIGKILL.
 
-Why one file of ~670 lines: the process rules (groups, death signal, stop
-order, restarts, relayed output) and the two commands built on them read
+Besides its children, `up` runs the archive as a job (`ArchiveJobs`): at
+start and after each UTC midnight, a `depthwatch archive` that ends, whose
+exit stops nothing.
+
+Why one file of ~770 lines: the process rules (groups, death signal, stop
+order, restarts, relayed output, jobs) and the two commands built on them read
 best together; split, each half would need the other to make sense.
 """
 
@@ -52,8 +56,10 @@ from depthwatch.config import (
     CollectorConfig,
     ConfigError,
     add_collector_arguments,
+    archive_url_from_env,
     collector_config_from_args,
     database_url_from_env,
+    default_archive_dir,
     default_data_dir,
     reader_database_url_from_env,
 )
@@ -157,6 +163,16 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
         help="simulator TCP port with --source sim; 0 picks a free one (default 0)",
     )
     own.add_argument(
+        "--archive-url",
+        default=archive_url_from_env(),
+        help="where finished days are archived, as `depthwatch archive` does, at start and "
+        "after each UTC midnight (env DEPTHWATCH_ARCHIVE_URL; default: <data dir>/archive "
+        "with the embedded database, none with DATABASE_URL)",
+    )
+    own.add_argument(
+        "--no-archive", action="store_true", help="archive nothing (retention by age alone)"
+    )
+    own.add_argument(
         "--sim-rate",
         type=float,
         default=DEFAULT_SIM_RATE,
@@ -222,6 +238,7 @@ class Child:
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
     relay: threading.Thread | None = None
     reported: bool = False  # its exit was logged already
+    job: bool = False  # runs to its end (the archive): its exit stops nothing
 
     @property
     def pid(self) -> int:
@@ -393,6 +410,40 @@ def _die_with_parent(death_signal: signal.Signals) -> Callable[[], None] | None:
     return preexec
 
 
+ARCHIVE_RETRY_US = 3_600 * 1_000_000  # after a failed archive run
+
+
+def next_archive_due(now: int, code: int) -> int:
+    """When up's next archive run is due after one that exited with `code`:
+    once the next UTC day is finished, or an hour on after a failure."""
+    from depthwatch.clock import DAY_US
+    from depthwatch.storage.archived import SETTLE_US
+
+    next_day = now - now % DAY_US + DAY_US + SETTLE_US
+    return next_day if code == 0 else min(next_day, now + ARCHIVE_RETRY_US)
+
+
+class ArchiveJobs:
+    """`depthwatch up`'s archive: `depthwatch archive` as a job at start, then
+    when `next_archive_due` says; one at a time."""
+
+    def __init__(self, supervisor: Supervisor, argv: list[str], env: dict[str, str]) -> None:
+        self.supervisor = supervisor
+        self.argv = argv
+        self.env = env
+        self.due_us = 0  # at once
+
+    def tick(self) -> None:
+        from depthwatch.clock import now_us
+
+        code = self.supervisor.finished_job("archive")
+        now = now_us()
+        if code is not None:
+            self.due_us = next_archive_due(now, code)
+        elif now >= self.due_us and not self.supervisor.running("archive"):
+            self.supervisor.start(Child("archive", self.argv, self.env, job=True))
+
+
 def describe_status(returncode: int) -> str:
     if returncode < 0:
         return f"killed by {signal.Signals(-returncode).name}"
@@ -464,9 +515,30 @@ class Supervisor:
 
     def dead_child(self) -> Child | None:
         for child in self.children:
+            if child.job:
+                continue
             if child.process is not None and child.process.poll() is not None:
                 return child
         return None
+
+    def finished_job(self, name: str) -> int | None:
+        """The exit code of job `name` once it ended (logged, and forgotten),
+        else None (running, or never started)."""
+        for child in self.children:
+            if child.job and child.name == name and child.process is not None:
+                code = child.process.poll()
+                if code is None:
+                    return None
+                if child.relay is not None:
+                    child.relay.join(RELAY_JOIN_TIMEOUT_S)
+                self.children.remove(child)
+                level = logging.INFO if code == 0 else logging.WARNING
+                log.log(level, "%s finished (%s)", child.label(), describe_status(code))
+                return code
+        return None
+
+    def running(self, name: str) -> bool:
+        return any(c.name == name and c.process is not None for c in self.children)
 
     def report_unexpected_exit(self, child: Child) -> None:
         assert child.process is not None and child.process.returncode is not None
@@ -507,13 +579,17 @@ class Supervisor:
             return 1
         return None
 
-    def watch(self, health_url: str | None, public_url: str) -> int:
+    def watch(
+        self, health_url: str | None, public_url: str, tick: Callable[[], None] | None = None
+    ) -> int:
         """Run until a signal (0) or a child's death (1); meanwhile announce the
-        dashboard once its health endpoint answers."""
+        dashboard once its health endpoint answers, and call `tick` (jobs)."""
         announced = health_url is None
         slow_warned = False
         started = time.monotonic()
         while (code := self._check()) is None:
+            if tick is not None:
+                tick()
             if not announced and health_url is not None:
                 if health_ok(health_url):
                     log.info("dashboard: %s", public_url)
@@ -639,19 +715,43 @@ def _up(
         extra = [f"--ws-url={sim_ws_url(port, config.category)}", "--simulated"]
     collector_argv = depthwatch_argv(args.log_level, "collect", *passthrough_flags(args, skip))
     collector_argv += [flag for flag in extra if flag not in collector_argv]
-    supervisor.start(Child("collector", collector_argv, child_env(DATABASE_URL=url)))
+    archive = _archive_url(args)
+    # With an archive, the collector's retention waits for it.
+    env = child_env(DATABASE_URL=url, DEPTHWATCH_ARCHIVE_URL=archive)
+    supervisor.start(Child("collector", collector_argv, env))
+    jobs = None
+    if archive is not None:
+        argv = depthwatch_argv(args.log_level, "archive", f"--archive-url={archive}")
+        jobs = ArchiveJobs(supervisor, argv, child_env(DATABASE_URL=url))
     # A read-only role for the dashboard (DASHBOARD_DATABASE_URL) wins over the writer's URL.
     dashboard_url = reader_database_url_from_env() or url
-    return _serve_dashboard(supervisor, app, args, dashboard_env_for_url(dashboard_url))
+    env = dashboard_env_for_url(dashboard_url)
+    return _serve_dashboard(supervisor, app, args, env, None if jobs is None else jobs.tick)
+
+
+def _archive_url(args: argparse.Namespace) -> str | None:
+    """Where up archives: --archive-url, else beside the embedded database;
+    None with --no-archive, or with DATABASE_URL and no archive named."""
+    if args.no_archive:
+        return None
+    if args.archive_url:
+        return str(args.archive_url)
+    if args.database_url:
+        return None
+    return str(default_archive_dir(Path(args.data_dir)).expanduser().resolve())
 
 
 def _serve_dashboard(
-    supervisor: Supervisor, app: Path, args: argparse.Namespace, env: dict[str, str]
+    supervisor: Supervisor,
+    app: Path,
+    args: argparse.Namespace,
+    env: dict[str, str],
+    tick: Callable[[], None] | None = None,
 ) -> int:
     address, port = args.address, args.port
     supervisor.start(dashboard_child(app, port, address, args.trusted_proxies, env))
     health = f"http://{probe_host(address)}:{port}{HEALTH_PATH}"
-    return supervisor.watch(health, f"http://{url_host(address)}:{port}")
+    return supervisor.watch(health, f"http://{url_host(address)}:{port}", tick)
 
 
 def run_dashboard(args: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ from depthwatch.records import (
     FeedEventKind,
 )
 from depthwatch.storage import schema
+from depthwatch.storage.archived import finished_before
 from depthwatch.storage.db import DatabaseUnavailable, make_reader_engine, resolve_database_url
 from depthwatch.storage.read.chunks import last_quote, latency
 from depthwatch.storage.read.events import (
@@ -46,6 +47,8 @@ from depthwatch.storage.read.events import (
 )
 from depthwatch.storage.read.frames import EVENT_COLUMNS, HEATMAP_COLUMNS
 from depthwatch.storage.read.health import (
+    archive_by_stream,
+    archive_runs,
     collectors,
     commit_p99_ms,
     oldest_snapshot_us,
@@ -334,6 +337,8 @@ class HealthReport:
     sizes: pd.DataFrame  # table, bytes
     oldest_us: int | None
     retention: str
+    archive: pd.DataFrame  # per stream: last day, days archived, bytes, waiting
+    archive_runs: pd.DataFrame  # the newest run, then the newest that failed
 
 
 _K = FeedEventKind
@@ -379,6 +384,16 @@ def health() -> HealthReport:
                 ),
             ),
             retention,
+            *_archive_status(conn, now),
         )
 
     return _read(work)
+
+
+def _archive_status(conn: sa.Connection, now: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """What the archive holds per stream, and its runs (empty before schema 5)."""
+    if conn.execute(sa.text("SELECT to_regclass('archived_days')")).scalar() is None:
+        return pd.DataFrame(), pd.DataFrame()
+    finished = finished_before(now) // DAY_US
+    days = sorted(d for d in schema.existing_partition_days(conn) if d < finished)
+    return archive_by_stream(conn, days), archive_runs(conn)

@@ -8,6 +8,7 @@ import streamlit as st
 from depthwatch.app import data
 from depthwatch.app.common import age, load, utc
 from depthwatch.app.guard import live_fragment
+from depthwatch.clock import DAY_US, utc_day
 from depthwatch.records import HEARTBEATS_MISSED_FOR_STALE
 
 REFRESH_S = 5.0
@@ -17,8 +18,9 @@ MB = 1024 * 1024
 def render() -> None:
     st.title("Health")
     st.caption(
-        f"Collectors heard from in the last 24 h, feed events per stream over 24 h, and "
-        f"what the database holds. Refreshed every {REFRESH_S:g} s; times in UTC."
+        f"Collectors heard from in the last 24 h, feed events per stream over 24 h, "
+        f"what the database holds and what the archive holds. Refreshed every "
+        f"{REFRESH_S:g} s; times in UTC."
     )
     live_fragment(health_panel, REFRESH_S)()
 
@@ -61,6 +63,54 @@ def health_panel() -> None:
     right.metric("Total size", f"{report.sizes['bytes'].sum() / MB:,.1f} MB")
     right.metric("Oldest data", utc(report.oldest_us, with_date=True))
     right.metric("Retention in force", report.retention)
+    archive_section(report)
+
+
+def archive_section(report: data.HealthReport) -> None:
+    st.subheader("Archive")
+    runs = report.archive_runs
+    if runs.empty:
+        st.caption(
+            "Nothing archived yet: `depthwatch archive` writes finished days as Parquet "
+            "files (README, Archive)."
+        )
+        return
+    streams = report.archive
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "stream": [
+                    f"{sym} · {cat} · depth {depth}"
+                    for cat, sym, depth in zip(
+                        streams["category"], streams["symbol"], streams["depth"], strict=True
+                    )
+                ],
+                "last archived day": [
+                    "-" if pd.isna(d) else utc_day(int(d) * DAY_US) for d in streams["last_day"]
+                ],
+                "days archived": streams["days_archived"],
+                "days waiting": streams["waiting"],
+                "archive MB": (streams["bytes"] / MB).round(1),
+            }
+        ),
+        hide_index=True,
+        key="archive",
+    )
+    last = runs.iloc[0]
+    ended = "running" if pd.isna(last["ended_us"]) else utc(int(last["ended_us"]), with_date=True)
+    st.caption(
+        f"Last run: {ended}, to {last['archive_url']}: {int(last['days_archived'])} stream-days "
+        f"written, {int(last['days_dropped'])} days dropped from the database."
+    )
+    if last["kept"]:
+        st.warning(f"Kept in the database past --hot-days: {last['kept']}", icon=":material/info:")
+    failed = runs[runs["failure"].notna()]
+    if not failed.empty:
+        f = failed.iloc[-1]
+        st.error(
+            f"Last failure ({utc(int(f['started_us']), with_date=True)}): {f['failure']}",
+            icon=":material/error:",
+        )
 
 
 def collector_frame(report: data.HealthReport) -> pd.DataFrame:

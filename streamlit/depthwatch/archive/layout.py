@@ -30,8 +30,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from depthwatch.clock import DAY_US, utc_day
 from depthwatch.export import kinds
-from depthwatch.feed.topics import is_symbol
+from depthwatch.feed.topics import TARDIS_EXCHANGE, is_symbol
+from depthwatch.records import StreamKey
 
 PARQUET = "parquet"
 CSV_GZ = "csv.gz"
@@ -53,6 +55,12 @@ class StreamDay:
         # Recorded symbols were checked when subscribed; a path is checked again.
         if not is_symbol(self.symbol):
             raise ValueError(f"{self.symbol!r} cannot name an archive path")
+
+    @classmethod
+    def of(cls, stream: StreamKey, day: int) -> StreamDay:
+        """The stream-day of `stream` on `day` (days since the epoch)."""
+        exchange = TARDIS_EXCHANGE[stream.category]
+        return cls(exchange, stream.symbol, stream.depth, utc_day(day * DAY_US))
 
     def file_path(self, kind: str, fmt: str = PARQUET) -> str:
         """The path of the day's `kind` file, relative to the archive's root."""

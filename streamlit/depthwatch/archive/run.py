@@ -18,13 +18,15 @@ writes that day again. The same recording gives the same bytes, file by file.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import tempfile
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import sqlalchemy as sa
 
@@ -32,37 +34,32 @@ from depthwatch import __version__
 from depthwatch.archive.layout import ARCHIVED_KINDS, MANIFESTS, PARQUET, StreamDay
 from depthwatch.archive.manifest import ArchivedFile, Manifest
 from depthwatch.archive.store import ArchiveStore, StoreError
-from depthwatch.clock import DAY_US, SECOND_US, now_us, utc_day
+from depthwatch.clock import DAY_US, now_us, utc_day
 from depthwatch.export import kinds
 from depthwatch.export.files import write_file
 from depthwatch.export.tardis import ExportRequest, check_requests
 from depthwatch.feed.topics import TARDIS_EXCHANGE
 from depthwatch.logs import first_line
 from depthwatch.storage import archived, schema
-from depthwatch.storage.archived import SourceCounts
+from depthwatch.storage.archived import SourceCounts, finished_before
 from depthwatch.storage.read.streams import Stream, list_streams
 
 log = logging.getLogger("depthwatch.archive")
 
-# A day is finished this long after its midnight: rows of its last seconds are
-# committed by then (the writer's hold and flush take seconds). Rows later
-# still (a journal drained hours on) are found by their counts.
-SETTLE_US = 10 * 60 * SECOND_US
+DEADLOCK_DETECTED = "40P01"  # PostgreSQL's SQLSTATE
 
 # The column holding each kind's exchange time (for a file's time range).
 TIME_COLUMN = {kinds.GAPS: "start_timestamp"}
-
-
-def finished_before(now: int) -> int:
-    """The end of the last finished UTC day (its midnight, SETTLE_US ago at least)."""
-    settled = now - SETTLE_US
-    return settled - settled % DAY_US
 
 
 @dataclass(frozen=True)
 class ArchiveOptions:
     formats: tuple[str, ...] = (PARQUET,)  # Parquet always; csv.gz as well if asked
     verify: bool = False
+    # Keep today and this many days before it in PostgreSQL: older days whose
+    # every stream is archived (and its manifest found) are dropped. None: drop
+    # nothing (the collector's retention decides).
+    hot_days: int | None = None
 
 
 @dataclass(frozen=True)
@@ -73,8 +70,7 @@ class Pending:
 
     @property
     def stream_day(self) -> StreamDay:
-        exchange = TARDIS_EXCHANGE[self.stream.category]
-        return StreamDay(exchange, self.stream.symbol, self.stream.depth, utc_day(self.start_us))
+        return StreamDay.of(self.stream.stream_key, self.day)
 
     @property
     def start_us(self) -> int:
@@ -86,6 +82,8 @@ class RunResult:
     archived: int = 0
     lost: list[str] | None = None
     failure: str | None = None
+    dropped: int = 0  # days whose partitions went
+    kept: dict[str, str] = field(default_factory=dict)  # day past --hot-days -> why it stays
 
     @property
     def problem(self) -> str | None:
@@ -109,13 +107,16 @@ def run_archive(engine: sa.Engine, store: ArchiveStore, options: ArchiveOptions)
                 run_id = archived.start_run(conn, store.shown, now_us())
             result = _run(engine, store, options)
             with engine.begin() as conn:
-                archived.finish_run(conn, run_id, result.archived, result.problem, now_us())
+                kept = "; ".join(f"{day}: {why}" for day, why in result.kept.items()) or None
+                archived.finish_run(
+                    conn, run_id, result.archived, result.dropped, kept, result.problem, now_us()
+                )
     except (sa.exc.ProgrammingError, sa.exc.InternalError) as exc:
         # A role that may not write (the dashboard's read-only one, say).
         log.error("the database refused the archive's writes: %s", first_line(exc))
         return 1
     except sa.exc.OperationalError as exc:
-        log.error("the database went away: %s; days not archived stay in it", first_line(exc))
+        log.error("the database failed: %s; days not archived stay in it", first_line(exc))
         return 1
     if result.failure:
         log.error("%s; days not archived stay in the database", result.failure)
@@ -132,15 +133,69 @@ def _run(engine: sa.Engine, store: ArchiveStore, options: ArchiveOptions) -> Run
     try:
         store.check()
         _archive(engine, store, options, result)
+        if options.hot_days is not None:
+            _drop_archived_days(engine, store, options.hot_days, result)
     except StoreError as exc:
         result.failure = str(exc)
     return result
 
 
+def _drop_archived_days(
+    engine: sa.Engine, store: ArchiveStore, hot_days: int, result: RunResult
+) -> None:
+    """Drop the partitions of each day older than `hot_days` whose every
+    stream is archived as the database holds it, its manifest in the store
+    the one recorded; keep the others, saying why (logged, and in the run's
+    `kept` for the Health page)."""
+    now = now_us()
+    with engine.begin() as conn:
+        # Taken before the counts read the tables: a collector creating a
+        # day's partitions (under this lock) would otherwise wait on our reads
+        # while we wait on its lock to drop.
+        schema.lock_partitions(conn)
+        days = schema.expired_days(conn, hot_days, now)
+        drop = []
+        for day in days:
+            why = _why_kept(conn, store, day)
+            if why is None:
+                drop.append(day)
+            else:
+                result.kept[utc_day(day * DAY_US)] = why
+                log.warning("keeping %s in the database: %s", utc_day(day * DAY_US), why)
+        trim_before = min([now // DAY_US - hot_days, *(d for d in days if d not in drop)])
+        schema.drop_days(conn, drop, trim_before)
+    result.dropped = len(drop)
+    if drop:
+        first, last = utc_day(drop[0] * DAY_US), utc_day(drop[-1] * DAY_US)
+        log.info("dropped %d archived days from the database (%s to %s)", len(drop), first, last)
+
+
+def _why_kept(conn: sa.Connection, store: ArchiveStore, day: int) -> str | None:
+    """Why `day` must stay in the database, or None if every stream of it is archived."""
+    missing = archived.unarchived_streams(conn, day)
+    if missing:
+        return f"not archived yet: {', '.join(missing)}"
+    for stream, sha in archived.manifests_of_day(conn, day):
+        exchange = TARDIS_EXCHANGE[stream.category]
+        path = StreamDay(
+            exchange, stream.symbol, stream.depth, utc_day(day * DAY_US)
+        ).manifest_path()
+        try:
+            data = store.read(path)
+        except FileNotFoundError:
+            return f"{path} is missing from {store}"
+        if hashlib.sha256(data).hexdigest() != sha:
+            return f"{path} in {store} is not the manifest recorded"
+    return None
+
+
 def _archive(
     engine: sa.Engine, store: ArchiveStore, options: ArchiveOptions, result: RunResult
 ) -> None:
-    with engine.connect() as conn:
+    # One transaction per statement: these reads span many partitioned
+    # tables, and a transaction holding each table's lock until its end would
+    # deadlock with a collector creating partitions of them in another order.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         streams = {s.id: s for s in list_streams(conn)}
         counts = archived.day_counts(conn, finished_before(now_us()))
         done = archived.archived(conn)
@@ -160,7 +215,8 @@ def _archive(
     with tempfile.TemporaryDirectory(prefix="depthwatch-archive-") as scratch:
         for index, pending in enumerate(todo, 1):
             began = time.monotonic()
-            manifest = archive_day(engine, store, pending, options, Path(scratch))
+            write = functools.partial(archive_day, engine, store, pending, options, Path(scratch))
+            manifest = _deadlock_retried(write)
             result.archived += 1
             elapsed = time.monotonic() - started
             eta = elapsed / index * (len(todo) - index)
@@ -176,6 +232,28 @@ def _archive(
                 time.monotonic() - began,
                 eta,
             )
+
+
+DEADLOCK_ATTEMPTS = 3
+T = TypeVar("T")
+
+
+def _deadlock_retried(call: Callable[[], T]) -> T:
+    """`call`, again if PostgreSQL broke a deadlock by ending our transaction
+    (a collector creating partitions while the export's reads hold the
+    tables): a stream-day is written whole or not, so trying again is safe."""
+    for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
+        try:
+            return call()
+        except sa.exc.OperationalError as exc:
+            if (
+                getattr(exc.orig, "pgcode", None) != DEADLOCK_DETECTED
+                or attempt == DEADLOCK_ATTEMPTS
+            ):
+                raise
+            log.warning("deadlock with another writer (attempt %d); trying again", attempt)
+            time.sleep(attempt)
+    raise AssertionError("unreachable")
 
 
 def _manifest_paths(store: ArchiveStore, streams: Iterable[Stream]) -> set[str]:

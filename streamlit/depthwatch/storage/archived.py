@@ -12,8 +12,20 @@ from dataclasses import dataclass, fields
 
 import sqlalchemy as sa
 
-from depthwatch.clock import DAY_US
+from depthwatch.clock import DAY_US, SECOND_US
+from depthwatch.records import StreamKey
 from depthwatch.storage.schema import ARCHIVE_LOCK
+
+# A day is finished this long after its midnight: rows of its last seconds are
+# committed by then (the writer's hold and flush take seconds). Rows later
+# still (a journal drained hours on) are found by their counts.
+SETTLE_US = 10 * 60 * SECOND_US
+
+
+def finished_before(now: int) -> int:
+    """The end of the last finished UTC day (its midnight, SETTLE_US ago at least)."""
+    settled = now - SETTLE_US
+    return settled - settled % DAY_US
 
 
 @dataclass(frozen=True)
@@ -35,16 +47,18 @@ class SourceCounts:
 COUNT_NAMES = tuple(f.name for f in fields(SourceCounts))
 
 
-def day_counts(conn: sa.Connection, before_us: int) -> dict[tuple[int, int], SourceCounts]:
+def day_counts(
+    conn: sa.Connection, before_us: int, since_us: int = 0
+) -> dict[tuple[int, int], SourceCounts]:
     """SourceCounts per (stream id, day since the epoch) of every stream-day
-    before `before_us` with a recorded book message. Grouped counts over the
-    tables' primary keys: no payload is read."""
-    day = {"day": DAY_US, "before": before_us}
+    in [since_us, before_us) with a recorded book message. Grouped counts over
+    the tables' primary keys: no payload is read."""
+    day = {"day": DAY_US, "before": before_us, "since": since_us}
     books: dict[tuple[int, int], list[int]] = {}
     for sid, d, chunks, messages in conn.execute(
         sa.text(
             """SELECT stream_id, (ts_us / :day)::int, count(*), sum(n)
-               FROM book_chunks WHERE ts_us < :before GROUP BY 1, 2"""
+               FROM book_chunks WHERE ts_us >= :since AND ts_us < :before GROUP BY 1, 2"""
         ),
         day,
     ):
@@ -54,7 +68,7 @@ def day_counts(conn: sa.Connection, before_us: int) -> dict[tuple[int, int], Sou
             """SELECT s.id, (e.ts_us / :day)::int, count(*)
                FROM book_events e JOIN streams s
                  ON s.instrument_id = e.instrument_id AND s.depth = e.depth
-               WHERE e.ts_us < :before GROUP BY 1, 2"""
+               WHERE e.ts_us >= :since AND e.ts_us < :before GROUP BY 1, 2"""
         ),
         day,
     ):
@@ -75,7 +89,7 @@ def day_counts(conn: sa.Connection, before_us: int) -> dict[tuple[int, int], Sou
         for iid, d, n in conn.execute(
             sa.text(
                 """SELECT instrument_id, (ts_us / :day)::int, count(*)
-                   FROM trades WHERE ts_us < :before GROUP BY 1, 2"""
+                   FROM trades WHERE ts_us >= :since AND ts_us < :before GROUP BY 1, 2"""
             ),
             day,
         )
@@ -85,7 +99,8 @@ def day_counts(conn: sa.Connection, before_us: int) -> dict[tuple[int, int], Sou
         for category, symbol, d, n in conn.execute(
             sa.text(
                 """SELECT category, symbol, (local_us / :day)::int, count(*)
-                   FROM feed_events WHERE symbol IS NOT NULL AND local_us < :before
+                   FROM feed_events
+                   WHERE symbol IS NOT NULL AND local_us >= :since AND local_us < :before
                    GROUP BY 1, 2, 3"""
             ),
             day,
@@ -96,7 +111,7 @@ def day_counts(conn: sa.Connection, before_us: int) -> dict[tuple[int, int], Sou
         for d, n in conn.execute(
             sa.text(
                 """SELECT (local_us / :day)::int, count(*) FROM collector_heartbeats
-                   WHERE local_us < :before GROUP BY 1"""
+                   WHERE local_us >= :since AND local_us < :before GROUP BY 1"""
             ),
             day,
         )
@@ -164,6 +179,38 @@ def record_archived(
     )
 
 
+def unarchived_streams(conn: sa.Connection, day: int) -> list[str]:
+    """The streams with rows on `day` that are not archived as they are now
+    (no archived_days row, or one made from other counts), by name
+    (`linear:BTCUSDT@50`): while any is, the day's partitions stay."""
+    counts = day_counts(conn, (day + 1) * DAY_US, day * DAY_US)
+    done = archived(conn)
+    missing = [key[0] for key, c in counts.items() if key not in done or done[key][0] != c]
+    rows = conn.execute(
+        sa.text(
+            """SELECT i.category, i.symbol, s.depth
+               FROM streams s JOIN instruments i ON i.id = s.instrument_id
+               WHERE s.id = ANY(:ids)"""
+        ),
+        {"ids": missing},
+    )
+    return sorted(str(StreamKey(category, symbol, int(depth))) for category, symbol, depth in rows)
+
+
+def manifests_of_day(conn: sa.Connection, day: int) -> list[tuple[StreamKey, str]]:
+    """Each stream archived for `day`, with its manifest's recorded sha256."""
+    rows = conn.execute(
+        sa.text(
+            """SELECT i.category, i.symbol, s.depth, a.manifest_sha256
+               FROM archived_days a JOIN streams s ON s.id = a.stream_id
+               JOIN instruments i ON i.id = s.instrument_id
+               WHERE a.day = :d ORDER BY 1, 2, 3"""
+        ),
+        {"d": day},
+    )
+    return [(StreamKey(c, symbol, int(depth)), sha) for c, symbol, depth, sha in rows]
+
+
 def forget_archived(conn: sa.Connection, stream_id: int, day: int) -> None:
     """The stream-day is no longer archived (its manifest is gone or wrong)."""
     conn.execute(
@@ -192,12 +239,28 @@ def start_run(conn: sa.Connection, archive_url: str, now_us: int) -> int:
 
 
 def finish_run(
-    conn: sa.Connection, run_id: int, days_archived: int, failure: str | None, now_us: int
+    conn: sa.Connection,
+    run_id: int,
+    days_archived: int,
+    days_dropped: int,
+    kept: str | None,
+    failure: str | None,
+    now_us: int,
 ) -> None:
+    """The run's end: days written and dropped, the days past --hot-days kept
+    and why (`kept`), and what failed."""
     conn.execute(
         sa.text(
-            """UPDATE archive_runs SET ended_us = :now, days_archived = :days, failure = :failure
+            """UPDATE archive_runs SET ended_us = :now, days_archived = :days,
+                      days_dropped = :dropped, kept = :kept, failure = :failure
                WHERE id = :id"""
         ),
-        {"now": now_us, "days": days_archived, "failure": failure, "id": run_id},
+        {
+            "now": now_us,
+            "days": days_archived,
+            "dropped": days_dropped,
+            "kept": kept,
+            "failure": failure,
+            "id": run_id,
+        },
     )

@@ -262,6 +262,8 @@ MIGRATIONS: tuple[Migration, ...] = (
                 ended_us bigint,
                 archive_url text NOT NULL,
                 days_archived integer NOT NULL DEFAULT 0,
+                days_dropped integer NOT NULL DEFAULT 0,
+                kept text,
                 failure text)""",
         ),
     ),
@@ -311,11 +313,17 @@ def partition_name(table: str, day: int) -> str:
     return f"{table}_d{time.strftime('%Y%m%d', time.gmtime(day * 86_400))}"
 
 
+def lock_partitions(conn: sa.Connection) -> None:
+    """Hold the partition lock until the caller's transaction ends: no
+    partition is created or dropped meanwhile (collectors and the archive)."""
+    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": PARTITION_LOCK})
+
+
 def ensure_partitions(conn: sa.Connection, days: set[int]) -> None:
     """Create the daily partitions (days since the epoch) of every time-series
     table. Runs in the caller's transaction, under a lock so concurrent
     collectors do not race on the same CREATE."""
-    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": PARTITION_LOCK})
+    lock_partitions(conn)
     for day in sorted(days):
         for table in PARTITIONED_TABLES:
             # Identifiers cannot be bound parameters; both parts are ours (a fixed
@@ -349,19 +357,23 @@ def existing_partition_days(conn: sa.Connection) -> set[int]:
     return days
 
 
-def drop_expired_partitions(conn: sa.Connection, retention_days: int, now_us: int) -> list[str]:
-    """Drop partitions whose whole day ended more than `retention_days` ago.
-    Also trims feed_events and collector_heartbeats, which are not partitioned,
-    at the same cutoff: as long as a day's book is kept, so is what says where
-    its record is incomplete (`depthwatch gaps`). 0 keeps everything."""
+def expired_days(conn: sa.Connection, retention_days: int, now_us: int) -> list[int]:
+    """Days with partitions whose whole day ended more than `retention_days`
+    ago, oldest first; none for 0 (keep everything)."""
     if retention_days <= 0:
         return []
     cutoff_day = now_us // DAY_US - retention_days
-    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": PARTITION_LOCK})
+    return sorted(day for day in existing_partition_days(conn) if day < cutoff_day)
+
+
+def drop_days(conn: sa.Connection, days: list[int], trim_before_day: int) -> list[str]:
+    """Drop every time-series partition of `days`, and trim feed_events and
+    collector_heartbeats (not partitioned) before `trim_before_day`: as long
+    as a day's book is kept, so is what says where its record is incomplete
+    (`depthwatch gaps`)."""
+    lock_partitions(conn)
     dropped = []
-    for day in sorted(existing_partition_days(conn)):
-        if day >= cutoff_day:
-            continue
+    for day in days:
         for table in PARTITIONED_TABLES:
             name = partition_name(table, day)
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
@@ -369,8 +381,19 @@ def drop_expired_partitions(conn: sa.Connection, retention_days: int, now_us: in
     for table in ("feed_events", "collector_heartbeats"):
         conn.execute(
             sa.text(f"DELETE FROM {table} WHERE local_us < :cutoff"),
-            {"cutoff": cutoff_day * DAY_US},
+            {"cutoff": trim_before_day * DAY_US},
         )
+    return dropped
+
+
+def drop_expired_partitions(conn: sa.Connection, retention_days: int, now_us: int) -> list[str]:
+    """Drop partitions whose whole day ended more than `retention_days` ago
+    (drop_days, trimming events and heartbeats at the same cutoff). 0 keeps
+    everything."""
+    days = expired_days(conn, retention_days, now_us)
+    if retention_days <= 0:
+        return []
+    dropped = drop_days(conn, days, now_us // DAY_US - retention_days)
     if dropped:
         log.info(
             "retention: dropped %d partitions older than %d days", len(dropped), retention_days

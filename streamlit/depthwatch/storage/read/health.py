@@ -1,10 +1,12 @@
 """The Health page's reads: collectors heard from, commit latency, what the
-database holds."""
+database holds, and what the archive holds (schema 5)."""
 
 from __future__ import annotations
 
 import pandas as pd
 import sqlalchemy as sa
+
+from depthwatch.clock import DAY_US
 
 
 def collectors(conn: sa.Connection, since_us: int) -> pd.DataFrame:
@@ -86,3 +88,50 @@ def oldest_snapshot_us(conn: sa.Connection, partitions: list[str]) -> int | None
         if value is not None:
             return int(value)
     return None
+
+
+def archive_by_stream(conn: sa.Connection, days: list[int]) -> pd.DataFrame:
+    """Per stream: its last archived day, days archived, their bytes, and of
+    the finished `days` held in the database those with book messages and no
+    archived_days row (waiting). One probe per stream and day, on the packed
+    log's key."""
+    rows = conn.execute(
+        sa.text(
+            """WITH probe AS (
+                   SELECT s.id AS stream_id, d.day,
+                          EXISTS (SELECT 1 FROM book_chunks c
+                                  WHERE c.stream_id = s.id
+                                    AND c.ts_us >= d.day::bigint * :day_us
+                                    AND c.ts_us < (d.day::bigint + 1) * :day_us) AS recorded
+                   FROM streams s CROSS JOIN unnest(CAST(:days AS integer[])) AS d(day))
+               SELECT i.category, i.symbol, s.depth,
+                      (SELECT max(a.day) FROM archived_days a WHERE a.stream_id = s.id),
+                      (SELECT count(*) FROM archived_days a WHERE a.stream_id = s.id),
+                      (SELECT coalesce(sum(a.bytes), 0) FROM archived_days a
+                       WHERE a.stream_id = s.id)::bigint,
+                      (SELECT count(*) FROM probe p
+                       WHERE p.stream_id = s.id AND p.recorded
+                         AND NOT EXISTS (SELECT 1 FROM archived_days a
+                                         WHERE a.stream_id = s.id AND a.day = p.day))
+               FROM streams s JOIN instruments i ON i.id = s.instrument_id
+               ORDER BY 1, 2, 3"""
+        ),
+        {"days": days, "day_us": DAY_US},
+    ).all()
+    columns = ["category", "symbol", "depth", "last_day", "days_archived", "bytes", "waiting"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def archive_runs(conn: sa.Connection) -> pd.DataFrame:
+    """The newest archive run, and the newest that failed, if any."""
+    rows = conn.execute(
+        sa.text(
+            """(SELECT started_us, ended_us, archive_url, days_archived, days_dropped,
+                       kept, failure FROM archive_runs ORDER BY id DESC LIMIT 1)
+               UNION ALL
+               (SELECT started_us, ended_us, archive_url, days_archived, days_dropped,
+                       kept, failure FROM archive_runs WHERE failure IS NOT NULL
+                ORDER BY id DESC LIMIT 1)"""
+        )
+    )
+    return pd.DataFrame(rows.all(), columns=list(rows.keys()))

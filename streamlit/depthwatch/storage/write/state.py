@@ -59,6 +59,9 @@ class WriterConfig:
     # GIL time the writer needs to catch up.
     max_pending_rows: int = 25_000
     retention_days: int = 0  # 0 keeps everything
+    # An archive is configured (DEPTHWATCH_ARCHIVE_URL): retention drops a day
+    # only once every stream of it is archived as it is now.
+    retention_waits_for_archive: bool = False
     partitions_ahead_days: int = 2
     collector_id: str = "depthwatch"
     # While the database is unreachable (or a journal is being drained), queued

@@ -23,9 +23,9 @@ import psycopg2
 import psycopg2.errors
 import sqlalchemy as sa
 
-from depthwatch.clock import now_us
+from depthwatch.clock import now_us, utc_day
 from depthwatch.records import CollectorHeartbeat
-from depthwatch.storage import schema
+from depthwatch.storage import archived, schema
 from depthwatch.storage.write.batch import COLUMNS, Batch, chunk_receive_times, chunk_size
 from depthwatch.storage.write.state import WRITER_LOGGER, WriterState
 
@@ -298,7 +298,7 @@ class TableWrites(WriterState):
         days = set(range(today - 1, today + self.config.partitions_ahead_days + 1))
         schema.ensure_partitions(conn, days)
         self._known_days |= days
-        schema.drop_expired_partitions(conn, self.config.retention_days, now_us())
+        self._drop_expired(conn, today)
         if self.config.retention_days > 0:
             # Forget dropped days on both sides, or the next batch's "days not yet
             # known" would re-create the partitions retention just dropped.
@@ -306,6 +306,32 @@ class TableWrites(WriterState):
             self._known_days = {d for d in self._known_days if d >= cutoff}
             self._seen_days = {d for d in self._seen_days if d >= cutoff}
         self._last_maintenance = time.monotonic()
+
+    def _drop_expired(self, conn: sa.Connection, today: int) -> None:
+        """Retention: the days past `retention_days`, but with an archive
+        configured only those whose every stream is archived as it is now."""
+        days = schema.expired_days(conn, self.config.retention_days, now_us())
+        trim_before = today - self.config.retention_days
+        if self.config.retention_waits_for_archive:
+            waiting = {day: archived.unarchived_streams(conn, day) for day in days}
+            waiting = {day: streams for day, streams in waiting.items() if streams}
+            for day, streams in waiting.items():
+                log.info(
+                    "retention: keeping %s: not archived yet (%s)",
+                    utc_day(day * schema.DAY_US),
+                    ", ".join(streams),
+                )
+            days = [day for day in days if day not in waiting]
+            trim_before = min([trim_before, *waiting])
+        if self.config.retention_days <= 0:
+            return
+        dropped = schema.drop_days(conn, days, trim_before)
+        if dropped:
+            log.info(
+                "retention: dropped %d partitions older than %d days",
+                len(dropped),
+                self.config.retention_days,
+            )
 
     def _run_maintenance(self) -> None:
         try:

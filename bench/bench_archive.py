@@ -1,0 +1,138 @@
+"""Archive benchmark: `depthwatch archive` over recorded days of the bench
+stream (record_paced.py: depth 50, the simulator's market, a trade after every
+book message), against `depthwatch export` of the same day in the same run.
+
+    .venv/bin/python bench/bench_archive.py                      # 1 day, 1 M messages
+    .venv/bin/python bench/bench_archive.py --days 3 --messages 200000
+
+Prints, per run: archive bytes per book message (L2 Parquet, and Tardis csv.gz
+of the same day), the archive's L2 rows/s (whole run: L2, quotes, trades, gaps
+written, read back and checked) beside the L2 Parquet export's, both
+processes' peak RSS, and the quotes of every recorded day read back with
+DuckDB from the archive beside `depthwatch export --kind quotes` of the range.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from children import Children, run_record_paced
+from common import exit_on_sigterm, machine_line
+from databases import database_server, fresh_database
+from depthwatch.clock import DAY_US, now_us, utc_day
+
+SYMBOL = "P00USDT"  # record_paced.py's first stream
+
+
+def timed(children: Children, name: str, args: list[str]) -> tuple[float, float]:
+    """(seconds, peak RSS MB) of `depthwatch ARGS` run to its end."""
+    started = time.perf_counter()
+    child = children.start(name, args)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.proc.returncode = os.waitstatus_to_exitcode(status)
+    if status:
+        raise RuntimeError(f"{name} failed: {child.output()}")
+    return time.perf_counter() - started, usage.ru_maxrss / 1024
+
+
+def main() -> int:
+    exit_on_sigterm()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--days", type=int, default=1, help="UTC days recorded")
+    parser.add_argument("--messages", type=int, default=1_000_000, help="book messages a day")
+    args = parser.parse_args()
+    print(machine_line(detail=True))
+    first_day = now_us() // DAY_US - args.days - 1  # all finished
+    end_ms = (first_day + args.days) * DAY_US // 1000
+    rate = args.messages / 86_400
+    with tempfile.TemporaryDirectory(prefix="bench-archive-") as tmp:
+        base = Path(tmp)
+        with database_server(base / "pg") as server, Children(base / "logs") as children:
+            url = fresh_database(server, "dw_bench_archive")
+            started = time.perf_counter()
+            run_record_paced(
+                url,
+                *("--streams", "1", "--minutes", str(args.days * 1440), "--rate", f"{rate:.4f}"),
+                *("--end-ms", str(end_ms - 1), "--trades-every", "1"),
+            )
+            print(f"recorded {args.days} day(s) x {args.messages:,} messages in "
+                  f"{time.perf_counter() - started:.0f} s")  # fmt: skip
+            root = base / "archive"
+            seconds, rss = timed(
+                children,
+                "archive",
+                [
+                    "archive",
+                    "--archive-url",
+                    str(root),
+                    "--database-url",
+                    url,
+                    "--format",
+                    "csv.gz",
+                ],
+            )
+            manifests = sorted(root.glob("bybit/_manifests/**/*.json"))
+            files = [f for m in manifests for f in json.loads(m.read_text())["files"]]
+            messages = sum(json.loads(m.read_text())["source"]["messages"] for m in manifests)
+            size = {
+                fmt: sum(f["bytes"] for f in files if f["kind"] == "incremental_book_L2"
+                         and f["format"] == fmt)
+                for fmt in ("parquet", "csv.gz")
+            }  # fmt: skip
+            l2_rows = sum(
+                f["rows"]
+                for f in files
+                if f["kind"] == "incremental_book_L2" and f["format"] == "parquet"
+            )
+            day = utc_day(first_day * DAY_US)
+            export_s, export_rss = timed(
+                children,
+                "export",
+                [
+                    *("export", "--kind", "incremental_book_L2", "--symbol", SYMBOL),
+                    *("--start", day, "--end", utc_day((first_day + 1) * DAY_US)),
+                    *("--format", "parquet", "--out", str(base / "l2.parquet"), "--quiet"),
+                    *("--database-url", url),
+                ],
+            )
+            export_rows = l2_rows // args.days  # the first day's
+            print(f"book messages archived: {messages:,}; L2 rows: {l2_rows:,}")
+            for fmt, total in size.items():
+                print(f"  L2 {fmt:8} {total / 1e6:8.1f} MB  {total / messages:6.1f} bytes/message")
+            print(f"archive (csv.gz too): {seconds:.1f} s, {l2_rows / seconds:,.0f} L2 rows/s, "
+                  f"peak RSS {rss:.0f} MB")  # fmt: skip
+            rate_s = export_rows / export_s
+            print(f"export L2 Parquet of {day}: {export_s:.1f} s, ~{rate_s:,.0f} rows/s, "
+                  f"peak RSS {export_rss:.0f} MB")  # fmt: skip
+            import duckdb
+
+            started = time.perf_counter()
+            quotes = duckdb.sql(
+                f"""SELECT count(*) FROM read_parquet(
+                        '{root}/bybit/quotes/*/*/*/*.parquet', hive_partitioning = true)
+                    WHERE symbol = '{SYMBOL}'"""
+            ).fetchone()
+            duck_s = time.perf_counter() - started
+            quotes_s, _ = timed(
+                children,
+                "export-quotes",
+                [
+                    *("export", "--kind", "quotes", "--symbol", SYMBOL, "--start", day),
+                    *("--end", utc_day((first_day + args.days) * DAY_US)),
+                    *("--format", "parquet", "--out", str(base / "q.parquet"), "--quiet"),
+                    *("--database-url", url),
+                ],
+            )
+            count = quotes[0] if quotes else 0
+            print(f"quotes of {args.days} day(s) ({count:,} rows): DuckDB over the archive "
+                  f"{duck_s:.2f} s, depthwatch export {quotes_s:.1f} s")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
