@@ -609,12 +609,36 @@ def test_the_collectors_retention_waits_for_the_archive_when_one_is_configured(
 
 
 def test_up_runs_the_archive_after_each_finished_day_and_an_hour_after_a_failure():
+    from depthwatch.archive.schedule import RETRY_US, ArchiveSchedule, next_due
     from depthwatch.storage.archived import SETTLE_US
-    from depthwatch.supervisor import ARCHIVE_RETRY_US, next_archive_due
 
     noon = parse_time_us("2026-12-05T12:00Z")
     after_midnight = parse_time_us("2026-12-06") + SETTLE_US
-    assert next_archive_due(noon, 0) == after_midnight
-    assert next_archive_due(noon, 1) == noon + ARCHIVE_RETRY_US
+    assert next_due(noon, 0) == after_midnight
+    assert next_due(noon, 1) == noon + RETRY_US
     late = parse_time_us("2026-12-05T23:30Z")
-    assert next_archive_due(late, 1) == after_midnight  # the day's own run comes first
+    assert next_due(late, 1) == after_midnight  # the day's own run comes first
+    # One run at a time: started at once, not again while it runs; its end
+    # sets the next.
+    now = [noon]
+    started: list[int] = []
+    exits: list[int] = []
+    schedule = ArchiveSchedule(
+        start=lambda: started.append(now[0]),
+        finished=lambda: exits.pop() if exits else None,
+        running=lambda: len(started) > len(done),
+        clock=lambda: now[0],
+    )
+    done: list[int] = []
+    schedule.tick()
+    schedule.tick()
+    assert started == [noon]
+    exits.append(1)  # it failed
+    done.append(1)
+    schedule.tick()
+    now[0] = noon + RETRY_US - 1
+    schedule.tick()
+    assert started == [noon]
+    now[0] = noon + RETRY_US
+    schedule.tick()
+    assert started == [noon, noon + RETRY_US]

@@ -14,11 +14,10 @@ otherwise hit the collector while it flushes, after its handler is gone. On
 Linux each child also gets PR_SET_PDEATHSIG, so it is told to stop even if the
 supervisor itself is killed with SIGKILL.
 
-Besides its children, `up` runs the archive as a job (`ArchiveJobs`): at
-start and after each UTC midnight, a `depthwatch archive` that ends, whose
-exit stops nothing.
+Besides its children, `up` runs the archive as a job: a `depthwatch archive`
+that ends, whose exit stops nothing, when archive/schedule.py says.
 
-Why one file of ~770 lines: the process rules (groups, death signal, stop
+Why one file of ~745 lines: the process rules (groups, death signal, stop
 order, restarts, relayed output, jobs) and the two commands built on them read
 best together; split, each half would need the other to make sense.
 """
@@ -410,40 +409,6 @@ def _die_with_parent(death_signal: signal.Signals) -> Callable[[], None] | None:
     return preexec
 
 
-ARCHIVE_RETRY_US = 3_600 * 1_000_000  # after a failed archive run
-
-
-def next_archive_due(now: int, code: int) -> int:
-    """When up's next archive run is due after one that exited with `code`:
-    once the next UTC day is finished, or an hour on after a failure."""
-    from depthwatch.clock import DAY_US
-    from depthwatch.storage.archived import SETTLE_US
-
-    next_day = now - now % DAY_US + DAY_US + SETTLE_US
-    return next_day if code == 0 else min(next_day, now + ARCHIVE_RETRY_US)
-
-
-class ArchiveJobs:
-    """`depthwatch up`'s archive: `depthwatch archive` as a job at start, then
-    when `next_archive_due` says; one at a time."""
-
-    def __init__(self, supervisor: Supervisor, argv: list[str], env: dict[str, str]) -> None:
-        self.supervisor = supervisor
-        self.argv = argv
-        self.env = env
-        self.due_us = 0  # at once
-
-    def tick(self) -> None:
-        from depthwatch.clock import now_us
-
-        code = self.supervisor.finished_job("archive")
-        now = now_us()
-        if code is not None:
-            self.due_us = next_archive_due(now, code)
-        elif now >= self.due_us and not self.supervisor.running("archive"):
-            self.supervisor.start(Child("archive", self.argv, self.env, job=True))
-
-
 def describe_status(returncode: int) -> str:
     if returncode < 0:
         return f"killed by {signal.Signals(-returncode).name}"
@@ -719,14 +684,21 @@ def _up(
     # With an archive, the collector's retention waits for it.
     env = child_env(DATABASE_URL=url, DEPTHWATCH_ARCHIVE_URL=archive)
     supervisor.start(Child("collector", collector_argv, env))
-    jobs = None
+    tick = None
     if archive is not None:
+        from depthwatch.archive.schedule import ArchiveSchedule
+
         argv = depthwatch_argv(args.log_level, "archive", f"--archive-url={archive}")
-        jobs = ArchiveJobs(supervisor, argv, child_env(DATABASE_URL=url))
+        job_env = child_env(DATABASE_URL=url)
+        tick = ArchiveSchedule(
+            start=lambda: supervisor.start(Child("archive", argv, job_env, job=True)),
+            finished=lambda: supervisor.finished_job("archive"),
+            running=lambda: supervisor.running("archive"),
+        ).tick
     # A read-only role for the dashboard (DASHBOARD_DATABASE_URL) wins over the writer's URL.
     dashboard_url = reader_database_url_from_env() or url
     env = dashboard_env_for_url(dashboard_url)
-    return _serve_dashboard(supervisor, app, args, env, None if jobs is None else jobs.tick)
+    return _serve_dashboard(supervisor, app, args, env, tick)
 
 
 def _archive_url(args: argparse.Namespace) -> str | None:
