@@ -642,3 +642,28 @@ def test_up_runs_the_archive_after_each_finished_day_and_an_hour_after_a_failure
     now[0] = noon + RETRY_US
     schedule.tick()
     assert started == [noon, noon + RETRY_US]
+
+
+def test_the_health_page_shows_the_archive_per_stream_and_the_last_failure(
+    archived: Archived, use_database, tmp_path: Path
+):
+    from streamlit.testing.v1 import AppTest
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert archive(str(blocker / "archive"), archived.url).returncode == 1  # a failed run
+    with archived.engine.begin() as conn:  # Jan 3 waits again
+        conn.execute(sa.text(f"DELETE FROM archived_days WHERE day = {MIDNIGHT // DAY_US + 1}"))
+    use_database(archived.url)
+    at = AppTest.from_string("from depthwatch.app import health\nhealth.render()").run(timeout=30)
+    assert not at.exception
+    table = at.dataframe[-1].value  # the archive's, last on the page
+    assert table["stream"].tolist() == ["BTCUSDT · linear · depth 1", "BTCUSDT · linear · depth 50"]
+    assert table["last archived day"].tolist() == ["2026-01-04", "2026-01-04"]
+    assert table["days archived"].tolist() == [3, 3]
+    assert table["days waiting"].tolist() == [1, 1]
+    assert table["archive MB"].iloc[1] > 0  # depth 50 (depth 1 rounds to 0.0)
+    captions = " ".join(c.value for c in at.caption)
+    assert "Last run: " in captions and "a-file" in captions
+    (failure,) = [e.value for e in at.error]
+    assert "a file stands where a directory should be" in failure
