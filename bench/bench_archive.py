@@ -59,6 +59,10 @@ def main() -> int:
                 url,
                 *("--streams", "1", "--minutes", str(args.days * 1440), "--rate", f"{rate:.4f}"),
                 *("--end-ms", str(end_ms - 1), "--trades-every", "1"),
+                # A flush per 10 s of exchange time: a day at the collector's
+                # 250 ms would be 345,600 flushes to record. The archive's files
+                # do not depend on how the log was cut into chunks.
+                *("--flush-ms", "10000"),
             )
             print(f"recorded {args.days} day(s) x {args.messages:,} messages in "
                   f"{time.perf_counter() - started:.0f} s")  # fmt: skip
@@ -112,11 +116,11 @@ def main() -> int:
             import duckdb
 
             started = time.perf_counter()
-            quotes = duckdb.sql(
+            (quotes,) = duckdb.sql(
                 f"""SELECT count(*) FROM read_parquet(
                         '{root}/bybit/quotes/*/*/*/*.parquet', hive_partitioning = true)
                     WHERE symbol = '{SYMBOL}'"""
-            ).fetchone()
+            ).fetchall()
             duck_s = time.perf_counter() - started
             quotes_s, _ = timed(
                 children,
@@ -128,7 +132,7 @@ def main() -> int:
                     *("--database-url", url),
                 ],
             )
-            count = quotes[0] if quotes else 0
+            count = quotes[0]
             print(f"quotes of {args.days} day(s) ({count:,} rows): DuckDB over the archive "
                   f"{duck_s:.2f} s, depthwatch export {quotes_s:.1f} s")  # fmt: skip
     return 0
