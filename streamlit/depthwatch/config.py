@@ -252,13 +252,13 @@ def add_archive_arguments(parser: argparse.ArgumentParser) -> None:
     add_database_arguments(parser)
 
 
-def archive_url(args: argparse.Namespace) -> str | None:
-    """--archive-url, else the embedded database's archive; ConfigError when
-    the database is a server's and no archive is named (None with
-    --if-configured)."""
+def archive_url(args: argparse.Namespace, required: bool = True) -> str | None:
+    """--archive-url, else the embedded database's archive; for a server's
+    database with no archive named, ConfigError, or None when not `required`
+    (`depthwatch up`) or with --if-configured."""
     if args.archive_url:
         return str(args.archive_url)
-    if args.database_url and args.if_configured:
+    if args.database_url and (not required or getattr(args, "if_configured", False)):
         return None
     if args.database_url:
         raise ConfigError(

@@ -55,10 +55,10 @@ from depthwatch.config import (
     CollectorConfig,
     ConfigError,
     add_collector_arguments,
+    archive_url,
     archive_url_from_env,
     collector_config_from_args,
     database_url_from_env,
-    default_archive_dir,
     default_data_dir,
     reader_database_url_from_env,
 )
@@ -704,13 +704,7 @@ def _up(
 def _archive_url(args: argparse.Namespace) -> str | None:
     """Where up archives: --archive-url, else beside the embedded database;
     None with --no-archive, or with DATABASE_URL and no archive named."""
-    if args.no_archive:
-        return None
-    if args.archive_url:
-        return str(args.archive_url)
-    if args.database_url:
-        return None
-    return str(default_archive_dir(Path(args.data_dir)).expanduser().resolve())
+    return None if args.no_archive else archive_url(args, required=False)
 
 
 def _serve_dashboard(
