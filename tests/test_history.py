@@ -13,8 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from depthwatch.export.files import file_name, plan_files, split_daily, write_export
-from depthwatch.export.kinds import HEADERS, ExportKind
-from depthwatch.export.snapshots import SnapshotSpec
+from depthwatch.export.kinds import HEADERS, ExportKind, SnapshotSpec
 from depthwatch.export.tardis import TIME_COLUMNS, ExportRequest
 from depthwatch.records import StreamKey
 from depthwatch.sim import SimConfig, TruthState

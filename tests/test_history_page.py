@@ -37,8 +37,7 @@ from depthwatch.app import history as h
 from depthwatch.app import planning as pl
 from depthwatch.clock import DAY_US, SECOND_US, parse_time_us
 from depthwatch.export import files
-from depthwatch.export.kinds import ExportKind
-from depthwatch.export.snapshots import SnapshotSpec
+from depthwatch.export.kinds import ExportKind, SnapshotSpec
 from depthwatch.export.tardis import ExportRequest
 from depthwatch.sim import SimConfig, SimulatorThread
 from depthwatch.storage.read.book import book_events

@@ -356,9 +356,8 @@ def _archive(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    import sqlalchemy as sa
 
-    from depthwatch.export.command import range_or_depth_refused, read_failed
+    from depthwatch.export.command import READ_FAILURES, range_or_depth_refused, read_failed
     from depthwatch.export.files import plan_files, write_export, write_file
     from depthwatch.export.kinds import ExportKind
     from depthwatch.export.tardis import ExportRequest, check_requests
@@ -407,7 +406,7 @@ def _export(args: argparse.Namespace) -> int:
         else:
             rows = write_file(engine, requests, args.format, out, progress)
             log.info("wrote %s (%d rows)", out, rows)
-    except (NotRecorded, sa.exc.OperationalError) as exc:
+    except READ_FAILURES as exc:
         return read_failed(
             log, exc, "the database went away during the export (%s); no file written"
         )

@@ -143,7 +143,8 @@ def load_gaps(
     """Where the record is incomplete (`depthwatch gaps`), per stream: the
     export's gap columns, then `start_time` and `end_time` as datetime64[us, UTC].
     `symbols` None: every recorded stream of the category."""
-    from depthwatch.export.gaps import GAP_COLUMNS, find_gaps, gap_rows
+    from depthwatch.export.gaps import find_gaps, gap_rows
+    from depthwatch.export.kinds import GAP_COLUMNS
 
     names = None if symbols is None else [symbols] if isinstance(symbols, str) else list(symbols)
     found = find_gaps(

@@ -41,6 +41,7 @@ from starlette.responses import FileResponse, PlainTextResponse, Response
 
 from depthwatch.logs import first_line
 from depthwatch.storage.db import DatabaseUnavailable
+from depthwatch.storage.read.cold import ArchiveUnreadable
 
 log = logging.getLogger("depthwatch.app.downloads")
 
@@ -293,6 +294,9 @@ def offer(
         return
     except (sa.exc.OperationalError, sa.exc.InterfaceError, DatabaseUnavailable) as exc:
         st.error(f"**Database unreachable**: {first_line(exc)}", icon=":material/cloud_off:")
+        return
+    except ArchiveUnreadable as exc:
+        st.error(f"**Archive unreadable**: {exc}", icon=":material/cloud_off:")
         return
     st.markdown(link_html(ready), unsafe_allow_html=True)
     st.caption(

@@ -32,6 +32,7 @@ import sqlalchemy as sa
 
 from depthwatch import __version__
 from depthwatch.archive.layout import ARCHIVED_KINDS, MANIFESTS, PARQUET, StreamDay
+from depthwatch.archive.log import LOG, LOG_TABLES, log_path, write_log_file
 from depthwatch.archive.manifest import ArchivedFile, Manifest
 from depthwatch.archive.store import ArchiveStore, StoreError
 from depthwatch.clock import DAY_US, now_us, utc_day
@@ -175,6 +176,9 @@ def _why_kept(conn: sa.Connection, store: ArchiveStore, day: int) -> str | None:
     missing = archived.unarchived_streams(conn, day)
     if missing:
         return f"not archived yet: {', '.join(missing)}"
+    counts = archived.day_counts(conn, (day + 1) * DAY_US, day * DAY_US)
+    if any(c.legacy_events for c in counts.values()):
+        return "it holds schema 1-3 book rows, which the archive's log does not carry"
     for stream, sha in archived.manifests_of_day(conn, day):
         exchange = TARDIS_EXCHANGE[stream.category]
         path = StreamDay(
@@ -186,6 +190,10 @@ def _why_kept(conn: sa.Connection, store: ArchiveStore, day: int) -> str | None:
             return f"{path} is missing from {store}"
         if hashlib.sha256(data).hexdigest() != sha:
             return f"{path} in {store} is not the manifest recorded"
+        logged = {f.kind for f in Manifest.from_json(data).files}
+        if not {f"{LOG}/{t.name}" for t in LOG_TABLES} <= logged:
+            # Readers need the log once the day is gone (storage/read/cold.py).
+            return f"{path} names no log of the day (archived by an older depthwatch)"
     return None
 
 
@@ -315,6 +323,7 @@ def archive_day(
             _check_stored(store, path, size, sha)
             files.append(ArchivedFile(kind, fmt, path, rows, size, sha, first, last))
             local.unlink()
+    files += _archive_log(engine, store, pending, scratch)
     manifest = Manifest(
         day.exchange,
         stream.category,
@@ -338,10 +347,44 @@ def archive_day(
             len(files),
             manifest.bytes,
             hashlib.sha256(data).hexdigest(),
-            store.shown,
+            store.url,
             now_us(),
         )
     return manifest
+
+
+def _archive_log(
+    engine: sa.Engine, store: ArchiveStore, pending: Pending, scratch: Path
+) -> list[ArchivedFile]:
+    """The stream-day's log (archive/log.py), each table's file uploaded and
+    read back; what readers use once the day has left the database."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    stream = pending.stream
+    files = []
+    for table in LOG_TABLES:
+        local = scratch / f"{LOG}-{table.name}.parquet"
+        # One statement per transaction (see _archive), streamed (a named
+        # cursor, which needs a transaction of its own).
+        with engine.connect() as conn, conn.begin():
+            rows = archived.log_rows(
+                conn, table.name, stream.id, stream.stream_key, stream.instrument_id, pending.day
+            )
+            count = write_log_file(table, rows, local)
+        first = last = None
+        if count:
+            extremes = pc.min_max(pq.read_table(local, columns=[table.time_column]).column(0))
+            first, last = int(extremes["min"].as_py()), int(extremes["max"].as_py())
+        sha, size = _digest(local)
+        path = log_path(pending.stream_day, table)
+        store.put(path, local)
+        _check_stored(store, path, size, sha)
+        files.append(
+            ArchivedFile(f"{LOG}/{table.name}", PARQUET, path, count, size, sha, first, last)
+        )
+        local.unlink()
+    return files
 
 
 def _check_stored(store: ArchiveStore, path: str, size: int, sha: str) -> None:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     import pyarrow.fs as pafs
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,9 @@ class ArchiveStore:
         self.fs = fs
         self.root = root.rstrip("/")
         self.shown = shown  # the URL as given: no key is ever part of it
+        # Where readers find it again, from any directory: s3://... as given,
+        # a local directory as its absolute path.
+        self.url = root if local else shown
         self.retry_for_s = retry_for_s
         self.local = local
 
@@ -163,6 +167,13 @@ class ArchiveStore:
                 return bytes(src.read())
 
         return self._retried(f"cannot read {path} from", download)
+
+    def open_input(self, path: str) -> pa.NativeFile:
+        """The object opened for random access (Parquet reads its footer
+        first); FileNotFoundError if there is none."""
+        return self._retried(
+            f"cannot read {path} from", lambda: self.fs.open_input_file(self._full(path))
+        )
 
     def stored(self, path: str) -> Stored | None:
         """The object's size and sha256, streamed; None if there is none."""

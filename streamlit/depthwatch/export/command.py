@@ -1,8 +1,9 @@
 """What the two commands that read a recording, `depthwatch export` (cli.py)
 and `depthwatch gaps` (export/gaps.py), check and answer alike: the range and
 depth asked for (exit status 2 when wrong), and a read that failed for a
-missing recording or a database gone (one error line, exit status 1). Each
-line goes to the calling command's logger."""
+missing recording, an archived day the archive cannot give, or a database
+gone (one error line, exit status 1). Each line goes to the calling command's
+logger."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sqlalchemy as sa
 
 from depthwatch.feed.topics import valid_depths
 from depthwatch.logs import first_line
+from depthwatch.storage.read.cold import ArchiveUnreadable
 from depthwatch.storage.read.streams import NotRecorded
 
 
@@ -31,12 +33,18 @@ def range_or_depth_refused(
     return False
 
 
+READ_FAILURES = (NotRecorded, ArchiveUnreadable, sa.exc.OperationalError)
+
+
 def read_failed(
-    log: logging.Logger, exc: NotRecorded | sa.exc.OperationalError, went_away: str
+    log: logging.Logger,
+    exc: NotRecorded | ArchiveUnreadable | sa.exc.OperationalError,
+    went_away: str,
 ) -> int:
-    """Exit status 1, after an error line: the missing recording's message,
-    or for a database gone `went_away` (its %s: the error's first line)."""
-    if isinstance(exc, NotRecorded):
+    """Exit status 1, after an error line: the missing recording's (or
+    archived day's) message, or for a database gone `went_away` (its %s: the
+    error's first line)."""
+    if isinstance(exc, NotRecorded | ArchiveUnreadable):
         log.error("%s", exc)
     else:
         log.error(went_away, first_line(exc))

@@ -26,6 +26,7 @@ from depthwatch import coverage
 from depthwatch.clock import SECOND_US, TIME_FORMS, now_us, utc_datetime
 from depthwatch.config import add_database_arguments
 from depthwatch.coverage import Gap
+from depthwatch.export.kinds import GAP_COLUMNS
 from depthwatch.feed.topics import CATEGORIES, TARDIS_EXCHANGE
 from depthwatch.records import DEFAULT_HEARTBEAT_INTERVAL_S
 from depthwatch.storage.read.chunks import RecordedTimes
@@ -37,16 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-GAP_COLUMNS = (
-    "exchange",
-    "symbol",
-    "depth",
-    "start_timestamp",  # receive time, microseconds since the epoch (UTC)
-    "end_timestamp",  # exclusive
-    "duration_s",
-    "cause",  # coverage.CAUSES, several joined by "+"
-    "detail",
-)
 GapRow = tuple[str, str, int, int, int, float, str, str]
 FORMATS = ("table", "csv")
 DETAIL_CHARS = 90  # of the table; CSV keeps the whole detail
@@ -73,16 +64,18 @@ def find_gaps(
         kept_from = heartbeats_kept_from(conn)
         gaps: list[Gap] = []
         for stream in streams:
-            beats = heartbeats(conn, stream.key, start_us, end_us)
+            recorded = RecordedTimes(conn, stream)
+            cold = recorded.cold  # the stream's days read from the archive
+            beats = heartbeats(conn, stream.key, start_us, end_us, cold)
             found = coverage.stream_gaps(
                 stream.stream_key,
-                stream_events(conn, stream, start_us, end_us),
+                stream_events(conn, stream, start_us, end_us, cold),
                 beats.times_us,
                 start_us,
                 end_us,
                 beats.interval_us or DEFAULT_HEARTBEAT_US,
-                RecordedTimes(conn, stream),
-                kept_from,
+                recorded,
+                heartbeats_kept_from(conn, cold) if cold else kept_from,
             )
             gaps += coverage.disjoint(found)
     return sorted(gaps, key=lambda g: (g.symbol, g.depth, g.start_us))
@@ -226,7 +219,7 @@ def run_gaps(args: argparse.Namespace) -> int:
     standard output; 1 for a symbol never recorded or a database gone; 2 for
     bad arguments."""
     from depthwatch.clock import TimeFormatError, parse_time_us
-    from depthwatch.export.command import range_or_depth_refused, read_failed
+    from depthwatch.export.command import READ_FAILURES, range_or_depth_refused, read_failed
     from depthwatch.storage.db import make_engine, resolve_database_url, wait_for_database
 
     try:
@@ -245,7 +238,7 @@ def run_gaps(args: argparse.Namespace) -> int:
         gaps = find_gaps(engine, args.category, symbols, start_us, end_us, args.depth)
         with engine.connect() as conn:
             kept_from = heartbeats_kept_from(conn)
-    except (NotRecorded, sa.exc.OperationalError) as exc:
+    except READ_FAILURES as exc:
         return read_failed(log, exc, "the database went away (%s)")
     finally:
         engine.dispose()

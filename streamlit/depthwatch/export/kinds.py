@@ -3,14 +3,15 @@ says which rows a kind string asks for and under which header, so no other
 module reads the string again.
 
 Tardis's kinds (incremental_book_L2, quotes, trades, book_snapshot_N[_INTERVAL])
-keep Tardis's column names and order; `gaps` is ours (export.gaps)."""
+keep Tardis's column names and order; `gaps` is ours (export.gaps). A leaf
+module: the archive's layout and every reader may import it."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from depthwatch.export.gaps import GAP_COLUMNS
-from depthwatch.export.snapshots import SnapshotSpec
+from depthwatch.clock import SECOND_US
 
 L2 = "incremental_book_L2"
 QUOTES = "quotes"
@@ -27,6 +28,56 @@ HEADERS = {
     QUOTES: COMMON_COLUMNS + "ask_amount,ask_price,bid_price,bid_amount",
     TRADES: COMMON_COLUMNS + "id,side,price,amount",
 }
+
+
+# `gaps` (export.gaps): one row per gap of a stream.
+GAP_COLUMNS = (
+    "exchange",
+    "symbol",
+    "depth",
+    "start_timestamp",  # receive time, microseconds since the epoch (UTC)
+    "end_timestamp",  # exclusive
+    "duration_s",
+    "cause",  # coverage.CAUSES, several joined by "+"
+    "detail",
+)
+
+_KIND = re.compile(r"book_snapshot_(\d+)(?:_(\d+)(ms|s|m))?")
+_UNIT_US = {"ms": 1_000, "s": SECOND_US, "m": 60 * SECOND_US}
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotSpec:
+    levels: int
+    interval_us: int  # 0: a row at every change of the top `levels`
+
+    @classmethod
+    def parse(cls, kind: str) -> SnapshotSpec | None:
+        """The spec of a `book_snapshot_...` kind; None for other kinds.
+        Raises ValueError on a malformed one."""
+        if not kind.startswith("book_snapshot_"):
+            return None
+        found = _KIND.fullmatch(kind)
+        if found is None:
+            raise ValueError(
+                f"{kind!r}: write book_snapshot_N or book_snapshot_N_INTERVAL, "
+                "e.g. book_snapshot_25, book_snapshot_25_100ms, book_snapshot_5_1s, "
+                "book_snapshot_10_1m"
+            )
+        levels = int(found[1])
+        interval = int(found[2]) * _UNIT_US[found[3]] if found[2] is not None else 0
+        if levels < 1:
+            raise ValueError(f"{kind!r}: at least one level")
+        if found[2] is not None and interval == 0:
+            raise ValueError(f"{kind!r}: the interval must be positive")
+        return cls(levels, interval)
+
+    def header(self) -> str:
+        cells = []
+        for i in range(self.levels):
+            cells += [f"asks[{i}].price", f"asks[{i}].amount"]
+            cells += [f"bids[{i}].price", f"bids[{i}].amount"]
+        return ",".join(cells)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,55 +15,15 @@ snapshot) no row is written; `depthwatch gaps` says where that was.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from depthwatch.clock import SECOND_US
 from depthwatch.export.intbook import MISSING
+from depthwatch.export.kinds import SnapshotSpec
 from depthwatch.export.replay import IntBookReplay, StepKind
-
-_KIND = re.compile(r"book_snapshot_(\d+)(?:_(\d+)(ms|s|m))?")
-_UNIT_US = {"ms": 1_000, "s": SECOND_US, "m": 60 * SECOND_US}
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotSpec:
-    levels: int
-    interval_us: int  # 0: a row at every change of the top `levels`
-
-    @classmethod
-    def parse(cls, kind: str) -> SnapshotSpec | None:
-        """The spec of a `book_snapshot_...` kind; None for other kinds.
-        Raises ValueError on a malformed one."""
-        if not kind.startswith("book_snapshot_"):
-            return None
-        found = _KIND.fullmatch(kind)
-        if found is None:
-            raise ValueError(
-                f"{kind!r}: write book_snapshot_N or book_snapshot_N_INTERVAL, "
-                "e.g. book_snapshot_25, book_snapshot_25_100ms, book_snapshot_5_1s, "
-                "book_snapshot_10_1m"
-            )
-        levels = int(found[1])
-        interval = int(found[2]) * _UNIT_US[found[3]] if found[2] is not None else 0
-        if levels < 1:
-            raise ValueError(f"{kind!r}: at least one level")
-        if found[2] is not None and interval == 0:
-            raise ValueError(f"{kind!r}: the interval must be positive")
-        return cls(levels, interval)
-
-    def header(self) -> str:
-        cells = []
-        for i in range(self.levels):
-            cells += [f"asks[{i}].price", f"asks[{i}].amount"]
-            cells += [f"bids[{i}].price", f"bids[{i}].amount"]
-        return ",".join(cells)
-
 
 # (timestamp, local_timestamp, price_exp, size_exp, top): `top` as
 # IntBook.take_top() gives it, integers the sinks turn into decimals a batch at

@@ -8,6 +8,8 @@ longer match the ones archived, and the day is archived again.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 
 import sqlalchemy as sa
@@ -264,3 +266,53 @@ def finish_run(
             "id": run_id,
         },
     )
+
+
+def log_rows(
+    conn: sa.Connection, table: str, stream_id: int, stream_key: StreamKey, iid: int, day: int
+) -> Iterator[tuple[object, ...]]:
+    """The stream-day's rows of one table of its log (archive.log.LOG_TABLES
+    names them), in the columns and order the archive keeps: streamed."""
+    params = {
+        "s": stream_id,
+        "i": iid,
+        "d": stream_key.depth,
+        "c": stream_key.category,
+        "sym": stream_key.symbol,
+        "k": str(stream_key),
+        "from": day * DAY_US,
+        "to": (day + 1) * DAY_US,
+    }
+    result = conn.execution_options(stream_results=True, yield_per=LOG_BATCH_ROWS).execute(
+        sa.text(_LOG_SQL[table]), params
+    )
+    with contextlib.closing(result):
+        for row in result:
+            yield tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
+
+
+LOG_BATCH_ROWS = 1_000
+
+# Each in archive.log's columns and order; days by the column each table is
+# partitioned (or counted, in day_counts) by.
+_LOG_SQL = {
+    "book_chunks": """SELECT ts_us, u, n, snapshot, payload FROM book_chunks
+                      WHERE stream_id = :s AND ts_us >= :from AND ts_us < :to
+                      ORDER BY ts_us, u, n, snapshot""",
+    "book_checkpoints": """SELECT ts_us, local_us, u, seq, bid_prices::text[], bid_sizes::text[],
+                                  ask_prices::text[], ask_sizes::text[]
+                           FROM book_checkpoints
+                           WHERE instrument_id = :i AND depth = :d
+                             AND ts_us >= :from AND ts_us < :to
+                           ORDER BY ts_us""",
+    "trades": """SELECT ts_us, local_us, trade_id, side, price::text, size::text, seq
+                 FROM trades WHERE instrument_id = :i AND ts_us >= :from AND ts_us < :to
+                 ORDER BY ts_us, seq, trade_id""",
+    "feed_events": """SELECT id, local_us, kind, depth, detail FROM feed_events
+                      WHERE category = :c AND symbol = :sym AND local_us >= :from
+                        AND local_us < :to AND (depth = :d OR depth IS NULL)
+                      ORDER BY local_us, id""",
+    "heartbeats": """SELECT local_us, interval_s, simulated FROM collector_heartbeats
+                     WHERE local_us >= :from AND local_us < :to AND :k = ANY(streams)
+                     ORDER BY local_us, collector""",
+}

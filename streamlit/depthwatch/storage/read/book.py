@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
+from depthwatch.archive.log import CHECKPOINTS, CHUNKS
 from depthwatch.records import SECOND_US
 from depthwatch.storage.codec import (
     SNAPSHOT,
@@ -28,6 +29,7 @@ from depthwatch.storage.codec import (
     text_units,
 )
 from depthwatch.storage.read import legacy
+from depthwatch.storage.read.cold import cold_log
 from depthwatch.storage.read.cursor import stream_rows
 from depthwatch.storage.read.rows import BookEventRow, Checkpoint, IntBookEvent, QuoteRow
 from depthwatch.storage.read.streams import Stream
@@ -43,7 +45,7 @@ MESSAGE_BATCH = 10_000
 
 def last_snapshot_before(conn: sa.Connection, stream: Stream, ts_us: int) -> int | None:
     """Exchange time of the last snapshot strictly before `ts_us` (packed
-    chunks open with their snapshots)."""
+    chunks open with their snapshots), cold days included."""
     ts = conn.execute(
         sa.text(
             """SELECT greatest(
@@ -56,14 +58,21 @@ def last_snapshot_before(conn: sa.Connection, stream: Stream, ts_us: int) -> int
         ),
         {"s": stream.id, "i": stream.instrument_id, "d": stream.depth, "t": ts_us},
     ).scalar()
-    return None if ts is None else int(ts)
+    found = None if ts is None else int(ts)
+    after = 0 if found is None else found + 1
+    for ts_cold, snapshot in cold_log(conn, stream).rows(
+        CHUNKS, after, ts_us, newest_first=True, columns=["ts_us", "snapshot"]
+    ):
+        if snapshot:
+            return int(ts_cold)
+    return found
 
 
 def last_checkpoint_at_or_before(
     conn: sa.Connection, stream: Stream, ts_us: int
 ) -> Checkpoint | None:
     """The collector's latest whole-book checkpoint stamped at or before `ts_us`."""
-    row = conn.execute(
+    found = conn.execute(
         sa.text(
             """SELECT ts_us, local_us, u, bid_prices::text[], bid_sizes::text[], ask_prices::text[],
                       ask_sizes::text[]
@@ -73,6 +82,13 @@ def last_checkpoint_at_or_before(
         ),
         {"i": stream.instrument_id, "d": stream.depth, "t": ts_us},
     ).first()
+    row: Sequence[Any] | None = found
+    cold = cold_log(conn, stream)
+    if cold:
+        after = 0 if row is None else int(row[0]) + 1
+        names = ["ts_us", "local_us", "u", "bid_prices", "bid_sizes", "ask_prices", "ask_sizes"]
+        newer = next(iter(cold.rows(CHECKPOINTS, after, ts_us + 1, True, names)), None)
+        row = newer or row
     if row is None:
         return None
     ts, local, u, bid_prices, bid_sizes, ask_prices, ask_sizes = row
@@ -283,16 +299,7 @@ def messages(
     batch's messages at or after its last chunk's first timestamp wait for the
     next batch, which can hold earlier ones; repeats are the caller's to drop.
     `top_changes_only`: only the messages flagged with a top (quotes)."""
-    rows = stream_rows(
-        conn,
-        """SELECT ts_us, u, payload, n FROM book_chunks
-           WHERE stream_id = :s AND ts_us >= :f AND ts_us < :e
-           ORDER BY ts_us, u, n, snapshot""",
-        # A chunk never crosses a second: those that can hold `from_us` start
-        # in its second.
-        {"s": stream.id, "f": from_us - from_us % SECOND_US, "e": end_us},
-        CHUNK_BATCH_ROWS,
-    )
+    rows = chunk_rows(conn, stream, from_us - from_us % SECOND_US, end_us)
     # (ts, seq, u, snapshot, arrival number, batch, index): the number is
     # unique, so sorting never compares batches.
     waiting: list[tuple[int, int, int, bool, int, Messages, int]] = []
@@ -331,10 +338,37 @@ def messages(
         yield item[5], item[6]
 
 
-def _batches(rows: Iterable[sa.Row], chunks: int, messages: int) -> Iterator[list[sa.Row]]:
+def chunk_rows(
+    conn: sa.Connection, stream: Stream, from_us: int, end_us: int
+) -> Iterator[tuple[int, int, bytes, int]]:
+    """(ts_us, u, payload, n) of the chunks starting in [from, end), by
+    (ts_us, u, n, snapshot): from the database, and from the archive for
+    cold days (a day is one or the other, so merging by time is enough)."""
+    hot = stream_rows(
+        conn,
+        """SELECT ts_us, u, payload, n FROM book_chunks
+           WHERE stream_id = :s AND ts_us >= :f AND ts_us < :e
+           ORDER BY ts_us, u, n, snapshot""",
+        {"s": stream.id, "f": from_us, "e": end_us},
+        CHUNK_BATCH_ROWS,
+    )
+    cold = cold_log(conn, stream)
+    if not cold.days_in(from_us, end_us):
+        return hot  # type: ignore[return-value]
+    archived = cold.rows(CHUNKS, from_us, end_us, columns=["ts_us", "u", "payload", "n"])
+    return heapq.merge(hot, archived, key=_chunk_time)  # type: ignore[arg-type]
+
+
+def _chunk_time(row: Sequence[Any]) -> int:
+    return int(row[0])
+
+
+def _batches(
+    rows: Iterable[Sequence[Any]], chunks: int, messages: int
+) -> Iterator[list[Sequence[Any]]]:
     """Chunk rows (their message count last) in lists of at most `chunks`
     rows, cut early once they hold `messages` messages (never empty)."""
-    part: list[sa.Row] = []
+    part: list[Sequence[Any]] = []
     held = 0
     for row in rows:
         part.append(row)

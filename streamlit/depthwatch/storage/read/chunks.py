@@ -5,11 +5,14 @@ and the ones around a moment (receive times, for `depthwatch gaps`)."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
 
+from depthwatch.archive.log import CHUNKS
 from depthwatch.records import SECOND_US
 from depthwatch.storage.codec import (
     SNAPSHOT,
@@ -21,6 +24,7 @@ from depthwatch.storage.codec import (
     unit_text,
 )
 from depthwatch.storage.read import legacy
+from depthwatch.storage.read.cold import cold_log
 from depthwatch.storage.read.rows import (
     VOLUME_SAMPLE_CHUNKS,
     LastQuote,
@@ -143,8 +147,9 @@ def _newest_in(
     conn: sa.Connection, stream: Stream, start_us: int, end_us: int, count: int
 ) -> DecodedBatch | None:
     """The newest `count` chunks starting in [start, end), decoded without
-    their levels; None when there are none."""
-    rows = conn.execute(
+    their levels (those of cold days when the database has none in range);
+    None when there are none."""
+    rows: Sequence[Sequence[Any]] = conn.execute(
         sa.text(
             """SELECT ts_us, u, payload FROM book_chunks
                WHERE stream_id = :sid AND ts_us >= :s AND ts_us < :e
@@ -152,6 +157,10 @@ def _newest_in(
         ),
         {"sid": stream.id, "s": start_us, "e": end_us, "n": count},
     ).all()
+    if not rows:  # a sample of the cold days', if the range has any
+        names = ["ts_us", "u", "payload"]
+        cold = cold_log(conn, stream).rows(CHUNKS, start_us, end_us, True, names)
+        rows = list(itertools.islice(cold, count))
     if not rows:
         return None
     return decode_many(
@@ -215,23 +224,38 @@ class RecordedTimes:
     def __init__(self, conn: sa.Connection, stream: Stream) -> None:
         self.conn = conn
         self.stream = stream
+        self.cold = cold_log(conn, stream)
 
     def last_at_or_before(self, local_us: int) -> int | None:
+        def keep(local: np.ndarray) -> np.ndarray:
+            return local[local <= local_us]
+
         hit = self._first_hit(
-            "ts_us <= :t + :skew ORDER BY ts_us DESC",
-            {"t": local_us, "skew": CLOCK_SKEW_US},
-            lambda local: local[local <= local_us],
+            "ts_us <= :t + :skew ORDER BY ts_us DESC", {"t": local_us, "skew": CLOCK_SKEW_US}, keep
         )
-        found = [self._legacy("<=", "DESC", local_us), int(hit.max()) if hit.size else None]
+        cold = self._cold_hit(0, local_us + CLOCK_SKEW_US + 1, True, keep)
+        found = [
+            self._legacy("<=", "DESC", local_us),
+            int(hit.max()) if hit.size else None,
+            int(cold.max()) if cold.size else None,
+        ]
         return max((t for t in found if t is not None), default=None)
 
     def first_after(self, local_us: int, before_us: int) -> int | None:
+        def keep(local: np.ndarray) -> np.ndarray:
+            return local[local > local_us]
+
         hit = self._first_hit(
             "ts_us >= :t - :skew AND ts_us < :b + :skew ORDER BY ts_us",
             {"t": local_us, "b": before_us, "skew": CLOCK_SKEW_US},
-            lambda local: local[local > local_us],
+            keep,
         )
-        found = [self._legacy(">", "ASC", local_us), int(hit.min()) if hit.size else None]
+        cold = self._cold_hit(local_us - CLOCK_SKEW_US, before_us + CLOCK_SKEW_US, False, keep)
+        found = [
+            self._legacy(">", "ASC", local_us),
+            int(hit.min()) if hit.size else None,
+            int(cold.min()) if cold.size else None,
+        ]
         first = min((t for t in found if t is not None), default=None)
         return first if first is not None and first < before_us else None
 
@@ -257,6 +281,21 @@ class RecordedTimes:
                 picked = keep(decode_chunk(bytes(payload), int(ts_us), int(u)).local_us)
                 if picked.size:
                     return picked
+        return np.empty(0, dtype=np.int64)
+
+    def _cold_hit(
+        self,
+        start_us: int,
+        end_us: int,
+        newest_first: bool,
+        keep: Callable[[np.ndarray], np.ndarray],
+    ) -> np.ndarray:
+        """As _first_hit, over the chunks of cold days starting in [start, end)."""
+        rows = self.cold.rows(CHUNKS, start_us, end_us, newest_first, ["ts_us", "u", "payload"])
+        for ts_us, u, payload in itertools.islice(rows, CHUNKS_SCANNED):
+            picked = keep(decode_chunk(payload, int(ts_us), int(u)).local_us)
+            if picked.size:
+                return picked
         return np.empty(0, dtype=np.int64)
 
     def _legacy(self, compare: str, order: str, local_us: int) -> int | None:

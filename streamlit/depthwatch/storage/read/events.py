@@ -5,14 +5,17 @@ happened to a stream, and which collectors were recording it. Receive times
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import sqlalchemy as sa
 
+from depthwatch.archive.log import FEED_EVENTS, HEARTBEATS
 from depthwatch.coverage import EVENT_KINDS, StreamEvent
 from depthwatch.records import SECOND_US
+from depthwatch.storage.read.cold import NO_COLD_DAYS, ColdLog, least
 from depthwatch.storage.read.frames import EVENT_COLUMNS, frame
 from depthwatch.storage.read.rows import Heartbeats, HeartbeatView
 from depthwatch.storage.read.streams import Stream
@@ -50,10 +53,15 @@ def feed_events(conn: sa.Connection, since_us: int) -> list[sa.Row]:
 
 
 def stream_events(
-    conn: sa.Connection, stream: Stream, start_us: int, end_us: int
+    conn: sa.Connection,
+    stream: Stream,
+    start_us: int,
+    end_us: int,
+    cold: ColdLog = NO_COLD_DAYS,
 ) -> list[StreamEvent]:
     """The stream's gap-related events (coverage.EVENT_KINDS) received in
-    [start, end), after the last EVENTS_BEFORE before `start`; in receive order."""
+    [start, end), after the last EVENTS_BEFORE before `start`; in receive
+    order. Those of the stream's `cold` days come from the archive."""
     rows = conn.execute(
         sa.text(
             """(SELECT local_us, id, kind, detail FROM feed_events
@@ -76,7 +84,36 @@ def stream_events(
             "n": EVENTS_BEFORE,
         },
     ).all()
-    return [StreamEvent(int(r.local_us), r.kind, r.detail or "") for r in rows]
+    found = [(int(r.local_us), int(r.id), r.kind, r.detail) for r in rows]
+    if cold:
+        found = _with_cold_events(cold, stream, found, start_us, end_us)
+    return [StreamEvent(local, kind, detail or "") for local, _, kind, detail in found]
+
+
+def _with_cold_events(
+    cold: ColdLog,
+    stream: Stream,
+    found: list[tuple[int, int, str, str]],
+    start_us: int,
+    end_us: int,
+) -> list[tuple[int, int, str, str]]:
+    """stream_events' rows with those of cold days taken from the archive
+    (the database's rows on a cold day are copies that outlived it)."""
+
+    def cold_rows(start: int, end: int, newest_first: bool) -> Iterator[tuple[int, int, str, str]]:
+        names = ["local_us", "id", "kind", "detail", "depth"]
+        for local, event_id, kind, detail, depth in cold.rows(
+            FEED_EVENTS, start, end, newest_first, names
+        ):
+            if depth == stream.depth and kind in EVENT_KINDS:
+                yield int(local), int(event_id), kind, detail
+
+    hot = [r for r in found if not cold.is_cold(r[0])]
+    before = [r for r in hot if r[0] < start_us]
+    before += itertools.islice(cold_rows(0, start_us, True), EVENTS_BEFORE)
+    before = sorted(before)[-EVENTS_BEFORE:]
+    inside = [r for r in hot if r[0] >= start_us] + list(cold_rows(start_us, end_us, False))
+    return before + sorted(inside)
 
 
 def event_frame(
@@ -124,10 +161,17 @@ def event_counts(conn: sa.Connection, since_us: int) -> dict[tuple[str, str, int
     return counts
 
 
-def heartbeats(conn: sa.Connection, stream_key: str, start_us: int, end_us: int) -> Heartbeats:
+def heartbeats(
+    conn: sa.Connection,
+    stream_key: str,
+    start_us: int,
+    end_us: int,
+    cold: ColdLog = NO_COLD_DAYS,
+) -> Heartbeats:
     """The stream's heartbeats in [start, end), plus the last one before
     `start` and the first at or after `end` (each looked for within
-    HEARTBEAT_LOOKAROUND_US); `stream_key` is str(StreamKey)."""
+    HEARTBEAT_LOOKAROUND_US); `stream_key` is str(StreamKey). Those of the
+    stream's `cold` days come from the archive."""
     rows = conn.execute(
         sa.text(
             """(SELECT local_us, interval_s FROM collector_heartbeats
@@ -144,9 +188,40 @@ def heartbeats(conn: sa.Connection, stream_key: str, start_us: int, end_us: int)
         ),
         {"s": start_us, "e": end_us, "w": HEARTBEAT_LOOKAROUND_US, "k": stream_key},
     ).all()
-    times = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    longest = max((float(r[1]) for r in rows), default=None)
+    beats = [(int(r[0]), float(r[1])) for r in rows]
+    if cold:
+        beats = _with_cold_heartbeats(conn, cold, stream_key, beats, start_us, end_us)
+    times = np.fromiter((b[0] for b in beats), dtype=np.int64, count=len(beats))
+    longest = max((b[1] for b in beats), default=None)
     return Heartbeats(times, None if longest is None else round(longest * SECOND_US))
+
+
+def _with_cold_heartbeats(
+    conn: sa.Connection,
+    cold: ColdLog,
+    stream_key: str,
+    beats: list[tuple[int, float]],
+    start_us: int,
+    end_us: int,
+) -> list[tuple[int, float]]:
+    """heartbeats' rows, those of cold days read from the archive instead."""
+    low, high = start_us - HEARTBEAT_LOOKAROUND_US, end_us + HEARTBEAT_LOOKAROUND_US
+    hot = conn.execute(
+        sa.text(
+            """SELECT local_us, interval_s FROM collector_heartbeats
+               WHERE local_us >= :s AND local_us < :e AND :k = ANY(streams)"""
+        ),
+        {"s": low, "e": high, "k": stream_key},
+    ).all()
+    every = [(int(t), float(i)) for t, i in hot if not cold.is_cold(int(t))]
+    every += [
+        (int(t), float(i))
+        for t, i in cold.rows(HEARTBEATS, low, high, columns=["local_us", "interval_s"])
+    ]
+    every.sort()
+    before = [b for b in every if b[0] < start_us][-1:]
+    after = [b for b in every if b[0] >= end_us][:1]
+    return before + [b for b in every if start_us <= b[0] < end_us] + after
 
 
 def last_heartbeat(conn: sa.Connection, stream_key: str, since_us: int) -> HeartbeatView | None:
@@ -162,16 +237,20 @@ def last_heartbeat(conn: sa.Connection, stream_key: str, since_us: int) -> Heart
     return None if row is None else HeartbeatView(row[0], int(row[1]), *row[2:])
 
 
-def heartbeats_kept_from(conn: sa.Connection) -> int | None:
+def heartbeats_kept_from(conn: sa.Connection, cold: ColdLog = NO_COLD_DAYS) -> int | None:
     """Since when heartbeats tell whether collectors ran: the oldest one kept,
     when collectors recorded before it (retention deleted their heartbeats);
-    None when the heartbeats reach back to the first recorded event."""
+    None when the heartbeats reach back to the first recorded event. A
+    stream's `cold` days keep theirs in the archive."""
     oldest_event, oldest_beat = conn.execute(
         sa.text(
             """SELECT (SELECT min(local_us) FROM feed_events),
                       (SELECT min(local_us) FROM collector_heartbeats)"""
         )
     ).one()
+    if cold:
+        oldest_event = least(oldest_event, cold.first_time(FEED_EVENTS))
+        oldest_beat = least(oldest_beat, cold.first_time(HEARTBEATS))
     if oldest_event is None:
         return None
     if oldest_beat is None:  # collectors ran, and every heartbeat is gone

@@ -90,16 +90,19 @@ def instrument_id(conn: sa.Connection, category: str, symbol: str) -> int:
     return int(iid)
 
 
+def instrument_streams(conn: sa.Connection, iid: int) -> list[Stream]:
+    """Every stream (depth) of one instrument, shallowest first."""
+    rows = conn.execute(
+        sa.text(_STREAMS + " WHERE s.instrument_id = :i ORDER BY s.depth"), {"i": iid}
+    )
+    return [_stream(r) for r in rows]
+
+
 def find_stream(conn: sa.Connection, category: str, symbol: str, depth: int | None) -> Stream:
     """The stream of `symbol` at `depth`, or at the only depth with recorded
     book messages when `depth` is None; NotRecorded saying why otherwise."""
     iid = instrument_id(conn, category, symbol)
-    candidates = [
-        _stream(r)
-        for r in conn.execute(
-            sa.text(_STREAMS + " WHERE s.instrument_id = :i ORDER BY s.depth"), {"i": iid}
-        )
-    ]
+    candidates = instrument_streams(conn, iid)
     recorded = [s for s in candidates if _has_messages(conn, s)]
     depths = [s.depth for s in recorded]
     if depth is not None:
@@ -114,15 +117,21 @@ def find_stream(conn: sa.Connection, category: str, symbol: str, depth: int | No
 
 
 def _has_messages(conn: sa.Connection, stream: Stream) -> bool:
-    """Whether the stream has recorded book messages (packed, or in the
-    schema 1-3 log): index probes by stream id (a join on `streams` in the
-    probe made PostgreSQL read every chunk of every depth)."""
+    """Whether the stream has recorded book messages (packed, in the schema
+    1-3 log, or archived): index probes by stream id (a join on `streams` in
+    the probe made PostgreSQL read every chunk of every depth)."""
+    archived = (
+        "OR EXISTS (SELECT 1 FROM archived_days WHERE stream_id = :s)"
+        if conn.execute(sa.text("SELECT to_regclass('archived_days')")).scalar() is not None
+        else ""
+    )
     return bool(
         conn.execute(
             sa.text(
-                """SELECT EXISTS (SELECT 1 FROM book_chunks WHERE stream_id = :s)
-                       OR EXISTS (SELECT 1 FROM book_events
-                                  WHERE instrument_id = :i AND depth = :d)"""
+                f"""SELECT EXISTS (SELECT 1 FROM book_chunks WHERE stream_id = :s)
+                        OR EXISTS (SELECT 1 FROM book_events
+                                   WHERE instrument_id = :i AND depth = :d)
+                        {archived}"""
             ),
             {"s": stream.id, "i": stream.instrument_id, "d": stream.depth},
         ).scalar()

@@ -17,10 +17,12 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from depthwatch.archive.log import CHUNKS
 from depthwatch.records import SECOND_US
 from depthwatch.storage.codec import decode_many
 from depthwatch.storage.read import legacy
 from depthwatch.storage.read.chunks import volume_sample
+from depthwatch.storage.read.cold import cold_log, greatest, least
 from depthwatch.storage.read.frames import HEATMAP_COLUMNS, IMBALANCE_COLUMNS, TOP_COLUMNS, frame
 from depthwatch.storage.read.rows import BookView, BookVolume, HeatmapGrid, VolumeSample
 from depthwatch.storage.read.streams import Stream
@@ -243,7 +245,8 @@ def imbalance_series(
 
 def recorded_span(conn: sa.Connection, stream: Stream) -> tuple[int, int] | None:
     """Exchange times of the first and last recorded second of a stream
-    (packed per-second tops, or the schema 1-3 log): index probes."""
+    (packed per-second tops, or the schema 1-3 log: index probes; the first
+    and last chunk of its cold days)."""
     row = conn.execute(
         sa.text(
             """SELECT least((SELECT min(ts_us) FROM top_seconds WHERE stream_id = :sid),
@@ -255,7 +258,12 @@ def recorded_span(conn: sa.Connection, stream: Stream) -> tuple[int, int] | None
         ),
         {"sid": stream.id, "i": stream.instrument_id, "d": stream.depth},
     ).one()
-    return None if row[0] is None else (int(row[0]), int(row[1]))
+    first, last = row
+    cold = cold_log(conn, stream)
+    if cold:
+        first = least(first, cold.first_time(CHUNKS))
+        last = greatest(last, cold.last_time(CHUNKS))
+    return None if first is None or last is None else (int(first), int(last))
 
 
 def book_volume(
@@ -306,6 +314,12 @@ def book_volume(
         params,
     ).one()
     messages, _, first, last, buckets = _ints(packed)
+    cold_days = cold_log(conn, stream)
+    cold = cold_days.volume(start_us, end_us)
+    if cold.messages:
+        messages = (messages or 0) + cold.messages
+        buckets = (buckets or 0) + min(cold.messages, cold.span_us // interval + 1)
+        first, last = least(first, cold.first_us), greatest(last, cold.last_us)
     legacy_messages, legacy_snapshots, legacy_first, legacy_last, legacy_quotes, snapshots = _ints(
         old[:6]
     )
@@ -328,7 +342,7 @@ def book_volume(
         delta_levels=sample.delta_levels,
         snapshot_levels=sample.snapshot_levels,
         new_quotes=sample.new_quotes,
-        recorded_before=bool(old[6]),
+        recorded_before=bool(old[6]) or bool(cold_days.days_in(0, start_us)),
     )
 
 

@@ -3,22 +3,27 @@ for the live chart, and a cheap count for the History page."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+import heapq
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from depthwatch.storage.read.book import stream_rows
+from depthwatch.archive.log import TRADES
+from depthwatch.storage.read.cold import greatest, instrument_cold_log, least
+from depthwatch.storage.read.cursor import stream_rows
 from depthwatch.storage.read.frames import TRADE_COLUMNS, frame
 from depthwatch.storage.read.rows import TradeCount
+from depthwatch.storage.read.streams import instrument_streams
 
 if TYPE_CHECKING:
     import pandas as pd
 
 
-def trades(conn: sa.Connection, iid: int, start_us: int, end_us: int) -> Iterator[sa.Row]:
-    """(ts_us, local_us, trade_id, side, price, size) in time order."""
-    return stream_rows(
+def trades(conn: sa.Connection, iid: int, start_us: int, end_us: int) -> Iterator[Sequence[Any]]:
+    """(ts_us, local_us, trade_id, side, price, size) in time order, the
+    archive's copy read for cold days (storage/read/cold.py)."""
+    hot = stream_rows(
         conn,
         """SELECT ts_us, local_us, trade_id, side, price::text, size::text
            FROM trades
@@ -26,6 +31,17 @@ def trades(conn: sa.Connection, iid: int, start_us: int, end_us: int) -> Iterato
            ORDER BY ts_us, seq, trade_id""",
         {"i": iid, "s": start_us, "e": end_us},
     )
+    cold = instrument_cold_log(conn, instrument_streams(conn, iid))
+    if not cold.days_in(start_us, end_us):
+        return hot
+    names = ["ts_us", "local_us", "trade_id", "side", "price", "size"]
+    archived = cold.rows(TRADES, start_us, end_us, columns=names)
+    # A day is hot or cold, never both: merging by time keeps each day's order.
+    return heapq.merge(hot, archived, key=_trade_time)
+
+
+def _trade_time(row: Sequence[Any]) -> int:
+    return int(row[0])
 
 
 def recent_trades(
@@ -51,6 +67,23 @@ TRADE_COUNT_CAP = 100_000  # beyond it the count is extrapolated from the trades
 
 def trade_count(
     conn: sa.Connection, iid: int, start_us: int, end_us: int, cap: int = TRADE_COUNT_CAP
+) -> TradeCount:
+    """The trades of [start, end): counted in the database (up to `cap`,
+    then extrapolated), plus cold days' archived counts prorated."""
+    hot = _hot_trade_count(conn, iid, start_us, end_us, cap)
+    cold = instrument_cold_log(conn, instrument_streams(conn, iid)).volume(start_us, end_us)
+    if not cold.trades:
+        return hot
+    return TradeCount(
+        hot.rows + cold.trades,
+        False,
+        least(hot.first_us, cold.first_us),
+        greatest(hot.last_us, cold.last_us),
+    )
+
+
+def _hot_trade_count(
+    conn: sa.Connection, iid: int, start_us: int, end_us: int, cap: int
 ) -> TradeCount:
     params = {"i": iid, "s": start_us, "e": end_us, "cap": cap}
     count, first, capped_last = conn.execute(
