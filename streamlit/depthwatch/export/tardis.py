@@ -27,6 +27,7 @@ import sqlalchemy as sa
 
 from depthwatch.export import kinds
 from depthwatch.export.kinds import ExportKind
+from depthwatch.export.l2columns import L2Columns, l2_columns
 from depthwatch.export.replay import BookReplay, IntBookReplay, StepKind
 from depthwatch.export.snapshots import snapshot_columns, snapshot_rows
 from depthwatch.feed.topics import TARDIS_EXCHANGE
@@ -153,6 +154,13 @@ def export(
             for request in requests:
                 progress.begin(request)
                 sink.begin(request)
+                parts = _column_parts(conn, request, sink)
+                if parts is not None:
+                    assert isinstance(sink, ArrowSink | ParquetSink)
+                    for columns, last_us in parts:
+                        sink.write_columns(columns)
+                        progress.tick(len(columns[0]), last_us)
+                    continue
                 for chunk in _chunks(request_rows(conn, request, progress)):
                     sink.write(chunk)
     finally:
@@ -204,6 +212,39 @@ def request_rows(conn: sa.Connection, request: ExportRequest, progress: Progress
     assert spec is not None  # the book_snapshot family
     replay = IntBookReplay(conn, stream, planned.start_us, planned.end_us, spec.levels)
     return _counted(snapshot_rows(replay, spec), progress)
+
+
+def _column_parts(
+    conn: sa.Connection, request: ExportRequest, sink: RowSink
+) -> Iterator[tuple[list[pa.Array], int]] | None:
+    """The request's rows as Arrow columns, with the last exchange time of
+    each part, for a sink that takes columns and a kind made in columns
+    (incremental_book_L2 without schema 1-3 rows); None otherwise."""
+    if not isinstance(sink, ArrowSink | ParquetSink) or request.spec.family != kinds.L2:
+        return None
+    planned = _plan(conn, request)
+    assert planned.stream is not None  # a book kind
+    parts = l2_columns(conn, planned.stream, planned.start_us, planned.end_us)
+    return None if parts is None else _l2_arrays(parts)
+
+
+def _l2_arrays(parts: Iterator[L2Columns]) -> Iterator[tuple[list[pa.Array], int]]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for part in parts:
+        if not len(part):
+            continue
+        side = pc.if_else(pa.array(part.is_bid), "bid", "ask")
+        columns = [
+            pa.array(part.timestamp),
+            pa.array(part.local_timestamp),
+            pa.array(part.is_snapshot),
+            side,
+            pa.array(part.price),
+            pa.array(part.amount),
+        ]
+        yield columns, int(part.timestamp[-1])
 
 
 def _counted(rows: Iterator[Row], progress: Progress) -> Iterator[Row]:
@@ -348,26 +389,47 @@ class ArrowSink:
         self.group_rows = max(1_000, min(self.GROUP_ROWS, self.GROUP_CELLS // len(self.names)))
         self.snapshots = spec.snapshot is not None
         self.pending: list[Row] = []
+        self.pending_columns: list[list[pa.Array]] = []  # written as columns, not yet a table
+        self.pending_column_rows = 0
 
     def begin(self, request: ExportRequest) -> None:
-        if self.pending:
-            self._flush()  # a table holds one symbol's rows
+        self._flush_all()  # a table holds one symbol's rows
         self.exchange, self.symbol = request.exchange, request.symbol
 
     def write(self, rows: list[Row]) -> None:
+        if self.pending_columns:
+            self._flush_columns()  # in the order written
         self.pending.extend(rows)
         if len(self.pending) >= self.group_rows:
             self._flush()
+
+    def write_columns(self, columns: list[pa.Array]) -> None:
+        """Rows given as Tardis's columns after exchange and symbol, typed as
+        the schema (a kind made in columns: export.l2columns)."""
+        if self.pending:
+            self._flush()
+        self.pending_columns.append(columns)
+        self.pending_column_rows += len(columns[0])
+        if self.pending_column_rows >= self.group_rows:
+            self._flush_columns()
+
+    def _flush_all(self) -> None:
+        if self.pending:
+            self._flush()
+        if self.pending_columns:
+            self._flush_columns()
+
+    def _flush_columns(self) -> None:
+        pa, parts = self.pa, self.pending_columns
+        self.pending_columns, self.pending_column_rows = [], 0
+        self._emit([pa.concat_arrays([part[k] for part in parts]) for k in range(len(parts[0]))])
 
     def _flush(self) -> None:
         import pyarrow.compute as pc
 
         pa, rows = self.pa, self.pending
         self.pending = []
-        columns = [
-            pa.array([self.exchange] * len(rows), pa.string()),
-            pa.array([self.symbol] * len(rows), pa.string()),
-        ]
+        columns = []
         if self.snapshots:
             ts, local, levels = snapshot_columns(rows, as_text=False)
             columns += [pa.array(ts, pa.int64()), pa.array(local, pa.int64()), *levels]
@@ -381,6 +443,16 @@ class ArrowSink:
                 columns.append(text.cast(pa.float64()))
             else:
                 columns.append(pa.array(values, kind))
+        self._emit(columns)
+
+    def _emit(self, data: list[pa.Array]) -> None:
+        """A table of these columns (Tardis's after exchange and symbol)."""
+        pa, rows = self.pa, len(data[0])
+        columns = [
+            pa.array([self.exchange] * rows, pa.string()),
+            pa.array([self.symbol] * rows, pa.string()),
+            *data,
+        ]
         columns += [columns[i].cast(pa.timestamp("us", tz="UTC")) for i in self.typed_from]
         table = pa.Table.from_arrays(columns, schema=self.schema)
         if self.on_table is not None:
@@ -393,8 +465,7 @@ class ArrowSink:
         return self.pa.concat_tables(self.tables) if self.tables else self.schema.empty_table()
 
     def close(self) -> None:
-        if self.pending:
-            self._flush()
+        self._flush_all()
 
 
 class ParquetSink:
@@ -414,6 +485,9 @@ class ParquetSink:
 
     def write(self, rows: list[Row]) -> None:
         self.tables.write(rows)
+
+    def write_columns(self, columns: list[pa.Array]) -> None:
+        self.tables.write_columns(columns)
 
     def close(self) -> None:
         try:

@@ -258,6 +258,11 @@ class Messages:
         self.price_exp: list[int] = batch.price_exp[batch.msg_chunk].tolist()
         self.size_exp: list[int] = batch.size_exp[batch.msg_chunk].tolist()
 
+    @property
+    def batch(self) -> DecodedBatch:
+        """The decoded columns (NumPy), for readers that work in columns."""
+        return self._batch
+
     def heads(self) -> list[Head]:
         """Every message's ts_us, local_us, u, seq and is_snapshot."""
         if self._heads is None:
