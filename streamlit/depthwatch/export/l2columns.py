@@ -22,12 +22,10 @@ import numpy as np
 import sqlalchemy as sa
 
 from depthwatch.export.replay import BookReplay
-from depthwatch.storage.codec import SNAPSHOT
+from depthwatch.storage.codec import SNAPSHOT, DecodedBatch
 from depthwatch.storage.read import legacy
-from depthwatch.storage.read.book import Messages, messages
+from depthwatch.storage.read.book import message_batches
 from depthwatch.storage.read.streams import Stream
-
-MESSAGES_PER_PART = 50_000  # messages that apply, cut out together
 
 
 @dataclass(frozen=True)
@@ -59,35 +57,57 @@ def _parts(conn: sa.Connection, stream: Stream, start_us: int, end_us: int) -> I
     before = BookReplay(conn, stream, start_us, start_us)
     for _ in before:  # the book at `start`, and whether it is known
         pass
-    valid, last_u = before.valid, before.last_u
-    last_key: tuple[int, int, int, bool] | None = None
+    state = _ApplyState(before.valid, before.last_u)
     opened = False
-    applying: list[tuple[Messages, int]] = []
-    for view, i in messages(conn, stream, start_us, end_us):
-        snapshot = bool(view.flags[i] & SNAPSHOT)
-        u = view.u[i]
-        key = (view.ts[i], view.seq[i], u, snapshot)
-        if key == last_key:
-            continue  # stored twice (two collectors)
-        last_key = key
+    for batch, order in message_batches(conn, stream, start_us, end_us):
+        if not len(order):
+            continue
         if not opened:
             opened = True
-            if valid and not snapshot:
+            if state.valid and not batch.flags[order[0]] & SNAPSHOT:
                 yield _book_at(before, start_us)
-        if snapshot:
-            valid = True
-        elif not valid or u <= last_u:
-            continue  # waiting for a snapshot, or already applied
-        elif u != last_u + 1:
-            valid = False  # a gap: unknown until the next snapshot
-            continue
-        last_u = u
-        applying.append((view, i))
-        if len(applying) >= MESSAGES_PER_PART:
-            yield _rows_of(applying)
-            applying = []
-    if applying:
-        yield _rows_of(applying)
+        applying = state.applying(batch, order)
+        if len(applying):
+            yield _rows_of(batch, applying)
+
+
+class _ApplyState:
+    """The replay's rules (export.replay.Replay), carried from batch to
+    batch: which messages apply."""
+
+    def __init__(self, valid: bool, last_u: int) -> None:
+        self.valid = valid
+        self.last_u = last_u
+        self.last_key: tuple[int, int, int, bool] | None = None
+
+    def applying(self, batch: DecodedBatch, order: np.ndarray) -> np.ndarray:
+        """The messages of `order` (apply order) that apply, in order."""
+        snapshots = ((batch.flags[order] & SNAPSHOT) != 0).tolist()
+        keys = zip(
+            batch.ts_us[order].tolist(),
+            batch.seq[order].tolist(),
+            batch.u[order].tolist(),
+            snapshots,
+            strict=True,
+        )
+        valid, last_u, last_key = self.valid, self.last_u, self.last_key
+        applies = []
+        for k, key in enumerate(keys):
+            if key == last_key:
+                continue  # stored twice (two collectors)
+            last_key = key
+            u = key[2]
+            if snapshots[k]:
+                valid = True
+            elif not valid or u <= last_u:
+                continue  # waiting for a snapshot, or already applied
+            elif u != last_u + 1:
+                valid = False  # a gap: unknown until the next snapshot
+                continue
+            last_u = u
+            applies.append(k)
+        self.valid, self.last_u, self.last_key = valid, last_u, last_key
+        return order[applies]
 
 
 def _book_at(replay: BookReplay, start_us: int) -> L2Columns:
@@ -105,26 +125,9 @@ def _book_at(replay: BookReplay, start_us: int) -> L2Columns:
     )
 
 
-def _rows_of(applying: list[tuple[Messages, int]]) -> L2Columns:
+def _rows_of(batch: DecodedBatch, msg: np.ndarray) -> L2Columns:
     """The level rows of these messages, in their order: each message's bids,
     then its asks, as the exchange listed them."""
-    parts = []
-    start = 0
-    for end in range(1, len(applying) + 1):
-        if end == len(applying) or applying[end][0] is not applying[start][0]:
-            view = applying[start][0]
-            parts.append(_rows_of_batch(view, [i for _, i in applying[start:end]]))
-            start = end
-    if len(parts) == 1:
-        return parts[0]
-    return L2Columns(
-        *(np.concatenate([getattr(p, f) for p in parts]) for f in L2Columns.__dataclass_fields__)
-    )
-
-
-def _rows_of_batch(view: Messages, indices: list[int]) -> L2Columns:
-    batch = view.batch
-    msg = np.asarray(indices, dtype=np.int64)
     count = batch.nb[msg] + batch.na[msg]
     total = int(count.sum())
     # Each message's levels are consecutive from its first: runs laid end to end.

@@ -235,12 +235,11 @@ def _l2_arrays(parts: Iterator[L2Columns]) -> Iterator[tuple[list[pa.Array], int
     for part in parts:
         if not len(part):
             continue
-        side = pc.if_else(pa.array(part.is_bid), "bid", "ask")
         columns = [
             pa.array(part.timestamp),
             pa.array(part.local_timestamp),
             pa.array(part.is_snapshot),
-            side,
+            pc.if_else(pa.array(part.is_bid), "bid", "ask"),
             pa.array(part.price),
             pa.array(part.amount),
         ]
@@ -346,16 +345,22 @@ TIME_COLUMNS = {"exchange_time": "timestamp", "local_time": "local_timestamp"}
 GAP_TIME_COLUMNS = {"start_time": "start_timestamp", "end_time": "end_timestamp"}
 
 
+# Time columns: integer microseconds, or the same typed (TIME_COLUMNS).
+DELTA_ENCODED = frozenset(
+    [*TIME_COLUMNS, *TIME_COLUMNS.values(), *GAP_TIME_COLUMNS, *GAP_TIME_COLUMNS.values()]
+)
+
+
 class ArrowSink:
     """The rows as Arrow tables of the Parquet layout: Tardis's columns
     (integer microsecond timestamps; prices and amounts float64, exact for
     decimals of up to 15 significant digits; missing levels null), then
     TIME_COLUMNS. A table per GROUP_CELLS values (at most GROUP_ROWS rows; a
     book_snapshot_25 row has 104), or per symbol, handed to `on_table` or kept
-    for table(): what waits for a table stays ~30 MB at most, whatever the kind."""
+    for table(): what waits for a table stays ~45 MB at most, whatever the kind."""
 
     GROUP_ROWS = 100_000
-    GROUP_CELLS = 300_000
+    GROUP_CELLS = 600_000
 
     def __init__(self, kind: str, on_table: Callable[[pa.Table], None] | None = None) -> None:
         import pyarrow as pa
@@ -420,9 +425,12 @@ class ArrowSink:
             self._flush_columns()
 
     def _flush_columns(self) -> None:
+        """The columns written as tables of group_rows rows (the last one shorter)."""
         pa, parts = self.pa, self.pending_columns
         self.pending_columns, self.pending_column_rows = [], 0
-        self._emit([pa.concat_arrays([part[k] for part in parts]) for k in range(len(parts[0]))])
+        columns = [pa.concat_arrays([part[k] for part in parts]) for k in range(len(parts[0]))]
+        for start in range(0, len(columns[0]), self.group_rows):
+            self._emit([c.slice(start, self.group_rows) for c in columns])
 
     def _flush(self) -> None:
         import pyarrow.compute as pc
@@ -448,11 +456,7 @@ class ArrowSink:
     def _emit(self, data: list[pa.Array]) -> None:
         """A table of these columns (Tardis's after exchange and symbol)."""
         pa, rows = self.pa, len(data[0])
-        columns = [
-            pa.array([self.exchange] * rows, pa.string()),
-            pa.array([self.symbol] * rows, pa.string()),
-            *data,
-        ]
+        columns = [pa.repeat(self.exchange, rows), pa.repeat(self.symbol, rows), *data]
         columns += [columns[i].cast(pa.timestamp("us", tz="UTC")) for i in self.typed_from]
         table = pa.Table.from_arrays(columns, schema=self.schema)
         if self.on_table is not None:
@@ -469,13 +473,26 @@ class ArrowSink:
 
 
 class ParquetSink:
-    """The Parquet file of ArrowSink's tables, zstd, a row group per table."""
+    """The Parquet file of ArrowSink's tables, zstd, a row group per table.
+
+    Encodings chosen by measuring (bench/bench_archive.py, BENCHMARKS.md):
+    times as DELTA_BINARY_PACKED (a message's rows share its times, and the
+    next message's differ by little), everything else dictionary-encoded (a
+    day's prices and amounts repeat). An L2 file went from 47 to ~24 bytes a
+    book message; Parquet readers decode both without being told."""
 
     def __init__(self, kind: str, out: BinaryIO) -> None:
         import pyarrow.parquet as pq
 
         self.tables = ArrowSink(kind, self._write)
-        self.writer = pq.ParquetWriter(out, self.tables.schema, compression="zstd")
+        times = [f.name for f in self.tables.schema if f.name in DELTA_ENCODED]
+        self.writer = pq.ParquetWriter(
+            out,
+            self.tables.schema,
+            compression="zstd",
+            use_dictionary=[f.name for f in self.tables.schema if f.name not in times],
+            column_encoding=dict.fromkeys(times, "DELTA_BINARY_PACKED"),
+        )
 
     def _write(self, table: pa.Table) -> None:
         self.writer.write_table(table)

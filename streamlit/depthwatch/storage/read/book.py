@@ -10,11 +10,11 @@ message, in memory)."""
 
 from __future__ import annotations
 
-import bisect
 import heapq
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
+import numpy as np
 import sqlalchemy as sa
 
 from depthwatch.archive.log import CHECKPOINTS, CHUNKS
@@ -298,49 +298,37 @@ def messages(
     top_changes_only: bool = False,
 ) -> Iterator[tuple[Messages, int]]:
     """(batch, message index) for the messages with from_us <= ts < end_us,
-    in (ts, seq, u, snapshot) order. Chunks come by their first timestamp,
-    CHUNK_BATCH_ROWS (or MESSAGE_BATCH messages) at a time, decoded together.
-    They may overlap (two collectors cut the same messages differently), so a
-    batch's messages at or after its last chunk's first timestamp wait for the
-    next batch, which can hold earlier ones; repeats are the caller's to drop.
+    in apply order (message_batches); repeats are the caller's to drop.
     `top_changes_only`: only the messages flagged with a top (quotes)."""
+    for batch, order in message_batches(conn, stream, from_us, end_us, levels):
+        if top_changes_only:
+            order = order[(batch.flags[order] & TOP_CHANGED) != 0]
+        view = Messages(batch)
+        for i in order.tolist():
+            yield view, i
+
+
+def message_batches(
+    conn: sa.Connection, stream: Stream, from_us: int, end_us: int, levels: bool = True
+) -> Iterator[tuple[DecodedBatch, np.ndarray]]:
+    """Batches of decoded chunks, each with the indices of its messages with
+    from_us <= ts < end_us in apply order: (ts, seq, u, snapshot), then as
+    stored. A batch holds whole seconds of chunks (CHUNK_BATCH_ROWS, or
+    MESSAGE_BATCH messages, rounded up to the end of a second). A chunk never
+    crosses a second, so chunks that overlap (two collectors cut the same
+    messages differently) meet in one batch, and sorting it orders them;
+    repeats are the caller's to drop."""
     rows = chunk_rows(conn, stream, from_us - from_us % SECOND_US, end_us)
-    # (ts, seq, u, snapshot, arrival number, batch, index): the number is
-    # unique, so sorting never compares batches.
-    waiting: list[tuple[int, int, int, bool, int, Messages, int]] = []
-    arrived = 0
     for part in _batches(rows, CHUNK_BATCH_ROWS, MESSAGE_BATCH):
         batch = decode_many(
             [r[2] for r in part], [int(r[0]) for r in part], [int(r[1]) for r in part], levels
         )
-        view = Messages(batch)
-        flags = view.flags
-        inside = [
-            i
-            for i, t in enumerate(view.ts)
-            if from_us <= t < end_us and (not top_changes_only or flags[i] & TOP_CHANGED)
-        ]
-        waiting += [
-            (
-                view.ts[i],
-                view.seq[i],
-                view.u[i],
-                bool(view.flags[i] & SNAPSHOT),
-                arrived + k,
-                view,
-                i,
-            )
-            for k, i in enumerate(inside)
-        ]
-        arrived += len(inside)
-        waiting.sort()  # mostly in order already: timsort's linear case
-        later_chunks_from = int(part[-1][0])
-        ready = bisect.bisect_left(waiting, (later_chunks_from,))
-        for item in waiting[:ready]:
-            yield item[5], item[6]
-        del waiting[:ready]
-    for item in waiting:
-        yield item[5], item[6]
+        ts = batch.ts_us
+        inside = np.flatnonzero((ts >= from_us) & (ts < end_us))
+        snapshot = (batch.flags[inside] & SNAPSHOT) != 0
+        # lexsort is stable: equal keys stay as stored.
+        keys = (snapshot, batch.u[inside], batch.seq[inside], ts[inside])
+        yield batch, inside[np.lexsort(keys)]
 
 
 def chunk_rows(
@@ -371,16 +359,18 @@ def _chunk_time(row: Sequence[Any]) -> int:
 def _batches(
     rows: Iterable[Sequence[Any]], chunks: int, messages: int
 ) -> Iterator[list[Sequence[Any]]]:
-    """Chunk rows (their message count last) in lists of at most `chunks`
-    rows, cut early once they hold `messages` messages (never empty)."""
+    """Chunk rows (by time, their message count last) in lists of about
+    `chunks` rows or `messages` messages, each cut only where a second ends
+    (never empty)."""
     part: list[Sequence[Any]] = []
     held = 0
     for row in rows:
-        part.append(row)
-        held += int(row[-1])
-        if len(part) >= chunks or held >= messages:
+        full = len(part) >= chunks or held >= messages
+        if full and row[0] // SECOND_US != part[-1][0] // SECOND_US:
             yield part
             part, held = [], 0
+        part.append(row)
+        held += int(row[-1])
     if part:
         yield part
 
