@@ -205,27 +205,38 @@ def truth_tape() -> Iterator[Callable[[int], TruthTape]]:
             thread.join(STOP_TIMEOUT_S)
 
 
+@contextlib.contextmanager
+def launched_chromium() -> Iterator[Browser]:
+    """Debian's Chromium, closed at the end; a missing one fails the test."""
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: install Debian's Chromium "
+            "(`apt-get install -y chromium`, as .ci/run does); "
+            "Playwright's own browser download does not work here"
+        )
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=START_TIMEOUT_S * 1000
+        )
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
 @pytest.fixture
 def chromium() -> Iterator[Callable[[], Browser]]:
-    """Launches Debian's Chromium when the test asks (so that a missing one
-    fails the test itself, not its setup); closed at the end."""
+    """Launches Chromium when the test asks (so that a missing one fails the
+    test itself, not its setup); closed at the end."""
     with contextlib.ExitStack() as stack:
+        yield lambda: stack.enter_context(launched_chromium())
 
-        def launch() -> Browser:
-            if not CHROMIUM.exists():
-                pytest.fail(
-                    f"{CHROMIUM} is missing: install Debian's Chromium "
-                    "(`apt-get install -y chromium`, as .ci/run does); "
-                    "Playwright's own browser download does not work here"
-                )
-            playwright = stack.enter_context(sync_playwright())
-            browser = playwright.chromium.launch(
-                executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=START_TIMEOUT_S * 1000
-            )
-            stack.callback(browser.close)
-            return browser
 
-        yield launch
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    """Chromium for the whole test (test_history_page, test_standby)."""
+    with launched_chromium() as launched:
+        yield launched
 
 
 def book_chunks(engine: sa.Engine) -> int:

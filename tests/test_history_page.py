@@ -29,7 +29,7 @@ from urllib.parse import urlencode
 import pytest
 import sqlalchemy as sa
 import streamlit as st
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 from streamlit.testing.v1 import AppTest
 
 from depthwatch.app import downloads
@@ -50,13 +50,14 @@ from depthwatch.storage.read.trades import trade_count
 from .conftest import cli_env, free_port, new_database, run_cli
 from .e2e import collect_until_caught_up
 from .procs import Child, Children, healthy, listening, wait_until
-from .test_browser import (
+from .test_browser import (  # noqa: F401 (browser: a fixture)
     ARTIFACTS,
     CHROMIUM,
     CHROMIUM_ARGS,
     EXPECT_MS,
     START_TIMEOUT_S,
     VIEWPORT,
+    browser,
     screenshot,
 )
 from .test_e2e import config_for
@@ -575,22 +576,6 @@ def children(history_artifacts: Path) -> Iterator[Callable[..., Child]]:
         started.stop()
 
 
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"{CHROMIUM} is missing: install Debian's Chromium (`apt-get install chromium`)"
-        )
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=START_TIMEOUT_S * 1000
-        )
-        try:
-            yield launched
-        finally:
-            launched.close()
-
-
 def run_shown(command: str, cwd: Path, database_url: str) -> subprocess.CompletedProcess[str]:
     """A command as the page shows it, run as it is (`depthwatch` being this
     checkout's CLI), the database given the way the page says: DATABASE_URL."""
@@ -627,7 +612,7 @@ def test_the_downloaded_file_is_the_clis_export(
     database_url: str,
     engine: sa.Engine,
     children: Callable[..., Child],
-    browser: Browser,
+    browser: Browser,  # noqa: F811 (the fixture imported above)
     history_artifacts: Path,
     tmp_path: Path,
 ):

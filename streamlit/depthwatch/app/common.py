@@ -11,6 +11,7 @@ import streamlit as st
 
 from depthwatch.app import data
 from depthwatch.app.data import DatabaseDown, NoSchema
+from depthwatch.storage.read.health import ReplicaState
 from depthwatch.storage.read.streams import Stream
 
 T = TypeVar("T")
@@ -41,6 +42,16 @@ def age(seconds: float | None) -> str:
     if seconds < 172_800:
         return f"{seconds / 3600:.0f} h"
     return f"{seconds / 86_400:.0f} days"
+
+
+def replica_lag(replica: ReplicaState) -> str:
+    """How far a read replica (hot standby) is behind its primary, in words:
+    what it adds to the data's age."""
+    if replica.paused:
+        return "replay paused (it falls behind until resumed)"
+    if replica.lag_s is None:
+        return "nothing replayed yet"
+    return f"replay lag {age(replica.lag_s)}"
 
 
 def load(read: Callable[[], T]) -> T | None:

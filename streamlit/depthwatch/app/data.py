@@ -47,11 +47,13 @@ from depthwatch.storage.read.events import (
 )
 from depthwatch.storage.read.frames import EVENT_COLUMNS, HEATMAP_COLUMNS
 from depthwatch.storage.read.health import (
+    ReplicaState,
     archive_by_stream,
     archive_runs,
     collectors,
     commit_p99_ms,
     oldest_snapshot_us,
+    replica_state,
     table_sizes,
 )
 from depthwatch.storage.read.rows import BookView, HeartbeatView, HeatmapGrid, LastQuote, Latency
@@ -180,6 +182,9 @@ class LiveView:
     heartbeat: HeartbeatView | None
     simulated: bool
     latency: Latency
+    # None on a primary; a read replica's replay lag is already in the data's
+    # age (its newest row arrived that much later), this says why.
+    replica: ReplicaState | None = None
 
     def data_age_s(self, shown_us: int) -> float | None:
         """How old the newest top of book is when the page shows it (the view
@@ -300,6 +305,7 @@ def live_view(stream: Stream, window_min: int, levels: int) -> LiveView:
             heartbeat=heartbeat,
             simulated=source_simulated(conn, [stream.key], start, now) is True,
             latency=latency(conn, stream, max(start, now - LATENCY_WINDOW_US), now),
+            replica=replica_state(conn),
         )
 
     return _read(work)
@@ -339,6 +345,7 @@ class HealthReport:
     retention: str
     archive: pd.DataFrame  # per stream: last day, days archived, bytes, waiting
     archive_runs: pd.DataFrame  # the newest run, then the newest that failed
+    replica: ReplicaState | None = None  # None: the database is a primary
 
 
 _K = FeedEventKind
@@ -385,6 +392,7 @@ def health() -> HealthReport:
             ),
             retention,
             *_archive_status(conn, now),
+            replica_state(conn),
         )
 
     return _read(work)

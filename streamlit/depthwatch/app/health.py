@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from depthwatch.app import data
-from depthwatch.app.common import age, load, utc
+from depthwatch.app.common import age, load, replica_lag, utc
 from depthwatch.app.guard import live_fragment
 from depthwatch.clock import DAY_US, utc_day
 from depthwatch.records import HEARTBEATS_MISSED_FOR_STALE
@@ -52,6 +52,11 @@ def health_panel() -> None:
     else:
         st.dataframe(report.events, hide_index=True, key="events")
     st.subheader("Database")
+    if report.replica is not None:
+        st.caption(
+            f"This database is a read replica (a hot standby), {replica_lag(report.replica)}: "
+            "every page shows the primary's data that much later."
+        )
     left, right = st.columns([2, 1])
     sizes = report.sizes.assign(MB=report.sizes["bytes"] / MB).drop(columns="bytes")
     left.dataframe(

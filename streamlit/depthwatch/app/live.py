@@ -13,7 +13,15 @@ from typing import BinaryIO
 import streamlit as st
 
 from depthwatch.app import data, downloads, figures, planning
-from depthwatch.app.common import age, load, mid_and_spread, price, recorded_streams, utc
+from depthwatch.app.common import (
+    age,
+    load,
+    mid_and_spread,
+    price,
+    recorded_streams,
+    replica_lag,
+    utc,
+)
 from depthwatch.app.guard import live_fragment
 from depthwatch.clock import SECOND_US
 from depthwatch.export import files
@@ -210,9 +218,11 @@ def _header(view: data.LiveView, age_s: float | None, paused: bool) -> None:
     cols[5].metric("Messages/s", rate)
     cols[6].metric("Data age", age(age_s))
     refresh = "paused: zoom and hover freely" if paused else f"refreshed every {REFRESH_S:g} s"
+    # On a read replica the data age includes its replay lag: say so.
+    replica = f" · read replica, {replica_lag(view.replica)}" if view.replica else ""
     st.caption(
         f"{_label(view.stream)} · window {utc(view.start_us)} to {utc(view.now_us)} · "
-        f"{refresh} · all times UTC"
+        f"{refresh} · all times UTC{replica}"
     )
 
 

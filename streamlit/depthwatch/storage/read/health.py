@@ -1,7 +1,10 @@
 """The Health page's reads: collectors heard from, commit latency, what the
-database holds, and what the archive holds (schema 5)."""
+database holds, what the archive holds (schema 5), and whether the database
+is a replica, how far behind its primary."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pandas as pd
 import sqlalchemy as sa
@@ -135,3 +138,36 @@ def archive_runs(conn: sa.Connection) -> pd.DataFrame:
         )
     )
     return pd.DataFrame(rows.all(), columns=list(rows.keys()))
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaState:
+    """A hot standby's replay: what it serves is `lag_s` seconds behind its
+    primary (None: it has replayed no transaction since it started)."""
+
+    lag_s: float | None
+    paused: bool  # replay paused (pg_wal_replay_pause): the lag grows until resumed
+
+
+def replica_state(conn: sa.Connection) -> ReplicaState | None:
+    """None on a primary. On a hot standby (a streaming read replica), its
+    replay lag: 0 once it has replayed all the WAL it received (an idle
+    primary sends nothing to catch up on), else the time since the primary
+    committed the last transaction replayed here. A standby cut off from its
+    primary has nothing left to replay and reads 0: its data's age, and
+    STALE, still tell. Every function is PUBLIC-executable, so a read-only
+    role may ask."""
+    row = conn.execute(
+        sa.text(
+            """SELECT pg_is_in_recovery(),
+                      CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+                           ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())
+                      END::float8,
+                      -- CASE, not AND: only CASE promises the order, and this
+                      -- function raises an error on a primary.
+                      CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END"""
+        )
+    ).one()
+    if not row[0]:
+        return None
+    return ReplicaState(None if row[1] is None else max(0.0, float(row[1])), bool(row[2]))
