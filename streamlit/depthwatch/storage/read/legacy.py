@@ -5,8 +5,8 @@ Each returns the same records as its packed twin (rows.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -43,7 +43,9 @@ def book_events(
         yield BookEventRow(*row)
 
 
-def quotes(conn: sa.Connection, stream: Stream, start_us: int, end_us: int) -> Iterator[sa.Row]:
+def quotes(
+    conn: sa.Connection, stream: Stream, start_us: int, end_us: int
+) -> Iterator[Sequence[Any]]:
     return stream_rows(
         conn,
         """SELECT ts_us, local_us, ask_size::text, ask_price::text, bid_price::text,
