@@ -17,7 +17,7 @@ in row groups of ROW_GROUP_ROWS, so a read of a moment opens one group.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -124,32 +124,25 @@ def log_path(day: StreamDay, table: LogTable) -> str:
     )
 
 
-def write_log_file(table: LogTable, rows: Iterable[tuple[object, ...]], path: Path) -> int:
-    """The rows (in the table's column order, already sorted) as a Parquet
-    file at `path`; returns how many. Deterministic: the same rows give the
-    same bytes."""
+def write_log_file(
+    table: LogTable, batches: Iterable[Sequence[Sequence[object]]], path: Path
+) -> int:
+    """The rows (in the table's column order, already sorted), given a batch
+    at a time, as a Parquet file at `path`; returns how many. Deterministic:
+    the same rows give the same bytes."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     schema = table.schema()
     written = 0
     with pq.ParquetWriter(path, schema, compression="zstd", write_statistics=True) as writer:
-        batch: list[tuple[object, ...]] = []
-
-        def flush() -> None:
-            columns = list(zip(*batch, strict=True)) if batch else [()] * len(schema)
-            arrays = [pa.array(col, type=f.type) for col, f in zip(columns, schema, strict=True)]
+        for rows in batches:
+            columns = zip(*rows, strict=True)
+            arrays = [pa.array(c, type=f.type) for c, f in zip(columns, schema, strict=True)]
             writer.write_table(pa.Table.from_arrays(arrays, schema=schema), ROW_GROUP_ROWS)
-
-        for row in rows:
-            batch.append(row)
-            if len(batch) == ROW_GROUP_ROWS:
-                flush()
-                written += len(batch)
-                batch = []
-        if batch or not written:
-            flush()
-            written += len(batch)
+            written += len(rows)
+        if not written:
+            writer.write_table(schema.empty_table())
     return written
 
 

@@ -313,7 +313,8 @@ def archive_day(
         for fmt in (PARQUET, *[f for f in options.formats if f != PARQUET]):
             local = scratch / f"{kind}.{fmt}"
             rows = write_file(engine, [planned], fmt, local, progress_to=None)
-            first, last = _time_range(local, kind) if fmt == PARQUET else (None, None)
+            time_column = TIME_COLUMN.get(kind, "timestamp")
+            first, last = _time_range(local, time_column) if fmt == PARQUET else (None, None)
             if fmt != PARQUET:  # the same rows as the Parquet file just made
                 parquet = next(f for f in files if f.kind == kind and f.format == PARQUET)
                 first, last = parquet.first_timestamp, parquet.last_timestamp
@@ -358,9 +359,6 @@ def _archive_log(
 ) -> list[ArchivedFile]:
     """The stream-day's log (archive/log.py), each table's file uploaded and
     read back; what readers use once the day has left the database."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
     stream = pending.stream
     files = []
     for table in LOG_TABLES:
@@ -372,10 +370,7 @@ def _archive_log(
                 conn, table.name, stream.id, stream.stream_key, stream.instrument_id, pending.day
             )
             count = write_log_file(table, rows, local)
-        first = last = None
-        if count:
-            extremes = pc.min_max(pq.read_table(local, columns=[table.time_column]).column(0))
-            first, last = int(extremes["min"].as_py()), int(extremes["max"].as_py())
+        first, last = _time_range(local, table.time_column)
         sha, size = _digest(local)
         path = log_path(pending.stream_day, table)
         store.put(path, local)
@@ -402,16 +397,23 @@ def _digest(path: Path) -> tuple[str, int]:
     return sha.hexdigest(), path.stat().st_size
 
 
-def _time_range(path: Path, kind: str) -> tuple[int | None, int | None]:
-    """The first and last exchange time in a Parquet file made by the export."""
-    import pyarrow.compute as pc
+def _time_range(path: Path, column: str) -> tuple[int | None, int | None]:
+    """The least and greatest value of an integer column of a Parquet file,
+    from its row groups' statistics (no data read: an L2 day has millions)."""
     import pyarrow.parquet as pq
 
-    column = pq.read_table(path, columns=[TIME_COLUMN.get(kind, "timestamp")]).column(0)
-    if len(column) == 0:
-        return None, None
-    extremes = pc.min_max(column)
-    return int(extremes["min"].as_py()), int(extremes["max"].as_py())
+    metadata = pq.read_metadata(path)
+    index = metadata.schema.to_arrow_schema().get_field_index(column)
+    lows, highs = [], []
+    for group in range(metadata.num_row_groups):
+        stats = metadata.row_group(group).column(index).statistics
+        if metadata.row_group(group).num_rows == 0:
+            continue
+        if stats is None or not stats.has_min_max:
+            raise ValueError(f"{path.name}: no statistics for {column}")
+        lows.append(int(stats.min))
+        highs.append(int(stats.max))
+    return (min(lows), max(highs)) if lows else (None, None)
 
 
 def _verify(

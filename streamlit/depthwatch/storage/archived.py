@@ -8,14 +8,15 @@ longer match the ones archived, and the day is archived again.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import sqlalchemy as sa
 
 from depthwatch.clock import DAY_US, SECOND_US
 from depthwatch.records import StreamKey
+from depthwatch.storage.read.cursor import stream_batches
 from depthwatch.storage.schema import ARCHIVE_LOCK
 
 # A day is finished this long after its midnight: rows of its last seconds are
@@ -270,9 +271,10 @@ def finish_run(
 
 def log_rows(
     conn: sa.Connection, table: str, stream_id: int, stream_key: StreamKey, iid: int, day: int
-) -> Iterator[tuple[object, ...]]:
+) -> Iterator[Sequence[Sequence[Any]]]:
     """The stream-day's rows of one table of its log (archive.log.LOG_TABLES
-    names them), in the columns and order the archive keeps: streamed."""
+    names them), in the columns and order the archive keeps, a batch at a
+    time (bytea as memoryview)."""
     params = {
         "s": stream_id,
         "i": iid,
@@ -283,15 +285,10 @@ def log_rows(
         "from": day * DAY_US,
         "to": (day + 1) * DAY_US,
     }
-    result = conn.execution_options(stream_results=True, yield_per=LOG_BATCH_ROWS).execute(
-        sa.text(_LOG_SQL[table]), params
-    )
-    with contextlib.closing(result):
-        for row in result:
-            yield tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
+    return stream_batches(conn, _LOG_SQL[table], params, LOG_BATCH_ROWS)
 
 
-LOG_BATCH_ROWS = 1_000
+LOG_BATCH_ROWS = 1_024  # archive.log.ROW_GROUP_ROWS: a batch makes a row group
 
 # Each in archive.log's columns and order; days by the column each table is
 # partitioned (or counted, in day_counts) by.

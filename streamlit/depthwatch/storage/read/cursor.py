@@ -9,10 +9,12 @@ SQLAlchemy's streamed result stands in."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import psycopg2
 import sqlalchemy as sa
 
 STREAM_BATCH_ROWS = 5_000
@@ -24,16 +26,29 @@ def stream_rows(
     conn: sa.Connection, sql: str, params: dict[str, object], batch: int = STREAM_BATCH_ROWS
 ) -> Iterator[Sequence[Any]]:
     """The rows of `sql` (with :name parameters) as tuples, in order."""
-    statement = sa.text(sql).bindparams(**params)
+    for rows in stream_batches(conn, sql, params, batch):
+        yield from rows
+
+
+def stream_batches(
+    conn: sa.Connection, sql: str, params: dict[str, object], batch: int = STREAM_BATCH_ROWS
+) -> Iterator[Sequence[Sequence[Any]]]:
+    """The rows of `sql` (with :name parameters), `batch` at a time, in order."""
+    statement = sa.text(sql)
     raw = conn.connection.dbapi_connection
     if raw is None or getattr(raw, "autocommit", True):
-        yield from conn.execution_options(stream_results=True, yield_per=batch).execute(statement)
+        result = conn.execution_options(stream_results=True, yield_per=batch).execute(
+            statement, params
+        )
+        yield from result.partitions(batch)
         return
     compiled = statement.compile(dialect=conn.dialect)
     cursor = raw.cursor(name=f"depthwatch_rows_{next(_names)}")
     try:
-        cursor.execute(str(compiled), compiled.params)
+        cursor.execute(str(compiled), compiled.construct_params(params))
         while rows := cursor.fetchmany(batch):
-            yield from rows
+            yield rows
     finally:
-        cursor.close()
+        # Gone already if the transaction ended first (a failed read upstream).
+        with contextlib.suppress(psycopg2.Error):
+            cursor.close()
