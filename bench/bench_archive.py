@@ -47,7 +47,9 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=1_000_000, help="book messages a day")
     args = parser.parse_args()
     print(machine_line(detail=True))
-    first_day = now_us() // DAY_US - args.days - 1  # all finished
+    # The last recorded day is yesterday (finished unless the run starts in
+    # the ten minutes after midnight), so --hot-days 2 keeps two of them.
+    first_day = now_us() // DAY_US - args.days
     end_ms = (first_day + args.days) * DAY_US // 1000
     rate = args.messages / 86_400
     with tempfile.TemporaryDirectory(prefix="bench-archive-") as tmp:
@@ -80,6 +82,7 @@ def main() -> int:
                     "csv.gz",
                 ],
             )
+            log_bytes = sum(p.stat().st_size for p in root.glob("bybit/_log/**/*.parquet"))
             manifests = sorted(root.glob("bybit/_manifests/**/*.json"))
             files = [f for m in manifests for f in json.loads(m.read_text())["files"]]
             messages = sum(json.loads(m.read_text())["source"]["messages"] for m in manifests)
@@ -108,6 +111,9 @@ def main() -> int:
             print(f"book messages archived: {messages:,}; L2 rows: {l2_rows:,}")
             for fmt, total in size.items():
                 print(f"  L2 {fmt:8} {total / 1e6:8.1f} MB  {total / messages:6.1f} bytes/message")
+            per_message = log_bytes / messages
+            print(f"  the log   {log_bytes / 1e6:8.1f} MB  {per_message:6.1f} bytes/message "
+                  "(_log: chunks, checkpoints, trades, events, heartbeats)")  # fmt: skip
             print(f"archive (csv.gz too): {seconds:.1f} s, {l2_rows / seconds:,.0f} L2 rows/s, "
                   f"peak RSS {rss:.0f} MB")  # fmt: skip
             rate_s = export_rows / export_s
@@ -135,7 +141,94 @@ def main() -> int:
             count = quotes[0]
             print(f"quotes of {args.days} day(s) ({count:,} rows): DuckDB over the archive "
                   f"{duck_s:.2f} s, depthwatch export {quotes_s:.1f} s")  # fmt: skip
+            l2_to_parquet(url, first_day, base)
+            if args.days >= 3:
+                hot_days(children, server, url, root, first_day, args.days)
     return 0
+
+
+def l2_to_parquet(url: str, day: int, base: Path, rounds: int = 3) -> None:
+    """A day's incremental_book_L2 from the packed log to a Parquet file, in
+    this process (no start-up), made in columns (export.l2columns: what the
+    export and the archive do) against the row path (CSV's rows into the same
+    Parquet writer); best of `rounds`, alternated."""
+    from depthwatch.export.tardis import ExportRequest, ParquetSink, Progress, export, request_rows
+    from depthwatch.storage.db import make_engine
+
+    engine = make_engine(url)
+    request = ExportRequest(
+        "incremental_book_L2", "linear", SYMBOL, day * DAY_US, (day + 1) * DAY_US
+    )
+
+    def by_columns(path: Path) -> int:
+        with path.open("wb") as out:
+            return export(engine, request, ParquetSink(request.kind, out), progress_to=None)
+
+    def by_rows(path: Path) -> int:
+        with path.open("wb") as out, engine.connect() as conn:
+            sink = ParquetSink(request.kind, out)
+            sink.begin(request)
+            rows = list(request_rows(conn, request, Progress([request], None)))
+            for start in range(0, len(rows), 5_000):
+                sink.write(rows[start : start + 5_000])
+            sink.close()
+            return len(rows)
+
+    best = {"columns": float("inf"), "rows": float("inf")}
+    counted = {}
+    for _ in range(rounds):
+        for name, make in (("columns", by_columns), ("rows", by_rows)):
+            started = time.perf_counter()
+            counted[name] = make(base / f"l2-{name}.parquet")
+            best[name] = min(best[name], time.perf_counter() - started)
+    engine.dispose()
+    assert counted["columns"] == counted["rows"], counted
+    rows = counted["columns"]
+    cols, by_row = rows / best["columns"], rows / best["rows"]
+    print(f"L2 to Parquet in process ({rows:,} rows, best of {rounds}): columns "
+          f"{cols:,.0f} rows/s, rows {by_row:,.0f} rows/s ({cols / by_row:.2f}x)")  # fmt: skip
+
+
+def hot_days(
+    children: Children, server: str, url: str, root: Path, first_day: int, days: int
+) -> None:
+    """The database's size with `--hot-days 2` against two recorded days'
+    worth: pg_database_size after the drop, less an empty database's (schema
+    only), over twice a recorded day's partitions (tables and indexes)."""
+    import sqlalchemy as sa
+
+    from depthwatch.storage import schema
+    from depthwatch.storage.db import make_engine
+
+    def size_of(database_url: str) -> tuple[int, list[int]]:
+        engine = make_engine(database_url)
+        try:
+            with engine.connect() as conn:
+                total = conn.execute(sa.text("SELECT pg_database_size(current_database())"))
+                parts = conn.execute(
+                    sa.text(
+                        """SELECT c.relname, pg_total_relation_size(c.oid)
+                           FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"""
+                    )
+                ).all()
+                return int(total.scalar_one()), [int(b) for _, b in parts]
+        finally:
+            engine.dispose()
+
+    empty_url = fresh_database(server, "dw_bench_archive_empty")
+    empty_engine = make_engine(empty_url)
+    schema.upgrade(empty_engine)
+    empty_engine.dispose()
+    empty, _ = size_of(empty_url)
+    before, parts = size_of(url)
+    day_mean = sum(parts) / days
+    timed(children, "archive-hot", ["archive", "--archive-url", str(root),
+                                    "--database-url", url, "--hot-days", "2"])  # fmt: skip
+    after, _ = size_of(url)
+    ratio = (after - empty) / (2 * day_mean)
+    print(f"--hot-days 2 after {days} recorded days: database {before / 1e6:.1f} MB -> "
+          f"{after / 1e6:.1f} MB (empty schema {empty / 1e6:.1f} MB); a recorded day "
+          f"{day_mean / 1e6:.1f} MB; (after - empty) / 2 days = {ratio:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":
