@@ -149,7 +149,7 @@ def main() -> int:
 
 def l2_to_parquet(url: str, day: int, base: Path, rounds: int = 3) -> None:
     """A day's incremental_book_L2 from the packed log to a Parquet file, in
-    this process (no start-up), made in columns (export.l2columns: what the
+    this process (no start-up), made in columns (export.columnar: what the
     export and the archive do) against the row path (CSV's rows into the same
     Parquet writer); best of `rounds`, alternated."""
     from depthwatch.export.tardis import ExportRequest, ParquetSink, Progress, export, request_rows

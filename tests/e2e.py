@@ -142,26 +142,26 @@ def export_rows(engine: sa.Engine, kind: str, stream: StreamKey) -> list[dict[st
 
 
 def assert_columns_match_rows(engine: sa.Engine, stream: StreamKey) -> None:
-    """incremental_book_L2 made in columns (export.l2columns: Parquet, Arrow)
-    equals the row path's (CSV's) rows, value for value."""
-    from depthwatch.export.l2columns import l2_columns
+    """incremental_book_L2 and quotes made in columns (export.columnar:
+    Parquet, Arrow) equal the row paths' (CSV's) rows, value for value."""
+    from depthwatch.export.columnar import l2_columns, quote_columns
     from depthwatch.export.tardis import ArrowSink, Progress, _plan, export, request_rows
 
-    kind = "incremental_book_L2"
-    request = ExportRequest(kind, stream.category, stream.symbol, *ALL_TIME, depth=stream.depth)
-    by_rows = ArrowSink(kind)
-    with engine.connect() as conn:
-        planned = _plan(conn, request)
-        assert planned.stream is not None
-        assert l2_columns(conn, planned.stream, *ALL_TIME) is not None  # not the row path
-        by_rows.begin(request)
-        by_rows.write(list(request_rows(conn, request, Progress([request], None))))
-    by_rows.close()
-    by_columns = ArrowSink(kind)
-    export(engine, request, by_columns, progress_to=None)
-    rows, columns = by_rows.table(), by_columns.table()
-    assert columns.num_rows == rows.num_rows
-    assert columns.equals(rows), "the columns differ from the rows"
+    for kind, columnar in (("incremental_book_L2", l2_columns), ("quotes", quote_columns)):
+        request = ExportRequest(kind, stream.category, stream.symbol, *ALL_TIME, stream.depth)
+        by_rows = ArrowSink(kind)
+        with engine.connect() as conn:
+            planned = _plan(conn, request)
+            assert planned.stream is not None
+            assert columnar(conn, planned.stream, *ALL_TIME) is not None  # not the row path
+            by_rows.begin(request)
+            by_rows.write(list(request_rows(conn, request, Progress([request], None))))
+        by_rows.close()
+        by_columns = ArrowSink(kind)
+        export(engine, request, by_columns, progress_to=None)
+        rows, columns = by_rows.table(), by_columns.table()
+        assert rows.num_rows > 0 and columns.num_rows == rows.num_rows, kind
+        assert columns.equals(rows), f"{kind}: the columns differ from the rows"
 
 
 @dataclass

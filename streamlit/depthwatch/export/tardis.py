@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol, TextIO
 import sqlalchemy as sa
 
 from depthwatch.export import kinds
+from depthwatch.export.columnar import L2Columns, QuoteColumns, l2_columns, quote_columns
 from depthwatch.export.kinds import ExportKind
-from depthwatch.export.l2columns import L2Columns, l2_columns
 from depthwatch.export.replay import BookReplay, IntBookReplay, StepKind
 from depthwatch.export.snapshots import snapshot_columns, snapshot_rows
 from depthwatch.feed.topics import TARDIS_EXCHANGE
@@ -219,13 +219,36 @@ def _column_parts(
 ) -> Iterator[tuple[list[pa.Array], int]] | None:
     """The request's rows as Arrow columns, with the last exchange time of
     each part, for a sink that takes columns and a kind made in columns
-    (incremental_book_L2 without schema 1-3 rows); None otherwise."""
-    if not isinstance(sink, ArrowSink | ParquetSink) or request.spec.family != kinds.L2:
+    (incremental_book_L2 and quotes, without schema 1-3 rows); None otherwise."""
+    family = request.spec.family
+    if not isinstance(sink, ArrowSink | ParquetSink) or family not in (kinds.L2, kinds.QUOTES):
         return None
     planned = _plan(conn, request)
     assert planned.stream is not None  # a book kind
-    parts = l2_columns(conn, planned.stream, planned.start_us, planned.end_us)
+    span = (conn, planned.stream, planned.start_us, planned.end_us)
+    if family == kinds.QUOTES:
+        quote_parts = quote_columns(*span)
+        return None if quote_parts is None else _quote_arrays(quote_parts)
+    parts = l2_columns(*span)
     return None if parts is None else _l2_arrays(parts)
+
+
+def _quote_arrays(parts: Iterator[QuoteColumns]) -> Iterator[tuple[list[pa.Array], int]]:
+    import pyarrow as pa
+
+    for part in parts:
+        if not len(part):
+            continue
+        no_ask, no_bid = ~part.has_ask, ~part.has_bid
+        columns = [
+            pa.array(part.timestamp),
+            pa.array(part.local_timestamp),
+            pa.array(part.ask_amount, mask=no_ask),
+            pa.array(part.ask_price, mask=no_ask),
+            pa.array(part.bid_price, mask=no_bid),
+            pa.array(part.bid_amount, mask=no_bid),
+        ]
+        yield columns, int(part.timestamp[-1])
 
 
 def _l2_arrays(parts: Iterator[L2Columns]) -> Iterator[tuple[list[pa.Array], int]]:
@@ -410,7 +433,7 @@ class ArrowSink:
 
     def write_columns(self, columns: list[pa.Array]) -> None:
         """Rows given as Tardis's columns after exchange and symbol, typed as
-        the schema (a kind made in columns: export.l2columns)."""
+        the schema (a kind made in columns: export.columnar)."""
         if self.pending:
             self._flush()
         self.pending_columns.append(columns)

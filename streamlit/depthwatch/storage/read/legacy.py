@@ -219,3 +219,17 @@ def has_book_events(conn: sa.Connection, stream: Stream, start_us: int, end_us: 
             {"i": stream.instrument_id, "d": stream.depth, "s": start_us, "e": end_us},
         ).scalar()
     )
+
+
+def has_quotes(conn: sa.Connection, stream: Stream, start_us: int, end_us: int) -> bool:
+    """Whether the schema 1-3 `quotes` table holds a quote of the stream in [start, end)."""
+    return bool(
+        conn.execute(
+            sa.text(
+                """SELECT EXISTS (SELECT 1 FROM quotes
+                                  WHERE instrument_id = :i AND depth = :d
+                                    AND ts_us >= :s AND ts_us < :e)"""
+            ),
+            {"i": stream.instrument_id, "d": stream.depth, "s": start_us, "e": end_us},
+        ).scalar()
+    )

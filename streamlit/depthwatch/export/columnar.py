@@ -1,6 +1,7 @@
-"""incremental_book_L2 in columns, for the Parquet and Arrow outputs (the
-export, the archive, `load_book_l2`): the same rows as the row-by-row path
-(tardis._l2_rows), made from the decoded chunks' NumPy columns.
+"""incremental_book_L2 and quotes in columns, for the Parquet and Arrow
+outputs (the export, the archive, `load_*`): the same rows as the row-by-row
+paths (tardis._l2_rows, storage.read.book.quotes), made from the decoded
+chunks' NumPy columns.
 
 Only the decisions are made message by message: which messages apply (the
 replay's rules: a snapshot always; a delta only while the book is known, in
@@ -8,9 +9,11 @@ sequence, not already applied; a message stored twice once) and whether the
 range opens with the book at `start`. The rows of the messages that apply
 are then cut out of the batch's level columns in one NumPy pass, so no Python
 work is done per row. The book before `start` is rebuilt by BookReplay, as
-the row path does it.
+the row path does it. Quotes need no decision per message: the tops of the
+messages that changed one, less those equal to the quote before, in NumPy.
 
-Ranges holding schema 1-3 rows take the row path (l2_columns returns None).
+Ranges holding schema 1-3 rows take the row paths (l2_columns and
+quote_columns return None).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from depthwatch.export.replay import BookReplay
-from depthwatch.storage.codec import SNAPSHOT, DecodedBatch
+from depthwatch.storage.codec import POW10, SNAPSHOT, TOP_CHANGED, DecodedBatch
 from depthwatch.storage.read import legacy
 from depthwatch.storage.read.book import message_batches
 from depthwatch.storage.read.streams import Stream
@@ -141,3 +144,78 @@ def _rows_of(batch: DecodedBatch, msg: np.ndarray) -> L2Columns:
         batch.prices[level],
         batch.sizes[level],
     )
+
+
+@dataclass(frozen=True)
+class QuoteColumns:
+    """Rows of quotes as columns (Tardis's, after exchange and symbol); a
+    missing side's price and amount are NaN where `has_ask`/`has_bid` is False."""
+
+    timestamp: np.ndarray
+    local_timestamp: np.ndarray
+    ask_amount: np.ndarray
+    ask_price: np.ndarray
+    bid_price: np.ndarray
+    bid_amount: np.ndarray
+    has_ask: np.ndarray
+    has_bid: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.timestamp)
+
+
+def quote_columns(
+    conn: sa.Connection, stream: Stream, start_us: int, end_us: int
+) -> Iterator[QuoteColumns] | None:
+    """The stream's quotes over [start, end) in parts; None when the range
+    holds schema 1-3 rows (the row path reads those)."""
+    if legacy.has_book_events(conn, stream, start_us, end_us) or legacy.has_quotes(
+        conn, stream, start_us, end_us
+    ):
+        return None
+    return _quote_parts(conn, stream, start_us, end_us)
+
+
+def _quote_parts(
+    conn: sa.Connection, stream: Stream, start_us: int, end_us: int
+) -> Iterator[QuoteColumns]:
+    last_key: np.ndarray | None = None
+    for batch, order in message_batches(conn, stream, start_us, end_us, levels=False):
+        msg = order[(batch.flags[order] & TOP_CHANGED) != 0]
+        if not len(msg):
+            continue
+        bid, bid_size, ask, ask_size = batch.tops[batch.top_of[msg]].T
+        chunk = batch.msg_chunk[msg]
+        price_exp, size_exp = batch.price_exp[chunk], batch.size_exp[chunk]
+        has_bid, has_ask = bid != 0, ask != 0
+        # A quote equal to the one before is dropped. Equal as the exchange's
+        # texts: the same integers at the same exponents, a zero at any, a
+        # missing side as missing (what storage.read.book.quotes compares).
+        key = np.column_stack(
+            [
+                np.where(has_ask, ask_size, -1),
+                np.where(has_ask & (ask_size != 0), size_exp, -1),
+                np.where(has_ask, ask, -1),
+                np.where(has_ask, price_exp, -1),
+                np.where(has_bid, bid, -1),
+                np.where(has_bid, price_exp, -1),
+                np.where(has_bid, bid_size, -1),
+                np.where(has_bid & (bid_size != 0), size_exp, -1),
+            ]
+        )
+        first = np.full_like(key[:1], -2) if last_key is None else last_key  # -2: no quote yet
+        before = np.vstack([first, key[:-1]])
+        new = np.any(key != before, axis=1)
+        last_key = key[-1:]
+        msg, new_at = msg[new], np.flatnonzero(new)
+        prices, sizes = POW10[price_exp[new_at]], POW10[size_exp[new_at]]
+        yield QuoteColumns(
+            batch.ts_us[msg],
+            batch.local_us[msg],
+            ask_size[new_at] / sizes,
+            ask[new_at] / prices,
+            bid[new_at] / prices,
+            bid_size[new_at] / sizes,
+            has_ask[new_at],
+            has_bid[new_at],
+        )
