@@ -209,26 +209,22 @@ def volume_sample(
 
 def has_book_events(conn: sa.Connection, stream: Stream, start_us: int, end_us: int) -> bool:
     """Whether the schema 1-3 log holds a book message of the stream in [start, end)."""
-    return bool(
-        conn.execute(
-            sa.text(
-                """SELECT EXISTS (SELECT 1 FROM book_events
-                                  WHERE instrument_id = :i AND depth = :d
-                                    AND ts_us >= :s AND ts_us < :e)"""
-            ),
-            {"i": stream.instrument_id, "d": stream.depth, "s": start_us, "e": end_us},
-        ).scalar()
-    )
+    return _has_rows(conn, "book_events", stream, start_us, end_us)
 
 
 def has_quotes(conn: sa.Connection, stream: Stream, start_us: int, end_us: int) -> bool:
     """Whether the schema 1-3 `quotes` table holds a quote of the stream in [start, end)."""
+    return _has_rows(conn, "quotes", stream, start_us, end_us)
+
+
+def _has_rows(conn: sa.Connection, table: str, stream: Stream, start_us: int, end_us: int) -> bool:
+    # `table` is one of the two literals above, never user input.
     return bool(
         conn.execute(
             sa.text(
-                """SELECT EXISTS (SELECT 1 FROM quotes
-                                  WHERE instrument_id = :i AND depth = :d
-                                    AND ts_us >= :s AND ts_us < :e)"""
+                f"""SELECT EXISTS (SELECT 1 FROM {table}
+                                   WHERE instrument_id = :i AND depth = :d
+                                     AND ts_us >= :s AND ts_us < :e)"""
             ),
             {"i": stream.instrument_id, "d": stream.depth, "s": start_us, "e": end_us},
         ).scalar()
