@@ -763,6 +763,9 @@ def test_the_archive_job_runs_after_each_utc_midnight_with_its_secrets_asked_for
         assert entries[secret].get("sync") is False, secret
     # The collector's retention waits for the same archive.
     assert env_entries(service("worker"))["DEPTHWATCH_ARCHIVE_URL"].get("sync") is False
+    # Archived days leave the database sooner than the retention would drop them.
+    hot = int(entries["DEPTHWATCH_HOT_DAYS"]["value"])
+    assert 0 < hot < int(worker_setting("DEPTHWATCH_RETENTION_DAYS"))
 
 
 def test_the_archive_job_does_nothing_until_its_archive_is_set_then_archives(
