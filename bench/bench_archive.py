@@ -45,6 +45,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--days", type=int, default=1, help="UTC days recorded")
     parser.add_argument("--messages", type=int, default=1_000_000, help="book messages a day")
+    parser.add_argument(
+        "--flush-ms",
+        type=int,
+        default=10_000,
+        help="exchange time between the recorder's flushes (more: a month records faster)",
+    )
     args = parser.parse_args()
     print(machine_line(detail=True))
     # The last recorded day is yesterday (finished unless the run starts in
@@ -64,7 +70,7 @@ def main() -> int:
                 # A flush per 10 s of exchange time: a day at the collector's
                 # 250 ms would be 345,600 flushes to record. The archive's files
                 # do not depend on how the log was cut into chunks.
-                *("--flush-ms", "10000"),
+                *("--flush-ms", str(args.flush_ms)),
             )
             print(f"recorded {args.days} day(s) x {args.messages:,} messages in "
                   f"{time.perf_counter() - started:.0f} s")  # fmt: skip

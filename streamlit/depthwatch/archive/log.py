@@ -138,12 +138,22 @@ def write_log_file(
     with pq.ParquetWriter(path, schema, compression="zstd", write_statistics=True) as writer:
         for rows in batches:
             columns = zip(*rows, strict=True)
-            arrays = [pa.array(c, type=f.type) for c, f in zip(columns, schema, strict=True)]
+            arrays = [_array(c, f.type) for c, f in zip(columns, schema, strict=True)]
             writer.write_table(pa.Table.from_arrays(arrays, schema=schema), ROW_GROUP_ROWS)
             written += len(rows)
         if not written:
             writer.write_table(schema.empty_table())
     return written
+
+
+def _array(values: Sequence[object], kind: pa.DataType) -> pa.Array:
+    import pyarrow as pa
+
+    if kind == pa.binary():
+        # bytea comes as memoryview, and pyarrow 26 never releases a
+        # memoryview it converts: the archive grew by a day's chunks each day.
+        values = [bytes(v) for v in values]  # type: ignore[call-overload]
+    return pa.array(values, type=kind)
 
 
 def read_log(
