@@ -3,6 +3,7 @@
     {root}/{exchange}/{kind}/symbol={SYMBOL}/depth={DEPTH}/date={YYYY-MM-DD}/{name}
     {root}/{exchange}/trades/symbol={SYMBOL}/date={YYYY-MM-DD}/{name}
     {root}/{exchange}/_manifests/symbol={SYMBOL}/depth={DEPTH}/date={YYYY-MM-DD}.json
+    {root}/{exchange}/_log/symbol={SYMBOL}/depth={DEPTH}/date={YYYY-MM-DD}/{table}.parquet
     {root}/csv/{exchange}/...  the same tree again for `--format csv.gz`
 
 `exchange` is Tardis's id (bybit, bybit-spot), `kind` Tardis's data type
@@ -21,7 +22,8 @@ Why this shape:
   symbol).
 - One file per stream, kind and UTC day, named as Tardis names its downloads,
   so a file copied out of the archive is a Tardis file by name and content.
-- Manifests live under `_manifests`: engines skip names starting with `_`.
+- Manifests live under `_manifests`, and the day's log (archive/log.py)
+  under `_log`: engines skip names starting with `_`.
 - Tardis's gzip CSVs (`--format csv.gz`) get a tree of their own under `csv/`,
   so a dataset opened on `{root}/bybit/quotes` holds Parquet files only.
 """
