@@ -43,11 +43,23 @@ def stream_batches(
         yield from result.partitions(batch)
         return
     compiled = statement.compile(dialect=conn.dialect)
+    sql_text, values = str(compiled), compiled.construct_params(params)
     cursor = raw.cursor(name=f"depthwatch_rows_{next(_names)}")
     try:
-        cursor.execute(str(compiled), compiled.construct_params(params))
+        cursor.execute(sql_text, values)
         while rows := cursor.fetchmany(batch):
             yield rows
+    except psycopg2.Error as exc:
+        # As SQLAlchemy would raise it (callers catch sa.exc.OperationalError
+        # for a database gone), the connection invalidated if it is lost, so
+        # closing it does not fail again.
+        lost = conn.dialect.is_disconnect(exc, raw, cursor)
+        wrapped = sa.exc.DBAPIError.instance(
+            sql_text, values, exc, psycopg2.Error, connection_invalidated=lost
+        )
+        if lost:
+            conn.invalidate(wrapped)
+        raise wrapped from exc
     finally:
         # Gone already if the transaction ended first (a failed read upstream).
         with contextlib.suppress(psycopg2.Error):
