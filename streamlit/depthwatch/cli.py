@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sim_arguments(sim)
 
-    from depthwatch.supervisor import add_dashboard_arguments, add_up_arguments
+    from depthwatch.up_arguments import add_dashboard_arguments, add_up_arguments
 
     up = sub.add_parser(
         "up",

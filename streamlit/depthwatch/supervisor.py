@@ -17,9 +17,9 @@ supervisor itself is killed with SIGKILL.
 Besides its children, `up` runs the archive as a job: a `depthwatch archive`
 that ends, whose exit stops nothing, when archive/schedule.py says.
 
-Why one file of ~745 lines: the process rules (groups, death signal, stop
-order, restarts, relayed output, jobs) and the two commands built on them read
-best together; split, each half would need the other to make sense.
+The process rules (groups, death signal, stop order, restarts, relayed
+output, jobs) and the two commands built on them read best together, so they
+share this file; the commands' flags live in up_arguments.py.
 """
 
 from __future__ import annotations
@@ -27,12 +27,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import errno
 import logging
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -40,7 +38,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -48,36 +45,34 @@ from typing import IO, Any
 import depthwatch
 from depthwatch.app.clients import (
     FORWARDED_ALLOW_IPS_ENV,
-    TRUSTED_PROXIES_ENV,
-    parse_trusted_proxies,
 )
 from depthwatch.config import (
     CollectorConfig,
     ConfigError,
-    add_collector_arguments,
     archive_url,
-    archive_url_from_env,
     collector_config_from_args,
-    database_url_from_env,
-    default_data_dir,
     reader_database_url_from_env,
 )
 from depthwatch.logs import relay_line
+from depthwatch.probes import (
+    SIM_HOST,
+    accepts_tcp,
+    ensure_port_free,
+    free_port,
+    health_ok,
+    probe_host,
+    url_host,
+)
+from depthwatch.up_arguments import passthrough_flags
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("bybit", "sim")
-DEFAULT_DASHBOARD_PORT = 8501
-DEFAULT_DASHBOARD_ADDRESS = "localhost"
-DEFAULT_SIM_RATE = 50.0
-SIM_HOST = "127.0.0.1"
 HEALTH_PATH = "/_stcore/health"
 
 POLL_INTERVAL_S = 0.2
 STOP_TIMEOUT_S = 30.0  # the collector may need this long to flush a full queue
 SIM_START_TIMEOUT_S = 30.0
 DASHBOARD_SLOW_START_S = 60.0
-HEALTH_TIMEOUT_S = 1.0
 RELAY_JOIN_TIMEOUT_S = 2.0
 TAIL_LINES = 10
 
@@ -89,133 +84,6 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
-
-
-# -- command-line arguments ----------------------------------------------------
-
-
-def _port(text: str, allow_zero: bool = False) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not (0 if allow_zero else 1) <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port {port} is out of range")
-    return port
-
-
-def _trusted_proxies(text: str) -> str:
-    try:
-        return parse_trusted_proxies(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _port_or_zero(text: str) -> int:
-    return _port(text, allow_zero=True)
-
-
-def _add_dashboard_listen_arguments(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
-) -> None:
-    parser.add_argument(
-        "--port",
-        type=_port,
-        default=DEFAULT_DASHBOARD_PORT,
-        help=f"dashboard HTTP port (default {DEFAULT_DASHBOARD_PORT})",
-    )
-    parser.add_argument(
-        "--address",
-        default=DEFAULT_DASHBOARD_ADDRESS,
-        help="interface the dashboard listens on; 0.0.0.0 serves other machines too "
-        f"(default {DEFAULT_DASHBOARD_ADDRESS})",
-    )
-    parser.add_argument(
-        "--trusted-proxies",
-        type=_trusted_proxies,
-        default=os.environ.get(TRUSTED_PROXIES_ENV, ""),
-        help="comma-separated addresses or networks of reverse proxies whose "
-        "X-Forwarded-For names the dashboard's clients, for the login's rate limit "
-        f"(env {TRUSTED_PROXIES_ENV}; default none: the header is ignored)",
-    )
-
-
-def add_up_arguments(parser: argparse.ArgumentParser) -> None:
-    """Every collector flag (passed through to the collector) plus up's own,
-    grouped apart in --help."""
-    add_collector_arguments(parser)
-    own = parser.add_argument_group(
-        "up's own options", "every option above is the collector's and passes through to it"
-    )
-    own.add_argument(
-        "--source",
-        choices=SOURCES,
-        default="bybit",
-        help="bybit: record Bybit's live streams; sim: start a local simulator and record "
-        "it instead, marked as simulated (default bybit)",
-    )
-    _add_dashboard_listen_arguments(own)
-    own.add_argument(
-        "--sim-port",
-        type=_port_or_zero,
-        default=0,
-        help="simulator TCP port with --source sim; 0 picks a free one (default 0)",
-    )
-    own.add_argument(
-        "--archive-url",
-        default=archive_url_from_env(),
-        help="where finished days are archived, as `depthwatch archive` does, at start and "
-        "after each UTC midnight (env DEPTHWATCH_ARCHIVE_URL; default: <data dir>/archive "
-        "with the embedded database, none with DATABASE_URL)",
-    )
-    own.add_argument(
-        "--no-archive", action="store_true", help="archive nothing (retention by age alone)"
-    )
-    own.add_argument(
-        "--sim-rate",
-        type=float,
-        default=DEFAULT_SIM_RATE,
-        help=f"simulator book steps per second per symbol (default {DEFAULT_SIM_RATE:g})",
-    )
-
-
-def add_dashboard_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_dashboard_listen_arguments(parser)
-    parser.add_argument(
-        "--database-url",
-        default=database_url_from_env(reader=True),
-        help="PostgreSQL URL to read (env DASHBOARD_DATABASE_URL, else DATABASE_URL); "
-        "unset: the embedded PostgreSQL with its data in --data-dir",
-    )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=default_data_dir(),
-        help="directory of the embedded PostgreSQL's data, as given to the collector "
-        "(env DEPTHWATCH_DATA_DIR, default .depthwatch)",
-    )
-
-
-def passthrough_flags(args: argparse.Namespace, skip: frozenset[str]) -> list[str]:
-    """Rebuild command-line flags from every collector argument in `args`, so a
-    flag added to the collector later reaches the child without editing `up`.
-    Values are joined with `=` so one starting with '-' stays a value."""
-    probe = argparse.ArgumentParser(add_help=False)
-    add_collector_arguments(probe)
-    flags: list[str] = []
-    for action in probe._actions:  # argparse has no public list of its actions
-        if not action.option_strings or action.dest in skip:
-            continue
-        flag = action.option_strings[-1]
-        value = getattr(args, action.dest)
-        if action.nargs == 0:  # store_true, store_false, store_const
-            if value == action.const:
-                flags.append(flag)
-        elif isinstance(value, list):
-            flags += [f"{flag}={item}" for item in value]
-        elif value is not None:
-            flags.append(f"{flag}={value}")
-    return flags
 
 
 # -- children ------------------------------------------------------------------
@@ -316,72 +184,6 @@ def dashboard_env_for_url(url: str) -> dict[str, str]:
 
 def sim_ws_url(port: int, category: str) -> str:
     return f"ws://{SIM_HOST}:{port}/v5/public/{category}"
-
-
-# -- sockets and HTTP ----------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((SIM_HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def ensure_port_free(address: str, port: int, flag: str) -> None:
-    """Fail before starting anything, with a clear line, rather than letting a
-    child die on a busy port after the database and the others started."""
-    try:
-        infos = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise ConfigError(f"cannot resolve the address {address!r}: {exc.strerror}") from None
-    for family, kind, proto, _, sockaddr in infos:
-        with socket.socket(family, kind, proto) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(sockaddr)
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:  # others: an unusable family, skip it
-                    raise ConfigError(
-                        f"port {port} on {address} is already in use; choose another with {flag}"
-                    ) from None
-
-
-def accepts_tcp(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=HEALTH_TIMEOUT_S):
-            return True
-    except OSError:
-        return False
-
-
-def probe_host(address: str) -> str:
-    """Where to reach a server listening on `address` from this machine."""
-    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(address, address)
-    return f"[{host}]" if ":" in host else host
-
-
-def url_host(address: str) -> str:
-    return f"[{address}]" if ":" in address else address
-
-
-@cache
-def _direct_opener() -> Any:
-    """An opener that ignores http_proxy: the dashboard is local. Imported
-    late because every depthwatch command builds this module's parsers."""
-    import urllib.request
-
-    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def health_ok(url: str) -> bool:
-    import http.client
-
-    try:
-        with _direct_opener().open(url, timeout=HEALTH_TIMEOUT_S) as response:
-            return bool(response.status == 200)
-    except (OSError, http.client.HTTPException):  # URLError is an OSError
-        return False
 
 
 # -- the supervisor ------------------------------------------------------------
