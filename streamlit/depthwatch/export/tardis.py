@@ -418,7 +418,6 @@ class ArrowSink:
         self.snapshots = spec.snapshot is not None
         self.pending: list[Row] = []
         self.pending_columns: list[list[pa.Array]] = []  # written as columns, not yet a table
-        self.pending_column_rows = 0
 
     def begin(self, request: ExportRequest) -> None:
         self._flush_all()  # a table holds one symbol's rows
@@ -437,8 +436,7 @@ class ArrowSink:
         if self.pending:
             self._flush()
         self.pending_columns.append(columns)
-        self.pending_column_rows += len(columns[0])
-        if self.pending_column_rows >= self.group_rows:
+        if sum(len(part[0]) for part in self.pending_columns) >= self.group_rows:
             self._flush_columns()
 
     def _flush_all(self) -> None:
@@ -450,7 +448,7 @@ class ArrowSink:
     def _flush_columns(self) -> None:
         """The columns written as tables of group_rows rows (the last one shorter)."""
         pa, parts = self.pa, self.pending_columns
-        self.pending_columns, self.pending_column_rows = [], 0
+        self.pending_columns = []
         columns = [pa.concat_arrays([part[k] for part in parts]) for k in range(len(parts[0]))]
         for start in range(0, len(columns[0]), self.group_rows):
             self._emit([c.slice(start, self.group_rows) for c in columns])

@@ -172,25 +172,26 @@ def heartbeats(
     `start` and the first at or after `end` (each looked for within
     HEARTBEAT_LOOKAROUND_US); `stream_key` is str(StreamKey). Those of the
     stream's `cold` days come from the archive."""
-    rows = conn.execute(
-        sa.text(
-            """(SELECT local_us, interval_s FROM collector_heartbeats
-                WHERE local_us < :s AND local_us >= :s - :w AND :k = ANY(streams)
-                ORDER BY local_us DESC LIMIT 1)
-               UNION ALL
-               (SELECT local_us, interval_s FROM collector_heartbeats
-                WHERE local_us >= :s AND local_us < :e AND :k = ANY(streams))
-               UNION ALL
-               (SELECT local_us, interval_s FROM collector_heartbeats
-                WHERE local_us >= :e AND local_us < :e + :w AND :k = ANY(streams)
-                ORDER BY local_us LIMIT 1)
-               ORDER BY local_us"""
-        ),
-        {"s": start_us, "e": end_us, "w": HEARTBEAT_LOOKAROUND_US, "k": stream_key},
-    ).all()
-    beats = [(int(r[0]), float(r[1])) for r in rows]
     if cold:
-        beats = _with_cold_heartbeats(conn, cold, stream_key, beats, start_us, end_us)
+        beats = _with_cold_heartbeats(conn, cold, stream_key, start_us, end_us)
+    else:
+        rows = conn.execute(
+            sa.text(
+                """(SELECT local_us, interval_s FROM collector_heartbeats
+                    WHERE local_us < :s AND local_us >= :s - :w AND :k = ANY(streams)
+                    ORDER BY local_us DESC LIMIT 1)
+                   UNION ALL
+                   (SELECT local_us, interval_s FROM collector_heartbeats
+                    WHERE local_us >= :s AND local_us < :e AND :k = ANY(streams))
+                   UNION ALL
+                   (SELECT local_us, interval_s FROM collector_heartbeats
+                    WHERE local_us >= :e AND local_us < :e + :w AND :k = ANY(streams)
+                    ORDER BY local_us LIMIT 1)
+                   ORDER BY local_us"""
+            ),
+            {"s": start_us, "e": end_us, "w": HEARTBEAT_LOOKAROUND_US, "k": stream_key},
+        ).all()
+        beats = [(int(r[0]), float(r[1])) for r in rows]
     times = np.fromiter((b[0] for b in beats), dtype=np.int64, count=len(beats))
     longest = max((b[1] for b in beats), default=None)
     return Heartbeats(times, None if longest is None else round(longest * SECOND_US))
@@ -200,11 +201,11 @@ def _with_cold_heartbeats(
     conn: sa.Connection,
     cold: ColdLog,
     stream_key: str,
-    beats: list[tuple[int, float]],
     start_us: int,
     end_us: int,
 ) -> list[tuple[int, float]]:
-    """heartbeats' rows, those of cold days read from the archive instead."""
+    """heartbeats' rows (the same last-before and first-after), those of
+    cold days read from the archive instead of the database."""
     low, high = start_us - HEARTBEAT_LOOKAROUND_US, end_us + HEARTBEAT_LOOKAROUND_US
     hot = conn.execute(
         sa.text(
