@@ -53,7 +53,7 @@ def child_env(src: Path = SRC, **extra: str) -> dict[str, str]:
     """The environment of a child: depthwatch from `src`, unbuffered output,
     no database or endpoint inherited from the developer's shell."""
     env = dict(os.environ)
-    for name in ("DATABASE_URL", "DASHBOARD_DATABASE_URL", "BYBIT_WS_URL"):
+    for name in ("DATABASE_URL", "DASHBOARD_DATABASE_URL", "BYBIT_WS_URL", "BYBIT_REST_URL"):
         env.pop(name, None)
     return env | {"PYTHONPATH": str(src), "PYTHONUNBUFFERED": "1"} | extra
 

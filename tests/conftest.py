@@ -105,7 +105,7 @@ def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(SRC)
     env["DEPTHWATCH_DATA_DIR"] = str(CHILD_DATA_DIR)
-    for name in ("DATABASE_URL", "DASHBOARD_DATABASE_URL", "BYBIT_WS_URL"):
+    for name in ("DATABASE_URL", "DASHBOARD_DATABASE_URL", "BYBIT_WS_URL", "BYBIT_REST_URL"):
         env.pop(name, None)
     for name in list(env):
         if name.startswith("AWS_") or name == "DEPTHWATCH_ARCHIVE_URL":

@@ -263,6 +263,33 @@ def test_simulated_comes_from_the_flag_or_the_environment(monkeypatch):
     assert config().simulated
 
 
+def test_the_whole_book_is_depth_full_with_its_snapshots_from_rest(monkeypatch):
+    from depthwatch.cli import build_parser
+    from depthwatch.config import ConfigError, collector_config_from_args
+    from depthwatch.records import FULL_DEPTH
+
+    def config(*argv: str):
+        return collector_config_from_args(build_parser().parse_args(["collect", *argv]))
+
+    for name in ("BYBIT_REST_URL", "BYBIT_WS_URL", "DEPTHWATCH_DEPTH"):
+        monkeypatch.delenv(name, raising=False)
+    whole = config("--category", "spot", "--depth", "50,full", "--symbols", "BTCUSDT")
+    assert whole.depths == (50, FULL_DEPTH)
+    assert whole.topics() == ["orderbook.50.BTCUSDT", "orderbook.full.BTCUSDT"]
+    assert whole.rest_endpoint == "https://api.bybit.com"
+    assert config("--testnet").rest_endpoint == "https://api-testnet.bybit.com"
+    # Pointed at the simulator, its REST is the same host over HTTP.
+    sim = config("--depth", "full", "--ws-url", "ws://127.0.0.1:8765/v5/public/linear")
+    assert sim.rest_endpoint == "http://127.0.0.1:8765"
+    monkeypatch.setenv("BYBIT_REST_URL", "http://rest.example:9000")
+    assert config("--depth", "full").rest_endpoint == "http://rest.example:9000"
+    assert config("--rest-url", "http://other:1").rest_endpoint == "http://other:1"
+    with pytest.raises(ConfigError, match="depth full is not served for option"):
+        config("--category", "option", "--depth", "full")
+    with pytest.raises(ConfigError, match="integers or full"):
+        config("--depth", "deep")
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

@@ -16,6 +16,7 @@ from enum import Enum
 from typing import Protocol
 
 from depthwatch.records import (
+    BookBounds,
     BookCheckpoint,
     BookUpdate,
     DepthSnapshot,
@@ -136,6 +137,7 @@ class RecordSink(Protocol):
     def add_quote(self, quote: Quote) -> None: ...
     def add_depth_snapshot(self, snapshot: DepthSnapshot) -> None: ...
     def add_checkpoint(self, checkpoint: BookCheckpoint) -> None: ...
+    def add_book_bounds(self, bounds: BookBounds) -> None: ...
     def add_feed_event(self, event: FeedEvent) -> None: ...
 
 
@@ -192,6 +194,24 @@ class StreamBook:
         self._last_quote: tuple[str | None, ...] = (None, None, None, None)
         self._last_bid: Level | None = None
         self._last_ask: Level | None = None
+        # A whole book started from a cut REST snapshot: where it is exact
+        # (bid floor, ask ceiling), recorded again with every checkpoint.
+        self.bounds: tuple[str | None, str | None] | None = None
+
+    def set_bounds(
+        self, snapshot: BookUpdate, bid_floor: str | None, ask_ceiling: str | None
+    ) -> None:
+        """The snapshot just applied started a whole book exact only within
+        these prices (None: that side whole); recorded now and with every
+        checkpoint until the next snapshot sets it again."""
+        self.bounds = (bid_floor, ask_ceiling)
+        self._emit_bounds(snapshot.exchange_us, snapshot.local_us, snapshot.update_id)
+
+    def _emit_bounds(self, exchange_us: int, local_us: int, update_id: int) -> None:
+        assert self.bounds is not None
+        self._sink.add_book_bounds(
+            BookBounds(self.stream, exchange_us, local_us, update_id, *self.bounds)
+        )
 
     def invalidate(self) -> None:
         """Mark the book broken (e.g. the connection dropped): wait for a snapshot."""
@@ -371,6 +391,8 @@ class StreamBook:
                 asks,
             )
         )
+        if self.bounds is not None:
+            self._emit_bounds(boundary, self._last_local_us, self.last_update_id or 0)
         self._next_checkpoint_us = boundary + every
 
     def _emit_quote_if_changed(self, update: BookUpdate) -> None:

@@ -13,6 +13,7 @@ from depthwatch.config import (
     ConfigError,
     add_collector_arguments,
     add_database_arguments,
+    book_depth,
     collector_config_from_args,
 )
 from depthwatch.feed.topics import CATEGORIES
@@ -116,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--category", default="linear", choices=CATEGORIES)
     export.add_argument(
-        "--depth", type=int, help="book depth to export (needed when several were recorded)"
+        "--depth", type=book_depth, help="book depth to export (needed when several were recorded)"
     )
     export.add_argument(
         "--start",
@@ -357,7 +358,12 @@ def _archive(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
 
-    from depthwatch.export.command import READ_FAILURES, range_or_depth_refused, read_failed
+    from depthwatch.export.command import (
+        READ_FAILURES,
+        range_or_depth_refused,
+        read_failed,
+        warn_partial_books,
+    )
     from depthwatch.export.files import plan_files, write_export, write_file
     from depthwatch.export.kinds import ExportKind
     from depthwatch.export.tardis import ExportRequest, check_requests
@@ -394,7 +400,9 @@ def _export(args: argparse.Namespace) -> int:
             for s in symbols
         ]
         # Every symbol, before a byte is written; the plans say what each reads.
-        requests = list(check_requests(engine, requests))
+        checked = check_requests(engine, requests)
+        warn_partial_books(log, engine, checked)
+        requests = list(checked)
         if to_directory:
             out.mkdir(parents=True, exist_ok=True)
             for planned in plan_files(requests, args.format, args.split == "daily"):

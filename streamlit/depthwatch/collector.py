@@ -31,9 +31,12 @@ from depthwatch.clock import now_us
 from depthwatch.config import CollectorConfig
 from depthwatch.feed.connection import BybitConnection, ConnectionConfig, ReconnectPolicy
 from depthwatch.feed.instruments import fetch_instruments
+from depthwatch.feed.snapshots import RestPolicy, SnapshotFetcher, SnapshotUnavailable
+from depthwatch.feed.sync import BybitFullRule, DeltaSync, SyncStep, snapshot_bounds
 from depthwatch.feed.topics import MAX_ARGS_CHARS_PER_CONNECTION, MAX_ARGS_PER_CONNECTION
 from depthwatch.logs import LogThrottle
 from depthwatch.records import (
+    FULL_DEPTH,
     HEARTBEATS_MISSED_FOR_STALE,
     BookUpdate,
     CollectorHeartbeat,
@@ -64,6 +67,13 @@ RESYNC_RETRY_S = 10.0
 
 # How long a book may wait for its snapshot, while deltas arrive, before we resync again.
 SNAPSHOT_RETRY_US = 10_000_000
+
+# A snapshot's outcomes that started the book.
+_STARTED = (Outcome.SNAPSHOT, Outcome.RESTART, Outcome.JUMPED)
+
+# How long after Bybit refused a REST snapshot outright (an error code, e.g. a
+# category without the whole book yet) we ask again.
+REFUSED_RETRY_S = 60.0
 
 
 def plan_connections(
@@ -125,6 +135,20 @@ class Collector:
                 for depth in config.depths
             )
         }
+        # The whole book comes as deltas only, started from REST snapshots.
+        self.syncs: dict[StreamKey, DeltaSync] = {
+            stream: DeltaSync(BybitFullRule())
+            for stream in self.books
+            if stream.depth == FULL_DEPTH
+        }
+        self.fetcher = (
+            SnapshotFetcher(
+                config.rest_endpoint, config.category, RestPolicy(rate_per_s=config.rest_rate)
+            )
+            if self.syncs
+            else None
+        )
+        self._fetches: dict[StreamKey, asyncio.Task[None]] = {}
         self.connections = [
             BybitConnection(
                 f"{config.category}-{i}",
@@ -149,6 +173,17 @@ class Collector:
         if book is None:
             self.stats.unknown_streams += 1
             return False
+        sync = self.syncs.get(update.stream)
+        if sync is not None:  # a delta-only stream: the sync decides what reaches the book
+            self._follow(book, sync, sync.on_delta(update))
+            return False
+        outcome = self._apply(book, update)
+        if outcome is Outcome.DROPPED:
+            return self._snapshot_overdue(book, update)
+        return outcome is None or outcome is Outcome.GAP or outcome is Outcome.REJECTED
+
+    def _apply(self, book: StreamBook, update: BookUpdate) -> Outcome | None:
+        """One message into its book, counted and logged; None: it raised (a bug)."""
         try:
             outcome = book.apply(update)
         except Exception as exc:
@@ -163,7 +198,7 @@ class Collector:
                     f"error applying u={update.update_id}: {exc}",
                 )
             )
-            return True
+            return None
         if outcome is Outcome.GAP:
             self.stats.gaps += 1
             self._gap_log.log(
@@ -173,16 +208,15 @@ class Collector:
                 update.stream,
                 update.update_id,
             )
-            return True
-        if outcome is Outcome.REJECTED:
+        elif outcome is Outcome.REJECTED:
             self.stats.refused += 1
             log.warning(
                 "%s: u=%d refused (impossible book); resyncing", update.stream, update.update_id
             )
-            return True
-        if outcome is Outcome.SNAPSHOT or outcome is Outcome.RESTART:
+        elif outcome is Outcome.SNAPSHOT or outcome is Outcome.RESTART:
             self.first_valid_us.setdefault(update.stream, update.local_us)
         if outcome is Outcome.JUMPED:
+            self.first_valid_us.setdefault(update.stream, update.local_us)
             self.stats.gaps += 1
             self.stats.snapshot_gaps += 1
             self._gap_log.log(
@@ -202,8 +236,132 @@ class Collector:
             )
         elif outcome is Outcome.DROPPED:
             self.stats.dropped += 1
-            return self._snapshot_overdue(book, update)
-        return False
+        return outcome
+
+    # ---- delta-only streams (orderbook.full): feed.sync's steps carried out
+
+    def _follow(self, book: StreamBook, sync: DeltaSync, step: SyncStep) -> None:
+        """Apply what the sync released, start it over when the book breaks,
+        and fetch the snapshots it asks for."""
+        stream = book.stream
+        if step.restarted:
+            self._stream_reinitialised(book)
+        for update in step.apply:
+            outcome = self._apply(book, update)
+            if update.is_snapshot and outcome in _STARTED:
+                book.set_bounds(update, *snapshot_bounds(update, self.config.rest_levels))
+                self._log_synced(book, update, sync)
+            if outcome is None or outcome in (Outcome.GAP, Outcome.REJECTED, Outcome.DROPPED):
+                # Started over from the documented first step; the delta that
+                # broke the chain is a real one and begins the next buffer.
+                sync.reset()
+                if outcome is Outcome.GAP:
+                    self._follow(book, sync, sync.on_delta(update))
+                return
+        if step.fetch or step.refetch:
+            self._fetch_snapshot(stream, sync, again=step.refetch)
+
+    def _stream_reinitialised(self, book: StreamBook) -> None:
+        """A `u=1` delta: Bybit restarted the stream (a service restart, a
+        delisting, the pre-market auction and its end, a tick or lot change):
+        the book so far is void until a snapshot of the new session."""
+        self.stats.restarts += 1
+        self._restart_log.log(
+            log, logging.WARNING, "%s: u=1: the exchange re-initialised the book", book.stream
+        )
+        if book.last_update_id is None:
+            return  # nothing recorded yet: nothing to void
+        book.invalidate()
+        book.last_update_id = 1  # the snapshot that follows is no "jump" over old u
+        self.on_feed_event(
+            FeedEvent.of_stream(
+                FeedEventKind.RESTART,
+                now_us(),
+                book.stream,
+                "u=1 delta: the exchange re-initialised the stream; book void until a "
+                "snapshot of the new session",
+            )
+        )
+
+    def _log_synced(self, book: StreamBook, snapshot: BookUpdate, sync: DeltaSync) -> None:
+        bids, asks = len(snapshot.bids), len(snapshot.asks)
+        if not bids and not asks:
+            log.warning(
+                "%s: the exchange's book is empty (delisted, or before its pre-market "
+                "auction); recording it as it is",
+                book.stream,
+            )
+            return
+        floor, ceiling = book.bounds or (None, None)
+        exact = (
+            "whole"
+            if floor is None and ceiling is None
+            else f"exact within bids >= {floor or 'all'}, asks <= {ceiling or 'all'}"
+        )
+        log.info(
+            "%s: book started from a REST snapshot (u=%d, %d bids, %d asks, %s; %d refetched)",
+            book.stream,
+            snapshot.update_id,
+            bids,
+            asks,
+            exact,
+            sync.refetches,
+        )
+
+    def _fetch_snapshot(self, stream: StreamKey, sync: DeltaSync, again: bool) -> None:
+        """One fetch per stream at a time: a newer request replaces an older one."""
+        previous = self._fetches.pop(stream, None)
+        if previous is not None:
+            previous.cancel()
+        # A snapshot that did not fit was older than the stream: give the REST
+        # side one push interval to catch up, longer each time in a row.
+        delay = min(5.0, 0.2 * 2 ** min(sync.misses - 1, 5)) if again else 0.0
+        self._fetches[stream] = asyncio.get_running_loop().create_task(
+            self._fetch(stream, sync, sync.generation, delay)
+        )
+
+    async def _fetch(
+        self, stream: StreamKey, sync: DeltaSync, generation: int, delay: float
+    ) -> None:
+        """Fetch the snapshot (transient failures are the fetcher's to retry)
+        and hand it to the sync; a refusal or a bug asks again later."""
+        assert self.fetcher is not None
+        try:
+            if delay:
+                await asyncio.sleep(delay)
+            snapshot = await self.fetcher.fetch(stream)
+        except SnapshotUnavailable as exc:
+            log.error("%s: no snapshot: %s; asking again in %.0f s", stream, exc, REFUSED_RETRY_S)
+            self.on_feed_event(
+                FeedEvent.of_stream(
+                    FeedEventKind.SUBSCRIBE_FAILED, now_us(), stream, f"snapshot refused: {exc}"
+                )
+            )
+            await self._fetch_again_later(stream, sync, generation, REFUSED_RETRY_S)
+            return
+        except Exception:  # a bug must not leave the book waiting forever
+            self.stats.handler_errors += 1
+            log.exception("%s: fetching a snapshot failed; asking again", stream)
+            await self._fetch_again_later(stream, sync, generation, RESYNC_RETRY_S)
+            return
+        if self._fetches.get(stream) is asyncio.current_task():
+            del self._fetches[stream]
+        self._follow(self.books[stream], sync, sync.on_snapshot(snapshot, generation))
+
+    async def _fetch_again_later(
+        self, stream: StreamKey, sync: DeltaSync, generation: int, seconds: float
+    ) -> None:
+        await asyncio.sleep(seconds)
+        # Still this stream's fetch (a newer one cancels this task first).
+        self._fetches.pop(stream, None)
+        self._follow(self.books[stream], sync, sync.on_fetch_failed(generation))
+
+    def _restart_sync(self, stream: StreamKey) -> None:
+        """A fresh snapshot for a delta-only stream: its sync starts over."""
+        task = self._fetches.pop(stream, None)
+        if task is not None:
+            task.cancel()
+        self.syncs[stream].reset()
 
     def _snapshot_overdue(self, book: StreamBook, update: BookUpdate) -> bool:
         """Deltas keep coming but the snapshot we asked for does not (a lost
@@ -225,6 +383,9 @@ class Collector:
             return False
         self.stats.refused += 1
         log.warning("%s: a message did not parse; book invalid until resync", stream)
+        if stream in self.syncs:
+            self._restart_sync(stream)
+            return False
         return True
 
     def on_trades(self, trades: list[Trade]) -> None:
@@ -236,6 +397,8 @@ class Collector:
 
     def on_streams_lost(self, streams: list[StreamKey]) -> None:
         for stream in streams:
+            if stream in self.syncs:
+                self._restart_sync(stream)
             book = self.books.get(stream)
             if book is not None and book.valid:
                 book.invalidate()
@@ -271,6 +434,7 @@ class Collector:
         try:
             await asyncio.gather(*(c.run(stop) for c in self.connections))
         finally:
+            helpers += self._fetches.values()
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
@@ -338,6 +502,9 @@ class Collector:
                     if now - asked.get(stream, -RESYNC_RETRY_S) < RESYNC_RETRY_S:
                         continue
                     asked[stream] = now
+                    if stream in self.syncs:
+                        self._restart_sync(stream)
+                        continue
                     for connection in self.connections:
                         if await connection.request_resync(stream):
                             break
@@ -423,6 +590,9 @@ class Collector:
                 w.flush_failures,
                 w.backpressure_waits,
             )
+            waiting = self.fetcher.status() if self.fetcher is not None else ""
+            if waiting:
+                log.info("snapshots: %s", waiting)
 
 
 def register_instruments(config: CollectorConfig, writer: BatchWriter) -> tuple[str, ...]:

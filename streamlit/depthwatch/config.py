@@ -6,11 +6,20 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from depthwatch.feed.topics import CATEGORIES, is_symbol, valid_depths, ws_url
-from depthwatch.records import DEFAULT_HEARTBEAT_INTERVAL_S
+from depthwatch.feed.topics import (
+    CATEGORIES,
+    FULL_SNAPSHOT_LEVELS,
+    book_topic,
+    is_symbol,
+    rest_url,
+    valid_depths,
+    ws_url,
+)
+from depthwatch.records import DEFAULT_HEARTBEAT_INTERVAL_S, depth_label, parse_depth
 
 
 class ConfigError(ValueError):
@@ -52,6 +61,14 @@ class CollectorConfig:
     trades: also record publicTrade. Env DEPTHWATCH_TRADES=1.
     ws_url: WebSocket endpoint; default Bybit mainnet (or testnet) for the category.
         Env BYBIT_WS_URL.
+    rest_url: REST base URL for the whole book's snapshots (depth `full`);
+        default Bybit's (mainnet or testnet), or with ws_url set the same host
+        over http(s) (the simulator serves both). Env BYBIT_REST_URL.
+    rest_rate: snapshot requests per second at most (Bybit bans an IP past
+        50 GET/s). Env DEPTHWATCH_REST_RATE.
+    rest_levels: the most levels a side a REST snapshot holds (Bybit: 10,000);
+        a side that long was cut, and the book is recorded as exact only
+        within its prices. Env DEPTHWATCH_REST_LEVELS.
     database_url: PostgreSQL URL (postgres:// or postgresql://); None starts the
         embedded server with its data under data_dir. Env DATABASE_URL.
     data_dir: where the embedded PostgreSQL keeps its data. Env DEPTHWATCH_DATA_DIR.
@@ -88,6 +105,9 @@ class CollectorConfig:
     trades: bool = False
     testnet: bool = False
     ws_url: str | None = None
+    rest_url: str | None = None
+    rest_rate: float = 10.0
+    rest_levels: int = FULL_SNAPSHOT_LEVELS
     database_url: str | None = None
     data_dir: Path = Path(".depthwatch")
     snapshot_interval_s: float = 1.0
@@ -122,8 +142,8 @@ class CollectorConfig:
         for depth in self.depths:
             if depth not in allowed:
                 raise ConfigError(
-                    f"depth {depth} is not served for {self.category}; valid depths: "
-                    f"{', '.join(map(str, allowed))}"
+                    f"depth {depth_label(depth)} is not served for {self.category}; "
+                    f"valid depths: {', '.join(map(depth_label, allowed))}"
                 )
         if self.snapshot_interval_s <= 0 or self.snapshot_levels <= 0:
             raise ConfigError("snapshot interval and levels must be positive")
@@ -140,6 +160,8 @@ class CollectorConfig:
             raise ConfigError("the journal cap (--journal-max-mb) must be positive")
         if self.spill_rows <= 0:
             raise ConfigError("--spill-rows must be positive")
+        if self.rest_rate <= 0 or self.rest_levels <= 0:
+            raise ConfigError("--rest-rate and --rest-levels must be positive")
         if not 0 <= self.read_batch_s <= 1:
             raise ConfigError("--read-batch-ms must be between 0 and 1000")
 
@@ -152,11 +174,21 @@ class CollectorConfig:
         return self.ws_url or ws_url(self.category, self.testnet)
 
     @property
+    def rest_endpoint(self) -> str:
+        if self.rest_url:
+            return self.rest_url
+        if self.ws_url:  # the same server over HTTP: what the simulator serves
+            parts = urllib.parse.urlsplit(self.ws_url)
+            scheme = "https" if parts.scheme == "wss" else "http"
+            return f"{scheme}://{parts.netloc}"
+        return rest_url(self.testnet)
+
+    @property
     def uses_bybit_endpoint(self) -> bool:
         return self.ws_url is None
 
     def topics(self) -> list[str]:
-        topics = [f"orderbook.{d}.{s}" for s in self.symbols for d in self.depths]
+        topics = [book_topic(d, s) for s in self.symbols for d in self.depths]
         if self.trades:
             topics += [f"publicTrade.{s}" for s in self.symbols]
         return topics
@@ -284,7 +316,8 @@ def add_collector_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--depth",
         default=_env("DEPTHWATCH_DEPTH", ",".join(map(str, d.depths))),
-        help="book depth, or several comma-separated; linear/inverse/spot: 1, 50, 200, 1000; "
+        help="book depth, or several comma-separated; linear/inverse/spot: 1, 50, 200, 1000, "
+        "or full (the whole book: REST snapshot + orderbook.full deltas); "
         "option: 25, 100 (env DEPTHWATCH_DEPTH, default 50)",
     )
     parser.add_argument(
@@ -301,6 +334,30 @@ def add_collector_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("BYBIT_WS_URL") or None,
         help="WebSocket URL to connect to instead of Bybit's, e.g. "
         "ws://127.0.0.1:8765/v5/public/linear (env BYBIT_WS_URL)",
+    )
+    parser.add_argument(
+        "--rest-url",
+        default=os.environ.get("BYBIT_REST_URL") or None,
+        help="REST base URL for the whole book's snapshots (--depth full), e.g. "
+        "http://127.0.0.1:8765 (env BYBIT_REST_URL; default Bybit's, or the "
+        "--ws-url host over http)",
+    )
+    _add_number(
+        parser,
+        "--rest-rate",
+        float,
+        "DEPTHWATCH_REST_RATE",
+        d.rest_rate,
+        "snapshot requests per second at most (Bybit bans an IP past 50 GET/s)",
+    )
+    _add_number(
+        parser,
+        "--rest-levels",
+        int,
+        "DEPTHWATCH_REST_LEVELS",
+        d.rest_levels,
+        "levels a side of a whole REST snapshot (Bybit's cap); a side that long was cut "
+        "and the book is exact only within it",
     )
     add_database_arguments(parser)
     _add_number(
@@ -415,15 +472,23 @@ def _add_number(
     )
 
 
+def book_depth(text: str) -> int:
+    """An argparse type: a depth as users type it ("50", "full")."""
+    try:
+        return parse_depth(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a depth is a number or full, not {text!r}") from None
+
+
 def _split(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def collector_config_from_args(args: argparse.Namespace) -> CollectorConfig:
     try:
-        depths = tuple(int(d) for d in _split(args.depth))
+        depths = tuple(parse_depth(d) for d in _split(args.depth))
     except ValueError:
-        raise ConfigError(f"--depth takes integers, got {args.depth!r}") from None
+        raise ConfigError(f"--depth takes integers or full, got {args.depth!r}") from None
     return CollectorConfig(
         category=args.category,
         symbols=tuple(s.upper() for s in _split(args.symbols)),
@@ -431,6 +496,9 @@ def collector_config_from_args(args: argparse.Namespace) -> CollectorConfig:
         trades=args.trades,
         testnet=args.testnet,
         ws_url=args.ws_url,
+        rest_url=args.rest_url,
+        rest_rate=args.rest_rate,
+        rest_levels=args.rest_levels,
         database_url=args.database_url,
         data_dir=args.data_dir,
         snapshot_interval_s=args.snapshot_interval,

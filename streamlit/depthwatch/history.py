@@ -19,7 +19,7 @@ float64), then `exchange_time` and `local_time` as datetime64[us, UTC].
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -32,6 +32,8 @@ from depthwatch.export.replay import BookReplay, StepKind
 from depthwatch.export.tardis import ArrowSink, ExportRequest, check_requests, export
 from depthwatch.records import Level
 from depthwatch.storage.db import make_engine, resolve_database_url
+from depthwatch.storage.read.book import book_bounds
+from depthwatch.storage.read.rows import Bounds
 from depthwatch.storage.read.streams import Stream, find_stream, require_schema
 
 Time = str | datetime | int
@@ -167,7 +169,14 @@ class Book:
     applied. `known` is False where the record cannot tell (after a sequence
     gap until the next snapshot, before the first recorded book, or where
     `depthwatch gaps` reports the collector down); then the sides are empty
-    and `reason` says why."""
+    and `reason` says why.
+
+    A whole book (depth full) started from a REST snapshot cut at so many
+    levels a side is exact only within that snapshot's prices: the sides
+    hold the levels at or above `bid_floor` and at or below `ask_ceiling`
+    (None: that side whole), and `beyond_bounds` counts the levels recorded
+    past them (those a delta touched since), left out because the levels
+    between them are unknown."""
 
     symbol: str
     time_us: int
@@ -175,6 +184,9 @@ class Book:
     bids: list[tuple[float, float]] = field(default_factory=list)  # (price, amount), best first
     asks: list[tuple[float, float]] = field(default_factory=list)
     reason: str = ""
+    bid_floor: float | None = None
+    ask_ceiling: float | None = None
+    beyond_bounds: int = 0
 
     @property
     def time(self) -> pd.Timestamp:
@@ -191,6 +203,30 @@ _SEQUENCE_GAP = "a sequence gap: the book is unknown until the next snapshot"
 
 def _levels(side: list[Level]) -> list[tuple[float, float]]:
     return [(float(p), float(a)) for p, a in side]
+
+
+def _exact_book(
+    symbol: str, time_us: int, bids: list[Level], asks: list[Level], bounds: Bounds | None
+) -> Book:
+    """A known Book of these sides (best first), cut to `bounds`."""
+    if bounds is None or bounds.whole:
+        return Book(symbol, time_us, True, _levels(bids), _levels(asks))
+    floor = None if bounds.bid_floor is None else float(bounds.bid_floor)
+    ceiling = None if bounds.ask_ceiling is None else float(bounds.ask_ceiling)
+    kept_bids = [b for b in _levels(bids) if floor is None or b[0] >= floor]
+    kept_asks = [a for a in _levels(asks) if ceiling is None or a[0] <= ceiling]
+    beyond = len(bids) + len(asks) - len(kept_bids) - len(kept_asks)
+    return Book(symbol, time_us, True, kept_bids, kept_asks, "", floor, ceiling, beyond)
+
+
+def _bounds_at(bounds: list[Bounds], ts_us: int) -> Bounds | None:
+    """The bounds in force at `ts_us` (set at or before it)."""
+    found = None
+    for candidate in bounds:
+        if candidate.ts_us > ts_us:
+            break
+        found = candidate
+    return found
 
 
 def _stream(conn: sa.Connection, symbol: str, category: str, depth: int | None) -> Stream:
@@ -233,7 +269,8 @@ def book_at(
         if hole:
             return Book(symbol, at_us, False, reason=hole)
         bids, asks = state
-        return Book(symbol, at_us, True, _levels(bids), _levels(asks))
+        bounds = _bounds_at(book_bounds(conn, stream, at_us, at_us + 1), at_us)
+        return _exact_book(symbol, at_us, bids, asks, bounds)
 
 
 def book_states(
@@ -253,13 +290,22 @@ def book_states(
     symbol = symbol.upper()
     start_us, end_us = to_us(start), to_us(end)
     with _default_engine(engine).connect() as conn:
-        replay = BookReplay(conn, _stream(conn, symbol, category, depth), start_us, end_us)
+        stream = _stream(conn, symbol, category, depth)
+        replay = BookReplay(conn, stream, start_us, end_us)
         book = replay.book
         applied: int | None = None  # the exchange time of the message just applied
+        bounds = book_bounds(conn, stream, start_us, end_us)
 
         def known(time_us: int) -> Book:
-            bids, asks = book.bids.top(levels), book.asks.top(levels)
-            return Book(symbol, time_us, True, _levels(bids), _levels(asks))
+            in_force = _bounds_at(bounds, time_us)
+            if in_force is None or in_force.whole:
+                bids, asks = book.bids.top(levels), book.asks.top(levels)
+            else:  # cut before taking the top: levels past the bounds do not count
+                bids, asks = book.bids.top(), book.asks.top()
+            exact = _exact_book(symbol, time_us, bids, asks, in_force)
+            if levels is not None:
+                exact = replace(exact, bids=exact.bids[:levels], asks=exact.asks[:levels])
+            return exact
 
         for step in replay:
             if applied is not None:

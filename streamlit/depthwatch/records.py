@@ -16,6 +16,24 @@ from enum import StrEnum
 
 from depthwatch.clock import SECOND_US as SECOND_US  # timestamps are microseconds
 
+# The whole book (Bybit's `orderbook.full`, a REST snapshot plus deltas) as a
+# depth: the largest smallint, so it sorts after every numbered depth, passes
+# every "at most `depth` levels" check and fits the `depth` columns. Users see
+# and type "full" (`depth_label`, `parse_depth`); SQL and archive paths hold it.
+FULL_DEPTH = 32767
+
+
+def depth_label(depth: int) -> str:
+    """How a depth is shown and typed: "50", or "full" for the whole book."""
+    return "full" if depth == FULL_DEPTH else str(depth)
+
+
+def parse_depth(text: str) -> int:
+    """ "50" -> 50, "full" -> FULL_DEPTH; ValueError for anything else."""
+    text = text.strip().lower()
+    return FULL_DEPTH if text == "full" else int(text)
+
+
 # One price level as sent: [price, size], both decimal strings. Lists rather
 # than tuples because that is what orjson hands us; copying would cost time.
 Level = list[str]
@@ -39,7 +57,7 @@ class StreamKey:
         return self._hash
 
     def __str__(self) -> str:
-        return f"{self.category}:{self.symbol}@{self.depth}"
+        return f"{self.category}:{self.symbol}@{depth_label(self.depth)}"
 
 
 @dataclass(slots=True)
@@ -109,6 +127,27 @@ class BookCheckpoint:
     sequence: int
     bids: list[Level]  # best first
     asks: list[Level]
+
+
+@dataclass(slots=True)
+class BookBounds:
+    """Where a whole book (FULL_DEPTH) is exact: a REST snapshot holds at most
+    so many levels a side, so levels beyond its worst price are unknown
+    unless a delta touched them since. Bids are exact at or above
+    `bid_floor`, asks at or below `ask_ceiling`; None: that side was whole.
+    Recorded with the snapshot that sets it and again with every checkpoint,
+    so a reader finds it where it finds the book's start."""
+
+    stream: StreamKey
+    exchange_us: int
+    local_us: int
+    update_id: int
+    bid_floor: str | None
+    ask_ceiling: str | None
+
+    @property
+    def whole(self) -> bool:
+        return self.bid_floor is None and self.ask_ceiling is None
 
 
 class FeedEventKind(StrEnum):

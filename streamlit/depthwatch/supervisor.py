@@ -476,9 +476,11 @@ def _up(
         )
         if failed is not None:
             return failed
-        if args.ws_url:
-            log.warning("--source sim: ignoring --ws-url %s", args.ws_url)
-        skip |= {"ws_url"}
+        for flag in ("ws_url", "rest_url"):
+            if getattr(args, flag, None):
+                flag_name = flag.replace("_", "-")
+                log.warning("--source sim: ignoring --%s %s", flag_name, getattr(args, flag))
+        skip |= {"ws_url", "rest_url"}  # the simulator serves REST on its WebSocket port
         extra = [f"--ws-url={sim_ws_url(port, config.category)}", "--simulated"]
     collector_argv = depthwatch_argv(args.log_level, "collect", *passthrough_flags(args, skip))
     collector_argv += [flag for flag in extra if flag not in collector_argv]

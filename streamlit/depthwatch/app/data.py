@@ -31,12 +31,14 @@ from depthwatch.coverage import Span, StreamEvent, window_spans
 from depthwatch.logs import first_line
 from depthwatch.records import (
     DEFAULT_HEARTBEAT_INTERVAL_S,
+    FULL_DEPTH,
     HEARTBEATS_MISSED_FOR_STALE,
     FeedEventKind,
 )
 from depthwatch.storage import schema
 from depthwatch.storage.archived import finished_before
 from depthwatch.storage.db import DatabaseUnavailable, make_reader_engine, resolve_database_url
+from depthwatch.storage.read.book import book_bounds
 from depthwatch.storage.read.chunks import last_quote, latency
 from depthwatch.storage.read.events import (
     event_counts,
@@ -56,7 +58,14 @@ from depthwatch.storage.read.health import (
     replica_state,
     table_sizes,
 )
-from depthwatch.storage.read.rows import BookView, HeartbeatView, HeatmapGrid, LastQuote, Latency
+from depthwatch.storage.read.rows import (
+    BookView,
+    Bounds,
+    HeartbeatView,
+    HeatmapGrid,
+    LastQuote,
+    Latency,
+)
 from depthwatch.storage.read.streams import Stream, list_streams
 from depthwatch.storage.read.tops import (
     heatmap_cells,
@@ -185,6 +194,8 @@ class LiveView:
     # None on a primary; a read replica's replay lag is already in the data's
     # age (its newest row arrived that much later), this says why.
     replica: ReplicaState | None = None
+    # A whole book (depth full): where it is exact now; None for a numbered depth.
+    bounds: Bounds | None = None
 
     def data_age_s(self, shown_us: int) -> float | None:
         """How old the newest top of book is when the page shows it (the view
@@ -306,6 +317,11 @@ def live_view(stream: Stream, window_min: int, levels: int) -> LiveView:
             simulated=source_simulated(conn, [stream.key], start, now) is True,
             latency=latency(conn, stream, max(start, now - LATENCY_WINDOW_US), now),
             replica=replica_state(conn),
+            bounds=(
+                next(iter(book_bounds(conn, stream, now, now + 1)[:1]), None)
+                if stream.depth == FULL_DEPTH
+                else None
+            ),
         )
 
     return _read(work)

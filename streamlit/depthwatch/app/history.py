@@ -46,6 +46,7 @@ from depthwatch.clock import now_us as clock_now_us
 from depthwatch.export import files, kinds
 from depthwatch.export.kinds import ExportKind
 from depthwatch.export.tardis import ExportRequest
+from depthwatch.records import depth_label, parse_depth
 from depthwatch.storage.read.streams import Stream
 from depthwatch.storage.read.trades import TRADE_COUNT_CAP
 
@@ -198,7 +199,7 @@ def _controls(streams: list[Stream]) -> Choice | None:
     params |= {"format": fmt, "start": iso(start_us) if start_us is not None else ""}
     params |= {"end": iso(end_us) if end_us is not None else ""}
     if isinstance(depth, int):
-        params["depth"] = str(depth)
+        params["depth"] = depth_label(depth)
     st.query_params.from_dict(params)
 
     if category is None or not symbols:
@@ -233,11 +234,14 @@ def _depth_control(
         return None
     common = sorted(set.intersection(*(set(d) for d in depths.values())))
     if not common:
-        listed = "; ".join(f"{sym}: {', '.join(map(str, d))}" for sym, d in depths.items())
+        listed = "; ".join(f"{sym}: {', '.join(map(depth_label, d))}" for sym, d in depths.items())
         return f"These symbols were recorded at different depths ({listed}): export them apart."
     if st.session_state.get(_K + "depth") not in common:
         st.session_state[_K + "depth"] = common[-1]
-    return int(column.selectbox("Depth", common, index=None, key=_K + "depth") or common[-1])
+    chosen = column.selectbox(
+        "Depth", common, index=None, key=_K + "depth", format_func=depth_label
+    )
+    return int(chosen or common[-1])
 
 
 def _combine(day: date | None, moment: clock_time | None) -> int | None:
@@ -301,7 +305,7 @@ def _seed(streams: list[Stream], categories: list[str], now: int) -> None:
         state[_K + "symbols"] = [s for s in asked if s in recorded] or recorded[:1]
     if _K + "depth" not in state and wanted("depth") is not None:
         try:
-            state[_K + "depth"] = int(wanted("depth") or "")
+            state[_K + "depth"] = parse_depth(wanted("depth") or "")
         except ValueError:
             problems.append(f"`depth` {_shown(wanted('depth') or '')}")
     if _K + "start_date" not in state:

@@ -25,7 +25,8 @@ from depthwatch.app.common import (
 from depthwatch.app.guard import live_fragment
 from depthwatch.clock import SECOND_US
 from depthwatch.export import files
-from depthwatch.storage.read.rows import HeatmapGrid
+from depthwatch.records import depth_label
+from depthwatch.storage.read.rows import Bounds, HeatmapGrid
 from depthwatch.storage.read.streams import Stream
 
 REFRESH_S = 1.0
@@ -46,7 +47,7 @@ def render() -> None:
 
 
 def _label(stream: Stream) -> str:
-    return f"{stream.symbol} · {stream.category} · depth {stream.depth}"
+    return f"{stream.symbol} · {stream.category} · depth {depth_label(stream.depth)}"
 
 
 def _controls(streams: list[Stream]) -> tuple[Stream, int, int, bool]:
@@ -76,7 +77,7 @@ def _controls(streams: list[Stream]) -> tuple[Stream, int, int, bool]:
     st.query_params.update(
         category=stream.category,
         symbol=stream.symbol,
-        depth=str(stream.depth),
+        depth=depth_label(stream.depth),
         window=str(window_min),
         levels=str(levels),
     )
@@ -100,7 +101,7 @@ def _stream_index(streams: list[Stream]) -> int:
     if wanted == (None, None, None):
         return 0
     for i, s in enumerate(streams):
-        if (s.category, s.symbol, str(s.depth)) == wanted or (
+        if (s.category, s.symbol, depth_label(s.depth)) == wanted or (
             wanted[0] is None and wanted[2] is None and wanted[1] == s.symbol
         ):
             return i
@@ -158,6 +159,8 @@ def live_panel(stream: Stream, window_min: int, levels: int, paused: bool) -> No
             mid = view.top["mid"].iloc[-1] if not view.top.empty else None
             st.plotly_chart(figures.depth_figure(view.book, mid), key="depth")
             st.caption(f"Depth: top {levels} levels as of {utc(view.book.ts_us)}.")
+        if view.bounds is not None:
+            st.caption(_bounds_note(view.bounds))
         _latency_strip(view, age_s)
     with right:
         st.plotly_chart(
@@ -179,6 +182,17 @@ def live_panel(stream: Stream, window_min: int, levels: int, paused: bool) -> No
         key="imbalance",
     )
     st.plotly_chart(figures.events_figure(view.events, view.spans, x_range, key), key="events")
+
+
+def _bounds_note(bounds: Bounds) -> str:
+    """What a whole book's record can vouch for (depth full)."""
+    if bounds.whole:
+        return "Whole book: every level exact (the REST snapshot held both sides whole)."
+    return (
+        f"Whole book: exact within {bounds.describe()}, the prices of the REST snapshot it "
+        "started from (it holds 10,000 levels a side at most); beyond them only the levels "
+        "that changed since are known."
+    )
 
 
 def _cell_meaning(grid: HeatmapGrid) -> str:

@@ -10,6 +10,7 @@ import streamlit as st
 from depthwatch.app import data
 from depthwatch.app.common import START_HINT, age, load, mid_and_spread, price, utc
 from depthwatch.app.guard import live_fragment
+from depthwatch.records import depth_label
 
 WINDOW_MIN = 10
 REFRESH_S = 1.0
@@ -59,13 +60,17 @@ def summary_frame(summaries: list[data.StreamSummary]) -> pd.DataFrame:
         if s.heartbeat is not None and s.heartbeat.simulated:
             status += " · SIMULATED"
         link = "./live?" + urlencode(
-            {"category": s.stream.category, "symbol": s.stream.symbol, "depth": s.stream.depth}
+            {
+                "category": s.stream.category,
+                "symbol": s.stream.symbol,
+                "depth": depth_label(s.stream.depth),
+            }
         )
         rows.append(
             {
                 "symbol": s.stream.symbol,
                 "category": s.stream.category,
-                "depth": s.stream.depth,
+                "depth": depth_label(s.stream.depth),
                 "status": status,
                 "last mid": mid,
                 "spread (bps)": spread_bps,

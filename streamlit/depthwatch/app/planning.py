@@ -27,6 +27,7 @@ from depthwatch.export import files, kinds
 from depthwatch.export.kinds import ExportKind
 from depthwatch.export.tardis import ExportRequest, PlannedRequest, check_requests
 from depthwatch.logs import first_line
+from depthwatch.records import depth_label
 from depthwatch.storage.db import DatabaseUnavailable
 from depthwatch.storage.read.events import source_simulated
 from depthwatch.storage.read.rows import BookVolume, TradeCount
@@ -170,7 +171,7 @@ def cli_command(requests: Sequence[ExportRequest], fmt: str, out: str = CLI_OUT_
     words += ["--symbols", ",".join(r.symbol for r in requests), "--category", first.category]
     words += ["--start", iso(first.start_us), "--end", iso(first.end_us), "--format", fmt]
     if first.depth is not None and first.kind != "trades":
-        words += ["--depth", str(first.depth)]
+        words += ["--depth", depth_label(first.depth)]
     if out.endswith("/") and spans_days(first.start_us, first.end_us):
         words += ["--split", "daily"]
     words += ["--out", out]

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from depthwatch.clock import DAY_US, utc_day
 from depthwatch.export import kinds
 from depthwatch.feed.topics import TARDIS_EXCHANGE, is_symbol
-from depthwatch.records import StreamKey
+from depthwatch.records import StreamKey, depth_label
 
 PARQUET = "parquet"
 CSV_GZ = "csv.gz"
@@ -78,4 +78,4 @@ class StreamDay:
         )
 
     def __str__(self) -> str:
-        return f"{self.exchange} {self.symbol}@{self.depth} {self.date}"
+        return f"{self.exchange} {self.symbol}@{depth_label(self.depth)} {self.date}"

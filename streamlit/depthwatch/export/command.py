@@ -11,8 +11,11 @@ import logging
 
 import sqlalchemy as sa
 
+from depthwatch.export.tardis import PlannedRequest
 from depthwatch.feed.topics import valid_depths
 from depthwatch.logs import first_line
+from depthwatch.records import FULL_DEPTH, depth_label
+from depthwatch.storage.read.book import book_bounds
 from depthwatch.storage.read.cold import ArchiveUnreadable
 from depthwatch.storage.read.streams import NotRecorded
 
@@ -27,10 +30,35 @@ def range_or_depth_refused(
         return True
     depths = valid_depths(category, legacy=True)
     if depth is not None and depth not in depths:
-        listed = ", ".join(map(str, depths))
-        log.error("--depth %d: %s books have depth %s", depth, category, listed)
+        listed = ", ".join(map(depth_label, depths))
+        log.error("--depth %s: %s books have depth %s", depth_label(depth), category, listed)
         return True
     return False
+
+
+def warn_partial_books(
+    log: logging.Logger, engine: sa.Engine, requests: list[PlannedRequest]
+) -> None:
+    """A warning per whole book (depth full) that was started from a cut REST
+    snapshot within the range: its levels beyond the snapshot's prices are in
+    the file (as deltas touched them) but the book there is not complete."""
+    with engine.connect() as conn:
+        for request in requests:
+            stream = request.stream
+            if stream is None or stream.depth != FULL_DEPTH:
+                continue
+            ranges = {
+                b.describe()
+                for b in book_bounds(conn, stream, request.start_us, request.end_us)
+                if not b.whole
+            }
+            if ranges:
+                log.warning(
+                    "%s@full: the whole book is exact only within its REST snapshot's range "
+                    "(%s); levels beyond it are in the file as deltas touched them, not complete",
+                    request.symbol,
+                    "; ".join(sorted(ranges)),
+                )
 
 
 READ_FAILURES = (NotRecorded, ArchiveUnreadable, sa.exc.OperationalError)

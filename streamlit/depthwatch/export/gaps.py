@@ -24,11 +24,11 @@ import sqlalchemy as sa
 
 from depthwatch import coverage
 from depthwatch.clock import SECOND_US, TIME_FORMS, now_us, utc_datetime
-from depthwatch.config import add_database_arguments
+from depthwatch.config import add_database_arguments, book_depth
 from depthwatch.coverage import Gap
 from depthwatch.export.kinds import GAP_COLUMNS
 from depthwatch.feed.topics import CATEGORIES, TARDIS_EXCHANGE
-from depthwatch.records import DEFAULT_HEARTBEAT_INTERVAL_S
+from depthwatch.records import DEFAULT_HEARTBEAT_INTERVAL_S, depth_label
 from depthwatch.storage.read.chunks import RecordedTimes
 from depthwatch.storage.read.events import heartbeats, heartbeats_kept_from, stream_events
 from depthwatch.storage.read.streams import NotRecorded
@@ -172,7 +172,7 @@ def write_table(gaps: Sequence[Gap], out: TextIO) -> None:
     header = ("stream", "start (UTC)", "end (UTC)", "duration", "cause", "detail")
     rows = [
         (
-            f"{g.symbol}@{g.depth}",
+            f"{g.symbol}@{depth_label(g.depth)}",
             utc_text(g.start_us),
             utc_text(g.end_us),
             duration_text(g.duration_us),
@@ -196,7 +196,9 @@ def add_gaps_arguments(parser: argparse.ArgumentParser) -> None:
         "--all", action="store_true", help="every recorded stream of the category (the default)"
     )
     parser.add_argument("--category", default="linear", choices=CATEGORIES)
-    parser.add_argument("--depth", type=int, help="only this book depth (default: every depth)")
+    parser.add_argument(
+        "--depth", type=book_depth, help="only this book depth (default: every depth)"
+    )
     parser.add_argument(
         "--start",
         default="-1d",

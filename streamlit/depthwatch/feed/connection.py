@@ -57,10 +57,18 @@ from depthwatch.feed.topics import (
     MAX_ARGS_PER_REQUEST,
     PING_INTERVAL_S,
     SIMULATOR_HEADER,
+    book_topic,
     split_topic,
 )
 from depthwatch.logs import LogThrottle
-from depthwatch.records import BookUpdate, FeedEvent, FeedEventKind, StreamKey, Trade
+from depthwatch.records import (
+    FULL_DEPTH,
+    BookUpdate,
+    FeedEvent,
+    FeedEventKind,
+    StreamKey,
+    Trade,
+)
 
 log = logging.getLogger(__name__)
 
@@ -563,7 +571,7 @@ class BybitConnection:
     async def request_resync(self, stream: StreamKey) -> bool:
         """Resync a stream this connection serves (a fresh snapshot), e.g. when
         its record lost rows; False when it is not connected or not served here."""
-        topic = f"orderbook.{stream.depth}.{stream.symbol}"
+        topic = book_topic(stream.depth, stream.symbol)
         if self._transport is None or topic not in self.topics:
             return False
         self._resync(stream)
@@ -574,7 +582,7 @@ class BybitConnection:
         to back, a subscribe could meet a server that has not (or never) dropped
         the topic, and get "already subscribed" or no snapshot at all. An
         unsubscribe never acked ends the connection (_ack_overdue)."""
-        topic = f"orderbook.{stream.depth}.{stream.symbol}"
+        topic = book_topic(stream.depth, stream.symbol)
         if topic in self._resyncing:
             return  # the snapshot asked for is on its way
         self._resyncing.add(topic)
@@ -636,7 +644,12 @@ class BybitConnection:
         book topic. A live server answers with a fresh snapshot (stored like
         any snapshot: the book stays valid); a dead or muted one does not, and
         the watchdog reconnects a timeout later. False: nothing to probe with."""
-        topic = next((t for t in self.topics if t.startswith("orderbook.")), None)
+        # Not a whole-book topic: subscribing to one sends no snapshot.
+        full = book_topic(FULL_DEPTH, "")
+        topic = next(
+            (t for t in self.topics if t.startswith("orderbook.") and not t.startswith(full)),
+            None,
+        )
         if topic is None or self._pending:
             return False
         self._resyncing.add(topic)

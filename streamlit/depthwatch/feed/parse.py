@@ -152,6 +152,17 @@ def _int(value: object, what: str) -> int:
     return value
 
 
+def _json_object(raw: str | bytes, what: str = "") -> dict:
+    """The JSON object a frame or an answer holds; MalformedMessage otherwise."""
+    try:
+        msg = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedMessage(f"{what}not JSON ({exc!s:.120}): {raw[:80]!r}") from None
+    if not isinstance(msg, dict):
+        raise MalformedMessage(f"{what}not a JSON object: {raw[:80]!r}")
+    return msg
+
+
 class FeedParser:
     """Parses the frames of one category's connections."""
 
@@ -160,12 +171,7 @@ class FeedParser:
         self._streams: dict[str, StreamKey] = {}
 
     def parse(self, raw: str | bytes, local_us: int) -> Parsed:
-        try:
-            msg = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise MalformedMessage(f"not JSON ({exc!s:.120}): {raw[:80]!r}") from None
-        if not isinstance(msg, dict):
-            raise MalformedMessage(f"not a JSON object: {raw[:80]!r}")
+        msg = _json_object(raw)
         topic = msg.get("topic")
         if topic is None:
             return self._control(msg)
@@ -300,3 +306,46 @@ class FeedParser:
             if not msg.get("success", True)
             else [],
         )
+
+
+class SnapshotRefused(ValueError):
+    """Bybit answered a snapshot request with an error code (retCode != 0):
+    an unknown symbol, or a category without the endpoint. Not retried soon."""
+
+
+# A REST snapshot holds at most FULL_SNAPSHOT_LEVELS a side today; the bound
+# only keeps a runaway answer from eating memory, and leaves Bybit room to grow.
+MAX_SNAPSHOT_LEVELS = 200_000
+
+
+def parse_full_snapshot(raw: bytes, stream: StreamKey, local_us: int) -> BookUpdate:
+    """The body of `GET /v5/market/full_orderbook` -> a snapshot BookUpdate of
+    `stream` (u, seq, ts and cts as a pushed message carries them). Raises
+    SnapshotRefused for Bybit's error answers, MalformedMessage for anything
+    not shaped like the documented answer."""
+    what = f"{stream.symbol} full_orderbook"
+    msg = _json_object(raw, f"{what}: ")
+    code = msg.get("retCode")
+    if code != 0:
+        raise SnapshotRefused(f"{what}: retCode {code!s:.20}: {str(msg.get('retMsg'))[:200]}")
+    result = msg.get("result")
+    if type(result) is not dict:
+        raise MalformedMessage(f"{what}: result is not an object")
+    if result.get("s") != stream.symbol:
+        raise MalformedMessage(f"{what}: result.s is {str(result.get('s'))[:40]!r}")
+    u = _int(result.get("u"), f"{what} u")
+    seq = _int(result.get("seq"), f"{what} seq")
+    if not (0 < u <= MAX_ID and 0 <= seq <= MAX_ID):
+        raise MalformedMessage(f"{what}: u {u} or seq {seq} out of range")
+    cts = result.get("cts")
+    return BookUpdate(
+        stream,
+        True,
+        _levels(result.get("b"), what, "bids", MAX_SNAPSHOT_LEVELS),
+        _levels(result.get("a"), what, "asks", MAX_SNAPSHOT_LEVELS),
+        u,
+        seq,
+        _ms_to_us(result.get("ts"), f"{what} ts"),
+        None if cts is None else _ms_to_us(cts, f"{what} cts"),
+        local_us,
+    )

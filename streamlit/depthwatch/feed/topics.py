@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from depthwatch.records import FULL_DEPTH
+
 CATEGORIES = ("linear", "inverse", "spot", "option")
 
 MAINNET_WS = "wss://stream.bybit.com/v5/public/{category}"
 TESTNET_WS = "wss://stream-testnet.bybit.com/v5/public/{category}"
+MAINNET_REST = "https://api.bybit.com"
+TESTNET_REST = "https://api-testnet.bybit.com"
+
+# The whole book: `orderbook.full.{symbol}` sends deltas only (every 200 ms),
+# started from `GET /v5/market/full_orderbook`, which holds at most this many
+# levels a side (docs/v5/market/full-ob.mdx; spot on mainnet since 2026-07-16,
+# linear and inverse on testnet, their mainnet date not set).
+FULL_BOOK_PATH = "/v5/market/full_orderbook"
+FULL_SNAPSHOT_LEVELS = 10_000
+FULL_CATEGORIES = ("linear", "inverse", "spot")
 
 # Depths Bybit serves per category (docs, 2026).
 DEPTHS: dict[str, tuple[int, ...]] = {
@@ -45,9 +57,16 @@ def ws_url(category: str, testnet: bool = False) -> str:
     return (TESTNET_WS if testnet else MAINNET_WS).format(category=category)
 
 
+def rest_url(testnet: bool = False) -> str:
+    return TESTNET_REST if testnet else MAINNET_REST
+
+
 def valid_depths(category: str, legacy: bool = False) -> tuple[int, ...]:
+    """Depths served for `category`, the whole book (FULL_DEPTH) last."""
     depths = DEPTHS[category]
-    return depths + LEGACY_DEPTHS.get(category, ()) if legacy else depths
+    if legacy:
+        depths = depths + LEGACY_DEPTHS.get(category, ())
+    return (*depths, FULL_DEPTH) if category in FULL_CATEGORIES else depths
 
 
 # Not Bybit's: depthwatch's simulator sets this header on every handshake, so data
@@ -56,7 +75,8 @@ SIMULATOR_HEADER = "X-Depthwatch-Simulator"
 
 
 def book_topic(depth: int, symbol: str) -> str:
-    return f"orderbook.{depth}.{symbol}"
+    """'orderbook.50.BTCUSDT', or 'orderbook.full.BTCUSDT' for FULL_DEPTH."""
+    return f"orderbook.{'full' if depth == FULL_DEPTH else depth}.{symbol}"
 
 
 def trade_topic(symbol: str) -> str:
@@ -65,8 +85,11 @@ def trade_topic(symbol: str) -> str:
 
 def split_topic(topic: str) -> tuple[str, int | None, str]:
     """'orderbook.50.BTCUSDT' -> ('orderbook', 50, 'BTCUSDT');
+    'orderbook.full.BTCUSDT' -> ('orderbook', FULL_DEPTH, 'BTCUSDT');
     'publicTrade.BTCUSDT' -> ('publicTrade', None, 'BTCUSDT')."""
     parts = topic.split(".")
+    if parts[0] == "orderbook" and len(parts) == 3 and parts[1] == "full":
+        return "orderbook", FULL_DEPTH, parts[2]
     if parts[0] == "orderbook" and len(parts) == 3 and parts[1].isdigit():
         return "orderbook", int(parts[1]), parts[2]
     if len(parts) == 2:

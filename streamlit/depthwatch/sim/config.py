@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from depthwatch.feed.topics import FULL_CATEGORIES, FULL_SNAPSHOT_LEVELS
+
 
 @dataclass(frozen=True)
 class SimConfig:
@@ -34,6 +36,37 @@ class SimConfig:
     otherwise always let the one with the smallest threshold win, so when several are
     set each new connection is given one of them in turn (disconnect, stall, mute).
     Every fault that reaches a client is counted in `faults` and logged in `fault_log`.
+
+    The whole book (`orderbook.full.{symbol}`: deltas only, no snapshot on subscribe;
+    `GET /v5/market/full_orderbook?category=&symbol=` on the same port answers the
+    snapshot of a synthetic symbol from the topic's state, made on demand; requests
+    are counted per symbol in `rest_requests`). drop_every applies to its deltas;
+    restart_every makes every Nth changed state a u=1 delta carrying that step's
+    changes, and the REST answers follow the new lineage (u 1, 2, ...; seq keeps
+    rising). Its own settings (0 = off):
+
+    - full_categories: categories whose connections and REST requests may have the
+      whole book; others get "handler not found" / retCode 10001 (e.g. ("spot",)
+      plays mainnet before linear had it).
+    - rest_levels N: levels per side in a REST snapshot (Bybit: 10,000); the book
+      beyond is cut off. book_levels sets how deep the model book is.
+    - full_reset_every N: every Nth changed state of the full topic is instead an
+      EMPTY u=1 delta (auction -> continuous trading, a tick or lot change): the
+      topic's book is unchanged by it, the step's changes follow in the u=2 delta.
+      When restart_every falls on the same state, the restart wins.
+    - delist_after N / relist_after M: market step N+1 is, on the full topic, a u=1
+      delta with b=[] and a=[]; the book is empty (REST too) and nothing follows
+      until, M steps later, another empty u=1 delta after which the book is the
+      model's again (REST has it; the client must fetch it).
+    - Faults of the REST answers, every Nth request counted over the whole server
+      (all symbols, erroneous requests included), checked in this order: rest_429_every
+      (HTTP 429, retCode 10006), rest_5xx_every (HTTP 503), rest_stale_every (the state
+      just before the one the topic's latest subscriber joined at, so older than every
+      delta that subscriber buffered; the topic's first state if no subscriber
+      joined after the topic first changed), rest_mismatch_every (the current book and seq with
+      u + 1: "equal seq, different u").
+    - rest_delay_s S: every REST answer is sent S seconds after its request arrived
+      (under websockets' 10 s opening timeout); its state is the one at arrival.
     """
 
     symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
@@ -57,6 +90,16 @@ class SimConfig:
     stall_seconds: float = 0.0
     mute_after: int = 0
     ignore_unsubscribe_every: int = 0
+    full_categories: tuple[str, ...] = FULL_CATEGORIES
+    rest_levels: int = FULL_SNAPSHOT_LEVELS
+    full_reset_every: int = 0
+    delist_after: int = 0
+    relist_after: int = 0
+    rest_429_every: int = 0
+    rest_5xx_every: int = 0
+    rest_stale_every: int = 0
+    rest_mismatch_every: int = 0
+    rest_delay_s: float = 0.0
     record: bool = True  # keep every published state for truth(); off for benchmarks
     queue_size: int = 1024
     level1_resend_s: float = 3.0
@@ -76,6 +119,27 @@ class FaultKind(StrEnum):
     IGNORED_UNSUBSCRIBE = "ignored_unsubscribe"  # no ack, data keeps coming
 
 
+class FullBookFault(StrEnum):
+    """Faults of the whole book (`orderbook.full` and its REST snapshot).
+
+    Not FaultKind members: tests/test_faults.py requires every FaultKind to be
+    injected (and explained) in its mixed run of the numbered depths, which
+    these cannot be. `faults` and `fault_log` hold both kinds.
+    """
+
+    REST_429 = "rest_429"  # HTTP 429, retCode 10006
+    REST_5XX = "rest_5xx"  # HTTP 503
+    REST_STALE = "rest_stale"  # a snapshot older than the subscriber's buffered deltas
+    REST_MISMATCH = "rest_mismatch"  # the current seq with a different u
+    REST_DELAY = "rest_delay"  # an answer sent rest_delay_s after its request came
+    FULL_RESET = "full_reset"  # an empty u=1 delta, the book unchanged
+    DELIST = "delist"  # a u=1 delta with b=[], a=[]: the book is empty
+    RELIST = "relist"  # an empty u=1 delta after which the book is back
+    REFUSED = "full_refused"  # the whole book asked for outside full_categories
+
+
+AnyFault = FaultKind | FullBookFault
+
 # Faults that end (or make useless) the connection they hit; see SimConfig.
 CONNECTION_FAULTS = (FaultKind.DISCONNECT, FaultKind.STALL, FaultKind.MUTE)
 
@@ -84,11 +148,11 @@ CONNECTION_FAULTS = (FaultKind.DISCONNECT, FaultKind.STALL, FaultKind.MUTE)
 class InjectedFault:
     """One fault as it reached a client, for tests to hold the client to account."""
 
-    kind: FaultKind
+    kind: AnyFault
     at_us: int  # wall clock, comparable with a collector's receive times
-    conn_id: str = ""  # empty for topic faults (drop, restart): every subscriber had it
+    conn_id: str = ""  # empty for topic and REST faults: not one connection's
     topic: str = ""
-    seq: int = 0  # drop, restart: the state's seq (u repeats after restarts, seq never)
+    seq: int = 0  # topic and REST faults: the state's seq (u repeats after restarts, seq never)
 
 
 @dataclass(slots=True)
@@ -134,6 +198,30 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="swallow every Nth unsubscribe request: no ack, the data keeps coming",
     )
+    add(
+        "--full-categories",
+        default=",".join(FULL_CATEGORIES),
+        help="categories that have orderbook.full and its REST snapshot (comma-separated)",
+    )
+    add("--rest-levels", type=int, default=FULL_SNAPSHOT_LEVELS, help="REST levels per side")
+    add("--full-reset-every", type=int, default=0, help="every Nth full update: empty u=1")
+    add("--delist-after", type=int, default=0, help="full book: delist after N steps (u=1)")
+    add("--relist-after", type=int, default=0, help="... and relist M steps later (u=1)")
+    add("--rest-429-every", type=int, default=0, help="answer every Nth REST request 429")
+    add("--rest-5xx-every", type=int, default=0, help="answer every Nth REST request 503")
+    add(
+        "--rest-stale-every",
+        type=int,
+        default=0,
+        help="every Nth REST answer: a state older than the subscriber's first delta",
+    )
+    add(
+        "--rest-mismatch-every",
+        type=int,
+        default=0,
+        help="every Nth REST answer: the current seq with a different u",
+    )
+    add("--rest-delay", type=float, default=0.0, help="send each REST answer S seconds late")
     add("--trades-rate", type=float, default=2.0, help="publicTrade messages/s per symbol")
     add(
         "--stagger",
@@ -161,5 +249,15 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         stall_seconds=args.stall_seconds,
         mute_after=args.mute_after,
         ignore_unsubscribe_every=args.ignore_unsubscribe_every,
+        full_categories=tuple(c.strip() for c in args.full_categories.split(",") if c.strip()),
+        rest_levels=args.rest_levels,
+        full_reset_every=args.full_reset_every,
+        delist_after=args.delist_after,
+        relist_after=args.relist_after,
+        rest_429_every=args.rest_429_every,
+        rest_5xx_every=args.rest_5xx_every,
+        rest_stale_every=args.rest_stale_every,
+        rest_mismatch_every=args.rest_mismatch_every,
+        rest_delay_s=args.rest_delay,
         record=False,  # a long-running server would otherwise grow without bound
     )

@@ -20,7 +20,8 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -31,18 +32,29 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from depthwatch.clock import now_us
-from depthwatch.feed.topics import CATEGORIES, SIMULATOR_HEADER, split_topic, valid_depths
+from depthwatch.feed.topics import (
+    CATEGORIES,
+    FULL_BOOK_PATH,
+    FULL_CATEGORIES,
+    SIMULATOR_HEADER,
+    book_topic,
+    split_topic,
+    valid_depths,
+)
+from depthwatch.records import FULL_DEPTH
 from depthwatch.sim.config import (
     CONNECTION_FAULTS,
+    AnyFault,
     ConnRecord,
     FaultKind,
+    FullBookFault,
     InjectedFault,
     SimConfig,
     now_ms,
 )
 from depthwatch.sim.market import TruthState
 from depthwatch.sim.replay import load_replay
-from depthwatch.sim.topics import Market, Pub, ReplayTopic, SynthTopic, Topic
+from depthwatch.sim.topics import FullTopic, Market, Pub, ReplayTopic, SynthTopic, Topic
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +162,9 @@ def _malformed(topic: str, n: int) -> bytes:
 
 
 class BybitSimulator:
-    """Serves /v5/public/{category} on one port, plus GET /truth?topic=..."""
+    """Serves /v5/public/{category} on one port, plus GET /truth?topic=... and
+    GET /v5/market/full_orderbook?category=...&symbol=... (the whole book's REST
+    snapshot, answered from the same state as `orderbook.full.{symbol}`)."""
 
     def __init__(
         self, config: SimConfig | None = None, replay_files: Iterable[str | Path] = ()
@@ -170,9 +184,13 @@ class BybitSimulator:
         self.accepted = 0  # connections, for taking turns at the connection faults
         # Every fault that reached a client, and every connection's life: the
         # account a client under test is checked against. Bounded, for long runs.
-        self.faults: Counter[FaultKind] = Counter()
+        self.faults: Counter[AnyFault] = Counter()
         self.fault_log: deque[InjectedFault] = deque(maxlen=100_000)
         self.connection_log: deque[ConnRecord] = deque(maxlen=10_000)
+        # REST snapshot requests: per symbol asked for (a client's snapshot count),
+        # and in all, the count the rest_*_every faults go by.
+        self.rest_requests: Counter[str] = Counter()
+        self.rest_total = 0
         cfg = self.config
         thresholds = (cfg.disconnect_every, cfg.stall_after, cfg.mute_after)
         self._conn_faults = [k for k, n in zip(CONNECTION_FAULTS, thresholds, strict=True) if n]
@@ -225,7 +243,7 @@ class BybitSimulator:
     def truth(self, topic: str) -> list[TruthState]:
         """Every state the topic published (dropped ones flagged), in order."""
         found = self._topic(topic)
-        return list(found.truth) if found else []
+        return list(found.states()) if found else []
 
     def latest(self, topic: str) -> TruthState | None:
         """The topic's latest state. Tests call this from their own thread
@@ -235,8 +253,9 @@ class BybitSimulator:
         found = self._topic(topic)
         if found is None:
             return None
-        if found.config.record and found.truth:
-            last = found.truth[-1]
+        states = found.states()
+        if found.config.record and states:
+            last = states[-1]
             return replace(last, dropped=False) if last.dropped else last
         return found.latest()
 
@@ -250,13 +269,13 @@ class BybitSimulator:
         return bool(market and market.finished)
 
     def injected(
-        self, kind: FaultKind, conn: Conn | None = None, topic: str = "", seq: int = 0
+        self, kind: AnyFault, conn: Conn | None = None, topic: str = "", seq: int = 0
     ) -> None:
         """Count and log a fault that reached a client."""
         self.faults[kind] += 1
         conn_id = conn.conn_id if conn is not None else ""
         self.fault_log.append(InjectedFault(kind, now_us(), conn_id, topic, seq))
-        if conn is not None and kind in CONNECTION_FAULTS:
+        if conn is not None and isinstance(kind, FaultKind) and kind in CONNECTION_FAULTS:
             conn.record.ended_by = kind
 
     # -- producers ---------------------------------------------------------
@@ -288,6 +307,7 @@ class BybitSimulator:
             while self.config.rate == 0 and not market.book_conns():
                 await asyncio.sleep(0.01)  # nobody reading: hold the market still
             step += 1
+            market.steps = step
             changed = market.book.step()
             market.seq += market.book.rng.randint(1, 40)
             ts = now_ms()
@@ -351,8 +371,17 @@ class BybitSimulator:
 
     # -- protocol ----------------------------------------------------------
 
-    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path, _, query = request.path.partition("?")
+        if path == FULL_BOOK_PATH:
+            # Answered as of its arrival, sent after rest_delay_s: deltas pushed
+            # meanwhile make the answer older than the client's latest delta.
+            response = self._full_orderbook(parse_qs(query))
+            delay = self.config.rest_delay_s
+            if delay > 0:
+                self.injected(FullBookFault.REST_DELAY, None, response.topic, response.seq)
+                await asyncio.sleep(delay)
+            return response.response
         if path == "/truth":
             name = parse_qs(query).get("topic", [""])[0]
             state = self.latest(name)
@@ -364,6 +393,52 @@ class BybitSimulator:
             return conn.respond(404, "unknown path\n")
         return None
 
+    def _full_orderbook(self, params: dict[str, list[str]]) -> _RestAnswer:
+        """A REST snapshot of the whole book, or the error or fault answering it."""
+        self.rest_total += 1
+        n, cfg = self.rest_total, self.config
+        category = params.get("category", [""])[0]
+        symbol = params.get("symbol", [""])[0]
+        self.rest_requests[symbol] += 1
+        name = book_topic(FULL_DEPTH, symbol) if symbol else ""
+        if cfg.rest_429_every and n % cfg.rest_429_every == 0:
+            self.injected(FullBookFault.REST_429, None, name)
+            body = {"retCode": 10006, "retMsg": "Too many visits!"}
+            return _RestAnswer(_json_response(429, body), name)
+        if cfg.rest_5xx_every and n % cfg.rest_5xx_every == 0:
+            self.injected(FullBookFault.REST_5XX, None, name)
+            return _RestAnswer(_text_response(503, "Service Temporarily Unavailable\n"), name)
+        if category not in FULL_CATEGORIES or category not in cfg.full_categories:
+            if category in FULL_CATEGORIES:
+                self.injected(FullBookFault.REFUSED, None, name)
+            return _RestAnswer(_rest_error("params error: category invalid"), name)
+        market = self.markets.get(symbol)
+        if market is None:
+            return _RestAnswer(_rest_error("params error: symbol invalid"), name)
+        topic = self._full_topic(market)
+        if cfg.rest_stale_every and n % cfg.rest_stale_every == 0:
+            state = topic.stale_state()
+            self.injected(FullBookFault.REST_STALE, None, name, state.seq)
+        elif cfg.rest_mismatch_every and n % cfg.rest_mismatch_every == 0:
+            state = replace(topic.state(cfg.rest_levels), u=topic.u + 1)
+            self.injected(FullBookFault.REST_MISMATCH, None, name, state.seq)
+        else:
+            state = topic.state(cfg.rest_levels)
+        limit = cfg.rest_levels
+        result: dict[str, object] = {"s": symbol, "b": state.bids[:limit], "a": state.asks[:limit]}
+        result |= {"ts": state.ts_ms, "u": state.u, "seq": state.seq, "cts": state.ts_ms - 1}
+        body = {"retCode": 0, "retMsg": "OK", "result": result, "retExtInfo": {}}
+        return _RestAnswer(_json_response(200, body | {"time": now_ms()}), name, state.seq)
+
+    def _full_topic(self, market: Market) -> FullTopic:
+        topic = market.topics.get(FULL_DEPTH)
+        if topic is None:
+            topic = market.topics[FULL_DEPTH] = FullTopic(
+                book_topic(FULL_DEPTH, market.book.spec.symbol), self.config, market
+            )
+        assert isinstance(topic, FullTopic)
+        return topic
+
     def _resolve(self, name: str, category: str) -> Topic | None:
         """The topic to serve for a subscription, created on demand; None = not found."""
         try:
@@ -371,6 +446,8 @@ class BybitSimulator:
         except ValueError:
             return None
         if kind == "orderbook" and depth not in valid_depths(category, legacy=True):
+            return None
+        if depth == FULL_DEPTH and category not in self.config.full_categories:
             return None
         if name in self.replays:
             return self.replays[name]
@@ -380,6 +457,8 @@ class BybitSimulator:
         if kind == "publicTrade":
             return market.trades
         assert depth is not None
+        if depth == FULL_DEPTH:
+            return self._full_topic(market)
         if depth not in market.topics:
             market.topics[depth] = SynthTopic(name, self.config, market)
         return market.topics[depth]
@@ -439,6 +518,8 @@ class BybitSimulator:
             if topic is None:
                 bad.append(name)
                 errors.append(f"error:handler not found,topic:{name}")
+                if _refused_full(name, conn.category, self.config):
+                    self.injected(FullBookFault.REFUSED, conn, name)
             elif op == "subscribe" and name in conn.topics:
                 bad.append(name)
                 errors.append(f"error:already subscribed,topic:{name}")
@@ -456,6 +537,8 @@ class BybitSimulator:
                 conn.push(snapshot)
             topic.subscribers[conn] = None
             conn.topics.add(name)
+            if isinstance(topic, FullTopic):
+                topic.on_join()
             if isinstance(topic, ReplayTopic):
                 topic.started.set()
             elif topic.symbol in self.markets:
@@ -474,10 +557,42 @@ def _category(path: str) -> str | None:
     return category if category in CATEGORIES else None
 
 
+def _refused_full(name: str, category: str, config: SimConfig) -> bool:
+    """A whole-book subscription Bybit would serve, refused by full_categories."""
+    try:
+        depth = split_topic(name)[1]
+    except ValueError:
+        return False
+    in_bybit = category in FULL_CATEGORIES
+    return depth == FULL_DEPTH and in_bybit and category not in config.full_categories
+
+
+@dataclass(frozen=True, slots=True)
+class _RestAnswer:
+    response: Response
+    topic: str  # for the fault log
+    seq: int = 0
+
+
 def _json_response(status: int, body: dict) -> Response:
-    data = orjson.dumps(body)
-    headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
-    return Response(status, "OK" if status == 200 else "Not Found", headers, data)
+    return _response(status, "application/json", orjson.dumps(body))
+
+
+def _text_response(status: int, text: str) -> Response:
+    return _response(status, "text/plain; charset=utf-8", text.encode())
+
+
+def _response(status: int, content_type: str, data: bytes) -> Response:
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(data)))])
+    # websockets closes the TCP connection after any answer that is not an upgrade.
+    headers["Connection"] = "close"
+    return Response(status, HTTPStatus(status).phrase, headers, data)
+
+
+def _rest_error(message: str) -> Response:
+    """Bybit's REST errors are HTTP 200 with a nonzero retCode."""
+    body = {"retCode": 10001, "retMsg": message, "result": {}, "retExtInfo": {}}
+    return _json_response(200, body | {"time": now_ms()})
 
 
 def _ack(

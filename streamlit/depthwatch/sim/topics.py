@@ -7,13 +7,16 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 import orjson
 
 from depthwatch.feed.topics import split_topic
-from depthwatch.sim.config import FaultKind, SimConfig, now_ms
+from depthwatch.records import FULL_DEPTH
+from depthwatch.sim.config import AnyFault, FaultKind, FullBookFault, SimConfig, now_ms
 from depthwatch.sim.market import DepthView, Level, MarketBook, TruthState, spec_for
 from depthwatch.sim.replay import DictBook, ReplayMessage
 
@@ -33,7 +36,7 @@ class Pub:
     cts: int = 0
     raw: str | None = None
     dropped: bool = False
-    fault: FaultKind | None = None  # DROP or RESTART, logged when it reaches a client
+    fault: AnyFault | None = None  # a topic fault, logged when it reaches a client
     _cache: dict[bool, bytes] = field(default_factory=dict)
 
     def render(self, category: str) -> bytes:
@@ -78,14 +81,20 @@ class Topic:
     def top(self) -> tuple[list[Level], list[Level]]:
         raise NotImplementedError
 
+    def states(self) -> Sequence[TruthState]:
+        """Every recorded state, in order (truth)."""
+        return self.truth
+
     def latest(self) -> TruthState | None:
         if not self.has_state:
             return None
         return TruthState(self.u, self.seq, self.ts, *self.top())
 
     def snapshot_pub(self, ts: int | None = None) -> Pub | None:
-        """A snapshot of the current state with the current u and seq (late joiners)."""
-        state = self.latest() if self.is_book else None
+        """A snapshot of the current state with the current u and seq (late joiners).
+        None for the whole book: `orderbook.full` sends deltas only, its snapshot
+        comes over REST."""
+        state = self.latest() if self.is_book and self.depth != FULL_DEPTH else None
         if state is None:
             return None
         return book_pub(self.name, self.symbol, "snapshot", state, ts or state.ts_ms)
@@ -142,6 +151,305 @@ class SynthTopic(Topic):
         return pub
 
 
+# One state's changes per side, best first: (key, level), level None = removed.
+Ops = tuple[list[tuple[int, Level | None]], list[tuple[int, Level | None]]]
+
+
+class SortedLevels:
+    """A whole book, per side parallel lists sorted best first: the model's keys
+    (bids negated) and their [price, size] lists. Level lists are never changed
+    in place, so copies share them: a copy is two C-level list copies a side,
+    an update a bisection and a pointer memmove, not a re-render of the book."""
+
+    __slots__ = ("keys", "levels")
+
+    def __init__(self) -> None:
+        self.keys: tuple[list[int], list[int]] = ([], [])
+        self.levels: tuple[list[Level], list[Level]] = ([], [])
+
+    def copy(self) -> SortedLevels:
+        other = SortedLevels()
+        other.keys = (self.keys[0][:], self.keys[1][:])
+        other.levels = (self.levels[0][:], self.levels[1][:])
+        return other
+
+    def fold(self, ops: Ops) -> None:
+        for side in (0, 1):
+            keys, levels = self.keys[side], self.levels[side]
+            for key, level in ops[side]:
+                i = bisect_left(keys, key)
+                present = i < len(keys) and keys[i] == key
+                if level is None:
+                    if present:
+                        del keys[i], levels[i]
+                elif present:
+                    levels[i] = level
+                else:
+                    keys.insert(i, key)
+                    levels.insert(i, level)
+
+
+class FullTruth(Sequence[TruthState]):
+    """The whole-book topic's recorded states, held as each state's changes plus
+    a whole copy every CHECKPOINT_EVERY states (and wherever the book was
+    replaced): 20,000 levels copied per step cost 0.5 ms and 200 KB a state.
+    A state is rebuilt when read, from its checkpoint; iterating rebuilds each
+    from the one before. Appended on the simulator's thread and read from
+    others: a state's data is stored before its entry in `meta` makes it seen.
+    """
+
+    CHECKPOINT_EVERY = 128
+
+    def __init__(self) -> None:
+        self.meta: list[tuple[int, int, int, bool]] = []  # u, seq, ts_ms, dropped
+        self.ops: list[Ops] = []
+        self.checkpoints: dict[int, SortedLevels] = {}
+
+    def append(
+        self, u: int, seq: int, ts: int, dropped: bool, ops: Ops | None, book: SortedLevels
+    ) -> None:
+        """Record the state `book` is in after `ops` (None: the book was replaced)."""
+        i = len(self.meta)
+        if ops is None or i % self.CHECKPOINT_EVERY == 0:
+            self.checkpoints[i] = book.copy()
+            ops = ([], [])
+        self.ops.append(ops)
+        self.meta.append((u, seq, ts, dropped))
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+    def _walk(self, start: int, stop: int) -> Iterator[TruthState]:
+        """States start..stop-1, folded forward from the checkpoint at or before start."""
+        base = start
+        while base not in self.checkpoints:
+            base -= 1
+        book = self.checkpoints[base].copy()
+        for i in range(base, stop):
+            if i != base:
+                checkpoint = self.checkpoints.get(i)
+                if checkpoint is not None:
+                    book = checkpoint.copy()
+                else:
+                    book.fold(self.ops[i])
+            if i >= start:
+                u, seq, ts, dropped = self.meta[i]
+                bids, asks = book.levels
+                yield TruthState(u, seq, ts, bids[:], asks[:], dropped)
+
+    def __iter__(self) -> Iterator[TruthState]:
+        return self._walk(0, len(self.meta))
+
+    @overload
+    def __getitem__(self, index: int) -> TruthState: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[TruthState]: ...
+
+    def __getitem__(self, index: int | slice) -> TruthState | list[TruthState]:
+        n = len(self.meta)
+        if isinstance(index, slice):
+            start, stop, step = index.indices(n)
+            if step != 1:
+                return [self[i] for i in range(start, stop, step)]
+            return list(self._walk(start, stop)) if start < stop else []
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError("truth index out of range")
+        return next(self._walk(index, index + 1))
+
+
+class FullTopic(Topic):
+    """`orderbook.full.{symbol}`: every change of the market's whole book as a
+    delta, never a snapshot (the client fetches one over REST, answered from
+    this topic's state: `state`, `stale_state`).
+
+    The published book is kept here (`book`, with `sizes` to compare against)
+    rather than read from the model: a full reset holds the step's changes
+    back (the book stays as it was while only the lineage restarts) and a
+    delisted book is empty while the model walks on. Updates cost O(changes).
+    Truth goes to `log` (a FullTruth), not to the base class's list.
+    """
+
+    def __init__(self, name: str, config: SimConfig, market: Market) -> None:
+        super().__init__(name, config)
+        self.market = market
+        self.book = SortedLevels()
+        self.sizes: tuple[dict[int, int], dict[int, int]] = ({}, {})
+        # Keys the model changed that the published book may not have yet.
+        self.pending: tuple[set[int], set[int]] = (set(), set())
+        self.log = FullTruth()
+        self.updates = 0  # changed states, for restart_every and full_reset_every
+        self.u = random.Random(f"{config.seed}:{name}").randint(10**6, 10**8)
+        self.seq, self.ts, self.has_state = market.seq, now_ms(), True
+        self.listed = self._listed_at(market.steps)
+        if self.listed:
+            self._load()
+        else:
+            self.u = 1  # created while delisted: what REST would say
+        self._record(False, None)
+        # For rest_stale_every: the topic's first state; the state before the
+        # current one (kept only with that fault on: a copy a step); and the
+        # one before the latest subscriber's join state, older than every delta
+        # that subscriber buffers.
+        self.first = self.state()
+        self.prev: TruthState | None = None
+        self.before_join: TruthState | None = None
+
+    def states(self) -> Sequence[TruthState]:
+        return self.log
+
+    def top(self) -> tuple[list[Level], list[Level]]:
+        bids, asks = self.book.levels
+        return bids[:], asks[:]
+
+    def state(self, limit: int | None = None) -> TruthState:
+        """The current state, at most `limit` levels a side (a REST answer)."""
+        bids, asks = self.book.levels
+        return TruthState(self.u, self.seq, self.ts, bids[:limit], asks[:limit])
+
+    def stale_state(self) -> TruthState:
+        return self.before_join or self.first
+
+    def on_join(self) -> None:
+        self.before_join = self.prev
+
+    def _record(self, dropped: bool, ops: Ops | None = None) -> None:
+        if self.config.record:
+            self.log.append(self.u, self.seq, self.ts, dropped, ops, self.book)
+
+    def _listed_at(self, step: int) -> bool:
+        # Delisted from market step delist_after + 1, relisted relist_after steps later.
+        cfg = self.config
+        if not cfg.delist_after or step <= cfg.delist_after:
+            return True
+        return bool(cfg.relist_after) and step > cfg.delist_after + cfg.relist_after
+
+    def _load(self) -> None:
+        """Publish the model's whole book as it is now (creation, relisting)."""
+        model = self.market.book
+        for side, levels in enumerate((model.bids, model.asks)):
+            sign = -1 if side == 0 else 1
+            self.book.keys[side][:] = levels.keys()
+            self.book.levels[side][:] = [
+                [model.fmt.price(sign * k), model.fmt.size(v)] for k, v in levels.items()
+            ]
+            self.sizes[side].clear()
+            self.sizes[side].update(levels)
+            self.pending[side].clear()
+
+    def _clear(self) -> None:
+        for side in (0, 1):
+            self.book.keys[side].clear()
+            self.book.levels[side].clear()
+            self.sizes[side].clear()
+            self.pending[side].clear()
+
+    def _diff(self) -> Ops:
+        """Where the model differs from the published book, best first; O(changes),
+        as only the pending keys are looked at."""
+        model = self.market.book
+        out: Ops = ([], [])
+        for side, levels in enumerate((model.bids, model.asks)):
+            sizes, sign = self.sizes[side], -1 if side == 0 else 1
+            for key in sorted(self.pending[side]):
+                new = levels.get(key, 0)
+                if new != sizes.get(key, 0):
+                    level = [model.fmt.price(sign * key), model.fmt.size(new)] if new else None
+                    out[side].append((key, level))
+        return out
+
+    def _apply(self, ops: Ops) -> tuple[list[Level], list[Level]]:
+        """Fold a diff into the published book; return it as the delta's levels."""
+        self.book.fold(ops)
+        model = self.market.book
+        out: tuple[list[Level], list[Level]] = ([], [])
+        for side, levels in enumerate((model.bids, model.asks)):
+            sizes, sign = self.sizes[side], -1 if side == 0 else 1
+            for key, level in ops[side]:
+                if level is None:
+                    del sizes[key]
+                    out[side].append([model.fmt.price(sign * key), "0"])
+                else:
+                    sizes[key] = levels[key]  # the diff was taken from the model this step
+                    out[side].append(level)
+            self.pending[side].clear()
+        return out
+
+    def advance(self, changed: tuple[set[int], set[int]], seq: int, ts: int) -> Pub | None:
+        listed = self._listed_at(self.market.steps)
+        if listed != self.listed:
+            return self._relist(seq, ts) if listed else self._delist(seq, ts)
+        if not listed:
+            return None  # delisted: the model walks on, nothing is published
+        for side in (0, 1):
+            self.pending[side].update(changed[side])
+        ops = self._diff()
+        if not ops[0] and not ops[1]:
+            self.pending[0].clear()
+            self.pending[1].clear()
+            return None  # Bybit pushes nothing when the book did not change
+        self.updates += 1
+        cfg = self.config
+        self._keep_prev()
+        fault: AnyFault | None = None
+        dropped = False
+        bids: list[Level] = []
+        asks: list[Level] = []
+        if cfg.restart_every and self.updates % cfg.restart_every == 0:
+            # A service restart: the new lineage's first delta carries the step.
+            self.u, fault = 1, FaultKind.RESTART
+            bids, asks = self._apply(ops)
+        elif cfg.full_reset_every and self.updates % cfg.full_reset_every == 0:
+            # Only the lineage restarts; the step's changes stay pending for u=2.
+            self.u, fault, ops = 1, FullBookFault.FULL_RESET, ([], [])
+        else:
+            self.u += 1
+            dropped = self._count_delta()
+            fault = FaultKind.DROP if dropped else None
+            bids, asks = self._apply(ops)
+        return self._emit(seq, ts, bids, asks, fault, ops, dropped)
+
+    def _delist(self, seq: int, ts: int) -> Pub:
+        self._keep_prev()
+        self.listed = False
+        self._clear()
+        self.u = 1
+        return self._emit(seq, ts, [], [], FullBookFault.DELIST, None)
+
+    def _relist(self, seq: int, ts: int) -> Pub:
+        # The book comes back whole but the delta is empty: only REST has it.
+        self._keep_prev()
+        self.listed = True
+        self._load()
+        self.u = 1
+        return self._emit(seq, ts, [], [], FullBookFault.RELIST, None)
+
+    def _keep_prev(self) -> None:
+        if self.config.rest_stale_every:
+            self.prev = self.state()
+
+    def _emit(
+        self,
+        seq: int,
+        ts: int,
+        bids: list[Level],
+        asks: list[Level],
+        fault: AnyFault | None,
+        ops: Ops | None,
+        dropped: bool = False,
+    ) -> Pub:
+        self.seq, self.ts = seq, ts
+        self._record(dropped, ops)
+        pub = book_pub(self.name, self.symbol, "delta", TruthState(self.u, seq, ts, bids, asks), ts)
+        pub.dropped, pub.fault = dropped, fault
+        return pub
+
+
+BookTopic = SynthTopic | FullTopic
+
+
 class ReplayTopic(Topic):
     def __init__(self, name: str, config: SimConfig, messages: list[ReplayMessage]) -> None:
         super().__init__(name, config)
@@ -183,7 +491,8 @@ class Market:
         spec = spec_for(symbol, config.tick_sizes.get(symbol))
         self.book = MarketBook(spec, config.book_levels, rng)
         self.seq = rng.randint(10**9, 10**10)
-        self.topics: dict[int, SynthTopic] = {}
+        self.steps = 0  # market steps so far (delist_after counts them)
+        self.topics: dict[int, BookTopic] = {}  # by depth; FULL_DEPTH: the whole book
         self.trades: Topic = Topic(f"publicTrade.{symbol}", config)
         self.trade_rng = random.Random(f"{config.seed}:{symbol}:trades")
         self.last_trade_price = 0

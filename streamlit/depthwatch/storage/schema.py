@@ -267,6 +267,23 @@ MIGRATIONS: tuple[Migration, ...] = (
                 failure text)""",
         ),
     ),
+    Migration(
+        6,
+        "whole books: where a book started from a cut REST snapshot is exact",
+        (
+            # One row per whole-book snapshot and per checkpoint after it
+            # (records.BookBounds): a few rows an hour, so a plain table,
+            # trimmed by retention with feed_events. NULL: that side was whole.
+            """CREATE TABLE book_bounds (
+                stream_id integer NOT NULL REFERENCES streams (id),
+                ts_us bigint NOT NULL,
+                u bigint NOT NULL,
+                local_us bigint NOT NULL,
+                bid_floor numeric,
+                ask_ceiling numeric,
+                PRIMARY KEY (stream_id, ts_us, u))""",
+        ),
+    ),
 )
 
 
@@ -378,7 +395,7 @@ def drop_days(conn: sa.Connection, days: list[int], trim_before_day: int) -> lis
             name = partition_name(table, day)
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
             dropped.append(name)
-    for table in ("feed_events", "collector_heartbeats"):
+    for table in ("feed_events", "collector_heartbeats", "book_bounds"):
         conn.execute(
             sa.text(f"DELETE FROM {table} WHERE local_us < :cutoff"),
             {"cutoff": trim_before_day * DAY_US},

@@ -31,7 +31,13 @@ from depthwatch.storage.codec import (
 from depthwatch.storage.read import legacy
 from depthwatch.storage.read.cold import cold_log
 from depthwatch.storage.read.cursor import stream_rows
-from depthwatch.storage.read.rows import BookEventRow, Checkpoint, IntBookEvent, QuoteRow
+from depthwatch.storage.read.rows import (
+    BookEventRow,
+    Bounds,
+    Checkpoint,
+    IntBookEvent,
+    QuoteRow,
+)
 from depthwatch.storage.read.streams import Stream
 
 # The packed log is decoded a batch at a time: this many chunks, or fewer once
@@ -66,6 +72,24 @@ def last_snapshot_before(conn: sa.Connection, stream: Stream, ts_us: int) -> int
         if snapshot:
             return int(ts_cold)
     return found
+
+
+def book_bounds(conn: sa.Connection, stream: Stream, start_us: int, end_us: int) -> list[Bounds]:
+    """Where a whole book is exact over [start_us, end_us): the bounds in force
+    at start_us (if any) and every later one before end_us, oldest first.
+    Empty for a numbered depth, whose snapshots are never cut."""
+    rows = conn.execute(
+        sa.text(
+            """(SELECT ts_us, u, bid_floor::text, ask_ceiling::text FROM book_bounds
+                WHERE stream_id = :s AND ts_us <= :a ORDER BY ts_us DESC, u DESC LIMIT 1)
+               UNION ALL
+               (SELECT ts_us, u, bid_floor::text, ask_ceiling::text FROM book_bounds
+                WHERE stream_id = :s AND ts_us > :a AND ts_us < :e)
+               ORDER BY 1, 2"""
+        ),
+        {"s": stream.id, "a": start_us, "e": end_us},
+    ).all()
+    return [Bounds(int(ts), int(u), floor, ceiling) for ts, u, floor, ceiling in rows]
 
 
 def last_checkpoint_at_or_before(

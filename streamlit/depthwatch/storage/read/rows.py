@@ -56,6 +56,29 @@ class Checkpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class Bounds:
+    """Where a whole book (depth full) is exact from (ts_us, u) on, until the
+    next row: bids at or above bid_floor, asks at or below ask_ceiling; None:
+    that side whole (records.BookBounds)."""
+
+    ts_us: int
+    u: int
+    bid_floor: str | None
+    ask_ceiling: str | None
+
+    @property
+    def whole(self) -> bool:
+        return self.bid_floor is None and self.ask_ceiling is None
+
+    def describe(self) -> str:
+        if self.whole:
+            return "the whole book"
+        bids = f"bids >= {self.bid_floor}" if self.bid_floor is not None else "every bid"
+        asks = f"asks <= {self.ask_ceiling}" if self.ask_ceiling is not None else "every ask"
+        return f"{bids}, {asks}"
+
+
+@dataclass(frozen=True, slots=True)
 class LastRecorded:
     local_us: int
     u: int

@@ -38,6 +38,8 @@ COLUMNS = {
     "trades": "instrument_id, ts_us, local_us, trade_id, side, price, size, seq",
     "book_checkpoints": "instrument_id, depth, ts_us, local_us, u, seq, "
     "bid_prices, bid_sizes, ask_prices, ask_sizes",
+    # Schema 6: where a whole book is exact (records.BookBounds).
+    "book_bounds": "stream_id, ts_us, u, local_us, bid_floor, ask_ceiling",
 }
 
 # Position of `ts_us` (exchange time, the partition key) in each table's COPY line.
@@ -50,6 +52,7 @@ TS_COLUMN = {
     "depth_snapshots": 2,
     "trades": 1,
     "book_checkpoints": 2,
+    "book_bounds": 1,
 }
 
 COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})

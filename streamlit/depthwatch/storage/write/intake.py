@@ -17,6 +17,7 @@ import logging
 import sqlalchemy as sa
 
 from depthwatch.records import (
+    BookBounds,
     BookCheckpoint,
     BookUpdate,
     CollectorHeartbeat,
@@ -81,6 +82,15 @@ class Intake(WriterState):
             f"{self._row_start(checkpoint.stream, checkpoint.exchange_us, checkpoint.local_us)}"
             f"{checkpoint.update_id}\t{checkpoint.sequence}\t"
             f"{levels_columns(checkpoint.bids, checkpoint.asks)}\n"
+        )
+
+    def add_book_bounds(self, bounds: BookBounds) -> None:
+        if (self._dropping or self._blocked) and self._refuse(bounds.stream, bounds.local_us):
+            return
+        self._note_day(bounds.exchange_us)
+        self._rows["book_bounds"].append(
+            f"{self._stream_id(bounds.stream)}\t{bounds.exchange_us}\t{bounds.update_id}\t"
+            f"{bounds.local_us}\t{nullable(bounds.bid_floor)}\t{nullable(bounds.ask_ceiling)}\n"
         )
 
     def add_trade(self, trade: Trade) -> None:

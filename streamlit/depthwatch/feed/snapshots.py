@@ -1,0 +1,190 @@
+"""REST book snapshots for the delta-only streams, within Bybit's limits.
+
+pybit 5.17 has no call for `GET /v5/market/full_orderbook`, so this is the one
+small client: the standard library's HTTP in a worker thread (a 10,000-level
+answer is ~0.5 MB of JSON and parsing it must not hold up the socket readers
+for long), behind a queue that keeps every request within the rate and the
+concurrency allowed, with one shared backoff: Bybit limits by IP (50 GET/s over
+two minutes; past it, HTTP 403 and a ban of ~30 minutes), so a 429 or 403 for
+one symbol slows every symbol down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+
+from depthwatch import __version__
+from depthwatch.clock import now_us
+from depthwatch.feed.parse import MalformedMessage, SnapshotRefused, parse_full_snapshot
+from depthwatch.feed.topics import FULL_BOOK_PATH
+from depthwatch.logs import LogThrottle
+from depthwatch.records import BookUpdate, StreamKey
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RestPolicy:
+    """How hard we may ask. The defaults stay far below Bybit's IP limit:
+    twenty symbols start within two seconds, and a restart of every symbol
+    costs a few seconds, not a ban."""
+
+    rate_per_s: float = 10.0
+    burst: int = 10
+    concurrency: int = 4
+    timeout_s: float = 15.0
+    backoff_first_s: float = 1.0
+    backoff_max_s: float = 60.0
+    banned_pause_s: float = 300.0  # after HTTP 403: Bybit says the IP is banned
+
+
+@dataclass
+class FetchStats:
+    requests: int = 0
+    answered: int = 0
+    throttled: int = 0  # 429, or retCode 10006
+    banned: int = 0  # 403
+    failed: int = 0  # 5xx, network errors, timeouts, malformed answers
+    refused: int = 0  # other error codes (unknown symbol, no full book)
+    last_error: str = ""
+    seconds: list[float] = field(default_factory=list)  # recent answer times
+
+
+class SnapshotUnavailable(Exception):
+    """Bybit refused the snapshot outright (see SnapshotRefused): one line, no retry soon."""
+
+
+class SnapshotFetcher:
+    """Fetches snapshots for one category from one REST base URL. `fetch`
+    retries transient failures until it has an answer or is cancelled."""
+
+    def __init__(self, base_url: str, category: str, policy: RestPolicy | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.category = category
+        self.policy = policy or RestPolicy()
+        self.stats = FetchStats()
+        self.waiting: dict[str, float] = {}  # symbol -> since (monotonic)
+        self._tokens = float(self.policy.burst)
+        self._refilled = time.monotonic()
+        self._paused_until = 0.0  # the shared backoff
+        self._failures = 0  # consecutive, for the backoff's length
+        self._slots = asyncio.Semaphore(self.policy.concurrency)
+        self._gate = asyncio.Lock()  # one caller takes tokens at a time: a fair queue
+        self._rng = random.Random()
+        self._log = LogThrottle()
+
+    def url(self, symbol: str) -> str:
+        query = urllib.parse.urlencode({"category": self.category, "symbol": symbol})
+        return f"{self.base_url}{FULL_BOOK_PATH}?{query}"
+
+    async def fetch(self, stream: StreamKey) -> BookUpdate:
+        """The stream's snapshot. Raises SnapshotUnavailable when Bybit refuses
+        it (an error code, not a hiccup); everything else is retried."""
+        symbol = stream.symbol
+        self.waiting.setdefault(symbol, time.monotonic())
+        try:
+            while True:
+                await self._admit()
+                async with self._slots:
+                    started = time.monotonic()
+                    self.stats.requests += 1
+                    status, body, error = await asyncio.to_thread(self._get, self.url(symbol))
+                    local_us = now_us()
+                    if status == 200:
+                        try:
+                            snapshot = await asyncio.to_thread(
+                                parse_full_snapshot, body, stream, local_us
+                            )
+                        except SnapshotRefused as exc:
+                            if "10006" in str(exc) or "Too many visits" in str(exc):
+                                self._back_off("throttled", str(exc))
+                                continue
+                            self.stats.refused += 1
+                            self.stats.last_error = str(exc)
+                            raise SnapshotUnavailable(str(exc)) from None
+                        except MalformedMessage as exc:
+                            self._back_off("failed", str(exc))
+                            continue
+                        self._failures = 0
+                        self.stats.answered += 1
+                        self.stats.seconds = [*self.stats.seconds[-99:], time.monotonic() - started]
+                        return snapshot
+                    if status == 429:
+                        self._back_off("throttled", f"HTTP 429 for {symbol}")
+                    elif status == 403:
+                        self._back_off("banned", f"HTTP 403 for {symbol}: Bybit banned this IP?")
+                    else:
+                        self._back_off("failed", error or f"HTTP {status} for {symbol}")
+        finally:
+            self.waiting.pop(symbol, None)
+
+    async def _admit(self) -> None:
+        """Wait for the shared backoff and a token of the rate limit."""
+        async with self._gate:
+            while True:
+                now = time.monotonic()
+                if now < self._paused_until:
+                    await asyncio.sleep(self._paused_until - now)
+                    continue
+                rate, burst = self.policy.rate_per_s, self.policy.burst
+                self._tokens = min(burst, self._tokens + (now - self._refilled) * rate)
+                self._refilled = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                await asyncio.sleep((1 - self._tokens) / rate)
+
+    def _back_off(self, kind: str, detail: str) -> None:
+        policy = self.policy
+        self._failures += 1
+        if kind == "banned":
+            self.stats.banned += 1
+            pause = policy.banned_pause_s
+        else:
+            if kind == "throttled":
+                self.stats.throttled += 1
+            else:
+                self.stats.failed += 1
+            pause = min(policy.backoff_max_s, policy.backoff_first_s * 2 ** (self._failures - 1))
+            pause *= 0.5 + self._rng.random()  # jitter: symbols do not retry in lockstep
+        self._paused_until = max(self._paused_until, time.monotonic() + pause)
+        self.stats.last_error = detail
+        level = logging.ERROR if kind == "banned" else logging.WARNING
+        self._log.log(
+            log, level, "snapshot request %s (%s); every request waits %.1f s", kind, detail, pause
+        )
+
+    def _get(self, url: str) -> tuple[int, bytes, str]:
+        """(status, body, error text); runs in a worker thread."""
+        request = urllib.request.Request(url, headers={"User-Agent": f"depthwatch/{__version__}"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.policy.timeout_s) as response:
+                return response.status, response.read(), ""
+        except urllib.error.HTTPError as exc:
+            with contextlib.suppress(OSError):
+                exc.read()
+            return exc.code, b"", f"HTTP {exc.code} {exc.reason}"
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            reason = getattr(exc, "reason", exc)
+            return 0, b"", f"{url.split('?')[0]}: {reason}"
+
+    def status(self) -> str:
+        """For the status line: who waits, and what the last trouble was."""
+        if not self.waiting:
+            return ""
+        now = time.monotonic()
+        oldest = max(now - since for since in self.waiting.values())
+        names = sorted(self.waiting)
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        line = f"awaiting a snapshot: {shown} (longest {oldest:.0f} s)"
+        if self._paused_until > now:
+            line += f", backing off {self._paused_until - now:.0f} s after {self.stats.last_error}"
+        return line
