@@ -87,13 +87,26 @@ def table_bytes(url: str, table: str) -> int:
         engine.dispose()
 
 
-def book_messages(url: str) -> tuple[int, int]:
+def book_messages(url: str) -> tuple[int, int, int, int]:
+    """Messages, checkpoints; and of the chunks holding no snapshot (deltas
+    only): their messages and payload bytes."""
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
             messages = conn.execute(sa.text("SELECT coalesce(sum(n), 0) FROM book_chunks"))
             checkpoints = conn.execute(sa.text("SELECT count(*) FROM book_checkpoints"))
-            return int(messages.scalar_one()), int(checkpoints.scalar_one())
+            deltas = conn.execute(
+                sa.text(
+                    "SELECT coalesce(sum(n), 0), coalesce(sum(octet_length(payload)), 0) "
+                    "FROM book_chunks WHERE NOT snapshot"
+                )
+            ).one()
+            return (
+                int(messages.scalar_one()),
+                int(checkpoints.scalar_one()),
+                int(deltas[0]),
+                int(deltas[1]),
+            )
     finally:
         engine.dispose()
 
@@ -104,6 +117,7 @@ def run(args: argparse.Namespace, server: str, depth: str, logs: Path) -> dict[s
     with Children(logs) as children:
         sim_args = ["--symbols", ",".join(symbols), "--book-levels", str(args.levels)]
         sim_args += ["--rate", str(args.rate), "--trades-rate", "0", "--seed", "3"]
+        sim_args += ["--prepare-full"]
         sim, port = start_sim(children, sim_args)
         collector = children.start(
             "collector",
@@ -122,7 +136,11 @@ def run(args: argparse.Namespace, server: str, depth: str, logs: Path) -> dict[s
                 return "connected to" in collector.output()
             return len(sync_times(collector, symbols)) == len(symbols)
 
-        wait_for(all_started, 120, f"every {depth} book to start", collector, sim)
+        try:
+            wait_for(all_started, 120, f"every {depth} book to start", collector, sim)
+        except RuntimeError:
+            print(collector.output()[-4000:])
+            raise
         synced_after = time.monotonic() - started
         rss_synced = memory_mb(collector.pid)
         time.sleep(args.seconds)
@@ -134,8 +152,10 @@ def run(args: argparse.Namespace, server: str, depth: str, logs: Path) -> dict[s
         }
         times = sync_times(collector, symbols) if depth == "full" else {}
         collector.stop()
-    messages, checkpoints = book_messages(url)
+    messages, checkpoints, deltas, delta_bytes = book_messages(url)
     figures |= {
+        "deltas": deltas,
+        "delta_payload": delta_bytes / max(1, deltas),
         "messages": messages,
         "chunks_bytes": table_bytes(url, "book_chunks"),
         "checkpoints": checkpoints,
@@ -174,7 +194,9 @@ def main() -> int:
         print(
             f"depth {name:>4}: RSS {r['rss']:.0f} MB (at sync {r['rss_synced']:.0f}, peak "
             f"{r['peak']:.0f}); {r['messages']:,} messages, {per_message:.1f} B each in "
-            f"book_chunks; {r['checkpoints']} checkpoints, {per_checkpoint / 1e3:.0f} kB each"
+            f"book_chunks with its index (snapshots included); a delta's payload "
+            f"{r['delta_payload']:.1f} B (chunks of deltas only: {r['deltas']:,}); "
+            f"{r['checkpoints']} checkpoints, {per_checkpoint / 1e3:.0f} kB each"
         )
     print(f"RSS ratio full / 50: {full['rss'] / fifty['rss']:.2f}x")
     return 0

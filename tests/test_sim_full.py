@@ -469,3 +469,20 @@ def test_a_12000_level_book() -> None:
     assert [a for a in asks if Decimal(a[0]) <= ceiling] == [
         a for a in latest.asks if Decimal(a[0]) <= ceiling
     ]
+
+
+def test_a_deep_book_of_a_cheap_symbol_never_bids_at_or_below_zero() -> None:
+    """100.00 in ticks of 0.01 has 9,999 prices below it: a book asked for
+    12,000 levels a side keeps its bids above zero (Bybit's parser, like
+    ours, refuses a negative price), however the market walks."""
+    import random
+
+    from depthwatch.sim.market import MarketBook, spec_for
+
+    book = MarketBook(spec_for("CHEAPUSDT"), 12_000, random.Random(1))
+    assert len(book.asks) == 12_000 and 9_000 < len(book.bids) <= 9_999
+    for _ in range(3_000):
+        book.step()
+    assert -book.bids.keys()[-1] >= 1  # the lowest bid: at least one tick
+    bids, _ = book.top(len(book.bids))
+    assert all(float(price) > 0 for price, _ in bids)

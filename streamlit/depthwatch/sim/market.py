@@ -87,6 +87,10 @@ class Formatter:
         return text
 
 
+# Bids are keyed by negated ticks: the lowest bid a book may hold is one tick.
+MAX_BID_KEY = -1
+
+
 class MarketBook:
     """A random-walk book for one symbol: never crossed, 1-10 level changes per step."""
 
@@ -99,7 +103,8 @@ class MarketBook:
         self.asks: SortedDict = SortedDict()  # ticks -> lots
         mid = int(spec.start_price / spec.tick)
         for i in range(self.levels):
-            self.bids[-(mid - 1 - i)] = self._size()
+            if mid - 1 - i >= 1:  # a deep book of a cheap symbol: no bid at or below 0
+                self.bids[-(mid - 1 - i)] = self._size()
             self.asks[mid + 1 + i] = self._size()
 
     def _size(self) -> int:
@@ -133,6 +138,8 @@ class MarketBook:
                 del book[key]
             else:
                 key = self._free_key(book, key)
+                if side == 0 and key > MAX_BID_KEY:
+                    continue  # no room below the lowest bid: nothing changed
                 book[key] = self._size()
             changed[side].add(key)
         self._refill(changed)
@@ -186,6 +193,8 @@ class MarketBook:
         for side, book in enumerate((self.bids, self.asks)):
             while len(book) < self.levels:
                 key = book.keys()[-1] + 1 + self.rng.randrange(2)
+                if side == 0 and key > MAX_BID_KEY:
+                    break  # bids reach down to one tick: the side stays thinner
                 book[key] = self._size()
                 changed[side].add(key)
             while len(book) > self.levels + 5:

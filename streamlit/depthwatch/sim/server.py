@@ -199,6 +199,11 @@ class BybitSimulator:
 
     async def start(self) -> None:
         cfg = self.config
+        if cfg.prepare_full:
+            # Before listening: a whole book of 10,000 levels a side costs
+            # ~0.1 s to set up, which a subscription would otherwise wait for.
+            for market in self.markets.values():
+                self._full_topic(market)
         self._server = await serve(
             self._handle,
             cfg.host,
