@@ -173,10 +173,11 @@ class Collector:
         if book is None:
             self.stats.unknown_streams += 1
             return False
-        sync = self.syncs.get(update.stream)
-        if sync is not None:  # a delta-only stream: the sync decides what reaches the book
-            self._follow(book, sync, sync.on_delta(update))
-            return False
+        if self.syncs:  # a delta-only stream's sync decides what reaches its book
+            sync = self.syncs.get(update.stream)
+            if sync is not None:
+                self._follow(book, sync, sync.on_delta(update))
+                return False
         outcome = self._apply(book, update)
         if outcome is Outcome.DROPPED:
             return self._snapshot_overdue(book, update)

@@ -272,8 +272,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         "whole books: where a book started from a cut REST snapshot is exact",
         (
             # One row per whole-book snapshot and per checkpoint after it
-            # (records.BookBounds): a few rows an hour, so a plain table,
-            # trimmed by retention with feed_events. NULL: that side was whole.
+            # (records.BookBounds): a few rows an hour, so a plain table, kept
+            # for good (days that left for the archive are read with them;
+            # the archive's log does not carry them). NULL: that side whole.
             """CREATE TABLE book_bounds (
                 stream_id integer NOT NULL REFERENCES streams (id),
                 ts_us bigint NOT NULL,
@@ -395,7 +396,7 @@ def drop_days(conn: sa.Connection, days: list[int], trim_before_day: int) -> lis
             name = partition_name(table, day)
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
             dropped.append(name)
-    for table in ("feed_events", "collector_heartbeats", "book_bounds"):
+    for table in ("feed_events", "collector_heartbeats"):
         conn.execute(
             sa.text(f"DELETE FROM {table} WHERE local_us < :cutoff"),
             {"cutoff": trim_before_day * DAY_US},
