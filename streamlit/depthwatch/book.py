@@ -156,6 +156,11 @@ class Outcome(Enum):
     JUMPED = "jumped"
 
 
+# Looked up once: a member lookup on an Enum class costs ~0.2 us in Python
+# 3.11, and this one is made for every delta.
+_APPLIED = Outcome.APPLIED
+
+
 class StreamBook:
     """One stream's book plus the continuity rules.
 
@@ -244,7 +249,7 @@ class StreamBook:
             bids, asks = book.bids.keys, book.asks.keys
             if bids and asks and -bids[0] >= asks[0]:
                 return self._refuse_crossed(update)
-            outcome = Outcome.APPLIED
+            outcome = _APPLIED
         self.last_update_id = update.update_id
         self._last_local_us = update.local_us
         self._last_sequence = update.sequence

@@ -68,8 +68,13 @@ RESYNC_RETRY_S = 10.0
 # How long a book may wait for its snapshot, while deltas arrive, before we resync again.
 SNAPSHOT_RETRY_US = 10_000_000
 
+# The book's outcomes as module constants: every message is checked against
+# them, and looking a member up on an Enum class costs ~0.2 us in Python 3.11
+# (a tenth of a depth-50 message's handling for a handful of checks).
+APPLIED, GAP, REJECTED, DROPPED = Outcome.APPLIED, Outcome.GAP, Outcome.REJECTED, Outcome.DROPPED
+SNAPSHOT, RESTART, JUMPED = Outcome.SNAPSHOT, Outcome.RESTART, Outcome.JUMPED
 # A snapshot's outcomes that started the book.
-_STARTED = (Outcome.SNAPSHOT, Outcome.RESTART, Outcome.JUMPED)
+_STARTED = (SNAPSHOT, RESTART, JUMPED)
 
 # How long after Bybit refused a REST snapshot outright (an error code, e.g. a
 # category without the whole book yet) we ask again.
@@ -179,9 +184,11 @@ class Collector:
                 self._follow(book, sync, sync.on_delta(update))
                 return False
         outcome = self._apply(book, update)
-        if outcome is Outcome.DROPPED:
+        if outcome is APPLIED:  # nearly every message
+            return False
+        if outcome is DROPPED:
             return self._snapshot_overdue(book, update)
-        return outcome is None or outcome is Outcome.GAP or outcome is Outcome.REJECTED
+        return outcome is None or outcome is GAP or outcome is REJECTED
 
     def _apply(self, book: StreamBook, update: BookUpdate) -> Outcome | None:
         """One message into its book, counted and logged; None: it raised (a bug)."""
@@ -200,7 +207,9 @@ class Collector:
                 )
             )
             return None
-        if outcome is Outcome.GAP:
+        if outcome is APPLIED:
+            return outcome
+        if outcome is GAP:
             self.stats.gaps += 1
             self._gap_log.log(
                 log,
@@ -209,14 +218,14 @@ class Collector:
                 update.stream,
                 update.update_id,
             )
-        elif outcome is Outcome.REJECTED:
+        elif outcome is REJECTED:
             self.stats.refused += 1
             log.warning(
                 "%s: u=%d refused (impossible book); resyncing", update.stream, update.update_id
             )
-        elif outcome is Outcome.SNAPSHOT or outcome is Outcome.RESTART:
+        elif outcome is SNAPSHOT or outcome is RESTART:
             self.first_valid_us.setdefault(update.stream, update.local_us)
-        if outcome is Outcome.JUMPED:
+        if outcome is JUMPED:
             self.first_valid_us.setdefault(update.stream, update.local_us)
             self.stats.gaps += 1
             self.stats.snapshot_gaps += 1
@@ -227,7 +236,7 @@ class Collector:
                 update.stream,
                 update.update_id,
             )
-        elif outcome is Outcome.RESTART:
+        elif outcome is RESTART:
             self.stats.restarts += 1
             self._restart_log.log(
                 log,
@@ -235,7 +244,7 @@ class Collector:
                 "%s: stream restarted (u=1 snapshot); book reset",
                 update.stream,
             )
-        elif outcome is Outcome.DROPPED:
+        elif outcome is DROPPED:
             self.stats.dropped += 1
         return outcome
 
@@ -252,11 +261,11 @@ class Collector:
             if update.is_snapshot and outcome in _STARTED:
                 book.set_bounds(update, *snapshot_bounds(update, self.config.rest_levels))
                 self._log_synced(book, update, sync)
-            if outcome is None or outcome in (Outcome.GAP, Outcome.REJECTED, Outcome.DROPPED):
+            if outcome is None or outcome is GAP or outcome is REJECTED or outcome is DROPPED:
                 # Started over from the documented first step; the delta that
                 # broke the chain is a real one and begins the next buffer.
                 sync.reset()
-                if outcome is Outcome.GAP:
+                if outcome is GAP:
                     self._follow(book, sync, sync.on_delta(update))
                 return
         if step.fetch or step.refetch:
@@ -380,7 +389,7 @@ class Collector:
 
     def on_malformed_book_message(self, stream: StreamKey, local_us: int, detail: str) -> bool:
         book = self.books.get(stream)
-        if book is None or book.reject(local_us, detail) is not Outcome.REJECTED:
+        if book is None or book.reject(local_us, detail) is not REJECTED:
             return False
         self.stats.refused += 1
         log.warning("%s: a message did not parse; book invalid until resync", stream)

@@ -171,7 +171,13 @@ class FeedParser:
         self._streams: dict[str, StreamKey] = {}
 
     def parse(self, raw: str | bytes, local_us: int) -> Parsed:
-        msg = _json_object(raw)
+        # _json_object inlined: this runs for every frame.
+        try:
+            msg = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedMessage(f"not JSON ({exc!s:.120}): {raw[:80]!r}") from None
+        if type(msg) is not dict:
+            raise MalformedMessage(f"not a JSON object: {raw[:80]!r}")
         topic = msg.get("topic")
         if topic is None:
             return self._control(msg)
