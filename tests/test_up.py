@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from depthwatch.records import FULL_DEPTH
 from depthwatch.storage.db import make_engine
 
 from .conftest import cli_env, free_port
@@ -173,6 +174,41 @@ def test_up_with_the_simulator_records_serves_and_stops_cleanly(run, database_ur
     )
     assert "Traceback" not in output
     assert took < 15, f"took {took:.1f} s to stop"
+
+
+def test_up_records_the_whole_book_from_the_simulators_rest_snapshots(run, database_url):
+    """`up --source sim --depth full`: the collector finds the simulator's
+    REST endpoint on its WebSocket port, starts the whole book from it, and
+    records it beside depth 50."""
+    port = free_port()
+    up = run(
+        *sim_up_args(port, "--address", "127.0.0.1", "--database-url", database_url),
+        *("--category", "spot", "--depth", "50,full"),
+    )
+    up.wait_for(
+        lambda: "spot:BTCUSDT@full: book started from a REST snapshot" in up.output(),
+        "the whole book's start",
+    )
+    engine = make_engine(database_url)
+
+    def whole_book_rows() -> int:
+        with engine.connect() as conn:
+            return int(
+                conn.execute(
+                    sa.text(
+                        "SELECT count(*) FROM book_chunks c JOIN streams s ON s.id = c.stream_id "
+                        "WHERE s.depth = :d"
+                    ),
+                    {"d": FULL_DEPTH},
+                ).scalar_one()
+            )
+
+    try:
+        up.wait_for(lambda: whole_book_rows() > 0, "the whole book's rows")
+    finally:
+        engine.dispose()
+    code, _ = up.stop(signal.SIGTERM)
+    assert code == 0 and "Traceback" not in up.output()
 
 
 def test_a_child_that_dies_is_reported_and_the_others_are_stopped(run, database_url):
