@@ -16,7 +16,7 @@ import pytest
 
 from depthwatch.collector import Collector
 from depthwatch.feed.topics import book_topic
-from depthwatch.history import book_at
+from depthwatch.history import book_at, book_states
 from depthwatch.records import FULL_DEPTH, StreamKey
 from depthwatch.sim import SimConfig, SimulatorThread, TruthState
 from depthwatch.sim.config import FaultKind, FullBookFault
@@ -57,7 +57,7 @@ def recorded_full(
                 ws_url=sim.sim.url("spot"),
                 # The market stops after its last step: a short silence
                 # timeout would reconnect (and resync) in a loop from then on.
-                silence_timeout_s=15.0,
+                silence_timeout_s=60.0,
                 **overrides,
             )
             run = collect_until_caught_up(sim, config, timeout_s=90)
@@ -109,7 +109,10 @@ def test_three_whole_books_match_the_truth_after_every_message(server_url):
         (dict(drop_every=70), FaultKind.DROP),
         (dict(restart_every=90), FaultKind.RESTART),
         (dict(full_reset_every=70), FullBookFault.FULL_RESET),
-        (dict(disconnect_every=200), FaultKind.DISCONNECT),
+        # One disconnect, a third of the way in (the second connection gets
+        # fewer than 1,000): deltas keep coming after the reconnect, which a
+        # whole book needs to start again.
+        (dict(disconnect_every=1000, deltas=600), FaultKind.DISCONNECT),
         (dict(delist_after=120, relist_after=60), FullBookFault.DELIST),
     ],
     ids=[
@@ -212,6 +215,24 @@ def test_a_cut_rest_snapshot_makes_a_book_exact_within_its_range_and_says_so(ser
         bids, asks = truth_levels(final)
         assert [p for p, _ in exact.bids(bids)] == [Decimal(str(p)) for p, _ in book.bids]
         assert [p for p, _ in exact.asks(asks)] == [Decimal(str(p)) for p, _ in book.asks]
+        # book_states says the same, state by state, and cuts before its top N.
+        states_after = list(
+            book_states(
+                "BTCUSDT",
+                truth[0].ts_ms * 1000,
+                final.ts_ms * 1000 + 1,
+                levels=5,
+                category="spot",
+                depth=FULL_DEPTH,
+                engine=run.engine,
+            )
+        )
+        last = states_after[-1]
+        assert last.known and (last.bid_floor, last.beyond_bounds) == (
+            book.bid_floor,
+            book.beyond_bounds,
+        )
+        assert (last.bids, last.asks) == (book.bids[:5], book.asks[:5])
         # An export of it says so, in one line.
         result = run_cli(
             *("export", "--kind", "book_snapshot_5", "--category", "spot"),

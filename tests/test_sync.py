@@ -156,12 +156,42 @@ def test_a_snapshot_is_never_trusted_before_a_delta_vouches_for_it():
 
 
 def test_a_reset_forgets_the_fetch_under_way():
+    """An answer to a fetch asked before a reset is ignored, even one that
+    would match the new buffer."""
     sync = started_sync()
     generation = sync.generation
     sync.reset()
     assert sync.state is SyncState.IDLE
+    assert sync.on_delta(delta(10, 100)).fetch
     assert not sync.on_snapshot(snapshot(10, 100), generation).apply
-    assert sync.on_delta(delta(11, 105)).fetch
+    assert ids(sync.on_snapshot(snapshot(10, 100), sync.generation).apply) == [(10, True)]
+
+
+def test_a_new_session_whose_u_1_was_missed_restarts_the_sync():
+    """Synced at u=100: deltas of a new session (u from 2, seq above ours)
+    are not ignored as old u's until they pass 100 and then applied to the
+    old book: the first one voids it and begins a new buffer."""
+    sync = started_sync()
+    sync.on_snapshot(snapshot(10, 100), sync.generation)
+    sync.on_delta(delta(11, 110))
+    step = sync.on_delta(delta(2, 5_002))
+    assert step.restarted and step.fetch and not step.apply
+    assert [d.update_id for d in sync.buffer] == [2]
+    assert not sync.on_delta(delta(11, 110)).apply  # a late repeat of the old session: stale
+
+
+def test_the_snapshot_takes_the_exchange_time_of_the_delta_it_matched():
+    """Bybit's REST `ts` may be when the answer was made: stamped so, the
+    snapshot would sort after the deltas that follow it."""
+    sync = DeltaSync(BybitFullRule())
+    first, second = delta(10, 100), delta(11, 101)
+    first.exchange_us, second.exchange_us = 1_000_000, 1_200_000
+    sync.on_delta(first)
+    sync.on_delta(second)
+    answer = snapshot(10, 100)
+    answer.exchange_us = 1_900_000
+    step = sync.on_snapshot(answer, sync.generation)
+    assert [u.exchange_us for u in step.apply] == [1_000_000, 1_200_000]
 
 
 class Truth:

@@ -277,7 +277,10 @@ class Collector:
         the book so far is void until a snapshot of the new session."""
         self.stats.restarts += 1
         self._restart_log.log(
-            log, logging.WARNING, "%s: u=1: the exchange re-initialised the book", book.stream
+            log,
+            logging.WARNING,
+            "%s: u restarted: the exchange re-initialised the book",
+            book.stream,
         )
         if book.last_update_id is None:
             return  # nothing recorded yet: nothing to void
@@ -288,8 +291,8 @@ class Collector:
                 FeedEventKind.RESTART,
                 now_us(),
                 book.stream,
-                "u=1 delta: the exchange re-initialised the stream; book void until a "
-                "snapshot of the new session",
+                "u restarted (u=1, or a newer seq below our u): the exchange re-initialised "
+                "the stream; book void until a snapshot of the new session",
             )
         )
 
@@ -513,7 +516,8 @@ class Collector:
                         continue
                     asked[stream] = now
                     if stream in self.syncs:
-                        self._restart_sync(stream)
+                        if not self.syncs[stream].waiting:  # a sync under way brings one
+                            self._restart_sync(stream)
                         continue
                     for connection in self.connections:
                         if await connection.request_resync(stream):

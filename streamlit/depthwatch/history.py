@@ -18,8 +18,9 @@ float64), then `exchange_time` and `local_time` as datetime64[us, UTC].
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -300,12 +301,29 @@ def book_states(
             in_force = _bounds_at(bounds, time_us)
             if in_force is None or in_force.whole:
                 bids, asks = book.bids.top(levels), book.asks.top(levels)
-            else:  # cut before taking the top: levels past the bounds do not count
-                bids, asks = book.bids.top(), book.asks.top()
-            exact = _exact_book(symbol, time_us, bids, asks, in_force)
-            if levels is not None:
-                exact = replace(exact, bids=exact.bids[:levels], asks=exact.asks[:levels])
-            return exact
+                return Book(symbol, time_us, True, _levels(bids), _levels(asks))
+            # The exact levels are a prefix of each side (best first): found by
+            # bisection, not by converting a 20,000-level book every state.
+            floor, ceiling = in_force.bid_floor, in_force.ask_ceiling
+            bid_keys, ask_keys = book.bids.keys, book.asks.keys
+            exact_bids = len(bid_keys) if floor is None else bisect_right(bid_keys, -float(floor))
+            exact_asks = (
+                len(ask_keys) if ceiling is None else bisect_right(ask_keys, float(ceiling))
+            )
+            take_bids = exact_bids if levels is None else min(levels, exact_bids)
+            take_asks = exact_asks if levels is None else min(levels, exact_asks)
+            beyond = len(bid_keys) - exact_bids + len(ask_keys) - exact_asks
+            return Book(
+                symbol,
+                time_us,
+                True,
+                _levels(book.bids.top(take_bids)),
+                _levels(book.asks.top(take_asks)),
+                "",
+                None if floor is None else float(floor),
+                None if ceiling is None else float(ceiling),
+                beyond,
+            )
 
         for step in replay:
             if applied is not None:

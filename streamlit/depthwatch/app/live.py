@@ -25,6 +25,7 @@ from depthwatch.app.common import (
 from depthwatch.app.guard import live_fragment
 from depthwatch.clock import SECOND_US
 from depthwatch.export import files
+from depthwatch.feed.topics import FULL_SNAPSHOT_LEVELS
 from depthwatch.records import depth_label
 from depthwatch.storage.read.rows import Bounds, HeatmapGrid
 from depthwatch.storage.read.streams import Stream
@@ -190,8 +191,8 @@ def _bounds_note(bounds: Bounds) -> str:
         return "Whole book: every level exact (the REST snapshot held both sides whole)."
     return (
         f"Whole book: exact within {bounds.describe()}, the prices of the REST snapshot it "
-        "started from (it holds 10,000 levels a side at most); beyond them only the levels "
-        "that changed since are known."
+        f"started from (Bybit's holds {FULL_SNAPSHOT_LEVELS:,} levels a side at most); beyond "
+        "them only the levels that changed since are known."
     )
 
 

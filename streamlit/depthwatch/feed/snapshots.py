@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import logging
 import random
 import time
@@ -90,10 +91,13 @@ class SnapshotFetcher:
         it (an error code, not a hiccup); everything else is retried."""
         symbol = stream.symbol
         self.waiting.setdefault(symbol, time.monotonic())
+        odd_answers = 0  # malformed answers for this symbol so far
         try:
             while True:
-                await self._admit()
                 async with self._slots:
+                    # Admitted once it holds a slot: a backoff that began while
+                    # it waited for one holds it back too.
+                    await self._admit()
                     started = time.monotonic()
                     self.stats.requests += 1
                     status, body, error = await asyncio.to_thread(self._get, self.url(symbol))
@@ -111,7 +115,18 @@ class SnapshotFetcher:
                             self.stats.last_error = str(exc)
                             raise SnapshotUnavailable(str(exc)) from None
                         except MalformedMessage as exc:
-                            self._back_off("failed", str(exc))
+                            # This symbol's answer, not the server's state: it
+                            # waits alone rather than holding everyone back.
+                            self.stats.failed += 1
+                            self.stats.last_error = str(exc)
+                            self._log.log(log, logging.WARNING, "snapshot unusable: %s", exc)
+                            odd_answers += 1
+                            await asyncio.sleep(
+                                min(
+                                    self.policy.backoff_max_s,
+                                    self.policy.backoff_first_s * odd_answers,
+                                )
+                            )
                             continue
                         self._failures = 0
                         self.stats.answered += 1
@@ -156,6 +171,7 @@ class SnapshotFetcher:
             pause = min(policy.backoff_max_s, policy.backoff_first_s * 2 ** (self._failures - 1))
             pause *= 0.5 + self._rng.random()  # jitter: symbols do not retry in lockstep
         self._paused_until = max(self._paused_until, time.monotonic() + pause)
+        self._tokens, self._refilled = 0.0, self._paused_until  # no burst when it ends
         self.stats.last_error = detail
         level = logging.ERROR if kind == "banned" else logging.WARNING
         self._log.log(
@@ -172,7 +188,7 @@ class SnapshotFetcher:
             with contextlib.suppress(OSError):
                 exc.read()
             return exc.code, b"", f"HTTP {exc.code} {exc.reason}"
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
             return 0, b"", f"{url.split('?')[0]}: {reason}"
 

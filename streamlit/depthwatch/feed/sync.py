@@ -138,7 +138,6 @@ class DeltaSync:
         self.held: BookUpdate | None = None  # a snapshot newer than the buffer
         self.last: BookUpdate | None = None  # the last delta passed on while synced
         self.generation = 0  # bumped by every reset: stale fetches are told apart
-        self.fetching = False  # a fetch of this generation is under way
         self.discarded = 0  # deltas dropped as stale or superseded
         self.refetches = 0  # snapshots that did not fit and were fetched again
         self.misses = 0  # of which since the book last started: how long to wait
@@ -156,7 +155,6 @@ class DeltaSync:
         self.held = None
         self.last = None
         self.generation += 1
-        self.fetching = False
 
     def on_delta(self, delta: BookUpdate) -> SyncStep:
         if self.rule.restarts(delta):
@@ -164,11 +162,15 @@ class DeltaSync:
             return self._buffer_first(delta, restarted=True)
         if self.state is SyncState.SYNCED:
             last = self.last
-            if last is not None and (
-                self.rule.is_stale(last, delta) or delta.update_id <= last.update_id
-            ):
+            if last is not None and self.rule.is_stale(last, delta):
                 self.discarded += 1  # the documented rule: an older u is ignored
                 return SyncStep()
+            if last is not None and delta.update_id <= last.update_id:
+                # A u not above ours yet a newer seq: a new session whose u=1
+                # we never saw. Its deltas must not run on the old book (they
+                # would be ignored until u passed ours, then applied to it).
+                self.reset()
+                return self._buffer_first(delta, restarted=True)
             self.last = delta
             return SyncStep([delta])  # a gap is the book's to find
         if self.state is SyncState.IDLE:
@@ -194,14 +196,12 @@ class DeltaSync:
     def _buffer_first(self, delta: BookUpdate, restarted: bool = False) -> SyncStep:
         self.state = SyncState.BUFFERING
         self.buffer = [delta]
-        self.fetching = True
         return SyncStep(fetch=True, restarted=restarted)
 
     def on_snapshot(self, snapshot: BookUpdate, generation: int) -> SyncStep:
         """A fetched snapshot (is_snapshot=True), for the fetch asked at `generation`."""
         if generation != self.generation or self.state is not SyncState.BUFFERING:
             return SyncStep()  # asked for a book since reset or already started
-        self.fetching = False
         return self._judge(snapshot)
 
     def on_fetch_failed(self, generation: int) -> SyncStep:
@@ -227,6 +227,12 @@ class DeltaSync:
             self.misses += 1
             return SyncStep(refetch=True)
         self.discarded += start - 1 if start else 0
+        # The snapshot is the book after its matched delta: it takes that
+        # delta's exchange times. Its own `ts` may be when the answer was
+        # made, later than the deltas that follow it, which would then sort
+        # before it in the record.
+        matched = self.buffer[start - 1]
+        snapshot.exchange_us, snapshot.match_us = matched.exchange_us, matched.match_us
         return self._start(snapshot, self.buffer[start:])
 
     def _start(self, snapshot: BookUpdate, rest: list[BookUpdate]) -> SyncStep:

@@ -80,16 +80,16 @@ def book_bounds(conn: sa.Connection, stream: Stream, start_us: int, end_us: int)
     Empty for a numbered depth, whose snapshots are never cut."""
     rows = conn.execute(
         sa.text(
-            """(SELECT ts_us, u, bid_floor::text, ask_ceiling::text FROM book_bounds
-                WHERE stream_id = :s AND ts_us <= :a ORDER BY ts_us DESC, u DESC LIMIT 1)
+            """(SELECT ts_us, u, bid_floor::text, ask_ceiling::text, local_us FROM book_bounds
+                WHERE stream_id = :s AND ts_us <= :a ORDER BY ts_us DESC, local_us DESC LIMIT 1)
                UNION ALL
-               (SELECT ts_us, u, bid_floor::text, ask_ceiling::text FROM book_bounds
+               (SELECT ts_us, u, bid_floor::text, ask_ceiling::text, local_us FROM book_bounds
                 WHERE stream_id = :s AND ts_us > :a AND ts_us < :e)
-               ORDER BY 1, 2"""
+               ORDER BY 1, local_us"""
         ),
         {"s": stream.id, "a": start_us, "e": end_us},
     ).all()
-    return [Bounds(int(ts), int(u), floor, ceiling) for ts, u, floor, ceiling in rows]
+    return [Bounds(int(ts), int(u), floor, ceiling) for ts, u, floor, ceiling, _ in rows]
 
 
 def last_checkpoint_at_or_before(
