@@ -485,12 +485,19 @@ def test_all_faults_combine_connections_take_turns_and_truth_stays_exact() -> No
         msgs: list[dict] = []
         async with connect(sim.url("linear"), max_queue=None) as ws:
             await subscribe(ws, topic)
-            with contextlib.suppress(ConnectionClosed, TimeoutError):
+            with contextlib.suppress(ConnectionClosed):
                 while True:
                     try:
                         msg = orjson.loads(await asyncio.wait_for(ws.recv(), 1.0))
                     except orjson.JSONDecodeError:
                         continue  # a malformed frame
+                    except TimeoutError:
+                        # Silence ends a connection only once its fault could
+                        # have come (after 40 messages): before, it is a busy
+                        # machine's pause (it failed so once under CI's load).
+                        if len(msgs) >= 40:
+                            break
+                        continue
                     if msg.get("topic") == topic:
                         msgs.append(msg)
                     if len(msgs) >= 60:
