@@ -16,6 +16,7 @@ from enum import Enum
 from typing import Protocol
 
 from depthwatch.records import (
+    RPI_SIZES_DEPTH,
     BookBounds,
     BookCheckpoint,
     BookUpdate,
@@ -202,6 +203,9 @@ class StreamBook:
         # A whole book started from a cut REST snapshot: where it is exact
         # (bid floor, ask ceiling), recorded again with every checkpoint.
         self.bounds: tuple[str | None, str | None] | None = None
+        # RPI orders match no other maker's, so Bybit's RPI sizes alone may
+        # cross (an RPI bid at or above an RPI ask): not an impossible book.
+        self.refuses_crossed = stream.depth != RPI_SIZES_DEPTH
 
     def set_bounds(
         self, snapshot: BookUpdate, bid_floor: str | None, ask_ceiling: str | None
@@ -247,7 +251,7 @@ class StreamBook:
                 )
             # book.is_crossed(), inlined: this runs for every delta.
             bids, asks = book.bids.keys, book.asks.keys
-            if bids and asks and -bids[0] >= asks[0]:
+            if bids and asks and -bids[0] >= asks[0] and self.refuses_crossed:
                 return self._refuse_crossed(update)
             outcome = _APPLIED
         self.last_update_id = update.update_id
@@ -280,7 +284,7 @@ class StreamBook:
             detail = f"snapshot u={update.update_id} repeats a price or holds a zero size"
             return self._refuse(update.local_us, FeedEventKind.ANOMALY, detail)
         # Depth-1 streams send nothing but snapshots: this is their only check.
-        if book.is_crossed():
+        if book.is_crossed() and self.refuses_crossed:
             return self._refuse_crossed(update)
         last = self.last_update_id
         restart = update.update_id == 1 and last not in (None, 1)

@@ -44,6 +44,7 @@ from depthwatch.records import (
     FeedEventKind,
     StreamKey,
     Trade,
+    recorded_depths,
 )
 from depthwatch.storage import schema
 from depthwatch.storage.db import make_engine, resolve_database_url, wait_for_database
@@ -131,11 +132,7 @@ class Collector(WholeBookSyncs):
         checkpoint_us = int(config.checkpoint_interval_s * 1_000_000)
         self.books: dict[StreamKey, StreamBook] = {
             stream: StreamBook(stream, writer, interval_us, config.snapshot_levels, checkpoint_us)
-            for stream in (
-                StreamKey(config.category, symbol, depth)
-                for symbol in config.symbols
-                for depth in config.depths
-            )
+            for stream in config.book_streams()
         }
         # The whole book comes as deltas only, started from REST snapshots.
         self.syncs: dict[StreamKey, DeltaSync] = {
@@ -266,6 +263,10 @@ class Collector(WholeBookSyncs):
         return True
 
     def on_malformed_book_message(self, stream: StreamKey, local_us: int, detail: str) -> bool:
+        for companion in _companions(stream):  # the RPI book's sizes missed it too
+            book = self.books.get(companion)
+            if book is not None:
+                book.reject(local_us, detail)
         book = self.books.get(stream)
         if book is None or book.reject(local_us, detail) is not REJECTED:
             return False
@@ -284,7 +285,7 @@ class Collector(WholeBookSyncs):
         self.writer.add_feed_event(event)
 
     def on_streams_lost(self, streams: list[StreamKey]) -> None:
-        for stream in streams:
+        for stream in [*streams, *(c for s in streams for c in _companions(s))]:
             if stream in self.syncs:
                 self._restart_sync(stream)
             book = self.books.get(stream)
@@ -502,9 +503,20 @@ def register_instruments(config: CollectorConfig, writer: BatchWriter) -> tuple[
     for symbol in symbols:
         tick = info[symbol].tick_size if info is not None else None
         writer.instrument_id(config.category, symbol, tick)
-        for depth in config.depths:
-            writer.register_stream(StreamKey(config.category, symbol, depth))
+    for stream in config.book_streams():
+        if stream.symbol in symbols:
+            writer.register_stream(stream)
     return symbols
+
+
+def _companions(stream: StreamKey) -> list[StreamKey]:
+    """The other books recorded from the same topic (the RPI sizes of an
+    `orderbook.rpi` stream), which miss or lose whatever it does."""
+    return [
+        StreamKey(stream.category, stream.symbol, depth)
+        for depth in recorded_depths(stream.depth)
+        if depth != stream.depth
+    ]
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,14 @@ from depthwatch.feed.topics import (
     valid_depths,
     ws_url,
 )
-from depthwatch.records import DEFAULT_HEARTBEAT_INTERVAL_S, depth_label, parse_depth
+from depthwatch.records import (
+    DEFAULT_HEARTBEAT_INTERVAL_S,
+    RPI_DEPTH,
+    StreamKey,
+    depth_label,
+    parse_depth,
+    recorded_depths,
+)
 
 
 class ConfigError(ValueError):
@@ -58,6 +65,7 @@ class CollectorConfig:
     category: Bybit category (linear, inverse, spot, option). Env DEPTHWATCH_CATEGORY.
     symbols: symbols to record. Env DEPTHWATCH_SYMBOLS (comma-separated).
     depths: book depths to subscribe, each valid for the category. Env DEPTHWATCH_DEPTH.
+        RPI_DEPTH (`--rpi`, env DEPTHWATCH_RPI=1) records both books of orderbook.rpi.
     trades: also record publicTrade. Env DEPTHWATCH_TRADES=1.
     ws_url: WebSocket endpoint; default Bybit mainnet (or testnet) for the category.
         Env BYBIT_WS_URL.
@@ -186,6 +194,16 @@ class CollectorConfig:
     @property
     def uses_bybit_endpoint(self) -> bool:
         return self.ws_url is None
+
+    def book_streams(self) -> list[StreamKey]:
+        """Every book recorded: a stream per symbol and subscribed depth, two
+        for the RPI stream (records.recorded_depths)."""
+        return [
+            StreamKey(self.category, symbol, recorded)
+            for symbol in self.symbols
+            for depth in self.depths
+            for recorded in recorded_depths(depth)
+        ]
 
     def topics(self) -> list[str]:
         topics = [book_topic(d, s) for s in self.symbols for d in self.depths]
@@ -317,8 +335,16 @@ def add_collector_arguments(parser: argparse.ArgumentParser) -> None:
         "--depth",
         default=_env("DEPTHWATCH_DEPTH", ",".join(map(str, d.depths))),
         help="book depth, or several comma-separated; linear/inverse/spot: 1, 50, 200, 1000, "
-        "or full (the whole book: REST snapshot + orderbook.full deltas); "
+        "full (the whole book: REST snapshot + orderbook.full deltas) or rpi (see --rpi); "
         "option: 25, 100 (env DEPTHWATCH_DEPTH, default 50)",
+    )
+    parser.add_argument(
+        "--rpi",
+        action="store_true",
+        default=_env_flag("DEPTHWATCH_RPI"),
+        help="also record orderbook.rpi.{symbol}: 50 levels with the ordinary and the "
+        "Retail Price Improvement size of each, as the books rpi and rpi-sizes "
+        "(same as adding rpi to --depth; linear/inverse/spot; env DEPTHWATCH_RPI=1)",
     )
     parser.add_argument(
         "--trades",
@@ -477,7 +503,9 @@ def book_depth(text: str) -> int:
     try:
         return parse_depth(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"a depth is a number or full, not {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"a depth is a number, full, rpi or rpi-sizes, not {text!r}"
+        ) from None
 
 
 def _split(text: str) -> tuple[str, ...]:
@@ -488,7 +516,9 @@ def collector_config_from_args(args: argparse.Namespace) -> CollectorConfig:
     try:
         depths = tuple(parse_depth(d) for d in _split(args.depth))
     except ValueError:
-        raise ConfigError(f"--depth takes integers or full, got {args.depth!r}") from None
+        raise ConfigError(f"--depth takes integers, full or rpi, got {args.depth!r}") from None
+    if args.rpi and RPI_DEPTH not in depths:
+        depths += (RPI_DEPTH,)
     return CollectorConfig(
         category=args.category,
         symbols=tuple(s.upper() for s in _split(args.symbols)),

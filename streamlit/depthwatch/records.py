@@ -21,17 +21,42 @@ from depthwatch.clock import SECOND_US as SECOND_US  # timestamps are microsecon
 # every "at most `depth` levels" check and fits the `depth` columns. Users see
 # and type "full" (`depth_label`, `parse_depth`); SQL and archive paths hold it.
 FULL_DEPTH = 32767
+# Bybit's `orderbook.rpi` sends 50 levels, each with two sizes: the ordinary
+# (non-RPI) one and the Retail Price Improvement one. It is recorded as two
+# books that share every message (`u`, times): RPI_DEPTH ("rpi") holds the
+# ordinary sizes, RPI_SIZES_DEPTH ("rpi-sizes") the RPI sizes, each an exact
+# book of price -> size like any other, so the writer, the replays and every
+# export take them unchanged; `incremental_book_L2_rpi` joins them again.
+RPI_DEPTH = 32766
+RPI_SIZES_DEPTH = 32765
+RPI_LEVELS = 50  # levels a side of an `orderbook.rpi` book
+
+_DEPTH_LABELS = {FULL_DEPTH: "full", RPI_DEPTH: "rpi", RPI_SIZES_DEPTH: "rpi-sizes"}
+_LABELLED_DEPTHS = {label: depth for depth, label in _DEPTH_LABELS.items()}
 
 
 def depth_label(depth: int) -> str:
-    """How a depth is shown and typed: "50", or "full" for the whole book."""
-    return "full" if depth == FULL_DEPTH else str(depth)
+    """How a depth is shown and typed: "50", "full", "rpi" or "rpi-sizes"."""
+    return _DEPTH_LABELS.get(depth) or str(depth)
 
 
 def parse_depth(text: str) -> int:
-    """ "50" -> 50, "full" -> FULL_DEPTH; ValueError for anything else."""
+    """ "50" -> 50, "full" -> FULL_DEPTH, "rpi" -> RPI_DEPTH, "rpi-sizes" ->
+    RPI_SIZES_DEPTH; ValueError for anything else."""
     text = text.strip().lower()
-    return FULL_DEPTH if text == "full" else int(text)
+    depth = _LABELLED_DEPTHS.get(text)
+    return int(text) if depth is None else depth
+
+
+def recorded_depths(depth: int) -> tuple[int, ...]:
+    """The books one subscribed depth is recorded as: itself, or for RPI_DEPTH
+    both books of `orderbook.rpi`."""
+    return (RPI_DEPTH, RPI_SIZES_DEPTH) if depth == RPI_DEPTH else (depth,)
+
+
+def levels_of(depth: int) -> int:
+    """At most how many levels a side a book of this depth holds."""
+    return RPI_LEVELS if depth in (RPI_DEPTH, RPI_SIZES_DEPTH) else depth
 
 
 # One price level as sent: [price, size], both decimal strings. Lists rather

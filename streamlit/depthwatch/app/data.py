@@ -25,6 +25,7 @@ import pandas as pd
 import sqlalchemy as sa
 import streamlit as st
 
+from depthwatch.app.rpi import RpiView, rpi_view
 from depthwatch.clock import DAY_US, now_us
 from depthwatch.config import database_url_from_env, default_data_dir
 from depthwatch.coverage import Span, StreamEvent, window_spans
@@ -33,6 +34,8 @@ from depthwatch.records import (
     DEFAULT_HEARTBEAT_INTERVAL_S,
     FULL_DEPTH,
     HEARTBEATS_MISSED_FOR_STALE,
+    RPI_DEPTH,
+    RPI_SIZES_DEPTH,
     FeedEventKind,
 )
 from depthwatch.storage import schema
@@ -66,7 +69,7 @@ from depthwatch.storage.read.rows import (
     LastQuote,
     Latency,
 )
-from depthwatch.storage.read.streams import Stream, list_streams
+from depthwatch.storage.read.streams import Stream, instrument_streams, list_streams
 from depthwatch.storage.read.tops import (
     heatmap_cells,
     imbalance_series,
@@ -196,6 +199,8 @@ class LiveView:
     replica: ReplicaState | None = None
     # A whole book (depth full): where it is exact now; None for a numbered depth.
     bounds: Bounds | None = None
+    # Either book of `orderbook.rpi`: best levels without and with RPI, RPI shares.
+    rpi: RpiView | None = None
 
     def data_age_s(self, shown_us: int) -> float | None:
         """How old the newest top of book is when the page shows it (the view
@@ -322,9 +327,31 @@ def live_view(stream: Stream, window_min: int, levels: int) -> LiveView:
                 if stream.depth == FULL_DEPTH
                 else None
             ),
+            rpi=_rpi_view(conn, stream, levels, start, now),
         )
 
     return _read(work)
+
+
+def _rpi_view(
+    conn: sa.Connection, stream: Stream, levels: int, start: int, now: int
+) -> RpiView | None:
+    """Both books of an `orderbook.rpi` stream, newest top and snapshot each;
+    None for any other stream."""
+    if stream.depth not in (RPI_DEPTH, RPI_SIZES_DEPTH):
+        return None
+    both = {s.depth: s for s in instrument_streams(conn, stream.instrument_id)}
+    plain, sizes = both.get(RPI_DEPTH), both.get(RPI_SIZES_DEPTH)
+    if plain is None or sizes is None:
+        return None
+    since = now - HEALTH_DAY_US
+    return rpi_view(
+        last_quote(conn, plain, since),
+        last_quote(conn, sizes, since),
+        latest_book(conn, plain, levels, start),
+        latest_book(conn, sizes, levels, start),
+        levels,
+    )
 
 
 def _heatmap_grid(

@@ -23,6 +23,7 @@ from depthwatch.app.common import (
     utc,
 )
 from depthwatch.app.guard import live_fragment
+from depthwatch.app.rpi import RpiView
 from depthwatch.clock import SECOND_US
 from depthwatch.export import files
 from depthwatch.feed.topics import FULL_SNAPSHOT_LEVELS
@@ -144,6 +145,8 @@ def live_panel(stream: Stream, window_min: int, levels: int, paused: bool) -> No
         return
     age_s = view.data_age_s(data.now_us())
     _header(view, age_s, paused)
+    if view.rpi is not None:
+        _rpi_panel(view.rpi)
     if view.top.empty and view.book is None:
         st.warning(
             f"No data for {_label(stream)} in the last {window_min} min"
@@ -193,6 +196,32 @@ def _bounds_note(bounds: Bounds) -> str:
         f"Whole book: exact within {bounds.describe()}, the prices of the REST snapshot it "
         f"started from (Bybit's holds {FULL_SNAPSHOT_LEVELS:,} levels a side at most); beyond "
         "them only the levels that changed since are known."
+    )
+
+
+def _rpi_level(text: str | None, size: float | None) -> str:
+    return "-" if text is None else f"{price(text)} ({size or 0:,.6g})"
+
+
+def _percent(share: float | None) -> str:
+    return "-" if share is None else f"{share:.1%}"
+
+
+def _rpi_panel(view: RpiView) -> None:
+    st.markdown("**Retail Price Improvement (RPI)**")
+    cols = st.columns(6)
+    cols[0].metric("Best bid, without RPI", _rpi_level(view.without.bid, view.without.bid_size))
+    cols[1].metric("Best bid, with RPI", _rpi_level(view.with_rpi.bid, view.with_rpi.bid_size))
+    cols[2].metric("Best ask, without RPI", _rpi_level(view.without.ask, view.without.ask_size))
+    cols[3].metric("Best ask, with RPI", _rpi_level(view.with_rpi.ask, view.with_rpi.ask_size))
+    cols[4].metric(f"RPI share, top {view.levels} bids", _percent(view.bid_share))
+    cols[5].metric(f"RPI share, top {view.levels} asks", _percent(view.ask_share))
+    when = f" as of {utc(view.ts_us)}" if view.ts_us is not None else ""
+    st.caption(
+        "RPI orders rest on Bybit's book but only retail (non-API) takers can fill them; "
+        "the ordinary book streams leave them out, `orderbook.rpi` sends both sizes of "
+        "each of its 50 levels. Best levels: price (size); shares: RPI size over all "
+        f"size in the top {view.levels} levels of the book with RPI{when}."
     )
 
 

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from depthwatch.export.tardis import PlannedRequest
 from depthwatch.feed.topics import valid_depths
 from depthwatch.logs import first_line
-from depthwatch.records import FULL_DEPTH, depth_label
+from depthwatch.records import FULL_DEPTH, RPI_DEPTH, RPI_SIZES_DEPTH, depth_label
 from depthwatch.storage.read.book import book_bounds
 from depthwatch.storage.read.cold import ArchiveUnreadable
 from depthwatch.storage.read.streams import NotRecorded
@@ -29,6 +29,8 @@ def range_or_depth_refused(
         log.error("--end must be after --start")
         return True
     depths = valid_depths(category, legacy=True)
+    if RPI_DEPTH in depths:  # recorded as two books, either of which can be read
+        depths += (RPI_SIZES_DEPTH,)
     if depth is not None and depth not in depths:
         listed = ", ".join(map(depth_label, depths))
         log.error("--depth %s: %s books have depth %s", depth_label(depth), category, listed)

@@ -14,17 +14,21 @@ from dataclasses import dataclass
 from depthwatch.clock import SECOND_US
 
 L2 = "incremental_book_L2"
+# Not Tardis's: incremental_book_L2 of an `orderbook.rpi` book with each
+# level's Retail Price Improvement size beside its ordinary one (rpi_amount).
+L2_RPI = "incremental_book_L2_rpi"
 QUOTES = "quotes"
 TRADES = "trades"
 GAPS = "gaps"  # not Tardis's: where the record is incomplete (export.gaps)
 BOOK_SNAPSHOT = "book_snapshot"  # the family of book_snapshot_N[_INTERVAL]
-KINDS = (L2, QUOTES, TRADES)  # the fixed Tardis kinds
+KINDS = (L2, QUOTES, TRADES, L2_RPI)  # the fixed kinds (Tardis's, and L2_RPI)
 FAMILIES = (L2, QUOTES, TRADES, BOOK_SNAPSHOT)  # what the History page offers
 SNAPSHOT_KIND_HELP = "book_snapshot_N or book_snapshot_N_INTERVAL (e.g. book_snapshot_25_100ms)"
 
 COMMON_COLUMNS = "exchange,symbol,timestamp,local_timestamp,"
 HEADERS = {
     L2: COMMON_COLUMNS + "is_snapshot,side,price,amount",
+    L2_RPI: COMMON_COLUMNS + "is_snapshot,side,price,amount,rpi_amount",
     QUOTES: COMMON_COLUMNS + "ask_amount,ask_price,bid_price,bid_amount",
     TRADES: COMMON_COLUMNS + "id,side,price,amount",
 }

@@ -19,18 +19,20 @@ import dataclasses
 import io
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO, Protocol, TextIO
 
 import sqlalchemy as sa
 
+from depthwatch.book import OrderBook
 from depthwatch.export import kinds
 from depthwatch.export.columnar import L2Columns, QuoteColumns, l2_columns, quote_columns
 from depthwatch.export.kinds import ExportKind
 from depthwatch.export.replay import BookReplay, IntBookReplay, StepKind
 from depthwatch.export.snapshots import snapshot_columns, snapshot_rows
 from depthwatch.feed.topics import TARDIS_EXCHANGE
+from depthwatch.records import RPI_DEPTH, RPI_SIZES_DEPTH, depth_label, levels_of
 from depthwatch.storage.read.book import quotes
 from depthwatch.storage.read.rows import BookEventRow
 from depthwatch.storage.read.streams import (
@@ -186,12 +188,21 @@ def _plan(conn: sa.Connection, request: ExportRequest) -> PlannedRequest:
     if not request.spec.reads_book:
         iid = instrument_id(conn, request.category, request.symbol)
         return PlannedRequest(**fields, instrument=iid)
-    stream = find_stream(conn, request.category, request.symbol, request.depth)
+    depth = request.depth
+    if request.spec.family == kinds.L2_RPI:
+        if depth not in (None, RPI_DEPTH):
+            raise NotRecorded(
+                f"{request.kind}: only the rpi book has RPI sizes (--depth rpi), "
+                f"not depth {depth_label(depth)}"
+            )
+        depth = RPI_DEPTH
+    stream = find_stream(conn, request.category, request.symbol, depth)
     snapshot = request.spec.snapshot
-    if snapshot is not None and snapshot.levels > stream.depth:
+    most = levels_of(stream.depth)
+    if snapshot is not None and snapshot.levels > most:
         raise NotRecorded(
-            f"{request.kind}: {request.symbol} was recorded {stream.depth} levels deep; "
-            f"ask for at most book_snapshot_{stream.depth}"
+            f"{request.kind}: {request.symbol} was recorded {most} levels deep; "
+            f"ask for at most book_snapshot_{most}"
         )
     return PlannedRequest(**fields, instrument=stream.instrument_id, stream=stream)
 
@@ -206,6 +217,8 @@ def request_rows(conn: sa.Connection, request: ExportRequest, progress: Progress
     assert stream is not None  # _plan found the book's stream
     if family == kinds.L2:
         return _l2_rows(conn, stream, planned, progress)
+    if family == kinds.L2_RPI:
+        return _l2_rpi_rows(conn, stream, planned, progress)
     if family == kinds.QUOTES:
         return _quote_rows(conn, stream, planned, progress)
     spec = planned.spec.snapshot
@@ -553,6 +566,85 @@ def _l2_rows(
             continue
         progress.tick(len(rows), event.ts_us)
         yield from rows
+
+
+def _l2_rpi_rows(
+    conn: sa.Connection, stream: Stream, request: ExportRequest, progress: Progress
+) -> Iterator[Row]:
+    """incremental_book_L2 rows with each level's RPI size after its size: the
+    rpi book and its rpi-sizes companion replayed side by side. One frame made
+    both books' messages, so their replays step alike; a step where they do
+    not is a broken record, refused in one line rather than joined wrongly."""
+    sizes = find_stream(conn, stream.category, stream.symbol, RPI_SIZES_DEPTH)
+    plain = BookReplay(conn, stream, request.start_us, request.end_us)
+    rpi = BookReplay(conn, sizes, request.start_us, request.end_us)
+    start = request.start_us
+    for step, rpi_step in zip(plain, rpi, strict=True):
+        event, rpi_event = step.event, rpi_step.event
+        if step.kind is not rpi_step.kind or (event is None) is not (rpi_event is None):
+            raise NotRecorded(f"{stream.symbol}: the rpi and rpi-sizes books' records differ")
+        if event is None or rpi_event is None:
+            continue
+        if (event.u, event.local_us) != (rpi_event.u, rpi_event.local_us):
+            raise NotRecorded(
+                f"{stream.symbol}: the rpi and rpi-sizes books' records differ at u={event.u}"
+            )
+        if step.kind is StepKind.START and not event.is_snapshot:
+            rows = [
+                (start, start, True, side, price, size, rpi_size)
+                for side, price, size, rpi_size in _joined_book(plain.book, rpi.book)
+            ]
+        elif step.kind is StepKind.APPLY:
+            ts, local, snap = event.ts_us, event.local_us, event.is_snapshot
+            rows = [
+                (ts, local, snap, side, price, size, rpi_size)
+                for side, price, size, rpi_size in _joined_event(event, rpi_event)
+            ]
+        else:
+            continue
+        progress.tick(len(rows), event.ts_us)
+        yield from rows
+
+
+JoinedLevel = tuple[str, str, str, str]  # side, price, size, RPI size
+
+
+def _join_side(
+    side: str, plain: Iterable[Sequence[str]], rpi: Iterable[Sequence[str]], ordered: bool
+) -> list[JoinedLevel]:
+    """One side's levels with both sizes ("0" where a book lacks the price),
+    keyed by number: the two books' prices are the same texts unless their
+    packed exponents differ. `ordered`: sorted best first (a snapshot's
+    levels); otherwise in the order sent (a delta's, the same in both)."""
+    rpi_sizes = {float(price): (price, size) for price, size in rpi}
+    joined = [
+        (side, price, size, rpi_sizes.pop(float(price), (price, "0"))[1]) for price, size in plain
+    ]
+    joined += [(side, price, "0", size) for price, size in rpi_sizes.values()]
+    if ordered:
+        joined.sort(key=lambda level: float(level[1]), reverse=side == "bid")
+    return joined
+
+
+def _joined_book(plain: OrderBook, rpi: OrderBook) -> list[JoinedLevel]:
+    return _join_side("bid", plain.bids.top(), rpi.bids.top(), True) + _join_side(
+        "ask", plain.asks.top(), rpi.asks.top(), True
+    )
+
+
+def _joined_event(plain: BookEventRow, rpi: BookEventRow) -> list[JoinedLevel]:
+    snap = plain.is_snapshot
+    return _join_side(
+        "bid",
+        zip(plain.bid_prices, plain.bid_sizes, strict=True),
+        zip(rpi.bid_prices, rpi.bid_sizes, strict=True),
+        snap,
+    ) + _join_side(
+        "ask",
+        zip(plain.ask_prices, plain.ask_sizes, strict=True),
+        zip(rpi.ask_prices, rpi.ask_sizes, strict=True),
+        snap,
+    )
 
 
 def _event_rows(event: BookEventRow) -> list[Row]:

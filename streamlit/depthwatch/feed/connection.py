@@ -423,6 +423,12 @@ class BybitConnection:
                 self._last_data = self._last_rx
                 if handler.on_book_update(parsed):
                     self._resync(parsed.stream)
+            elif isinstance(parsed, tuple):  # orderbook.rpi: its two books, one message
+                stats.book_updates += 1
+                self._last_data = self._last_rx
+                plain, sizes = parsed
+                if handler.on_book_update(plain) | handler.on_book_update(sizes):
+                    self._resync(plain.stream)
             elif isinstance(parsed, list):
                 self._last_data = self._last_rx
                 handler.on_trades(parsed)

@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 import orjson
 
 from depthwatch.feed.topics import book_topic, split_topic
-from depthwatch.records import BookUpdate, Level, StreamKey, Trade
+from depthwatch.records import (
+    RPI_DEPTH,
+    RPI_LEVELS,
+    RPI_SIZES_DEPTH,
+    BookUpdate,
+    Level,
+    StreamKey,
+    Trade,
+)
 
 # Error messages quote the offending input; a 10 MB frame must not make a 10 MB
 # log line or feed event.
@@ -54,7 +62,10 @@ class ControlMessage:
         return self.op == "pong" or (self.op == "ping" and self.ret_msg == "pong")
 
 
-Parsed = BookUpdate | list[Trade] | ControlMessage
+# An `orderbook.rpi` message is two updates: its levels' ordinary sizes (for
+# the RPI_DEPTH book) and their RPI sizes (RPI_SIZES_DEPTH), sharing u and times.
+RpiPair = tuple[BookUpdate, BookUpdate]
+Parsed = BookUpdate | RpiPair | list[Trade] | ControlMessage
 
 # Failed acks name their topics like "error:handler not found,topic:orderbook.500.BTCUSDT".
 _TOPIC_IN_RET_MSG = re.compile(r"topic:([A-Za-z0-9_.\-]+)")
@@ -203,7 +214,7 @@ class FeedParser:
             self._streams[topic] = stream
         return stream
 
-    def _book(self, topic: str, msg: dict, local_us: int) -> BookUpdate:
+    def _book(self, topic: str, msg: dict, local_us: int) -> BookUpdate | RpiPair:
         try:
             stream = self.stream_of(topic)
         except ValueError as exc:
@@ -227,6 +238,9 @@ class FeedParser:
                 raise MalformedMessage(f"{topic}: ts {ts} is not a time in milliseconds")
             if not (0 < u <= MAX_ID and 0 <= seq <= MAX_ID):  # type: ignore[operator]
                 raise MalformedMessage(f"{topic}: u {u} or seq {seq} out of range")
+            if stream.depth == RPI_DEPTH:
+                is_snapshot = kind == "snapshot"
+                return _rpi_pair(stream, is_snapshot, data, u, seq, ts, cts, local_us)  # type: ignore[arg-type]
             # A snapshot holds at most `depth` levels a side; a delta at most twice
             # that (every level deleted and as many new ones inserted).
             most = stream.depth if kind == "snapshot" else 2 * stream.depth
@@ -312,6 +326,68 @@ class FeedParser:
             if not msg.get("success", True)
             else [],
         )
+
+
+def _rpi_pair(
+    stream: StreamKey,
+    is_snapshot: bool,
+    data: dict,
+    u: int,
+    seq: int,
+    ts_ms: int,
+    cts: object,
+    local_us: int,
+) -> RpiPair:
+    """An `orderbook.rpi` message's two updates: each level [price, size, RPI
+    size] split into the RPI_DEPTH book's [price, size] and the
+    RPI_SIZES_DEPTH book's [price, RPI size]. A delta's levels go to both
+    books as sent (a size of 0 deletes, whether or not that book has the
+    price); a snapshot's go only where the size is not 0, so each book's
+    snapshot lists its own levels."""
+    topic = f"orderbook.rpi.{stream.symbol}"
+    most = RPI_LEVELS if is_snapshot else 2 * RPI_LEVELS
+    plain_bids, rpi_bids = _rpi_levels(data.get("b"), topic, "bids", most, is_snapshot)
+    plain_asks, rpi_asks = _rpi_levels(data.get("a"), topic, "asks", most, is_snapshot)
+    match_us = None if cts is None else _ms_to_us(cts, f"{topic} cts")
+    sizes = StreamKey(stream.category, stream.symbol, RPI_SIZES_DEPTH)
+    times = (u, seq, ts_ms * 1000, match_us, local_us)
+    return (
+        BookUpdate(stream, is_snapshot, plain_bids, plain_asks, *times),
+        BookUpdate(sizes, is_snapshot, rpi_bids, rpi_asks, *times),
+    )
+
+
+def _rpi_levels(
+    side: object, topic: str, what: str, most: int, is_snapshot: bool
+) -> tuple[list[Level], list[Level]]:
+    """Every [price, size, RPI size] checked as _levels checks a pair; the
+    side split into the two books' levels (see _rpi_pair)."""
+    if type(side) is not list:
+        raise MalformedMessage(f"{topic} {what} is not a list")
+    if len(side) > most:
+        raise MalformedMessage(f"{topic} {what}: {len(side)} levels, more than {most}")
+    plain: list[Level] = []
+    rpi: list[Level] = []
+    try:
+        for level in side:
+            price, size, rpi_size = level
+            if (
+                type(level) is not list
+                or not price.replace(".", "", 1).isdigit()
+                or not size.replace(".", "", 1).isdigit()
+                or not rpi_size.replace(".", "", 1).isdigit()
+                or not (price + size + rpi_size).isascii()
+                or _too_long(price, size)
+                or len(rpi_size) > MAX_SIZE_CHARS
+            ):
+                raise MalformedMessage(f"bad level in {topic} {what}: {level!r:.80}")
+            if not is_snapshot or float(size):
+                plain.append([price, size])
+            if not is_snapshot or float(rpi_size):
+                rpi.append([price, rpi_size])
+    except (ValueError, TypeError, AttributeError):
+        raise MalformedMessage(f"bad level in {topic} {what}: {level!r:.80}") from None
+    return plain, rpi
 
 
 class SnapshotRefused(ValueError):

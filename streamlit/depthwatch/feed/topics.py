@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from depthwatch.records import FULL_DEPTH
+from depthwatch.records import FULL_DEPTH, RPI_DEPTH, RPI_SIZES_DEPTH
 
 CATEGORIES = ("linear", "inverse", "spot", "option")
 
@@ -18,6 +18,9 @@ TESTNET_REST = "https://api-testnet.bybit.com"
 FULL_BOOK_PATH = "/v5/market/full_orderbook"
 FULL_SNAPSHOT_LEVELS = 10_000
 FULL_CATEGORIES = ("linear", "inverse", "spot")
+# `orderbook.rpi.{symbol}`: 50 levels at 100 ms, each [price, non-RPI size, RPI
+# size] (docs/v5/websocket/public/orderbook-rpi.mdx: spot, perpetuals, futures).
+RPI_CATEGORIES = ("linear", "inverse", "spot")
 
 # Depths Bybit serves per category (docs, 2026).
 DEPTHS: dict[str, tuple[int, ...]] = {
@@ -62,11 +65,16 @@ def rest_url(testnet: bool = False) -> str:
 
 
 def valid_depths(category: str, legacy: bool = False) -> tuple[int, ...]:
-    """Depths served for `category`, the whole book (FULL_DEPTH) last."""
+    """Depths served for `category`: the numbered ones, then the whole book
+    (FULL_DEPTH) and the RPI book (RPI_DEPTH) where Bybit has them."""
     depths = DEPTHS[category]
     if legacy:
         depths = depths + LEGACY_DEPTHS.get(category, ())
-    return (*depths, FULL_DEPTH) if category in FULL_CATEGORIES else depths
+    if category in FULL_CATEGORIES:
+        depths = (*depths, FULL_DEPTH)
+    if category in RPI_CATEGORIES:
+        depths = (*depths, RPI_DEPTH)
+    return depths
 
 
 # Not Bybit's: depthwatch's simulator sets this header on every handshake, so data
@@ -74,9 +82,13 @@ def valid_depths(category: str, legacy: bool = False) -> tuple[int, ...]:
 SIMULATOR_HEADER = "X-Depthwatch-Simulator"
 
 
+_NAMED_DEPTHS = {FULL_DEPTH: "full", RPI_DEPTH: "rpi", RPI_SIZES_DEPTH: "rpi"}
+
+
 def book_topic(depth: int, symbol: str) -> str:
-    """'orderbook.50.BTCUSDT', or 'orderbook.full.BTCUSDT' for FULL_DEPTH."""
-    return f"orderbook.{'full' if depth == FULL_DEPTH else depth}.{symbol}"
+    """'orderbook.50.BTCUSDT'; 'orderbook.full.BTCUSDT' for FULL_DEPTH;
+    'orderbook.rpi.BTCUSDT' for both books of the RPI stream."""
+    return f"orderbook.{_NAMED_DEPTHS.get(depth, depth)}.{symbol}"
 
 
 def trade_topic(symbol: str) -> str:
@@ -86,10 +98,11 @@ def trade_topic(symbol: str) -> str:
 def split_topic(topic: str) -> tuple[str, int | None, str]:
     """'orderbook.50.BTCUSDT' -> ('orderbook', 50, 'BTCUSDT');
     'orderbook.full.BTCUSDT' -> ('orderbook', FULL_DEPTH, 'BTCUSDT');
+    'orderbook.rpi.BTCUSDT' -> ('orderbook', RPI_DEPTH, 'BTCUSDT');
     'publicTrade.BTCUSDT' -> ('publicTrade', None, 'BTCUSDT')."""
     parts = topic.split(".")
-    if parts[0] == "orderbook" and len(parts) == 3 and parts[1] == "full":
-        return "orderbook", FULL_DEPTH, parts[2]
+    if parts[0] == "orderbook" and len(parts) == 3 and parts[1] in ("full", "rpi"):
+        return "orderbook", FULL_DEPTH if parts[1] == "full" else RPI_DEPTH, parts[2]
     if parts[0] == "orderbook" and len(parts) == 3 and parts[1].isdigit():
         return "orderbook", int(parts[1]), parts[2]
     if len(parts) == 2:

@@ -41,7 +41,7 @@ from depthwatch.feed.topics import (
     split_topic,
     valid_depths,
 )
-from depthwatch.records import FULL_DEPTH
+from depthwatch.records import FULL_DEPTH, RPI_DEPTH
 from depthwatch.sim.config import (
     CONNECTION_FAULTS,
     AnyFault,
@@ -54,7 +54,7 @@ from depthwatch.sim.config import (
 )
 from depthwatch.sim.market import TruthState
 from depthwatch.sim.replay import load_replay
-from depthwatch.sim.topics import FullTopic, Market, Pub, ReplayTopic, SynthTopic, Topic
+from depthwatch.sim.topics import FullTopic, Market, Pub, ReplayTopic, RpiTopic, SynthTopic, Topic
 
 log = logging.getLogger(__name__)
 
@@ -465,7 +465,8 @@ class BybitSimulator:
         if depth == FULL_DEPTH:
             return self._full_topic(market)
         if depth not in market.topics:
-            market.topics[depth] = SynthTopic(name, self.config, market)
+            kind_of_topic = RpiTopic if depth == RPI_DEPTH else SynthTopic
+            market.topics[depth] = kind_of_topic(name, self.config, market)
         return market.topics[depth]
 
     async def _handle(self, ws: ServerConnection) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import zlib
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, overload
 import orjson
 
 from depthwatch.feed.topics import split_topic
-from depthwatch.records import FULL_DEPTH
+from depthwatch.records import FULL_DEPTH, levels_of
 from depthwatch.sim.config import AnyFault, FaultKind, FullBookFault, SimConfig, now_ms
 from depthwatch.sim.market import DepthView, Level, MarketBook, TruthState, spec_for
 from depthwatch.sim.replay import DictBook, ReplayMessage
@@ -113,7 +114,7 @@ class SynthTopic(Topic):
     def __init__(self, name: str, config: SimConfig, market: Market) -> None:
         super().__init__(name, config)
         self.market = market
-        self.view = DepthView(market.book, self.depth)
+        self.view = DepthView(market.book, levels_of(self.depth))
         self.updates = 0  # counts changed states for restart_every
         # A seeded, realistic-looking starting u rather than 1, which means "restart".
         self.u = random.Random(f"{config.seed}:{name}").randint(10**6, 10**8)
@@ -122,7 +123,12 @@ class SynthTopic(Topic):
 
     def top(self) -> tuple[list[Level], list[Level]]:
         # Truth comes from the model itself, not from the diffed view.
-        return self.market.book.top(self.depth)
+        bids, asks = self.market.book.top(levels_of(self.depth))
+        return self._shape(bids), self._shape(asks)
+
+    def _shape(self, levels: list[Level]) -> list[Level]:
+        """The levels as this topic sends them (RpiTopic adds the RPI size)."""
+        return levels
 
     def advance(self, changed: tuple[set[int], set[int]], seq: int, ts: int) -> Pub | None:
         bids, asks = self.view.diff(changed)
@@ -141,7 +147,7 @@ class SynthTopic(Topic):
         if kind == "snapshot":
             bids, asks = self.view.snapshot()
         self._record(dropped)
-        state = TruthState(self.u, seq, ts, bids, asks)
+        state = TruthState(self.u, seq, ts, self._shape(bids), self._shape(asks))
         pub = book_pub(self.name, self.symbol, kind, state, ts)
         pub.dropped = dropped
         if dropped:
@@ -149,6 +155,28 @@ class SynthTopic(Topic):
         elif self.u == 1:
             pub.fault = FaultKind.RESTART
         return pub
+
+
+def rpi_level(level: Level) -> Level:
+    """A model level as `orderbook.rpi` sends it, [price, size, RPI size], split
+    by its price alone (so a level keeps its kind while it lives): 5 in 8
+    ordinary, 2 in 8 RPI only, 1 in 8 both (the model's size each). A removed
+    level (size 0) is [price, "0", "0"]."""
+    price, size = level
+    if not float(size):
+        return [price, "0", "0"]
+    kind = zlib.crc32(price.encode()) % 8
+    if kind < 5:
+        return [price, size, "0"]
+    return [price, "0", size] if kind < 7 else [price, size, size]
+
+
+class RpiTopic(SynthTopic):
+    """`orderbook.rpi.{symbol}`: the model's top RPI_LEVELS, each level with an
+    ordinary and an RPI size (rpi_level); truth holds the three-element levels."""
+
+    def _shape(self, levels: list[Level]) -> list[Level]:
+        return [rpi_level(level) for level in levels]
 
 
 # One state's changes per side, best first: (key, level), level None = removed.
@@ -447,7 +475,7 @@ class FullTopic(Topic):
         return pub
 
 
-BookTopic = SynthTopic | FullTopic
+BookTopic = SynthTopic | FullTopic  # RpiTopic is a SynthTopic
 
 
 class ReplayTopic(Topic):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from depthwatch.records import StreamKey
+from depthwatch.records import StreamKey, depth_label
 
 
 class NotRecorded(LookupError):
@@ -105,14 +105,17 @@ def find_stream(conn: sa.Connection, category: str, symbol: str, depth: int | No
     candidates = instrument_streams(conn, iid)
     recorded = [s for s in candidates if _has_messages(conn, s)]
     depths = [s.depth for s in recorded]
+    labels = ", ".join(map(depth_label, depths)) or "none"
     if depth is not None:
         if depth not in depths:
-            raise NotRecorded(f"no depth-{depth} book recorded for {symbol}; recorded: {depths}")
+            raise NotRecorded(
+                f"no depth-{depth_label(depth)} book recorded for {symbol}; recorded: {labels}"
+            )
         return recorded[depths.index(depth)]
     if not recorded:
         raise NotRecorded(f"no order book recorded for {symbol}")
     if len(recorded) > 1:
-        raise NotRecorded(f"{symbol} was recorded at depths {depths}: choose one with --depth")
+        raise NotRecorded(f"{symbol} was recorded at depths {labels}: choose one with --depth")
     return recorded[0]
 
 
