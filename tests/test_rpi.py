@@ -183,18 +183,27 @@ def check_live_page(url: str, last: TruthState, use_database) -> None:
     at.query_params.update(category="linear", symbol="BTCUSDT", depth="rpi")
     at.run(timeout=30)
     assert not at.exception
-    metrics = {m.label: m.value.replace(",", "") for m in at.metric}
+    table = next(m.value for m in at.markdown if "Retail Price Improvement" in m.value)
+    cells = {
+        row[0]: row[1:]
+        for line in table.splitlines()
+        if line.startswith("| ") and (row := [c.strip() for c in line.strip("|").split("|")])
+    }
 
     def best(levels: list, index: int | None, bids: bool) -> str:
         prices = [Decimal(p) for p, *sizes in levels if index is None or Decimal(sizes[index])]
         return str(max(prices) if bids else min(prices))
 
-    assert metrics["Best bid, without RPI"].startswith(best(last.bids, 0, True) + " (")
-    assert metrics["Best ask, without RPI"].startswith(best(last.asks, 0, False) + " (")
-    assert metrics["Best bid, with RPI"].startswith(best(last.bids, None, True) + " (")
-    assert metrics["Best ask, with RPI"].startswith(best(last.asks, None, False) + " (")
-    for side in ("bids", "asks"):
-        share = metrics[f"RPI share, top 25 {side}"]
+    def shown(cell: str) -> str:
+        return cell.split(" (")[0].replace(",", "")
+
+    without, with_rpi = cells["without RPI"], cells["with RPI"]
+    assert [shown(c) for c in without] == [best(last.bids, 0, True), best(last.asks, 0, False)]
+    assert [shown(c) for c in with_rpi] == [
+        best(last.bids, None, True),
+        best(last.asks, None, False),
+    ]
+    for share in cells["RPI share, top 25 levels"]:
         assert share.endswith("%") and 0 < float(share[:-1]) < 100, share
 
 

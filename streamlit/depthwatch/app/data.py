@@ -114,10 +114,16 @@ def engine() -> sa.Engine:
 
 
 def _read(work: Callable[[sa.Connection], T]) -> T:
-    """Run `work` in one read-only transaction; a database that cannot be
-    reached becomes DatabaseDown with a one-line reason."""
+    """Run `work` in one read-only transaction, REPEATABLE READ: every query
+    of a view sees the database at one instant, so numbers read apart (the
+    header's quote, an RPI stream's two books) agree although the writer
+    commits every 250 ms. A database that cannot be reached becomes
+    DatabaseDown with a one-line reason."""
     try:
-        with engine().connect() as conn, conn.begin():
+        with (
+            engine().connect().execution_options(isolation_level="REPEATABLE READ") as conn,
+            conn.begin(),
+        ):
             return work(conn)
     except (sa.exc.OperationalError, sa.exc.InterfaceError, DatabaseUnavailable) as exc:
         raise DatabaseDown(first_line(exc)) from None

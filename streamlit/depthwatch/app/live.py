@@ -208,20 +208,37 @@ def _percent(share: float | None) -> str:
 
 
 def _rpi_panel(view: RpiView) -> None:
-    st.markdown("**Retail Price Improvement (RPI)**")
-    cols = st.columns(6)
-    cols[0].metric("Best bid, without RPI", _rpi_level(view.without.bid, view.without.bid_size))
-    cols[1].metric("Best bid, with RPI", _rpi_level(view.with_rpi.bid, view.with_rpi.bid_size))
-    cols[2].metric("Best ask, without RPI", _rpi_level(view.without.ask, view.without.ask_size))
-    cols[3].metric("Best ask, with RPI", _rpi_level(view.with_rpi.ask, view.with_rpi.ask_size))
-    cols[4].metric(f"RPI share, top {view.levels} bids", _percent(view.bid_share))
-    cols[5].metric(f"RPI share, top {view.levels} asks", _percent(view.ask_share))
+    """Best levels without and with RPI, and the RPI shares: a small table
+    (six metrics side by side cut their values), the explanation beside it."""
+    without, with_rpi = view.without, view.with_rpi
+    rows = [
+        (
+            "without RPI",
+            _rpi_level(without.bid, without.bid_size),
+            _rpi_level(without.ask, without.ask_size),
+        ),
+        (
+            "with RPI",
+            _rpi_level(with_rpi.bid, with_rpi.bid_size),
+            _rpi_level(with_rpi.ask, with_rpi.ask_size),
+        ),
+        (
+            f"RPI share, top {view.levels} levels",
+            _percent(view.bid_share),
+            _percent(view.ask_share),
+        ),
+    ]
+    lines = [f"| {name} | {bid} | {ask} |" for name, bid, ask in rows]
+    table, note = st.columns([1.2, 1])
+    table.markdown(
+        "**Retail Price Improvement (RPI)**\n\n| | bid | ask |\n|---|--:|--:|\n" + "\n".join(lines)
+    )
     when = f" as of {utc(view.ts_us)}" if view.ts_us is not None else ""
-    st.caption(
-        "RPI orders rest on Bybit's book but only retail (non-API) takers can fill them; "
-        "the ordinary book streams leave them out, `orderbook.rpi` sends both sizes of "
-        "each of its 50 levels. Best levels: price (size); shares: RPI size over all "
-        f"size in the top {view.levels} levels of the book with RPI{when}."
+    note.caption(
+        "RPI orders rest on Bybit's book, but only retail (non-API) takers can fill them; "
+        "the ordinary book streams leave them out, and `orderbook.rpi` sends both sizes of "
+        "each of its 50 levels. Best: price (size). Share: RPI size over all size in the "
+        f"top {view.levels} levels of the book with RPI{when}."
     )
 
 
