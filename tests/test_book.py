@@ -331,3 +331,62 @@ def test_whole_book_checkpoints_are_stamped_at_their_own_boundaries():
         (30_000_000, 4, 40, [["10.0", "3"], ["9.0", "1"], ["8.0", "1"]], [["11.0", "1"]]),
     ]
     assert all(len(s.bids) == 1 for s in sink.snapshots)  # depth snapshots stay top-N
+
+
+def test_a_whole_book_profile_sums_levels_per_bucket_within_its_reach():
+    from depthwatch.book import OrderBook, book_profile, profile_step
+
+    assert profile_step(60_000.0) == 5.0  # 0.5 bp is 3, rounded up to 1-2-5
+    assert profile_step(0.02) == 0.000001
+    book = OrderBook()
+    book.apply_levels(
+        [["99.9", "1"], ["99.5", "2"], ["98.1", "4"], ["90", "100"]],  # 90 is beyond 5 %
+        [["100.1", "3"], ["100.2", "0.5"], ["104.9", "7"], ["106", "100"]],
+    )
+    bid_first, bid_sizes, ask_first, ask_sizes = book_profile(book, 1.0, 0.05)
+    assert (bid_first, bid_sizes) == (98, [4.0, 3.0])  # [98, 99): 98.1; [99, 100): 99.9 + 99.5
+    assert ask_first == 100 and ask_sizes == [3.5, 0.0, 0.0, 0.0, 7.0]
+    empty = OrderBook()
+    assert book_profile(empty, 1.0) == (0, [], 0, [])
+    one_sided = OrderBook()
+    one_sided.apply_levels([], [["50", "1"]])
+    assert book_profile(one_sided, 1.0) == (0, [], 50, [1.0])
+
+
+def test_only_a_whole_book_emits_profiles_at_each_interval():
+    from depthwatch.records import FULL_DEPTH, BookProfile
+
+    class ProfileSink(Sink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.profiles: list[BookProfile] = []
+
+        def add_book_profile(self, profile: BookProfile) -> None:
+            self.profiles.append(profile)
+
+        def add_book_bounds(self, bounds: object) -> None:
+            pass
+
+    for depth, expected in ((FULL_DEPTH, 3), (50, 0)):
+        sink = ProfileSink()
+        stream = StreamKey("spot", "BTCUSDT", depth)
+        book = StreamBook(stream, sink, profile_interval_us=2_000_000)
+        t0 = 1_700_000_000_000_000
+        snap = BookUpdate(stream, True, [["100", "1"]], [["101", "2"]], 1, 1, t0, None, t0)
+        book.apply(snap)
+        for i in range(1, 8):  # a delta a second: profiles at 2, 4 and 6 s
+            t = t0 + i * 1_000_000
+            book.apply(BookUpdate(stream, False, [["99", str(i)]], [], 1 + i, 1 + i, t, None, t))
+        assert len(sink.profiles) == expected
+        if expected:
+            assert [p.exchange_us - t0 for p in sink.profiles] == [2_000_000, 4_000_000, 6_000_000]
+            first = sink.profiles[0]
+            # As the book stood before the delta at 2 s: 99 held the size of the one at 1 s.
+            assert first.update_id == 2 and first.step == profile_step_of(100.0)  # the best bid
+            assert sum(first.bid_sizes) == 2.0 and sum(first.ask_sizes) == 2.0
+
+
+def profile_step_of(price: float) -> float:
+    from depthwatch.book import profile_step
+
+    return profile_step(price)

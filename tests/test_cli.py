@@ -286,7 +286,7 @@ def test_the_whole_book_is_depth_full_with_its_snapshots_from_rest(monkeypatch):
     assert config("--rest-url", "http://other:1").rest_endpoint == "http://other:1"
     with pytest.raises(ConfigError, match="depth full is not served for option"):
         config("--category", "option", "--depth", "full")
-    with pytest.raises(ConfigError, match="integers or full"):
+    with pytest.raises(ConfigError, match="integers, full or rpi"):
         config("--depth", "deep")
 
 

@@ -243,3 +243,51 @@ def test_a_cut_rest_snapshot_makes_a_book_exact_within_its_range_and_says_so(ser
         said = [line for line in result.stderr.splitlines() if "REST snapshot's range" in line]
         assert len(said) == 1
         assert f"bids >= {bounds[0].bid_floor}" in said[0]
+
+
+def test_profiles_of_a_whole_book_match_the_truth_and_the_live_page_draws_them(
+    server_url, use_database
+):
+    """Every profile the collector wrote sums the truth's levels per price
+    bucket as the book stood at its u; the Live page draws a whole book from
+    them, over a price range, aggregated in SQL."""
+    import math
+
+    import sqlalchemy as sa
+    from streamlit.testing.v1 import AppTest
+
+    config = base_config(symbols=("BTCUSDT",), deltas=700, rate=150.0)
+    with recorded_full(server_url, config, profile_interval_s=1.0) as (url, run, truth, _):
+        by_u = {state.u: state for state in truth["BTCUSDT"]}
+        with run.engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT u, step, bid_first, bid_sizes, ask_first, ask_sizes "
+                    "FROM book_profiles ORDER BY ts_us"
+                )
+            ).all()
+        assert len(rows) >= 3
+        for u, step, bid_first, bid_sizes, ask_first, ask_sizes in rows:
+            state = by_u[u]
+            for levels, first, sizes in (
+                (state.bids, bid_first, bid_sizes),
+                (state.asks, ask_first, ask_sizes),
+            ):
+                expected: dict[int, Decimal] = {}
+                for price, size in levels:  # the simulated book is well within 5 %
+                    bucket = math.floor(float(price) / step)
+                    expected[bucket] = expected.get(bucket, Decimal(0)) + Decimal(size)
+                got = {first + i: s for i, s in enumerate(sizes) if s}
+                assert got.keys() == expected.keys(), f"u={u}"
+                for bucket, size in expected.items():
+                    assert math.isclose(got[bucket], float(size), rel_tol=1e-6), (u, bucket)
+        use_database(url)
+        at = AppTest.from_string("from depthwatch.app import live\nlive.render()")
+        at.query_params.update(category="spot", symbol="BTCUSDT", depth="full", range="25")
+        at.run(timeout=30)
+        assert not at.exception
+        assert at.segmented_control(key="range").value == 25
+        captions = " ".join(c.value for c in at.caption)
+        assert "price buckets in the database" in captions and "±25 bps of the mid" in captions
+        assert "Depth: prices" in captions  # drawn from the newest profile
+        assert len(at.get("plotly_chart")) == 6

@@ -11,14 +11,20 @@ asks for a resync).
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, insort
 from enum import Enum
 from typing import Protocol
 
 from depthwatch.records import (
+    FULL_DEPTH,
+    PROFILE_INTERVAL_US,
+    PROFILE_REACH,
+    PROFILE_STEP_BPS,
     RPI_SIZES_DEPTH,
     BookBounds,
     BookCheckpoint,
+    BookProfile,
     BookUpdate,
     DepthSnapshot,
     FeedEvent,
@@ -131,6 +137,47 @@ class OrderBook:
         return len(self.bids) + len(self.asks)
 
 
+def profile_step(price: float, bps: float = PROFILE_STEP_BPS) -> float:
+    """A price bucket about `bps` basis points of `price` wide, rounded up to
+    1, 2 or 5 times a power of ten (so buckets of every profile line up)."""
+    raw = price * bps / 10_000
+    if raw <= 0:
+        return 1.0
+    magnitude = 10.0 ** math.floor(math.log10(raw))
+    return next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw * (1 - 1e-9))
+
+
+def _side_buckets(side: BookSide, step: float, limit: float) -> tuple[int, list[float]]:
+    """Sizes summed per bucket from the best level outward until `limit` (a
+    price: the lowest bid or highest ask kept); (first bucket, ascending sizes)."""
+    sign, levels, keys = side.sign, side.levels, side.keys
+    sums: dict[int, float] = {}
+    for key in keys:
+        price = sign * key
+        if (price < limit) if sign < 0 else (price > limit):
+            break
+        bucket = math.floor(price / step)
+        sums[bucket] = sums.get(bucket, 0.0) + float(levels[key][1])
+    if not sums:
+        return 0, []
+    first, last = min(sums), max(sums)
+    return first, [sums.get(k, 0.0) for k in range(first, last + 1)]
+
+
+def book_profile(
+    book: OrderBook, step: float, reach: float = PROFILE_REACH
+) -> tuple[int, list[float], int, list[float]]:
+    """(bid_first, bid_sizes, ask_first, ask_sizes) of a BookProfile: the
+    levels within `reach` (a fraction) of the mid, summed per `step` bucket."""
+    bid, ask = book.bids.best_price(), book.asks.best_price()
+    if bid is None and ask is None:
+        return 0, [], 0, []
+    mid = (bid + ask) / 2 if bid is not None and ask is not None else (bid or ask or 0.0)
+    bid_first, bid_sizes = _side_buckets(book.bids, step, mid * (1 - reach))
+    ask_first, ask_sizes = _side_buckets(book.asks, step, mid * (1 + reach))
+    return bid_first, bid_sizes, ask_first, ask_sizes
+
+
 class RecordSink(Protocol):
     """Where a StreamBook sends what it derives (the storage writer, in practice)."""
 
@@ -139,6 +186,7 @@ class RecordSink(Protocol):
     def add_depth_snapshot(self, snapshot: DepthSnapshot) -> None: ...
     def add_checkpoint(self, checkpoint: BookCheckpoint) -> None: ...
     def add_book_bounds(self, bounds: BookBounds) -> None: ...
+    def add_book_profile(self, profile: BookProfile) -> None: ...
     def add_feed_event(self, event: FeedEvent) -> None: ...
 
 
@@ -178,6 +226,7 @@ class StreamBook:
         snapshot_interval_us: int = 1_000_000,
         snapshot_levels: int = 50,
         checkpoint_interval_us: int = 3_600_000_000,
+        profile_interval_us: int = PROFILE_INTERVAL_US,
     ) -> None:
         self.stream = stream
         self.book = OrderBook()
@@ -206,6 +255,11 @@ class StreamBook:
         # RPI orders match no other maker's, so Bybit's RPI sizes alone may
         # cross (an RPI bid at or above an RPI ask): not an impossible book.
         self.refuses_crossed = stream.depth != RPI_SIZES_DEPTH
+        # A whole book is also summarised for the dashboard (BookProfile).
+        self.profiles = stream.depth == FULL_DEPTH
+        self._profile_interval_us = profile_interval_us
+        self._next_profile_us: int | None = None
+        self._profile_step: float | None = None
 
     def set_bounds(
         self, snapshot: BookUpdate, bid_floor: str | None, ask_ceiling: str | None
@@ -227,6 +281,7 @@ class StreamBook:
         self.valid = False
         self._next_boundary_us = None
         self._next_checkpoint_us = None
+        self._next_profile_us = None
 
     def apply(self, update: BookUpdate) -> Outcome:
         if update.is_snapshot:
@@ -265,6 +320,8 @@ class StreamBook:
             self._next_boundary_us = t - t % self._interval_us + self._interval_us
             every = self._checkpoint_interval_us
             self._next_checkpoint_us = t - t % every + every
+            every = self._profile_interval_us
+            self._next_profile_us = t - t % every + every
         return outcome
 
     def _reset(self, update: BookUpdate) -> Outcome:
@@ -364,6 +421,8 @@ class StreamBook:
         the book at the end of every bucket that ended since the last message:
         stamp it at the latest such boundary (as Tardis does)."""
         self._emit_due_checkpoint(exchange_us)
+        if self.profiles:
+            self._emit_due_profile(exchange_us)
         boundary = self._next_boundary_us
         if boundary is None or exchange_us < boundary:
             return
@@ -380,6 +439,33 @@ class StreamBook:
             )
         )
         self._next_boundary_us = boundary + self._interval_us
+
+    def _emit_due_profile(self, exchange_us: int) -> None:
+        """A whole book's profile at the latest profile interval's boundary
+        that passed since the last message (as `_emit_due_snapshot` does)."""
+        due = self._next_profile_us
+        if due is None or exchange_us < due:
+            return
+        every = self._profile_interval_us
+        boundary = exchange_us - exchange_us % every
+        self._next_profile_us = boundary + every
+        book = self.book
+        if self._profile_step is None:
+            price = book.bids.best_price() or book.asks.best_price()
+            if price is None:
+                return  # an empty book: nothing to draw, no step to choose yet
+            self._profile_step = profile_step(price)
+        step = self._profile_step
+        self._sink.add_book_profile(
+            BookProfile(
+                self.stream,
+                boundary,
+                self._last_local_us,
+                self.last_update_id or 0,
+                step,
+                *book_profile(book, step),
+            )
+        )
 
     def _emit_due_checkpoint(self, exchange_us: int) -> None:
         """Like a depth snapshot, but the whole book and rarely (hourly by default)."""

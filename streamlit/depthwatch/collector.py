@@ -131,7 +131,14 @@ class Collector(WholeBookSyncs):
         interval_us = int(config.snapshot_interval_s * 1_000_000)
         checkpoint_us = int(config.checkpoint_interval_s * 1_000_000)
         self.books: dict[StreamKey, StreamBook] = {
-            stream: StreamBook(stream, writer, interval_us, config.snapshot_levels, checkpoint_us)
+            stream: StreamBook(
+                stream,
+                writer,
+                interval_us,
+                config.snapshot_levels,
+                checkpoint_us,
+                int(config.profile_interval_s * 1_000_000),
+            )
             for stream in config.book_streams()
         }
         # The whole book comes as deltas only, started from REST snapshots.

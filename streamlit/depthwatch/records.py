@@ -175,6 +175,35 @@ class BookBounds:
         return self.bid_floor is None and self.ask_ceiling is None
 
 
+# A whole book is too deep to draw level by level, or to store each second:
+# every PROFILE_INTERVAL_US of exchange time its levels within PROFILE_REACH
+# of the mid are summed into price buckets about PROFILE_STEP_BPS wide
+# (BookProfile), which the dashboard aggregates further in SQL.
+PROFILE_INTERVAL_US = 5 * SECOND_US
+PROFILE_REACH = 0.05
+PROFILE_STEP_BPS = 0.5
+
+
+@dataclass(slots=True)
+class BookProfile:
+    """A whole book (FULL_DEPTH) for the dashboard: the size resting in each
+    price bucket of width `step` within PROFILE_REACH of the mid, as the book
+    stood at `exchange_us` (a multiple of PROFILE_INTERVAL_US). Bucket k holds
+    prices in [k * step, (k + 1) * step); `bid_sizes` are those of buckets
+    bid_first, bid_first + 1, ... (ascending), `ask_sizes` likewise from
+    ask_first. Floats: a picture of the book, not a record of it (the log is)."""
+
+    stream: StreamKey
+    exchange_us: int
+    local_us: int
+    update_id: int
+    step: float
+    bid_first: int
+    bid_sizes: list[float]
+    ask_first: int
+    ask_sizes: list[float]
+
+
 class FeedEventKind(StrEnum):
     CONNECT = "connect"
     DISCONNECT = "disconnect"

@@ -34,6 +34,8 @@ from depthwatch.records import (
     DEFAULT_HEARTBEAT_INTERVAL_S,
     FULL_DEPTH,
     HEARTBEATS_MISSED_FOR_STALE,
+    PROFILE_INTERVAL_US,
+    PROFILE_REACH,
     RPI_DEPTH,
     RPI_SIZES_DEPTH,
     FeedEventKind,
@@ -61,6 +63,7 @@ from depthwatch.storage.read.health import (
     replica_state,
     table_sizes,
 )
+from depthwatch.storage.read.profiles import latest_profile, profile_cells, profile_extent
 from depthwatch.storage.read.rows import (
     BookView,
     Bounds,
@@ -83,6 +86,10 @@ from depthwatch.storage.read.trades import recent_trades
 WINDOWS_MIN = (1, 5, 10, 30, 60)
 DEFAULT_WINDOW_MIN = 10
 LEVEL_CHOICES = (10, 25, 50)
+# A whole book (depth full) is drawn over a price range around its mid, in
+# basis points each side, from its profiles (at most PROFILE_REACH away).
+RANGES_BPS = (10, 25, 50, 100, 250, 500)
+DEFAULT_RANGE_BPS = 100
 DEFAULT_LEVELS = 25
 MAX_POINTS = 1_200  # per trace: what the browser receives each second stays small
 HEATMAP_COLUMNS_MAX = 600
@@ -207,6 +214,8 @@ class LiveView:
     bounds: Bounds | None = None
     # Either book of `orderbook.rpi`: best levels without and with RPI, RPI shares.
     rpi: RpiView | None = None
+    # A whole book: the prices drawn (its profiles' buckets); None: level by level.
+    price_range: tuple[float, float] | None = None
 
     def data_age_s(self, shown_us: int) -> float | None:
         """How old the newest top of book is when the page shows it (the view
@@ -290,20 +299,37 @@ def streams() -> list[Stream]:
 
 
 @st.cache_resource(ttl=1.0, show_spinner=False, max_entries=64)
-def live_view(stream: Stream, window_min: int, levels: int) -> LiveView:
+def live_view(
+    stream: Stream, window_min: int, levels: int, range_bps: int = DEFAULT_RANGE_BPS
+) -> LiveView:
+    """Everything the Live page draws of one stream over the last `window_min`
+    minutes; `levels` per side for a numbered depth, `range_bps` around the
+    mid for a whole book (drawn from its profiles)."""
+
     def work(conn: sa.Connection) -> LiveView:
         now = now_us()
         start = now - window_min * 60_000_000
         bucket = _bucket_us(window_min * 60, MAX_POINTS)
         quote = last_quote(conn, stream, now - HEALTH_DAY_US)
-        book = latest_book(conn, stream, levels, start)
         top = top_series(conn, stream, start, now, bucket)
-        grid = _heatmap_grid(book, top, stream, window_min)
-        heatmap = (
-            heatmap_cells(conn, stream, start, now, grid, levels)
-            if book is not None
-            else pd.DataFrame(columns=list(HEATMAP_COLUMNS), dtype="float64")
-        )
+        extent = profile_extent(conn, stream, start) if stream.depth == FULL_DEPTH else None
+        price_range = _price_range(quote, range_bps, extent)
+        if price_range is not None and extent is not None:
+            low, high = price_range
+            # Whole buckets of the profile: finer would split what it summed.
+            step = price_step(low, high, extent[2], HEATMAP_ROWS)
+            book = latest_profile(conn, stream, start, low, high, step)
+            tb = max(_bucket_us(window_min * 60, HEATMAP_COLUMNS_MAX), PROFILE_INTERVAL_US)
+            grid = HeatmapGrid(tb / 1000, step, "max")
+            heatmap = profile_cells(conn, stream, start, now, grid, low, high)
+        else:
+            book = latest_book(conn, stream, levels, start)
+            grid = _heatmap_grid(book, top, stream, window_min)
+            heatmap = (
+                heatmap_cells(conn, stream, start, now, grid, levels)
+                if book is not None
+                else pd.DataFrame(columns=list(HEATMAP_COLUMNS), dtype="float64")
+            )
         events = event_frame(conn, stream, start, now)
         # With the last beat before the window and the first after it: a
         # collector running at the window's edges opens no hole there.
@@ -334,9 +360,27 @@ def live_view(stream: Stream, window_min: int, levels: int) -> LiveView:
                 else None
             ),
             rpi=_rpi_view(conn, stream, levels, start, now),
+            price_range=price_range,
         )
 
     return _read(work)
+
+
+def _price_range(
+    quote: LastQuote | None, range_bps: int, extent: tuple[float, float, float] | None
+) -> tuple[float, float] | None:
+    """A whole book's drawn prices: `range_bps` each side of the newest mid,
+    within what its newest profile holds (`extent`: a thin book fills the
+    chart rather than a corner of it). None: no profile or no quote yet."""
+    if extent is None or quote is None:
+        return None
+    sides = [p for p in (quote.bid, quote.ask) if p is not None]
+    if not sides:
+        return None
+    mid = sum(sides) / len(sides)
+    reach = min(range_bps / 10_000, PROFILE_REACH)
+    low, high = max(mid * (1 - reach), extent[0]), min(mid * (1 + reach), extent[1])
+    return (low, high) if low < high else None
 
 
 def _rpi_view(

@@ -56,6 +56,7 @@ from depthwatch.app.look import (
     HEIGHT_SPREAD,
     MARGIN,
     MID_COLOUR,
+    NOTE_COLOUR,
     PRICE_FORMAT,
     SIZE_FORMAT,
     SPREAD_COLOUR,
@@ -130,6 +131,23 @@ def _cumulative(side: pd.DataFrame | None, descending: bool) -> tuple[np.ndarray
     size = column(side, "size")
     order = np.argsort(-price if descending else price, kind="stable")
     return price[order], np.cumsum(size[order])
+
+
+def mark_known_range(
+    fig: go.Figure, bid_floor: float | None, ask_ceiling: float | None, axis: str
+) -> None:
+    """Dotted lines where a whole book stops being exact (its REST snapshot's
+    last prices) on the price axis `axis` ("x" or "y"); nothing for a side
+    that was whole."""
+    for price, side in ((bid_floor, "bids"), (ask_ceiling, "asks")):
+        if price is None:
+            continue
+        line = {"dash": "dot", "color": NOTE_COLOUR, "width": 1}
+        text = f"{side} exact to here"
+        if axis == "x":
+            fig.add_vline(x=price, line=line, annotation_text=text)
+        else:
+            fig.add_hline(y=price, line=line, annotation_text=text)
 
 
 def depth_figure(

@@ -27,7 +27,7 @@ from depthwatch.app.rpi import RpiView
 from depthwatch.clock import SECOND_US
 from depthwatch.export import files
 from depthwatch.feed.topics import FULL_SNAPSHOT_LEVELS
-from depthwatch.records import depth_label
+from depthwatch.records import FULL_DEPTH, depth_label
 from depthwatch.storage.read.rows import Bounds, HeatmapGrid
 from depthwatch.storage.read.streams import Stream
 
@@ -41,10 +41,11 @@ def render() -> None:
     if streams is None:
         return
     stream, window_min, levels, paused = _controls(streams)
+    range_bps = _range_control(stream)
     # Streamlit 1.67 remounts a plotly chart whose data changed, so a zoom lasts
     # until the next refresh: pausing stops the refresh and keeps zoom and hover.
     panel = live_fragment(live_panel, None if paused else REFRESH_S)
-    panel(stream, window_min, levels, paused)
+    panel(stream, window_min, levels, paused, range_bps)
     _downloads(stream, window_min)
 
 
@@ -85,6 +86,24 @@ def _controls(streams: list[Stream]) -> tuple[Stream, int, int, bool]:
     )
     paused = pause.toggle("Pause", key="paused", help="Stop refreshing to zoom and hover")
     return stream, int(window_min), int(levels), paused
+
+
+def _range_control(stream: Stream) -> int:
+    """A whole book is drawn over a price range around its mid (in the URL as
+    `range`, basis points each side); other depths level by level."""
+    if stream.depth != FULL_DEPTH:
+        return data.DEFAULT_RANGE_BPS
+    default = _int_param("range", data.DEFAULT_RANGE_BPS, data.RANGES_BPS)
+    chosen = st.segmented_control(
+        "Price range around the mid (whole book)",
+        data.RANGES_BPS,
+        default=default,
+        key="range",
+        format_func=lambda bps: f"±{bps} bps",
+    )
+    range_bps = int(chosen or data.DEFAULT_RANGE_BPS)
+    st.query_params["range"] = str(range_bps)
+    return range_bps
 
 
 STREAM_PARAMS = ("category", "symbol", "depth")
@@ -138,9 +157,15 @@ def _int_param(name: str, default: int, allowed: tuple[int, ...]) -> int:
     return default
 
 
-def live_panel(stream: Stream, window_min: int, levels: int, paused: bool) -> None:
+def live_panel(
+    stream: Stream,
+    window_min: int,
+    levels: int,
+    paused: bool,
+    range_bps: int = data.DEFAULT_RANGE_BPS,
+) -> None:
     """Everything that refreshes: run as a fragment every second unless paused."""
-    view = load(lambda: data.live_view(stream, window_min, levels))
+    view = load(lambda: data.live_view(stream, window_min, levels, range_bps))
     if view is None:
         return
     age_s = view.data_age_s(data.now_us())
@@ -156,26 +181,34 @@ def live_panel(stream: Stream, window_min: int, levels: int, paused: bool) -> No
         )
         return
     x_range = (view.start_us / 1000, view.now_us / 1000)
-    key = f"{stream.key}/{window_min}/{levels}"
+    key = f"{stream.key}/{window_min}/{levels}/{range_bps}"
+    drawn = (
+        f"top {levels} levels per side"
+        if view.price_range is None
+        else f"prices {view.price_range[0]:,.6g} to {view.price_range[1]:,.6g}: ±{range_bps} "
+        "bps of the mid, or as far as the book reaches"
+    )
+    floor_ceiling = _known_range(view)
     left, right = st.columns([1, 2])
     with left:
         if view.book is not None:
             mid = view.top["mid"].iloc[-1] if not view.top.empty else None
-            st.plotly_chart(figures.depth_figure(view.book, mid), key="depth")
-            st.caption(f"Depth: top {levels} levels as of {utc(view.book.ts_us)}.")
+            depth = figures.depth_figure(view.book, mid)
+            figures.mark_known_range(depth, *floor_ceiling, axis="x")
+            st.plotly_chart(depth, key="depth")
+            st.caption(f"Depth: {drawn}, as of {utc(view.book.ts_us)}{_profile_note(view)}.")
         if view.bounds is not None:
             st.caption(_bounds_note(view.bounds))
         _latency_strip(view, age_s)
     with right:
-        st.plotly_chart(
-            figures.heatmap_figure(
-                view.heatmap, view.grid, view.top, view.trades, view.spans, x_range, key
-            ),
-            key="heatmap",
+        heatmap = figures.heatmap_figure(
+            view.heatmap, view.grid, view.top, view.trades, view.spans, x_range, key
         )
+        figures.mark_known_range(heatmap, *floor_ceiling, axis="y")
+        st.plotly_chart(heatmap, key="heatmap")
         st.caption(
             f"Liquidity heatmap: each cell is {_cell_meaning(view.grid)} "
-            f"(top {levels} levels per side, colour clipped at the 99th percentile)"
+            f"({drawn}, colour clipped at the 99th percentile)"
             + (", trades as dots" if not view.trades.empty else "")
             + ". Grey bands: book not trusted or not recorded."
         )
@@ -186,6 +219,27 @@ def live_panel(stream: Stream, window_min: int, levels: int, paused: bool) -> No
         key="imbalance",
     )
     st.plotly_chart(figures.events_figure(view.events, view.spans, x_range, key), key="events")
+
+
+def _known_range(view: data.LiveView) -> tuple[float | None, float | None]:
+    """A whole book's bid floor and ask ceiling where they fall in the drawn
+    prices (None: that side whole, or exact over all of them)."""
+    bounds, drawn = view.bounds, view.price_range
+    if bounds is None or drawn is None:
+        return None, None
+    low, high = drawn
+    marks = [None if b is None else float(b) for b in (bounds.bid_floor, bounds.ask_ceiling)]
+    return tuple(m if m is not None and low <= m <= high else None for m in marks)  # type: ignore[return-value]
+
+
+def _profile_note(view: data.LiveView) -> str:
+    """How a whole book's pictures are made: not level by level."""
+    if view.price_range is None:
+        return ""
+    return (
+        f"; the whole book summed into {view.grid.price_step:g}-wide price buckets in the "
+        "database, from the profiles the collector writes every few seconds"
+    )
 
 
 def _bounds_note(bounds: Bounds) -> str:

@@ -39,6 +39,7 @@ PARTITIONED_TABLES = (
     "book_chunks",
     "top_snapshots",
     "top_seconds",
+    "book_profiles",
 )
 
 
@@ -283,6 +284,27 @@ MIGRATIONS: tuple[Migration, ...] = (
                 bid_floor numeric,
                 ask_ceiling numeric,
                 PRIMARY KEY (stream_id, ts_us, u))""",
+        ),
+    ),
+    Migration(
+        7,
+        "whole books: a profile every few seconds for the dashboard",
+        (
+            # records.BookProfile: sizes per price bucket near the mid, drawn
+            # and aggregated further in SQL by the Live page. Daily partitions,
+            # dropped with the rest of their day; not archived (the log is).
+            """CREATE TABLE book_profiles (
+                stream_id integer NOT NULL,
+                ts_us bigint NOT NULL,
+                local_us bigint NOT NULL,
+                u bigint NOT NULL,
+                step float8 NOT NULL,
+                bid_first bigint NOT NULL,
+                bid_sizes real[] NOT NULL,
+                ask_first bigint NOT NULL,
+                ask_sizes real[] NOT NULL,
+                PRIMARY KEY (stream_id, ts_us)
+            ) PARTITION BY RANGE (ts_us)""",
         ),
     ),
 )

@@ -40,6 +40,9 @@ COLUMNS = {
     "bid_prices, bid_sizes, ask_prices, ask_sizes",
     # Schema 6: where a whole book is exact (records.BookBounds).
     "book_bounds": "stream_id, ts_us, u, local_us, bid_floor, ask_ceiling",
+    # Schema 7: a whole book summarised for the dashboard (records.BookProfile).
+    "book_profiles": "stream_id, ts_us, local_us, u, step, bid_first, bid_sizes, "
+    "ask_first, ask_sizes",
 }
 
 # Position of `ts_us` (exchange time, the partition key) in each table's COPY line.
@@ -53,6 +56,7 @@ TS_COLUMN = {
     "trades": 1,
     "book_checkpoints": 2,
     "book_bounds": 1,
+    "book_profiles": 1,
 }
 
 COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -68,6 +72,11 @@ def levels_columns(bids: list[Level], asks: list[Level]) -> str:
         f"{{{join(map(_PRICE, bids))}}}\t{{{join(map(_SIZE, bids))}}}\t"
         f"{{{join(map(_PRICE, asks))}}}\t{{{join(map(_SIZE, asks))}}}"
     )
+
+
+def float_array(values: list[float]) -> str:
+    """A real[] in COPY text form: {1.5,0.0,2e-05}."""
+    return "{" + ",".join(map(repr, values)) + "}"
 
 
 def nullable(value: object) -> str:

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from depthwatch.records import (
     BookBounds,
     BookCheckpoint,
+    BookProfile,
     BookUpdate,
     CollectorHeartbeat,
     DepthSnapshot,
@@ -29,7 +30,7 @@ from depthwatch.records import (
     Trade,
 )
 from depthwatch.storage import schema
-from depthwatch.storage.write.batch import COPY_ESCAPES, levels_columns, nullable
+from depthwatch.storage.write.batch import COPY_ESCAPES, float_array, levels_columns, nullable
 from depthwatch.storage.write.state import WRITER_LOGGER, WriterState, percentiles_ms
 
 log = logging.getLogger(WRITER_LOGGER)
@@ -85,13 +86,34 @@ class Intake(WriterState):
         )
 
     def add_book_bounds(self, bounds: BookBounds) -> None:
-        if (self._dropping or self._blocked) and self._refuse(bounds.stream, bounds.local_us):
-            return
-        self._note_day(bounds.exchange_us)
-        self._rows["book_bounds"].append(
-            f"{self._stream_id(bounds.stream)}\t{bounds.exchange_us}\t{bounds.update_id}\t"
-            f"{bounds.local_us}\t{nullable(bounds.bid_floor)}\t{nullable(bounds.ask_ceiling)}\n"
+        self._add_stream_row(
+            "book_bounds",
+            bounds.stream,
+            bounds.exchange_us,
+            bounds.local_us,
+            f"{bounds.update_id}\t{bounds.local_us}\t{nullable(bounds.bid_floor)}\t"
+            f"{nullable(bounds.ask_ceiling)}",
         )
+
+    def add_book_profile(self, profile: BookProfile) -> None:
+        self._add_stream_row(
+            "book_profiles",
+            profile.stream,
+            profile.exchange_us,
+            profile.local_us,
+            f"{profile.local_us}\t{profile.update_id}\t{profile.step!r}\t{profile.bid_first}\t"
+            f"{float_array(profile.bid_sizes)}\t{profile.ask_first}\t"
+            f"{float_array(profile.ask_sizes)}",
+        )
+
+    def _add_stream_row(
+        self, table: str, stream: StreamKey, exchange_us: int, local_us: int, rest: str
+    ) -> None:
+        """A row of a table keyed (stream_id, ts_us, ...), queued as a COPY line."""
+        if (self._dropping or self._blocked) and self._refuse(stream, local_us):
+            return
+        self._note_day(exchange_us)
+        self._rows[table].append(f"{self._stream_id(stream)}\t{exchange_us}\t{rest}\n")
 
     def add_trade(self, trade: Trade) -> None:
         if self._dropping:  # no book to restart: the book streams' gaps cover the time

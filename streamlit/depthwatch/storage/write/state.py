@@ -37,7 +37,7 @@ WRITER_LOGGER = "depthwatch.storage.writer"
 
 # Tables whose rows the readers' thread queues as COPY lines; book messages and
 # depth snapshots are queued as records and packed by the writer thread.
-QUEUED_AS_LINES = ("book_checkpoints", "trades", "book_bounds")
+QUEUED_AS_LINES = ("book_checkpoints", "trades", "book_bounds", "book_profiles")
 
 
 @dataclass(frozen=True)
