@@ -17,7 +17,9 @@ Reports:
   - collector RSS once every book runs, and its peak (VmHWM), against the
     same collector recording the same symbols at depth 50 in the same run;
   - bytes on disk per whole-book delta, and per checkpoint of the whole book,
-    beside depth 50's.
+    beside depth 50's;
+  - the whole book's profiles (book_profiles): bytes each on disk;
+  - the Live page's whole read of one stream, full against depth 50.
 """
 
 from __future__ import annotations
@@ -111,6 +113,48 @@ def book_messages(url: str) -> tuple[int, int, int, int]:
         engine.dispose()
 
 
+def profiles(url: str) -> tuple[int, int]:
+    """Whole-book profiles written, and their table's bytes (indexes too)."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            count = int(conn.execute(sa.text("SELECT count(*) FROM book_profiles")).scalar_one())
+    finally:
+        engine.dispose()
+    return count, table_bytes(url, "book_profiles")
+
+
+def live_read_ms(url: str, symbol: str, reads: int = 15) -> float:
+    """Median time of the Live page's whole read (data.live_view: 10 min, 25
+    levels, ±100 bps) of one stream, uncached, "now" pinned to its last second."""
+    import statistics
+
+    from depthwatch.app import data
+    from depthwatch.storage.read.streams import list_streams
+
+    engine = sa.create_engine(url)
+    original_engine, original_now = data.engine, data.now_us
+    try:
+        with engine.connect() as conn:
+            stream = next(s for s in list_streams(conn) if s.symbol == symbol)
+            last = conn.execute(
+                sa.text("SELECT max(ts_us) FROM top_seconds WHERE stream_id = :s"),
+                {"s": stream.id},
+            ).scalar_one()
+        data.engine = lambda: engine  # type: ignore[assignment]
+        data.now_us = lambda: int(last) + 1_000_000  # type: ignore[assignment]
+        times = []
+        for _ in range(reads + 3):
+            data.live_view.clear()
+            started = time.perf_counter()
+            data.live_view(stream, 10, 25, 100)
+            times.append((time.perf_counter() - started) * 1000)
+        return statistics.median(times[3:])
+    finally:
+        data.engine, data.now_us = original_engine, original_now
+        engine.dispose()
+
+
 def run(args: argparse.Namespace, server: str, depth: str, logs: Path) -> dict[str, float]:
     symbols = SYMBOLS[: args.symbols]
     url = fresh_database(server, f"bench_full_{depth}")
@@ -153,7 +197,11 @@ def run(args: argparse.Namespace, server: str, depth: str, logs: Path) -> dict[s
         times = sync_times(collector, symbols) if depth == "full" else {}
         collector.stop()
     messages, checkpoints, deltas, delta_bytes = book_messages(url)
+    profile_count, profile_bytes = profiles(url)
     figures |= {
+        "profiles": profile_count,
+        "profile_bytes": profile_bytes / max(1, profile_count),
+        "live_read_ms": live_read_ms(url, symbols[0]),
         "deltas": deltas,
         "delta_payload": delta_bytes / max(1, deltas),
         "messages": messages,
@@ -199,6 +247,16 @@ def main() -> int:
             f"{r['checkpoints']} checkpoints, {per_checkpoint / 1e3:.0f} kB each"
         )
     print(f"RSS ratio full / 50: {full['rss'] / fifty['rss']:.2f}x")
+    per_day = full["profile_bytes"] * 86_400 / 5 / 1e6
+    print(
+        f"profiles: {full['profiles']:,}, {full['profile_bytes'] / 1e3:.1f} kB each on disk "
+        f"(~{per_day:.0f} MB a day per symbol at one per 5 s)"
+    )
+    read_full, read_fifty = full["live_read_ms"], fifty["live_read_ms"]
+    print(
+        f"Live page read (10 min, +-100 bps / 25 levels), median: full {read_full:.0f} ms, "
+        f"depth 50 {read_fifty:.0f} ms ({read_full / read_fifty:.2f}x)"
+    )
     return 0
 
 

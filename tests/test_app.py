@@ -64,6 +64,9 @@ def test_overview_lists_every_stream(recorded_url, use_database):
     assert (table["gaps 24h"] > 0).all()  # the simulator dropped deltas
     assert all(len(mids) > 0 for mids in table["mid"])
     assert all(link.startswith("./live?") for link in table["open"])
+    # Only simulated data: one line says how to record Bybit and how to deploy.
+    assert "depthwatch up --symbols BTCUSDT,ETHUSDT" in texts(at)
+    assert "Deploy to Render" in texts(at)
 
 
 def test_live_page_draws_the_stream_in_the_url(recorded_url, use_database):
@@ -212,3 +215,14 @@ def test_prices_keep_the_exchange_digits():
     assert price(None) == "-"
     assert mid_and_spread("59999.60", "59999.80") == ("59999.70", "0.20")
     assert mid_and_spread(None, "1") is None
+
+
+def test_latency_p99s_are_marked_against_depthwatch_s_targets():
+    from depthwatch.app.live import LATENCY_TARGETS_MS, _latency_line
+
+    target = LATENCY_TARGETS_MS["received → committed"]
+    assert ":green[ok]" in _latency_line("received → committed", (100.0, target))
+    assert ":orange[over]" in _latency_line("received → committed", (100.0, target + 1))
+    assert f"| {target:,.0f} |" in _latency_line("received → committed", None)
+    exchange = _latency_line("push → received", (5.0, 900.0))  # the network's: no target
+    assert "ok" not in exchange and "over" not in exchange and exchange.endswith("| - |")

@@ -105,6 +105,26 @@ METRICS_JS = """selector => Object.fromEntries(
     m.querySelector("[data-testid='stMetricValue']")?.innerText.trim(),
   ])
 )"""
+# Controls and figures a narrow column cuts: a segmented control's button
+# reaching past its column, a header value wider than its box.
+CLIPPED_JS = """() => {
+  const clipped = [];
+  const within = el =>
+    el.closest("[data-testid='stColumn']") || el.closest("[data-testid='stMain']");
+  for (const b of document.querySelectorAll("[data-testid='stButtonGroup'] button")) {
+    const box = within(b).getBoundingClientRect(), r = b.getBoundingClientRect();
+    if (r.right > box.right + 1 || r.left < box.left - 1) clipped.push('button ' + b.innerText);
+  }
+  for (const m of document.querySelectorAll("[data-testid='stMetricValue']")) {
+    if ([m, ...m.querySelectorAll('*')].some(d => d.scrollWidth > d.clientWidth + 1)) {
+      clipped.push('metric ' + m.innerText);
+    }
+  }
+  return clipped;
+}"""
+WIDTHS = (1280, 1440, 1920)  # desktop widths at which nothing may be cut
+RELAYOUT_MS = 500  # for the page to lay itself out again after a resize
+BUTTON_GROUP = f"[data-testid='stButtonGroup']{CURRENT}"
 # Streamlit's main block scrolls inside a viewport-high body, so a "full page"
 # screenshot needs a viewport as tall as that block's content.
 CONTENT_HEIGHT_JS = "() => document.querySelector(\"[data-testid='stMain']\").scrollHeight"
@@ -388,6 +408,19 @@ def test_live_page_follows_the_simulator_and_turns_stale(
                 screenshot(page, artifacts / f"{name}.png")
         finally:
             for page in others.values():
+                page.close()
+
+        # Nothing is cut at common desktop widths (the phone layout stacks):
+        # one tab per page, resized (the layout follows without a rerun).
+        for path, ready in ((f"/live?{query}", METRIC), ("/history", BUTTON_GROUP)):
+            page = open_tab(browser, base + path, page_errors)
+            try:
+                wait_drawn(page, ready)
+                for width in WIDTHS:
+                    page.set_viewport_size({"width": width, "height": VIEWPORT["height"]})
+                    page.wait_for_timeout(RELAYOUT_MS)
+                    assert page.evaluate(CLIPPED_JS) == [], f"cut at {width} px on {path}"
+            finally:
                 page.close()
 
         # 4. The collector stops cleanly; the page says STALE and no longer LIVE.

@@ -196,6 +196,13 @@ def test_sigterm_flushes_everything_and_exits_zero(database_url, tmp_path):
         "--quiet",
     )
     assert trades.returncode == 0, trades.stderr
+    # --end defaults to now: everything recorded so far.
+    until_now = depthwatch(
+        *("export", "--kind", "trades", "--symbol", "ETHUSDT", "--start", "2020-01-01"),
+        *("--database-url", database_url, "--quiet"),
+    )
+    assert until_now.returncode == 0, until_now.stderr
+    assert until_now.stdout == trades.stdout
     header, *lines = trades.stdout.splitlines()
     assert header == "exchange,symbol,timestamp,local_timestamp,id,side,price,amount"
     assert lines and all(line.split(",")[5] in ("buy", "sell") for line in lines)

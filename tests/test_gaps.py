@@ -28,6 +28,7 @@ from depthwatch.storage.read.chunks import RecordedTimes
 from depthwatch.storage.read.events import heartbeats, heartbeats_kept_from, stream_events
 from depthwatch.storage.read.rows import LastRecorded
 from depthwatch.storage.read.streams import NotRecorded, find_stream
+from depthwatch.storage.read.tops import recorded_from
 from depthwatch.storage.write import BatchWriter, WriterConfig
 
 from .e2e import stored_book_events
@@ -189,6 +190,21 @@ def test_heartbeats_not_kept_say_nothing():
         (200, 300, cov.COLLECTOR_DOWN)
     ]
     assert gaps_of([], [], heartbeats_from_us=T0 + 900 * S) == []
+
+
+def test_nothing_before_the_first_recorded_message_is_a_gap():
+    beats_late = beats((200, 600))  # the very first collector started at 200 s
+    first = T0 + 201 * S
+    everything = gaps_of([], beats_late)
+    assert spans(everything) == [(0, 200, "collector_down")]
+    assert gaps_of([], beats_late, recorded_from_us=first) == []
+    shaded = cov.window_spans([], beats_late, *RANGE, S, recorded_from_us=first)
+    assert [(s.start_ms, s.end_ms, s.cause) for s in shaded] == [
+        (T0 / 1000, first / 1000, cov.NOT_RECORDED_YET)
+    ]
+    # Holes after the first message stay.
+    later = beats((200, 300), (320, 600))
+    assert spans(gaps_of([], later, recorded_from_us=first)) == [(300, 320, "collector_down")]
 
 
 def test_bad_arguments():
@@ -534,4 +550,17 @@ def test_every_injected_fault_lies_in_a_reported_gap(database_url):
     assert G.find_gaps(engine, "linear", ["BTCUSDT"], recovered, t_end) == []
     # Gaps are short: the record is complete most of the time.
     assert sum(g.duration_us for g in gaps if g is not down[0]) < (stopped - t0) / 2, shown
+    # Before the stream's first recorded message nothing was missed: a range
+    # reaching an hour back reports the same gaps, none before that message.
+    first = min(stored)
+    earlier = G.find_gaps(engine, "linear", ["BTCUSDT"], t0 - 3_600 * S, t_end)
+    assert all(g.start_us >= first for g in earlier), earlier[:1]
+    assert [(g.start_us, g.cause) for g in earlier] == [
+        (max(g.start_us, first), g.cause) for g in gaps if g.end_us > first
+    ]
+    with engine.connect() as conn:
+        stream = find_stream(conn, STREAM.category, STREAM.symbol, 50)
+        assert recorded_from(conn, stream, t0 - 3_600 * S, t_end) == first
+        assert recorded_from(conn, stream, first + 1, t_end) is None
+        assert recorded_from(conn, stream, t0 - 7_200 * S, t0 - 3_600 * S) == t0 - 3_600 * S
     engine.dispose()

@@ -130,6 +130,8 @@ def test_column_names_and_order_are_tardis_layouts():
         "incremental_book_L2": common + "is_snapshot,side,price,amount",
         "quotes": common + "ask_amount,ask_price,bid_price,bid_amount",
         "trades": common + "id,side,price,amount",
+        # Not Tardis's: an RPI book's L2 with the RPI size after the size.
+        "incremental_book_L2_rpi": common + "is_snapshot,side,price,amount,rpi_amount",
     } == HEADERS
     assert ExportKind.parse("book_snapshot_2_1s").header() == common + (
         "asks[0].price,asks[0].amount,bids[0].price,bids[0].amount,"

@@ -164,6 +164,11 @@ def test_book_snapshots_load_and_times_in_every_form(recorded):
     ]
     with pytest.raises(ValueError, match="end must be after start"):
         history.load_quotes(SYMBOL, "now", "-1h", engine=engine)
+    # `end` defaults to now, as --end does.
+    pd.testing.assert_frame_equal(
+        history.load_quotes(SYMBOL, start_us, engine=engine),
+        history.load_quotes(SYMBOL, start_us, "2100-01-01", engine=engine),
+    )
 
 
 def test_load_gaps_covers_every_hole_in_the_log(recorded):

@@ -117,7 +117,10 @@ def test_export_input_errors_are_clear():
         (["--start", "yesterday", "--end", "2024-01-02"], "not an ISO 8601 time: 'yesterday'"),
         (["--start", "2024-01-02", "--end", "2024-01-01"], "--end must be after --start"),
         (["--start", "2024-01-01", "--end", "2024-01-02", "--depth", "7"], "--depth 7: linear"),
-        (["--start", "2024-01-01", "--end", "2024-01-02", "--depth", "x"], "number or full"),
+        (
+            ["--start", "2024-01-01", "--end", "2024-01-02", "--depth", "x"],
+            "a number, full, rpi or rpi-sizes",
+        ),
     ]
     for extra, message in cases:
         result = depthwatch(*base, *extra, *dead)

@@ -126,7 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"inclusive, UTC: {TIME_FORMS}",
     )
     export.add_argument(
-        "--end", required=True, type=time_argument, help="exclusive, the same forms as --start"
+        "--end",
+        default="now",
+        type=time_argument,
+        help="exclusive, the same forms as --start; default now",
     )
     export.add_argument(
         "--format",

@@ -65,6 +65,8 @@ CAUSES = (COLLECTOR_DOWN, SEQUENCE_GAP, BOOK_LOST, RESYNC, ROWS_DROPPED, UNTRUST
 CAUSE_BEFORE_WINDOW = "not trusted"  # a span whose opener precedes the window
 CAUSE_COLLECTOR_DOWN = "collector not running"
 SPAN_LABELS = {UNTRUSTED: CAUSE_BEFORE_WINDOW, COLLECTOR_DOWN: CAUSE_COLLECTOR_DOWN}
+# Not a gap: the time before a stream's first recorded message (shaded lightly).
+NOT_RECORDED_YET = "not recorded yet"
 
 # A heartbeat hole longer than this many intervals is a collector not running
 # (one late beat is a busy collector, not a missing one).
@@ -148,17 +150,22 @@ def stream_gaps(
     heartbeat_interval_us: int,
     record: RecordTimes | None = None,
     heartbeats_from_us: int | None = None,
+    recorded_from_us: int | None = None,
 ) -> list[Gap]:
     """The stream's gaps in [start, end) from its stream-level events (those
     before `start` tell what was open at it) and the receive times of the
     heartbeats of collectors recording it (the last before `start` and the
     first at or after `end` too, when there are such). Heartbeats before
     `heartbeats_from_us` were not kept: holes are looked for from there on.
+    Before `recorded_from_us` (the stream's first recorded message, when in
+    the range) nothing was missed: no gap starts before it.
 
     Sorted by start; overlapping or touching gaps of one cause are merged,
     gaps of different causes may overlap (`disjoint` joins them)."""
     if heartbeat_interval_us <= 0:
         raise ValueError(f"heartbeat_interval_us must be positive, got {heartbeat_interval_us}")
+    if recorded_from_us is not None:
+        start_us = max(start_us, recorded_from_us)
     if end_us <= start_us:
         return []
     gaps = event_gaps(stream, events, start_us, end_us, record)
@@ -176,13 +183,27 @@ def window_spans(
     start_us: int,
     end_us: int,
     heartbeat_interval_us: int,
+    recorded_from_us: int | None = None,
 ) -> list[Span]:
     """One stream's `stream_gaps` over a window, as the charts shade them: in
-    milliseconds, causes labelled for display (SPAN_LABELS)."""
-    gaps = stream_gaps(_ANY_STREAM, events, heartbeats_us, start_us, end_us, heartbeat_interval_us)
-    return [
+    milliseconds, causes labelled for display (SPAN_LABELS); the time before
+    the stream's first recorded message (`recorded_from_us`) as one
+    NOT_RECORDED_YET span, drawn lighter: nothing was missed there."""
+    gaps = stream_gaps(
+        _ANY_STREAM,
+        events,
+        heartbeats_us,
+        start_us,
+        end_us,
+        heartbeat_interval_us,
+        recorded_from_us=recorded_from_us,
+    )
+    spans = [
         Span(g.start_us / 1000, g.end_us / 1000, SPAN_LABELS.get(g.cause, g.cause)) for g in gaps
     ]
+    if recorded_from_us is not None and recorded_from_us > start_us:
+        spans.insert(0, Span(start_us / 1000, recorded_from_us / 1000, NOT_RECORDED_YET))
+    return spans
 
 
 _ANY_STREAM = StreamKey("", "", 0)  # one stream's spans: which one does not matter

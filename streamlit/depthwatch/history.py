@@ -87,7 +87,7 @@ def load(
     kind: str,
     symbols: Symbols,
     start: Time,
-    end: Time,
+    end: Time = "now",
     *,
     category: str = "linear",
     depth: int | None = None,
@@ -104,18 +104,24 @@ def load(
     return sink.table().to_pandas()
 
 
-def load_book_l2(symbols: Symbols, start: Time, end: Time, **options: object) -> pd.DataFrame:
+def load_book_l2(
+    symbols: Symbols, start: Time, end: Time = "now", **options: object
+) -> pd.DataFrame:
     """incremental_book_L2: every level change; a file opens with the book at
     `start` (is_snapshot rows), and a resync after a gap appears as a new snapshot."""
     return load("incremental_book_L2", symbols, start, end, **options)  # type: ignore[arg-type]
 
 
-def load_quotes(symbols: Symbols, start: Time, end: Time, **options: object) -> pd.DataFrame:
+def load_quotes(
+    symbols: Symbols, start: Time, end: Time = "now", **options: object
+) -> pd.DataFrame:
     """quotes: the best bid and ask, a row whenever either changed."""
     return load("quotes", symbols, start, end, **options)  # type: ignore[arg-type]
 
 
-def load_trades(symbols: Symbols, start: Time, end: Time, **options: object) -> pd.DataFrame:
+def load_trades(
+    symbols: Symbols, start: Time, end: Time = "now", **options: object
+) -> pd.DataFrame:
     """trades (recorded with `--trades`)."""
     return load("trades", symbols, start, end, **options)  # type: ignore[arg-type]
 
@@ -123,7 +129,7 @@ def load_trades(symbols: Symbols, start: Time, end: Time, **options: object) -> 
 def load_book_snapshots(
     symbols: Symbols,
     start: Time,
-    end: Time,
+    end: Time = "now",
     levels: int = 25,
     interval: str | None = "100ms",
     **options: object,
@@ -137,7 +143,7 @@ def load_book_snapshots(
 def load_gaps(
     symbols: Symbols | None,
     start: Time,
-    end: Time,
+    end: Time = "now",
     *,
     category: str = "linear",
     depth: int | None = None,
@@ -277,7 +283,7 @@ def book_at(
 def book_states(
     symbol: str,
     start: Time,
-    end: Time,
+    end: Time = "now",
     *,
     levels: int | None = None,
     category: str = "linear",

@@ -16,6 +16,12 @@ from depthwatch.storage.read.streams import Stream
 
 T = TypeVar("T")
 
+# On the Overview when every stream's collector read the simulator.
+REAL_DATA_HINT = (
+    "Everything here is simulated. To record Bybit itself: "
+    "`depthwatch up --symbols BTCUSDT,ETHUSDT`; to record around the clock, deploy "
+    'the worker, the dashboard and the database to Render (README, "Deploy to Render").'
+)
 START_HINT = (
     "Nothing has been recorded yet. Start recording with `depthwatch up --source sim` "
     "(an offline demo on the built-in simulator) or `depthwatch up --symbols BTCUSDT` "

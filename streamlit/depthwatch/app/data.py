@@ -39,6 +39,7 @@ from depthwatch.records import (
     RPI_DEPTH,
     RPI_SIZES_DEPTH,
     FeedEventKind,
+    depth_label,
 )
 from depthwatch.storage import schema
 from depthwatch.storage.archived import finished_before
@@ -79,6 +80,7 @@ from depthwatch.storage.read.tops import (
     latest_book,
     message_count,
     price_step,
+    recorded_from,
     top_series,
 )
 from depthwatch.storage.read.trades import recent_trades
@@ -237,6 +239,7 @@ def coverage_spans(
     start_ms: float,
     end_ms: float,
     heartbeat_interval_ms: float,
+    recorded_from_ms: float | None = None,
 ) -> list[Span]:
     """Where the book was not trusted (feed events) or not recorded (collector
     heartbeats missing), so a quiet market is never mistaken for missing data:
@@ -258,6 +261,7 @@ def coverage_spans(
         _us(start_ms),
         _us(end_ms),
         _us(heartbeat_interval_ms),
+        None if recorded_from_ms is None else _us(recorded_from_ms),
     )
 
 
@@ -290,7 +294,7 @@ def find_stream(streams: list[Stream], category: str, symbol: str, depth: int) -
     for stream in streams:
         if (stream.category, stream.symbol, stream.depth) == (category, symbol, depth):
             return stream
-    raise LookupError(f"{category} {symbol} depth {depth} is not recorded")
+    raise LookupError(f"{category} {symbol} depth {depth_label(depth)} is not recorded")
 
 
 @st.cache_resource(ttl=1.0, show_spinner=False, max_entries=64)
@@ -348,7 +352,14 @@ def live_view(
             imbalance=imbalance_series(conn, stream, start, now, levels, bucket),
             trades=recent_trades(conn, stream.instrument_id, start, now, TRADES_MAX),
             events=events,
-            spans=coverage_spans(events, beats_ms, start / 1000, now / 1000, interval_ms),
+            spans=coverage_spans(
+                events,
+                beats_ms,
+                start / 1000,
+                now / 1000,
+                interval_ms,
+                _ms(recorded_from(conn, stream, start, now)),
+            ),
             messages_per_s=_messages_per_s(conn, stream, now),
             heartbeat=heartbeat,
             simulated=source_simulated(conn, [stream.key], start, now) is True,
@@ -364,6 +375,10 @@ def live_view(
         )
 
     return _read(work)
+
+
+def _ms(us: int | None) -> float | None:
+    return None if us is None else us / 1000
 
 
 def _price_range(
@@ -428,6 +443,10 @@ def _heatmap_grid(
 # ---- health
 
 
+def _stream_kind(depth: int | None) -> str:
+    return f"depth {depth_label(depth)}" if depth else "trades"
+
+
 @dataclass(frozen=True)
 class HealthReport:
     now_us: int
@@ -455,7 +474,10 @@ def health() -> HealthReport:
         counts = event_counts(conn, since)
         events = pd.DataFrame(
             [
-                {"stream": f"{sym} · {cat} · " + (f"depth {depth}" if depth else "trades")}
+                {
+                    "stream": f"{sym} · {cat} · "
+                    + (f"depth {depth_label(depth)}" if depth else "trades")
+                }
                 | {str(kind): kinds.get(kind, 0) for kind in EVENT_KINDS_SHOWN}
                 for (cat, sym, depth), kinds in sorted(
                     counts.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] or 0)

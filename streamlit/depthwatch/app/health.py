@@ -9,7 +9,7 @@ from depthwatch.app import data
 from depthwatch.app.common import age, load, replica_lag, utc
 from depthwatch.app.guard import live_fragment
 from depthwatch.clock import DAY_US, utc_day
-from depthwatch.records import HEARTBEATS_MISSED_FOR_STALE
+from depthwatch.records import HEARTBEATS_MISSED_FOR_STALE, depth_label
 
 REFRESH_S = 5.0
 MB = 1024 * 1024
@@ -85,7 +85,7 @@ def archive_section(report: data.HealthReport) -> None:
         pd.DataFrame(
             {
                 "stream": [
-                    f"{sym} · {cat} · depth {depth}"
+                    f"{sym} · {cat} · depth {depth_label(int(depth))}"
                     for cat, sym, depth in zip(
                         streams["category"], streams["symbol"], streams["depth"], strict=True
                     )

@@ -166,8 +166,9 @@ def _controls(streams: list[Stream]) -> Choice | None:
         "End time (UTC)", value=None, key=_K + "end_time", step=timedelta(seconds=1)
     )
 
-    what = st.columns([3, 1, 1, 2], vertical_alignment="bottom")
-    kind_choice = what[0].segmented_control("Kind", KINDS, required=True, key=_K + "kind")
+    # The kinds' labels are long: their own row, so none is cut at 1280 px.
+    kind_choice = st.segmented_control("Kind", KINDS, required=True, key=_K + "kind")
+    what = st.columns([2, 1, 1], vertical_alignment="bottom")
     kind = kind_choice or KINDS[0]
     if kind == "book_snapshot":
         deepest = (
@@ -190,7 +191,7 @@ def _controls(streams: list[Stream]) -> Choice | None:
             format_func=lambda i: i or "every change",
         )
         kind = snapshot_kind(int(levels or offered[-1]), interval or "")
-    fmt = what[3].segmented_control("Format", files.FORMATS, required=True, key=_K + "format")
+    fmt = what[0].segmented_control("Format", files.FORMATS, required=True, key=_K + "format")
     fmt = fmt or files.FORMATS[0]
 
     start_us = _combine(start_date, start_time)

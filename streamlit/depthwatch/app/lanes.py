@@ -20,6 +20,7 @@ from depthwatch.app.look import (
     NOTE_COLOUR,
     SPAN_FILL,
     SPAN_FILL_OVER,
+    SPAN_FILL_QUIET,
     SPAN_LABEL_COLOUR,
     column,
     corner,
@@ -27,7 +28,7 @@ from depthwatch.app.look import (
     sorted_by_time,
     time_figure,
 )
-from depthwatch.coverage import Span
+from depthwatch.coverage import NOT_RECORDED_YET, Span
 from depthwatch.records import FeedEventKind
 from depthwatch.storage.read.frames import EVENT_COLUMNS
 
@@ -197,7 +198,10 @@ def shade_spans(fig: go.Figure, spans: Sequence[Span], over: bool = False) -> go
     opaque heatmap, which would hide shapes drawn below it."""
     if not spans:
         return fig
-    capped = cap_spans(spans)
+    # Before the first recorded message nothing was missed: a lighter band,
+    # never merged with the real holes.
+    quiet = [s for s in spans if s.cause == NOT_RECORDED_YET]
+    capped = quiet + cap_spans([s for s in spans if s.cause != NOT_RECORDED_YET])
     shapes = [
         {
             "type": "rect",
@@ -207,7 +211,13 @@ def shade_spans(fig: go.Figure, spans: Sequence[Span], over: bool = False) -> go
             "x1": s.end_ms,
             "y0": 0.0,
             "y1": 1.0,
-            "fillcolor": SPAN_FILL_OVER if over else SPAN_FILL,
+            "fillcolor": (
+                SPAN_FILL_QUIET
+                if s.cause == NOT_RECORDED_YET
+                else SPAN_FILL_OVER
+                if over
+                else SPAN_FILL
+            ),
             "line": {"width": 0},
             "layer": "above" if over else "below",
         }

@@ -35,6 +35,7 @@ ASK_BAND = "rgba(239,83,80,0.12)"  # bucket high of the ask
 SPREAD_MAX_FILL = "rgba(92,107,192,0.15)"
 SPAN_FILL = "rgba(120,120,120,0.20)"  # untrusted or missing data, below the traces
 SPAN_FILL_OVER = "rgba(90,90,90,0.30)"  # same, drawn over an opaque heatmap
+SPAN_FILL_QUIET = "rgba(120,120,120,0.06)"  # before a stream's first record: nothing missed
 SPAN_LABEL_COLOUR = "#555555"
 GRID_COLOUR = "rgba(128,128,128,0.18)"  # readable on light and dark themes
 NOTE_COLOUR = "#888888"

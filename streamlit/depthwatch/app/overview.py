@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from depthwatch.app import data
-from depthwatch.app.common import START_HINT, age, load, mid_and_spread, price, utc
+from depthwatch.app.common import REAL_DATA_HINT, START_HINT, age, load, mid_and_spread, price, utc
 from depthwatch.app.guard import live_fragment
 from depthwatch.records import depth_label
 
@@ -45,6 +45,8 @@ def overview_table() -> None:
     )
     newest = max(s.now_us for s in summaries)
     st.caption(f"As of {utc(newest)}. Gaps and resyncs count the last 24 h.")
+    if all(s.heartbeat is not None and s.heartbeat.simulated for s in summaries):
+        st.info(REAL_DATA_HINT, icon=":material/lightbulb:")
 
 
 def summary_frame(summaries: list[data.StreamSummary]) -> pd.DataFrame:

@@ -56,6 +56,9 @@ def find_gaps(
     recorded when None; of `depth`, or every depth) in [start, end) of receive
     time, `end` no later than now; sorted by symbol, depth, then start.
     NotRecorded names a symbol (or depth) never recorded."""
+    # Here, not at the top: the tops' readers bring pandas (see recorded_streams).
+    from depthwatch.storage.read.tops import recorded_from
+
     end_us = min(end_us, now_us())
     if end_us <= start_us:
         return []
@@ -76,6 +79,7 @@ def find_gaps(
                 beats.interval_us or DEFAULT_HEARTBEAT_US,
                 recorded,
                 heartbeats_kept_from(conn, cold) if cold else kept_from,
+                recorded_from(conn, stream, start_us, end_us),
             )
             gaps += coverage.disjoint(found)
     return sorted(gaps, key=lambda g: (g.symbol, g.depth, g.start_us))
@@ -104,7 +108,7 @@ def recorded_streams(
         for s in list_streams(conn)
         if s.category == category and (depth is None or s.depth == depth)
     ]
-    at = "" if depth is None else f" at depth {depth}"
+    at = "" if depth is None else f" at depth {depth_label(depth)}"
     if symbols is None:
         if not streams:
             raise NotRecorded(f"no {category} order book{at} has been recorded")

@@ -21,7 +21,7 @@ from depthwatch.archive.log import CHUNKS
 from depthwatch.records import SECOND_US
 from depthwatch.storage.codec import decode_many
 from depthwatch.storage.read import legacy
-from depthwatch.storage.read.chunks import volume_sample
+from depthwatch.storage.read.chunks import CLOCK_SKEW_US, RecordedTimes, volume_sample
 from depthwatch.storage.read.cold import cold_log, greatest, least
 from depthwatch.storage.read.frames import HEATMAP_COLUMNS, IMBALANCE_COLUMNS, TOP_COLUMNS, frame
 from depthwatch.storage.read.rows import BookView, BookVolume, HeatmapGrid, VolumeSample
@@ -264,6 +264,24 @@ def recorded_span(conn: sa.Connection, stream: Stream) -> tuple[int, int] | None
         first = least(first, cold.first_time(CHUNKS))
         last = greatest(last, cold.last_time(CHUNKS))
     return None if first is None or last is None else (int(first), int(last))
+
+
+def recorded_from(conn: sa.Connection, stream: Stream, start_us: int, end_us: int) -> int | None:
+    """Where the stream's record begins within [start, end) of receive time:
+    None when it was recorded before `start`, or never (no first message to
+    place); else its first message's receive time in the range, or `end` when
+    it was first recorded after. Before a stream's first message nothing was
+    missed (coverage clips there)."""
+    span = recorded_span(conn, stream)
+    if span is None:
+        return None
+    if span[0] + CLOCK_SKEW_US < start_us:  # exchange seconds; clearly before the range
+        return None
+    times = RecordedTimes(conn, stream)
+    if times.last_at_or_before(start_us) is not None:
+        return None
+    first = times.first_after(start_us - 1, end_us)
+    return end_us if first is None else first
 
 
 def book_volume(
