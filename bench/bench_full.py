@@ -18,7 +18,7 @@ Reports:
     same collector recording the same symbols at depth 50 in the same run;
   - bytes on disk per whole-book delta, and per checkpoint of the whole book,
     beside depth 50's;
-  - the whole book's profiles (book_profiles): bytes each on disk;
+  - the whole book's profiles (book_profiles): a row's stored bytes;
   - the Live page's whole read of one stream, full against depth 50.
 """
 
@@ -37,6 +37,7 @@ import sqlalchemy as sa
 from children import Child, Children, sim_url, start_sim, wait_for
 from common import exit_on_sigterm, machine_line, memory_mb, pct, peak_rss_mb
 from databases import database_server, fresh_database
+from depthwatch.records import PROFILE_INTERVAL_US
 
 SYMBOLS = [f"S{i:02d}USDT" for i in range(40)]
 
@@ -113,15 +114,20 @@ def book_messages(url: str) -> tuple[int, int, int, int]:
         engine.dispose()
 
 
-def profiles(url: str) -> tuple[int, int]:
-    """Whole-book profiles written, and their table's bytes (indexes too)."""
+def profiles(url: str) -> tuple[int, float]:
+    """Whole-book profiles written, and a row's stored size (pg_column_size,
+    after TOAST compression: a short run's table is mostly empty pages)."""
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
-            count = int(conn.execute(sa.text("SELECT count(*) FROM book_profiles")).scalar_one())
+            count, row_bytes = conn.execute(
+                sa.text(
+                    "SELECT count(*), coalesce(avg(pg_column_size(p.*)), 0) FROM book_profiles p"
+                )
+            ).one()
     finally:
         engine.dispose()
-    return count, table_bytes(url, "book_profiles")
+    return int(count), float(row_bytes)
 
 
 def live_read_ms(url: str, symbol: str, reads: int = 15) -> float:
@@ -200,7 +206,7 @@ def run(args: argparse.Namespace, server: str, depth: str, logs: Path) -> dict[s
     profile_count, profile_bytes = profiles(url)
     figures |= {
         "profiles": profile_count,
-        "profile_bytes": profile_bytes / max(1, profile_count),
+        "profile_bytes": profile_bytes,
         "live_read_ms": live_read_ms(url, symbols[0]),
         "deltas": deltas,
         "delta_payload": delta_bytes / max(1, deltas),
@@ -247,10 +253,11 @@ def main() -> int:
             f"{r['checkpoints']} checkpoints, {per_checkpoint / 1e3:.0f} kB each"
         )
     print(f"RSS ratio full / 50: {full['rss'] / fifty['rss']:.2f}x")
-    per_day = full["profile_bytes"] * 86_400 / 5 / 1e6
+    per_day = full["profile_bytes"] * 86_400 / (PROFILE_INTERVAL_US / 1e6) / 1e6
     print(
-        f"profiles: {full['profiles']:,}, {full['profile_bytes'] / 1e3:.1f} kB each on disk "
-        f"(~{per_day:.0f} MB a day per symbol at one per 5 s)"
+        f"profiles: {full['profiles']:,}, {full['profile_bytes'] / 1e3:.1f} kB a row stored "
+        f"(~{per_day:.0f} MB a day per symbol at the default interval, "
+        f"{PROFILE_INTERVAL_US / 1e6:g} s)"
     )
     read_full, read_fifty = full["live_read_ms"], fifty["live_read_ms"]
     print(

@@ -336,8 +336,8 @@ def test_whole_book_checkpoints_are_stamped_at_their_own_boundaries():
 def test_a_whole_book_profile_sums_levels_per_bucket_within_its_reach():
     from depthwatch.book import OrderBook, book_profile, profile_step
 
-    assert profile_step(60_000.0) == 5.0  # 0.5 bp is 3, rounded up to 1-2-5
-    assert profile_step(0.02) == 0.000001
+    assert profile_step(60_000.0) == 10.0  # 1 bp is 6, rounded up to 1-2-5
+    assert profile_step(0.02) == 0.000002
     book = OrderBook()
     book.apply_levels(
         [["99.9", "1"], ["99.5", "2"], ["98.1", "4"], ["90", "100"]],  # 90 is beyond 5 %

@@ -179,9 +179,9 @@ class BookBounds:
 # every PROFILE_INTERVAL_US of exchange time its levels within PROFILE_REACH
 # of the mid are summed into price buckets about PROFILE_STEP_BPS wide
 # (BookProfile), which the dashboard aggregates further in SQL.
-PROFILE_INTERVAL_US = 5 * SECOND_US
+PROFILE_INTERVAL_US = 10 * SECOND_US
 PROFILE_REACH = 0.05
-PROFILE_STEP_BPS = 0.5
+PROFILE_STEP_BPS = 1.0
 
 
 @dataclass(slots=True)
