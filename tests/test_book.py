@@ -334,10 +334,12 @@ def test_whole_book_checkpoints_are_stamped_at_their_own_boundaries():
 
 
 def test_a_whole_book_profile_sums_levels_per_bucket_within_its_reach():
-    from depthwatch.book import OrderBook, book_profile, profile_step
+    from depthwatch.book import OrderBook, book_profile, bucket_of, profile_step
 
     assert profile_step(60_000.0) == 10.0  # 1 bp is 6, rounded up to 1-2-5
     assert profile_step(0.02) == 0.000002
+    assert bucket_of(0.3, 0.1) == 3 and bucket_of(0.29, 0.1) == 2  # 0.3 / 0.1 is 2.999...
+    assert bucket_of(60_000.0, 10.0) == 6_000 and bucket_of(59_999.99, 10.0) == 5_999
     book = OrderBook()
     book.apply_levels(
         [["99.9", "1"], ["99.5", "2"], ["98.1", "4"], ["90", "100"]],  # 90 is beyond 5 %
@@ -390,3 +392,13 @@ def profile_step_of(price: float) -> float:
     from depthwatch.book import profile_step
 
     return profile_step(price)
+
+
+def test_whole_books_profile_on_different_seconds_of_the_interval():
+    from depthwatch.records import FULL_DEPTH
+
+    offsets = {
+        StreamBook(StreamKey("spot", f"S{i:02d}USDT", FULL_DEPTH), Sink())._profile_offset_us
+        for i in range(20)
+    }
+    assert len(offsets) >= 5 and all(o % 1_000_000 == 0 and 0 <= o < 10_000_000 for o in offsets)

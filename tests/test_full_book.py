@@ -275,7 +275,7 @@ def test_profiles_of_a_whole_book_match_the_truth_and_the_live_page_draws_them(
             ):
                 expected: dict[int, Decimal] = {}
                 for price, size in levels:  # the simulated book is well within 5 %
-                    bucket = math.floor(float(price) / step)
+                    bucket = int(Decimal(price) / Decimal(repr(step)) // 1)  # exact
                     expected[bucket] = expected.get(bucket, Decimal(0)) + Decimal(size)
                 got = {first + i: s for i, s in enumerate(sizes) if s}
                 assert got.keys() == expected.keys(), f"u={u}"

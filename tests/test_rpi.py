@@ -30,6 +30,7 @@ from .e2e import (
     sim_collector_config,
     stored_book_events,
 )
+from .test_book import Sink
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 
@@ -317,3 +318,48 @@ def test_rpi_view_joins_the_two_books():
     assert view.ask_share == pytest.approx(4.0 / 12.0)  # 101 (3 + 4) and 102 (5)
     empty = rpi_view(None, None, None, None, levels=5)
     assert empty.with_rpi.bid is None and empty.bid_share is None
+
+
+def test_the_two_books_keep_or_refuse_each_message_together():
+    """A message the rpi book refuses (a crossed ordinary book) is not kept by
+    the rpi-sizes book either, and a resync is asked for: both logs hold the
+    same messages, which incremental_book_L2_rpi joins one to one."""
+    from depthwatch.collector import Collector
+    from depthwatch.config import CollectorConfig
+
+    class Records(Sink):
+        """What the collector hands its writer, kept (the writer's own tests
+        cover what it does with them)."""
+
+        def __getattr__(self, name: str) -> object:  # bounds, profiles: not looked at
+            return lambda *args: None
+
+    writer = Records()
+    config = CollectorConfig(ws_url="ws://127.0.0.1:9", symbols=("BTCUSDT",), depths=(RPI_DEPTH,))
+    collector = Collector(config, writer)  # type: ignore[arg-type]
+    parser = FeedParser("linear")
+    pair = parser.parse(rpi_frame("snapshot", [["100", "1", "2"]], [["101", "1", "0"]], u=5), 1)
+    assert collector.on_book_pair(*pair) is False
+    kept = len(writer.updates)
+    assert kept == 2  # the snapshot, in both books
+    # The ordinary bid crosses the ask: the rpi book refuses, and so does its companion.
+    crossed = parser.parse(rpi_frame("delta", [["102", "1", "0"]], [], u=6), 2)
+    assert collector.on_book_pair(*crossed) is True
+    assert len(writer.updates) == kept
+    books = collector.books
+    plain, sizes = (books[StreamKey("linear", "BTCUSDT", d)] for d in (RPI_DEPTH, RPI_SIZES_DEPTH))
+    assert not plain.valid and not sizes.valid
+    # An RPI bid above an RPI ask alone is not refused (RPI orders never match each other).
+    pair = parser.parse(rpi_frame("snapshot", [["100", "1", "0"]], [["103", "1", "0"]], u=9), 3)
+    collector.on_book_pair(*pair)
+    rpi_cross = parser.parse(rpi_frame("delta", [["102", "0", "1"]], [["101", "0", "1"]], u=10), 4)
+    assert collector.on_book_pair(*rpi_cross) is False
+    assert plain.valid and sizes.valid
+    # A topic's resync, from its connection, is about both books.
+    from depthwatch.records import FeedEvent, FeedEventKind
+
+    collector.on_feed_event(
+        FeedEvent(FeedEventKind.RESYNC, 5, "linear", "BTCUSDT", RPI_DEPTH, "x", "linear-0")
+    )
+    resyncs = [e for e in writer.events if getattr(e, "kind", None) is FeedEventKind.RESYNC]
+    assert sorted(e.depth for e in resyncs) == [RPI_SIZES_DEPTH, RPI_DEPTH]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
@@ -288,8 +289,34 @@ class Collector(WholeBookSyncs):
         for trade in trades:
             self.writer.add_trade(trade)
 
+    def on_book_pair(self, plain: BookUpdate, sizes: BookUpdate) -> bool:
+        """An `orderbook.rpi` message's two books (ordinary sizes, RPI sizes)
+        move together: a message one of them refuses, the other does not keep
+        either, so their logs hold the same messages, which
+        incremental_book_L2_rpi joins one to one. True: resync the topic."""
+        resync = self.on_book_update(plain)
+        book, companion = self.books.get(plain.stream), self.books.get(sizes.stream)
+        if book is None or companion is None:
+            return resync
+        if book.refusing and companion.valid:
+            companion.reject(sizes.local_us, f"u={sizes.update_id}: refused with its rpi book")
+            return resync
+        resync = self.on_book_update(sizes) or resync
+        if companion.refusing and book.valid:
+            # Refused by the RPI sizes alone (rare: the ordinary book took the
+            # same levels): the ordinary book waits for the same snapshot.
+            book.reject(plain.local_us, f"u={plain.update_id}: refused with its rpi-sizes book")
+            resync = True
+        return resync
+
     def on_feed_event(self, event: FeedEvent) -> None:
         self.writer.add_feed_event(event)
+        # A connection's event about a topic (a resync, a subscription) is
+        # about every book recorded from it; the books' own events are each's.
+        if event.connection and event.depth is not None and event.symbol is not None:
+            for depth in recorded_depths(event.depth):
+                if depth != event.depth:
+                    self.writer.add_feed_event(dataclasses.replace(event, depth=depth))
 
     def on_streams_lost(self, streams: list[StreamKey]) -> None:
         for stream in [*streams, *(c for s in streams for c in _companions(s))]:

@@ -27,7 +27,7 @@ from depthwatch.export import files, kinds
 from depthwatch.export.kinds import ExportKind
 from depthwatch.export.tardis import ExportRequest, PlannedRequest, check_requests
 from depthwatch.logs import first_line
-from depthwatch.records import depth_label
+from depthwatch.records import depth_label, levels_of
 from depthwatch.storage.db import DatabaseUnavailable
 from depthwatch.storage.read.events import source_simulated
 from depthwatch.storage.read.rows import BookVolume, TradeCount
@@ -102,7 +102,7 @@ def book_rows(
     if kind.family == kinds.L2:
         if total == 0:
             return RowEstimate(0, "=")
-        snapshot_levels = volume.snapshot_levels or 2.0 * depth
+        snapshot_levels = volume.snapshot_levels or 2.0 * levels_of(depth)
         deltas = max(0, total - volume.snapshots)
         opening = 1 if volume.recorded_before else 0
         rows = deltas * volume.delta_levels + (volume.snapshots + opening) * snapshot_levels

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import itertools
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -29,7 +30,7 @@ from depthwatch.book import OrderBook
 from depthwatch.export import kinds
 from depthwatch.export.columnar import L2Columns, QuoteColumns, l2_columns, quote_columns
 from depthwatch.export.kinds import ExportKind
-from depthwatch.export.replay import BookReplay, IntBookReplay, StepKind
+from depthwatch.export.replay import BookReplay, IntBookReplay, Step, StepKind
 from depthwatch.export.snapshots import snapshot_columns, snapshot_rows
 from depthwatch.feed.topics import TARDIS_EXCHANGE
 from depthwatch.records import RPI_DEPTH, RPI_SIZES_DEPTH, depth_label, levels_of
@@ -573,22 +574,27 @@ def _l2_rpi_rows(
 ) -> Iterator[Row]:
     """incremental_book_L2 rows with each level's RPI size after its size: the
     rpi book and its rpi-sizes companion replayed side by side. One frame made
-    both books' messages, so their replays step alike; a step where they do
-    not is a broken record, refused in one line rather than joined wrongly."""
+    both books' messages (the collector keeps or refuses them together), so
+    their replays step alike. The writer may commit one book's newest rows a
+    flush before the other's: a tail only one replay has is left for a later
+    read. Any other step where they differ is a broken record, refused in one
+    line rather than joined wrongly."""
     sizes = find_stream(conn, stream.category, stream.symbol, RPI_SIZES_DEPTH)
     plain = BookReplay(conn, stream, request.start_us, request.end_us)
     rpi = BookReplay(conn, sizes, request.start_us, request.end_us)
+    plain_steps, rpi_steps = iter(plain), iter(rpi)
     start = request.start_us
-    for step, rpi_step in zip(plain, rpi, strict=True):
-        event, rpi_event = step.event, rpi_step.event
-        if step.kind is not rpi_step.kind or (event is None) is not (rpi_event is None):
+    last_local_us = 0
+    for step, rpi_step in itertools.zip_longest(plain_steps, rpi_steps):
+        if not _same_step(step, rpi_step):
+            rest = [s for s in (step, rpi_step, *plain_steps, *rpi_steps) if s is not None]
+            if all(s.kind is StepKind.END or _newer(s, last_local_us) for s in rest):
+                return  # one book's newest messages, committed a flush ahead
             raise NotRecorded(f"{stream.symbol}: the rpi and rpi-sizes books' records differ")
+        assert step is not None and rpi_step is not None  # _same_step
+        event, rpi_event = step.event, rpi_step.event
         if event is None or rpi_event is None:
             continue
-        if (event.u, event.local_us) != (rpi_event.u, rpi_event.local_us):
-            raise NotRecorded(
-                f"{stream.symbol}: the rpi and rpi-sizes books' records differ at u={event.u}"
-            )
         if step.kind is StepKind.START and not event.is_snapshot:
             rows = [
                 (start, start, True, side, price, size, rpi_size)
@@ -596,6 +602,7 @@ def _l2_rpi_rows(
             ]
         elif step.kind is StepKind.APPLY:
             ts, local, snap = event.ts_us, event.local_us, event.is_snapshot
+            last_local_us = local
             rows = [
                 (ts, local, snap, side, price, size, rpi_size)
                 for side, price, size, rpi_size in _joined_event(event, rpi_event)
@@ -604,6 +611,19 @@ def _l2_rpi_rows(
             continue
         progress.tick(len(rows), event.ts_us)
         yield from rows
+
+
+def _same_step(a: Step[BookEventRow] | None, b: Step[BookEventRow] | None) -> bool:
+    """Whether the two books' replays are at the same step of the same message."""
+    if a is None or b is None or a.kind is not b.kind:
+        return False
+    if a.event is None or b.event is None:
+        return a.event is None and b.event is None
+    return (a.event.u, a.event.local_us) == (b.event.u, b.event.local_us)
+
+
+def _newer(step: Step[BookEventRow], than_local_us: int) -> bool:
+    return step.event is not None and step.event.local_us > than_local_us
 
 
 JoinedLevel = tuple[str, str, str, str]  # side, price, size, RPI size

@@ -113,6 +113,10 @@ class FeedHandler(Protocol):
         """Returns True when the stream's book broke and needs a resync."""
         ...
 
+    def on_book_pair(self, plain: BookUpdate, sizes: BookUpdate) -> bool:
+        """The two books of one `orderbook.rpi` message; True: resync the topic."""
+        ...
+
     def on_malformed_book_message(self, stream: StreamKey, local_us: int, detail: str) -> bool:
         """A frame of this stream could not be parsed. Returns True when its
         book broke and needs a resync."""
@@ -426,9 +430,8 @@ class BybitConnection:
             elif isinstance(parsed, tuple):  # orderbook.rpi: its two books, one message
                 stats.book_updates += 1
                 self._last_data = self._last_rx
-                plain, sizes = parsed
-                if handler.on_book_update(plain) | handler.on_book_update(sizes):
-                    self._resync(plain.stream)
+                if handler.on_book_pair(*parsed):
+                    self._resync(parsed[0].stream)
             elif isinstance(parsed, list):
                 self._last_data = self._last_rx
                 handler.on_trades(parsed)

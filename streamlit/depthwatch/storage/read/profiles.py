@@ -42,21 +42,20 @@ def profile_extent(
     row = conn.execute(
         sa.text(
             """SELECT step,
-                      CASE WHEN cardinality(bid_sizes) > 0 THEN bid_first * step END,
+                      CASE WHEN cardinality(bid_sizes) > 0 THEN bid_first * step
+                           ELSE ask_first * step END,
                       CASE WHEN cardinality(ask_sizes) > 0
-                           THEN (ask_first + cardinality(ask_sizes)) * step END
+                           THEN (ask_first + cardinality(ask_sizes)) * step
+                           ELSE (bid_first + cardinality(bid_sizes)) * step END
                FROM book_profiles
                WHERE stream_id = :sid AND ts_us >= :since
                ORDER BY ts_us DESC LIMIT 1"""
         ),
         {"sid": stream.id, "since": since_us},
     ).first()
-    if row is None or (row[1] is None and row[2] is None):
-        return None
-    step, low, high = float(row[0]), row[1], row[2]
-    low = float(low if low is not None else high - step)
-    high = float(high if high is not None else low + step)
-    return low, high, step
+    if row is None or row[1] is None or float(row[1]) >= float(row[2]):
+        return None  # no profile, or an empty book
+    return float(row[1]), float(row[2]), float(row[0])
 
 
 def latest_profile(

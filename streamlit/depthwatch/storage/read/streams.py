@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from depthwatch.records import StreamKey, depth_label
+from depthwatch.records import RPI_DEPTH, RPI_SIZES_DEPTH, StreamKey, depth_label
 
 
 class NotRecorded(LookupError):
@@ -100,7 +100,8 @@ def instrument_streams(conn: sa.Connection, iid: int) -> list[Stream]:
 
 def find_stream(conn: sa.Connection, category: str, symbol: str, depth: int | None) -> Stream:
     """The stream of `symbol` at `depth`, or at the only depth with recorded
-    book messages when `depth` is None; NotRecorded saying why otherwise."""
+    book messages when `depth` is None (the RPI books aside, when one other is
+    recorded); NotRecorded saying why otherwise."""
     iid = instrument_id(conn, category, symbol)
     candidates = instrument_streams(conn, iid)
     recorded = [s for s in candidates if _has_messages(conn, s)]
@@ -114,6 +115,10 @@ def find_stream(conn: sa.Connection, category: str, symbol: str, depth: int | No
         return recorded[depths.index(depth)]
     if not recorded:
         raise NotRecorded(f"no order book recorded for {symbol}")
+    # The RPI books (`--rpi`) sit beside an ordinary depth: alone, that one is meant.
+    ordinary = [s for s in recorded if s.depth not in (RPI_DEPTH, RPI_SIZES_DEPTH)]
+    if len(ordinary) == 1:
+        return ordinary[0]
     if len(recorded) > 1:
         raise NotRecorded(f"{symbol} was recorded at depths {labels}: choose one with --depth")
     return recorded[0]
