@@ -37,7 +37,7 @@ from packaging.version import Version
 from playwright.sync_api import sync_playwright
 from streamlit.testing.v1 import AppTest
 
-from depthwatch.collector import FINAL_FLUSH_TIMEOUT_S
+from depthwatch.collector_process import FINAL_FLUSH_TIMEOUT_S
 from depthwatch.records import StreamKey
 from depthwatch.sim import SimConfig, SimulatorThread
 from depthwatch.storage import schema

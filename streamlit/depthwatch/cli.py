@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "collect":
-        from depthwatch.collector import run_collector
+        from depthwatch.collector_process import run_collector
 
         return run_collector(collector_config_from_args(args))
     if args.command == "db":
