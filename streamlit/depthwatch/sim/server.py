@@ -20,14 +20,12 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
-from http import HTTPStatus
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import parse_qs
 
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -54,6 +52,7 @@ from depthwatch.sim.config import (
 )
 from depthwatch.sim.market import TruthState
 from depthwatch.sim.replay import load_replay
+from depthwatch.sim.rest import full_orderbook, json_response
 from depthwatch.sim.topics import FullTopic, Market, Pub, ReplayTopic, RpiTopic, SynthTopic, Topic
 
 log = logging.getLogger(__name__)
@@ -203,7 +202,7 @@ class BybitSimulator:
             # Before listening: a whole book of 10,000 levels a side costs
             # ~0.1 s to set up, which a subscription would otherwise wait for.
             for market in self.markets.values():
-                self._full_topic(market)
+                self.full_topic(market)
         self._server = await serve(
             self._handle,
             cfg.host,
@@ -381,7 +380,7 @@ class BybitSimulator:
         if path == FULL_BOOK_PATH:
             # Answered as of its arrival, sent after rest_delay_s: deltas pushed
             # meanwhile make the answer older than the client's latest delta.
-            response = self._full_orderbook(parse_qs(query))
+            response = full_orderbook(self, parse_qs(query))
             delay = self.config.rest_delay_s
             if delay > 0:
                 self.injected(FullBookFault.REST_DELAY, None, response.topic, response.seq)
@@ -391,51 +390,16 @@ class BybitSimulator:
             name = parse_qs(query).get("topic", [""])[0]
             state = self.latest(name)
             if state is None:
-                return _json_response(404, {"error": f"unknown topic {name!r}"})
+                return json_response(404, {"error": f"unknown topic {name!r}"})
             body = {"u": state.u, "seq": state.seq, "ts": state.ts_ms}
-            return _json_response(200, body | {"bids": state.bids, "asks": state.asks})
+            return json_response(200, body | {"bids": state.bids, "asks": state.asks})
         if _category(path) is None:
             return conn.respond(404, "unknown path\n")
         return None
 
-    def _full_orderbook(self, params: dict[str, list[str]]) -> _RestAnswer:
-        """A REST snapshot of the whole book, or the error or fault answering it."""
-        self.rest_total += 1
-        n, cfg = self.rest_total, self.config
-        category = params.get("category", [""])[0]
-        symbol = params.get("symbol", [""])[0]
-        self.rest_requests[symbol] += 1
-        name = book_topic(FULL_DEPTH, symbol) if symbol else ""
-        if cfg.rest_429_every and n % cfg.rest_429_every == 0:
-            self.injected(FullBookFault.REST_429, None, name)
-            body = {"retCode": 10006, "retMsg": "Too many visits!"}
-            return _RestAnswer(_json_response(429, body), name)
-        if cfg.rest_5xx_every and n % cfg.rest_5xx_every == 0:
-            self.injected(FullBookFault.REST_5XX, None, name)
-            return _RestAnswer(_text_response(503, "Service Temporarily Unavailable\n"), name)
-        if category not in FULL_CATEGORIES or category not in cfg.full_categories:
-            if category in FULL_CATEGORIES:
-                self.injected(FullBookFault.REFUSED, None, name)
-            return _RestAnswer(_rest_error("params error: category invalid"), name)
-        market = self.markets.get(symbol)
-        if market is None:
-            return _RestAnswer(_rest_error("params error: symbol invalid"), name)
-        topic = self._full_topic(market)
-        if cfg.rest_stale_every and n % cfg.rest_stale_every == 0:
-            state = topic.stale_state()
-            self.injected(FullBookFault.REST_STALE, None, name, state.seq)
-        elif cfg.rest_mismatch_every and n % cfg.rest_mismatch_every == 0:
-            state = replace(topic.state(cfg.rest_levels), u=topic.u + 1)
-            self.injected(FullBookFault.REST_MISMATCH, None, name, state.seq)
-        else:
-            state = topic.state(cfg.rest_levels)
-        limit = cfg.rest_levels
-        result: dict[str, object] = {"s": symbol, "b": state.bids[:limit], "a": state.asks[:limit]}
-        result |= {"ts": state.ts_ms, "u": state.u, "seq": state.seq, "cts": state.ts_ms - 1}
-        body = {"retCode": 0, "retMsg": "OK", "result": result, "retExtInfo": {}}
-        return _RestAnswer(_json_response(200, body | {"time": now_ms()}), name, state.seq)
-
-    def _full_topic(self, market: Market) -> FullTopic:
+    def full_topic(self, market: Market) -> FullTopic:
+        """The symbol's whole-book topic, made at its first use (a subscription
+        or a REST snapshot)."""
         topic = market.topics.get(FULL_DEPTH)
         if topic is None:
             topic = market.topics[FULL_DEPTH] = FullTopic(
@@ -463,7 +427,7 @@ class BybitSimulator:
             return market.trades
         assert depth is not None
         if depth == FULL_DEPTH:
-            return self._full_topic(market)
+            return self.full_topic(market)
         if depth not in market.topics:
             kind_of_topic = RpiTopic if depth == RPI_DEPTH else SynthTopic
             market.topics[depth] = kind_of_topic(name, self.config, market)
@@ -571,34 +535,6 @@ def _refused_full(name: str, category: str, config: SimConfig) -> bool:
         return False
     in_bybit = category in FULL_CATEGORIES
     return depth == FULL_DEPTH and in_bybit and category not in config.full_categories
-
-
-@dataclass(frozen=True, slots=True)
-class _RestAnswer:
-    response: Response
-    topic: str  # for the fault log
-    seq: int = 0
-
-
-def _json_response(status: int, body: dict) -> Response:
-    return _response(status, "application/json", orjson.dumps(body))
-
-
-def _text_response(status: int, text: str) -> Response:
-    return _response(status, "text/plain; charset=utf-8", text.encode())
-
-
-def _response(status: int, content_type: str, data: bytes) -> Response:
-    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(data)))])
-    # websockets closes the TCP connection after any answer that is not an upgrade.
-    headers["Connection"] = "close"
-    return Response(status, HTTPStatus(status).phrase, headers, data)
-
-
-def _rest_error(message: str) -> Response:
-    """Bybit's REST errors are HTTP 200 with a nonzero retCode."""
-    body = {"retCode": 10001, "retMsg": message, "result": {}, "retExtInfo": {}}
-    return _json_response(200, body | {"time": now_ms()})
 
 
 def _ack(
