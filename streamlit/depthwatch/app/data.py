@@ -370,7 +370,7 @@ def live_view(
                 if stream.depth == FULL_DEPTH
                 else None
             ),
-            rpi=_rpi_view(conn, stream, levels, start, now),
+            rpi=_rpi_view(conn, stream, (quote, book), levels, start, now),
             price_range=price_range,
         )
 
@@ -399,24 +399,28 @@ def _price_range(
 
 
 def _rpi_view(
-    conn: sa.Connection, stream: Stream, levels: int, start: int, now: int
+    conn: sa.Connection,
+    stream: Stream,
+    shown: tuple[LastQuote | None, BookView | None],
+    levels: int,
+    start: int,
+    now: int,
 ) -> RpiView | None:
-    """Both books of an `orderbook.rpi` stream, newest top and snapshot each;
+    """Both books of an `orderbook.rpi` stream, newest top and snapshot each
+    (`shown`: the page's stream's, already read; its companion's read here);
     None for any other stream."""
     if stream.depth not in (RPI_DEPTH, RPI_SIZES_DEPTH):
         return None
-    both = {s.depth: s for s in instrument_streams(conn, stream.instrument_id)}
-    plain, sizes = both.get(RPI_DEPTH), both.get(RPI_SIZES_DEPTH)
-    if plain is None or sizes is None:
-        return None
-    since = now - HEALTH_DAY_US
-    return rpi_view(
-        last_quote(conn, plain, since),
-        last_quote(conn, sizes, since),
-        latest_book(conn, plain, levels, start),
-        latest_book(conn, sizes, levels, start),
-        levels,
+    other_depth = RPI_SIZES_DEPTH if stream.depth == RPI_DEPTH else RPI_DEPTH
+    other = next(
+        (s for s in instrument_streams(conn, stream.instrument_id) if s.depth == other_depth),
+        None,
     )
+    if other is None:
+        return None
+    read = (last_quote(conn, other, now - HEALTH_DAY_US), latest_book(conn, other, levels, start))
+    plain, sizes = (shown, read) if stream.depth == RPI_DEPTH else (read, shown)
+    return rpi_view(plain[0], sizes[0], plain[1], sizes[1], levels)
 
 
 def _heatmap_grid(
