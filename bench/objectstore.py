@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -22,12 +23,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def quiet_ports(count: int) -> list[int]:
+    """`count` free ports below the kernel's ephemeral range (32768 up), so no
+    outgoing connection or port-0 listener of a parallel test can take one between
+    this check and `weed` binding it; each xdist worker draws from its own slice,
+    so two workers' servers cannot pick the same port either."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    slot = int(worker) % QUIET_PORT_SLICES if worker.isdigit() else 0
+    low = QUIET_PORT_LOW + slot * QUIET_PORT_SLICE
+    ports: list[int] = []
+    for port in random.sample(range(low, low + QUIET_PORT_SLICE), QUIET_PORT_SLICE):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise AssertionError(f"fewer than {count} free ports in {low}..{low + QUIET_PORT_SLICE}")
 
 
+QUIET_PORT_LOW = 20000
+QUIET_PORT_SLICE = 1500
+QUIET_PORT_SLICES = 8
+# A port taken in the instant between the check and the bind is still possible
+# (another program), so a first start that loses that race picks again.
+START_ATTEMPTS = 3
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 BUCKET = "depthwatch-archive"
@@ -57,6 +79,15 @@ def weed_binary() -> str:
     return found
 
 
+# weed checks its ports before binding ("... is not available ...") and can still
+# lose one in between ("bind: address already in use").
+BIND_FAILED = ("address already in use", "Port allocation failed")
+
+
+class PortTaken(AssertionError):
+    """`weed` exited because one of its ports was taken after it was chosen."""
+
+
 @dataclass
 class S3Server:
     data_dir: Path
@@ -64,6 +95,7 @@ class S3Server:
     secret_key: str = field(default_factory=lambda: "secret-" + secrets.token_hex(12))
     ports: dict[str, int] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    _log_start: int = 0
 
     @property
     def endpoint(self) -> str:
@@ -94,8 +126,20 @@ class S3Server:
         )
 
     def start(self) -> None:
-        if not self.ports:
-            self.ports = {name: free_port() for name in PORT_FLAGS}
+        """Start `weed mini`; a restart keeps the ports (the same endpoint)."""
+        if self.ports:
+            self._start_once()
+            return
+        for attempt in range(1, START_ATTEMPTS + 1):
+            self.ports = dict(zip(PORT_FLAGS, quiet_ports(len(PORT_FLAGS)), strict=True))
+            try:
+                self._start_once()
+                return
+            except PortTaken:
+                if attempt == START_ATTEMPTS:
+                    raise
+
+    def _start_once(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir.parent / "s3.json"
         credentials = {"accessKey": ACCESS_KEY, "secretKey": self.secret_key}
@@ -118,6 +162,7 @@ class S3Server:
             *(f"-{name}={port}" for name, port in self.ports.items()),
         ]
         with self.log.open("ab") as out:
+            self._log_start = out.tell()
             self.proc = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
@@ -139,6 +184,9 @@ class S3Server:
         while True:
             assert self.proc is not None
             code = self.proc.poll()
+            # Fatal for weed, or a part of it left dead: either way, other ports.
+            if any(text in self._this_run_log() for text in BIND_FAILED):
+                raise PortTaken(self._this_run_log()[-2000:])
             assert code is None, f"weed exited ({code}):\n{self.log.read_text(errors='replace')}"
             with contextlib.suppress(OSError):
                 if fs.get_file_info(BUCKET).type == pafs.FileType.Directory:
@@ -148,6 +196,11 @@ class S3Server:
                 + self.log.read_text(errors="replace")[-3000:]
             )
             time.sleep(0.25)
+
+    def _this_run_log(self) -> str:
+        with self.log.open("rb") as log:
+            log.seek(self._log_start)
+            return log.read().decode(errors="replace")
 
     def stop(self) -> None:
         """SIGTERM to its process group, SIGKILL if it lingers; waited for."""
