@@ -13,7 +13,7 @@ import orjson
 
 import common  # noqa: F401  (this tree's depthwatch first on sys.path)
 from depthwatch.book import StreamBook
-from depthwatch.feed.parse import FeedParser
+from depthwatch.feed.bybit.parse import FeedParser
 from depthwatch.records import StreamKey
 from depthwatch.sim.market import DepthView, MarketBook, spec_for
 

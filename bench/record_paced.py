@@ -29,7 +29,7 @@ import orjson
 import sqlalchemy as sa
 
 from depthwatch.book import StreamBook
-from depthwatch.feed.parse import FeedParser
+from depthwatch.feed.bybit.parse import FeedParser
 from depthwatch.records import BookUpdate, StreamKey, Trade
 from depthwatch.sim.market import DepthView, MarketBook, spec_for
 from depthwatch.storage import schema

@@ -11,15 +11,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 
 from depthwatch.collector import Collector, register_instruments
 from depthwatch.config import CollectorConfig
 from depthwatch.export.tardis import ExportRequest, export_csv
-from depthwatch.feed.topics import book_topic
+from depthwatch.feed.bybit.topics import book_topic
 from depthwatch.records import StreamKey
 from depthwatch.sim import SimConfig, SimulatorThread, TruthState
+from depthwatch.sim import truth_key as binance_truth_key
 from depthwatch.storage import schema
 from depthwatch.storage.db import make_engine
 from depthwatch.storage.read.book import book_events
@@ -77,6 +79,28 @@ def recorded_from_sim(
             run.engine.dispose()
 
 
+@contextlib.contextmanager
+def one_symbol_sim(symbol: str = "BTCUSDT", **overrides: Any) -> Iterator[SimulatorThread]:
+    """A simulator of one symbol, stepping as fast as its clients read unless told."""
+    config: dict[str, Any] = {"symbols": (symbol,), "rate": 0, "trades_rate": 0} | overrides
+    sim = SimulatorThread(SimConfig(**config))
+    try:
+        yield sim.start()
+    finally:
+        sim.stop()
+
+
+def is_binance(stream: StreamKey) -> bool:
+    return stream.category in ("binance", "binance-futures")
+
+
+def truth_key(stream: StreamKey) -> str:
+    """The simulator's name for a stream's ground truth."""
+    if is_binance(stream):
+        return binance_truth_key(stream.category, stream.symbol)
+    return book_topic(stream.depth, stream.symbol)
+
+
 def collect_until_caught_up(
     sim: SimulatorThread,
     config: CollectorConfig,
@@ -103,11 +127,16 @@ def collect_until_caught_up(
         for stream, book in collector.books.items():
             if wait_for is not None and stream not in wait_for:
                 continue
-            topic = book_topic(stream.depth, stream.symbol)
+            topic = truth_key(stream)
             latest = sim.latest(topic)
             if not sim.sim.finished(topic) or latest is None:
                 return False
-            if not book.valid or book.last_update_id != latest.u:
+            if not book.valid:
+                return False
+            if is_binance(stream):  # numbered by the sync; Binance's own u is `sequence`
+                if book.last_sequence != latest.seq:
+                    return False
+            elif book.last_update_id != latest.u:
                 return False
         return True
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import socket
 
-from depthwatch.feed.connection import BybitConnection, ConnectionConfig, ReconnectPolicy
+from depthwatch.feed.connection import ConnectionConfig, FeedConnection, ReconnectPolicy
 from depthwatch.records import BookUpdate, FeedEvent, FeedEventKind, StreamKey, Trade
 from depthwatch.sim import BybitSimulator, SimConfig
 
@@ -42,7 +42,7 @@ class Recorder:
         pass
 
 
-async def run_for(connection: BybitConnection, seconds: float) -> None:
+async def run_for(connection: FeedConnection, seconds: float) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(connection.run(stop))
     await asyncio.sleep(seconds)
@@ -51,12 +51,12 @@ async def run_for(connection: BybitConnection, seconds: float) -> None:
 
 
 def test_pings_on_schedule_and_every_ack_is_checked():
-    async def main() -> tuple[BybitSimulator, Recorder, BybitConnection]:
+    async def main() -> tuple[BybitSimulator, Recorder, FeedConnection]:
         sim = BybitSimulator(SimConfig(symbols=("BTCUSDT",), rate=50, seed=1, trades_rate=0))
         await sim.start()
         recorder = Recorder()
         topics = ("orderbook.50.BTCUSDT", "orderbook.50.NOPEUSDT", "orderbook.7.BTCUSDT")
-        connection = BybitConnection(
+        connection = FeedConnection(
             "linear-0",
             ConnectionConfig(sim.url("linear"), "linear", topics, ping_interval_s=0.2),
             recorder,
@@ -85,7 +85,7 @@ def test_reconnects_back_off_exponentially_while_the_server_is_down():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     recorder = Recorder()
-    connection = BybitConnection(
+    connection = FeedConnection(
         "linear-0",
         ConnectionConfig(
             f"ws://127.0.0.1:{port}/v5/public/linear",
@@ -122,11 +122,11 @@ class SlowWriter(Recorder):
 
 
 def test_back_pressure_pauses_reading_without_a_false_stall():
-    async def main() -> tuple[SlowWriter, BybitConnection]:
+    async def main() -> tuple[SlowWriter, FeedConnection]:
         sim = BybitSimulator(SimConfig(symbols=("BTCUSDT",), rate=200, seed=2, trades_rate=0))
         await sim.start()
         handler = SlowWriter(pause_s=2.5)
-        connection = BybitConnection(
+        connection = FeedConnection(
             "linear-0",
             ConnectionConfig(
                 sim.url("linear"), "linear", ("orderbook.50.BTCUSDT",), silence_timeout_s=1.0
@@ -184,12 +184,12 @@ def test_back_pressure_stops_reading_the_socket_so_the_server_is_held_back():
             sent[0] += 1
         await ws.close()
 
-    async def main() -> tuple[BlockedWriter, BybitConnection]:
+    async def main() -> tuple[BlockedWriter, FeedConnection]:
         handler = BlockedWriter(3.0, sent)
         async with serve(blast, "127.0.0.1", 0) as server:
             port = server.sockets[0].getsockname()[1]
             url = f"ws://127.0.0.1:{port}/v5/public/linear"
-            connection = BybitConnection("linear-0", ConnectionConfig(url, "linear", ()), handler)
+            connection = FeedConnection("linear-0", ConnectionConfig(url, "linear", ()), handler)
             # No topics: the connection only reads (run() would not start).
             await asyncio.wait_for(connection._run_once(asyncio.Event()), 15)
         return handler, connection
@@ -216,22 +216,22 @@ class _Transport:
             self.aborted += 1
 
 
-def ack_logic(*topics: str) -> tuple[BybitConnection, Recorder, _Transport]:
+def ack_logic(*topics: str) -> tuple[FeedConnection, Recorder, _Transport]:
     recorder = Recorder()
-    connection = BybitConnection("linear-0", ConnectionConfig("ws://x", "linear", topics), recorder)
+    connection = FeedConnection("linear-0", ConnectionConfig("ws://x", "linear", topics), recorder)
     transport = _Transport()
     connection._transport = transport
     return connection, recorder, transport
 
 
-def pending(connection: BybitConnection, req_id: str, topics: list[str], resync=False) -> None:
+def pending(connection: FeedConnection, req_id: str, topics: list[str], resync=False) -> None:
     from depthwatch.feed.connection import _PendingRequest
 
     connection._pending[req_id] = _PendingRequest("subscribe", topics, 0.0, resync)
 
 
 def test_an_ack_for_a_request_no_longer_pending_is_not_charged_to_another():
-    from depthwatch.feed.parse import ControlMessage
+    from depthwatch.feed.messages import ControlMessage
 
     connection, recorder, transport = ack_logic("orderbook.50.BTCUSDT")
     pending(connection, "r2", ["orderbook.50.BTCUSDT"])
@@ -245,7 +245,7 @@ def test_an_ack_for_a_request_no_longer_pending_is_not_charged_to_another():
 
 
 def test_a_failed_resync_reconnects_instead_of_dropping_the_topic():
-    from depthwatch.feed.parse import ControlMessage
+    from depthwatch.feed.messages import ControlMessage
 
     connection, recorder, transport = ack_logic("orderbook.50.BTCUSDT", "orderbook.50.ETHUSDT")
     pending(connection, "r9", ["orderbook.50.BTCUSDT"], resync=True)
@@ -257,7 +257,7 @@ def test_a_failed_resync_reconnects_instead_of_dropping_the_topic():
 
 
 def test_when_every_topic_is_refused_the_connection_closes():
-    from depthwatch.feed.parse import ControlMessage
+    from depthwatch.feed.messages import ControlMessage
 
     connection, recorder, transport = ack_logic("orderbook.50.NOPE")
     pending(connection, "r1", ["orderbook.50.NOPE"])

@@ -32,7 +32,7 @@ from typing import Any
 
 from depthwatch.collector import Collector
 from depthwatch.config import CollectorConfig
-from depthwatch.feed.connection import BybitConnection, ConnectionConfig, ReconnectPolicy
+from depthwatch.feed.connection import ConnectionConfig, FeedConnection, ReconnectPolicy
 from depthwatch.records import BookUpdate, FeedEventKind, StreamKey
 from depthwatch.sim import BybitSimulator, FaultKind, SimConfig, SimulatorThread, TruthState
 from depthwatch.storage.read.rows import BookEventRow
@@ -510,7 +510,7 @@ def run_connection(
             )
         )
         await sim.start()
-        connection = BybitConnection(
+        connection = FeedConnection(
             "linear-0",
             ConnectionConfig(
                 sim.url("linear"),
@@ -614,10 +614,10 @@ def test_a_pause_of_our_own_is_not_taken_for_the_servers_silence():
     book."""
     handler = _Handler()
 
-    async def main() -> BybitConnection:
+    async def main() -> FeedConnection:
         sim = BybitSimulator(SimConfig(symbols=("BTCUSDT",), rate=200, seed=4, trades_rate=0))
         await sim.start()
-        connection = BybitConnection(
+        connection = FeedConnection(
             "linear-0",
             ConnectionConfig(
                 sim.url("linear"),

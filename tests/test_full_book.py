@@ -15,7 +15,7 @@ from decimal import Decimal
 import pytest
 
 from depthwatch.collector import Collector
-from depthwatch.feed.topics import book_topic
+from depthwatch.feed.bybit.topics import book_topic
 from depthwatch.history import book_at, book_states
 from depthwatch.records import FULL_DEPTH, StreamKey
 from depthwatch.sim import SimConfig, SimulatorThread, TruthState

@@ -31,7 +31,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from depthwatch.book import Outcome, StreamBook
-from depthwatch.feed.parse import MAX_ERROR_CHARS, FeedParser, MalformedMessage
+from depthwatch.feed.bybit.parse import FeedParser
+from depthwatch.feed.messages import MAX_ERROR_CHARS, MalformedMessage
 from depthwatch.records import (
     BookUpdate,
     FeedEventKind,
@@ -60,7 +61,7 @@ B_LINES = [
 
 
 class Router:
-    """Frames -> parser -> books, as BybitConnection._read and Collector route them."""
+    """Frames -> parser -> books, as FeedConnection._read and Collector route them."""
 
     def __init__(self, streams: tuple[StreamKey, ...], category: str = "linear") -> None:
         self.parser = FeedParser(category)
@@ -443,7 +444,7 @@ def test_error_messages_name_what_was_wrong():
 
 
 def test_invented_topics_do_not_grow_the_parser_without_bound():
-    from depthwatch.feed.parse import MAX_CACHED_TOPICS
+    from depthwatch.feed.messages import MAX_CACHED_TOPICS
 
     parser = FeedParser("linear")
     for i in range(MAX_CACHED_TOPICS + 5):

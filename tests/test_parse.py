@@ -8,7 +8,8 @@ import orjson
 import pytest
 
 from depthwatch.book import OrderBook
-from depthwatch.feed.parse import ControlMessage, FeedParser, MalformedMessage
+from depthwatch.feed.bybit.parse import FeedParser
+from depthwatch.feed.messages import ControlMessage, MalformedMessage
 from depthwatch.records import BookUpdate, StreamKey
 
 from .conftest import DATA

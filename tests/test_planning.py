@@ -8,8 +8,8 @@ import pytest
 
 from depthwatch.collector import plan_connections
 from depthwatch.config import CollectorConfig, ConfigError
+from depthwatch.feed.bybit.topics import MAX_ARGS_CHARS_PER_CONNECTION
 from depthwatch.feed.connection import ConnectionConfig, ReconnectPolicy
-from depthwatch.feed.topics import MAX_ARGS_CHARS_PER_CONNECTION
 
 
 def test_topics_are_spread_within_the_per_connection_limits():
@@ -62,7 +62,7 @@ def test_config_validates_depth_per_category_and_lists_topics():
         CollectorConfig(category="option", depths=(50,))
     with pytest.raises(ConfigError, match="publishes option trades per base coin"):
         CollectorConfig(category="option", depths=(25,), trades=True)
-    with pytest.raises(ConfigError, match="is not a Bybit symbol"):
+    with pytest.raises(ConfigError, match="is not a symbol"):
         CollectorConfig(symbols=("BTC USDT",))
     with pytest.raises(ConfigError, match="no symbols"):
         CollectorConfig(symbols=())

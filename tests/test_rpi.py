@@ -13,8 +13,9 @@ from decimal import Decimal
 
 import pytest
 
-from depthwatch.feed.parse import FeedParser, MalformedMessage
-from depthwatch.feed.topics import book_topic
+from depthwatch.feed.bybit.parse import FeedParser
+from depthwatch.feed.bybit.topics import book_topic
+from depthwatch.feed.messages import MalformedMessage
 from depthwatch.records import RPI_DEPTH, RPI_SIZES_DEPTH, StreamKey
 from depthwatch.sim import SimConfig, SimulatorThread, TruthState
 from depthwatch.sim.config import FaultKind

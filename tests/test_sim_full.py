@@ -4,6 +4,7 @@ WebSocket client and http.client against a SimulatorThread, no collector."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import itertools
 import json
@@ -16,8 +17,10 @@ from typing import Any
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as sync_connect
 
-from depthwatch.feed.topics import FULL_BOOK_PATH, FULL_SNAPSHOT_LEVELS
-from depthwatch.sim import FaultKind, FullBookFault, SimConfig, SimulatorThread, TruthState
+from depthwatch.feed.bybit.topics import FULL_BOOK_PATH, FULL_SNAPSHOT_LEVELS
+from depthwatch.sim import FaultKind, FullBookFault, SimulatorThread, TruthState
+
+from .e2e import one_symbol_sim
 
 SYMBOL = "BTCUSDT"
 FULL = f"orderbook.full.{SYMBOL}"
@@ -26,15 +29,8 @@ WAIT_S = 20.0  # the longest any condition is waited for
 Book = tuple[dict[str, str], dict[str, str]]  # bids, asks: price -> size
 
 
-@contextmanager
-def running(**overrides: Any) -> Iterator[SimulatorThread]:
-    """A simulator of one symbol, stepping as fast as its clients read unless told."""
-    config: dict[str, Any] = {"symbols": (SYMBOL,), "rate": 0, "trades_rate": 0} | overrides
-    sim = SimulatorThread(SimConfig(**config))
-    try:
-        yield sim.start()
-    finally:
-        sim.stop()
+def running(**overrides: Any) -> contextlib.AbstractContextManager[SimulatorThread]:
+    return one_symbol_sim(SYMBOL, **overrides)
 
 
 @contextmanager

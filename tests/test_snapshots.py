@@ -9,8 +9,8 @@ import time
 
 import pytest
 
+from depthwatch.feed.bybit.topics import book_topic
 from depthwatch.feed.snapshots import RestPolicy, SnapshotFetcher, SnapshotUnavailable
-from depthwatch.feed.topics import book_topic
 from depthwatch.records import FULL_DEPTH, StreamKey
 from depthwatch.sim import SimConfig, SimulatorThread
 

@@ -10,7 +10,8 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from depthwatch.feed.sync import BybitFullRule, DeltaSync, SyncState, SyncStep
+from depthwatch.feed.bybit.sync import BybitFullRule
+from depthwatch.feed.sync import DeltaSync, SyncState, SyncStep
 from depthwatch.records import FULL_DEPTH, BookUpdate, Level, StreamKey
 
 STREAM = StreamKey("spot", "BTCUSDT", FULL_DEPTH)

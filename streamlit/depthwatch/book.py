@@ -278,6 +278,12 @@ class StreamBook:
         self._next_profile_us: int | None = None
         self._profile_step: float | None = None
 
+    @property
+    def last_sequence(self) -> int:
+        """The exchange's sequence of the last message applied (Binance: its
+        update id, where `last_update_id` is the sync's number)."""
+        return self._last_sequence
+
     def set_bounds(
         self, snapshot: BookUpdate, bid_floor: str | None, ask_ceiling: str | None
     ) -> None:

@@ -16,7 +16,7 @@ from depthwatch.config import (
     book_depth,
     collector_config_from_args,
 )
-from depthwatch.feed.topics import CATEGORIES
+from depthwatch.feed.registry import CATEGORIES
 from depthwatch.logs import LogFormatError, setup_logging
 
 log = logging.getLogger("depthwatch")

@@ -26,11 +26,10 @@ from depthwatch import __version__
 from depthwatch.book import Outcome, StreamBook
 from depthwatch.clock import now_us
 from depthwatch.config import CollectorConfig
-from depthwatch.feed.connection import BybitConnection, ConnectionConfig, ReconnectPolicy
-from depthwatch.feed.instruments import fetch_instruments
+from depthwatch.feed.connection import ConnectionConfig, FeedConnection, ReconnectPolicy
+from depthwatch.feed.registry import venue_of
 from depthwatch.feed.snapshots import RestPolicy, SnapshotFetcher
-from depthwatch.feed.sync import BybitFullRule, DeltaSync
-from depthwatch.feed.topics import MAX_ARGS_CHARS_PER_CONNECTION, MAX_ARGS_PER_CONNECTION
+from depthwatch.feed.sync import DeltaSync
 from depthwatch.logs import LogThrottle
 from depthwatch.records import (
     FULL_DEPTH,
@@ -71,14 +70,16 @@ def plan_connections(
     topics: list[str], category: str, topics_per_connection: int
 ) -> list[list[str]]:
     """Pack topics into connections: at most `topics_per_connection` each, and
-    within Bybit's per-connection limits (21,000 characters of args; options
-    2,000 args)."""
-    cap = min(topics_per_connection, MAX_ARGS_PER_CONNECTION.get(category, topics_per_connection))
+    within the venue's per-connection limits (Bybit: 21,000 characters of
+    args, options 2,000 args; Binance: 1,024 streams)."""
+    venue = venue_of(category)
+    cap = min(topics_per_connection, venue.max_topics_per_connection)
+    most_chars = venue.max_topic_chars_per_connection
     plans: list[list[str]] = []
     chars = 0
     for topic in topics:
         cost = len(topic) + 3  # quotes and a comma in the JSON args list
-        if not plans or len(plans[-1]) >= cap or chars + cost > MAX_ARGS_CHARS_PER_CONNECTION:
+        if not plans or len(plans[-1]) >= cap or chars + cost > most_chars:
             plans.append([])
             chars = 0
         plans[-1].append(topic)
@@ -129,22 +130,27 @@ class Collector(WholeBookSyncs):
             )
             for stream in config.book_streams()
         }
-        # The whole book comes as deltas only, started from REST snapshots.
+        # The whole book comes as deltas only, started from REST snapshots,
+        # stitched by the venue's rule.
+        rule = config.venue.sync_rule
         self.syncs: dict[StreamKey, DeltaSync] = {
-            stream: DeltaSync(BybitFullRule())
+            stream: DeltaSync(rule())
             for stream in self.books
-            if stream.depth == FULL_DEPTH
+            if stream.depth == FULL_DEPTH and rule is not None
         }
         self.fetcher = (
             SnapshotFetcher(
-                config.rest_endpoint, config.category, RestPolicy(rate_per_s=config.rest_rate)
+                config.rest_endpoint,
+                config.category,
+                RestPolicy(rate_per_s=config.rest_rate),
+                levels=config.snapshot_levels_most,
             )
             if self.syncs
             else None
         )
         self._fetches: dict[StreamKey, asyncio.Task[None]] = {}
         self.connections = [
-            BybitConnection(
+            FeedConnection(
                 f"{config.category}-{i}",
                 ConnectionConfig(
                     url=config.endpoint,
@@ -508,12 +514,14 @@ class Collector(WholeBookSyncs):
 
 def register_instruments(config: CollectorConfig, writer: BatchWriter) -> tuple[str, ...]:
     """Record the instruments; returns the symbols to collect. When talking to
-    Bybit itself, REST metadata (if reachable) names unknown symbols early and
-    supplies tick sizes; against any other endpoint the data must suffice."""
+    the exchange itself, REST metadata (where the venue has it, and if
+    reachable) names unknown symbols early and supplies tick sizes; against
+    any other endpoint the data must suffice."""
     symbols = config.symbols
+    fetch = config.venue.instruments
     info = (
-        fetch_instruments(config.category, symbols, config.testnet)
-        if config.uses_bybit_endpoint
+        fetch(config.category, symbols, config.testnet)
+        if fetch is not None and config.uses_exchange_endpoint
         else None
     )
     if info is not None:

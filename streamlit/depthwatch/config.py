@@ -10,15 +10,8 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from depthwatch.feed.topics import (
-    CATEGORIES,
-    FULL_SNAPSHOT_LEVELS,
-    book_topic,
-    is_symbol,
-    rest_url,
-    valid_depths,
-    ws_url,
-)
+from depthwatch.feed.exchange import Venue
+from depthwatch.feed.registry import CATEGORIES, VENUES, is_symbol, venue_of
 from depthwatch.records import (
     DEFAULT_HEARTBEAT_INTERVAL_S,
     PROFILE_INTERVAL_US,
@@ -28,6 +21,10 @@ from depthwatch.records import (
     parse_depth,
     recorded_depths,
 )
+
+BYBIT = "bybit"
+# `--exchange`: Bybit (then `--category`), or another exchange's venue by name.
+EXCHANGE_CHOICES = (BYBIT, *(c for c, v in VENUES.items() if v.exchange != BYBIT))
 
 
 class ConfigError(ValueError):
@@ -63,21 +60,26 @@ def database_url_from_env(reader: bool = False) -> str | None:
 @dataclass(frozen=True)
 class CollectorConfig:
     """
-    category: Bybit category (linear, inverse, spot, option). Env DEPTHWATCH_CATEGORY.
+    category: what is recorded, as feed/registry.py names it: a Bybit category
+        (linear, inverse, spot, option; env DEPTHWATCH_CATEGORY), or another
+        exchange's venue (binance, binance-futures; `--exchange`, env
+        DEPTHWATCH_EXCHANGE).
     symbols: symbols to record. Env DEPTHWATCH_SYMBOLS (comma-separated).
-    depths: book depths to subscribe, each valid for the category. Env DEPTHWATCH_DEPTH.
+    depths: book depths to subscribe, each valid for the category; default the
+        venue's (Bybit: 50; Binance: full, its only diff stream). Env DEPTHWATCH_DEPTH.
         RPI_DEPTH (`--rpi`, env DEPTHWATCH_RPI=1) records both books of orderbook.rpi.
     trades: also record publicTrade. Env DEPTHWATCH_TRADES=1.
-    ws_url: WebSocket endpoint; default Bybit mainnet (or testnet) for the category.
+    ws_url: WebSocket endpoint; default the venue's (mainnet, or testnet).
         Env BYBIT_WS_URL.
     rest_url: REST base URL for the whole book's snapshots (depth `full`);
-        default Bybit's (mainnet or testnet), or with ws_url set the same host
-        over http(s) (the simulator serves both). Env BYBIT_REST_URL.
+        default the venue's (mainnet or testnet), or with ws_url set the same
+        host over http(s) (the simulator serves both). Env BYBIT_REST_URL.
     rest_rate: snapshot requests per second at most (Bybit bans an IP past
         50 GET/s). Env DEPTHWATCH_REST_RATE.
-    rest_levels: the most levels a side a REST snapshot holds (Bybit: 10,000);
-        a side that long was cut, and the book is recorded as exact only
-        within its prices. Env DEPTHWATCH_REST_LEVELS.
+    rest_levels: the levels a side asked of a REST snapshot, and the most it
+        holds (0: the venue's most; Bybit 10,000, Binance spot 5,000, futures
+        1,000); a side that long was cut, and the book is recorded as exact
+        only within its prices. Env DEPTHWATCH_REST_LEVELS.
     database_url: PostgreSQL URL (postgres:// or postgresql://); None starts the
         embedded server with its data under data_dir. Env DATABASE_URL.
     data_dir: where the embedded PostgreSQL keeps its data. Env DEPTHWATCH_DATA_DIR.
@@ -112,13 +114,13 @@ class CollectorConfig:
 
     category: str = "linear"
     symbols: tuple[str, ...] = ("BTCUSDT",)
-    depths: tuple[int, ...] = (50,)
+    depths: tuple[int, ...] = ()  # empty: the venue's default_depths
     trades: bool = False
     testnet: bool = False
     ws_url: str | None = None
     rest_url: str | None = None
     rest_rate: float = 10.0
-    rest_levels: int = FULL_SNAPSHOT_LEVELS
+    rest_levels: int = 0
     database_url: str | None = None
     data_dir: Path = Path(".depthwatch")
     snapshot_interval_s: float = 1.0
@@ -149,8 +151,10 @@ class CollectorConfig:
             raise ConfigError("no symbols given (--symbols BTCUSDT,ETHUSDT)")
         for symbol in self.symbols:
             if not is_symbol(symbol):
-                raise ConfigError(f"{symbol!r} is not a Bybit symbol (letters, digits, '-')")
-        allowed = valid_depths(self.category, self.legacy_depths)
+                raise ConfigError(f"{symbol!r} is not a symbol (letters, digits, '-', '_')")
+        if not self.depths:
+            object.__setattr__(self, "depths", self.venue.default_depths)
+        allowed = self.venue.valid_depths(self.legacy_depths)
         for depth in self.depths:
             if depth not in allowed:
                 raise ConfigError(
@@ -174,8 +178,8 @@ class CollectorConfig:
             raise ConfigError("the journal cap (--journal-max-mb) must be positive")
         if self.spill_rows <= 0:
             raise ConfigError("--spill-rows must be positive")
-        if self.rest_rate <= 0 or self.rest_levels <= 0:
-            raise ConfigError("--rest-rate and --rest-levels must be positive")
+        if self.rest_rate <= 0 or self.rest_levels < 0:
+            raise ConfigError("--rest-rate must be positive, --rest-levels not negative")
         if not 0 <= self.read_batch_s <= 1:
             raise ConfigError("--read-batch-ms must be between 0 and 1000")
 
@@ -184,8 +188,18 @@ class CollectorConfig:
         return self.journal_dir or self.data_dir / "journal"
 
     @property
+    def venue(self) -> Venue:
+        return venue_of(self.category)
+
+    @property
+    def snapshot_levels_most(self) -> int:
+        """The most levels a side a REST snapshot holds (see rest_levels)."""
+        return self.rest_levels or self.venue.snapshot_levels
+
+    @property
     def endpoint(self) -> str:
-        return self.ws_url or ws_url(self.category, self.testnet)
+        venue = self.venue
+        return self.ws_url or (venue.testnet_ws_url if self.testnet else venue.ws_url)
 
     @property
     def rest_endpoint(self) -> str:
@@ -195,10 +209,10 @@ class CollectorConfig:
             parts = urllib.parse.urlsplit(self.ws_url)
             scheme = "https" if parts.scheme == "wss" else "http"
             return f"{scheme}://{parts.netloc}"
-        return rest_url(self.testnet)
+        return self.venue.testnet_rest_url if self.testnet else self.venue.rest_url
 
     @property
-    def uses_bybit_endpoint(self) -> bool:
+    def uses_exchange_endpoint(self) -> bool:
         return self.ws_url is None
 
     def book_streams(self) -> list[StreamKey]:
@@ -212,9 +226,14 @@ class CollectorConfig:
         ]
 
     def topics(self) -> list[str]:
-        topics = [book_topic(d, s) for s in self.symbols for d in self.depths]
+        wire = self.venue.wire(self.category)
+        topics = [
+            wire.book_topic(StreamKey(self.category, symbol, depth))
+            for symbol in self.symbols
+            for depth in self.depths
+        ]
         if self.trades:
-            topics += [f"publicTrade.{s}" for s in self.symbols]
+            topics += [wire.trade_topic(s) for s in self.symbols]
         return topics
 
 
@@ -327,10 +346,17 @@ def archive_url(args: argparse.Namespace, required: bool = True) -> str | None:
 def add_collector_arguments(parser: argparse.ArgumentParser) -> None:
     d = CollectorConfig
     parser.add_argument(
+        "--exchange",
+        choices=EXCHANGE_CHOICES,
+        default=_env("DEPTHWATCH_EXCHANGE", BYBIT),
+        help="what to record: bybit (its --category), binance (spot) or binance-futures "
+        "(USD-M) (env DEPTHWATCH_EXCHANGE, default bybit)",
+    )
+    parser.add_argument(
         "--category",
-        choices=CATEGORIES,
+        choices=[c for c in CATEGORIES if VENUES[c].exchange == BYBIT],
         default=_env("DEPTHWATCH_CATEGORY", d.category),
-        help="Bybit category (env DEPTHWATCH_CATEGORY, default linear)",
+        help="Bybit category, with --exchange bybit (env DEPTHWATCH_CATEGORY, default linear)",
     )
     parser.add_argument(
         "--symbols",
@@ -339,10 +365,11 @@ def add_collector_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--depth",
-        default=_env("DEPTHWATCH_DEPTH", ",".join(map(str, d.depths))),
+        default=_env("DEPTHWATCH_DEPTH", "") or None,
         help="book depth, or several comma-separated; linear/inverse/spot: 1, 50, 200, 1000, "
         "full (the whole book: REST snapshot + orderbook.full deltas) or rpi (see --rpi); "
-        "option: 25, 100 (env DEPTHWATCH_DEPTH, default 50)",
+        "option: 25, 100; binance, binance-futures: full (REST snapshot + the diff depth "
+        "stream) (env DEPTHWATCH_DEPTH, default 50 on Bybit, full on Binance)",
     )
     parser.add_argument(
         "--rpi",
@@ -388,8 +415,9 @@ def add_collector_arguments(parser: argparse.ArgumentParser) -> None:
         int,
         "DEPTHWATCH_REST_LEVELS",
         d.rest_levels,
-        "levels a side of a whole REST snapshot (Bybit's cap); a side that long was cut "
-        "and the book is exact only within it",
+        "levels a side asked of a whole REST snapshot (default the exchange's most: "
+        "Bybit 10000, Binance spot 5000, futures 1000); a side that long was cut and the "
+        "book is exact only within it",
     )
     add_database_arguments(parser)
     _add_number(
@@ -527,14 +555,19 @@ def _split(text: str) -> tuple[str, ...]:
 
 
 def collector_config_from_args(args: argparse.Namespace) -> CollectorConfig:
+    category = args.category if args.exchange == BYBIT else args.exchange
     try:
-        depths = tuple(parse_depth(d) for d in _split(args.depth))
+        depths = (
+            tuple(parse_depth(d) for d in _split(args.depth))
+            if args.depth
+            else venue_of(category).default_depths
+        )
     except ValueError:
         raise ConfigError(f"--depth takes integers, full or rpi, got {args.depth!r}") from None
     if args.rpi and RPI_DEPTH not in depths:
         depths += (RPI_DEPTH,)
     return CollectorConfig(
-        category=args.category,
+        category=category,
         symbols=tuple(s.upper() for s in _split(args.symbols)),
         depths=depths,
         trades=args.trades,

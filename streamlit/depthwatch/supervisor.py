@@ -183,7 +183,9 @@ def dashboard_env_for_url(url: str) -> dict[str, str]:
 
 
 def sim_ws_url(port: int, category: str) -> str:
-    return f"ws://{SIM_HOST}:{port}/v5/public/{category}"
+    from depthwatch.sim.config import ws_path
+
+    return f"ws://{SIM_HOST}:{port}{ws_path(category)}"
 
 
 # -- the supervisor ------------------------------------------------------------

@@ -67,7 +67,7 @@ class WholeBookSyncs:
         for update in step.apply:
             outcome = self._apply(book, update)
             if update.is_snapshot and outcome in _STARTED:
-                book.set_bounds(update, *snapshot_bounds(update, self.config.rest_levels))
+                book.set_bounds(update, *snapshot_bounds(update, self.config.snapshot_levels_most))
                 self._log_synced(book, update, sync)
             if outcome is None or outcome is GAP or outcome is REJECTED or outcome is DROPPED:
                 # Started over from the documented first step; the delta that

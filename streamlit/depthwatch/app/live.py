@@ -26,7 +26,7 @@ from depthwatch.app.guard import live_fragment
 from depthwatch.app.rpi import RpiView
 from depthwatch.clock import SECOND_US
 from depthwatch.export import files
-from depthwatch.feed.topics import FULL_SNAPSHOT_LEVELS
+from depthwatch.feed.registry import TARDIS_EXCHANGE, venue_of
 from depthwatch.records import FULL_DEPTH, depth_label
 from depthwatch.storage.read.rows import Bounds, HeatmapGrid
 from depthwatch.storage.read.streams import Stream
@@ -199,7 +199,7 @@ def live_panel(
             st.plotly_chart(depth, key="depth")
             st.caption(f"Depth: {drawn}, as of {utc(view.book.ts_us)}{_profile_note(view)}.")
         if view.bounds is not None:
-            st.caption(_bounds_note(view.bounds))
+            st.caption(_bounds_note(view.bounds, stream.category))
         _latency_strip(view, age_s)
     with right:
         heatmap = figures.heatmap_figure(
@@ -244,14 +244,15 @@ def _profile_note(view: data.LiveView) -> str:
     )
 
 
-def _bounds_note(bounds: Bounds) -> str:
+def _bounds_note(bounds: Bounds, category: str) -> str:
     """What a whole book's record can vouch for (depth full)."""
     if bounds.whole:
         return "Whole book: every level exact (the REST snapshot held both sides whole)."
+    venue = venue_of(category)
     return (
         f"Whole book: exact within {bounds.describe()}, the prices of the REST snapshot it "
-        f"started from (Bybit's holds {FULL_SNAPSHOT_LEVELS:,} levels a side at most); beyond "
-        "them only the levels that changed since are known."
+        f"started from ({venue.exchange.title()}'s holds {venue.snapshot_levels:,} levels a "
+        "side at most); beyond them only the levels that changed since are known."
     )
 
 
@@ -435,7 +436,7 @@ def _offer_window(stream: Stream, window_min: int, kind: str) -> None:
 
     downloads.offer(
         f"download-{kind}",
-        f"bybit_{kind}_{stream.symbol}_{window_min}min.csv",
+        f"{TARDIS_EXCHANGE[stream.category]}_{kind}_{stream.symbol}_{window_min}min.csv",
         "text/csv",
         write,
         limit.bytes * planning.HARD_LIMIT_FACTOR,

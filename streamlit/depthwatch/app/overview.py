@@ -10,6 +10,7 @@ import streamlit as st
 from depthwatch.app import data
 from depthwatch.app.common import REAL_DATA_HINT, START_HINT, age, load, mid_and_spread, price, utc
 from depthwatch.app.guard import live_fragment
+from depthwatch.feed.registry import exchange_of
 from depthwatch.records import depth_label
 
 WINDOW_MIN = 10
@@ -70,6 +71,7 @@ def summary_frame(summaries: list[data.StreamSummary]) -> pd.DataFrame:
         )
         rows.append(
             {
+                "exchange": exchange_of(s.stream.category),
                 "symbol": s.stream.symbol,
                 "category": s.stream.category,
                 "depth": depth_label(s.stream.depth),

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from depthwatch.clock import DAY_US, utc_day
 from depthwatch.export import kinds
-from depthwatch.feed.topics import TARDIS_EXCHANGE, is_symbol
+from depthwatch.feed.registry import TARDIS_EXCHANGE, is_symbol
 from depthwatch.records import StreamKey, depth_label
 
 PARQUET = "parquet"

@@ -39,7 +39,7 @@ from depthwatch.clock import DAY_US, now_us, utc_day
 from depthwatch.export import kinds
 from depthwatch.export.files import write_file
 from depthwatch.export.tardis import ExportRequest, check_requests
-from depthwatch.feed.topics import TARDIS_EXCHANGE
+from depthwatch.feed.registry import TARDIS_EXCHANGE
 from depthwatch.logs import first_line
 from depthwatch.storage import archived, schema
 from depthwatch.storage.archived import SourceCounts, finished_before

@@ -12,7 +12,7 @@ import logging
 import sqlalchemy as sa
 
 from depthwatch.export.tardis import PlannedRequest
-from depthwatch.feed.topics import valid_depths
+from depthwatch.feed.registry import valid_depths
 from depthwatch.logs import first_line
 from depthwatch.records import FULL_DEPTH, RPI_DEPTH, RPI_SIZES_DEPTH, depth_label
 from depthwatch.storage.read.book import book_bounds

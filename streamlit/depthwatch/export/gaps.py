@@ -27,7 +27,7 @@ from depthwatch.clock import SECOND_US, TIME_FORMS, now_us, utc_datetime
 from depthwatch.config import add_database_arguments, book_depth
 from depthwatch.coverage import Gap
 from depthwatch.export.kinds import GAP_COLUMNS
-from depthwatch.feed.topics import CATEGORIES, TARDIS_EXCHANGE
+from depthwatch.feed.registry import CATEGORIES, TARDIS_EXCHANGE
 from depthwatch.records import DEFAULT_HEARTBEAT_INTERVAL_S, depth_label
 from depthwatch.storage.read.chunks import RecordedTimes
 from depthwatch.storage.read.events import heartbeats, heartbeats_kept_from, stream_events

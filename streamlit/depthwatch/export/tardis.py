@@ -31,7 +31,7 @@ from depthwatch.export.kinds import ExportKind
 from depthwatch.export.replay import BookReplay, IntBookReplay, StepKind
 from depthwatch.export.rpi import rpi_l2_rows
 from depthwatch.export.snapshots import snapshot_columns, snapshot_rows
-from depthwatch.feed.topics import TARDIS_EXCHANGE
+from depthwatch.feed.registry import TARDIS_EXCHANGE
 from depthwatch.records import RPI_DEPTH, depth_label, levels_of
 from depthwatch.storage.read.book import quotes
 from depthwatch.storage.read.rows import BookEventRow

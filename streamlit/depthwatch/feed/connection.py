@@ -1,19 +1,21 @@
-"""One WebSocket connection to a Bybit v5 public endpoint.
+"""One WebSocket connection to an exchange's public endpoint.
 
-Owns the socket: connects, subscribes in chunks and checks every ack, pings every
-20 s, reconnects with exponential backoff and jitter when the connection drops or
+Owns the socket: connects, subscribes in chunks and checks every ack, pings as
+the exchange wants, reconnects with exponential backoff and jitter when the connection drops or
 a watchdog sees it silent, and resubscribes after reconnecting. Every frame gets
 its local receive timestamp the moment it is read, before parsing. Parsed
 records go to a `FeedHandler`; a handler that reports a broken book gets the
 topic resynced (unsubscribe, then subscribe once the unsubscribe is acked, so a
-fresh snapshot arrives).
+fresh snapshot arrives). What differs between exchanges (request and ack
+shapes, pings, topic names, parsing) is the venue's `Wire` (feed/exchange.py);
+this file speaks to every exchange alike.
 
 Only data (book and trade messages) counts as life for the watchdog: a server
 that answers pings and acks but sends no data is as useless as a dead one. Any
 request left unacked for `ack_timeout_s` also ends the connection: a fresh one
 resubscribes everything, so no topic waits forever for a snapshot.
 
-The socket is picows': it calls `_FrameListener.on_ws_frame` synchronously for
+The socket is picows': it calls `FrameListener.on_ws_frame` synchronously for
 each frame as it parses the bytes just read, so a message reaches the handler
 without an asyncio queue, future or task wake-up of its own (at 1,000 msg/s that
 per-message wake-up was most of the reader's CPU). The price is that nothing in
@@ -33,36 +35,32 @@ import itertools
 import logging
 import random
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import orjson
 from picows import (
     WSCloseCode,
     WSError,
-    WSFrame,
-    WSListener,
-    WSMsgType,
-    WSProtocolError,
     WSTransport,
     ws_connect,
 )
 
 from depthwatch.clock import now_us
-from depthwatch.feed.parse import ControlMessage, FeedParser, MalformedMessage, topics_named_in
-from depthwatch.feed.topics import (
-    DEFAULT_ARGS_PER_REQUEST,
-    MAX_ARGS_PER_REQUEST,
-    PING_INTERVAL_S,
-    SIMULATOR_HEADER,
-    book_topic,
-    split_topic,
+from depthwatch.feed.exchange import Wire
+from depthwatch.feed.handover import HANDOVER_TIMEOUT_S, Handover
+from depthwatch.feed.messages import ControlMessage, MalformedMessage
+from depthwatch.feed.registry import SIMULATOR_HEADER, venue_of
+from depthwatch.feed.socket import (
+    CLOSE_TIMEOUT_S,
+    MAX_MESSAGE_BYTES,
+    OPEN_TIMEOUT_S,
+    TEXT,
+    FrameListener,
+    discard,
 )
 from depthwatch.logs import LogThrottle
 from depthwatch.records import (
-    FULL_DEPTH,
     BookUpdate,
     FeedEvent,
     FeedEventKind,
@@ -93,17 +91,26 @@ class ConnectionConfig:
     url: str
     category: str
     topics: tuple[str, ...]
-    ping_interval_s: float = PING_INTERVAL_S
+    ping_interval_s: float | None = None  # None: the venue's
     # The watchdog reconnects after this long without data (pongs and acks do not
     # count). A stream quiet for longer is reconnected too: the price of catching
     # a socket that answers pings but sends nothing.
     silence_timeout_s: float = 30.0
     ack_timeout_s: float = 10.0
     reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
+    # The exchange cuts a connection this old (None: the venue's, 0: never);
+    # a successor takes over `renew_before_s` earlier (at most a third of it).
+    max_age_s: float | None = None
+    renew_before_s: float = 600.0
+    handover_timeout_s: float = HANDOVER_TIMEOUT_S
+
+    @property
+    def wire(self) -> Wire:
+        return venue_of(self.category).wire(self.category)
 
     @property
     def args_per_request(self) -> int:
-        return MAX_ARGS_PER_REQUEST.get(self.category, DEFAULT_ARGS_PER_REQUEST)
+        return self.wire.args_per_request
 
 
 class FeedHandler(Protocol):
@@ -154,96 +161,17 @@ class _PendingRequest:
     resync: bool = False
 
 
-# websockets' defaults as the collector used them: the whole opening (TCP, TLS,
-# HTTP upgrade) within 10 s, and 2 s for the server to answer our close.
-OPEN_TIMEOUT_S = 10.0
-CLOSE_TIMEOUT_S = 2.0
-# A message may be up to 16 MiB (a deep snapshot; the fuzz test sends an 11 MB
-# one, which the parser must refuse cheaply rather than the socket).
-MAX_MESSAGE_BYTES = 2**24
-
-# Compared by identity in the frame path: cheaper than attribute lookups.
-_TEXT = WSMsgType.TEXT
-_BINARY = WSMsgType.BINARY
-_CONTINUATION = WSMsgType.CONTINUATION
-_CLOSE = WSMsgType.CLOSE
-
-# Where whole messages go: (raw bytes, local receive time in us).
-MessageSink = Callable[[bytes, int], None]
-
-
-def _discard(raw: bytes, local_us: int) -> None:
-    """The sink of a socket we cut: what it still had buffered is not read."""
-
-
-class _FrameListener(WSListener):
-    """picows' callbacks for one socket. Hands every whole message to `sink`
-    the moment picows has parsed its frame, stamped with the time it was read.
-
-    `sink` is swapped rather than tested per frame: it starts as `hold`, since
-    frames may come with the handshake before the connection has bound its
-    handler, holds again while back-pressure pauses reading (frames already in
-    the buffer being parsed still arrive), and becomes `_discard` once we cut
-    the socket."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.held: deque[tuple[bytes, int]] = deque()
-        self.sink: MessageSink = self.hold
-        self._fragments: bytearray | None = None  # a fragmented message so far
-
-    def hold(self, raw: bytes, local_us: int) -> None:
-        self.held.append((raw, local_us))
-
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        local_us = time.time_ns() // 1000  # before anything else
-        msg_type = frame.msg_type
-        if (msg_type is _TEXT or msg_type is _BINARY) and frame.fin and self._fragments is None:
-            # Text is not decoded to str: orjson reads UTF-8 bytes directly
-            # (and refuses invalid UTF-8 as not JSON, i.e. a malformed message).
-            self.sink(frame.get_payload_as_bytes(), local_us)
-        elif msg_type is _CLOSE:
-            self._on_close(transport, frame)
-        elif msg_type is _TEXT or msg_type is _BINARY or msg_type is _CONTINUATION:
-            self._on_fragment(frame, local_us)
-        # PONG: ours are application-level; a PING picows answers itself.
-
-    def _on_fragment(self, frame: WSFrame, local_us: int) -> None:
-        """RFC 6455 fragmentation, which Bybit does not use but a proxy may:
-        picows hands frames, not messages, so assemble them here."""
-        starts = frame.msg_type is not _CONTINUATION
-        if starts == (self._fragments is not None):
-            raise WSProtocolError(WSCloseCode.PROTOCOL_ERROR, "unexpected continuation frame")
-        if self._fragments is None:
-            self._fragments = bytearray()
-        self._fragments += frame.get_payload_as_memoryview()
-        if len(self._fragments) > MAX_MESSAGE_BYTES:
-            raise WSProtocolError(WSCloseCode.MESSAGE_TOO_BIG, "fragmented message too big")
-        if frame.fin:
-            # Stamped when its last frame was read, when it became a message
-            # (as websockets stamped it).
-            raw, self._fragments = bytes(self._fragments), None
-            self.sink(raw, local_us)
-
-    def _on_close(self, transport: WSTransport, frame: WSFrame) -> None:
-        """The server's close (picows records its code and reason in
-        `transport.close_handshake`): answer it unless it answers ours, then
-        close the socket. Frames held by back-pressure are still delivered."""
-        if not transport.is_close_frame_sent:
-            transport.send_close(WSCloseCode.OK)  # picows cannot send a close without a code
-        transport.disconnect()
-
-
-class BybitConnection:
+class FeedConnection:
     def __init__(self, name: str, config: ConnectionConfig, handler: FeedHandler) -> None:
         self.name = name
         self.config = config
         self.handler = handler
-        self.parser = FeedParser(config.category)
-        self.topics: list[str] = list(config.topics)  # minus topics Bybit refused
+        self.wire = config.wire
+        self.parser = self.wire.parser()
+        self.topics: list[str] = list(config.topics)  # minus topics the server refused
         self.stats = ConnectionStats()
         self._transport: WSTransport | None = None
-        self._listener: _FrameListener | None = None
+        self._listener: FrameListener | None = None
         self._pending: OrderedDict[str, _PendingRequest] = OrderedDict()
         self._req_ids = itertools.count(1)
         self._last_rx = 0.0  # time.monotonic() of the last frame
@@ -259,6 +187,12 @@ class BybitConnection:
         self._rng = random.Random()
         self._malformed_log = LogThrottle()
         self._resync_log = LogThrottle()
+        # Before the exchange's connection limit: the successor taking over,
+        # told what this socket delivers (None: none under way).
+        self._handover: Handover | None = None
+        self._successor: FeedConnection | None = None
+        self._successor_task: asyncio.Task[None] | None = None
+        self.retired = False  # handed over: this socket is gone, the successor serves
 
     # ---- lifecycle
 
@@ -268,6 +202,9 @@ class BybitConnection:
         while not stop.is_set() and self.topics:
             started = time.monotonic()
             await self._run_once(stop)
+            if self.retired and self._successor_task is not None:
+                await self._successor_task  # it runs on until `stop`
+                return
             if stop.is_set() or not self.topics:
                 break
             if time.monotonic() - started > self.config.reconnect.healthy_after_s:
@@ -301,10 +238,13 @@ class BybitConnection:
             log.info("%s: connected to %s", self.name, self.config.url)
             self._subscribe(self.topics)
             helpers = [
-                asyncio.create_task(self._ping_loop(transport)),
                 asyncio.create_task(self._watchdog()),
                 asyncio.create_task(self._close_on_stop(transport, stop)),
             ]
+            if self._ping_interval_s:
+                helpers.append(asyncio.create_task(self._ping_loop(transport)))
+            if self._max_age_s:
+                helpers.append(asyncio.create_task(self._renew(stop, opened_at)))
             try:
                 ended = await self._read(transport, listener)
             finally:
@@ -320,10 +260,9 @@ class BybitConnection:
         finally:
             self._drop_socket()
             self._pending.clear()
-            if connected:
-                self.handler.on_streams_lost(
-                    [self.parser.stream_of(t) for t in self.topics if t.startswith("orderbook.")]
-                )
+            self._abandon_successor()
+            if connected and not self.retired:
+                self.handler.on_streams_lost(self._book_streams())
                 # Why, and what this socket delivered: enough to tell a server
                 # that drops every connection early from an occasional blip.
                 why = "stopping" if stop.is_set() else self._cut_reason or ended
@@ -332,22 +271,31 @@ class BybitConnection:
                 detail = f"{why} ({received} book messages in {lived:.1f} s)"
                 self._event(FeedEventKind.DISCONNECT, detail=detail[:500])
 
-    async def _open(self) -> tuple[WSTransport, _FrameListener]:
+    def _book_streams(self) -> list[StreamKey]:
+        streams = []
+        for topic in self.topics:
+            with contextlib.suppress(MalformedMessage):  # a trade topic
+                streams.append(self.parser.stream_of(topic))
+        return streams
+
+    async def _open(self) -> tuple[WSTransport, FrameListener]:
         """Connect and upgrade, all within OPEN_TIMEOUT_S. TLS for wss:// with
         the default context, as websockets did (SSL_CERT_FILE is honoured)."""
         transport, listener = await asyncio.wait_for(
             ws_connect(
-                _FrameListener,
+                FrameListener,
                 self.config.url,
                 websocket_handshake_timeout=OPEN_TIMEOUT_S,
-                enable_auto_ping=False,  # Bybit wants application-level pings; we send them
+                # Pings are the wire's (Bybit's at the application level); a
+                # server's PING picows answers itself.
+                enable_auto_ping=False,
                 max_frame_size=MAX_MESSAGE_BYTES,
                 logger_name=log.getChild("picows"),  # its lines under ours
             ),
             OPEN_TIMEOUT_S,
         )
         # picows returns without a listener when the server hung up mid-handshake.
-        if not isinstance(listener, _FrameListener) or transport.is_disconnected:
+        if not isinstance(listener, FrameListener) or transport.is_disconnected:
             transport.disconnect(graceful=False)
             raise ConnectionResetError("the server closed the connection during the handshake")
         return transport, listener
@@ -373,7 +321,7 @@ class BybitConnection:
 
     # ---- reading
 
-    async def _read(self, transport: WSTransport, listener: _FrameListener) -> str:
+    async def _read(self, transport: WSTransport, listener: FrameListener) -> str:
         """Hand frames to the handler until the connection ends; returns how
         it ended. Frames are handled in picows' callback (`_on_message`); this
         only waits."""
@@ -422,12 +370,16 @@ class BybitConnection:
                 self._resync(exc.stream)
             return
         try:
-            if isinstance(parsed, BookUpdate):
+            if parsed is None:
+                pass  # an event of the exchange's that is not recorded
+            elif isinstance(parsed, BookUpdate):
                 stats.book_updates += 1
                 self._last_data = self._last_rx
                 if handler.on_book_update(parsed):
                     self._resync(parsed.stream)
-            elif isinstance(parsed, tuple):  # orderbook.rpi: its two books, one message
+                if self._handover is not None:
+                    self._handover.old_delivered(parsed)
+            elif isinstance(parsed, tuple):  # two books in one message (Bybit's RPI)
                 stats.book_updates += 1
                 self._last_data = self._last_rx
                 if handler.on_book_pair(*parsed):
@@ -435,6 +387,8 @@ class BybitConnection:
             elif isinstance(parsed, list):
                 self._last_data = self._last_rx
                 handler.on_trades(parsed)
+                if self._handover is not None:
+                    self._handover.old_trades(parsed)
             else:
                 resubscribe = self._on_control(parsed)
                 if resubscribe:
@@ -455,9 +409,9 @@ class BybitConnection:
         if listener is None:
             return
         held = listener.held
-        while held and not self._paused and listener.sink is not _discard:
+        while held and not self._paused and listener.sink is not discard:
             self._on_message(*held.popleft())
-        if not self._paused and listener.sink is not _discard:
+        if not self._paused and listener.sink is not discard:
             listener.sink = self._on_message
 
     def _pause_for_writer(self) -> None:
@@ -467,7 +421,7 @@ class BybitConnection:
             return
         self._event(FeedEventKind.BACKPRESSURE, detail="writer queue full; reading paused")
         self._paused = True
-        if self._listener.sink is not _discard:
+        if self._listener.sink is not discard:
             self._listener.sink = self._listener.hold
         self._transport.underlying_transport.pause_reading()
         self._resume = asyncio.get_running_loop().create_task(self._wait_for_writer())
@@ -513,15 +467,15 @@ class BybitConnection:
     def _send_request(self, op: str, topics: list[str], resync: bool = False) -> None:
         if self._transport is None:
             return
-        req_id = f"{self.name}-{next(self._req_ids)}"
+        req_id = self.wire.request_id(self.name, next(self._req_ids))
         self._pending[req_id] = _PendingRequest(op, topics, time.monotonic(), resync)
-        self._send({"req_id": req_id, "op": op, "args": topics})
+        self._send(self.wire.request(op, topics, req_id))
 
-    def _send(self, request: dict[str, object]) -> None:
+    def _send(self, frame: bytes) -> None:
         """picows sends synchronously: the frame goes to the transport's buffer
         (a closed socket drops it, as the reconnect will resend what matters)."""
         if self._transport is not None:
-            self._transport.send(_TEXT, orjson.dumps(request))
+            self._transport.send(TEXT, frame)
 
     def _on_control(self, msg: ControlMessage) -> list[str]:
         """Settle the request an ack answers. Returns the topics to subscribe
@@ -535,7 +489,7 @@ class BybitConnection:
         if request is None:
             log.warning("%s: control message matching no request: %s", self.name, msg)
             return []
-        failed = msg.fail_topics or ([] if msg.success else topics_named_in(msg.ret_msg))
+        failed = msg.fail_topics
         if not msg.success and not failed:
             failed = list(request.topics)  # the ack names none: the whole request failed
         if request.op == "unsubscribe":
@@ -580,7 +534,9 @@ class BybitConnection:
     async def request_resync(self, stream: StreamKey) -> bool:
         """Resync a stream this connection serves (a fresh snapshot), e.g. when
         its record lost rows; False when it is not connected or not served here."""
-        topic = book_topic(stream.depth, stream.symbol)
+        if self.retired and self._successor is not None:
+            return await self._successor.request_resync(stream)
+        topic = self.wire.book_topic(stream)
         if self._transport is None or topic not in self.topics:
             return False
         self._resync(stream)
@@ -590,8 +546,12 @@ class BybitConnection:
         """Unsubscribe; the ack sends the subscribe (see _on_control). Sent back
         to back, a subscribe could meet a server that has not (or never) dropped
         the topic, and get "already subscribed" or no snapshot at all. An
-        unsubscribe never acked ends the connection (_ack_overdue)."""
-        topic = book_topic(stream.depth, stream.symbol)
+        unsubscribe never acked ends the connection (_ack_overdue). A topic
+        whose subscription sends no snapshot cannot be resynced so: its book
+        waits for the collector's REST snapshot."""
+        topic = self.wire.book_topic(stream)
+        if not self.wire.snapshot_on_subscribe(topic):
+            return
         if topic in self._resyncing:
             return  # the snapshot asked for is on its way
         self._resyncing.add(topic)
@@ -600,13 +560,74 @@ class BybitConnection:
         self._resync_log.log(log, logging.WARNING, "%s: resyncing %s", self.name, topic)
         self._send_request("unsubscribe", [topic], resync=True)
 
+    # ---- renewal before the exchange's connection limit (feed/handover.py)
+
+    @property
+    def _max_age_s(self) -> float:
+        age = self.config.max_age_s
+        return self.wire.max_age_s if age is None else age
+
+    async def _renew(self, stop: asyncio.Event, opened_at: float) -> None:
+        """Open a successor before the cut and hand over to it once both
+        sockets delivered one same message of every stream (or the time is
+        up and it is subscribed); else drop it and try again a little later,
+        until the cut ends this socket the ordinary way."""
+        age = self._max_age_s
+        renew_at = opened_at + age - min(self.config.renew_before_s, age / 3)
+        timeout = min(self.config.handover_timeout_s, age / 6)
+        while True:
+            await asyncio.sleep(max(0.0, renew_at - time.monotonic()))
+            streams = set(self._book_streams())
+            successor = FeedConnection(self.name, self.config, self.handler)
+            handover = Handover(self.handler, streams, self._retire)
+            successor.handler = handover
+            successor.stats = self.stats  # one connection to the collector's eyes
+            successor.topics = self.topics
+            self._successor, self._handover = successor, handover
+            self._successor_task = asyncio.create_task(successor.run(stop))
+            log.info("%s: opening its successor before the exchange's connection limit", self.name)
+            deadline = time.monotonic() + timeout
+            while not handover.handed_over and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if not handover.handed_over and successor.subscribed:
+                handover.hand_over()  # quiet streams: any hole shows in their chains
+            if handover.handed_over:
+                return
+            log.warning("%s: its successor did not start; trying again", self.name)
+            self._abandon_successor()
+            renew_at = time.monotonic() + timeout
+
+    @property
+    def subscribed(self) -> bool:
+        """Connected, with every subscription answered."""
+        return self._transport is not None and not self._pending
+
+    def _retire(self) -> None:
+        """The successor takes over: drop this socket now, reading nothing more."""
+        self.retired = True
+        self._handover = None
+        self._cut("handed over to a successor before the exchange's connection limit")
+
+    def _abandon_successor(self) -> None:
+        """A successor that never took over is stopped (this socket ended, or
+        it did not start in time)."""
+        task = self._successor_task
+        if task is not None and not self.retired:
+            task.cancel()
+            self._successor = self._successor_task = self._handover = None
+
     # ---- liveness
 
+    @property
+    def _ping_interval_s(self) -> float:
+        interval = self.config.ping_interval_s
+        return self.wire.ping_interval_s if interval is None else interval
+
     async def _ping_loop(self, transport: WSTransport) -> None:
-        ping = orjson.dumps({"req_id": f"ping-{self.name}", "op": "ping"})
+        ping = self.wire.ping(self.name)
         while True:
-            await asyncio.sleep(self.config.ping_interval_s)
-            transport.send(_TEXT, ping)
+            await asyncio.sleep(self._ping_interval_s)
+            transport.send(TEXT, ping)
 
     async def _watchdog(self) -> None:
         timeout = self.config.silence_timeout_s
@@ -653,12 +674,7 @@ class BybitConnection:
         book topic. A live server answers with a fresh snapshot (stored like
         any snapshot: the book stays valid); a dead or muted one does not, and
         the watchdog reconnects a timeout later. False: nothing to probe with."""
-        # Not a whole-book topic: subscribing to one sends no snapshot.
-        full = book_topic(FULL_DEPTH, "")
-        topic = next(
-            (t for t in self.topics if t.startswith("orderbook.") and not t.startswith(full)),
-            None,
-        )
+        topic = next((t for t in self.topics if self.wire.snapshot_on_subscribe(t)), None)
         if topic is None or self._pending:
             return False
         self._resyncing.add(topic)
@@ -691,7 +707,7 @@ class BybitConnection:
         buffer picows is parsing; the reason goes into the disconnect event."""
         self._cut_reason = reason
         if self._listener is not None:
-            self._listener.sink = _discard
+            self._listener.sink = discard
         if self._transport is not None:
             self._transport.disconnect(graceful=False)
 
@@ -700,7 +716,7 @@ class BybitConnection:
         depth: int | None = None
         if topic is not None:
             try:
-                _, depth, symbol = split_topic(topic)
+                symbol, depth = self.wire.topic_fields(topic)
             except ValueError:  # a topic name the server made up: keep it in the detail
                 symbol = topic[:64]
         self.handler.on_feed_event(

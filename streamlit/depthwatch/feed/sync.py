@@ -41,6 +41,13 @@ class Alignment(Enum):
 class SyncRule(Protocol):
     """One exchange's documented comparisons between deltas and a snapshot."""
 
+    # The exchange's ids are not consecutive (Binance's span many updates per
+    # message): the sync numbers the deltas it passes on 1, 2, 3, ... as
+    # `update_id` (after a hole it skips a number, so the book sees the gap),
+    # keeping the exchange's id in `sequence`. Everything after the feed
+    # checks continuity as `u == previous u + 1`.
+    renumbers: bool
+
     def restarts(self, delta: BookUpdate) -> bool:
         """The delta re-initialises the stream: the book so far is void."""
         ...
@@ -53,47 +60,15 @@ class SyncRule(Protocol):
         """`delta` is older than one already seen (to be discarded, not a gap)."""
         ...
 
+    def new_session(self, last: BookUpdate, delta: BookUpdate) -> bool:
+        """On a running book, `delta` (not stale) belongs to a new session whose
+        restart was never seen: the book must start over."""
+        ...
+
     def align(self, snapshot: BookUpdate, buffered: Sequence[BookUpdate]) -> tuple[Alignment, int]:
         """How the snapshot meets the buffer; with START, the index of the first
         buffered delta to apply after it (len(buffered): none)."""
         ...
-
-
-class BybitFullRule:
-    """Bybit's "Full Order Book Synchronization Procedure" (docs/v5/websocket/
-    public/full-ob.mdx): `u` rises by one per delta within a session and is 1
-    after a re-initialisation; `seq` only rises, with skips. A snapshot's
-    (u, seq) are those of the delta after which the book is in its state."""
-
-    def restarts(self, delta: BookUpdate) -> bool:
-        return delta.update_id == 1
-
-    def follows(self, previous: BookUpdate, delta: BookUpdate) -> bool:
-        return delta.update_id == previous.update_id + 1
-
-    def is_stale(self, previous: BookUpdate, delta: BookUpdate) -> bool:
-        return delta.sequence < previous.sequence or (
-            delta.update_id <= previous.update_id and delta.sequence == previous.sequence
-        )
-
-    def align(self, snapshot: BookUpdate, buffered: Sequence[BookUpdate]) -> tuple[Alignment, int]:
-        if not buffered:
-            return Alignment.WAIT, 0
-        # Older than the first buffered delta: what came between is unknown.
-        if snapshot.sequence < buffered[0].sequence:
-            return Alignment.FETCH_AGAIN, 0
-        # Deltas older than the snapshot are in it already.
-        start = 0
-        while start < len(buffered) and buffered[start].sequence < snapshot.sequence:
-            start += 1
-        if start == len(buffered):
-            return Alignment.WAIT, 0  # its own delta is yet to come
-        head = buffered[start]
-        if head.sequence != snapshot.sequence or head.update_id != snapshot.update_id:
-            # No buffered delta is the snapshot's state (its delta was missed), or
-            # equal seq with another u: not a state of this session's chain.
-            return Alignment.FETCH_AGAIN, 0
-        return Alignment.START, start + 1
 
 
 def snapshot_bounds(snapshot: BookUpdate, most_levels: int) -> tuple[str | None, str | None]:
@@ -141,6 +116,7 @@ class DeltaSync:
         self.discarded = 0  # deltas dropped as stale or superseded
         self.refetches = 0  # snapshots that did not fit and were fetched again
         self.misses = 0  # of which since the book last started: how long to wait
+        self.numbered = 0  # the last number given, when the rule renumbers
 
     @property
     def waiting(self) -> bool:
@@ -165,12 +141,15 @@ class DeltaSync:
             if last is not None and self.rule.is_stale(last, delta):
                 self.discarded += 1  # the documented rule: an older u is ignored
                 return SyncStep()
-            if last is not None and delta.update_id <= last.update_id:
-                # A u not above ours yet a newer seq: a new session whose u=1
-                # we never saw. Its deltas must not run on the old book (they
-                # would be ignored until u passed ours, then applied to it).
+            if last is not None and self.rule.new_session(last, delta):
+                # E.g. a u not above ours yet a newer seq: a new session whose
+                # u=1 we never saw. Its deltas must not run on the old book
+                # (they would be ignored until u passed ours, then applied).
                 self.reset()
                 return self._buffer_first(delta, restarted=True)
+            if self.rule.renumbers and last is not None:
+                # A hole skips a number: the book finds the gap.
+                self._number(delta, 1 if self.rule.follows(last, delta) else 2)
             self.last = delta
             return SyncStep([delta])  # a gap is the book's to find
         if self.state is SyncState.IDLE:
@@ -185,6 +164,9 @@ class DeltaSync:
                 # A hole in the buffer: what it holds can no longer be stitched.
                 self.discarded += len(buffer)
                 buffer.clear()
+        if self.rule.renumbers:
+            # A new buffer leaves a number free for the snapshot before it.
+            self._number(delta, 1 if buffer else 2)
         buffer.append(delta)
         if len(buffer) > MAX_BUFFERED:
             self.discarded += len(buffer) - 1
@@ -195,8 +177,16 @@ class DeltaSync:
 
     def _buffer_first(self, delta: BookUpdate, restarted: bool = False) -> SyncStep:
         self.state = SyncState.BUFFERING
+        if self.rule.renumbers:
+            self._number(delta, 2)
         self.buffer = [delta]
         return SyncStep(fetch=True, restarted=restarted)
+
+    def _number(self, delta: BookUpdate, step: int) -> None:
+        """The next number (see SyncRule.renumbers); numbers only rise, across
+        resets too, so a book restarted from a snapshot never goes back."""
+        self.numbered += step
+        delta.update_id = self.numbered
 
     def on_snapshot(self, snapshot: BookUpdate, generation: int) -> SyncStep:
         """A fetched snapshot (is_snapshot=True), for the fetch asked at `generation`."""
@@ -231,8 +221,12 @@ class DeltaSync:
         # delta's exchange times. Its own `ts` may be when the answer was
         # made, later than the deltas that follow it, which would then sort
         # before it in the record.
-        matched = self.buffer[start - 1]
+        # (Binance's snapshot lies within the first delta applied: its times.)
+        matched = self.buffer[start - 1] if start else self.buffer[0]
         snapshot.exchange_us, snapshot.match_us = matched.exchange_us, matched.match_us
+        if self.rule.renumbers:
+            after = self.buffer[start] if start < len(self.buffer) else None
+            snapshot.update_id = after.update_id - 1 if after else self.buffer[-1].update_id
         return self._start(snapshot, self.buffer[start:])
 
     def _start(self, snapshot: BookUpdate, rest: list[BookUpdate]) -> SyncStep:

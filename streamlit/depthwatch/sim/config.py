@@ -9,7 +9,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from depthwatch.feed.topics import FULL_CATEGORIES, FULL_SNAPSHOT_LEVELS
+from depthwatch.feed.bybit.topics import CATEGORIES as BYBIT_CATEGORIES
+from depthwatch.feed.bybit.topics import FULL_CATEGORIES, FULL_SNAPSHOT_LEVELS
+
+BYBIT_PATH = "/v5/public/"  # + category, as Bybit's own
+
+
+def ws_path(category: str) -> str:
+    """Where the simulator serves a category: Bybit's path, or a Binance
+    venue's combined streams (`/{venue}/stream`, sim/binance.py)."""
+    return BYBIT_PATH + category if category in BYBIT_CATEGORIES else f"/{category}/stream"
 
 
 @dataclass(frozen=True)
@@ -67,9 +76,41 @@ class SimConfig:
       u + 1: "equal seq, different u").
     - rest_delay_s S: every REST answer is sent S seconds after its request arrived
       (under websockets' 10 s opening timeout); its state is the one at arrival.
-    - prepare_full: set up every symbol's orderbook.full topic before listening
-      rather than at its first subscription or REST request (~0.1 s for a book
-      of 10,000 levels a side), so a benchmark's sync time is the client's.
+    - prepare_full: set up every symbol's orderbook.full topic (and its Binance
+      books) before listening rather than at its first subscription or REST
+      request (~0.1 s for a book of 10,000 levels a side), so a benchmark's sync
+      time is the client's.
+
+    Binance (sim/binance.py: venues `binance` and `binance-futures` on the same port,
+    WebSocket /{venue}/stream and /{venue}/ws, REST GET /api/v3/depth and
+    /fapi/v1/depth; every symbol of `symbols` on both, each venue its own seeded
+    book). Of the faults above these apply: drop_every (a withheld event: a broken
+    U/pu chain), disconnect_every, malformed_every, stall_after, mute_after,
+    ignore_unsubscribe_every (an UNSUBSCRIBE swallowed), and the REST ones
+    rest_429_every (with Retry-After), rest_5xx_every, rest_stale_every,
+    rest_delay_s and rest_levels (a cap below the request's limit); REST faults
+    count every request of the server, Bybit's and Binance's. Not restart_every,
+    full_reset_every, delist_after or rest_mismatch_every: Binance has no u=1
+    lineage and no seq. Its own (0 = off):
+
+    - binance_pu_break_every N: every Nth event of a book is correct but chains
+      wrongly: on futures its pu is not the previous event's u, on spot its U is
+      the previous u + 2; the client must resync though nothing was lost.
+    - rest_418_every N: every Nth REST request (checked before rest_429_every) is
+      answered HTTP 418, code -1003 "Way too many requests; IP banned until <ms>."
+      with Retry-After (no ban is enforced: the next request is served).
+    - rest_ahead_every N: every Nth REST answer is newer than every event its
+      book's subscribers have received: the book's events are held back from all
+      its subscribers until at least REST_AHEAD_EVENTS more were made (1 s at
+      most), the answer is that newer state, and the held events follow
+      REST_AHEAD_RELEASE_S after the answer was sent (after rest_delay_s too).
+    - conn_max_age_s S: a Binance connection is closed by the server (1000,
+      "connection max age") S seconds after it opened, as Binance does after 24 h.
+
+    ping_interval_s S: every connection (Bybit's and Binance's) is sent a WebSocket
+    ping every S seconds and closed if its pong is not back within S seconds
+    (websockets' keepalive; 0 = no pings). Binance pings every 20 s on spot,
+    every 3 min on futures; the default, 20, is websockets' own.
     """
 
     symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
@@ -103,6 +144,11 @@ class SimConfig:
     rest_stale_every: int = 0
     rest_mismatch_every: int = 0
     rest_delay_s: float = 0.0
+    binance_pu_break_every: int = 0
+    rest_418_every: int = 0
+    rest_ahead_every: int = 0
+    conn_max_age_s: float = 0.0
+    ping_interval_s: float = 20.0  # 0 = no pings
     prepare_full: bool = False  # set up every symbol's whole-book topic at start
     record: bool = True  # keep every published state for truth(); off for benchmarks
     queue_size: int = 1024
@@ -142,7 +188,18 @@ class FullBookFault(StrEnum):
     REFUSED = "full_refused"  # the whole book asked for outside full_categories
 
 
-AnyFault = FaultKind | FullBookFault
+class BinanceFault(StrEnum):
+    """Faults only the Binance venues inject (sim/binance.py). The Binance books
+    also inject FaultKind's connection faults and drops, and FullBookFault's
+    REST faults (429, 5xx, stale, delay)."""
+
+    PU_BREAK = "pu_break"  # a correct event whose pu (futures) or U (spot) breaks the chain
+    REST_418 = "rest_418"  # HTTP 418, code -1003, Retry-After
+    REST_AHEAD = "rest_ahead"  # an answer newer than every event its subscribers have
+    MAX_AGE = "conn_max_age"  # the server closed a connection that reached conn_max_age_s
+
+
+AnyFault = FaultKind | FullBookFault | BinanceFault
 
 # Faults that end (or make useless) the connection they hit; see SimConfig.
 CONNECTION_FAULTS = (FaultKind.DISCONNECT, FaultKind.STALL, FaultKind.MUTE)
@@ -168,7 +225,7 @@ class ConnRecord:
     opened_us: int
     book_sent: int = 0  # book messages written to the socket (muted ones are not)
     closed_us: int = 0
-    ended_by: FaultKind | None = None  # the fault that ended it; None = the client left
+    ended_by: AnyFault | None = None  # the fault that ended it; None = the client left
 
 
 # -- CLI hook ------------------------------------------------------------------
@@ -234,6 +291,31 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     add("--rest-delay", type=float, default=0.0, help="send each REST answer S seconds late")
     add("--trades-rate", type=float, default=2.0, help="publicTrade messages/s per symbol")
     add(
+        "--binance-pu-break-every",
+        type=int,
+        default=0,
+        help="Binance: every Nth event chains wrongly (futures pu, spot U) though nothing is lost",
+    )
+    add("--rest-418-every", type=int, default=0, help="Binance: answer every Nth REST request 418")
+    add(
+        "--rest-ahead-every",
+        type=int,
+        default=0,
+        help="Binance: every Nth REST answer is newer than every event its subscribers have",
+    )
+    add(
+        "--conn-max-age",
+        type=float,
+        default=0.0,
+        help="Binance: close a connection S seconds after it opened (Binance: 24 h)",
+    )
+    add(
+        "--ping-interval",
+        type=float,
+        default=20.0,
+        help="WebSocket ping every S seconds, close if no pong within S; 0 = no pings",
+    )
+    add(
         "--stagger",
         action="store_true",
         help="replays: spread the topics' start over one step, so frames arrive evenly",
@@ -269,6 +351,11 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         rest_stale_every=args.rest_stale_every,
         rest_mismatch_every=args.rest_mismatch_every,
         rest_delay_s=args.rest_delay,
+        binance_pu_break_every=args.binance_pu_break_every,
+        rest_418_every=args.rest_418_every,
+        rest_ahead_every=args.rest_ahead_every,
+        conn_max_age_s=args.conn_max_age,
+        ping_interval_s=args.ping_interval,
         prepare_full=args.prepare_full,
         record=False,  # a long-running server would otherwise grow without bound
     )

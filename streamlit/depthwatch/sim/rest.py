@@ -14,7 +14,7 @@ import orjson
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
-from depthwatch.feed.topics import FULL_CATEGORIES, book_topic
+from depthwatch.feed.bybit.topics import FULL_CATEGORIES, book_topic
 from depthwatch.records import FULL_DEPTH
 from depthwatch.sim.config import FullBookFault, now_ms
 

@@ -11,7 +11,8 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from depthwatch.feed.topics import CATEGORIES
+from depthwatch.feed.bybit.topics import CATEGORIES
+from depthwatch.sim.binance import VENUES
 from depthwatch.sim.config import SimConfig, config_from_args
 from depthwatch.sim.market import TruthState
 from depthwatch.sim.server import BybitSimulator
@@ -64,6 +65,12 @@ class SimulatorThread:
     def url(self, category: str = "linear") -> str:
         return self.sim.url(category)
 
+    def binance_url(self, venue: str, raw: bool = False) -> str:
+        return self.sim.binance_url(venue, raw)
+
+    def rest_url(self) -> str:
+        return self.sim.rest_url()
+
     def truth(self, topic: str) -> list[TruthState]:
         return self.sim.truth(topic)
 
@@ -94,6 +101,9 @@ def run_sim(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         for category in CATEGORIES:
             log.info("simulator listening on %s", sim.url(category))
+        for venue in VENUES:
+            log.info("simulator listening on %s", sim.binance_url(venue))
+        log.info("REST on %s", sim.rest_url())
         await stop.wait()
         await sim.stop()
 

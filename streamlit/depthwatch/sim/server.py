@@ -1,4 +1,5 @@
-"""A local Bybit v5 public WebSocket server fed by synthetic or recorded books.
+"""A local Bybit v5 public WebSocket server fed by synthetic or recorded books,
+which also speaks Binance spot and USDⓈ-M futures on the same port (sim/binance.py).
 
 Design of the fan-out: every topic is one shared sequence of states (state `u`
 is the same book for every subscriber). Each connection owns an outbox (a
@@ -19,7 +20,7 @@ import logging
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -30,17 +31,26 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from depthwatch.clock import now_us
-from depthwatch.feed.topics import (
+from depthwatch.feed.bybit.topics import (
     CATEGORIES,
     FULL_BOOK_PATH,
     FULL_CATEGORIES,
-    SIMULATOR_HEADER,
     book_topic,
     split_topic,
     valid_depths,
 )
+from depthwatch.feed.registry import SIMULATOR_HEADER
 from depthwatch.records import FULL_DEPTH, RPI_DEPTH
+from depthwatch.sim.binance import (
+    COMBINED,
+    RAW,
+    REST_PATHS,
+    BinanceVenues,
+    is_binance_key,
+)
+from depthwatch.sim.binance_rest import depth as binance_depth
 from depthwatch.sim.config import (
+    BYBIT_PATH,
     CONNECTION_FAULTS,
     AnyFault,
     ConnRecord,
@@ -50,114 +60,13 @@ from depthwatch.sim.config import (
     SimConfig,
     now_ms,
 )
+from depthwatch.sim.conn import Conn
 from depthwatch.sim.market import TruthState
 from depthwatch.sim.replay import load_replay
 from depthwatch.sim.rest import full_orderbook, json_response
 from depthwatch.sim.topics import FullTopic, Market, Pub, ReplayTopic, RpiTopic, SynthTopic, Topic
 
 log = logging.getLogger(__name__)
-
-
-class Conn:
-    """One client connection: an outbox drained by a sender task, plus fault counters."""
-
-    def __init__(
-        self,
-        sim: BybitSimulator,
-        ws: ServerConnection,
-        category: str,
-        fault: FaultKind | None = None,
-    ) -> None:
-        self.sim = sim
-        self.ws = ws
-        self.category = category
-        self.conn_id = uuid.uuid4().hex[:20]
-        self.fault = fault  # the connection fault this connection will suffer
-        self.muted = False
-        self.record = ConnRecord(self.conn_id, fault, now_us())
-        self.topics: set[str] = set()
-        self.out: deque[Pub | bytes] = deque()
-        self.has_data = asyncio.Event()
-        self.room = asyncio.Event()
-        self.room.set()
-        self.closed = False
-        self.book_sent = 0
-        self.data_sent = 0
-
-    def push(self, item: Pub | bytes) -> None:
-        if self.closed:
-            return
-        self.out.append(item)
-        self.has_data.set()
-        limit = self.sim.config.queue_size
-        if len(self.out) >= limit:
-            self.room.clear()
-            if self.sim.config.rate > 0 and len(self.out) > 16 * limit:
-                log.warning("closing slow consumer %s", self.conn_id)
-                self.close_soon(1008, "slow consumer")
-
-    async def wait_room(self) -> None:
-        while not self.closed and len(self.out) >= self.sim.config.queue_size:
-            self.room.clear()
-            await self.room.wait()
-
-    def close_soon(self, code: int, reason: str) -> None:
-        self.shutdown()
-        asyncio.get_running_loop().create_task(self.ws.close(code, reason))
-
-    def shutdown(self) -> None:
-        self.closed = True
-        self.out.clear()
-        self.room.set()  # wake a market waiting for room
-        self.has_data.set()
-
-    async def run_sender(self) -> None:
-        cfg = self.sim.config
-        try:
-            while True:
-                while not self.out and not self.closed:
-                    self.has_data.clear()
-                    await self.has_data.wait()
-                if self.closed:
-                    return
-                item = self.out.popleft()
-                if len(self.out) < cfg.queue_size:
-                    self.room.set()
-                if isinstance(item, bytes):
-                    await self.ws.send(item, text=True)
-                    continue
-                if self.muted:
-                    continue  # control frames (bytes) still go; data is discarded
-                await self.ws.send(item.render(self.category), text=True)
-                self.data_sent += 1
-                self.book_sent += item.is_book
-                self.record.book_sent = self.book_sent
-                if cfg.malformed_every and self.data_sent % cfg.malformed_every == 0:
-                    n = self.data_sent // cfg.malformed_every
-                    await self.ws.send(_malformed(item.topic, n), text=True)
-                    self.sim.injected(FaultKind.MALFORMED, self, item.topic)
-                fault = self.fault
-                if fault is FaultKind.DISCONNECT and self.book_sent == cfg.disconnect_every:
-                    self.sim.injected(fault, self)
-                    self.shutdown()
-                    await self.ws.close(1001, "simulated disconnect")
-                    return
-                if fault is FaultKind.STALL and self.data_sent == cfg.stall_after:
-                    self.sim.injected(fault, self)
-                    # Silence everything, pongs included: they wait in the outbox.
-                    await asyncio.sleep(cfg.stall_seconds)
-                elif fault is FaultKind.MUTE and self.data_sent == cfg.mute_after:
-                    self.sim.injected(fault, self)
-                    self.muted = True
-        except ConnectionClosed:
-            self.shutdown()
-
-
-def _malformed(topic: str, n: int) -> bytes:
-    # Alternate a truncated frame with plain garbage: both must be survivable.
-    if n % 2 == 0:
-        return b"}{ not json at all"
-    return orjson.dumps({"topic": topic, "type": "delta"})[:-1] + b',"data":'
 
 
 class BybitSimulator:
@@ -186,10 +95,12 @@ class BybitSimulator:
         self.faults: Counter[AnyFault] = Counter()
         self.fault_log: deque[InjectedFault] = deque(maxlen=100_000)
         self.connection_log: deque[ConnRecord] = deque(maxlen=10_000)
-        # REST snapshot requests: per symbol asked for (a client's snapshot count),
-        # and in all, the count the rest_*_every faults go by.
+        # REST snapshot requests: per symbol asked for (a client's snapshot count;
+        # Binance's as "{venue}:{symbol}"), and in all, Bybit's and Binance's
+        # together, the count the rest_*_every faults go by.
         self.rest_requests: Counter[str] = Counter()
         self.rest_total = 0
+        self.binance = BinanceVenues(self)
         cfg = self.config
         thresholds = (cfg.disconnect_every, cfg.stall_after, cfg.mute_after)
         self._conn_faults = [k for k, n in zip(CONNECTION_FAULTS, thresholds, strict=True) if n]
@@ -203,6 +114,7 @@ class BybitSimulator:
             # ~0.1 s to set up, which a subscription would otherwise wait for.
             for market in self.markets.values():
                 self.full_topic(market)
+            self.binance.prepare()
         self._server = await serve(
             self._handle,
             cfg.host,
@@ -211,13 +123,20 @@ class BybitSimulator:
             process_response=_mark_simulator,
             compression=None,  # Bybit streams are uncompressed; saves CPU on 2 cores
             max_queue=None,
+            ping_interval=cfg.ping_interval_s or None,
+            ping_timeout=cfg.ping_interval_s or None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
-        spawn = asyncio.get_running_loop().create_task
-        self._tasks = [spawn(self._run_market(m)) for m in self.markets.values()]
-        self._tasks += [spawn(self._run_trades(m)) for m in self.markets.values()]
-        self._tasks += [spawn(self._run_replay(t)) for t in self.replays.values()]
-        self._tasks.append(spawn(self._resend_level1()))
+        for market in self.markets.values():
+            self.spawn(self.run_market(market))
+            self.spawn(self._run_trades(market))
+        for topic in self.replays.values():
+            self.spawn(self._run_replay(topic))
+        self.spawn(self._resend_level1())
+
+    def spawn(self, coro: Coroutine[object, object, None]) -> None:
+        """Run a producer until stop() (Binance's markets start at first use)."""
+        self._tasks.append(asyncio.get_running_loop().create_task(coro))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -228,11 +147,25 @@ class BybitSimulator:
             await self._server.wait_closed()
 
     def url(self, category: str = "linear") -> str:
-        return f"ws://{self.config.host}:{self.port}/v5/public/{category}"
+        return f"ws://{self.config.host}:{self.port}{BYBIT_PATH}{category}"
+
+    def binance_url(self, venue: str, raw: bool = False) -> str:
+        """A Binance venue's WebSocket: combined streams ({"stream", "data"} frames)
+        unless `raw` (the payloads alone)."""
+        return f"ws://{self.config.host}:{self.port}/{venue}/{RAW if raw else COMBINED}"
+
+    def rest_url(self) -> str:
+        """The REST base of every venue: Bybit's /v5/market/..., Binance spot's
+        /api/v3/depth and futures' /fapi/v1/depth."""
+        return f"http://{self.config.host}:{self.port}"
 
     # -- ground truth ------------------------------------------------------
 
-    def _topic(self, name: str) -> Topic | None:
+    def find_topic(self, name: str) -> Topic | None:
+        """The topic a name is, if it was made; a Binance venue's book by its
+        truth key ("binance-futures:btcusdt@depth@100ms", any depth spelling)."""
+        if is_binance_key(name):
+            return self.binance.find(name)
         if name in self.replays:
             return self.replays[name]
         try:
@@ -246,7 +179,7 @@ class BybitSimulator:
 
     def truth(self, topic: str) -> list[TruthState]:
         """Every state the topic published (dropped ones flagged), in order."""
-        found = self._topic(topic)
+        found = self.find_topic(topic)
         return list(found.states()) if found else []
 
     def latest(self, topic: str) -> TruthState | None:
@@ -254,7 +187,7 @@ class BybitSimulator:
         while the simulator's thread changes the book: when the truth is
         recorded (the default) the answer is the state that thread recorded
         last, never a book read while it changes (which raised KeyError)."""
-        found = self._topic(topic)
+        found = self.find_topic(topic)
         if found is None:
             return None
         states = found.states()
@@ -264,6 +197,8 @@ class BybitSimulator:
         return found.latest()
 
     def finished(self, topic: str) -> bool:
+        if is_binance_key(topic):
+            return self.binance.finished(topic)
         if topic in self.replays:
             return self.replays[topic].finished
         try:
@@ -290,8 +225,7 @@ class BybitSimulator:
         if pub.dropped:
             return
         topic.last_sent = time.monotonic()
-        for conn in list(topic.subscribers):
-            conn.push(pub)
+        topic.fan_out(pub)
 
     async def _pace(self, start: float, step: int, conns: set[Conn]) -> None:
         rate = self.config.rate
@@ -303,7 +237,9 @@ class BybitSimulator:
         if step % 16 == 0:  # yielding every step would cost more than the step itself
             await asyncio.sleep(0)
 
-    async def _run_market(self, market: Market) -> None:
+    async def run_market(self, market: Market) -> None:
+        """Step a market until `deltas` steps, publishing its topics' changes
+        (a Bybit symbol's depth topics, or one Binance venue's book)."""
         await market.started.wait()
         start, step, limit = time.monotonic(), 0, self.config.deltas
         while not limit or step < limit:
@@ -334,15 +270,14 @@ class BybitSimulator:
                 continue
             ts, trades = now_ms(), []
             for _ in range(rng.randint(1, 3)):
-                buy = rng.random() < 0.5
-                ticks = market.book.best_ask() if buy else market.book.best_bid()
+                buy, ticks, lots = market.draw_trade()
                 last = market.last_trade_price
                 tick_dir = "PlusTick" if ticks > last else "MinusTick" if ticks < last else "Zero"
                 if tick_dir == "Zero":
                     tick_dir = "ZeroPlusTick" if buy else "ZeroMinusTick"
                 market.last_trade_price = ticks
                 trade = {"T": ts, "s": symbol, "S": "Buy" if buy else "Sell"}
-                trade["v"] = market.book.fmt.size(1 + int(rng.expovariate(1 / 50)))
+                trade["v"] = market.book.fmt.size(lots)
                 trade["p"] = market.book.fmt.price(ticks)
                 trade |= {"L": tick_dir, "i": str(uuid.UUID(int=rng.getrandbits(128)))}
                 trades.append(trade | {"BT": False, "seq": market.seq})
@@ -377,6 +312,10 @@ class BybitSimulator:
 
     async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path, _, query = request.path.partition("?")
+        if path in REST_PATHS:
+            return await binance_depth(self.binance, REST_PATHS[path], parse_qs(query))
+        if self.binance.owns(path):
+            return self.binance.check_handshake(path, query)
         if path == FULL_BOOK_PATH:
             # Answered as of its arrival, sent after rest_delay_s: deltas pushed
             # meanwhile make the answer older than the client's latest delta.
@@ -438,26 +377,25 @@ class BybitSimulator:
         faults = self._conn_faults
         fault = faults[self.accepted % len(faults)] if faults else None
         self.accepted += 1
-        conn = Conn(self, ws, _category(ws.request.path.partition("?")[0]) or "linear", fault)
+        category = _category(ws.request.path.partition("?")[0]) or "linear"
+        conn: Conn = self.binance.connect(ws, fault) or Conn(self, ws, category, fault)
         self.conns.add(conn)
         self.connection_log.append(conn.record)
         sender = asyncio.get_running_loop().create_task(conn.run_sender())
         try:
             async for raw in ws:
-                self._on_message(conn, raw)
+                conn.receive(raw)
         except ConnectionClosed:
             pass
         finally:
             conn.shutdown()
             conn.record.closed_us = now_us()
             self.conns.discard(conn)
-            for name in conn.topics:
-                topic = self._topic(name)
-                if topic is not None:
-                    topic.subscribers.pop(conn, None)
+            conn.leave()
             sender.cancel()
 
-    def _on_message(self, conn: Conn, raw: str | bytes) -> None:
+    def on_request(self, conn: Conn, raw: str | bytes) -> None:
+        """A Bybit client's request (ping, subscribe, unsubscribe)."""
         try:
             req = orjson.loads(raw)
             op, req_id = req.get("op"), req.get("req_id", "")
@@ -522,7 +460,7 @@ def _mark_simulator(conn: ServerConnection, request: Request, response: Response
 
 
 def _category(path: str) -> str | None:
-    prefix = "/v5/public/"
+    prefix = BYBIT_PATH
     category = path[len(prefix) :] if path.startswith(prefix) else ""
     return category if category in CATEGORIES else None
 

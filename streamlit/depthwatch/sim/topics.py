@@ -10,19 +10,20 @@ import time
 import zlib
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from typing import TYPE_CHECKING, overload
 
 import orjson
 
-from depthwatch.feed.topics import split_topic
+from depthwatch.feed.bybit.topics import split_topic
 from depthwatch.records import FULL_DEPTH, levels_of
 from depthwatch.sim.config import AnyFault, FaultKind, FullBookFault, SimConfig, now_ms
 from depthwatch.sim.market import DepthView, Level, MarketBook, TruthState, spec_for
 from depthwatch.sim.replay import DictBook, ReplayMessage
 
 if TYPE_CHECKING:
-    from depthwatch.sim.server import Conn
+    from depthwatch.sim.conn import Conn
 
 
 @dataclass(slots=True)
@@ -81,6 +82,12 @@ class Topic:
 
     def top(self) -> tuple[list[Level], list[Level]]:
         raise NotImplementedError
+
+    def fan_out(self, pub: Pub) -> None:
+        """Hand a published message to the subscribers (a Binance book sends it
+        under each stream name it was subscribed by, and may hold it back)."""
+        for conn in list(self.subscribers):
+            conn.push(pub)
 
     def states(self) -> Sequence[TruthState]:
         """Every recorded state, in order (truth)."""
@@ -309,7 +316,7 @@ class FullTopic(Topic):
         self.pending: tuple[set[int], set[int]] = (set(), set())
         self.log = FullTruth()
         self.updates = 0  # changed states, for restart_every and full_reset_every
-        self.u = random.Random(f"{config.seed}:{name}").randint(10**6, 10**8)
+        self.u = self._first_u()
         self.seq, self.ts, self.has_state = market.seq, now_ms(), True
         self.listed = self._listed_at(market.steps)
         if self.listed:
@@ -324,6 +331,10 @@ class FullTopic(Topic):
         self.first = self.state()
         self.prev: TruthState | None = None
         self.before_join: TruthState | None = None
+
+    def _first_u(self) -> int:
+        """A seeded, realistic-looking starting u rather than 1, which means "restart"."""
+        return random.Random(f"{self.config.seed}:{self.name}").randint(10**6, 10**8)
 
     def states(self) -> Sequence[TruthState]:
         return self.log
@@ -388,6 +399,17 @@ class FullTopic(Topic):
                     out[side].append((key, level))
         return out
 
+    def _changes(self, changed: tuple[set[int], set[int]]) -> Ops | None:
+        """The step's changes to the published book; None when there are none."""
+        for side in (0, 1):
+            self.pending[side].update(changed[side])
+        ops = self._diff()
+        if not ops[0] and not ops[1]:
+            self.pending[0].clear()
+            self.pending[1].clear()
+            return None
+        return ops
+
     def _apply(self, ops: Ops) -> tuple[list[Level], list[Level]]:
         """Fold a diff into the published book; return it as the delta's levels."""
         self.book.fold(ops)
@@ -411,12 +433,8 @@ class FullTopic(Topic):
             return self._relist(seq, ts) if listed else self._delist(seq, ts)
         if not listed:
             return None  # delisted: the model walks on, nothing is published
-        for side in (0, 1):
-            self.pending[side].update(changed[side])
-        ops = self._diff()
-        if not ops[0] and not ops[1]:
-            self.pending[0].clear()
-            self.pending[1].clear()
+        ops = self._changes(changed)
+        if ops is None:
             return None  # Bybit pushes nothing when the book did not change
         self.updates += 1
         cfg = self.config
@@ -512,20 +530,42 @@ class ReplayTopic(Topic):
 
 
 class Market:
-    """One symbol's model book and the depth topics that publish views of it."""
+    """One symbol's model book and the depth topics that publish views of it.
 
-    def __init__(self, symbol: str, config: SimConfig) -> None:
-        rng = random.Random(f"{config.seed}:{symbol}")
+    Bybit's markets have no venue. Another venue's market of the same symbol is
+    its own book: seeded by venue too, its start price `offset_bps` away, so a
+    cross-exchange view sees a basis rather than one book twice."""
+
+    def __init__(
+        self, symbol: str, config: SimConfig, venue: str = "", offset_bps: int = 0
+    ) -> None:
+        key = f"{config.seed}:{venue}:{symbol}" if venue else f"{config.seed}:{symbol}"
+        rng = random.Random(key)
         spec = spec_for(symbol, config.tick_sizes.get(symbol))
+        if offset_bps:
+            start = spec.start_price * (1 + Decimal(offset_bps) / 10_000)
+            spec = replace(spec, start_price=start)
         self.book = MarketBook(spec, config.book_levels, rng)
         self.seq = rng.randint(10**9, 10**10)
         self.steps = 0  # market steps so far (delist_after counts them)
         self.topics: dict[int, BookTopic] = {}  # by depth; FULL_DEPTH: the whole book
         self.trades: Topic = Topic(f"publicTrade.{symbol}", config)
-        self.trade_rng = random.Random(f"{config.seed}:{symbol}:trades")
+        self.trade_rng = random.Random(f"{key}:trades")
         self.last_trade_price = 0
         self.started = asyncio.Event()
         self.finished = False
 
     def book_conns(self) -> set[Conn]:
         return {conn for topic in self.topics.values() for conn in topic.subscribers}
+
+    def draw_trade(self) -> tuple[bool, int, int]:
+        """A taker trade at the touch: (taker buys, price in ticks, size in lots)."""
+        rng = self.trade_rng
+        buy = rng.random() < 0.5
+        ticks = self.book.best_ask() if buy else self.book.best_bid()
+        return buy, ticks, trade_lots(rng)
+
+
+def trade_lots(rng: random.Random) -> int:
+    """The size of one trade, in lots: mostly small, now and then large."""
+    return 1 + int(rng.expovariate(1 / 50))

@@ -50,12 +50,6 @@ TARDIS_EXCHANGE = {
 }
 
 
-def is_symbol(text: str) -> bool:
-    """Whether `text` can be a Bybit symbol: ASCII letters, digits, '-' and '_'
-    (so it is also safe in a topic, a file name and an archive path)."""
-    return bool(text) and text.isascii() and text.replace("-", "").replace("_", "").isalnum()
-
-
 def ws_url(category: str, testnet: bool = False) -> str:
     return (TESTNET_WS if testnet else MAINNET_WS).format(category=category)
 
@@ -75,11 +69,6 @@ def valid_depths(category: str, legacy: bool = False) -> tuple[int, ...]:
     if category in RPI_CATEGORIES:
         depths = (*depths, RPI_DEPTH)
     return depths
-
-
-# Not Bybit's: depthwatch's simulator sets this header on every handshake, so data
-# recorded from it is marked simulated whoever started the collector.
-SIMULATOR_HEADER = "X-Depthwatch-Simulator"
 
 
 _NAMED_DEPTHS = {FULL_DEPTH: "full", RPI_DEPTH: "rpi", RPI_SIZES_DEPTH: "rpi"}

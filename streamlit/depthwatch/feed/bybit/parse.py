@@ -1,18 +1,33 @@
 """Bybit v5 public messages -> normalised records. Pure: bytes in, records out.
 
 Anything that is not exactly the shape we expect raises `MalformedMessage`
-naming what was wrong, so the connection can log it, count it and go on: a
-malformed frame must never reach a book.
+(feed/messages.py) naming what was wrong.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 import orjson
 
-from depthwatch.feed.topics import book_topic, split_topic
+from depthwatch.feed.bybit.topics import book_topic, split_topic
+from depthwatch.feed.messages import (
+    MAX_CACHED_TOPICS,
+    MAX_ID,
+    MAX_SIZE_CHARS,
+    MAX_TS_MS,
+    MIN_TS_MS,
+    BookPair,
+    ControlMessage,
+    MalformedMessage,
+    Parsed,
+    checked_levels,
+    int_field,
+    is_decimal,
+    is_trade_id,
+    ms_to_us,
+    too_long,
+)
 from depthwatch.records import (
     RPI_DEPTH,
     RPI_LEVELS,
@@ -23,49 +38,9 @@ from depthwatch.records import (
     Trade,
 )
 
-# Error messages quote the offending input; a 10 MB frame must not make a 10 MB
-# log line or feed event.
-MAX_ERROR_CHARS = 300
-
-
-class MalformedMessage(ValueError):
-    """A frame that is not a well-formed Bybit message.
-
-    `stream` names the book stream when the frame was a JSON object with a
-    well-formed orderbook topic: that stream's update is lost, so its book must
-    be invalidated and resynced. Frames that are not JSON name no stream (a
-    guess from garbage could be wrong); the book's `u` continuity check finds
-    the loss at that stream's next message.
-    """
-
-    def __init__(self, message: str, stream: StreamKey | None = None) -> None:
-        if len(message) > MAX_ERROR_CHARS:
-            message = message[:MAX_ERROR_CHARS] + f"... ({len(message)} characters)"
-        super().__init__(message)
-        self.stream = stream
-
-
-@dataclass(slots=True)
-class ControlMessage:
-    """An ack to subscribe/unsubscribe, or a pong."""
-
-    op: str
-    success: bool
-    ret_msg: str = ""
-    req_id: str = ""
-    conn_id: str = ""
-    success_topics: list[str] = field(default_factory=list)
-    fail_topics: list[str] = field(default_factory=list)
-
-    @property
-    def is_pong(self) -> bool:
-        return self.op == "pong" or (self.op == "ping" and self.ret_msg == "pong")
-
-
 # An `orderbook.rpi` message is two updates: its levels' ordinary sizes (for
 # the RPI_DEPTH book) and their RPI sizes (RPI_SIZES_DEPTH), sharing u and times.
-RpiPair = tuple[BookUpdate, BookUpdate]
-Parsed = BookUpdate | RpiPair | list[Trade] | ControlMessage
+RpiPair = BookPair
 
 # Failed acks name their topics like "error:handler not found,topic:orderbook.500.BTCUSDT".
 _TOPIC_IN_RET_MSG = re.compile(r"topic:([A-Za-z0-9_.\-]+)")
@@ -73,105 +48,6 @@ _TOPIC_IN_RET_MSG = re.compile(r"topic:([A-Za-z0-9_.\-]+)")
 
 def topics_named_in(ret_msg: str) -> list[str]:
     return _TOPIC_IN_RET_MSG.findall(ret_msg)
-
-
-def _is_decimal(text: object) -> bool:
-    # Bybit sends plain non-negative decimals ("16493.50"); this refuses "nan",
-    # "1e5", "-1", "1_0", non-ASCII digits and non-strings, which float() or
-    # numeric would accept (or choke on).
-    return isinstance(text, str) and text.isascii() and text.replace(".", "", 1).isdigit()
-
-
-def _is_trade_id(text: object) -> bool:
-    # UUIDs or numbers in practice; nothing that could break a CSV column.
-    return (
-        isinstance(text, str)
-        and 0 < len(text) <= 64
-        and text.isascii()
-        and text.replace("-", "").replace("_", "").isalnum()
-    )
-
-
-# The book keys levels by float price: distinct decimals of up to 15
-# significant digits are distinct floats, so a price may have at most 15 digits
-# (16 characters with its point). Sizes are never keys; the bound only keeps
-# junk out of numeric columns. Bybit's are far shorter (e.g. "16493.50", "0.006").
-MAX_PRICE_CHARS = 16
-MAX_SIZE_CHARS = 32
-
-
-def _too_long(price: str, size: str) -> bool:
-    return (
-        len(price) > MAX_PRICE_CHARS
-        or (len(price) == MAX_PRICE_CHARS and "." not in price)
-        or len(size) > MAX_SIZE_CHARS
-    )
-
-
-def _levels(side: object, topic: str, what: str, most: int) -> list[Level]:
-    """Check every [price, size] pair: plain non-negative ASCII decimals of
-    bounded length (refusing "nan", "inf", "1e5", "-1", "", numbers that are
-    not strings). The hot path of parsing: one pass, no helper calls; anything
-    unexpected (a non-list, a non-string, a third element) surfaces as an
-    exception turned into MalformedMessage. At most `most` levels: a side
-    longer than its depth allows is refused before any work is spent on it.
-    `topic` and `what` ("bids") name the side in errors only: no string is
-    formatted per message."""
-    if type(side) is not list:
-        raise MalformedMessage(f"{topic} {what} is not a list")
-    if len(side) > most:
-        raise MalformedMessage(f"{topic} {what}: {len(side)} levels, more than {most}")
-    try:
-        for level in side:
-            price, size = level
-            # Lengths are checked through the pair's total, which is already at
-            # hand for isascii(): one comparison per level in the common case.
-            if (
-                type(level) is not list
-                or not price.replace(".", "", 1).isdigit()
-                or not size.replace(".", "", 1).isdigit()
-                or not (pair := price + size).isascii()
-                or (len(pair) > MAX_PRICE_CHARS and _too_long(price, size))
-            ):
-                raise MalformedMessage(f"bad level in {topic} {what}: {level!r:.80}")
-    except (ValueError, TypeError, AttributeError):
-        raise MalformedMessage(f"bad level in {topic} {what}: {level!r:.80}") from None
-    return side
-
-
-# Exchange times outside these (2015 to 2100, in ms) are not times in
-# milliseconds; one would also make a partition bound overflow.
-MIN_TS_MS = 1_420_070_400_000
-MAX_TS_MS = 4_102_444_800_000
-# `u` and `seq` are stored as bigint; orjson hands over integers up to 2**64.
-MAX_ID = 2**63 - 1
-# Topics seen are cached with their StreamKey; a server inventing topics must
-# not grow the cache without bound.
-MAX_CACHED_TOPICS = 10_000
-
-
-def _ms_to_us(value: object, what: str) -> int:
-    ms = _int(value, what)
-    if not MIN_TS_MS <= ms <= MAX_TS_MS:
-        raise MalformedMessage(f"{what} {ms} is not a time in milliseconds")
-    return ms * 1000
-
-
-def _int(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise MalformedMessage(f"{what} is not an integer: {value!r:.40}")
-    return value
-
-
-def _json_object(raw: str | bytes, what: str = "") -> dict:
-    """The JSON object a frame or an answer holds; MalformedMessage otherwise."""
-    try:
-        msg = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise MalformedMessage(f"{what}not JSON ({exc!s:.120}): {raw[:80]!r}") from None
-    if not isinstance(msg, dict):
-        raise MalformedMessage(f"{what}not a JSON object: {raw[:80]!r}")
-    return msg
 
 
 class FeedParser:
@@ -182,7 +58,7 @@ class FeedParser:
         self._streams: dict[str, StreamKey] = {}
 
     def parse(self, raw: str | bytes, local_us: int) -> Parsed:
-        # _json_object inlined: this runs for every frame.
+        # json_object inlined: this runs for every frame.
         try:
             msg = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -231,9 +107,9 @@ class FeedParser:
             u, seq, ts, cts = data.get("u"), data.get("seq"), msg.get("ts"), msg.get("cts")
             # `type(x) is int` on the hot path: also refuses bools, which are ints.
             if type(u) is not int or type(seq) is not int or type(ts) is not int:
-                _int(u, f"{topic} u")
-                _int(seq, f"{topic} seq")
-                _int(ts, f"{topic} ts")
+                int_field(u, f"{topic} u")
+                int_field(seq, f"{topic} seq")
+                int_field(ts, f"{topic} ts")
             if not MIN_TS_MS <= ts <= MAX_TS_MS:  # type: ignore[operator]
                 raise MalformedMessage(f"{topic}: ts {ts} is not a time in milliseconds")
             if not (0 < u <= MAX_ID and 0 <= seq <= MAX_ID):  # type: ignore[operator]
@@ -247,12 +123,12 @@ class FeedParser:
             return BookUpdate(
                 stream,
                 kind == "snapshot",
-                _levels(data.get("b"), topic, "bids", most),
-                _levels(data.get("a"), topic, "asks", most),
+                checked_levels(data.get("b"), topic, "bids", most),
+                checked_levels(data.get("a"), topic, "asks", most),
                 u,  # type: ignore[arg-type]
                 seq,  # type: ignore[arg-type]
                 ts * 1000,  # type: ignore[operator]
-                None if cts is None else _ms_to_us(cts, f"{topic} cts"),
+                None if cts is None else ms_to_us(cts, f"{topic} cts"),
                 local_us,
             )
         except MalformedMessage as exc:
@@ -275,7 +151,7 @@ class FeedParser:
             if item.get("s") != symbol:
                 raise MalformedMessage(f"publicTrade.{symbol}: trade for {item.get('s')!r}")
             price, size, trade_id = item.get("p"), item.get("v"), item.get("i")
-            if not (_is_decimal(price) and _is_decimal(size) and _is_trade_id(trade_id)):
+            if not (is_decimal(price) and is_decimal(size) and is_trade_id(trade_id)):
                 raise MalformedMessage(f"publicTrade: bad trade {item!r:.120}")
             seq = item.get("seq")
             trades.append(
@@ -286,9 +162,9 @@ class FeedParser:
                     "buy" if side == "Buy" else "sell",
                     price,  # type: ignore[arg-type]
                     size,  # type: ignore[arg-type]
-                    _ms_to_us(item.get("T"), "publicTrade T"),
+                    ms_to_us(item.get("T"), "publicTrade T"),
                     local_us,
-                    None if seq is None else _int(seq, "publicTrade seq"),
+                    None if seq is None else int_field(seq, "publicTrade seq"),
                 )
             )
         return trades
@@ -348,7 +224,7 @@ def _rpi_pair(
     most = RPI_LEVELS if is_snapshot else 2 * RPI_LEVELS
     plain_bids, rpi_bids = _rpi_levels(data.get("b"), topic, "bids", most, is_snapshot)
     plain_asks, rpi_asks = _rpi_levels(data.get("a"), topic, "asks", most, is_snapshot)
-    match_us = None if cts is None else _ms_to_us(cts, f"{topic} cts")
+    match_us = None if cts is None else ms_to_us(cts, f"{topic} cts")
     sizes = StreamKey(stream.category, stream.symbol, RPI_SIZES_DEPTH)
     times = (u, seq, ts_ms * 1000, match_us, local_us)
     return (
@@ -377,7 +253,7 @@ def _rpi_levels(
                 or not size.replace(".", "", 1).isdigit()
                 or not rpi_size.replace(".", "", 1).isdigit()
                 or not (price + size + rpi_size).isascii()
-                or _too_long(price, size)
+                or too_long(price, size)
                 or len(rpi_size) > MAX_SIZE_CHARS
             ):
                 raise MalformedMessage(f"bad level in {topic} {what}: {level!r:.80}")
@@ -388,46 +264,3 @@ def _rpi_levels(
     except (ValueError, TypeError, AttributeError):
         raise MalformedMessage(f"bad level in {topic} {what}: {level!r:.80}") from None
     return plain, rpi
-
-
-class SnapshotRefused(ValueError):
-    """Bybit answered a snapshot request with an error code (retCode != 0):
-    an unknown symbol, or a category without the endpoint. Not retried soon."""
-
-
-# A REST snapshot holds at most FULL_SNAPSHOT_LEVELS a side today; the bound
-# only keeps a runaway answer from eating memory, and leaves Bybit room to grow.
-MAX_SNAPSHOT_LEVELS = 200_000
-
-
-def parse_full_snapshot(raw: bytes, stream: StreamKey, local_us: int) -> BookUpdate:
-    """The body of `GET /v5/market/full_orderbook` -> a snapshot BookUpdate of
-    `stream` (u, seq, ts and cts as a pushed message carries them). Raises
-    SnapshotRefused for Bybit's error answers, MalformedMessage for anything
-    not shaped like the documented answer."""
-    what = f"{stream.symbol} full_orderbook"
-    msg = _json_object(raw, f"{what}: ")
-    code = msg.get("retCode")
-    if code != 0:
-        raise SnapshotRefused(f"{what}: retCode {code!s:.20}: {str(msg.get('retMsg'))[:200]}")
-    result = msg.get("result")
-    if type(result) is not dict:
-        raise MalformedMessage(f"{what}: result is not an object")
-    if result.get("s") != stream.symbol:
-        raise MalformedMessage(f"{what}: result.s is {str(result.get('s'))[:40]!r}")
-    u = _int(result.get("u"), f"{what} u")
-    seq = _int(result.get("seq"), f"{what} seq")
-    if not (0 < u <= MAX_ID and 0 <= seq <= MAX_ID):
-        raise MalformedMessage(f"{what}: u {u} or seq {seq} out of range")
-    cts = result.get("cts")
-    return BookUpdate(
-        stream,
-        True,
-        _levels(result.get("b"), what, "bids", MAX_SNAPSHOT_LEVELS),
-        _levels(result.get("a"), what, "asks", MAX_SNAPSHOT_LEVELS),
-        u,
-        seq,
-        _ms_to_us(result.get("ts"), f"{what} ts"),
-        None if cts is None else _ms_to_us(cts, f"{what} cts"),
-        local_us,
-    )

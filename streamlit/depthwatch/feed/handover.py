@@ -1,0 +1,122 @@
+"""A connection handed over to its successor before the exchange cuts it.
+
+Binance ends every connection after 24 hours. A reconnect then would lose
+the messages sent while no socket was open, and every whole book would wait
+for a REST snapshot again. Instead, some minutes before the cut, the
+connection opens a successor on the same topics and lets both run: the
+successor's records are held here, per stream, until both sockets have
+delivered one same message of every stream (or a time limit passes). Then,
+in one turn of the event loop, the old socket is dropped and the held
+records are passed on; the sync drops those the old socket already
+delivered (their ids are not above the last one applied) and chains the
+rest, so a book that lost nothing goes on as if nothing happened, and one
+that did lose something sees the hole at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from depthwatch.records import BookUpdate, FeedEvent, StreamKey, Trade
+
+if TYPE_CHECKING:
+    from depthwatch.feed.connection import FeedHandler
+
+# Held back at most this long; then handed over anyway (a stream that sent
+# nothing meanwhile has nothing to lose, and any other hole shows in its chain).
+HANDOVER_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Handover:
+    """The successor's handler while it is held; `old_delivered` is told what
+    the old connection passed on. `done` (called once) drops the old socket."""
+
+    handler: FeedHandler
+    streams: set[StreamKey]  # the old connection's book streams
+    done: Callable[[], None]
+    handed_over: bool = False
+    held: list[BookUpdate | list[Trade]] = field(default_factory=list)
+    old_last: dict[StreamKey | str, int] = field(default_factory=dict)  # sequence by stream
+    new_first: dict[StreamKey | str, int] = field(default_factory=dict)
+
+    def old_delivered(self, update: BookUpdate) -> None:
+        self.old_last[update.stream] = update.sequence
+        self._hand_over_if_overlapping()
+
+    def old_trades(self, trades: list[Trade]) -> None:
+        for trade in trades:
+            if trade.sequence is not None:
+                self.old_last[trade.symbol] = trade.sequence
+
+    def overlapping(self) -> bool:
+        """Both sockets delivered one same message of every book stream."""
+        return all(
+            stream in self.new_first and self.new_first[stream] <= self.old_last.get(stream, -1)
+            for stream in self.streams
+        )
+
+    def _hand_over_if_overlapping(self) -> None:
+        if not self.handed_over and self.overlapping():
+            self.hand_over()
+
+    def hand_over(self) -> None:
+        """Drop the old socket, then pass on what was held, in arrival order."""
+        if self.handed_over:
+            return
+        self.handed_over = True
+        self.done()
+        held, self.held = self.held, []
+        for item in held:
+            if isinstance(item, list):
+                self._pass_trades(item)
+            else:
+                self.handler.on_book_update(item)
+
+    def _pass_trades(self, trades: list[Trade]) -> None:
+        new = [
+            t for t in trades if t.sequence is None or t.sequence > self.old_last.get(t.symbol, -1)
+        ]
+        if new:
+            self.handler.on_trades(new)
+
+    # ---- the successor's FeedHandler
+
+    def on_book_update(self, update: BookUpdate) -> bool:
+        if self.handed_over:
+            return self.handler.on_book_update(update)
+        self.new_first.setdefault(update.stream, update.sequence)
+        self.held.append(update)
+        self._hand_over_if_overlapping()
+        return False
+
+    def on_book_pair(self, plain: BookUpdate, sizes: BookUpdate) -> bool:
+        # Pairs come from Bybit's RPI stream, whose connections are never renewed.
+        return self.handler.on_book_pair(plain, sizes)
+
+    def on_malformed_book_message(self, stream: StreamKey, local_us: int, detail: str) -> bool:
+        if self.handed_over:
+            return self.handler.on_malformed_book_message(stream, local_us, detail)
+        return False  # the old socket still serves the stream
+
+    def on_trades(self, trades: list[Trade]) -> None:
+        if self.handed_over:
+            self.handler.on_trades(trades)
+        else:
+            self.held.append(trades)
+
+    def on_feed_event(self, event: FeedEvent) -> None:
+        self.handler.on_feed_event(event)
+
+    def on_streams_lost(self, streams: list[StreamKey]) -> None:
+        if self.handed_over:
+            self.handler.on_streams_lost(streams)
+        # Before: the old socket still serves them; the renewal is tried again.
+
+    def has_room(self) -> bool:
+        return self.handler.has_room()
+
+    async def wait_for_room(self) -> None:
+        await self.handler.wait_for_room()
