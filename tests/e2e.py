@@ -96,7 +96,7 @@ def is_binance(stream: StreamKey) -> bool:
 
 def truth_key(stream: StreamKey) -> str:
     """The simulator's name for a stream's ground truth."""
-    if is_binance(stream):
+    if is_binance(stream) or stream.category == "hyperliquid":
         return binance_truth_key(stream.category, stream.symbol)
     return book_topic(stream.depth, stream.symbol)
 
@@ -135,6 +135,11 @@ def collect_until_caught_up(
                 return False
             if is_binance(stream):  # numbered by the sync; Binance's own u is `sequence`
                 if book.last_sequence != latest.seq:
+                    return False
+            elif stream.category == "hyperliquid":
+                # Numbered by the parser, and a push that changed nothing is
+                # not recorded: compare the books themselves.
+                if book.book.sides() != (latest.bids, latest.asks):
                     return False
             elif book.last_update_id != latest.u:
                 return False

@@ -15,8 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from depthwatch.clock import SECOND_US, now_us
+from depthwatch.clock import SECOND_US
 from depthwatch.collector import Collector
+from depthwatch.coverage import COLLECTOR_DOWN, Gap
 from depthwatch.export.gaps import find_gaps
 from depthwatch.records import FULL_DEPTH, StreamKey
 from depthwatch.sim import SimConfig, SimulatorThread, TruthState
@@ -30,6 +31,7 @@ from .e2e import (
     export_rows,
     feed_event_kinds,
     sim_collector_config,
+    stored_book_events,
     truth_key,
 )
 
@@ -88,9 +90,16 @@ def recorded(
             run.engine.dispose()
 
 
-def recorded_gaps(run: Run, venue: str) -> list:
-    """`depthwatch gaps` of the venue's three books over the whole run."""
-    return find_gaps(run.engine, venue, SYMBOLS, now_us() - 10 * 60 * SECOND_US, now_us())
+def recorded_gaps(run: Run, venue: str) -> list[Gap]:
+    """`depthwatch gaps` of the venue's three books while the collector ran:
+    up to the last message it recorded (after it, the collector is gone, and
+    `gaps` rightly says so)."""
+    last_us = max(
+        event.local_us
+        for symbol in SYMBOLS
+        for event in stored_book_events(run.engine, StreamKey(venue, symbol, FULL_DEPTH))
+    )
+    return find_gaps(run.engine, venue, SYMBOLS, last_us - 10 * 60 * SECOND_US, last_us)
 
 
 def check_every_message(run: Run, venue: str, truth: dict[str, list[TruthState]]) -> None:
@@ -188,3 +197,4 @@ def test_without_the_handover_the_cut_costs_a_gap(server_url):
         assert sim.sim.faults[BinanceFault.MAX_AGE] > 0
         holes = recorded_gaps(run, FUTURES)
         assert {gap.symbol for gap in holes} == set(SYMBOLS), holes
+        assert COLLECTOR_DOWN not in {gap.cause for gap in holes}, holes

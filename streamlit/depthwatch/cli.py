@@ -242,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "collect":
+        if args.streams:
+            from depthwatch.supervisor import run_streams
+
+            return run_streams(args)
         from depthwatch.collector_process import run_collector
 
         return run_collector(collector_config_from_args(args))

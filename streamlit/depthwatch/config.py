@@ -359,6 +359,16 @@ def add_collector_arguments(parser: argparse.ArgumentParser) -> None:
         help="Bybit category, with --exchange bybit (env DEPTHWATCH_CATEGORY, default linear)",
     )
     parser.add_argument(
+        "--streams",
+        default=os.environ.get(STREAMS_ENV) or None,
+        metavar="LIST",
+        help="several markets at once, one collector (a child process) per market and "
+        "depths: comma-separated EXCHANGE[:CATEGORY]:SYMBOL[:DEPTH], e.g. "
+        "bybit:linear:BTCUSDT:50,binance-futures:BTCUSDT,hyperliquid:BTC (CATEGORY for "
+        "bybit only; DEPTH default the exchange's); replaces --exchange, --category, "
+        f"--symbols and --depth (env {STREAMS_ENV})",
+    )
+    parser.add_argument(
         "--symbols",
         default=_env("DEPTHWATCH_SYMBOLS", ",".join(d.symbols)),
         help="comma-separated symbols (env DEPTHWATCH_SYMBOLS, default BTCUSDT)",
@@ -594,3 +604,65 @@ def collector_config_from_args(args: argparse.Namespace) -> CollectorConfig:
         spill_rows=args.spill_rows,
         retention_waits_for_archive=archive_url_from_env() is not None,
     )
+
+
+STREAMS_ENV = "DEPTHWATCH_STREAMS"
+
+
+@dataclass(frozen=True)
+class StreamGroup:
+    """The books one collector of `up --streams` records: one market, one set
+    of depths, its symbols."""
+
+    category: str
+    depths: tuple[int, ...]
+    symbols: tuple[str, ...]
+
+    def flags(self) -> list[str]:
+        """The collector flags that say what this group records."""
+        venue = VENUES[self.category]
+        exchange = ["--exchange=bybit", f"--category={self.category}"]
+        if venue.exchange != BYBIT:
+            exchange = [f"--exchange={self.category}"]
+        return [
+            *exchange,
+            f"--symbols={','.join(self.symbols)}",
+            f"--depth={','.join(depth_label(d) for d in self.depths)}",
+        ]
+
+
+# The collector flags --streams stands for.
+STREAM_FLAGS = frozenset({"exchange", "category", "symbols", "depth", "rpi"})
+
+
+def parse_streams(text: str) -> list[StreamGroup]:
+    """`--streams`: EXCHANGE[:CATEGORY]:SYMBOL[:DEPTH] items, grouped by market
+    and depths in the order given; ConfigError naming the item otherwise."""
+    groups: dict[tuple[str, tuple[int, ...]], list[str]] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        parts = item.split(":")
+        if parts[0] == BYBIT:
+            parts = parts[1:]
+            if not parts or parts[0] not in VENUES or VENUES[parts[0]].exchange != BYBIT:
+                raise ConfigError(f"--streams {item!r}: bybit takes a category first")
+        elif parts[0] not in VENUES or VENUES[parts[0]].exchange == BYBIT:
+            raise ConfigError(
+                f"--streams {item!r}: the exchange is one of {', '.join(EXCHANGE_CHOICES)}"
+            )
+        if len(parts) not in (2, 3):
+            raise ConfigError(f"--streams {item!r}: EXCHANGE[:CATEGORY]:SYMBOL[:DEPTH]")
+        category, symbol = parts[0], parts[1].upper()
+        try:
+            depths = (
+                (parse_depth(parts[2]),) if len(parts) == 3 else VENUES[category].default_depths
+            )
+        except ValueError:
+            raise ConfigError(f"--streams {item!r}: {parts[2]!r} is no depth") from None
+        symbols = groups.setdefault((category, depths), [])
+        if symbol not in symbols:
+            symbols.append(symbol)
+    if not groups:
+        raise ConfigError("--streams names no stream")
+    return [StreamGroup(c, d, tuple(s)) for (c, d), s in groups.items()]

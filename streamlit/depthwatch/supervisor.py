@@ -47,10 +47,12 @@ from depthwatch.app.clients import (
     FORWARDED_ALLOW_IPS_ENV,
 )
 from depthwatch.config import (
-    CollectorConfig,
+    STREAM_FLAGS,
     ConfigError,
+    add_collector_arguments,
     archive_url,
     collector_config_from_args,
+    parse_streams,
     reader_database_url_from_env,
 )
 from depthwatch.logs import relay_line
@@ -63,6 +65,7 @@ from depthwatch.probes import (
     probe_host,
     url_host,
 )
+from depthwatch.records import depth_label
 from depthwatch.up_arguments import passthrough_flags
 
 log = logging.getLogger(__name__)
@@ -401,7 +404,7 @@ class Supervisor:
                 "%s still running %.0f s after SIGTERM; killing it%s",
                 child.label(),
                 STOP_TIMEOUT_S,
-                " (rows it had not written are lost)" if child.name == "collector" else "",
+                " (rows it had not written are lost)" if child.name.startswith("collector") else "",
             )
             child.process.kill()
             child.process.wait()
@@ -431,20 +434,44 @@ def supervise(body: Callable[[Supervisor], int]) -> int:
     return code if clean else max(code, 1)
 
 
+def collector_groups(args: argparse.Namespace) -> list[tuple[str, argparse.Namespace]]:
+    """(child name, collector arguments) of each collector `up` runs: one, or
+    with --streams one per market and depths. Each is checked as its
+    collector would check it (ConfigError: exit 2 before anything starts)."""
+    if not args.streams:
+        collector_config_from_args(args)
+        return [("collector", args)]
+    groups = []
+    for group in parse_streams(args.streams):
+        flags = argparse.ArgumentParser(add_help=False)
+        add_collector_arguments(flags)
+        own = flags.parse_args(group.flags())
+        merged = argparse.Namespace(**vars(args))
+        for name in STREAM_FLAGS:
+            setattr(merged, name, getattr(own, name))
+        collector_config_from_args(merged)
+        depths = "+".join(depth_label(d) for d in group.depths)
+        groups.append((f"collector-{group.category}-{depths}", merged))
+    return groups
+
+
 def run_up(args: argparse.Namespace) -> int:
-    """`depthwatch up`: database, then simulator, collector and dashboard."""
-    config = collector_config_from_args(args)  # bad settings: exit 2 before starting anything
+    """`depthwatch up`: database, then simulator, collector(s) and dashboard."""
+    groups = collector_groups(args)  # bad settings: exit 2 before starting anything
     app = app_path()
     ensure_port_free(args.address, args.port, "--port")
     if args.source == "sim" and args.sim_port:
         ensure_port_free(SIM_HOST, args.sim_port, "--sim-port")
     if args.source == "sim" and args.sim_rate <= 0:
         raise ConfigError("--sim-rate must be positive")
-    return supervise(lambda supervisor: _up(supervisor, args, config, app))
+    return supervise(lambda supervisor: _up(supervisor, args, groups, app))
 
 
 def _up(
-    supervisor: Supervisor, args: argparse.Namespace, config: CollectorConfig, app: Path
+    supervisor: Supervisor,
+    args: argparse.Namespace,
+    groups: list[tuple[str, argparse.Namespace]],
+    app: Path,
 ) -> int:
     from depthwatch.storage.db import resolve_database_url
 
@@ -453,8 +480,10 @@ def _up(
     url = resolve_database_url(args.database_url, args.data_dir)
     if supervisor.stop_requested:
         return 0
-    skip = frozenset({"database_url"})  # given through the environment: not in `ps`
-    extra: list[str] = []
+    # The database through the environment (not in `ps`); --streams is this
+    # process's to split, never a child's.
+    skip = frozenset({"database_url", "streams"})
+    sim_port = 0
     if args.source == "sim":
         port = args.sim_port or free_port()
         sim = Child(
@@ -464,7 +493,7 @@ def _up(
                 "sim",
                 f"--host={SIM_HOST}",
                 f"--port={port}",
-                f"--symbols={','.join(config.symbols)}",
+                f"--symbols={','.join(_sim_symbols(groups))}",
                 f"--rate={args.sim_rate:g}",
             ),
             child_env(),
@@ -483,13 +512,17 @@ def _up(
                 flag_name = flag.replace("_", "-")
                 log.warning("--source sim: ignoring --%s %s", flag_name, getattr(args, flag))
         skip |= {"ws_url", "rest_url"}  # the simulator serves REST on its WebSocket port
-        extra = [f"--ws-url={sim_ws_url(port, config.category)}", "--simulated"]
-    collector_argv = depthwatch_argv(args.log_level, "collect", *passthrough_flags(args, skip))
-    collector_argv += [flag for flag in extra if flag not in collector_argv]
+        sim_port = port
     archive = _archive_url(args)
     # With an archive, the collector's retention waits for it.
     env = child_env(DATABASE_URL=url, DEPTHWATCH_ARCHIVE_URL=archive)
-    supervisor.start(Child("collector", collector_argv, env))
+    for name, group_args in groups:
+        argv = depthwatch_argv(args.log_level, "collect", *passthrough_flags(group_args, skip))
+        if sim_port:
+            category = collector_config_from_args(group_args).category
+            extra = [f"--ws-url={sim_ws_url(sim_port, category)}", "--simulated"]
+            argv += [flag for flag in extra if flag not in argv]
+        supervisor.start(Child(name, argv, env))
     tick = None
     if archive is not None:
         from depthwatch.archive.schedule import ArchiveSchedule
@@ -505,6 +538,36 @@ def _up(
     dashboard_url = reader_database_url_from_env() or url
     env = dashboard_env_for_url(dashboard_url)
     return _serve_dashboard(supervisor, app, args, env, tick)
+
+
+def run_streams(args: argparse.Namespace) -> int:
+    """`depthwatch collect --streams`: one collector per market as child
+    processes (Render's worker, from DEPTHWATCH_STREAMS), the database resolved
+    once here; a dead one is reported and the others stopped, as `up` does."""
+    groups = collector_groups(args)
+    return supervise(lambda supervisor: _collect_groups(supervisor, args, groups))
+
+
+def _collect_groups(
+    supervisor: Supervisor, args: argparse.Namespace, groups: list[tuple[str, argparse.Namespace]]
+) -> int:
+    from depthwatch.storage.db import resolve_database_url
+
+    url = resolve_database_url(args.database_url, args.data_dir)
+    env = child_env(DATABASE_URL=url)
+    skip = frozenset({"database_url", "streams"})
+    for name, group_args in groups:
+        argv = depthwatch_argv(args.log_level, "collect", *passthrough_flags(group_args, skip))
+        supervisor.start(Child(name, argv, env))
+    return supervisor.watch(None, "")
+
+
+def _sim_symbols(groups: list[tuple[str, argparse.Namespace]]) -> list[str]:
+    """Every symbol any collector asks the simulator for, once."""
+    symbols: dict[str, None] = {}
+    for _, group_args in groups:
+        symbols.update(dict.fromkeys(collector_config_from_args(group_args).symbols))
+    return list(symbols)
 
 
 def _archive_url(args: argparse.Namespace) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from decimal import Decimal
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import streamlit as st
 
@@ -106,3 +106,37 @@ def mid_and_spread(bid: str | None, ask: str | None) -> tuple[str, str] | None:
         return None
     b, a = Decimal(bid), Decimal(ask)
     return str((b + a) / 2), str(a - b)
+
+
+def shown_param(value: str) -> str:
+    """A URL value quoted in a message: short, and unable to close the code span."""
+    return repr(value[:60].replace("`", "'"))
+
+
+def int_param(name: str, default: int, allowed: tuple[int, ...]) -> int:
+    """An integer URL parameter from `allowed`; anything else is told so and
+    replaced by the default, never an exception."""
+    raw = st.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value in allowed:
+        return value  # type: ignore[return-value]
+    choices = ", ".join(str(a) for a in allowed)
+    st.warning(
+        f"URL parameter `{name}` is {shown_param(raw)}: allowed values are {choices}. "
+        f"Showing {default}.",
+        icon=":material/link_off:",
+    )
+    return default
+
+
+def window_control(place: Any, default: int) -> int:
+    """The window (minutes) a live page shows, as the same control on each."""
+    chosen = place.segmented_control(
+        "Window", data.WINDOWS_MIN, default=default, key="window", format_func=lambda m: f"{m}m"
+    )
+    return int(chosen or data.DEFAULT_WINDOW_MIN)

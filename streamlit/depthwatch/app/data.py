@@ -122,7 +122,7 @@ def engine() -> sa.Engine:
     return make_reader_engine(database_url())
 
 
-def _read(work: Callable[[sa.Connection], T]) -> T:
+def read_view(work: Callable[[sa.Connection], T]) -> T:
     """Run `work` in one read-only transaction, REPEATABLE READ: every query
     of a view sees the database at one instant, so numbers read apart (the
     header's quote, an RPI stream's two books) agree although the writer
@@ -169,7 +169,7 @@ def overview(window_min: int) -> list[StreamSummary]:
         counts = event_counts(conn, now - HEALTH_DAY_US)
         out = []
         for stream in list_streams(conn):
-            top = top_series(conn, stream, start, now, _bucket_us(window_min * 60, 60))
+            top = top_series(conn, stream, start, now, bucket_us(window_min * 60, 60))
             kinds = counts.get((stream.category, stream.symbol, stream.depth), {})
             out.append(
                 StreamSummary(
@@ -185,7 +185,7 @@ def overview(window_min: int) -> list[StreamSummary]:
             )
         return out
 
-    return _read(work)
+    return read_view(work)
 
 
 # ---- live
@@ -285,7 +285,7 @@ def _messages_per_s(conn: sa.Connection, stream: Stream, now: int) -> float:
     return count / (RATE_WINDOW_US / 1e6)
 
 
-def _bucket_us(window_s: int, max_points: int) -> int:
+def bucket_us(window_s: int, max_points: int) -> int:
     """Whole seconds, so that at most `max_points` buckets cover the window."""
     return max(1, math.ceil(window_s / max_points)) * 1_000_000
 
@@ -299,7 +299,7 @@ def find_stream(streams: list[Stream], category: str, symbol: str, depth: int) -
 
 @st.cache_resource(ttl=1.0, show_spinner=False, max_entries=64)
 def streams() -> list[Stream]:
-    return _read(list_streams)
+    return read_view(list_streams)
 
 
 @st.cache_resource(ttl=1.0, show_spinner=False, max_entries=64)
@@ -313,7 +313,7 @@ def live_view(
     def work(conn: sa.Connection) -> LiveView:
         now = now_us()
         start = now - window_min * 60_000_000
-        bucket = _bucket_us(window_min * 60, MAX_POINTS)
+        bucket = bucket_us(window_min * 60, MAX_POINTS)
         quote = last_quote(conn, stream, now - HEALTH_DAY_US)
         top = top_series(conn, stream, start, now, bucket)
         extent = profile_extent(conn, stream, start) if stream.depth == FULL_DEPTH else None
@@ -323,7 +323,7 @@ def live_view(
             # Whole buckets of the profile: finer would split what it summed.
             step = price_step(low, high, extent[2], HEATMAP_ROWS)
             book = latest_profile(conn, stream, start, low, high, step)
-            tb = max(_bucket_us(window_min * 60, HEATMAP_COLUMNS_MAX), PROFILE_INTERVAL_US)
+            tb = max(bucket_us(window_min * 60, HEATMAP_COLUMNS_MAX), PROFILE_INTERVAL_US)
             grid = HeatmapGrid(tb / 1000, step, "max")
             heatmap = profile_cells(conn, stream, start, now, grid, low, high)
         else:
@@ -374,7 +374,7 @@ def live_view(
             price_range=price_range,
         )
 
-    return _read(work)
+    return read_view(work)
 
 
 def _ms(us: int | None) -> float | None:
@@ -430,10 +430,10 @@ def _heatmap_grid(
     touch's whole range, widened by how far the newest book reaches beyond it),
     and at most HEATMAP_COLUMNS_MAX time buckets. Snapshots come every second:
     a longer bucket shows the snapshot at its start ("last"), not the max."""
-    bucket_us = _bucket_us(window_min * 60, HEATMAP_COLUMNS_MAX)
-    rule = "max" if bucket_us <= 1_000_000 else "last"
+    time_bucket_us = bucket_us(window_min * 60, HEATMAP_COLUMNS_MAX)
+    rule = "max" if time_bucket_us <= 1_000_000 else "last"
     if book is None or book.bids.empty or book.asks.empty:
-        return HeatmapGrid(bucket_us / 1000, 1.0, rule)
+        return HeatmapGrid(time_bucket_us / 1000, 1.0, rule)
     low, high = float(book.bids["price"].min()), float(book.asks["price"].max())
     if not top.empty:
         below = float(book.bids["price"].iloc[0]) - low
@@ -441,7 +441,7 @@ def _heatmap_grid(
         low = min(low, float(top["bid_min"].min()) - below)
         high = max(high, float(top["ask_max"].max()) + above)
     step = price_step(low, high, stream.tick_size, HEATMAP_ROWS)
-    return HeatmapGrid(bucket_us / 1000, step, rule)
+    return HeatmapGrid(time_bucket_us / 1000, step, rule)
 
 
 # ---- health
@@ -514,7 +514,7 @@ def health() -> HealthReport:
             replica_state(conn),
         )
 
-    return _read(work)
+    return read_view(work)
 
 
 def _archive_status(conn: sa.Connection, now: int) -> tuple[pd.DataFrame, pd.DataFrame]:

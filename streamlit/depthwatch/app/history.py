@@ -20,7 +20,7 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from depthwatch.app import data, downloads
-from depthwatch.app.common import load, recorded_streams, utc
+from depthwatch.app.common import load, recorded_streams, shown_param, utc
 from depthwatch.app.planning import (
     HARD_LIMIT_FACTOR,
     Plan,
@@ -274,11 +274,6 @@ def _category_changed(by_category: dict[str, list[str]]) -> None:
     st.session_state[_K + "symbols"] = by_category.get(str(chosen), [])[:1]
 
 
-def _shown(value: str) -> str:
-    """A URL value quoted in a message: short, and unable to close the code span."""
-    return repr(value[:60].replace("`", "'"))
-
-
 def _seed(streams: list[Stream], categories: list[str], now: int) -> None:
     """Each input's value from the URL, or its default, when the session has
     none yet (a first visit, or back from another page); a URL value that
@@ -293,7 +288,7 @@ def _seed(streams: list[Stream], categories: list[str], now: int) -> None:
     if _K + "category" not in state:
         category = wanted("category")
         if category is not None and category not in categories:
-            problems.append(f"`category` {_shown(category)}")
+            problems.append(f"`category` {shown_param(category)}")
             category = None
         state[_K + "category"] = category or categories[0]
     category = state[_K + "category"]
@@ -302,13 +297,13 @@ def _seed(streams: list[Stream], categories: list[str], now: int) -> None:
         asked = [s.strip().upper() for s in (wanted("symbols") or "").split(",") if s.strip()]
         unknown = [s for s in asked if s not in recorded]
         if unknown:
-            problems.append(f"`symbols` {_shown(','.join(unknown))}")
+            problems.append(f"`symbols` {shown_param(','.join(unknown))}")
         state[_K + "symbols"] = [s for s in asked if s in recorded] or recorded[:1]
     if _K + "depth" not in state and wanted("depth") is not None:
         try:
             state[_K + "depth"] = parse_depth(wanted("depth") or "")
         except ValueError:
-            problems.append(f"`depth` {_shown(wanted('depth') or '')}")
+            problems.append(f"`depth` {shown_param(wanted('depth') or '')}")
     if _K + "start_date" not in state:
         start, end = preset_range(DEFAULT_PRESET, now, now)
         for name in ("start", "end"):
@@ -318,7 +313,7 @@ def _seed(streams: list[Stream], categories: list[str], now: int) -> None:
             try:
                 value = parse_time_us(text, now)
             except TimeFormatError:
-                problems.append(f"`{name}` {_shown(text)}")
+                problems.append(f"`{name}` {shown_param(text)}")
                 continue
             start, end = (value, end) if name == "start" else (start, value)
         _set_range(start, end)
@@ -329,14 +324,14 @@ def _seed(streams: list[Stream], categories: list[str], now: int) -> None:
             try:
                 choice, levels, interval = split_kind(kind)
             except ValueError:
-                problems.append(f"`kind` {_shown(kind)}")
+                problems.append(f"`kind` {shown_param(kind)}")
         state[_K + "kind"] = choice
         state[_K + "levels"] = levels
         state[_K + "interval"] = interval
     if _K + "format" not in state:
         fmt = wanted("format")
         if fmt is not None and fmt not in files.FORMATS:
-            problems.append(f"`format` {_shown(fmt)}")
+            problems.append(f"`format` {shown_param(fmt)}")
             fmt = None
         state[_K + "format"] = fmt or files.FORMATS[0]
     state.setdefault(_K + "interval", "")

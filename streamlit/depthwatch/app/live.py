@@ -15,12 +15,15 @@ import streamlit as st
 from depthwatch.app import data, downloads, figures, planning
 from depthwatch.app.common import (
     age,
+    int_param,
     load,
     mid_and_spread,
     price,
     recorded_streams,
     replica_lag,
+    shown_param,
     utc,
+    window_control,
 )
 from depthwatch.app.guard import live_fragment
 from depthwatch.app.rpi import RpiView
@@ -57,21 +60,12 @@ def _controls(streams: list[Stream]) -> tuple[Stream, int, int, bool]:
     """Symbol, window and levels, seeded from the URL and written back to it;
     pausing belongs to this viewing only, not to the link."""
     index = _stream_index(streams)
-    window_default = _int_param("window", data.DEFAULT_WINDOW_MIN, data.WINDOWS_MIN)
-    levels_default = _int_param("levels", data.DEFAULT_LEVELS, data.LEVEL_CHOICES)
+    window_default = int_param("window", data.DEFAULT_WINDOW_MIN, data.WINDOWS_MIN)
+    levels_default = int_param("levels", data.DEFAULT_LEVELS, data.LEVEL_CHOICES)
     # Sized so the window control shows its five choices whole from 1280 px on.
     left, middle, right, pause = st.columns([1.8, 2.4, 1, 0.8], vertical_alignment="bottom")
     stream = left.selectbox("Stream", streams, index=index, format_func=_label, key="stream")
-    window_min = (
-        middle.segmented_control(
-            "Window",
-            data.WINDOWS_MIN,
-            default=window_default,
-            key="window",
-            format_func=lambda m: f"{m}m",
-        )
-        or data.DEFAULT_WINDOW_MIN
-    )
+    window_min = window_control(middle, window_default)
     levels = right.selectbox(
         "Levels per side",
         data.LEVEL_CHOICES,
@@ -94,7 +88,7 @@ def _range_control(stream: Stream) -> int:
     `range`, basis points each side); other depths level by level."""
     if stream.depth != FULL_DEPTH:
         return data.DEFAULT_RANGE_BPS
-    default = _int_param("range", data.DEFAULT_RANGE_BPS, data.RANGES_BPS)
+    default = int_param("range", data.DEFAULT_RANGE_BPS, data.RANGES_BPS)
     chosen = st.segmented_control(
         "Price range around the mid (whole book)",
         data.RANGES_BPS,
@@ -110,11 +104,6 @@ def _range_control(stream: Stream) -> int:
 STREAM_PARAMS = ("category", "symbol", "depth")
 
 
-def _shown(value: str) -> str:
-    """A URL value quoted in a message: short, and unable to close the code span."""
-    return repr(value[:40].replace("`", "'"))
-
-
 def _stream_index(streams: list[Stream]) -> int:
     """The stream the URL names (category, symbol and depth, or the symbol
     alone); a URL naming none is told so, and the first stream is shown."""
@@ -127,7 +116,9 @@ def _stream_index(streams: list[Stream]) -> int:
             wanted[0] is None and wanted[2] is None and wanted[1] == s.symbol
         ):
             return i
-    asked = ", ".join(f"{k}={_shown(v)}" for k, v in zip(STREAM_PARAMS, wanted, strict=True) if v)
+    asked = ", ".join(
+        f"{k}={shown_param(v)}" for k, v in zip(STREAM_PARAMS, wanted, strict=True) if v
+    )
     recorded = "; ".join(_label(s) for s in streams[:10])
     st.warning(
         f"No recorded stream matches the URL's `{asked}`: the URL parameters `category`, "
@@ -135,27 +126,6 @@ def _stream_index(streams: list[Stream]) -> int:
         icon=":material/link_off:",
     )
     return 0
-
-
-def _int_param(name: str, default: int, allowed: tuple[int, ...]) -> int:
-    """An integer URL parameter from `allowed`; anything else is told so and
-    replaced by the default, never an exception."""
-    raw = st.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = None
-    if value in allowed:
-        return value  # type: ignore[return-value]
-    choices = ", ".join(str(a) for a in allowed)
-    st.warning(
-        f"URL parameter `{name}` is {_shown(raw)}: allowed values are {choices}. "
-        f"Showing {default}.",
-        icon=":material/link_off:",
-    )
-    return default
 
 
 def live_panel(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from depthwatch import logs
-from depthwatch.app import auth, health, history, live, overview
+from depthwatch.app import auth, compare, health, history, live, overview
 from depthwatch.app.guard import guarded
 
 METRIC_FONT = "1.45rem"
@@ -30,6 +30,7 @@ def _app() -> None:
     pages = [
         st.Page(overview.render, title="Overview", url_path="overview", default=True),
         st.Page(live.render, title="Live", url_path="live"),
+        st.Page(compare.render, title="Compare", url_path="compare"),
         st.Page(health.render, title="Health", url_path="health"),
         st.Page(history.render, title="History", url_path="history"),
     ]

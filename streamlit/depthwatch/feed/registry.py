@@ -8,8 +8,9 @@ from __future__ import annotations
 from depthwatch.feed.binance.venues import VENUES as BINANCE
 from depthwatch.feed.bybit.venues import VENUES as BYBIT
 from depthwatch.feed.exchange import Venue
+from depthwatch.feed.hyperliquid.venues import VENUES as HYPERLIQUID
 
-VENUES: dict[str, Venue] = {venue.category: venue for venue in (*BYBIT, *BINANCE)}
+VENUES: dict[str, Venue] = {venue.category: venue for venue in (*BYBIT, *BINANCE, *HYPERLIQUID)}
 CATEGORIES = tuple(VENUES)
 EXCHANGES = tuple(dict.fromkeys(venue.exchange for venue in VENUES.values()))
 # Tardis's exchange id per category: the exchange column of exported files and
@@ -45,3 +46,16 @@ def exchange_of(category: str) -> str:
     any more, from an old recording, is shown as it is)."""
     venue = VENUES.get(category)
     return venue.exchange if venue is not None else category
+
+
+# Quote currencies a symbol may end with ("BTCUSDT", "BTCUSD", "ETHUSDC"); a
+# Hyperliquid coin ("BTC") is its asset already.
+QUOTE_CURRENCIES = ("USDT", "USDC", "USD")
+
+
+def asset_of(symbol: str) -> str:
+    """The asset a symbol trades, to line venues up: 'BTCUSDT' -> 'BTC'."""
+    for quote in QUOTE_CURRENCIES:
+        if symbol.endswith(quote) and len(symbol) > len(quote):
+            return symbol[: -len(quote)]
+    return symbol

@@ -33,6 +33,8 @@ from depthwatch.feed.bybit.topics import book_topic
 from depthwatch.records import FULL_DEPTH
 from depthwatch.sim.config import BinanceFault, FaultKind, SimConfig, now_ms
 from depthwatch.sim.conn import Conn
+from depthwatch.sim.hyperliquid_book import VENUE as HYPERLIQUID
+from depthwatch.sim.hyperliquid_book import coin_key
 from depthwatch.sim.market import Level
 from depthwatch.sim.rest import text_response
 from depthwatch.sim.topics import FullTopic, Market, Pub, trade_lots
@@ -74,7 +76,10 @@ MAX_AGE_CLOSE = (1000, "connection max age")
 
 
 def truth_key(venue: str, symbol: str) -> str:
-    """'binance-futures', 'BTCUSDT' -> 'binance-futures:btcusdt@depth@100ms'."""
+    """'binance-futures', 'BTCUSDT' -> 'binance-futures:btcusdt@depth@100ms';
+    'hyperliquid', 'BTC' (or 'BTCUSDT') -> 'hyperliquid:BTC'."""
+    if venue == HYPERLIQUID:
+        return coin_key(symbol)
     return f"{venue}:{symbol.lower()}@{BOOK_STREAM}"
 
 

@@ -16,9 +16,12 @@ BYBIT_PATH = "/v5/public/"  # + category, as Bybit's own
 
 
 def ws_path(category: str) -> str:
-    """Where the simulator serves a category: Bybit's path, or a Binance
-    venue's combined streams (`/{venue}/stream`, sim/binance.py)."""
-    return BYBIT_PATH + category if category in BYBIT_CATEGORIES else f"/{category}/stream"
+    """Where the simulator serves a category: Bybit's path, Hyperliquid's
+    `/hyperliquid/ws`, or a Binance venue's combined streams (`/{venue}/stream`,
+    sim/binance.py)."""
+    if category in BYBIT_CATEGORIES:
+        return BYBIT_PATH + category
+    return "/hyperliquid/ws" if category == "hyperliquid" else f"/{category}/stream"
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,25 @@ class SimConfig:
     - conn_max_age_s S: a Binance connection is closed by the server (1000,
       "connection max age") S seconds after it opened, as Binance does after 24 h.
 
-    ping_interval_s S: every connection (Bybit's and Binance's) is sent a WebSocket
+    Hyperliquid (sim/hyperliquid.py: venue `hyperliquid`, WebSocket /hyperliquid/ws
+    on the same port; every symbol of `symbols` as the coin without its trailing
+    USDT/USDC/USD, BTCUSDT -> BTC, each coin its own seeded book). Every market step
+    each `l2Book` subscriber gets the whole top 20 a side, changed or not. Of the
+    faults above these apply: drop_every (every Nth snapshot of a coin is sent to
+    nobody; truth keeps it, dropped=True), disconnect_every, malformed_every,
+    stall_after, mute_after. Its own:
+
+    - hyperliquid_repeat_every N: every Nth snapshot of a coin is sent twice in a row
+      (the same frame); a snapshot drop_every withholds is not repeated.
+    - hyperliquid_freeze_after N / hyperliquid_freeze_seconds S: once a coin's Nth
+      snapshot was published (the first one after it that drop_every spares),
+      every step for S seconds re-sends that same frame (same `time`, same levels)
+      while the market walks on unpublished (truth records nothing meanwhile); then
+      the current book is published again. Once per coin.
+    - hyperliquid_idle_timeout_s S: the server closes (1000, "idle") a Hyperliquid
+      connection that sent it nothing (a ping counts) for S seconds; Hyperliquid: 60.
+
+    ping_interval_s S: every connection (every venue's) is sent a WebSocket
     ping every S seconds and closed if its pong is not back within S seconds
     (websockets' keepalive; 0 = no pings). Binance pings every 20 s on spot,
     every 3 min on futures; the default, 20, is websockets' own.
@@ -148,6 +169,10 @@ class SimConfig:
     rest_418_every: int = 0
     rest_ahead_every: int = 0
     conn_max_age_s: float = 0.0
+    hyperliquid_repeat_every: int = 0
+    hyperliquid_freeze_after: int = 0
+    hyperliquid_freeze_seconds: float = 10.0  # with hyperliquid_freeze_after
+    hyperliquid_idle_timeout_s: float = 60.0  # 0 = never
     ping_interval_s: float = 20.0  # 0 = no pings
     prepare_full: bool = False  # set up every symbol's whole-book topic at start
     record: bool = True  # keep every published state for truth(); off for benchmarks
@@ -199,7 +224,16 @@ class BinanceFault(StrEnum):
     MAX_AGE = "conn_max_age"  # the server closed a connection that reached conn_max_age_s
 
 
-AnyFault = FaultKind | FullBookFault | BinanceFault
+class HyperliquidFault(StrEnum):
+    """Faults only the Hyperliquid venue injects (sim/hyperliquid.py). It also
+    injects FaultKind's drops and connection faults."""
+
+    REPEAT = "hyperliquid_repeat"  # a snapshot sent twice in a row
+    FREEZE = "hyperliquid_freeze"  # a snapshot re-sent, same time, while the market moves
+    IDLE = "hyperliquid_idle"  # the server closed a connection silent for the idle timeout
+
+
+AnyFault = FaultKind | FullBookFault | BinanceFault | HyperliquidFault
 
 # Faults that end (or make useless) the connection they hit; see SimConfig.
 CONNECTION_FAULTS = (FaultKind.DISCONNECT, FaultKind.STALL, FaultKind.MUTE)
@@ -310,6 +344,30 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
         help="Binance: close a connection S seconds after it opened (Binance: 24 h)",
     )
     add(
+        "--hyperliquid-repeat-every",
+        type=int,
+        default=0,
+        help="Hyperliquid: send every Nth snapshot of a coin twice",
+    )
+    add(
+        "--hyperliquid-freeze-after",
+        type=int,
+        default=0,
+        help="Hyperliquid: after a coin's Nth snapshot re-send it (same time) for a while",
+    )
+    add(
+        "--hyperliquid-freeze-seconds",
+        type=float,
+        default=10.0,
+        help="Hyperliquid: how long a frozen book lasts (seconds)",
+    )
+    add(
+        "--hyperliquid-idle-timeout",
+        type=float,
+        default=60.0,
+        help="Hyperliquid: close a connection that sent nothing for S seconds; 0 = never",
+    )
+    add(
         "--ping-interval",
         type=float,
         default=20.0,
@@ -355,6 +413,10 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         rest_418_every=args.rest_418_every,
         rest_ahead_every=args.rest_ahead_every,
         conn_max_age_s=args.conn_max_age,
+        hyperliquid_repeat_every=args.hyperliquid_repeat_every,
+        hyperliquid_freeze_after=args.hyperliquid_freeze_after,
+        hyperliquid_freeze_seconds=args.hyperliquid_freeze_seconds,
+        hyperliquid_idle_timeout_s=args.hyperliquid_idle_timeout,
         ping_interval_s=args.ping_interval,
         prepare_full=args.prepare_full,
         record=False,  # a long-running server would otherwise grow without bound

@@ -68,6 +68,9 @@ class SimulatorThread:
     def binance_url(self, venue: str, raw: bool = False) -> str:
         return self.sim.binance_url(venue, raw)
 
+    def hyperliquid_url(self) -> str:
+        return self.sim.hyperliquid_url()
+
     def rest_url(self) -> str:
         return self.sim.rest_url()
 
@@ -103,6 +106,7 @@ def run_sim(args: argparse.Namespace) -> int:
             log.info("simulator listening on %s", sim.url(category))
         for venue in VENUES:
             log.info("simulator listening on %s", sim.binance_url(venue))
+        log.info("simulator listening on %s", sim.hyperliquid_url())
         log.info("REST on %s", sim.rest_url())
         await stop.wait()
         await sim.stop()

@@ -1,5 +1,6 @@
 """A local Bybit v5 public WebSocket server fed by synthetic or recorded books,
-which also speaks Binance spot and USDⓈ-M futures on the same port (sim/binance.py).
+which also speaks Binance spot and USDⓈ-M futures (sim/binance.py) and
+Hyperliquid (sim/hyperliquid.py) on the same port.
 
 Design of the fan-out: every topic is one shared sequence of states (state `u`
 is the same book for every subscriber). Each connection owns an outbox (a
@@ -61,6 +62,9 @@ from depthwatch.sim.config import (
     now_ms,
 )
 from depthwatch.sim.conn import Conn
+from depthwatch.sim.hyperliquid import HyperliquidVenue
+from depthwatch.sim.hyperliquid_book import WS_PATH as HYPERLIQUID_PATH
+from depthwatch.sim.hyperliquid_book import is_hyperliquid_key
 from depthwatch.sim.market import TruthState
 from depthwatch.sim.replay import load_replay
 from depthwatch.sim.rest import full_orderbook, json_response
@@ -101,6 +105,7 @@ class BybitSimulator:
         self.rest_requests: Counter[str] = Counter()
         self.rest_total = 0
         self.binance = BinanceVenues(self)
+        self.hyperliquid = HyperliquidVenue(self)
         cfg = self.config
         thresholds = (cfg.disconnect_every, cfg.stall_after, cfg.mute_after)
         self._conn_faults = [k for k, n in zip(CONNECTION_FAULTS, thresholds, strict=True) if n]
@@ -115,6 +120,7 @@ class BybitSimulator:
             for market in self.markets.values():
                 self.full_topic(market)
             self.binance.prepare()
+            self.hyperliquid.prepare()
         self._server = await serve(
             self._handle,
             cfg.host,
@@ -154,6 +160,9 @@ class BybitSimulator:
         unless `raw` (the payloads alone)."""
         return f"ws://{self.config.host}:{self.port}/{venue}/{RAW if raw else COMBINED}"
 
+    def hyperliquid_url(self) -> str:
+        return f"ws://{self.config.host}:{self.port}{HYPERLIQUID_PATH}"
+
     def rest_url(self) -> str:
         """The REST base of every venue: Bybit's /v5/market/..., Binance spot's
         /api/v3/depth and futures' /fapi/v1/depth."""
@@ -163,9 +172,12 @@ class BybitSimulator:
 
     def find_topic(self, name: str) -> Topic | None:
         """The topic a name is, if it was made; a Binance venue's book by its
-        truth key ("binance-futures:btcusdt@depth@100ms", any depth spelling)."""
+        truth key ("binance-futures:btcusdt@depth@100ms", any depth spelling),
+        a Hyperliquid coin's by its ("hyperliquid:BTC")."""
         if is_binance_key(name):
             return self.binance.find(name)
+        if is_hyperliquid_key(name):
+            return self.hyperliquid.find(name)
         if name in self.replays:
             return self.replays[name]
         try:
@@ -199,6 +211,8 @@ class BybitSimulator:
     def finished(self, topic: str) -> bool:
         if is_binance_key(topic):
             return self.binance.finished(topic)
+        if is_hyperliquid_key(topic):
+            return self.hyperliquid.finished(topic)
         if topic in self.replays:
             return self.replays[topic].finished
         try:
@@ -219,7 +233,7 @@ class BybitSimulator:
 
     # -- producers ---------------------------------------------------------
 
-    def _publish(self, topic: Topic, pub: Pub) -> None:
+    def publish(self, topic: Topic, pub: Pub) -> None:
         if pub.fault is not None and topic.subscribers:
             self.injected(pub.fault, None, topic.name, topic.seq)
         if pub.dropped:
@@ -227,7 +241,7 @@ class BybitSimulator:
         topic.last_sent = time.monotonic()
         topic.fan_out(pub)
 
-    async def _pace(self, start: float, step: int, conns: set[Conn]) -> None:
+    async def pace(self, start: float, step: int, conns: set[Conn]) -> None:
         rate = self.config.rate
         if rate > 0:
             await asyncio.sleep(max(0.0, start + step / rate - time.monotonic()))
@@ -243,7 +257,7 @@ class BybitSimulator:
         await market.started.wait()
         start, step, limit = time.monotonic(), 0, self.config.deltas
         while not limit or step < limit:
-            await self._pace(start, step + 1, market.book_conns())
+            await self.pace(start, step + 1, market.book_conns())
             while self.config.rate == 0 and not market.book_conns():
                 await asyncio.sleep(0.01)  # nobody reading: hold the market still
             step += 1
@@ -254,7 +268,7 @@ class BybitSimulator:
             for topic in list(market.topics.values()):
                 pub = topic.advance(changed, market.seq, ts)
                 if pub is not None:
-                    self._publish(topic, pub)
+                    self.publish(topic, pub)
         market.finished = True
         log.info("%s: all %d steps produced", market.book.spec.symbol, step)
 
@@ -281,7 +295,7 @@ class BybitSimulator:
                 trade["p"] = market.book.fmt.price(ticks)
                 trade |= {"L": tick_dir, "i": str(uuid.UUID(int=rng.getrandbits(128)))}
                 trades.append(trade | {"BT": False, "seq": market.seq})
-            self._publish(market.trades, Pub(market.trades.name, False, trades, ts=ts))
+            self.publish(market.trades, Pub(market.trades.name, False, trades, ts=ts))
 
     async def _run_replay(self, topic: ReplayTopic) -> None:
         await topic.started.wait()
@@ -291,8 +305,8 @@ class BybitSimulator:
             names = sorted(self.replays)
             start += names.index(topic.name) / (len(names) * rate)
         for step, message in enumerate(topic.messages, 1):
-            await self._pace(start, step, set(topic.subscribers))
-            self._publish(topic, topic.advance(message))
+            await self.pace(start, step, set(topic.subscribers))
+            self.publish(topic, topic.advance(message))
         topic.finished = True
 
     async def _resend_level1(self) -> None:
@@ -306,7 +320,7 @@ class BybitSimulator:
                 if topic.depth == 1 and topic.subscribers and now - topic.last_sent >= every:
                     pub = topic.snapshot_pub(now_ms())
                     if pub is not None:
-                        self._publish(topic, pub)
+                        self.publish(topic, pub)
 
     # -- protocol ----------------------------------------------------------
 
@@ -316,6 +330,8 @@ class BybitSimulator:
             return await binance_depth(self.binance, REST_PATHS[path], parse_qs(query))
         if self.binance.owns(path):
             return self.binance.check_handshake(path, query)
+        if path == HYPERLIQUID_PATH:
+            return None
         if path == FULL_BOOK_PATH:
             # Answered as of its arrival, sent after rest_delay_s: deltas pushed
             # meanwhile make the answer older than the client's latest delta.
@@ -378,7 +394,11 @@ class BybitSimulator:
         fault = faults[self.accepted % len(faults)] if faults else None
         self.accepted += 1
         category = _category(ws.request.path.partition("?")[0]) or "linear"
-        conn: Conn = self.binance.connect(ws, fault) or Conn(self, ws, category, fault)
+        conn: Conn = (
+            self.binance.connect(ws, fault)
+            or self.hyperliquid.connect(ws, fault)
+            or Conn(self, ws, category, fault)
+        )
         self.conns.add(conn)
         self.connection_log.append(conn.record)
         sender = asyncio.get_running_loop().create_task(conn.run_sender())
