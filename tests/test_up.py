@@ -22,7 +22,7 @@ from depthwatch.records import FULL_DEPTH
 from depthwatch.storage.db import make_engine
 
 from .conftest import cli_env, free_port
-from .procs import Child, spawn
+from .procs import Child, listening, spawn
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "streamlit"
@@ -82,7 +82,7 @@ class Running:
 
     def started(self) -> dict[str, int]:
         """Child name -> pid, from the supervisor's "started NAME (pid N)" lines."""
-        found = re.findall(r"started (\w+) \(pid (\d+)\)", self.output())
+        found = re.findall(r"started ([\w-]+) \(pid (\d+)\)", self.output())
         return {name: int(pid) for name, pid in found}
 
     def wait_for(self, condition: Callable[[], bool], what: str) -> None:
@@ -114,9 +114,9 @@ def run(tmp_path: Path) -> Iterator[Callable[..., Running]]:
     stop its own)."""
     started: list[Running] = []
 
-    def start(*args: str) -> Running:
+    def start(*args: str, env: dict[str, str] | None = None) -> Running:
         log = tmp_path / f"depthwatch-{len(started)}.log"
-        started.append(Running(spawn("depthwatch", args, log)))
+        started.append(Running(spawn("depthwatch", args, log, env)))
         return started[-1]
 
     yield start
@@ -323,3 +323,45 @@ def test_children_do_not_outlive_a_supervisor_killed_with_sigkill(run, database_
     while still_alive(children) and time.monotonic() < deadline:
         time.sleep(0.25)
     assert still_alive(children) == [], up.output()
+
+
+def recorded_streams(database_url: str) -> Callable[[], int]:
+    engine = make_engine(database_url)
+
+    def count() -> int:
+        with engine.connect() as conn:
+            if not conn.execute(sa.text("SELECT to_regclass('book_chunks')")).scalar():
+                return 0
+            query = "SELECT count(DISTINCT stream_id) FROM book_chunks"
+            return int(conn.execute(sa.text(query)).scalar() or 0)
+
+    return count
+
+
+def test_collect_streams_from_the_env_runs_one_collector_per_market(run, database_url):
+    """Render's worker: `collect` with DEPTHWATCH_STREAMS naming two markets
+    runs exactly two collectors (children that never split the list again),
+    each on its market's path of the simulator, both recording into one
+    database; SIGTERM stops both after their last flush."""
+    port = free_port()
+    sim = run("sim", "--port", str(port), "--symbols", "BTCUSDT", "--rate", "20")
+    sim.wait_for(lambda: listening(port), "simulator")
+    streams = "binance-futures:BTCUSDT,hyperliquid:BTC"
+    collect = run(
+        *("collect", "--ws-url", f"ws://127.0.0.1:{port}", "--database-url", database_url),
+        env={"DEPTHWATCH_STREAMS": streams},
+    )
+    collect.wait_for(lambda: recorded_streams(database_url)() == 2, "two markets recorded")
+    started = collect.started()
+    assert set(started) == {"collector-binance-futures-full", "collector-hyperliquid-20"}
+    children = children_of(collect.proc.pid)
+    assert set(children) == set(started.values()), collect.output()
+    for pid in children:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert not any(b"--streams" in arg for arg in argv)
+    code, _ = collect.stop(signal.SIGTERM)
+    output = collect.output()
+    assert code == 0, output
+    assert output.count("everything flushed") == 2, output
+    assert still_alive(children) == []
+    sim.stop(signal.SIGTERM)

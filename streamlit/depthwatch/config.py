@@ -366,7 +366,8 @@ def add_collector_arguments(parser: argparse.ArgumentParser) -> None:
         "depths: comma-separated EXCHANGE[:CATEGORY]:SYMBOL[:DEPTH], e.g. "
         "bybit:linear:BTCUSDT:50,binance-futures:BTCUSDT,hyperliquid:BTC (CATEGORY for "
         "bybit only; DEPTH default the exchange's); replaces --exchange, --category, "
-        f"--symbols and --depth (env {STREAMS_ENV})",
+        "--symbols and --depth; with --ws-url, that server (the simulator) serves each "
+        f"market on its own path (env {STREAMS_ENV})",
     )
     parser.add_argument(
         "--symbols",

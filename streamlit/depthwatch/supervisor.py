@@ -35,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from depthwatch.app.clients import (
 )
 from depthwatch.config import (
     STREAM_FLAGS,
+    STREAMS_ENV,
     ConfigError,
     add_collector_arguments,
     archive_url,
@@ -186,9 +188,15 @@ def dashboard_env_for_url(url: str) -> dict[str, str]:
 
 
 def sim_ws_url(port: int, category: str) -> str:
+    return sim_market_url(f"ws://{SIM_HOST}:{port}", category)
+
+
+def sim_market_url(server: str, category: str) -> str:
+    """Where a simulator at `server` (any URL of it) serves a market."""
     from depthwatch.sim.config import ws_path
 
-    return f"ws://{SIM_HOST}:{port}{ws_path(category)}"
+    parts = urllib.parse.urlsplit(server)
+    return f"{parts.scheme}://{parts.netloc}{ws_path(category)}"
 
 
 # -- the supervisor ------------------------------------------------------------
@@ -449,6 +457,9 @@ def collector_groups(args: argparse.Namespace) -> list[tuple[str, argparse.Names
         merged = argparse.Namespace(**vars(args))
         for name in STREAM_FLAGS:
             setattr(merged, name, getattr(own, name))
+        if args.ws_url:
+            # One server for several markets is a simulator: each on its path.
+            merged.ws_url = sim_market_url(args.ws_url, group.category)
         collector_config_from_args(merged)
         depths = "+".join(depth_label(d) for d in group.depths)
         groups.append((f"collector-{group.category}-{depths}", merged))
@@ -515,7 +526,7 @@ def _up(
         sim_port = port
     archive = _archive_url(args)
     # With an archive, the collector's retention waits for it.
-    env = child_env(DATABASE_URL=url, DEPTHWATCH_ARCHIVE_URL=archive)
+    env = child_env(DATABASE_URL=url, DEPTHWATCH_ARCHIVE_URL=archive, **{STREAMS_ENV: None})
     for name, group_args in groups:
         argv = depthwatch_argv(args.log_level, "collect", *passthrough_flags(group_args, skip))
         if sim_port:
@@ -554,7 +565,8 @@ def _collect_groups(
     from depthwatch.storage.db import resolve_database_url
 
     url = resolve_database_url(args.database_url, args.data_dir)
-    env = child_env(DATABASE_URL=url)
+    # Never the list itself: a child that read it would split it again.
+    env = child_env(DATABASE_URL=url, **{STREAMS_ENV: None})
     skip = frozenset({"database_url", "streams"})
     for name, group_args in groups:
         argv = depthwatch_argv(args.log_level, "collect", *passthrough_flags(group_args, skip))
