@@ -198,3 +198,13 @@ def test_without_the_handover_the_cut_costs_a_gap(server_url):
         holes = recorded_gaps(run, FUTURES)
         assert {gap.symbol for gap in holes} == set(SYMBOLS), holes
         assert COLLECTOR_DOWN not in {gap.cause for gap in holes}, holes
+
+
+def test_the_servers_pings_are_answered_so_the_connection_lives(server_url):
+    """Binance pings (every 20 s spot, 3 min futures) and drops a connection
+    whose pong is late: the socket answers each ping itself. Pings every
+    0.3 s over a 6 s run: one connection throughout."""
+    sim_config = base_config(ping_interval_s=0.3, deltas=600)
+    with recorded(server_url, FUTURES, sim_config) as (run, truth, sim):
+        check_every_message(run, FUTURES, truth)
+        assert len(sim.sim.connection_log) == 1, sim.sim.connection_log

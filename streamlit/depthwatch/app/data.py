@@ -29,6 +29,7 @@ from depthwatch.app.rpi import RpiView, rpi_view
 from depthwatch.clock import DAY_US, now_us
 from depthwatch.config import database_url_from_env, default_data_dir
 from depthwatch.coverage import Span, StreamEvent, window_spans
+from depthwatch.feed.registry import exchange_of
 from depthwatch.logs import first_line
 from depthwatch.records import (
     DEFAULT_HEARTBEAT_INTERVAL_S,
@@ -479,8 +480,9 @@ def health() -> HealthReport:
         events = pd.DataFrame(
             [
                 {
+                    "exchange": exchange_of(cat),
                     "stream": f"{sym} · {cat} · "
-                    + (f"depth {depth_label(depth)}" if depth else "trades")
+                    + (f"depth {depth_label(depth)}" if depth else "trades"),
                 }
                 | {str(kind): kinds.get(kind, 0) for kind in EVENT_KINDS_SHOWN}
                 for (cat, sym, depth), kinds in sorted(

@@ -9,6 +9,7 @@ from depthwatch.app import data
 from depthwatch.app.common import age, load, replica_lag, utc
 from depthwatch.app.guard import live_fragment
 from depthwatch.clock import DAY_US, utc_day
+from depthwatch.feed.registry import exchange_of
 from depthwatch.records import HEARTBEATS_MISSED_FOR_STALE, depth_label
 
 REFRESH_S = 5.0
@@ -118,6 +119,12 @@ def archive_section(report: data.HealthReport) -> None:
         )
 
 
+def _exchanges(streams: str) -> str:
+    """The exchanges of a collector's streams ("linear:BTCUSDT@50, ...")."""
+    categories = (key.strip().split(":")[0] for key in streams.split(",") if ":" in key)
+    return ", ".join(dict.fromkeys(exchange_of(c) for c in categories)) or "-"
+
+
 def collector_frame(report: data.HealthReport) -> pd.DataFrame:
     c = report.collectors
     silent_s = (report.now_us - c["local_us"]) / 1e6
@@ -125,6 +132,7 @@ def collector_frame(report: data.HealthReport) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "status": ["alive" if a else "SILENT" for a in alive],
+            "exchange": [_exchanges(str(streams)) for streams in c["streams"]],
             "host": c["host"],
             "pid": c["pid"],
             "version": c["version"],
