@@ -114,18 +114,24 @@ def rest_sync_times(collector: Child) -> list[float]:
 
 
 def first_records(url: str) -> dict[str, float]:
-    """Each stream's first recorded message, receive time in seconds."""
+    """Each stream's first recorded message: its receive time, in seconds."""
+    from depthwatch.storage.read.book import message_batches
+    from depthwatch.storage.read.streams import list_streams
+
     engine = sa.create_engine(url)
+    firsts = {}
     try:
         with engine.connect() as conn:
             if not conn.execute(sa.text("SELECT to_regclass('book_chunks')")).scalar():
                 return {}
-            rows = conn.execute(
-                sa.text("SELECT stream_id, min(ts_us) FROM book_chunks GROUP BY stream_id")
-            ).all()
+            for stream in list_streams(conn):
+                for batch, order in message_batches(conn, stream, 0, 2**62, levels=False):
+                    if len(order):
+                        firsts[stream.key] = float(batch.local_us[order].min()) / 1e6
+                    break
     finally:
         engine.dispose()
-    return {str(r[0]): r[1] / 1e6 for r in rows}
+    return firsts
 
 
 def messages(url: str) -> int:
@@ -164,6 +170,13 @@ def storage(url: str) -> dict[str, float]:
                     "FROM book_chunks WHERE NOT snapshot"
                 )
             ).one()
+            # Chunks holding a snapshot: the first message of each stream.
+            snapshot_n, snapshot_payload = conn.execute(
+                sa.text(
+                    "SELECT coalesce(sum(n), 0), coalesce(sum(octet_length(payload)), 0) "
+                    "FROM book_chunks WHERE snapshot"
+                )
+            ).one()
             count = conn.execute(
                 sa.text("SELECT coalesce(sum(n), 0) FROM book_chunks")
             ).scalar_one()
@@ -179,6 +192,7 @@ def storage(url: str) -> dict[str, float]:
         "bytes_per_message": int(total) / max(1, int(count)),
         "delta_payload": int(payload) / max(1, int(n)),
         "levels_per_delta": levels / max(1, deltas),
+        "snapshot_chunk_payload": int(snapshot_payload) / max(1, int(snapshot_n)),
     }
 
 
@@ -255,7 +269,8 @@ def main() -> int:
                     f"max {r['sync_max']:.2f} s; CPU {r['cpu_us_per_message']:.1f} us/msg at "
                     f"{r['messages_per_s']:,.0f} msg/s; {r['bytes_per_message']:.1f} B/msg in "
                     f"book_chunks with its index, a delta's payload {r['delta_payload']:.1f} B, "
-                    f"{r['levels_per_delta']:.2f} levels a delta",
+                    f"{r['levels_per_delta']:.2f} levels a delta (a chunk holding a snapshot: "
+                    f"{r['snapshot_chunk_payload']:.0f} B a message)",
                     flush=True,
                 )
     reference = results.get("bybit linear 50")

@@ -26,7 +26,8 @@ from depthwatch.archive.log import LOG_TABLES, log_path
 from depthwatch.archive.manifest import Manifest
 from depthwatch.book import Outcome, StreamBook
 from depthwatch.clock import DAY_US, parse_time_us, utc_day
-from depthwatch.records import BookUpdate, StreamKey, Trade
+from depthwatch.feed.registry import TARDIS_EXCHANGE
+from depthwatch.records import FULL_DEPTH, BookUpdate, StreamKey, Trade
 from depthwatch.sim.market import DepthView, MarketBook, spec_for
 from depthwatch.storage import schema
 from depthwatch.storage.db import make_engine
@@ -808,3 +809,51 @@ def test_days_archived_to_s3_and_dropped_read_back_from_s3(
             assert exported("after") == before
         finally:
             engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("category", "symbol", "depth"),
+    [("binance-futures", "BTCUSDT", FULL_DEPTH), ("hyperliquid", "BTC", 20)],
+)
+def test_other_venues_archive_under_their_tardis_id_and_rebuild_their_books(
+    server_url: str, tmp_path: Path, category: str, symbol: str, depth: int
+):
+    """A Binance whole book and a Hyperliquid book, written through the
+    collector's path over two finished days, are archived under their
+    exchange ids (`binance-futures/...`, `hyperliquid/...`), and each day's L2
+    rebuilds the book after every message."""
+    market = MarketBook(spec_for(SYMBOL), 40, random.Random(18))
+    view = DepthView(market, min(depth, 40))
+    stream = StreamKey(category, symbol, depth)
+    truth: dict[int, Book] = {}
+    with new_database(server_url) as url:
+        engine = sa.create_engine(url)
+        try:
+            schema.upgrade(engine)
+            writer = BatchWriter(engine, WriterConfig(flush_interval_s=0.05))
+            writer.start()
+            book = StreamBook(stream, writer)
+            ts, u = MIDNIGHT - 3_600_000_000, 0
+            while ts < MIDNIGHT + DAY_US + 3_600_000_000:
+                changed = market.step()
+                bids, asks = view.snapshot() if u == 0 else view.diff(changed)
+                u += 1
+                update = BookUpdate(stream, u == 1, bids, asks, u, ts // 1000, ts, None, ts + 5)
+                book.apply(update)
+                truth[ts] = tuple(levels(side) for side in view.snapshot())  # type: ignore[assignment]
+                ts += EVERY_US
+            assert writer.stop()
+            root = tmp_path / "archive"
+            result = archive(str(root), url)
+            assert result.returncode == 0, result.stderr
+        finally:
+            engine.dispose()
+    for date in ("2026-01-01", "2026-01-02"):
+        day = StreamDay(TARDIS_EXCHANGE[category], symbol, depth, date)
+        assert day.file_path(L2).startswith(f"{category}/{L2}/symbol={symbol}/depth={depth}/")
+        manifest = Manifest.from_json((root / day.manifest_path()).read_bytes())
+        assert manifest.exchange == category and manifest.symbol == symbol
+        books = rebuild(pq.read_table(root / day.file_path(L2)))
+        assert books
+        for at, rebuilt in books.items():
+            assert rebuilt == expected_at(truth, at), (category, date, at)
