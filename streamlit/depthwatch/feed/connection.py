@@ -22,9 +22,11 @@ per-message wake-up was most of the reader's CPU). The price is that nothing in
 the frame path may await: requests are sent synchronously, and back-pressure
 pauses the transport's reading instead of the reader awaiting the writer.
 
-Why one file of ~680 lines: subscribing, acks, resyncs, the watchdog and
+Why one file of ~670 lines: subscribing, acks, resyncs, the watchdog and
 reconnection are one state machine over one socket, each step reading and
-changing the same state; split apart, no part could be read alone.
+changing the same state; split apart, no part could be read alone. What is
+apart: the socket's frames (feed/socket.py) and the renewal before an age
+limit (feed/handover.py, a mixin over the same fields).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from picows import (
 
 from depthwatch.clock import now_us
 from depthwatch.feed.exchange import Wire
-from depthwatch.feed.handover import HANDOVER_TIMEOUT_S, Handover
+from depthwatch.feed.handover import HANDOVER_TIMEOUT_S, Handover, Renewal
 from depthwatch.feed.messages import ControlMessage, MalformedMessage
 from depthwatch.feed.registry import SIMULATOR_HEADER, venue_of
 from depthwatch.feed.socket import (
@@ -161,7 +163,7 @@ class _PendingRequest:
     resync: bool = False
 
 
-class FeedConnection:
+class FeedConnection(Renewal):
     def __init__(self, name: str, config: ConnectionConfig, handler: FeedHandler) -> None:
         self.name = name
         self.config = config
@@ -270,6 +272,9 @@ class FeedConnection:
                 lived = time.monotonic() - opened_at
                 detail = f"{why} ({received} book messages in {lived:.1f} s)"
                 self._event(FeedEventKind.DISCONNECT, detail=detail[:500])
+
+    def _new_successor(self) -> FeedConnection:
+        return FeedConnection(self.name, self.config, self.handler)
 
     def _book_streams(self) -> list[StreamKey]:
         streams = []
@@ -559,62 +564,6 @@ class FeedConnection:
         self._event(FeedEventKind.RESYNC, topic=topic, detail="unsubscribe + subscribe")
         self._resync_log.log(log, logging.WARNING, "%s: resyncing %s", self.name, topic)
         self._send_request("unsubscribe", [topic], resync=True)
-
-    # ---- renewal before the exchange's connection limit (feed/handover.py)
-
-    @property
-    def _max_age_s(self) -> float:
-        age = self.config.max_age_s
-        return self.wire.max_age_s if age is None else age
-
-    async def _renew(self, stop: asyncio.Event, opened_at: float) -> None:
-        """Open a successor before the cut and hand over to it once both
-        sockets delivered one same message of every stream (or the time is
-        up and it is subscribed); else drop it and try again a little later,
-        until the cut ends this socket the ordinary way."""
-        age = self._max_age_s
-        renew_at = opened_at + age - min(self.config.renew_before_s, age / 3)
-        timeout = min(self.config.handover_timeout_s, age / 6)
-        while True:
-            await asyncio.sleep(max(0.0, renew_at - time.monotonic()))
-            streams = set(self._book_streams())
-            successor = FeedConnection(self.name, self.config, self.handler)
-            handover = Handover(self.handler, streams, self._retire)
-            successor.handler = handover
-            successor.stats = self.stats  # one connection to the collector's eyes
-            successor.topics = self.topics
-            self._successor, self._handover = successor, handover
-            self._successor_task = asyncio.create_task(successor.run(stop))
-            log.info("%s: opening its successor before the exchange's connection limit", self.name)
-            deadline = time.monotonic() + timeout
-            while not handover.handed_over and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            if not handover.handed_over and successor.subscribed:
-                handover.hand_over()  # quiet streams: any hole shows in their chains
-            if handover.handed_over:
-                return
-            log.warning("%s: its successor did not start; trying again", self.name)
-            self._abandon_successor()
-            renew_at = time.monotonic() + timeout
-
-    @property
-    def subscribed(self) -> bool:
-        """Connected, with every subscription answered."""
-        return self._transport is not None and not self._pending
-
-    def _retire(self) -> None:
-        """The successor takes over: drop this socket now, reading nothing more."""
-        self.retired = True
-        self._handover = None
-        self._cut("handed over to a successor before the exchange's connection limit")
-
-    def _abandon_successor(self) -> None:
-        """A successor that never took over is stopped (this socket ended, or
-        it did not start in time)."""
-        task = self._successor_task
-        if task is not None and not self.retired:
-            task.cancel()
-            self._successor = self._successor_task = self._handover = None
 
     # ---- liveness
 

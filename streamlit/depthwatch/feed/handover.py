@@ -15,14 +15,25 @@ that did lose something sees the hole at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from depthwatch.records import BookUpdate, FeedEvent, StreamKey, Trade
 
 if TYPE_CHECKING:
-    from depthwatch.feed.connection import FeedHandler
+    from depthwatch.feed.connection import (
+        ConnectionConfig,
+        ConnectionStats,
+        FeedConnection,
+        FeedHandler,
+    )
+    from depthwatch.feed.exchange import Wire
+
+log = logging.getLogger("depthwatch.feed.connection")  # its lines are the connection's
 
 # Held back at most this long; then handed over anyway (a stream that sent
 # nothing meanwhile has nothing to lose, and any other hole shows in its chain).
@@ -120,3 +131,85 @@ class Handover:
 
     async def wait_for_room(self) -> None:
         await self.handler.wait_for_room()
+
+
+class Renewal:
+    """A FeedConnection's side of its renewal (a mixin, as the collector's
+    whole-book syncs are): when to open the successor, waiting for the
+    overlap, retiring this socket; the fields are FeedConnection's."""
+
+    name: str
+    config: ConnectionConfig
+    wire: Wire
+    handler: FeedHandler
+    stats: ConnectionStats
+    topics: list[str]
+    retired: bool
+    _handover: Handover | None
+    _successor: FeedConnection | None
+    _successor_task: asyncio.Task[None] | None
+    _transport: object | None
+    _pending: Mapping[str, object]
+
+    def _new_successor(self) -> FeedConnection:
+        raise NotImplementedError  # FeedConnection's
+
+    def _book_streams(self) -> list[StreamKey]:
+        raise NotImplementedError  # FeedConnection's
+
+    def _cut(self, reason: str) -> None:
+        raise NotImplementedError  # FeedConnection's
+
+    @property
+    def _max_age_s(self) -> float:
+        age = self.config.max_age_s
+        return self.wire.max_age_s if age is None else age
+
+    async def _renew(self, stop: asyncio.Event, opened_at: float) -> None:
+        """Open a successor before the cut and hand over to it once both
+        sockets delivered one same message of every stream (or the time is
+        up and it is subscribed); else drop it and try again a little later,
+        until the cut ends this socket the ordinary way."""
+        age = self._max_age_s
+        renew_at = opened_at + age - min(self.config.renew_before_s, age / 3)
+        timeout = min(self.config.handover_timeout_s, age / 6)
+        while True:
+            await asyncio.sleep(max(0.0, renew_at - time.monotonic()))
+            streams = set(self._book_streams())
+            successor = self._new_successor()
+            handover = Handover(self.handler, streams, self._retire)
+            successor.handler = handover
+            successor.stats = self.stats  # one connection to the collector's eyes
+            successor.topics = self.topics
+            self._successor, self._handover = successor, handover
+            self._successor_task = asyncio.create_task(successor.run(stop))
+            log.info("%s: opening its successor before the exchange's connection limit", self.name)
+            deadline = time.monotonic() + timeout
+            while not handover.handed_over and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if not handover.handed_over and successor.subscribed:
+                handover.hand_over()  # quiet streams: any hole shows in their chains
+            if handover.handed_over:
+                return
+            log.warning("%s: its successor did not start; trying again", self.name)
+            self._abandon_successor()
+            renew_at = time.monotonic() + timeout
+
+    @property
+    def subscribed(self) -> bool:
+        """Connected, with every subscription answered."""
+        return self._transport is not None and not self._pending
+
+    def _retire(self) -> None:
+        """The successor takes over: drop this socket now, reading nothing more."""
+        self.retired = True
+        self._handover = None
+        self._cut("handed over to a successor before the exchange's connection limit")
+
+    def _abandon_successor(self) -> None:
+        """A successor that never took over is stopped (this socket ended, or
+        it did not start in time)."""
+        task = self._successor_task
+        if task is not None and not self.retired:
+            task.cancel()
+            self._successor = self._successor_task = self._handover = None
