@@ -29,18 +29,18 @@ Reports per venue:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 import sqlalchemy as sa
 
+from bench_full import entries, log_time
 from children import Child, Children, start_sim, wait_for
 from common import cpu_seconds, exit_on_sigterm, machine_line, pct
 from databases import database_server, fresh_database
+from depthwatch.feed.registry import asset_of
 
 SYMBOLS = [f"S{i:02d}USDT" for i in range(40)]
 # venue -> (the collector's flags, the simulator's path, symbols as coins?)
@@ -75,25 +75,6 @@ VENUES: dict[str, tuple[tuple[str, ...], str, bool]] = {
         True,
     ),
 }
-
-
-def coin(symbol: str) -> str:
-    return symbol.removesuffix("USDT")
-
-
-def log_time(entry: dict[str, object]) -> float:
-    return datetime.fromisoformat(str(entry["time"]).replace("Z", "+00:00")).timestamp()
-
-
-def entries(child: Child) -> list[dict[str, object]]:
-    out = []
-    for line in child.output().splitlines():
-        if line.startswith("{"):
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
 
 
 def connected_at(collector: Child) -> float | None:
@@ -201,7 +182,7 @@ def run_venue(
 ) -> dict[str, float]:
     flags, path, coins = VENUES[name]
     symbols = SYMBOLS[: args.symbols]
-    shown = [coin(s) for s in symbols] if coins else symbols
+    shown = [asset_of(s) for s in symbols] if coins else symbols
     url = fresh_database(server, "bench_venues_" + name.replace(" ", "_").replace("-", "_"))
     with Children(logs) as children:
         collector = children.start(

@@ -50,6 +50,7 @@ from depthwatch.app.clients import (
 from depthwatch.config import (
     STREAM_FLAGS,
     STREAMS_ENV,
+    CollectorConfig,
     ConfigError,
     add_collector_arguments,
     archive_url,
@@ -442,13 +443,21 @@ def supervise(body: Callable[[Supervisor], int]) -> int:
     return code if clean else max(code, 1)
 
 
-def collector_groups(args: argparse.Namespace) -> list[tuple[str, argparse.Namespace]]:
-    """(child name, collector arguments) of each collector `up` runs: one, or
-    with --streams one per market and depths. Each is checked as its
-    collector would check it (ConfigError: exit 2 before anything starts)."""
+@dataclass(frozen=True)
+class CollectorGroup:
+    """One collector child: its name, its arguments and what they configure."""
+
+    name: str
+    args: argparse.Namespace
+    config: CollectorConfig
+
+
+def collector_groups(args: argparse.Namespace) -> list[CollectorGroup]:
+    """Each collector `up` (or `collect --streams`) runs: one, or with
+    --streams one per market and depths. Each is checked as its collector
+    would check it (ConfigError: exit 2 before anything starts)."""
     if not args.streams:
-        collector_config_from_args(args)
-        return [("collector", args)]
+        return [CollectorGroup("collector", args, collector_config_from_args(args))]
     groups = []
     for group in parse_streams(args.streams):
         flags = argparse.ArgumentParser(add_help=False)
@@ -460,9 +469,9 @@ def collector_groups(args: argparse.Namespace) -> list[tuple[str, argparse.Names
         if args.ws_url:
             # One server for several markets is a simulator: each on its path.
             merged.ws_url = sim_market_url(args.ws_url, group.category)
-        collector_config_from_args(merged)
         depths = "+".join(depth_label(d) for d in group.depths)
-        groups.append((f"collector-{group.category}-{depths}", merged))
+        name = f"collector-{group.category}-{depths}"
+        groups.append(CollectorGroup(name, merged, collector_config_from_args(merged)))
     return groups
 
 
@@ -481,7 +490,7 @@ def run_up(args: argparse.Namespace) -> int:
 def _up(
     supervisor: Supervisor,
     args: argparse.Namespace,
-    groups: list[tuple[str, argparse.Namespace]],
+    groups: list[CollectorGroup],
     app: Path,
 ) -> int:
     from depthwatch.storage.db import resolve_database_url
@@ -527,13 +536,12 @@ def _up(
     archive = _archive_url(args)
     # With an archive, the collector's retention waits for it.
     env = child_env(DATABASE_URL=url, DEPTHWATCH_ARCHIVE_URL=archive, **{STREAMS_ENV: None})
-    for name, group_args in groups:
-        argv = depthwatch_argv(args.log_level, "collect", *passthrough_flags(group_args, skip))
+    for group in groups:
+        argv = depthwatch_argv(args.log_level, "collect", *passthrough_flags(group.args, skip))
         if sim_port:
-            category = collector_config_from_args(group_args).category
-            extra = [f"--ws-url={sim_ws_url(sim_port, category)}", "--simulated"]
+            extra = [f"--ws-url={sim_ws_url(sim_port, group.config.category)}", "--simulated"]
             argv += [flag for flag in extra if flag not in argv]
-        supervisor.start(Child(name, argv, env))
+        supervisor.start(Child(group.name, argv, env))
     tick = None
     if archive is not None:
         from depthwatch.archive.schedule import ArchiveSchedule
@@ -560,7 +568,7 @@ def run_streams(args: argparse.Namespace) -> int:
 
 
 def _collect_groups(
-    supervisor: Supervisor, args: argparse.Namespace, groups: list[tuple[str, argparse.Namespace]]
+    supervisor: Supervisor, args: argparse.Namespace, groups: list[CollectorGroup]
 ) -> int:
     from depthwatch.storage.db import resolve_database_url
 
@@ -568,18 +576,15 @@ def _collect_groups(
     # Never the list itself: a child that read it would split it again.
     env = child_env(DATABASE_URL=url, **{STREAMS_ENV: None})
     skip = frozenset({"database_url", "streams"})
-    for name, group_args in groups:
-        argv = depthwatch_argv(args.log_level, "collect", *passthrough_flags(group_args, skip))
-        supervisor.start(Child(name, argv, env))
+    for group in groups:
+        argv = depthwatch_argv(args.log_level, "collect", *passthrough_flags(group.args, skip))
+        supervisor.start(Child(group.name, argv, env))
     return supervisor.watch(None, "")
 
 
-def _sim_symbols(groups: list[tuple[str, argparse.Namespace]]) -> list[str]:
+def _sim_symbols(groups: list[CollectorGroup]) -> list[str]:
     """Every symbol any collector asks the simulator for, once."""
-    symbols: dict[str, None] = {}
-    for _, group_args in groups:
-        symbols.update(dict.fromkeys(collector_config_from_args(group_args).symbols))
-    return list(symbols)
+    return list(dict.fromkeys(s for group in groups for s in group.config.symbols))
 
 
 def _archive_url(args: argparse.Namespace) -> str | None:

@@ -54,10 +54,7 @@ class VenueView:
 
     @property
     def mid(self) -> float | None:
-        quote = self.quote
-        if quote is None or quote.bid is None or quote.ask is None:
-            return None
-        return (quote.bid + quote.ask) / 2
+        return _mid(self.quote)
 
 
 @dataclass(frozen=True)
