@@ -60,7 +60,7 @@ def _parts(conn: sa.Connection, stream: Stream, start_us: int, end_us: int) -> I
     before = BookReplay(conn, stream, start_us, start_us)
     for _ in before:  # the book at `start`, and whether it is known
         pass
-    state = _ApplyState(before.valid, before.last_u)
+    state = ApplyState(before.valid, before.last_u)
     opened = False
     for batch, order in message_batches(conn, stream, start_us, end_us):
         if not len(order):
@@ -74,17 +74,36 @@ def _parts(conn: sa.Connection, stream: Stream, start_us: int, end_us: int) -> I
             yield _rows_of(batch, applying)
 
 
-class _ApplyState:
+class ApplyState:
     """The replay's rules (export.replay.Replay), carried from batch to
-    batch: which messages apply."""
+    batch: which messages apply, and where the book was lost (a gap in `u`;
+    a snapshot then restores it)."""
 
-    def __init__(self, valid: bool, last_u: int) -> None:
+    def __init__(self, valid: bool, last_u: int, depth: int = 0) -> None:
         self.valid = valid
         self.last_u = last_u
+        self.depth = depth  # depth 1 streams are snapshots only: a jump in u is no gap
         self.last_key: tuple[int, int, int, bool] | None = None
+        self.lost = False  # lost since the last message that applied
 
     def applying(self, batch: DecodedBatch, order: np.ndarray) -> np.ndarray:
         """The messages of `order` (apply order) that apply, in order."""
+        return order[self.steps(batch, order)[0]]
+
+    def steps(self, batch: DecodedBatch, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(positions in `order` of the messages that apply, and for each
+        whether the book was lost since the one before)."""
+        us = batch.u[order]
+        in_sequence = len(us) and us[0] == self.last_u + 1 and np.all(np.diff(us) == 1)
+        if self.valid and in_sequence and not np.any(batch.flags[order] & SNAPSHOT):
+            # The usual batch: every message the next delta, none twice.
+            self.last_u = int(us[-1])
+            last = order[-1]
+            self.last_key = (int(batch.ts_us[last]), int(batch.seq[last]), self.last_u, False)
+            lost_first = np.zeros(len(us), dtype=bool)
+            lost_first[0] = self.lost
+            self.lost = False
+            return np.arange(len(us), dtype=np.int64), lost_first
         snapshots = ((batch.flags[order] & SNAPSHOT) != 0).tolist()
         keys = zip(
             batch.ts_us[order].tolist(),
@@ -93,24 +112,29 @@ class _ApplyState:
             snapshots,
             strict=True,
         )
-        valid, last_u, last_key = self.valid, self.last_u, self.last_key
-        applies = []
+        valid, last_u, last_key, lost = self.valid, self.last_u, self.last_key, self.lost
+        gaps_in_snapshots = self.depth > 1
+        applies: list[int] = []
+        lost_before: list[bool] = []
         for k, key in enumerate(keys):
             if key == last_key:
                 continue  # stored twice (two collectors)
             last_key = key
             u = key[2]
             if snapshots[k]:
+                lost = lost or (valid and gaps_in_snapshots and u > last_u + 1)
                 valid = True
             elif not valid or u <= last_u:
                 continue  # waiting for a snapshot, or already applied
             elif u != last_u + 1:
-                valid = False  # a gap: unknown until the next snapshot
+                valid, lost = False, True  # a gap: unknown until the next snapshot
                 continue
             last_u = u
             applies.append(k)
-        self.valid, self.last_u, self.last_key = valid, last_u, last_key
-        return order[applies]
+            lost_before.append(lost)
+            lost = False
+        self.valid, self.last_u, self.last_key, self.lost = valid, last_u, last_key, lost
+        return np.array(applies, dtype=np.int64), np.array(lost_before, dtype=bool)
 
 
 def _book_at(replay: BookReplay, start_us: int) -> L2Columns:

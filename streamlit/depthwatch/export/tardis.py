@@ -25,12 +25,18 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol, TextIO
 
 import sqlalchemy as sa
 
-from depthwatch.export import kinds
+from depthwatch.export import arrays, kinds
+from depthwatch.export.background import BackgroundWriter
 from depthwatch.export.columnar import L2Columns, QuoteColumns, l2_columns, quote_columns
 from depthwatch.export.kinds import ExportKind
 from depthwatch.export.replay import BookReplay, IntBookReplay, StepKind
 from depthwatch.export.rpi import rpi_l2_rows
-from depthwatch.export.snapshots import snapshot_columns, snapshot_rows
+from depthwatch.export.snapshots import (
+    SnapshotBlock,
+    snapshot_blocks,
+    snapshot_columns,
+    snapshot_rows,
+)
 from depthwatch.feed.registry import TARDIS_EXCHANGE
 from depthwatch.records import RPI_DEPTH, depth_label, levels_of
 from depthwatch.storage.read.book import quotes
@@ -156,6 +162,12 @@ def export(
             for request in requests:
                 progress.begin(request)
                 sink.begin(request)
+                blocks = _block_parts(conn, request)
+                if blocks is not None:
+                    for block in blocks:
+                        sink.write_block(block)
+                        progress.tick(len(block), int(block.timestamp[-1]))
+                    continue
                 parts = _column_parts(conn, request, sink)
                 if parts is not None:
                     assert isinstance(sink, ArrowSink | ParquetSink)
@@ -246,38 +258,47 @@ def _column_parts(
     return None if parts is None else _l2_arrays(parts)
 
 
+def _block_parts(conn: sa.Connection, request: ExportRequest) -> Iterator[SnapshotBlock] | None:
+    """A book_snapshot kind's rows in blocks made in NumPy
+    (snapshots.snapshot_blocks); None for other kinds and what it leaves to
+    the row path."""
+    if request.spec.family != kinds.BOOK_SNAPSHOT:
+        return None
+    planned = _plan(conn, request)
+    spec = planned.spec.snapshot
+    assert planned.stream is not None and spec is not None  # a book_snapshot kind
+    return snapshot_blocks(conn, planned.stream, planned.start_us, planned.end_us, spec)
+
+
 def _quote_arrays(parts: Iterator[QuoteColumns]) -> Iterator[tuple[list[pa.Array], int]]:
-    import pyarrow as pa
 
     for part in parts:
         if not len(part):
             continue
         no_ask, no_bid = ~part.has_ask, ~part.has_bid
         columns = [
-            pa.array(part.timestamp),
-            pa.array(part.local_timestamp),
-            pa.array(part.ask_amount, mask=no_ask),
-            pa.array(part.ask_price, mask=no_ask),
-            pa.array(part.bid_price, mask=no_bid),
-            pa.array(part.bid_amount, mask=no_bid),
+            arrays.numbers(part.timestamp),
+            arrays.numbers(part.local_timestamp),
+            arrays.numbers(part.ask_amount, no_ask),
+            arrays.numbers(part.ask_price, no_ask),
+            arrays.numbers(part.bid_price, no_bid),
+            arrays.numbers(part.bid_amount, no_bid),
         ]
         yield columns, int(part.timestamp[-1])
 
 
 def _l2_arrays(parts: Iterator[L2Columns]) -> Iterator[tuple[list[pa.Array], int]]:
-    import pyarrow as pa
-    import pyarrow.compute as pc
 
     for part in parts:
         if not len(part):
             continue
         columns = [
-            pa.array(part.timestamp),
-            pa.array(part.local_timestamp),
-            pa.array(part.is_snapshot),
-            pc.if_else(pa.array(part.is_bid), "bid", "ask"),
-            pa.array(part.price),
-            pa.array(part.amount),
+            arrays.numbers(part.timestamp),
+            arrays.numbers(part.local_timestamp),
+            arrays.booleans(part.is_snapshot),
+            arrays.choose(part.is_bid, "bid", "ask"),
+            arrays.numbers(part.price),
+            arrays.numbers(part.amount),
         ]
         yield columns, int(part.timestamp[-1])
 
@@ -310,6 +331,7 @@ class RowSink(Protocol):
         """The rows that follow are `request`'s (its exchange and symbol)."""
 
     def write(self, rows: list[Row]) -> None: ...
+    def write_block(self, block: SnapshotBlock) -> None: ...
     def close(self) -> None: ...
 
 
@@ -336,6 +358,8 @@ class CsvSink:
         self.snapshots = spec.snapshot is not None
         # Gap details are free text: quoted where needed (Tardis's kinds never need it).
         self.quoted = csv.writer(out, lineterminator="\n") if spec.family == kinds.GAPS else None
+        # book_snapshot text is made and written on a thread of its own.
+        self.background = BackgroundWriter() if self.snapshots else None
         out.write(spec.header() + "\n")
 
     def begin(self, request: ExportRequest) -> None:
@@ -348,32 +372,43 @@ class CsvSink:
             self.quoted.writerows((*self.exchange_symbol, *row) for row in rows)
             return
         if self.snapshots:
-            self.out.write(self._snapshot_lines(rows))
+            self.write_block(SnapshotBlock.of_rows(rows))
             return
         lines = (prefix + ",".join(map(_csv_value, row)) + "\n" for row in rows)
-        self.out.write("".join(lines))
+        text = "".join(lines)
+        self._write(lambda: self.out.write(text))
 
-    def _snapshot_lines(self, rows: list[Row]) -> str:
+    def write_block(self, block: SnapshotBlock) -> None:
+        """book_snapshot rows in a block, made text on the writer thread."""
+        exchange, symbol = self.exchange_symbol
+        self._write(lambda: self.out.write(self._snapshot_lines(block, exchange, symbol)))
+
+    def _write(self, write: Callable[[], object]) -> None:
+        if self.background is None:
+            write()
+        else:
+            self.background.submit(write)
+
+    def _snapshot_lines(self, block: SnapshotBlock, exchange: str, symbol: str) -> str:
         import pyarrow as pa
         import pyarrow.csv as pa_csv
 
-        ts, local, levels = snapshot_columns(rows, as_text=True)
-        exchange, symbol = self.exchange_symbol
-        columns = [
-            pa.array([exchange] * len(rows), pa.string()),
-            pa.array([symbol] * len(rows), pa.string()),
-            pa.array(ts, pa.int64()),
-            pa.array(local, pa.int64()),
-            *levels,
-        ]
-        table = pa.Table.from_arrays(columns, names=self.names)
+        ts, local, levels = snapshot_columns(block, as_text=True)
+        rows = len(block)
+        names = [arrays.constant(exchange, rows), arrays.constant(symbol, rows)]
+        times = [arrays.numbers(ts), arrays.numbers(local)]
+        table = pa.Table.from_arrays([*names, *times, *levels], names=self.names)
         text = io.BytesIO()
         options = pa_csv.WriteOptions(include_header=False, quoting_style="none")
         pa_csv.write_csv(table, text, options)  # nulls (short sides) come out empty
         return text.getvalue().decode("ascii")
 
     def close(self) -> None:
-        self.out.flush()
+        try:
+            if self.background is not None:
+                self.background.close()
+        finally:
+            self.out.flush()
 
 
 # Parquet only: `timestamp` and `local_timestamp` again as timestamp[us, UTC].
@@ -396,6 +431,10 @@ class ArrowSink:
     for table(): what waits for a table stays ~45 MB at most, whatever the kind."""
 
     GROUP_ROWS = 100_000
+    # Rows given as Python tuples (trades, gaps, schema 1-3 books) cost ~10x
+    # their Arrow size while they wait: tables of at most this many (a trades
+    # export peaked at 199 MB with 100k, 158 MB with 50k; its file +10 %).
+    TUPLE_GROUP_ROWS = 50_000
     GROUP_CELLS = 600_000
 
     def __init__(self, kind: str, on_table: Callable[[pa.Table], None] | None = None) -> None:
@@ -437,10 +476,13 @@ class ArrowSink:
         self.exchange, self.symbol = request.exchange, request.symbol
 
     def write(self, rows: list[Row]) -> None:
+        if self.snapshots:
+            self.write_block(SnapshotBlock.of_rows(rows))
+            return
         if self.pending_columns:
-            self._flush_columns()  # in the order written
+            self._flush_columns(whole_groups_only=False)  # in the order written
         self.pending.extend(rows)
-        if len(self.pending) >= self.group_rows:
+        if len(self.pending) >= min(self.group_rows, self.TUPLE_GROUP_ROWS):
             self._flush()
 
     def write_columns(self, columns: list[pa.Array]) -> None:
@@ -452,45 +494,46 @@ class ArrowSink:
         if sum(len(part[0]) for part in self.pending_columns) >= self.group_rows:
             self._flush_columns()
 
+    def write_block(self, block: SnapshotBlock) -> None:
+        """book_snapshot rows in a block."""
+        ts, local, levels = snapshot_columns(block, as_text=False)
+        self.write_columns([arrays.numbers(ts), arrays.numbers(local), *levels])
+
     def _flush_all(self) -> None:
         if self.pending:
             self._flush()
         if self.pending_columns:
-            self._flush_columns()
+            self._flush_columns(whole_groups_only=False)
 
-    def _flush_columns(self) -> None:
-        """The columns written as tables of group_rows rows (the last one shorter)."""
+    def _flush_columns(self, whole_groups_only: bool = True) -> None:
+        """The columns written as tables of group_rows rows; the rest kept for
+        the next (a row group each costs the file's writer ~2 KB a column
+        until it closes), unless it is the last."""
         pa, parts = self.pa, self.pending_columns
         self.pending_columns = []
         columns = [pa.concat_arrays([part[k] for part in parts]) for k in range(len(parts[0]))]
-        for start in range(0, len(columns[0]), self.group_rows):
+        rows = len(columns[0])
+        for start in range(0, rows, self.group_rows):
+            if whole_groups_only and start + self.group_rows > rows:
+                self.pending_columns = [[c.slice(start) for c in columns]]
+                return
             self._emit([c.slice(start, self.group_rows) for c in columns])
 
     def _flush(self) -> None:
-        import pyarrow.compute as pc
-
-        pa, rows = self.pa, self.pending
+        rows = self.pending
         self.pending = []
-        columns = []
-        if self.snapshots:
-            ts, local, levels = snapshot_columns(rows, as_text=False)
-            columns += [pa.array(ts, pa.int64()), pa.array(local, pa.int64()), *levels]
-        for index, kind in enumerate([] if self.snapshots else self.types):
-            values = [row[index] for row in rows]
-            if kind == pa.float64() and isinstance(values[0], str):
-                # Prices and amounts come as the exchange's decimal text.
-                text = pa.array(values, pa.string())
-                # An empty field (a missing level) is null.
-                text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
-                columns.append(text.cast(pa.float64()))
-            else:
-                columns.append(pa.array(values, kind))
+        # Prices and amounts come as the exchange's decimal text; an empty
+        # field (a missing level) is null.
+        columns = [
+            arrays.column([row[index] for row in rows], kind)
+            for index, kind in enumerate(self.types)
+        ]
         self._emit(columns)
 
     def _emit(self, data: list[pa.Array]) -> None:
         """A table of these columns (Tardis's after exchange and symbol)."""
         pa, rows = self.pa, len(data[0])
-        columns = [pa.repeat(self.exchange, rows), pa.repeat(self.symbol, rows), *data]
+        columns = [arrays.constant(self.exchange, rows), arrays.constant(self.symbol, rows), *data]
         columns += [columns[i].cast(pa.timestamp("us", tz="UTC")) for i in self.typed_from]
         table = pa.Table.from_arrays(columns, schema=self.schema)
         if self.on_table is not None:
@@ -513,11 +556,15 @@ class ParquetSink:
     times as DELTA_BINARY_PACKED (a message's rows share its times, and the
     next message's differ by little), everything else dictionary-encoded (a
     day's prices and amounts repeat). An L2 file went from 47 to ~24 bytes a
-    book message; Parquet readers decode both without being told."""
+    book message; Parquet readers decode both without being told.
+
+    Tables are encoded and written on a thread of their own (one waits at
+    most), overlapping the making of the next."""
 
     def __init__(self, kind: str, out: BinaryIO) -> None:
         import pyarrow.parquet as pq
 
+        self.background = BackgroundWriter(depth=1)
         self.tables = ArrowSink(kind, self._write)
         times = [f.name for f in self.tables.schema if f.name in DELTA_ENCODED]
         self.writer = pq.ParquetWriter(
@@ -529,7 +576,7 @@ class ParquetSink:
         )
 
     def _write(self, table: pa.Table) -> None:
-        self.writer.write_table(table)
+        self.background.submit(lambda: self.writer.write_table(table))
 
     def begin(self, request: ExportRequest) -> None:
         self.tables.begin(request)
@@ -540,9 +587,15 @@ class ParquetSink:
     def write_columns(self, columns: list[pa.Array]) -> None:
         self.tables.write_columns(columns)
 
+    def write_block(self, block: SnapshotBlock) -> None:
+        self.tables.write_block(block)
+
     def close(self) -> None:
         try:
-            self.tables.close()
+            try:
+                self.tables.close()
+            finally:
+                self.background.close()
         finally:
             self.writer.close()
 
