@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import gzip
 import io
+import subprocess
+import sys
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -18,7 +20,7 @@ from depthwatch.export.tardis import TIME_COLUMNS, ExportRequest
 from depthwatch.records import StreamKey
 from depthwatch.sim import SimConfig, TruthState
 
-from .conftest import run_cli
+from .conftest import cli_env, run_cli
 from .e2e import ALL_TIME, recorded_from_sim, recorded_sequence
 from .test_export import T, event, record
 
@@ -122,6 +124,38 @@ def test_every_kind_holds_the_same_values_in_csv_gzip_and_parquet(recorded):
         exchange_time = as_parquet["exchange_time"]
         assert str(exchange_time.dtype) == "datetime64[us, UTC]"
         assert (exchange_time.astype("int64") == as_csv["timestamp"]).all()
+
+
+PANDAS_CHECK = """
+import io, sys
+from depthwatch.export.files import write_export
+from depthwatch.export.tardis import ExportRequest
+from depthwatch.storage.db import make_engine
+engine = make_engine(sys.argv[1])
+for kind in sys.argv[2:]:
+    for fmt in ("parquet", "csv"):
+        out = io.BytesIO()
+        request = ExportRequest(kind, "linear", "BTCUSDT", 0, 2**62, depth=50)
+        assert write_export(engine, [request], fmt, out, progress_to=None) > 0, kind
+print("pandas" in sys.modules)
+"""
+
+
+def test_exports_never_load_pandas(recorded):
+    """pyarrow's pa.array() imports pandas (~33 MB of an export's RSS): the
+    exports build their columns without it (export.arrays)."""
+    url, _, _ = recorded
+    kinds = ["incremental_book_L2", "quotes", "trades", "book_snapshot_25", "book_snapshot_5_1s"]
+    done = subprocess.run(
+        [sys.executable, "-c", PANDAS_CHECK, url, *kinds],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
 
 
 def test_column_names_and_order_are_tardis_layouts():
