@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_archive_arguments(archive)
 
-    from depthwatch.export.gaps import add_gaps_arguments
+    from depthwatch.export.gaps_arguments import add_gaps_arguments
 
     gaps = sub.add_parser(
         "gaps",

@@ -4,8 +4,8 @@ rows the writer dropped), so that nobody reads missing data as a quiet market.
 
 `find_gaps` is the reader (typed `coverage.Gap` records, for the Python API and
 for rebuilding a book: inside a gap the book is unknown); `gap_rows` flattens
-them into GAP_COLUMNS for CSV or Parquet; `add_gaps_arguments` and `run_gaps`
-are the subcommand. Each stream's gaps are disjoint (overlapping causes joined
+them into GAP_COLUMNS for CSV or Parquet; `run_gaps` is the subcommand (its
+flags: export.gaps_arguments). Each stream's gaps are disjoint (overlapping causes joined
 by "+", coverage.disjoint) and clipped to the range; times are receive times
 (`local_us`), integer microseconds like Tardis's timestamps.
 """
@@ -23,11 +23,10 @@ from typing import TYPE_CHECKING, TextIO
 import sqlalchemy as sa
 
 from depthwatch import coverage
-from depthwatch.clock import SECOND_US, TIME_FORMS, now_us, utc_datetime
-from depthwatch.config import add_database_arguments, book_depth
+from depthwatch.clock import SECOND_US, now_us, utc_datetime
 from depthwatch.coverage import Gap
 from depthwatch.export.kinds import GAP_COLUMNS
-from depthwatch.feed.registry import CATEGORIES, TARDIS_EXCHANGE
+from depthwatch.feed.registry import TARDIS_EXCHANGE
 from depthwatch.records import DEFAULT_HEARTBEAT_INTERVAL_S, depth_label
 from depthwatch.storage.read.chunks import RecordedTimes
 from depthwatch.storage.read.events import heartbeats, heartbeats_kept_from, stream_events
@@ -39,7 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GapRow = tuple[str, str, int, int, int, float, str, str]
-FORMATS = ("table", "csv")
 DETAIL_CHARS = 90  # of the table; CSV keeps the whole detail
 DEFAULT_HEARTBEAT_US = round(DEFAULT_HEARTBEAT_INTERVAL_S * SECOND_US)
 
@@ -190,34 +188,6 @@ def write_table(gaps: Sequence[Gap], out: TextIO) -> None:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         out.write("  ".join([*cells, row[-1]]).rstrip() + "\n")
     out.flush()
-
-
-def add_gaps_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `depthwatch gaps` flags."""
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--symbols", "--symbol", help="comma-separated, e.g. BTCUSDT,ETHUSDT")
-    which.add_argument(
-        "--all", action="store_true", help="every recorded stream of the category (the default)"
-    )
-    parser.add_argument("--category", default="linear", choices=CATEGORIES)
-    parser.add_argument(
-        "--depth", type=book_depth, help="only this book depth (default: every depth)"
-    )
-    parser.add_argument(
-        "--start",
-        default="-1d",
-        help=f"inclusive, UTC: {TIME_FORMS}; default -1d",
-    )
-    parser.add_argument(
-        "--end", default="now", help="exclusive, the same forms as --start; default now"
-    )
-    parser.add_argument(
-        "--format",
-        choices=FORMATS,
-        help="table: aligned, UTC times, for a person (the default on a terminal); "
-        f"csv: the columns {','.join(GAP_COLUMNS)}, times in microseconds (the default otherwise)",
-    )
-    add_database_arguments(parser)
 
 
 def run_gaps(args: argparse.Namespace) -> int:
