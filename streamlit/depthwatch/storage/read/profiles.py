@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 import sqlalchemy as sa
 
-from depthwatch.storage.read.frames import HEATMAP_COLUMNS, frame
+from depthwatch.storage.read.frames import HEATMAP_COLUMNS, frame, plain_rows
 from depthwatch.storage.read.rows import BookView, HeatmapGrid
 from depthwatch.storage.read.streams import Stream
 
@@ -77,7 +77,7 @@ def latest_profile(
     ).all()
     if not rows:
         return None
-    sides = pd.DataFrame(rows, columns=["ts_us", "local_us", "is_bid", "pb", "size"])
+    sides = pd.DataFrame(plain_rows(rows), columns=["ts_us", "local_us", "is_bid", "pb", "size"])
     # A bucket's bids all rest at or above its lower edge, its asks at or
     # below its upper edge: cumulative depth drawn there is never optimistic,
     # and a bucket holding both touches does not draw a crossed book.
