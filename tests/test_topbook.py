@@ -244,3 +244,10 @@ def test_blocks_hold_the_rows_of_the_message_by_message_replay(engine):
 
 
 SNAPSHOT_5 = SnapshotSpec(5, 0)
+
+
+def test_a_book_past_64_bit_integers_is_refused_not_wrapped():
+    huge = IntBookEvent(0, 0, 1, 0, True, 1, 0, [10**16], [1], [], [])  # 10**15, 1 decimal
+    tiny = IntBookEvent(1, 1, 2, 1, False, 12, 0, [1], [1], [], [])  # 1e-12: 12 decimals
+    with pytest.raises(OverflowError, match="64-bit"):
+        TopBook(1).advance(as_run([huge, tiny]), np.array([0, 1]))

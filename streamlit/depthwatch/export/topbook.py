@@ -29,6 +29,7 @@ from depthwatch.export.intbook import MISSING, IntBook
 MATRIX_CELLS = 1 << 18
 MIN_ROWS, MAX_ROWS = 16, 1024
 POW10 = 10 ** np.arange(19, dtype=np.int64)
+LIMIT = 2**62  # the largest magnitude worked on (sums and negations stay in int64)
 
 
 @dataclass(frozen=True)
@@ -154,12 +155,15 @@ class TopBook:
         price_exp = max(self.price_exp, int(msg_price_exp.max()))
         size_exp = max(self.size_exp, int(msg_size_exp.max()))
         row = run.msg[level] - first + 1  # row 0 is the book before the messages
-        ticks = run.ticks[level] * POW10[price_exp - msg_price_exp[row - 1]]
-        lots = run.lots[level] * POW10[size_exp - msg_size_exp[row - 1]]
+        ticks = _scaled(run.ticks[level], price_exp - msg_price_exp[row - 1])
+        lots = _scaled(run.lots[level], size_exp - msg_size_exp[row - 1])
         is_bid = run.is_bid[level]
         cleared = np.flatnonzero(run.snapshot[first:last]) + 1
         rows = last - first + 1
         book_up = (POW10[price_exp - self.price_exp], POW10[size_exp - self.size_exp])
+        for side in (self.asks, self.bids):
+            _scaled(side.keys, np.array([price_exp - self.price_exp]))
+            _scaled(side.lots, np.array([size_exp - self.size_exp]))
         ask_columns = _columns(self.asks, book_up[0], ticks[~is_bid])
         bid_columns = _columns(self.bids, book_up[0], -ticks[is_bid])
         width = max(len(ask_columns), len(bid_columns))
@@ -322,6 +326,17 @@ def _lower(values: np.ndarray, levels: int, price_down: np.ndarray, size_down: n
     sizes = np.r_[n : 2 * n, 3 * n : 4 * n]
     values[:, prices] //= POW10[price_down][:, None]
     values[:, sizes] //= POW10[size_down][:, None]
+
+
+def _scaled(values: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """values * 10**up, refused where 64 bits would not hold it exactly (a
+    book mixing 13-digit prices with 12-decimal ones): never a wrong number."""
+    if len(values) and int(np.abs(values).max()) * 10 ** int(up.max()) >= LIMIT:
+        raise OverflowError(
+            "book_snapshot: this book's prices or sizes need more than 64-bit integers "
+            "at their most decimals"
+        )
+    return values * POW10[up]
 
 
 def _running_max(before: int, exps: np.ndarray, restart: np.ndarray) -> np.ndarray:
