@@ -20,6 +20,7 @@ from depthwatch.collector import Collector, Hole, find_holes, register_instrumen
 from depthwatch.config import CollectorConfig
 from depthwatch.coverage import Gap, StreamEvent
 from depthwatch.export import gaps as G
+from depthwatch.export.gaps_arguments import add_gaps_arguments
 from depthwatch.records import FeedEvent, FeedEventKind, StreamKey
 from depthwatch.sim import FaultKind, SimConfig, SimulatorThread
 from depthwatch.storage import schema
@@ -357,7 +358,7 @@ def test_heartbeats_deleted_by_retention_are_no_collector_down(hand_made):
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    G.add_gaps_arguments(parser)
+    add_gaps_arguments(parser)
     return parser.parse_args(list(argv))
 
 
