@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 
@@ -42,6 +43,7 @@ from depthwatch.storage.read.tops import (
     heatmap_cells,
     imbalance_series,
     latest_book,
+    periodic_snapshots,
     price_step,
     top_series,
 )
@@ -177,6 +179,36 @@ def test_latest_book_heatmap_and_imbalance(writer, engine):
     assert imbalance["bid_size"].tolist() == [3.0, 4.0]  # top 2 levels only
     assert imbalance["ask_size"].tolist() == [8.0, 2.0]
     assert imbalance["imbalance"].tolist() == pytest.approx([-5 / 11, 2 / 6])
+
+
+def test_snapshots_read_once_serve_the_heatmap_and_imbalance_alike(writer, engine):
+    """The Live page decodes the window's snapshots once (every second here)
+    and hands them to both readers: the same frames as each reading its own."""
+    for k in range(12):
+        bids = [[f"{100 - k * 0.1 - i:.1f}", str(1 + (i * k) % 5)] for i in range(4)]
+        asks = [[f"{101 + k * 0.1 + i:.1f}", str(1 + (i + k) % 3)] for i in range(4)]
+        writer.add_depth_snapshot(snapshot(T0 + k * S, bids, asks))
+    assert writer.flush_now()
+    end = T0 + 12 * S
+    with engine.connect() as conn:
+        stream = stream_row(conn)
+        shared = periodic_snapshots(conn, stream, T0, end, S, 3)
+        assert len(shared.snapshots) == 12
+        for step_ms in (2000, 3000):  # the heatmap takes every 2nd or 3rd of them
+            grid = HeatmapGrid(time_bucket_ms=step_ms, price_step=0.5, cell_rule="last")
+            own = heatmap_cells(conn, stream, T0, end, grid, levels=3)
+            given = heatmap_cells(conn, stream, T0, end, grid, 3, shared)
+            pd.testing.assert_frame_equal(given, own)
+            assert len(own) > 0
+        for bucket in (S, 2 * S, 4 * S):
+            own = imbalance_series(conn, stream, T0, end, 3, bucket)
+            given = imbalance_series(conn, stream, T0, end, 3, bucket, shared)
+            pd.testing.assert_frame_equal(given, own)
+            assert len(own) == 12 * S // bucket
+        # What the read does not hold is read: another window, other levels.
+        other = imbalance_series(conn, stream, T0 + S, end, 3, S, shared)
+        assert len(other) == 11
+        assert shared.pick(T0, end, S, 2) is None and shared.pick(T0, end, 1_500_000, 3) is None
 
 
 def test_events_of_a_stream_and_its_connections(writer, engine):

@@ -80,6 +80,7 @@ from depthwatch.storage.read.tops import (
     imbalance_series,
     latest_book,
     message_count,
+    periodic_snapshots,
     price_step,
     recorded_from,
     top_series,
@@ -328,10 +329,13 @@ def live_view(
             grid = HeatmapGrid(tb / 1000, step, "max")
             heatmap = profile_cells(conn, stream, start, now, grid, low, high)
         else:
+            # The imbalance's snapshots, decoded once: a long window's heatmap
+            # wants every other one of them (or fewer).
+            shared = periodic_snapshots(conn, stream, start, now, bucket, levels)
             book = latest_book(conn, stream, levels, start)
             grid = _heatmap_grid(book, top, stream, window_min)
             heatmap = (
-                heatmap_cells(conn, stream, start, now, grid, levels)
+                heatmap_cells(conn, stream, start, now, grid, levels, shared)
                 if book is not None
                 else pd.DataFrame(columns=list(HEATMAP_COLUMNS), dtype="float64")
             )
@@ -350,7 +354,7 @@ def live_view(
             top=top,
             heatmap=heatmap,
             grid=grid,
-            imbalance=imbalance_series(conn, stream, start, now, levels, bucket),
+            imbalance=imbalance_series(conn, stream, start, now, levels, bucket, shared),
             trades=recent_trades(conn, stream.instrument_id, start, now, TRADES_MAX),
             events=events,
             spans=coverage_spans(

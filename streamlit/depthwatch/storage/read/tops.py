@@ -104,6 +104,55 @@ class _SnapshotLevels:
     def __len__(self) -> int:
         return len(self.ts_us)
 
+    def stamped_every(self, step_us: int) -> _SnapshotLevels:
+        """The snapshots stamped at multiples of `step_us`, with their levels."""
+        keep = self.ts_us % step_us == 0
+        renumbered = np.cumsum(keep) - 1
+        levels = keep[self.snapshot]
+        return _SnapshotLevels(
+            self.ts_us[keep],
+            self.local_us[keep],
+            renumbered[self.snapshot[levels]],
+            self.is_bid[levels],
+            self.prices[levels],
+            self.sizes[levels],
+        )
+
+
+@dataclass(frozen=True)
+class PeriodicSnapshots:
+    """The packed periodic snapshots stamped at multiples of `every_us` in
+    [start, end), `levels` a side, decoded once for every reader of a view
+    that wants them or a sparser subset (the Live page's imbalance and its
+    long windows' heatmap: decoding them twice cost ~15 ms a read)."""
+
+    start_us: int
+    end_us: int
+    every_us: int
+    levels: int
+    snapshots: _SnapshotLevels
+
+    def pick(
+        self, start_us: int, end_us: int, every_us: int, levels: int
+    ) -> _SnapshotLevels | None:
+        """Those stamped at multiples of `every_us` in [start, end), `levels` a
+        side; None when this read does not hold them all."""
+        same = (start_us, end_us, levels) == (self.start_us, self.end_us, self.levels)
+        if not same or every_us % self.every_us:
+            return None
+        if every_us == self.every_us:
+            return self.snapshots
+        return self.snapshots.stamped_every(every_us)
+
+
+def periodic_snapshots(
+    conn: sa.Connection, stream: Stream, start_us: int, end_us: int, every_us: int, levels: int
+) -> PeriodicSnapshots:
+    which = "ts_us >= :s AND ts_us < :e AND ts_us % :b = 0"
+    params: dict[str, object] = {"s": start_us, "e": end_us, "b": every_us}
+    snaps = _snapshots(conn, stream, which, params, levels)
+    return PeriodicSnapshots(start_us, end_us, every_us, levels, snaps)
+
 
 def _snapshots(
     conn: sa.Connection, stream: Stream, sql_filter: str, params: dict[str, object], levels: int
@@ -157,13 +206,15 @@ def heatmap_cells(
     end_us: int,
     grid: HeatmapGrid,
     levels: int,
+    shared: PeriodicSnapshots | None = None,
 ) -> pd.DataFrame:
     """HEATMAP_COLUMNS from the periodic top-N snapshots: per snapshot the size
     resting in each price bucket (summed over its levels, both sides), then the
     largest of those per time bucket (grid.cell_rule "max"), or, for long
     windows (cell_rule "last"), only the snapshot stamped at each bucket's start:
     one snapshot per column keeps a 60 min window as cheap as a 10 min one.
-    Packed snapshots are decoded and bucketed here; schema 1-3 ones in SQL."""
+    Packed snapshots are decoded and bucketed here (or taken from `shared`
+    when it holds them); schema 1-3 ones in SQL."""
     tb = int(grid.time_bucket_ms * 1000)
     # The same snapshots of both logs: the window's, or those stamped at a
     # bucket's start.
@@ -175,7 +226,11 @@ def heatmap_cells(
         "tb": tb,
     }
     old = legacy.heatmap_cells(conn, stream, which, params, levels, grid.price_step)
-    snaps = _snapshots(conn, stream, which, params, levels)
+    snaps = None
+    if shared is not None and grid.cell_rule == "last":
+        snaps = shared.pick(start_us, end_us, tb, levels)
+    if snaps is None:
+        snaps = _snapshots(conn, stream, which, params, levels)
     if not len(snaps):
         return old
     cells = pd.DataFrame(
@@ -213,15 +268,19 @@ def imbalance_series(
     end_us: int,
     levels: int,
     bucket_us: int,
+    shared: PeriodicSnapshots | None = None,
 ) -> pd.DataFrame:
     """IMBALANCE_COLUMNS: resting size of the top `levels` bids and asks in the
     periodic snapshot stamped at each bucket's start (snapshots fall on whole
-    intervals, so one per bucket); imbalance = (b - a) / (b + a)."""
+    intervals, so one per bucket; taken from `shared` when it holds them);
+    imbalance = (b - a) / (b + a)."""
     # The same snapshots of both logs: those stamped at a bucket's start.
     which = "ts_us >= :s AND ts_us < :e AND ts_us % :b = 0"
     params: dict[str, object] = {"s": start_us, "e": end_us, "b": bucket_us}
     old = legacy.imbalance(conn, stream, which, params, levels)
-    snaps = _snapshots(conn, stream, which, params, levels)
+    snaps = None if shared is None else shared.pick(start_us, end_us, bucket_us, levels)
+    if snaps is None:
+        snaps = _snapshots(conn, stream, which, params, levels)
     if not len(snaps):
         return old
     count = len(snaps)
