@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import streamlit as st
 
 from depthwatch import logs
@@ -9,6 +11,14 @@ from depthwatch.app import auth, compare, health, history, live, overview
 from depthwatch.app.guard import guarded
 
 METRIC_FONT = "1.45rem"
+
+# Python's cyclic collector walks every tracked object in a full collection:
+# with Streamlit, pandas and plotly loaded, a ~60 ms pause in about one Live
+# read in ten. What is alive once the pages are imported (this module loads
+# once per server process) lives as long as the process: frozen out of the
+# collector's reach. Measured on a 60-minute Live read: p95 171-185 -> 125-139 ms.
+gc.collect()
+gc.freeze()
 
 
 def main() -> None:
