@@ -126,6 +126,18 @@ def run_cli(
     )
 
 
+def run_python(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`python -c CODE ARGS...` with this checkout's package, in a fresh
+    process (what a module loads at import, unseen by this one); output captured."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=timeout,
+    )
+
+
 def start_collect(ws_url: str, database_url: str, *extra: str) -> subprocess.Popen[str]:
     """`depthwatch collect` as its own process (stderr piped), recording from
     `ws_url` into `database_url`, keeping everything (no retention)."""

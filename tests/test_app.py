@@ -17,7 +17,7 @@ from depthwatch.sim import SimConfig, SimulatorThread
 from depthwatch.storage.read.book import quotes
 from depthwatch.storage.read.streams import list_streams
 
-from .conftest import free_port, new_database
+from .conftest import free_port, new_database, run_python
 from .e2e import collect_until_caught_up
 from .test_e2e import config_for
 
@@ -231,18 +231,6 @@ def test_latency_p99s_are_marked_against_depthwatch_s_targets():
 def test_the_dashboard_puts_what_its_imports_leave_out_of_the_collectors_reach():
     """A full cyclic collection over Streamlit, pandas and plotly's objects
     paused about one Live read in ten by ~60 ms: the page module freezes them."""
-    import subprocess
-    import sys
-
-    from .conftest import cli_env
-
-    done = subprocess.run(
-        [sys.executable, "-c", "import gc, depthwatch.app.main; print(gc.get_freeze_count())"],
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_python("import gc, depthwatch.app.main; print(gc.get_freeze_count())")
     assert done.returncode == 0, done.stderr
     assert int(done.stdout.strip().splitlines()[-1]) > 10_000

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import subprocess
-import sys
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -20,7 +18,7 @@ from depthwatch.export.tardis import TIME_COLUMNS, ExportRequest
 from depthwatch.records import StreamKey
 from depthwatch.sim import SimConfig, TruthState
 
-from .conftest import cli_env, run_cli
+from .conftest import run_cli, run_python
 from .e2e import ALL_TIME, recorded_from_sim, recorded_sequence
 from .test_export import T, event, record
 
@@ -146,14 +144,7 @@ def test_exports_never_load_pandas(recorded):
     exports build their columns without it (export.arrays)."""
     url, _, _ = recorded
     kinds = ["incremental_book_L2", "quotes", "trades", "book_snapshot_25", "book_snapshot_5_1s"]
-    done = subprocess.run(
-        [sys.executable, "-c", PANDAS_CHECK, url, *kinds],
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_python(PANDAS_CHECK, url, *kinds)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
 
