@@ -76,6 +76,7 @@ from depthwatch.storage.read.rows import (
 )
 from depthwatch.storage.read.streams import Stream, instrument_streams, list_streams
 from depthwatch.storage.read.tops import (
+    PeriodicSnapshots,
     heatmap_cells,
     imbalance_series,
     latest_book,
@@ -320,6 +321,7 @@ def live_view(
         top = top_series(conn, stream, start, now, bucket)
         extent = profile_extent(conn, stream, start) if stream.depth == FULL_DEPTH else None
         price_range = _price_range(quote, range_bps, extent)
+        shared: PeriodicSnapshots | None = None
         if price_range is not None and extent is not None:
             low, high = price_range
             # Whole buckets of the profile: finer would split what it summed.
