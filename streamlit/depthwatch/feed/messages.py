@@ -10,6 +10,7 @@ parsing, written once here for every exchange.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -109,6 +110,7 @@ def checked_levels(side: object, topic: str, what: str, most: int) -> list[Level
         raise MalformedMessage(f"{topic} {what} is not a list")
     if len(side) > most:
         raise MalformedMessage(f"{topic} {what}: {len(side)} levels, more than {most}")
+    level: Any = None  # named in the error
     try:
         for level in side:
             price, size = level

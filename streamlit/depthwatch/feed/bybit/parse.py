@@ -7,6 +7,7 @@ Anything that is not exactly the shape we expect raises `MalformedMessage`
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import orjson
 
@@ -244,6 +245,7 @@ def _rpi_levels(
         raise MalformedMessage(f"{topic} {what}: {len(side)} levels, more than {most}")
     plain: list[Level] = []
     rpi: list[Level] = []
+    level: Any = None  # named in the error
     try:
         for level in side:
             price, size, rpi_size = level

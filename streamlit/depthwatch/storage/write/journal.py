@@ -145,13 +145,11 @@ class Journal:
 
     def read(self, max_records: int) -> JournalBatch | None:
         """The oldest unconsumed records, at most `max_records`; None when empty."""
-        while self._segments:
-            head = self._segments[0]
-            if head.read_offset < head.size:
-                break
-            self._retire(head)
-        else:
+        while self._segments and self._segments[0].read_offset >= self._segments[0].size:
+            self._retire(self._segments[0])  # wholly read
+        if not self._segments:
             return None
+        head = self._segments[0]
         head.file.seek(head.read_offset)
         records: list[tuple[str, str]] = []
         offset = head.read_offset
