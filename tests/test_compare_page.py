@@ -50,7 +50,8 @@ VENUES = {  # venue as the page names it -> the collector's flags
 }
 PATHS = {"bybit linear": "/v5/public/linear", "binance-futures": "/binance-futures/stream"}
 CHARTS = 4  # mids, spreads, basis, depth
-TABLE_ROWS = "[data-testid='stTable'] tbody tr"
+TABLE = "[data-testid='stTable']"
+TABLE_ROWS = f"{TABLE} tbody tr"
 FRESH_S = 5.0
 # The newest time any venue's line of the mids chart (the first chart) reaches.
 NEWEST_MID_JS = """selector => {
@@ -74,15 +75,21 @@ def streams_recorded(engine: sa.Engine) -> int:
 
 
 def table_rows(page: Page) -> dict[str, dict[str, str]]:
-    """The venues table as {venue: {column: text}}."""
-    headers = page.locator("[data-testid='stTable'] thead th").all_inner_texts()
-    rows = {}
-    for row in page.locator(TABLE_ROWS).all():
-        cells = row.locator("th, td").all_inner_texts()
-        rows[cells[0].strip()] = dict(
-            zip(headers[1:], (c.strip() for c in cells[1:]), strict=False)
-        )
-    return rows
+    """The venues table as {venue: {column: text}}, read in one go: the page
+    redraws every second, and rows read one by one could come from two draws
+    (a basis from one, the reference mid from the next)."""
+    table = page.locator(TABLE).first.evaluate(
+        """t => ({
+            headers: [...t.querySelectorAll('thead th')].map(e => e.innerText),
+            rows: [...t.querySelectorAll('tbody tr')].map(
+                r => [...r.querySelectorAll('th, td')].map(e => e.innerText)),
+        })"""
+    )
+    headers = table["headers"]
+    return {
+        cells[0].strip(): dict(zip(headers[1:], (c.strip() for c in cells[1:]), strict=False))
+        for cells in table["rows"]
+    }
 
 
 def age_s(text: str) -> float:
