@@ -158,7 +158,8 @@ def l2_to_parquet(url: str, day: int, base: Path, rounds: int = 3) -> None:
     this process (no start-up), made in columns (export.columnar: what the
     export and the archive do) against the row path (CSV's rows into the same
     Parquet writer); best of `rounds`, alternated."""
-    from depthwatch.export.tardis import ExportRequest, ParquetSink, Progress, export, request_rows
+    from depthwatch.export.sinks import ParquetSink
+    from depthwatch.export.tardis import ExportRequest, Progress, export, request_rows
     from depthwatch.storage.db import make_engine
 
     engine = make_engine(url)

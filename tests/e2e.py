@@ -180,7 +180,8 @@ def assert_columns_match_rows(engine: sa.Engine, stream: StreamKey) -> None:
     """incremental_book_L2 and quotes made in columns (export.columnar:
     Parquet, Arrow) equal the row paths' (CSV's) rows, value for value."""
     from depthwatch.export.columnar import l2_columns, quote_columns
-    from depthwatch.export.tardis import ArrowSink, Progress, _plan, export, request_rows
+    from depthwatch.export.sinks import ArrowSink
+    from depthwatch.export.tardis import Progress, _plan, export, request_rows
 
     for kind, columnar in (("incremental_book_L2", l2_columns), ("quotes", quote_columns)):
         request = ExportRequest(kind, stream.category, stream.symbol, *ALL_TIME, stream.depth)

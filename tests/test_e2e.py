@@ -66,7 +66,8 @@ def assert_parquet_matches_csv(engine, stream: StreamKey) -> None:
 
     import pyarrow.parquet as pq
 
-    from depthwatch.export.tardis import TIME_COLUMNS, ExportRequest, ParquetSink, export
+    from depthwatch.export.sinks import TIME_COLUMNS, ParquetSink
+    from depthwatch.export.tardis import ExportRequest, export
 
     for kind in ("incremental_book_L2", "quotes"):
         csv_rows = export_rows(engine, kind, stream)

@@ -14,7 +14,8 @@ import pytest
 
 from depthwatch.export.files import file_name, plan_files, split_daily, write_export
 from depthwatch.export.kinds import HEADERS, ExportKind, SnapshotSpec
-from depthwatch.export.tardis import TIME_COLUMNS, ExportRequest
+from depthwatch.export.sinks import TIME_COLUMNS
+from depthwatch.export.tardis import ExportRequest
 from depthwatch.records import StreamKey
 from depthwatch.sim import SimConfig, TruthState
 

@@ -16,7 +16,8 @@ import pytest
 
 from depthwatch import history
 from depthwatch.export.files import write_export
-from depthwatch.export.tardis import TIME_COLUMNS, ExportRequest
+from depthwatch.export.sinks import TIME_COLUMNS
+from depthwatch.export.tardis import ExportRequest
 from depthwatch.records import StreamKey
 from depthwatch.sim import SimConfig, TruthState
 

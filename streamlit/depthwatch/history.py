@@ -30,7 +30,8 @@ import sqlalchemy as sa
 from depthwatch.clock import SECOND_US, datetime_us, parse_time_us
 from depthwatch.config import database_url_from_env, default_data_dir
 from depthwatch.export.replay import BookReplay, StepKind
-from depthwatch.export.tardis import ArrowSink, ExportRequest, check_requests, export
+from depthwatch.export.sinks import ArrowSink
+from depthwatch.export.tardis import ExportRequest, check_requests, export
 from depthwatch.records import Level
 from depthwatch.storage.db import make_engine, resolve_database_url
 from depthwatch.storage.read.book import book_bounds

@@ -16,7 +16,8 @@ from typing import BinaryIO, TextIO
 import sqlalchemy as sa
 
 from depthwatch.clock import DAY_US, utc_day
-from depthwatch.export.tardis import CsvSink, ExportRequest, ParquetSink, RowSink, export
+from depthwatch.export.sinks import CsvSink, ParquetSink, RowSink
+from depthwatch.export.tardis import ExportRequest, export
 
 FORMATS = ("csv", "csv.gz", "parquet")
 MEDIA_TYPES = {

@@ -119,6 +119,10 @@ class _SnapshotLevels:
         )
 
 
+# The snapshots of [:s, :e) stamped at multiples of :b (both logs' tables).
+STAMPED_EVERY = "ts_us >= :s AND ts_us < :e AND ts_us % :b = 0"
+
+
 @dataclass(frozen=True)
 class PeriodicSnapshots:
     """The packed periodic snapshots stamped at multiples of `every_us` in
@@ -148,9 +152,8 @@ class PeriodicSnapshots:
 def periodic_snapshots(
     conn: sa.Connection, stream: Stream, start_us: int, end_us: int, every_us: int, levels: int
 ) -> PeriodicSnapshots:
-    which = "ts_us >= :s AND ts_us < :e AND ts_us % :b = 0"
     params: dict[str, object] = {"s": start_us, "e": end_us, "b": every_us}
-    snaps = _snapshots(conn, stream, which, params, levels)
+    snaps = _snapshots(conn, stream, STAMPED_EVERY, params, levels)
     return PeriodicSnapshots(start_us, end_us, every_us, levels, snaps)
 
 
@@ -275,12 +278,11 @@ def imbalance_series(
     intervals, so one per bucket; taken from `shared` when it holds them);
     imbalance = (b - a) / (b + a)."""
     # The same snapshots of both logs: those stamped at a bucket's start.
-    which = "ts_us >= :s AND ts_us < :e AND ts_us % :b = 0"
     params: dict[str, object] = {"s": start_us, "e": end_us, "b": bucket_us}
-    old = legacy.imbalance(conn, stream, which, params, levels)
+    old = legacy.imbalance(conn, stream, STAMPED_EVERY, params, levels)
     snaps = None if shared is None else shared.pick(start_us, end_us, bucket_us, levels)
     if snaps is None:
-        snaps = _snapshots(conn, stream, which, params, levels)
+        snaps = _snapshots(conn, stream, STAMPED_EVERY, params, levels)
     if not len(snaps):
         return old
     count = len(snaps)
