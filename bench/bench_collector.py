@@ -19,6 +19,9 @@ Bybit-shaped depth-50 streams, so its cost is not the collector's):
   6. steady pace: 20 symbols at 50 messages/s each (1,000 msg/s), the streams
      staggered as an exchange's are (`sim --stagger`): collector CPU per
      message over a 60 s window after 10 s of warm-up;
+  7. pybit's bare WebSocket, flat out on the same replay, no database
+     (bench/pybit_socket.py): messages/s received and merged, and scenario 2's
+     persisted rate over it (issue 19's goal: 3x);
   5. bytes on disk per book message after --paced-minutes (default 60) of
      exchange time recorded at 50 messages/s per stream, 1 s depth snapshots,
      100 ms flushes, depth 50 and depth 1 (bench/record_paced.py: the real
@@ -54,6 +57,7 @@ from common import (
 )
 from databases import database_server, fresh_database
 from depthwatch.storage.db import make_engine
+from pybit_socket import pybit_socket_rate
 from record_paced import LOG_TABLES, stored_messages, table_bytes
 
 
@@ -223,8 +227,8 @@ def main() -> int:
     parser.add_argument("--deltas", type=int, default=5_000, help="deltas per symbol")
     parser.add_argument(
         "--scenarios",
-        default="1,2,3,4,5,6",
-        help="which scenarios to run (default all: 1,2,3,4,5,6)",
+        default="1,2,3,4,5,6,7",
+        help="which scenarios to run (default all: 1,2,3,4,5,6,7)",
     )
     parser.add_argument("--baseline", help="git ref to compare with (A/B, interleaved)")
     parser.add_argument(
@@ -278,6 +282,8 @@ def main() -> int:
                     paced_bytes(server_url, args.paced_minutes, version, tag, table)
                 if 6 in chosen:
                     steady_pace(bench, args.quick, version, tag, table)
+            if 7 in chosen:  # pybit is no version of ours: once per round
+                pybit_flat_out(bench, f"[round {round_ + 1}]", table, [v.name for v in tried])
         table.print()
     return 0
 
@@ -305,6 +311,20 @@ def flat_out(bench: Bench, version: Version, tag: str, table: Table) -> None:
         ("2. flat out: bytes on disk/msg", flat.disk_bytes_per_msg),
     ):
         table.add(version.name, figure, value)
+
+
+def pybit_flat_out(bench: Bench, tag: str, table: Table, names: list[str]) -> None:
+    print(f"\n7. pybit's bare WebSocket, flat out: simulator (own process) -> pybit {tag}")
+    expected = sum(sum(1 for _ in f.open()) for f in bench.files)
+    with Children(bench.logs) as children:
+        _, port = start_sim(children, [*bench.replay_args(), "--rate", "0", "--symbols", ""])
+        rate = pybit_socket_rate(sim_url(port), bench.symbols, DEPTH, expected)
+    print(f"   received and merged         : {rate:10,.0f} msg/s (no database)")
+    for name in names:  # the yardstick of every version's scenario 2 alike
+        table.add(name, "7. pybit bare WebSocket: msg/s", rate)
+        persisted = table.values(name, "2. flat out: msg/s persisted")
+        if persisted:
+            table.add(name, "7. flat out persisted / pybit", persisted[-1] / rate)
 
 
 def paced(bench: Bench, version: Version, tag: str, table: Table) -> None:

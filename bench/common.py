@@ -152,6 +152,10 @@ class Table:
     def add(self, version: str, figure: str, value: float) -> None:
         self.figures.setdefault(figure, {}).setdefault(version, []).append(value)
 
+    def values(self, version: str, figure: str) -> list[float]:
+        """What was added for a figure of a version so far, in order."""
+        return self.figures.get(figure, {}).get(version, [])
+
     def print(self) -> None:
         several = len(self.versions) > 1
         print(

@@ -202,6 +202,68 @@ def test_back_pressure_stops_reading_the_socket_so_the_server_is_held_back():
     assert connection.stats.messages == sent[0]  # nothing lost to the pause
 
 
+class OftenFull(Recorder):
+    """A writer that fills up every `every` messages for 0.1 s, noting the
+    most frames the paused socket held at once."""
+
+    def __init__(self, every: int) -> None:
+        super().__init__()
+        self.every = every
+        self.connection: FeedConnection | None = None
+        self.pause_at = every
+        self.most_held = 0
+        self.pauses = 0
+
+    def has_room(self) -> bool:
+        assert self.connection is not None
+        return self.connection.stats.messages < self.pause_at
+
+    async def wait_for_room(self) -> None:
+        assert self.connection is not None and self.connection._listener is not None
+        self.pauses += 1
+        self.most_held = max(self.most_held, len(self.connection._listener.held))
+        await asyncio.sleep(0.1)
+        self.pause_at = self.connection.stats.messages + self.every
+
+
+def test_a_paused_socket_holds_at_most_one_bounded_read_of_frames():
+    """picows doubles its read buffer whenever a read fills it, so a reader
+    kept busy would come to read megabytes at once, thousands of frames
+    stamped as received and then held through every pause (seconds of
+    latency in the benchmark). A read takes at most MAX_READ_BYTES, as TLS
+    reads do; every message still arrives, in order."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    from depthwatch.feed.socket import MAX_READ_BYTES
+
+    pad = "x" * 1_000
+    sent = [0]
+
+    async def blast(ws: ServerConnection) -> None:
+        deadline = asyncio.get_running_loop().time() + 3.0
+        while asyncio.get_running_loop().time() < deadline:
+            await ws.send(f'{{"op":"pong","args":["{sent[0]}","{pad}"]}}')
+            sent[0] += 1
+        await ws.close()
+
+    async def main() -> tuple[OftenFull, FeedConnection]:
+        handler = OftenFull(every=3_000)
+        async with serve(blast, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            url = f"ws://127.0.0.1:{port}/v5/public/linear"
+            connection = FeedConnection("linear-0", ConnectionConfig(url, "linear", ()), handler)
+            handler.connection = connection
+            await asyncio.wait_for(connection._run_once(asyncio.Event()), 15)
+        return handler, connection
+
+    handler, connection = asyncio.run(main())
+    assert handler.pauses >= 3, handler.pauses
+    frame_bytes = 1_000 + 30
+    # Something was held (the test pauses mid-read), never more than one read's worth.
+    assert 0 < handler.most_held <= MAX_READ_BYTES // frame_bytes + 1, handler.most_held
+    assert connection.stats.messages == sent[0]  # nothing lost to the pauses
+
+
 class _Transport:
     """Only what _on_control touches through _cut: the ack logic itself is pure."""
 

@@ -129,7 +129,6 @@ class CollectorConfig:
     profile_interval_s: float = PROFILE_INTERVAL_US / 1_000_000
     retention_days: int = 30
     flush_interval_s: float = 0.25  # the issue asks for at most 0.25; busy: sooner
-    max_pending_rows: int = 25_000
     topics_per_connection: int = 50
     silence_timeout_s: float = 30.0
     read_batch_s: float = 0.01

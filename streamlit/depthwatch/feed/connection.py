@@ -59,6 +59,7 @@ from depthwatch.feed.socket import (
     OPEN_TIMEOUT_S,
     TEXT,
     FrameListener,
+    cap_reads,
     discard,
 )
 from depthwatch.logs import LogThrottle
@@ -303,6 +304,7 @@ class FeedConnection(Renewal):
         if not isinstance(listener, FrameListener) or transport.is_disconnected:
             transport.disconnect(graceful=False)
             raise ConnectionResetError("the server closed the connection during the handshake")
+        cap_reads(transport)
         return transport, listener
 
     def _drop_socket(self) -> None:

@@ -7,9 +7,11 @@ frames (fragments, close frames), not the exchange's protocol.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSProtocolError, WSTransport
 
@@ -20,6 +22,15 @@ CLOSE_TIMEOUT_S = 2.0
 # A message may be up to 16 MiB (a deep snapshot; the fuzz test sends an 11 MB
 # one, which the parser must refuse cheaply rather than the socket).
 MAX_MESSAGE_BYTES = 2**24
+
+# The most one read of a plain (ws://) socket takes. picows grows its read
+# buffer whenever a read fills it and never shrinks it, so a reader that falls
+# behind ends up taking the kernel's whole buffer (megabytes, thousands of
+# frames) in one read, each frame stamped as read then, and then held while
+# back-pressure pauses it: seconds of latency inside the process. TLS already
+# reads this much at a time (asyncio's SSL buffer), as do asyncio's own
+# transports; see `cap_reads`.
+MAX_READ_BYTES = 256 * 1024
 
 # Compared by identity in the frame path: cheaper than attribute lookups.
 TEXT = WSMsgType.TEXT
@@ -33,6 +44,39 @@ MessageSink = Callable[[bytes, int], None]
 
 def discard(raw: bytes, local_us: int) -> None:
     """The sink of a socket we cut: what it still had buffered is not read."""
+
+
+class CappedReads(asyncio.BufferedProtocol):
+    """picows' protocol behind a transport, each read limited to `MAX_READ_BYTES`
+    (a slice of the buffer picows offers; everything else passes through)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return memoryview(self._inner.get_buffer(sizehint))[:MAX_READ_BYTES]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._inner.buffer_updated(nbytes)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()  # type: ignore[no-any-return]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+def cap_reads(transport: WSTransport) -> None:
+    """Bound what one read of the socket takes (see MAX_READ_BYTES), through
+    asyncio's public `set_protocol`."""
+    underlying = transport.underlying_transport
+    underlying.set_protocol(CappedReads(underlying.get_protocol()))
 
 
 class FrameListener(WSListener):

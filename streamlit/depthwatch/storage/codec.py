@@ -443,19 +443,27 @@ def _units(
 
 
 def _varints_with_ends(values: np.ndarray) -> tuple[bytes, np.ndarray]:
-    """encode_varints, plus the byte offset where each value ends."""
+    """encode_varints, plus the byte offset where each value ends. Byte k of
+    every value longer than k bytes is written in one pass, over the values
+    still that long: most are one or two bytes, so later passes are short."""
     v = values.astype(np.uint64)
     nbytes = np.ones(len(v), dtype=np.int64)
     for k in range(1, 10):
-        nbytes += v >= np.uint64(1 << (7 * k))
+        longer = v >= np.uint64(1 << (7 * k))
+        if not longer.any():
+            break
+        nbytes += longer
     ends = np.cumsum(nbytes)
     out = np.empty(int(ends[-1]) if len(v) else 0, dtype=np.uint8)
-    starts = ends - nbytes
+    at, left = ends - nbytes, nbytes
     for k in range(int(nbytes.max()) if len(v) else 0):
-        has = nbytes > k
-        byte = (v[has] >> np.uint64(7 * k)) & np.uint64(0x7F)
-        more = (nbytes[has] > k + 1).astype(np.uint64) << np.uint64(7)
-        out[starts[has] + k] = (byte | more).astype(np.uint8)
+        if k:
+            still = left > k
+            v, at, left = v[still], at[still], left[still]
+        byte = (v & np.uint64(0x7F)).astype(np.uint8)
+        byte |= (left > k + 1).astype(np.uint8) << 7
+        out[at + k] = byte
+        v = v >> np.uint64(7)
     return out.tobytes(), ends
 
 

@@ -53,11 +53,15 @@ class WriterConfig:
     chunk_messages: int = 32
     chunk_hold_s: float = 0.25
     batch_rows: int = 500  # flush early once this many rows are pending
-    # Readers wait beyond this (back-pressure): a second or two of the writer's
-    # work flat out. Deeper, a burst only queues longer (latency, memory: a
-    # queued message is an object of ~2 KB) while the reader thread takes the
-    # GIL time the writer needs to catch up.
-    max_pending_rows: int = 25_000
+    # Readers wait beyond this (back-pressure; rows `split_due` holds back are
+    # not counted): about a seventh of a second of the writer's work flat
+    # out, which with the batch being packed meanwhile is most of a message's
+    # receive-to-commit time then. Deeper, a burst only queues longer
+    # (latency, memory: a queued message is an object of ~2 KB) while the
+    # reader thread takes the GIL time the writer needs to catch up: at
+    # 25,000, p99 1.5 s and 208 MB flat out, against 0.4 s and 131 MB
+    # (BENCHMARKS.md, issue 19). At a real pace it is seconds of traffic.
+    max_pending_rows: int = 6_000
     retention_days: int = 0  # 0 keeps everything
     # An archive is configured (DEPTHWATCH_ARCHIVE_URL): retention drops a day
     # only once every stream of it is archived as it is now.
