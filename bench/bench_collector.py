@@ -17,8 +17,10 @@ Bybit-shaped depth-50 streams, so its cost is not the collector's):
   3. paced at 10,000 messages/s: receive-to-commit latency p50/p99;
   4. 100 symbols at depth 50 (synthetic, paced): collector peak RSS;
   6. steady pace: 20 symbols at 50 messages/s each (1,000 msg/s), the streams
-     staggered as an exchange's are (`sim --stagger`): collector CPU per
-     message over a 60 s window after 10 s of warm-up;
+     staggered as an exchange's are (`sim --stagger`), then in bursts (every
+     symbol's message at the same moment, as Bybit pushes a connection's
+     topics on 20 ms ticks): collector CPU per message over a 60 s window
+     after 10 s of warm-up;
   7. pybit's bare WebSocket, flat out on the same replay, no database
      (bench/pybit_socket.py): messages/s received and merged, and scenario 2's
      persisted rate over it (issue 19's goal: 3x);
@@ -163,17 +165,25 @@ def run_replay(bench: Bench, rate: float, src: Path) -> RunResult:
     )
 
 
-def run_steady_pace(bench: Bench, src: Path, warmup: float, window: float) -> tuple[float, float]:
+def run_steady_pace(
+    bench: Bench, src: Path, warmup: float, window: float, stagger: bool
+) -> tuple[float, float]:
     """(collector CPU us per message, messages/s) over `window` seconds of a
-    staggered 50 msg/s replay, after `warmup`. Messages are counted in the
-    database (stored by the end of the window, so the count lags by at most
-    a flush, the same for both ends)."""
-    database_url = fresh_database(bench.server_url, "dw_bench_steady")
+    50 msg/s replay (staggered, or in bursts), after `warmup`. Messages are
+    counted in the database (stored by the end of the window, so the count
+    lags by at most a flush, the same for both ends)."""
+    name = "dw_bench_steady" if stagger else "dw_bench_bursts"
+    database_url = fresh_database(bench.server_url, name)
     engine = make_engine(database_url)
     try:
         with Children(bench.logs) as children:
             _, port = start_sim(
-                children, [*bench.replay_args(), "--rate", "50", "--stagger", "--symbols", ""]
+                children,
+                [
+                    *bench.replay_args(),
+                    *("--rate", "50", "--symbols", ""),
+                    *(("--stagger",) if stagger else ()),
+                ],
             )
             collector = start_collector(
                 children, sim_url(port), database_url, bench.symbols, "--depth", str(DEPTH), src=src
@@ -353,13 +363,14 @@ def many_symbols(bench: Bench, quick: bool, version: Version, tag: str, table: T
 
 def steady_pace(bench: Bench, quick: bool, version: Version, tag: str, table: Table) -> None:
     warmup, window = (5.0, 10.0) if quick else (10.0, 60.0)
-    print(
-        f"\n6. steady pace: {len(bench.symbols)} symbols x 50 msg/s, staggered, "
-        f"{window:.0f} s window after {warmup:.0f} s {tag}"
-    )
-    cpu, rate = run_steady_pace(bench, version.src, warmup, window)
-    print(f"   collector CPU               : {cpu:10.1f} us/msg ({rate:,.0f} msg/s stored)")
-    table.add(version.name, "6. steady 50 msg/s x streams: CPU us/msg", cpu)
+    for stagger, how in ((True, "staggered"), (False, "in bursts")):
+        print(
+            f"\n6. steady pace: {len(bench.symbols)} symbols x 50 msg/s, {how}, "
+            f"{window:.0f} s window after {warmup:.0f} s {tag}"
+        )
+        cpu, rate = run_steady_pace(bench, version.src, warmup, window, stagger)
+        print(f"   collector CPU               : {cpu:10.1f} us/msg ({rate:,.0f} msg/s stored)")
+        table.add(version.name, f"6. 50 msg/s x streams, {how}: CPU us/msg", cpu)
 
 
 def paced_bytes(server_url: str, minutes: float, version: Version, tag: str, table: Table) -> None:

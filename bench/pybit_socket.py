@@ -39,7 +39,7 @@ def pybit_socket_rate(
         if len(times) >= expected:
             done.set()
 
-    ws = _LocalWebSocket("linear", retries=3)
+    ws = _LocalWebSocket("linear", testnet=False, retries=3)
     try:
         ws.orderbook_stream(depth, symbols, counted)
         if not done.wait(timeout_s):
