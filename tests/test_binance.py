@@ -74,7 +74,10 @@ def recorded(
                 if max_age_s is not None:
                     for connection in collector.connections:
                         connection.config = dataclasses.replace(
-                            connection.config, max_age_s=max_age_s, renew_before_s=max_age_s / 3
+                            connection.config,
+                            max_age_s=max_age_s,
+                            renew_before_s=max_age_s / 2,
+                            handover_timeout_s=max_age_s / 4,
                         )
 
             run = collect_until_caught_up(sim, config, timeout_s=90, prepare=shorten_age)
@@ -174,8 +177,9 @@ def test_each_sync_fault_is_survived_exactly(server_url, venue, faults, expected
 
 def test_the_connection_limit_is_met_by_a_handover_without_a_gap(server_url):
     """The server cuts a connection 4 s old (Binance: 24 h); the collector
-    opens a successor at 2.7 s and hands over once both delivered the same
-    events: several connections, no gap, every message exact."""
+    opens a successor at 2 s and hands over once both delivered the same
+    events: several connections, no gap, every message exact. (At 2.7 s, a
+    loaded CI machine once took longer than the 1.3 s left.)"""
     sim_config = base_config(conn_max_age_s=4.0, deltas=900)
     with recorded(server_url, FUTURES, sim_config, max_age_s=4.0) as (run, truth, sim):
         check_every_message(run, FUTURES, truth)

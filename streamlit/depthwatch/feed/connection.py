@@ -102,7 +102,8 @@ class ConnectionConfig:
     ack_timeout_s: float = 10.0
     reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
     # The exchange cuts a connection this old (None: the venue's, 0: never);
-    # a successor takes over `renew_before_s` earlier (at most a third of it).
+    # a successor takes over `renew_before_s` earlier (at most half of it),
+    # each try waiting `handover_timeout_s` (at most a quarter of it).
     max_age_s: float | None = None
     renew_before_s: float = 600.0
     handover_timeout_s: float = HANDOVER_TIMEOUT_S

@@ -171,8 +171,10 @@ class Renewal:
         up and it is subscribed); else drop it and try again a little later,
         until the cut ends this socket the ordinary way."""
         age = self._max_age_s
-        renew_at = opened_at + age - min(self.config.renew_before_s, age / 3)
-        timeout = min(self.config.handover_timeout_s, age / 6)
+        # The caps only bind for ages far below Binance's 24 h (tests): at 4 s
+        # the successor opens at 2 s and each try waits 1 s, room for two tries.
+        renew_at = opened_at + age - min(self.config.renew_before_s, age / 2)
+        timeout = min(self.config.handover_timeout_s, age / 4)
         while True:
             await asyncio.sleep(max(0.0, renew_at - time.monotonic()))
             streams = set(self._book_streams())
