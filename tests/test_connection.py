@@ -168,33 +168,42 @@ class BlockedWriter(Recorder):
         self.full = False
 
 
-def test_back_pressure_stops_reading_the_socket_so_the_server_is_held_back():
-    """While the writer is full the socket is not read at all (picows' reading
-    is paused, not just its frames held): the kernel's buffers fill and the
-    server's sends block. Afterwards every message sent arrives, in order."""
+async def read_a_blast(
+    handler: Recorder, sent: list[int], pad_bytes: int, seconds: float
+) -> FeedConnection:
+    """A server that sends pongs padded to `pad_bytes` as fast as it can for
+    `seconds` (counting them in `sent`), then closes; a connection with no
+    topics (it only reads) handing them to `handler` until the close. A
+    handler with a `connection` field gets the connection before it starts."""
     from websockets.asyncio.server import ServerConnection, serve
 
-    pad = "x" * 65_000
-    sent = [0]
+    pad = "x" * pad_bytes
 
     async def blast(ws: ServerConnection) -> None:
-        deadline = asyncio.get_running_loop().time() + 4.0
+        deadline = asyncio.get_running_loop().time() + seconds
         while asyncio.get_running_loop().time() < deadline:
             await ws.send(f'{{"op":"pong","args":["{sent[0]}","{pad}"]}}')
             sent[0] += 1
         await ws.close()
 
-    async def main() -> tuple[BlockedWriter, FeedConnection]:
-        handler = BlockedWriter(3.0, sent)
-        async with serve(blast, "127.0.0.1", 0) as server:
-            port = server.sockets[0].getsockname()[1]
-            url = f"ws://127.0.0.1:{port}/v5/public/linear"
-            connection = FeedConnection("linear-0", ConnectionConfig(url, "linear", ()), handler)
-            # No topics: the connection only reads (run() would not start).
-            await asyncio.wait_for(connection._run_once(asyncio.Event()), 15)
-        return handler, connection
+    async with serve(blast, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        url = f"ws://127.0.0.1:{port}/v5/public/linear"
+        connection = FeedConnection("linear-0", ConnectionConfig(url, "linear", ()), handler)
+        if hasattr(handler, "connection"):
+            handler.connection = connection
+        # No topics: run() would not start; _run_once reads until the close.
+        await asyncio.wait_for(connection._run_once(asyncio.Event()), 15)
+    return connection
 
-    handler, connection = asyncio.run(main())
+
+def test_back_pressure_stops_reading_the_socket_so_the_server_is_held_back():
+    """While the writer is full the socket is not read at all (picows' reading
+    is paused, not just its frames held): the kernel's buffers fill and the
+    server's sends block. Afterwards every message sent arrives, in order."""
+    sent = [0]
+    handler = BlockedWriter(3.0, sent)
+    connection = asyncio.run(read_a_blast(handler, sent, 65_000, 4.0))
     assert FeedEventKind.BACKPRESSURE in [e.kind for e in handler.events]
     early, late = handler.sent_during
     # Some megabytes went into the kernel's buffers; then the server was stuck.
@@ -232,31 +241,11 @@ def test_a_paused_socket_holds_at_most_one_bounded_read_of_frames():
     stamped as received and then held through every pause (seconds of
     latency in the benchmark). A read takes at most MAX_READ_BYTES, as TLS
     reads do; every message still arrives, in order."""
-    from websockets.asyncio.server import ServerConnection, serve
-
     from depthwatch.feed.socket import MAX_READ_BYTES
 
-    pad = "x" * 1_000
     sent = [0]
-
-    async def blast(ws: ServerConnection) -> None:
-        deadline = asyncio.get_running_loop().time() + 3.0
-        while asyncio.get_running_loop().time() < deadline:
-            await ws.send(f'{{"op":"pong","args":["{sent[0]}","{pad}"]}}')
-            sent[0] += 1
-        await ws.close()
-
-    async def main() -> tuple[OftenFull, FeedConnection]:
-        handler = OftenFull(every=3_000)
-        async with serve(blast, "127.0.0.1", 0) as server:
-            port = server.sockets[0].getsockname()[1]
-            url = f"ws://127.0.0.1:{port}/v5/public/linear"
-            connection = FeedConnection("linear-0", ConnectionConfig(url, "linear", ()), handler)
-            handler.connection = connection
-            await asyncio.wait_for(connection._run_once(asyncio.Event()), 15)
-        return handler, connection
-
-    handler, connection = asyncio.run(main())
+    handler = OftenFull(every=3_000)
+    connection = asyncio.run(read_a_blast(handler, sent, 1_000, 3.0))
     assert handler.pauses >= 3, handler.pauses
     frame_bytes = 1_000 + 30
     # Something was held (the test pauses mid-read), never more than one read's worth.
