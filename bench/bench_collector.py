@@ -7,6 +7,10 @@ pybit's order book merge path measured in the same run on the same messages.
         # A/B: scenarios 2-5 run alternately on this tree and on a git worktree of
         # `main` (baseline, this, baseline, this ...), then medians side by side
 
+The collector's figures are its process tree's (the collector and any
+process it starts; issue 19 measured a packer process this way): CPU summed,
+peak RSS each process's own peak summed (an upper bound).
+
 Scenarios (the simulator runs in its own process, replaying pre-generated
 Bybit-shaped depth-50 streams, so its cost is not the collector's):
   1. in-process merge path, no socket, no database: pybit's
@@ -54,7 +58,8 @@ from common import (
     cpu_seconds,
     exit_on_sigterm,
     machine_line,
-    peak_rss_mb,
+    tree_cpu_seconds,
+    tree_peak_rss_mb,
     versions,
 )
 from databases import database_server, fresh_database
@@ -123,7 +128,7 @@ def run_replay(bench: Bench, rate: float, src: Path) -> RunResult:
                 rows = 0
             if rows and first_row_at is None:
                 first_row_at = time.monotonic()
-                cpu_at_first_row = cpu_seconds(collector.pid)  # start-up excluded
+                cpu_at_first_row = tree_cpu_seconds(collector.pid)  # start-up excluded
                 sim_cpu_at_first_row = cpu_seconds(sim.pid)
             if rows >= expected:
                 break
@@ -131,9 +136,9 @@ def run_replay(bench: Bench, rate: float, src: Path) -> RunResult:
                 raise RuntimeError(f"collector stalled at {rows}/{expected} rows")
             print(f"  ... {rows:,}/{expected:,} rows persisted", end="\r", file=sys.stderr)
         done_at = time.monotonic()
-        cpu = cpu_seconds(collector.pid) - cpu_at_first_row
+        cpu = tree_cpu_seconds(collector.pid) - cpu_at_first_row
         sim_cpu = cpu_seconds(sim.pid) - sim_cpu_at_first_row
-        rss = peak_rss_mb(collector.pid)
+        rss = tree_peak_rss_mb(collector.pid)
         collector.stop()
         log = collector.output()
     with engine.connect() as conn:
@@ -189,9 +194,17 @@ def run_steady_pace(
                 children, sim_url(port), database_url, bench.symbols, "--depth", str(DEPTH), src=src
             )
             time.sleep(warmup)
-            cpu0, rows0, t0 = cpu_seconds(collector.pid), stored_messages(engine), time.monotonic()
+            cpu0, rows0, t0 = (
+                tree_cpu_seconds(collector.pid),
+                stored_messages(engine),
+                time.monotonic(),
+            )
             time.sleep(window)
-            cpu1, rows1, t1 = cpu_seconds(collector.pid), stored_messages(engine), time.monotonic()
+            cpu1, rows1, t1 = (
+                tree_cpu_seconds(collector.pid),
+                stored_messages(engine),
+                time.monotonic(),
+            )
             assert collector.running(), "collector died"
     finally:
         engine.dispose()
@@ -210,7 +223,7 @@ def run_many_symbols(bench: Bench, symbols: int, seconds: float, src: Path) -> t
             children, sim_url(port), database_url, names, "--depth", str(DEPTH), src=src
         )
         time.sleep(seconds)
-        rss = peak_rss_mb(collector.pid)
+        rss = tree_peak_rss_mb(collector.pid)
         assert collector.running(), "collector died"
     engine = make_engine(database_url)
     rows = stored_messages(engine)

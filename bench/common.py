@@ -83,6 +83,33 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_tree(pid: int) -> list[int]:
+    """A process and its descendants alive now (the collector's packer)."""
+    tree, at = [pid], 0
+    while at < len(tree):
+        for task in Path(f"/proc/{tree[at]}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                tree += [int(child) for child in task.read_text().split()]
+        at += 1
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """cpu_seconds of a process and its descendants alive now."""
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(member)
+    return total
+
+
+def tree_peak_rss_mb(pid: int) -> float:
+    """Each process's own peak resident memory, summed over a process and its
+    descendants alive now: an upper bound of the tree's peak (the peaks need
+    not coincide)."""
+    return sum(peak_rss_mb(member) for member in process_tree(pid))
+
+
 def memory_mb(pid: int, field: str = "VmRSS") -> float:
     """A memory figure of /proc/PID/status in MB: VmRSS (resident now) or
     VmHWM (its peak so far); NaN when the kernel does not give it."""

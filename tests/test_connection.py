@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
+import subprocess
 
 from depthwatch.feed.connection import ConnectionConfig, FeedConnection, ReconnectPolicy
 from depthwatch.records import BookUpdate, FeedEvent, FeedEventKind, StreamKey, Trade
@@ -169,12 +171,18 @@ class BlockedWriter(Recorder):
 
 
 async def read_a_blast(
-    handler: Recorder, sent: list[int], pad_bytes: int, seconds: float
+    handler: Recorder,
+    sent: list[int],
+    pad_bytes: int,
+    seconds: float,
+    tls: ssl.SSLContext | None = None,
 ) -> FeedConnection:
     """A server that sends pongs padded to `pad_bytes` as fast as it can for
     `seconds` (counting them in `sent`), then closes; a connection with no
     topics (it only reads) handing them to `handler` until the close. A
-    handler with a `connection` field gets the connection before it starts."""
+    handler with a `connection` field gets the connection before it starts.
+    With `tls` the server speaks wss:// (the client trusts it through
+    SSL_CERT_FILE)."""
     from websockets.asyncio.server import ServerConnection, serve
 
     pad = "x" * pad_bytes
@@ -186,9 +194,9 @@ async def read_a_blast(
             sent[0] += 1
         await ws.close()
 
-    async with serve(blast, "127.0.0.1", 0) as server:
+    async with serve(blast, "127.0.0.1", 0, ssl=tls) as server:
         port = server.sockets[0].getsockname()[1]
-        url = f"ws://127.0.0.1:{port}/v5/public/linear"
+        url = f"{'wss' if tls else 'ws'}://127.0.0.1:{port}/v5/public/linear"
         connection = FeedConnection("linear-0", ConnectionConfig(url, "linear", ()), handler)
         if hasattr(handler, "connection"):
             handler.connection = connection
@@ -251,6 +259,34 @@ def test_a_paused_socket_holds_at_most_one_bounded_read_of_frames():
     # Something was held (the test pauses mid-read), never more than one read's worth.
     assert 0 < handler.most_held <= MAX_READ_BYTES // frame_bytes + 1, handler.most_held
     assert connection.stats.messages == sent[0]  # nothing lost to the pauses
+
+
+def test_reads_over_tls_are_bounded_too_and_lose_nothing(tmp_path, monkeypatch):
+    """Production reads wss://: the read cap sits on asyncio's TLS transport
+    (which reads 256 KiB of ciphertext at a time itself). A local TLS server
+    with a self-signed certificate the client trusts: pauses hold at most a
+    read's worth of frames, and every message arrives."""
+    from depthwatch.feed.socket import MAX_READ_BYTES
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes"),
+            *("-keyout", str(key), "-out", str(cert), "-days", "1"),
+            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    sent = [0]
+    handler = OftenFull(every=3_000)
+    connection = asyncio.run(read_a_blast(handler, sent, 1_000, 3.0, tls))
+    assert handler.pauses >= 3, handler.pauses
+    assert 0 < handler.most_held <= MAX_READ_BYTES // 1_030 + 1, handler.most_held
+    assert connection.stats.messages == sent[0]
 
 
 class _Transport:

@@ -224,16 +224,17 @@ def test_blocks_hold_the_rows_of_the_message_by_message_replay(engine):
                 span = (start_ms * 1000, end_ms * 1000)
                 replay = IntBookReplay(conn, stream, *span, spec.levels)
                 want = SnapshotBlock.of_rows(list(snapshot_rows(replay, spec)))
-                blocks = snapshot_blocks(conn, stream, *span, spec)
-                assert blocks is not None
-                got = [b for b in blocks if len(b)]
-                where = f"{spec} over {start_ms - T}..{end_ms - T} ms"
-                assert sum(len(b) for b in got) == len(want), where
-                if not len(want):
-                    continue
-                for name in ("timestamp", "local_timestamp", "price_exp", "size_exp", "values"):
-                    joined = np.concatenate([getattr(b, name) for b in got])
-                    assert np.array_equal(joined, getattr(want, name)), f"{name}: {where}"
+                for ahead in (False, True):  # batches read on this thread, or ahead
+                    blocks = snapshot_blocks(conn, stream, *span, spec, ahead)
+                    assert blocks is not None
+                    got = [b for b in blocks if len(b)]
+                    where = f"{spec} over {start_ms - T}..{end_ms - T} ms, ahead {ahead}"
+                    assert sum(len(b) for b in got) == len(want), where
+                    if not len(want):
+                        continue
+                    for name in ("timestamp", "local_timestamp", "price_exp", "size_exp", "values"):
+                        joined = np.concatenate([getattr(b, name) for b in got])
+                        assert np.array_equal(joined, getattr(want, name)), f"{name}: {where}"
         # The log does make rows, gaps and exponent changes: the test can fail.
         everything = (windows[0][0] * 1000, windows[0][1] * 1000)
         rows = SnapshotBlock.of_rows(

@@ -1,6 +1,9 @@
-"""Writes run on a thread of their own, in order, so that Arrow's formatting,
-encoding and compression (which release the GIL) overlap the replay making
-the next rows: on two cores a book_snapshot export runs ~1.5x as fast.
+"""An export's other threads: writes run on one of their own, in order, so
+that Arrow's formatting, encoding and compression (which release the GIL)
+overlap the replay making the next rows (on two cores a book_snapshot export
+runs ~1.5x as fast); and reads run ahead on another (`read_ahead`), so that
+PostgreSQL's work and the network wait for the next batch overlap the replay
+of this one.
 
 At most `depth` writes wait, so what waits stays a few tables. A write that
 fails stops the rest: the next submit() or close() raises its error.
@@ -10,9 +13,58 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
+from typing import TypeVar
 
 Write = Callable[[], object]
+T = TypeVar("T")
+_END = object()
+
+
+def read_ahead(items: Callable[[], Iterator[T]], depth: int = 1) -> Generator[T, None, None]:
+    """The items of `items()`, made on a thread of their own at most `depth`
+    ahead of the caller, in order; its error raised here. Whatever `items()`
+    reads through (a connection) is the thread's alone until this generator
+    ends or is closed: closing it stops the thread and waits for it, so the
+    caller may use the connection again afterwards."""
+    handed: queue.Queue[object] = queue.Queue(maxsize=depth)
+    left = threading.Event()  # the caller stopped taking items
+    failed: list[BaseException] = []
+
+    def hand(item: object) -> bool:
+        while not left.is_set():
+            try:
+                handed.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            made = items()
+            try:
+                for item in made:
+                    if not hand(item):
+                        return
+            finally:
+                close = getattr(made, "close", None)
+                if close is not None:
+                    close()  # a generator's cursors close on the thread that opened them
+        except BaseException as error:  # handed to the caller
+            failed.append(error)
+        hand(_END)
+
+    thread = threading.Thread(target=produce, name="export-reader", daemon=True)
+    thread.start()
+    try:
+        while (item := handed.get()) is not _END:
+            yield item  # type: ignore[misc]
+        if failed:
+            raise failed[0]
+    finally:
+        left.set()
+        thread.join()
 
 
 class BackgroundWriter:

@@ -23,6 +23,7 @@ ranges holding schema 1-3 rows. tests/test_topbook.py holds the two equal.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +32,7 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from depthwatch.export import arrays
-from depthwatch.export.columnar import ApplyState
+from depthwatch.export.columnar import ApplyState, read_batches
 from depthwatch.export.intbook import MISSING
 from depthwatch.export.kinds import SnapshotSpec
 from depthwatch.export.replay import IntBookReplay, StepKind
@@ -39,7 +40,6 @@ from depthwatch.export.topbook import Run, TopBook, Tops
 from depthwatch.records import levels_of
 from depthwatch.storage.codec import SNAPSHOT, DecodedBatch
 from depthwatch.storage.read import legacy
-from depthwatch.storage.read.book import message_batches
 from depthwatch.storage.read.streams import Stream
 
 # Books at most this deep a side take TopBook (its matrices grow with the
@@ -126,19 +126,30 @@ class SnapshotBlock:
 
 
 def snapshot_blocks(
-    conn: sa.Connection, stream: Stream, start_us: int, end_us: int, spec: SnapshotSpec
+    conn: sa.Connection,
+    stream: Stream,
+    start_us: int,
+    end_us: int,
+    spec: SnapshotSpec,
+    ahead: bool = False,
 ) -> Iterator[SnapshotBlock] | None:
     """snapshot_rows' rows in blocks, made in NumPy; None for what it leaves to
-    snapshot_rows (a book deeper than TOPBOOK_MOST_LEVELS, schema 1-3 rows)."""
+    snapshot_rows (a book deeper than TOPBOOK_MOST_LEVELS, schema 1-3 rows).
+    `ahead`: see columnar.read_batches."""
     if levels_of(stream.depth) > TOPBOOK_MOST_LEVELS or legacy.has_book_events(
         conn, stream, start_us, end_us
     ):
         return None
-    return _blocks(conn, stream, start_us, end_us, spec)
+    return _blocks(conn, stream, start_us, end_us, spec, ahead)
 
 
 def _blocks(
-    conn: sa.Connection, stream: Stream, start_us: int, end_us: int, spec: SnapshotSpec
+    conn: sa.Connection,
+    stream: Stream,
+    start_us: int,
+    end_us: int,
+    spec: SnapshotSpec,
+    ahead: bool,
 ) -> Iterator[SnapshotBlock]:
     before = IntBookReplay(conn, stream, start_us, start_us, spec.levels)
     for _ in before:  # the book at `start`, and whether it is known
@@ -147,26 +158,27 @@ def _blocks(
     state = ApplyState(before.valid, before.last_u, stream.depth)
     stamps = _Stamps(spec.interval_us, start_us, end_us, before.valid, before.last_local_us)
     previous: np.ndarray | None = None  # the last row's top
-    for batch, order in message_batches(conn, stream, start_us, end_us):
-        if not len(order):
-            continue
-        stamps.open(int(batch.ts_us[order[0]]))
-        applies, lost = state.steps(batch, order)
-        msg = order[applies]
-        rows = stamps.rows(batch.ts_us[msg], batch.local_us[msg], lost)
-        run = _run(batch, msg)
-        taken = 0
-        # A few thousand messages at a time, so the tops held stay a few MB.
-        for first in range(0, max(1, len(msg)), BLOCK_MESSAGES):
-            last = min(len(msg), first + BLOCK_MESSAGES)
-            upto = int(np.searchsorted(rows.want, last))
-            part = rows.cut(taken, upto, first)
-            taken = upto
-            block, previous = _changed(
-                part, book.advance(run.cut(first, last), part.want), previous
-            )
-            if len(block):
-                yield block
+    with closing(read_batches(conn, stream, start_us, end_us, ahead)) as batches:
+        for batch, order in batches:
+            if not len(order):
+                continue
+            stamps.open(int(batch.ts_us[order[0]]))
+            applies, lost = state.steps(batch, order)
+            msg = order[applies]
+            rows = stamps.rows(batch.ts_us[msg], batch.local_us[msg], lost)
+            run = _run(batch, msg)
+            taken = 0
+            # A few thousand messages at a time, so the tops held stay a few MB.
+            for first in range(0, max(1, len(msg)), BLOCK_MESSAGES):
+                last = min(len(msg), first + BLOCK_MESSAGES)
+                upto = int(np.searchsorted(rows.want, last))
+                part = rows.cut(taken, upto, first)
+                taken = upto
+                block, previous = _changed(
+                    part, book.advance(run.cut(first, last), part.want), previous
+                )
+                if len(block):
+                    yield block
     stamps.open(end_us)
     rows = stamps.close(state.lost)
     none = np.zeros(0, dtype=np.int64)

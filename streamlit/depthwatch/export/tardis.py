@@ -158,7 +158,7 @@ def export(
             for request in requests:
                 progress.begin(request)
                 sink.begin(request)
-                blocks = _block_parts(conn, request)
+                blocks = _block_parts(conn, request, sink)
                 if blocks is not None:
                     for block in blocks:
                         sink.write_block(block)
@@ -250,20 +250,23 @@ def _column_parts(
     if family == kinds.QUOTES:
         quote_parts = quote_columns(*span)
         return None if quote_parts is None else _quote_arrays(quote_parts)
-    parts = l2_columns(*span)
+    parts = l2_columns(*span, ahead=True)  # an Arrow or Parquet sink: columnar.read_batches
     return None if parts is None else _l2_arrays(parts)
 
 
-def _block_parts(conn: sa.Connection, request: ExportRequest) -> Iterator[SnapshotBlock] | None:
+def _block_parts(
+    conn: sa.Connection, request: ExportRequest, sink: RowSink
+) -> Iterator[SnapshotBlock] | None:
     """A book_snapshot kind's rows in blocks made in NumPy
-    (snapshots.snapshot_blocks); None for other kinds and what it leaves to
-    the row path."""
+    (snapshots.snapshot_blocks, read ahead into Arrow and Parquet); None for other kinds
+    and what it leaves to the row path."""
     if request.spec.family != kinds.BOOK_SNAPSHOT:
         return None
     planned = _plan(conn, request)
     spec = planned.spec.snapshot
     assert planned.stream is not None and spec is not None  # a book_snapshot kind
-    return snapshot_blocks(conn, planned.stream, planned.start_us, planned.end_us, spec)
+    ahead = isinstance(sink, ArrowSink | ParquetSink)  # not into CSV: columnar.read_batches
+    return snapshot_blocks(conn, planned.stream, planned.start_us, planned.end_us, spec, ahead)
 
 
 def _quote_arrays(parts: Iterator[QuoteColumns]) -> Iterator[tuple[list[pa.Array], int]]:

@@ -11,7 +11,7 @@ message, in memory)."""
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -334,7 +334,7 @@ def messages(
 
 def message_batches(
     conn: sa.Connection, stream: Stream, from_us: int, end_us: int, levels: bool = True
-) -> Iterator[tuple[DecodedBatch, np.ndarray]]:
+) -> Generator[tuple[DecodedBatch, np.ndarray], None, None]:
     """Batches of decoded chunks, each with the indices of its messages with
     from_us <= ts < end_us in apply order: (ts, seq, u, snapshot), then as
     stored. A batch holds whole seconds of chunks (CHUNK_BATCH_ROWS, or
