@@ -133,3 +133,54 @@ def test_the_progress_bar_shows_on_a_terminal_only():
     quiet.tick(5_000, 250_000)
     quiet.finish()
     assert piped.getvalue() == ""
+
+
+@pytest.mark.parametrize("kind", ["incremental_book_L2", "book_snapshot_25"])
+def test_a_sink_failing_half_way_leaves_no_reader_on_the_connection(long_history, kind):
+    """Into Arrow and Parquet the log is read ahead on a thread of its own,
+    holding the export's connection. A sink that fails half way: the reader
+    is stopped before the connection goes back to the pool, and the same
+    pool serves the next export whole."""
+    import threading
+
+    from depthwatch.export.sinks import ArrowSink
+    from depthwatch.export.tardis import export
+    from depthwatch.storage.db import make_engine
+
+    class FullDisk(ArrowSink):
+        parts = 0
+
+        def _fail_on_second(self) -> None:
+            self.parts += 1
+            if self.parts == 2:
+                raise OSError("no space left on device")
+
+        def write_columns(self, columns):
+            self._fail_on_second()
+            super().write_columns(columns)
+
+        def write_block(self, block):
+            self._fail_on_second()
+            super().write_block(block)
+
+    def readers() -> int:
+        return sum(t.name == "export-reader" and t.is_alive() for t in threading.enumerate())
+
+    engine = make_engine(long_history, pool_size=1)
+    request = ExportRequest(kind, "linear", SYMBOL, 0, 4_102_444_800_000_000)
+    try:
+        failure: OSError | None = None
+        try:
+            export(engine, request, FullDisk(kind), progress_to=None)
+        except OSError as exc:
+            # Kept, as a caller that logs or reports it keeps it (its
+            # traceback keeps the export's frame, and what that holds, alive).
+            failure = exc
+        assert failure is not None and "no space left" in str(failure)
+        assert readers() == 0
+        assert engine.pool.checkedout() == 0
+        whole = ArrowSink(kind)
+        rows = export(engine, request, whole, progress_to=None)  # the one pooled connection
+        assert rows > 1_000 and whole.table().num_rows == rows
+    finally:
+        engine.dispose()

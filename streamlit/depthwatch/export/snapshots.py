@@ -22,7 +22,7 @@ ranges holding schema 1-3 rows. tests/test_topbook.py holds the two equal.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 
@@ -132,7 +132,7 @@ def snapshot_blocks(
     end_us: int,
     spec: SnapshotSpec,
     ahead: bool = False,
-) -> Iterator[SnapshotBlock] | None:
+) -> Generator[SnapshotBlock, None, None] | None:
     """snapshot_rows' rows in blocks, made in NumPy; None for what it leaves to
     snapshot_rows (a book deeper than TOPBOOK_MOST_LEVELS, schema 1-3 rows).
     `ahead`: see columnar.read_batches."""
@@ -150,7 +150,7 @@ def _blocks(
     end_us: int,
     spec: SnapshotSpec,
     ahead: bool,
-) -> Iterator[SnapshotBlock]:
+) -> Generator[SnapshotBlock, None, None]:
     before = IntBookReplay(conn, stream, start_us, start_us, spec.levels)
     for _ in before:  # the book at `start`, and whether it is known
         pass

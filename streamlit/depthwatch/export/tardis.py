@@ -17,7 +17,8 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
@@ -158,18 +159,22 @@ def export(
             for request in requests:
                 progress.begin(request)
                 sink.begin(request)
+                # Closed before the connection is given back, on an error
+                # too: a part made ahead holds it on a thread of its own.
                 blocks = _block_parts(conn, request, sink)
                 if blocks is not None:
-                    for block in blocks:
-                        sink.write_block(block)
-                        progress.tick(len(block), int(block.timestamp[-1]))
+                    with closing(blocks):
+                        for block in blocks:
+                            sink.write_block(block)
+                            progress.tick(len(block), int(block.timestamp[-1]))
                     continue
                 parts = _column_parts(conn, request, sink)
                 if parts is not None:
                     assert isinstance(sink, ArrowSink | ParquetSink)
-                    for columns, last_us in parts:
-                        sink.write_columns(columns)
-                        progress.tick(len(columns[0]), last_us)
+                    with closing(parts):
+                        for columns, last_us in parts:
+                            sink.write_columns(columns)
+                            progress.tick(len(columns[0]), last_us)
                     continue
                 for chunk in _chunks(request_rows(conn, request, progress)):
                     sink.write(chunk)
@@ -237,7 +242,7 @@ def request_rows(conn: sa.Connection, request: ExportRequest, progress: Progress
 
 def _column_parts(
     conn: sa.Connection, request: ExportRequest, sink: RowSink
-) -> Iterator[tuple[list[pa.Array], int]] | None:
+) -> Generator[tuple[list[pa.Array], int], None, None] | None:
     """The request's rows as Arrow columns, with the last exchange time of
     each part, for a sink that takes columns and a kind made in columns
     (incremental_book_L2 and quotes, without schema 1-3 rows); None otherwise."""
@@ -256,7 +261,7 @@ def _column_parts(
 
 def _block_parts(
     conn: sa.Connection, request: ExportRequest, sink: RowSink
-) -> Iterator[SnapshotBlock] | None:
+) -> Generator[SnapshotBlock, None, None] | None:
     """A book_snapshot kind's rows in blocks made in NumPy
     (snapshots.snapshot_blocks, read ahead into Arrow and Parquet); None for other kinds
     and what it leaves to the row path."""
@@ -269,7 +274,9 @@ def _block_parts(
     return snapshot_blocks(conn, planned.stream, planned.start_us, planned.end_us, spec, ahead)
 
 
-def _quote_arrays(parts: Iterator[QuoteColumns]) -> Iterator[tuple[list[pa.Array], int]]:
+def _quote_arrays(
+    parts: Iterator[QuoteColumns],
+) -> Generator[tuple[list[pa.Array], int], None, None]:
 
     for part in parts:
         if not len(part):
@@ -286,7 +293,7 @@ def _quote_arrays(parts: Iterator[QuoteColumns]) -> Iterator[tuple[list[pa.Array
         yield columns, int(part.timestamp[-1])
 
 
-def _l2_arrays(parts: Iterator[L2Columns]) -> Iterator[tuple[list[pa.Array], int]]:
+def _l2_arrays(parts: Iterator[L2Columns]) -> Generator[tuple[list[pa.Array], int], None, None]:
 
     for part in parts:
         if not len(part):
