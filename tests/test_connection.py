@@ -247,8 +247,8 @@ def test_a_paused_socket_holds_at_most_one_bounded_read_of_frames():
     """picows doubles its read buffer whenever a read fills it, so a reader
     kept busy would come to read megabytes at once, thousands of frames
     stamped as received and then held through every pause (seconds of
-    latency in the benchmark). A read takes at most MAX_READ_BYTES, as TLS
-    reads do; every message still arrives, in order."""
+    latency in the benchmark). A read takes at most MAX_READ_BYTES; every
+    message still arrives, in order."""
     from depthwatch.feed.socket import MAX_READ_BYTES
 
     sent = [0]
@@ -262,8 +262,8 @@ def test_a_paused_socket_holds_at_most_one_bounded_read_of_frames():
 
 
 def test_reads_over_tls_are_bounded_too_and_lose_nothing(tmp_path, monkeypatch):
-    """Production reads wss://: the read cap sits on asyncio's TLS transport
-    (which reads 256 KiB of ciphertext at a time itself). A local TLS server
+    """Production reads wss://: the read cap sits on the TLS transport too
+    (aiofastnet's, which picows uses where it is installed). A local TLS server
     with a self-signed certificate the client trusts: pauses hold at most a
     read's worth of frames, and every message arrives."""
     from depthwatch.feed.socket import MAX_READ_BYTES

@@ -184,3 +184,39 @@ def test_a_sink_failing_half_way_leaves_no_reader_on_the_connection(long_history
         assert rows > 1_000 and whole.table().num_rows == rows
     finally:
         engine.dispose()
+
+
+def test_an_error_making_arrow_columns_also_stops_the_reader(long_history, monkeypatch):
+    """The same, failing between the replay and the sink (making a part's
+    Arrow columns): the parts' reading ahead ends with it."""
+    import threading
+
+    from depthwatch.export import tardis
+    from depthwatch.export.sinks import ArrowSink
+    from depthwatch.storage.db import make_engine
+
+    made = [0]
+    choose = tardis.arrays.choose
+
+    def failing_choose(*args, **kwargs):
+        if sys._getframe(1).f_code.co_name == "_l2_arrays":  # not the sink's constants
+            made[0] += 1
+            if made[0] == 2:
+                raise MemoryError("out of memory making a column")
+        return choose(*args, **kwargs)
+
+    monkeypatch.setattr(tardis.arrays, "choose", failing_choose)
+    engine = make_engine(long_history, pool_size=1)
+    request = ExportRequest("incremental_book_L2", "linear", SYMBOL, 0, 4_102_444_800_000_000)
+    failure: MemoryError | None = None
+    try:
+        try:
+            tardis.export(engine, request, ArrowSink(request.kind), progress_to=None)
+        except MemoryError as exc:
+            failure = exc  # kept, as a caller that reports it keeps it
+        assert failure is not None and made[0] == 2
+        readers = [t for t in threading.enumerate() if t.name == "export-reader"]
+        assert not any(t.is_alive() for t in readers)
+        assert engine.pool.checkedout() == 0
+    finally:
+        engine.dispose()

@@ -22,8 +22,9 @@ _END = object()
 
 
 def read_ahead(items: Callable[[], Iterator[T]], depth: int = 1) -> Generator[T, None, None]:
-    """The items of `items()`, made on a thread of their own at most `depth`
-    ahead of the caller, in order; its error raised here. Whatever `items()`
+    """The items of `items()`, made on a thread of their own ahead of the
+    caller (`depth` waiting, and one more made and waiting to be handed
+    over), in order; its error raised here. Whatever `items()`
     reads through (a connection) is the thread's alone until this generator
     ends or is closed: closing it stops the thread and waits for it, so the
     caller may use the connection again afterwards."""
@@ -56,15 +57,16 @@ def read_ahead(items: Callable[[], Iterator[T]], depth: int = 1) -> Generator[T,
         hand(_END)
 
     thread = threading.Thread(target=produce, name="export-reader", daemon=True)
-    thread.start()
     try:
+        thread.start()  # inside: an interrupt right after it still stops the thread
         while (item := handed.get()) is not _END:
             yield item  # type: ignore[misc]
         if failed:
             raise failed[0]
     finally:
         left.set()
-        thread.join()
+        if thread.is_alive():
+            thread.join()
 
 
 class BackgroundWriter:

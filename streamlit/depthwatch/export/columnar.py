@@ -18,7 +18,7 @@ quote_columns return None).
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from contextlib import closing
 from dataclasses import dataclass
 
@@ -50,7 +50,7 @@ class L2Columns:
 
 def l2_columns(
     conn: sa.Connection, stream: Stream, start_us: int, end_us: int, ahead: bool = False
-) -> Iterator[L2Columns] | None:
+) -> Generator[L2Columns, None, None] | None:
     """The stream's incremental_book_L2 over [start, end) in parts; None
     when the range holds schema 1-3 rows (the row path reads those).
     `ahead`: see read_batches."""
@@ -76,7 +76,7 @@ def read_batches(
 
 def _parts(
     conn: sa.Connection, stream: Stream, start_us: int, end_us: int, ahead: bool
-) -> Iterator[L2Columns]:
+) -> Generator[L2Columns, None, None]:
     before = BookReplay(conn, stream, start_us, start_us)
     for _ in before:  # the book at `start`, and whether it is known
         pass
@@ -211,7 +211,7 @@ class QuoteColumns:
 
 def quote_columns(
     conn: sa.Connection, stream: Stream, start_us: int, end_us: int
-) -> Iterator[QuoteColumns] | None:
+) -> Generator[QuoteColumns, None, None] | None:
     """The stream's quotes over [start, end) in parts; None when the range
     holds schema 1-3 rows (the row path reads those)."""
     if legacy.has_book_events(conn, stream, start_us, end_us) or legacy.has_quotes(
@@ -223,7 +223,7 @@ def quote_columns(
 
 def _quote_parts(
     conn: sa.Connection, stream: Stream, start_us: int, end_us: int
-) -> Iterator[QuoteColumns]:
+) -> Generator[QuoteColumns, None, None]:
     last_key: np.ndarray | None = None
     for batch, order in message_batches(conn, stream, start_us, end_us, levels=False):
         msg = order[(batch.flags[order] & TOP_CHANGED) != 0]

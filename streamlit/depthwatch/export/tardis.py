@@ -17,10 +17,10 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import sqlalchemy as sa
 
@@ -254,9 +254,9 @@ def _column_parts(
     span = (conn, planned.stream, planned.start_us, planned.end_us)
     if family == kinds.QUOTES:
         quote_parts = quote_columns(*span)
-        return None if quote_parts is None else _quote_arrays(quote_parts)
+        return None if quote_parts is None else _arrow_parts(quote_parts, _quote_arrays)
     parts = l2_columns(*span, ahead=True)  # an Arrow or Parquet sink: columnar.read_batches
-    return None if parts is None else _l2_arrays(parts)
+    return None if parts is None else _arrow_parts(parts, _l2_arrays)
 
 
 def _block_parts(
@@ -274,39 +274,40 @@ def _block_parts(
     return snapshot_blocks(conn, planned.stream, planned.start_us, planned.end_us, spec, ahead)
 
 
-def _quote_arrays(
-    parts: Iterator[QuoteColumns],
+def _arrow_parts(
+    parts: Generator[QuoteColumns, None, None] | Generator[L2Columns, None, None],
+    columns_of: Callable[[Any], list[pa.Array]],
 ) -> Generator[tuple[list[pa.Array], int], None, None]:
-
-    for part in parts:
-        if not len(part):
-            continue
-        no_ask, no_bid = ~part.has_ask, ~part.has_bid
-        columns = [
-            arrays.numbers(part.timestamp),
-            arrays.numbers(part.local_timestamp),
-            arrays.numbers(part.ask_amount, no_ask),
-            arrays.numbers(part.ask_price, no_ask),
-            arrays.numbers(part.bid_price, no_bid),
-            arrays.numbers(part.bid_amount, no_bid),
-        ]
-        yield columns, int(part.timestamp[-1])
+    """Each non-empty part as Arrow columns, with its last exchange time.
+    Whatever ends this (an error here too) closes the parts, and with them
+    their reading ahead (a thread holding the connection)."""
+    with closing(parts):
+        for part in parts:
+            if len(part):
+                yield columns_of(part), int(part.timestamp[-1])
 
 
-def _l2_arrays(parts: Iterator[L2Columns]) -> Generator[tuple[list[pa.Array], int], None, None]:
+def _quote_arrays(part: QuoteColumns) -> list[pa.Array]:
+    no_ask, no_bid = ~part.has_ask, ~part.has_bid
+    return [
+        arrays.numbers(part.timestamp),
+        arrays.numbers(part.local_timestamp),
+        arrays.numbers(part.ask_amount, no_ask),
+        arrays.numbers(part.ask_price, no_ask),
+        arrays.numbers(part.bid_price, no_bid),
+        arrays.numbers(part.bid_amount, no_bid),
+    ]
 
-    for part in parts:
-        if not len(part):
-            continue
-        columns = [
-            arrays.numbers(part.timestamp),
-            arrays.numbers(part.local_timestamp),
-            arrays.booleans(part.is_snapshot),
-            arrays.choose(part.is_bid, "bid", "ask"),
-            arrays.numbers(part.price),
-            arrays.numbers(part.amount),
-        ]
-        yield columns, int(part.timestamp[-1])
+
+def _l2_arrays(part: L2Columns) -> list[pa.Array]:
+    return [
+        arrays.numbers(part.timestamp),
+        arrays.numbers(part.local_timestamp),
+        arrays.booleans(part.is_snapshot),
+        arrays.choose(part.is_bid, "bid", "ask"),
+        arrays.numbers(part.price),
+        arrays.numbers(part.amount),
+    ]
 
 
 def _counted(rows: Iterator[Row], progress: Progress) -> Iterator[Row]:

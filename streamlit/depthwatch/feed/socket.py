@@ -23,13 +23,13 @@ CLOSE_TIMEOUT_S = 2.0
 # one, which the parser must refuse cheaply rather than the socket).
 MAX_MESSAGE_BYTES = 2**24
 
-# The most one read of a plain (ws://) socket takes. picows grows its read
-# buffer whenever a read fills it and never shrinks it, so a reader that falls
-# behind ends up taking the kernel's whole buffer (megabytes, thousands of
-# frames) in one read, each frame stamped as read then, and then held while
-# back-pressure pauses it: seconds of latency inside the process. TLS already
-# reads this much at a time (asyncio's SSL buffer), as do asyncio's own
-# transports; see `cap_reads`.
+# The most one read of the socket hands picows, plain (ws://) or TLS. picows
+# grows its read buffer whenever a read fills it and never shrinks it, so a
+# reader that falls behind ends up taking the kernel's whole buffer
+# (megabytes, thousands of frames) in one read, each frame stamped as read
+# then, and then held while back-pressure pauses it: seconds of latency
+# inside the process. asyncio's own transports read 256 KiB at a time; see
+# `cap_reads`.
 MAX_READ_BYTES = 256 * 1024
 
 # Compared by identity in the frame path: cheaper than attribute lookups.
