@@ -173,10 +173,7 @@ class Flusher(TableWrites):
                     self._note_journal()
                 backoff = 0.5
                 self._spill()
-                if (
-                    not self.journal_bytes
-                    and self.pending_rows - self._held_back < self.config.batch_rows
-                ):
+                if not self.journal_bytes and self._due_rows < self.config.batch_rows:
                     break
             self.flush_cycles += 1
             drained = not (

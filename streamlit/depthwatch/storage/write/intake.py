@@ -188,9 +188,9 @@ class Intake(WriterState):
     def has_room(self) -> bool:
         if self.failed:
             return False
-        # Held-back rows wait for time to pass, not for the writer: many slow
-        # streams could otherwise fill the bound with them and stall the readers.
-        return self._spilling or self.pending_rows - self._held_back < self.config.max_pending_rows
+        # Not held-back rows: many slow streams could otherwise fill the bound
+        # with rows that wait for time, and stall the readers.
+        return self._spilling or self._due_rows < self.config.max_pending_rows
 
     async def wait_for_room(self) -> None:
         """Back-pressure: pause the calling reader (not the event loop) until the

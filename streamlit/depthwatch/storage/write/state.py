@@ -59,7 +59,7 @@ class WriterConfig:
     # receive-to-commit time then. Deeper, a burst only queues longer
     # (latency, memory: a queued message is an object of ~2 KB) while the
     # reader thread takes the GIL time the writer needs to catch up: at
-    # 25,000, p99 1.5 s and 208 MB flat out, against 0.4 s and 131 MB
+    # 25,000, p99 1.3 s and 206 MB flat out, against 0.3 s and 130 MB
     # (BENCHMARKS.md, issue 19). At a real pace it is seconds of traffic.
     max_pending_rows: int = 6_000
     retention_days: int = 0  # 0 keeps everything
@@ -181,6 +181,12 @@ class WriterState:
         held_batch = self._held  # one read: the writer thread may clear it meanwhile
         held = held_batch.size if held_batch is not None else 0
         return held + self._queued_rows
+
+    @property
+    def _due_rows(self) -> int:
+        """pending_rows but those `split_due` holds back for slow streams, which
+        wait for time to pass, not for the writer."""
+        return self.pending_rows - self._held_back
 
     @property
     def _queued_rows(self) -> int:
