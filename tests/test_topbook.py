@@ -24,7 +24,9 @@ from depthwatch.storage.read.streams import find_stream
 from .test_export import T, event, record
 
 
-def random_messages(seed: int, count: int) -> list[IntBookEvent]:
+def random_messages(
+    seed: int, count: int, exponents_change: bool = True, snapshots: float = 0.03
+) -> list[IntBookEvent]:
     """Messages of a book around 1000 ticks: mostly deltas (some deleting,
     some for prices absent), a snapshot now and then (one empty), exponents
     that change, the book emptied by deletes, a price twice in a message."""
@@ -34,10 +36,10 @@ def random_messages(seed: int, count: int) -> list[IntBookEvent]:
     bids: set[int] = set()
     price_exp = size_exp = 2
     for i in range(count):
-        if rng.random() < 0.05:
+        if exponents_change and rng.random() < 0.05:
             price_exp, size_exp = rng.choice([1, 2, 3]), rng.choice([0, 1, 2])
         up_s = 10**size_exp
-        snapshot = i == 0 or rng.random() < 0.03
+        snapshot = i == 0 or rng.random() < snapshots
         if snapshot:
             size = 0 if rng.random() < 0.1 else rng.randint(5, 60)
             asks = set(rng.sample(range(1001, 1100), size))
@@ -139,6 +141,45 @@ def test_topbook_gives_intbooks_top_and_exponents_after_every_message(
         if want[2] == tuple([0] * 4 * levels):
             want, have = want[2:], have[2:]  # an empty book's exponents show nowhere
         assert have == want, f"message {i}"
+
+
+@pytest.mark.parametrize("seed", [4, 5, 6])
+@pytest.mark.parametrize("cells", [topbook.MATRIX_CELLS, 64])
+def test_tops_of_a_few_messages_are_intbooks_though_the_matrix_skips_the_rest(
+    seed, cells, monkeypatch
+):
+    """With the exponents steady, the matrix keeps only the rows asked for
+    (and the last): each stands for the messages since the one before, so a
+    snapshot among them empties the book under the levels before it, and a
+    price set by several of them holds the last."""
+    monkeypatch.setattr(topbook, "MATRIX_CELLS", cells)
+    levels = 5
+    messages = random_messages(seed, 800, exponents_change=False, snapshots=0.08)
+    assert sum(m.is_snapshot for m in messages) > 30
+    expected = []
+    book = IntBook(levels)
+    for m in messages:
+        if m.is_snapshot:
+            book.clear()
+        book.apply(m)
+        expected.append(book.take_top())
+    rng = random.Random(seed)
+    fast = TopBook(levels)
+    first, asked = 0, 0
+    for length in [3, 150, 1, 400, 246]:
+        run = as_run(messages[first : first + length])
+        # A few messages each, some twice, sometimes none, and the book before.
+        want = sorted(rng.choices(range(-1, length), k=rng.randint(0, max(1, length // 6))))
+        tops = fast.advance(run, np.array(want, dtype=np.int64))
+        assert len(tops.values) == len(want)
+        for k, row in zip(want, tops.values.tolist(), strict=True):
+            at = first + k
+            assert tuple(row) == (expected[at] if at >= 0 else tuple([0] * 4 * levels)), at
+        asked += len(want)
+        first += length
+    assert first == len(messages) and asked > 50
+    # The book after each run was carried on whole: the next run started from it.
+    assert tuple(fast.advance(as_run([]), np.array([-1])).values[0].tolist()) == expected[-1]
 
 
 def test_a_book_started_from_intbooks_state_carries_on_from_it():

@@ -160,6 +160,18 @@ class TopBook:
         is_bid = run.is_bid[level]
         cleared = np.flatnonzero(run.snapshot[first:last]) + 1
         rows = last - first + 1
+        wanted = want + 1
+        # The matrix needs a row only for the books read out: the rows wanted
+        # and the last (the book carried on). A row stands for the messages
+        # since the previous one, so it is the book after the last of them.
+        # Only while the exponents hold: their rule reads every row's book.
+        constant = bool(
+            np.all(msg_price_exp == self.price_exp) and np.all(msg_size_exp == self.size_exp)
+        )
+        # (Every row when most are wanted: book_snapshot's every-change kinds.)
+        sparse = constant and 2 * len(wanted) < rows
+        kept = np.unique(np.append(wanted, rows - 1)) if sparse else None
+        matrix_rows = rows if kept is None else len(kept) + 1
         book_up = (POW10[price_exp - self.price_exp], POW10[size_exp - self.size_exp])
         for side in (self.asks, self.bids):
             _scaled(side.keys, np.array([price_exp - self.price_exp]))
@@ -167,24 +179,29 @@ class TopBook:
         ask_columns = _columns(self.asks, book_up[0], ticks[~is_bid])
         bid_columns = _columns(self.bids, book_up[0], -ticks[is_bid])
         width = max(len(ask_columns), len(bid_columns))
-        if rows * width > MATRIX_CELLS and last - first > MIN_ROWS:
+        if matrix_rows * width > MATRIX_CELLS and last - first > MIN_ROWS:
             return None
-        if 4 * rows * width < MATRIX_CELLS:
+        if 4 * matrix_rows * width < MATRIX_CELLS:
             self.rows = min(MAX_ROWS, 2 * self.rows)
+        rows_of = _RowMap(rows, kept, row, cleared)
         asks = _side_states(
-            self.asks, ask_columns, book_up, rows, row[~is_bid], ticks[~is_bid], lots[~is_bid],
-            cleared,
-        )  # fmt: skip
-        bids = _side_states(
-            self.bids, bid_columns, book_up, rows, row[is_bid], -ticks[is_bid], lots[is_bid],
-            cleared,
-        )  # fmt: skip
-        exps = self._book_exponents(
-            msg_price_exp, msg_size_exp, run.snapshot[first:last], asks, bids
+            self.asks, ask_columns, book_up, rows_of, ~is_bid, ticks[~is_bid], lots[~is_bid]
         )
-        wanted = want + 1
+        bids = _side_states(
+            self.bids, bid_columns, book_up, rows_of, is_bid, -ticks[is_bid], lots[is_bid]
+        )
+        if constant:
+            exps = (
+                np.full(rows, self.price_exp, dtype=np.int64),
+                np.full(rows, self.size_exp, dtype=np.int64),
+            )
+        else:
+            exps = self._book_exponents(
+                msg_price_exp, msg_size_exp, run.snapshot[first:last], asks, bids
+            )
+        matrix_wanted = wanted if kept is None else np.searchsorted(kept, wanted) + 1
         values = np.concatenate(
-            [asks.top(wanted, self.levels), bids.top(wanted, self.levels)], axis=1
+            [asks.top(matrix_wanted, self.levels), bids.top(matrix_wanted, self.levels)], axis=1
         )
         row_price_exp, row_size_exp = exps[0][wanted], exps[1][wanted]
         _lower(values, self.levels, price_exp - row_price_exp, size_exp - row_size_exp)
@@ -205,19 +222,13 @@ class TopBook:
         bids: _SideStates,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The book's exponents after each row (row 0: before the messages), by
-        IntBook's rule."""
-        if not (np.all(price_exp == self.price_exp) and np.all(size_exp == self.size_exp)):
-            count = asks.counts() + bids.counts()
-            # A message finding the book empty takes its exponents; else the most.
-            restart = snapshot | (count[:-1] == 0)
-            return (
-                _running_max(self.price_exp, price_exp, restart),
-                _running_max(self.size_exp, size_exp, restart),
-            )
-        rows = len(price_exp) + 1
+        IntBook's rule; the side states have every row."""
+        count = asks.counts() + bids.counts()
+        # A message finding the book empty takes its exponents; else the most.
+        restart = snapshot | (count[:-1] == 0)
         return (
-            np.full(rows, self.price_exp, dtype=np.int64),
-            np.full(rows, self.size_exp, dtype=np.int64),
+            _running_max(self.price_exp, price_exp, restart),
+            _running_max(self.size_exp, size_exp, restart),
         )
 
 
@@ -255,26 +266,60 @@ def _columns(before: _Side, up: int, keys: np.ndarray) -> np.ndarray:
     return np.unique(np.concatenate([before.keys * up, keys]))
 
 
+class _RowMap:
+    """Where a run's rows land in a matrix that keeps only the rows `kept`
+    (ascending, the last of the `rows` among them; None: every row) after row 0, the
+    book before the run: a level at row r lands on the first kept row at or
+    after r, which thus shows the book after every message since the kept
+    row before it. `cleared`: the rows of snapshots, which empty the book
+    before their own levels apply; a level that an emptying in its matrix row
+    follows is left out (`alive`; None: none is)."""
+
+    def __init__(
+        self, rows: int, kept: np.ndarray | None, row: np.ndarray, cleared: np.ndarray
+    ) -> None:
+        self.alive: np.ndarray | None = None
+        if kept is None:
+            self.rows = rows
+            self.level_row, self.cleared = row, cleared
+            return
+        self.rows = len(kept) + 1
+        self.level_row = np.searchsorted(kept, row) + 1
+        self.cleared = np.searchsorted(kept, cleared) + 1
+        if len(cleared):
+            # Per matrix row, its last snapshot (ascending: where the next differs).
+            last = np.r_[self.cleared[1:] != self.cleared[:-1], True]
+            self.cleared = self.cleared[last]
+            last_clear = np.zeros(self.rows, dtype=np.int64)
+            last_clear[self.cleared] = cleared[last]
+            self.alive = row >= last_clear[self.level_row]
+
+
 def _side_states(
     before: _Side,
     columns: np.ndarray,
     up: tuple[int, int],
-    rows: int,
-    row: np.ndarray,
+    rows_of: _RowMap,
+    side: np.ndarray,
     keys: np.ndarray,
     lots: np.ndarray,
-    cleared: np.ndarray,
 ) -> _SideStates:
-    """The side after each row: row 0 the side `before` (scaled `up`), then
-    each message's `keys` set to `lots` at its `row`, rows `cleared` emptied
-    first (snapshots)."""
+    """The side after each matrix row: row 0 the side `before` (scaled `up`),
+    then the run's levels of this `side` (a mask of its levels), each price
+    `keys` set to `lots` at its row, the rows of snapshots emptied first."""
+    rows = rows_of.rows
     book_keys = before.keys * up[0]
     width = len(columns)
     if not width:
         none = np.zeros((rows, 0), dtype=np.int64)
         return _SideStates(columns, none, none.ravel())
-    cell = row * width + np.searchsorted(columns, keys)
-    # A price twice in one message: the last one holds, as in IntBook.
+    level_row = rows_of.level_row[side]
+    if rows_of.alive is not None:
+        alive = rows_of.alive[side]
+        keys, lots, level_row = keys[alive], lots[alive], level_row[alive]
+    cell = level_row * width + np.searchsorted(columns, keys)
+    # A price set twice in one matrix row (one message, or several): the last
+    # one holds, as in IntBook.
     last = len(cell) - 1 - np.unique(cell[::-1], return_index=True)[1]
     cell, lots = cell[last], lots[last]
     # Only cells a row sets are read (through `source`), so the rest stay unset.
@@ -284,6 +329,7 @@ def _side_states(
     source = np.zeros((rows, width), dtype=np.int32)  # MATRIX_CELLS keeps it small
     flat_source = source.reshape(-1)
     flat_source[:width] = np.arange(width, dtype=np.int32)
+    cleared = rows_of.cleared
     if len(cleared):
         emptied = (cleared[:, None] * width + np.arange(width)).ravel()
         value[emptied] = 0
