@@ -58,6 +58,7 @@ from common import (
     cpu_seconds,
     exit_on_sigterm,
     machine_line,
+    main_thread_cpu_seconds,
     tree_cpu_seconds,
     tree_peak_rss_mb,
     versions,
@@ -172,11 +173,12 @@ def run_replay(bench: Bench, rate: float, src: Path) -> RunResult:
 
 def run_steady_pace(
     bench: Bench, src: Path, warmup: float, window: float, stagger: bool
-) -> tuple[float, float]:
-    """(collector CPU us per message, messages/s) over `window` seconds of a
-    50 msg/s replay (staggered, or in bursts), after `warmup`. Messages are
-    counted in the database (stored by the end of the window, so the count
-    lags by at most a flush, the same for both ends)."""
+) -> tuple[float, float, float]:
+    """(collector CPU us per message, of which its event loop's (the socket
+    readers), messages/s) over `window` seconds of a 50 msg/s replay
+    (staggered, or in bursts), after `warmup`. Messages are counted in the
+    database (stored by the end of the window, so the count lags by at most
+    a flush, the same for both ends)."""
     name = "dw_bench_steady" if stagger else "dw_bench_bursts"
     database_url = fresh_database(bench.server_url, name)
     engine = make_engine(database_url)
@@ -194,14 +196,16 @@ def run_steady_pace(
                 children, sim_url(port), database_url, bench.symbols, "--depth", str(DEPTH), src=src
             )
             time.sleep(warmup)
-            cpu0, rows0, t0 = (
+            cpu0, loop0, rows0, t0 = (
                 tree_cpu_seconds(collector.pid),
+                main_thread_cpu_seconds(collector.pid),
                 stored_messages(engine),
                 time.monotonic(),
             )
             time.sleep(window)
-            cpu1, rows1, t1 = (
+            cpu1, loop1, rows1, t1 = (
                 tree_cpu_seconds(collector.pid),
+                main_thread_cpu_seconds(collector.pid),
                 stored_messages(engine),
                 time.monotonic(),
             )
@@ -209,7 +213,11 @@ def run_steady_pace(
     finally:
         engine.dispose()
     messages = max(1, rows1 - rows0)
-    return (cpu1 - cpu0) * 1e6 / messages, messages / (t1 - t0)
+    return (
+        (cpu1 - cpu0) * 1e6 / messages,
+        (loop1 - loop0) * 1e6 / messages,
+        messages / (t1 - t0),
+    )
 
 
 def run_many_symbols(bench: Bench, symbols: int, seconds: float, src: Path) -> tuple[float, int]:
@@ -381,9 +389,14 @@ def steady_pace(bench: Bench, quick: bool, version: Version, tag: str, table: Ta
             f"\n6. steady pace: {len(bench.symbols)} symbols x 50 msg/s, {how}, "
             f"{window:.0f} s window after {warmup:.0f} s {tag}"
         )
-        cpu, rate = run_steady_pace(bench, version.src, warmup, window, stagger)
+        cpu, loop, rate = run_steady_pace(bench, version.src, warmup, window, stagger)
         print(f"   collector CPU               : {cpu:10.1f} us/msg ({rate:,.0f} msg/s stored)")
+        rest = cpu - loop
+        print(
+            f"     event loop (readers)      : {loop:10.1f} us/msg (writer and the rest {rest:.1f})"
+        )
         table.add(version.name, f"6. 50 msg/s x streams, {how}: CPU us/msg", cpu)
+        table.add(version.name, f"6. {how}: event loop's part us/msg", loop)
 
 
 def paced_bytes(server_url: str, minutes: float, version: Version, tag: str, table: Table) -> None:
