@@ -268,12 +268,12 @@ def _columns(before: _Side, up: int, keys: np.ndarray) -> np.ndarray:
 
 class _RowMap:
     """Where a run's rows land in a matrix that keeps only the rows `kept`
-    (ascending, the last of the `rows` among them; None: every row) after row 0, the
-    book before the run: a level at row r lands on the first kept row at or
-    after r, which thus shows the book after every message since the kept
-    row before it. `cleared`: the rows of snapshots, which empty the book
-    before their own levels apply; a level that an emptying in its matrix row
-    follows is left out (`alive`; None: none is)."""
+    (ascending, the last of the `rows` among them; None: every row) after
+    row 0, the book before the run. A level at row r lands on the first kept
+    row at or after r, which thus shows the book after every message since
+    the kept row before it. `cleared`: the rows of snapshots, which empty the
+    book before their own levels apply; a level that an emptying in its
+    matrix row follows is left out (`alive`; None: none is)."""
 
     def __init__(
         self, rows: int, kept: np.ndarray | None, row: np.ndarray, cleared: np.ndarray
