@@ -28,6 +28,9 @@ Bybit-shaped depth-50 streams, so its cost is not the collector's):
   7. pybit's bare WebSocket, flat out on the same replay, no database
      (bench/pybit_socket.py): messages/s received and merged, and scenario 2's
      persisted rate over it (issue 19's goal: 3x);
+  8. scenario 2 sharded: two collectors, each with half the symbols, into
+     one database (sharding by symbol, which a deployment can do today):
+     the figures summed over both (latency: the worse of the two);
   5. bytes on disk per book message after --paced-minutes (default 60) of
      exchange time recorded at 50 messages/s per stream, 1 s depth snapshots,
      100 ms flushes, depth 50 and depth 1 (bench/record_paced.py: the real
@@ -105,7 +108,10 @@ class RunResult:
     disk_bytes_per_msg: float
 
 
-def run_replay(bench: Bench, rate: float, src: Path) -> RunResult:
+def run_replay(bench: Bench, rate: float, src: Path, shards: int = 1) -> RunResult:
+    """The replay at `rate` (0: flat out) into a fresh database, by `shards`
+    collectors each given every shards-th symbol (figures summed over them;
+    latency the worst)."""
     database_url = fresh_database(bench.server_url, f"dw_bench_{int(rate)}")
     engine = make_engine(database_url)
     expected = sum(sum(1 for _ in f.open()) for f in bench.files)
@@ -113,9 +119,17 @@ def run_replay(bench: Bench, rate: float, src: Path) -> RunResult:
         sim, port = start_sim(
             children, [*bench.replay_args(), "--rate", str(rate), "--symbols", ""]
         )
-        collector = start_collector(
-            children, sim_url(port), database_url, bench.symbols, "--depth", str(DEPTH), src=src
-        )
+        collectors = [
+            start_collector(
+                children,
+                sim_url(port),
+                database_url,
+                bench.symbols[shard::shards],
+                *("--depth", str(DEPTH)),
+                src=src,
+            )
+            for shard in range(shards)
+        ]
         first_row_at = None
         cpu_at_first_row = sim_cpu_at_first_row = 0.0
         deadline = time.monotonic() + 600
@@ -129,19 +143,21 @@ def run_replay(bench: Bench, rate: float, src: Path) -> RunResult:
                 rows = 0
             if rows and first_row_at is None:
                 first_row_at = time.monotonic()
-                cpu_at_first_row = tree_cpu_seconds(collector.pid)  # start-up excluded
+                # start-up excluded
+                cpu_at_first_row = sum(tree_cpu_seconds(c.pid) for c in collectors)
                 sim_cpu_at_first_row = cpu_seconds(sim.pid)
             if rows >= expected:
                 break
-            if time.monotonic() > deadline or not collector.running():
+            if time.monotonic() > deadline or not all(c.running() for c in collectors):
                 raise RuntimeError(f"collector stalled at {rows}/{expected} rows")
             print(f"  ... {rows:,}/{expected:,} rows persisted", end="\r", file=sys.stderr)
         done_at = time.monotonic()
-        cpu = tree_cpu_seconds(collector.pid) - cpu_at_first_row
+        cpu = sum(tree_cpu_seconds(c.pid) for c in collectors) - cpu_at_first_row
         sim_cpu = cpu_seconds(sim.pid) - sim_cpu_at_first_row
-        rss = tree_peak_rss_mb(collector.pid)
-        collector.stop()
-        log = collector.output()
+        rss = sum(tree_peak_rss_mb(c.pid) for c in collectors)
+        for collector in collectors:
+            collector.stop()
+        logs = [collector.output() for collector in collectors]
     with engine.connect() as conn:
         # Receive times are columns of the schema 1-3 log only (packed, they
         # are inside the chunks): there, the span of the polling alone counts.
@@ -155,7 +171,8 @@ def run_replay(bench: Bench, rate: float, src: Path) -> RunResult:
     # From the first message received to the last commit seen by polling
     # (at most 0.1 s late), over every message of the run.
     seconds = max((span_us or 0) / 1e6, done_at - (first_row_at or done_at))
-    p50, p99 = latency_from_log(log)
+    latencies = [latency_from_log(log) for log in logs]
+    p50, p99 = max(p[0] for p in latencies), max(p[1] for p in latencies)
     disk = disk_bytes(engine)
     engine.dispose()
     # CPU from the first row on covers all but the first flush's messages.
@@ -258,8 +275,8 @@ def main() -> int:
     parser.add_argument("--deltas", type=int, default=5_000, help="deltas per symbol")
     parser.add_argument(
         "--scenarios",
-        default="1,2,3,4,5,6,7",
-        help="which scenarios to run (default all: 1,2,3,4,5,6,7)",
+        default="1,2,3,4,5,6,7,8",
+        help="which scenarios to run (default all: 1,2,3,4,5,6,7,8)",
     )
     parser.add_argument("--baseline", help="git ref to compare with (A/B, interleaved)")
     parser.add_argument(
@@ -313,15 +330,20 @@ def main() -> int:
                     paced_bytes(server_url, args.paced_minutes, version, tag, table)
                 if 6 in chosen:
                     steady_pace(bench, args.quick, version, tag, table)
+                if 8 in chosen:
+                    flat_out(bench, version, tag, table, shards=2)
             if 7 in chosen:  # pybit is no version of ours: once per round
                 pybit_flat_out(bench, f"[round {round_ + 1}]", table, [v.name for v in tried])
         table.print()
     return 0
 
 
-def flat_out(bench: Bench, version: Version, tag: str, table: Table) -> None:
-    print(f"\n2. end to end, flat out: simulator (own process) -> collector -> PostgreSQL {tag}")
-    flat = run_replay(bench, 0, version.src)
+def flat_out(bench: Bench, version: Version, tag: str, table: Table, shards: int = 1) -> None:
+    n = 2 if shards == 1 else 8
+    label = f"{n}. flat out" if shards == 1 else f"{n}. flat out, {shards} collectors"
+    who = "collector" if shards == 1 else f"{shards} collectors, by symbol"
+    print(f"\n{n}. end to end, flat out: simulator (own process) -> {who} -> PostgreSQL {tag}")
+    flat = run_replay(bench, 0, version.src, shards)
     rate = flat.messages / flat.seconds
     print(
         f"   persisted                   : {rate:10,.0f} msg/s "
@@ -335,11 +357,11 @@ def flat_out(bench: Bench, version: Version, tag: str, table: Table) -> None:
     print(f"   collector peak RSS          : {flat.peak_rss_mb:10.0f} MB")
     print(f"   on disk, book tables        : {flat.disk_bytes_per_msg:10.0f} bytes/msg")
     for figure, value in (
-        ("2. flat out: msg/s persisted", rate),
-        ("2. flat out: collector CPU us/msg", flat.cpu_us_per_msg),
-        ("2. flat out: latency p99 ms", flat.p99_ms),
-        ("2. flat out: peak RSS MB", flat.peak_rss_mb),
-        ("2. flat out: bytes on disk/msg", flat.disk_bytes_per_msg),
+        (f"{label}: msg/s persisted", rate),
+        (f"{label}: collector CPU us/msg", flat.cpu_us_per_msg),
+        (f"{label}: latency p99 ms", flat.p99_ms),
+        (f"{label}: peak RSS MB", flat.peak_rss_mb),
+        (f"{label}: bytes on disk/msg", flat.disk_bytes_per_msg),
     ):
         table.add(version.name, figure, value)
 
