@@ -149,7 +149,11 @@ def run_replay(bench: Bench, rate: float, src: Path, shards: int = 1) -> RunResu
             if rows >= expected:
                 break
             if time.monotonic() > deadline or not all(c.running() for c in collectors):
-                raise RuntimeError(f"collector stalled at {rows}/{expected} rows")
+                # The logs go with the run's temporary directory: say why here.
+                last_lines = "\n".join(c.output().rstrip()[-2000:] for c in collectors)
+                raise RuntimeError(
+                    f"collector stalled at {rows}/{expected} rows; its log ends:\n{last_lines}"
+                )
             print(f"  ... {rows:,}/{expected:,} rows persisted", end="\r", file=sys.stderr)
         done_at = time.monotonic()
         cpu = sum(tree_cpu_seconds(c.pid) for c in collectors) - cpu_at_first_row
@@ -339,9 +343,11 @@ def main() -> int:
 
 
 def flat_out(bench: Bench, version: Version, tag: str, table: Table, shards: int = 1) -> None:
-    n = 2 if shards == 1 else 8
-    label = f"{n}. flat out" if shards == 1 else f"{n}. flat out, {shards} collectors"
-    who = "collector" if shards == 1 else f"{shards} collectors, by symbol"
+    """Scenario 2 (one collector), or 8 (`shards` collectors, by symbol)."""
+    if shards == 1:
+        n, label, who = 2, "2. flat out", "collector"
+    else:
+        n, label, who = 8, f"8. flat out, {shards} collectors", f"{shards} collectors, by symbol"
     print(f"\n{n}. end to end, flat out: simulator (own process) -> {who} -> PostgreSQL {tag}")
     flat = run_replay(bench, 0, version.src, shards)
     rate = flat.messages / flat.seconds
